@@ -1,1 +1,115 @@
-fn main() {}
+//! The `aliasd` binary: parse the command line, set up logging, dispatch to
+//! the server, a client command, or an offline journal command.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+use aliasd::client::{self, Client};
+use aliasd::config::{Cli, Commands, ServeArgs};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let res = match cli.command {
+        Commands::Serve(args) => serve(args),
+        Commands::Journal { action } => aliasd::offline::run(action, cli.json),
+        command => {
+            let client = Client::new(&cli.host, cli.auth.clone());
+            run_client(&client, cli.json, command)
+        }
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aliasd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let level = match std::env::var("ALIASD_LOG").as_deref() {
+        Ok("debug") => tracing::Level::DEBUG,
+        Ok("trace") => tracing::Level::TRACE,
+        Ok("warn") => tracing::Level::WARN,
+        Ok("error") => tracing::Level::ERROR,
+        _ => tracing::Level::INFO,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run_client(client: &Client, json: bool, command: Commands) -> anyhow::Result<()> {
+    match command {
+        Commands::Create {
+            alias,
+            target,
+            prefix,
+        } => client::create(client, json, &alias, &target, prefix),
+        Commands::Ls { target, state } => {
+            client::ls(client, json, target.as_deref(), state.as_deref())
+        }
+        Commands::Rm { alias } => client::rm(client, json, &alias),
+        Commands::Resolve { name } => client::resolve(client, json, &name),
+        Commands::History { alias, limit } => {
+            client::history(client, json, alias.as_deref(), limit)
+        }
+        Commands::Watch { since, alias } => client::watch(client, json, since, alias.as_deref()),
+        Commands::Serve(_) | Commands::Journal { .. } => unreachable!("dispatched in main"),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.registry_config();
+    tracing::info!(
+        models = %config.models_dir.display(),
+        journal = %config.journal_dir.display(),
+        "starting aliasd"
+    );
+    let (registry, writer) = aliasd::registry::Registry::start(config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let listen = args.listen;
+    let res = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| {
+                format!("cannot listen on {listen}; is another aliasd running? (use --listen)")
+            })?;
+        tracing::info!("listening on http://{}", listener.local_addr()?);
+        let state = aliasd::http::AppState { registry };
+        aliasd::http::serve(listener, state, shutdown_signal()).await?;
+        anyhow::Ok(())
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    writer.join();
+    res
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

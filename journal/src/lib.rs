@@ -152,3 +152,19 @@ pub struct VerifyReport {
     /// Snapshot seq, if a valid one exists.
     pub snapshot_seq: Option<Seq>,
 }
+
+// TEMPORARY (lead engineer): lets the root crate compile against the stub; the journal
+// helper replaces this with the real `Default` (RealIo, 64 MiB segments).
+#[derive(Debug)]
+struct StubIo;
+impl Io for StubIo {}
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            segment_bytes: 64 << 20,
+            retain: None,
+            repair: false,
+            io: Arc::new(StubIo),
+        }
+    }
+}

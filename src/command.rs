@@ -1,0 +1,643 @@
+//! Commands and how they become events: validation in SPEC order, then the
+//! events that record the change, chains included.
+//!
+//! Pure: planning reads a [`Draft`] and the model set and records events into
+//! the draft; nothing here does I/O. The registry commits what was planned.
+
+use std::collections::HashSet;
+
+use crate::event::{new_id, Event, EventType};
+use crate::index::{AliasEntry, AliasName, AliasState, AliasView, ChainEnd, DepKey, Draft, Models};
+use crate::name::ModelName;
+
+/// Who asked for a change: goes into every event it causes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// `<token name>@<addr>`, `anonymous@<addr>`, `watcher` or `startup`.
+    pub actor: String,
+    /// The request id, for API calls.
+    pub request_id: Option<String>,
+}
+
+impl Origin {
+    /// The origin of changes aliasd finds in the store by itself.
+    pub fn system(actor: &str) -> Origin {
+        Origin {
+            actor: actor.to_string(),
+            request_id: None,
+        }
+    }
+}
+
+/// Create or retarget one alias.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutAlias {
+    /// The alias as typed.
+    pub alias: String,
+    /// The target as typed.
+    pub target: String,
+    /// Whether `alias` is a prefix.
+    pub prefix_matching: bool,
+    /// `If-Match`: the alias's current seq must be this.
+    pub if_match: Option<u64>,
+    /// `If-None-Match: *`: the alias must not exist.
+    pub if_none_match: bool,
+}
+
+/// Delete one alias.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteAlias {
+    /// The alias as typed.
+    pub alias: String,
+    /// `If-Match`: the alias's current seq must be this.
+    pub if_match: Option<u64>,
+}
+
+/// One operation of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOp {
+    /// A put.
+    Put(PutAlias),
+    /// A delete.
+    Delete(DeleteAlias),
+}
+
+/// Why a command was refused. Each variant maps to one HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// A name that is not valid (400).
+    #[error("{0}")]
+    BadName(String),
+    /// A request that cannot be carried out as asked (400).
+    #[error("{0}")]
+    Invalid(String),
+    /// The alias would be a cycle (400).
+    #[error("{0}")]
+    Cycle(String),
+    /// The alias would shadow a model (409).
+    #[error("{0}")]
+    ShadowsModel(String),
+    /// Other aliases point at the alias being deleted (409).
+    #[error("{0}")]
+    HasDependents(String),
+    /// The target or alias does not exist (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// A precondition (`If-Match`, `If-None-Match`) failed (412).
+    #[error("{0}")]
+    PreconditionFailed(String),
+    /// One op of a batch failed; nothing was applied.
+    #[error("op {index}: {error}")]
+    InBatch {
+        /// The op's position, from 0.
+        index: usize,
+        /// What was wrong with it.
+        error: Box<CommandError>,
+    },
+}
+
+/// What a put did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutOutcome {
+    /// The alias's key and kind, to read it back after the commit.
+    pub dep: DepKey,
+    /// Whether it was created (not updated or unchanged).
+    pub created: bool,
+}
+
+/// Parses a name typed as an alias: a model name, or a prefix.
+pub fn parse_alias(alias: &str, prefix_matching: bool) -> Result<AliasName, CommandError> {
+    if prefix_matching {
+        crate::name::is_valid_prefix(alias)
+            .map(|_| AliasName::Prefix(alias.to_string()))
+            .map_err(|e| CommandError::BadName(e.to_string()))
+    } else {
+        ModelName::parse(alias)
+            .map(AliasName::Exact)
+            .map_err(|e| CommandError::BadName(e.to_string()))
+    }
+}
+
+fn parse_target(target: &str) -> Result<ModelName, CommandError> {
+    ModelName::parse(target).map_err(|e| CommandError::BadName(e.to_string()))
+}
+
+fn check_precondition(
+    existing: Option<&AliasEntry>,
+    if_match: Option<u64>,
+    if_none_match: bool,
+    shown: &str,
+) -> Result<(), CommandError> {
+    if if_none_match && existing.is_some() {
+        return Err(CommandError::PreconditionFailed(format!(
+            "alias {shown:?} already exists (If-None-Match: *)"
+        )));
+    }
+    if let Some(expected) = if_match {
+        match existing {
+            None => {
+                return Err(CommandError::PreconditionFailed(format!(
+                    "alias {shown:?} does not exist (If-Match: \"{expected}\")"
+                )))
+            }
+            Some(entry) if entry.seq != expected => {
+                return Err(CommandError::PreconditionFailed(format!(
+                    "alias {shown:?} is at seq {}, not {expected} (If-Match)",
+                    entry.seq
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn new_event(
+    kind: EventType,
+    alias: &AliasName,
+    target: Option<&ModelName>,
+    origin: &Origin,
+    time: &str,
+) -> Event {
+    Event {
+        seq: 0,
+        id: new_id(),
+        time: time.to_string(),
+        kind,
+        alias: alias.display(),
+        target: target.map(ModelName::display),
+        previous_target: None,
+        digest: None,
+        prefix_matching: alias.is_prefix(),
+        actor: origin.actor.clone(),
+        request_id: origin.request_id.clone(),
+    }
+}
+
+/// Plans a put: validates in SPEC order, then records `alias.created` or
+/// `alias.updated` and the events of every alias whose chain runs through it.
+/// A put that changes nothing records nothing.
+pub fn plan_put(
+    draft: &mut Draft<'_>,
+    models: &Models,
+    origin: &Origin,
+    time: &str,
+    put: &PutAlias,
+) -> Result<PutOutcome, CommandError> {
+    let alias = parse_alias(&put.alias, put.prefix_matching)?;
+    let target = parse_target(&put.target)?;
+    let key = alias.key();
+    let dep = DepKey {
+        prefix: alias.is_prefix(),
+        key: key.clone(),
+    };
+    let shown = alias.display();
+    let existing = draft.entry(&dep).cloned();
+    check_precondition(existing.as_ref(), put.if_match, put.if_none_match, &shown)?;
+    if let AliasName::Exact(name) = &alias {
+        if name.key() == target.key() {
+            return Err(CommandError::Invalid(format!(
+                "alias {shown:?} cannot point at itself"
+            )));
+        }
+        if models.contains(&key) {
+            return Err(CommandError::ShadowsModel(format!(
+                "a model named {shown:?} exists; an alias never shadows a model"
+            )));
+        }
+    }
+    let target_key = target.key();
+    if !models.contains(&target_key) && draft.exact(&target_key).is_none() {
+        return Err(CommandError::NotFound(format!(
+            "target {:?} is neither a model nor an alias",
+            target.display()
+        )));
+    }
+    if !dep.prefix {
+        check_cycle(draft, models, &key, &target, &shown)?;
+    }
+    if let Some(existing) = &existing {
+        if existing.target.key() == target_key && existing.target.display() == target.display() {
+            return Ok(PutOutcome {
+                dep,
+                created: false,
+            });
+        }
+    }
+    let kind = if existing.is_some() {
+        EventType::AliasUpdated
+    } else {
+        EventType::AliasCreated
+    };
+    let mut event = new_event(kind, &alias, Some(&target), origin, time);
+    event.previous_target = existing.as_ref().map(|e| e.target.display());
+    if !dep.prefix {
+        if let ChainEnd::Model(model) = draft.chain_end(models, &target) {
+            event.digest = Some(model.digest.to_string());
+        }
+    }
+    draft.record(event).map_err(CommandError::Invalid)?;
+    if !dep.prefix {
+        propagate(draft, models, origin, time, &key);
+    }
+    Ok(PutOutcome {
+        dep,
+        created: existing.is_none(),
+    })
+}
+
+fn check_cycle(
+    draft: &Draft<'_>,
+    models: &Models,
+    alias_key: &str,
+    target: &ModelName,
+    shown: &str,
+) -> Result<(), CommandError> {
+    let mut current = target.clone();
+    let mut path = vec![shown.to_string()];
+    let mut seen = HashSet::new();
+    loop {
+        let key = current.key();
+        path.push(current.display());
+        if key == alias_key {
+            return Err(CommandError::Cycle(format!(
+                "alias {shown:?} would make a cycle: {}",
+                path.join(" -> ")
+            )));
+        }
+        if models.contains(&key) || !seen.insert(key.clone()) {
+            return Ok(());
+        }
+        match draft.exact(&key) {
+            None => return Ok(()),
+            Some(entry) => current = entry.target.clone(),
+        }
+    }
+}
+
+/// Plans a delete: 404 if absent, 412 on a failed `If-Match`, 409 if other
+/// aliases point at it.
+pub fn plan_delete(
+    draft: &mut Draft<'_>,
+    origin: &Origin,
+    time: &str,
+    delete: &DeleteAlias,
+) -> Result<(), CommandError> {
+    let Some(entry) = lookup(draft, &delete.alias)? else {
+        return Err(CommandError::NotFound(format!(
+            "alias {:?} not found",
+            delete.alias
+        )));
+    };
+    let shown = entry.alias.display();
+    check_precondition(Some(&entry), delete.if_match, false, &shown)?;
+    if let AliasName::Exact(name) = &entry.alias {
+        let dependents = draft.dependents(&name.key());
+        if !dependents.is_empty() {
+            let names: Vec<String> = dependents
+                .iter()
+                .filter_map(|d| draft.entry(d).map(|e| e.alias.display()))
+                .collect();
+            return Err(CommandError::HasDependents(format!(
+                "alias {shown:?} is the target of {}; delete or retarget those first, or use a batch",
+                names.join(", ")
+            )));
+        }
+    }
+    let mut event = new_event(EventType::AliasDeleted, &entry.alias, None, origin, time);
+    event.previous_target = Some(entry.target.display());
+    event.digest = entry.digest.as_deref().map(String::from);
+    draft.record(event).map_err(CommandError::Invalid)?;
+    Ok(())
+}
+
+/// Finds an alias by the name a user typed: exact, else a prefix alias so spelt.
+fn lookup(draft: &Draft<'_>, typed: &str) -> Result<Option<AliasEntry>, CommandError> {
+    if let Ok(name) = ModelName::parse(typed) {
+        if let Some(entry) = draft.exact(&name.key()) {
+            return Ok(Some(entry.clone()));
+        }
+    }
+    if let Some(entry) = draft.prefix(&typed.to_lowercase()) {
+        return Ok(Some(entry.clone()));
+    }
+    // Neither: say why precisely if the name is not even valid.
+    match ModelName::parse(typed) {
+        Ok(_) => Ok(None),
+        Err(e) if crate::name::is_valid_prefix(typed).is_err() => {
+            Err(CommandError::BadName(e.to_string()))
+        }
+        Err(_) => Ok(None),
+    }
+}
+
+/// Plans a batch, all or nothing: each op is validated against the state the
+/// earlier ops leave; the first error rolls every op back.
+pub fn plan_batch(
+    draft: &mut Draft<'_>,
+    models: &Models,
+    origin: &Origin,
+    time: &str,
+    ops: &[BatchOp],
+) -> Result<Vec<PutOutcome>, CommandError> {
+    let in_batch = |index: usize, error: CommandError| CommandError::InBatch {
+        index,
+        error: Box::new(error),
+    };
+    let mut named = HashSet::new();
+    for (index, op) in ops.iter().enumerate() {
+        let (typed, prefix) = match op {
+            BatchOp::Put(put) => (&put.alias, put.prefix_matching),
+            BatchOp::Delete(delete) => (&delete.alias, false),
+        };
+        let key = match parse_alias(typed, prefix) {
+            Ok(alias) => alias.key(),
+            Err(_) => typed.to_lowercase(),
+        };
+        if !named.insert(key) {
+            return Err(in_batch(
+                index,
+                CommandError::Invalid(format!("alias {typed:?} is named twice in the batch")),
+            ));
+        }
+    }
+    let checkpoint = draft.checkpoint();
+    let mut outcomes = Vec::new();
+    for (index, op) in ops.iter().enumerate() {
+        let res = match op {
+            BatchOp::Put(put) => plan_put(draft, models, origin, time, put).map(Some),
+            BatchOp::Delete(delete) => plan_delete(draft, origin, time, delete).map(|()| None),
+        };
+        match res {
+            Ok(Some(outcome)) => outcomes.push(outcome),
+            Ok(None) => {}
+            Err(error) => {
+                draft.rollback(checkpoint);
+                return Err(in_batch(index, error));
+            }
+        }
+    }
+    Ok(outcomes)
+}
+
+/// What aliasd sees at an alias's own path in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathState {
+    /// No file.
+    Absent,
+    /// A file aliasd wrote (or a torn write of its own).
+    Ours,
+    /// A file aliasd did not write: a model.
+    Foreign,
+}
+
+/// Records the event that brings one exact alias in line with the store, if
+/// any: the one code path for start-up reconcile, the watcher and chains.
+pub fn reconcile_alias(
+    draft: &mut Draft<'_>,
+    models: &Models,
+    origin: &Origin,
+    time: &str,
+    key: &str,
+    path_state: &PathState,
+) {
+    let Some(entry) = draft.exact(key).cloned() else {
+        return;
+    };
+    let end = draft.chain_end(models, &entry.target);
+    let resolved_digest = match &end {
+        ChainEnd::Model(model) => Some(model.digest.clone()),
+        _ => None,
+    };
+    let kind = match (entry.state, path_state, &resolved_digest) {
+        (AliasState::Shadowed, PathState::Foreign, _) => None,
+        (_, PathState::Foreign, _) => Some(EventType::AliasShadowed),
+        (AliasState::Shadowed, _, Some(_)) => Some(EventType::AliasRepaired),
+        (AliasState::Shadowed, _, None) => Some(EventType::TargetRemoved),
+        (AliasState::Dangling, _, Some(_)) => Some(EventType::TargetRestored),
+        (AliasState::Dangling, _, None) => None,
+        (AliasState::Active, _, None) => Some(EventType::TargetRemoved),
+        (AliasState::Active, state, Some(digest)) => {
+            if entry.digest.as_ref() != Some(digest) {
+                Some(EventType::TargetChanged)
+            } else if *state == PathState::Absent {
+                Some(EventType::AliasRepaired)
+            } else {
+                None
+            }
+        }
+    };
+    let Some(kind) = kind else { return };
+    let mut event = new_event(kind, &entry.alias, Some(&entry.target), origin, time);
+    if !matches!(kind, EventType::AliasShadowed | EventType::TargetRemoved) {
+        event.digest = resolved_digest.map(|d| d.to_string());
+    }
+    // The names came from the index, so they parse.
+    let _ = draft.record(event);
+}
+
+/// Re-derives every alias whose chain runs through `key` after `key` changed.
+/// Their own files are untouched by the change, so they count as `Ours`.
+pub fn propagate(draft: &mut Draft<'_>, models: &Models, origin: &Origin, time: &str, key: &str) {
+    for dep in draft.transitive_dependents(key) {
+        if dep.prefix {
+            continue;
+        }
+        let shadowed = draft
+            .exact(&dep.key)
+            .is_some_and(|e| e.state == AliasState::Shadowed);
+        if !shadowed {
+            reconcile_alias(draft, models, origin, time, &dep.key, &PathState::Ours);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::{Index, ModelInfo};
+    use std::sync::Arc;
+
+    fn models(names: &[&str]) -> Models {
+        let mut models = Models::default();
+        for name in names {
+            let name = ModelName::parse(name).unwrap();
+            let bytes: Arc<[u8]> = Arc::from(name.key().into_bytes());
+            models.insert(ModelInfo {
+                digest: Arc::from(crate::digest::manifest_digest(&bytes)),
+                name,
+                bytes,
+                size: None,
+                modified_at: String::new(),
+            });
+        }
+        models
+    }
+
+    fn put(alias: &str, target: &str) -> PutAlias {
+        PutAlias {
+            alias: alias.into(),
+            target: target.into(),
+            prefix_matching: false,
+            if_match: None,
+            if_none_match: false,
+        }
+    }
+
+    fn origin() -> Origin {
+        Origin::system("test")
+    }
+
+    /// Plans puts in order on one draft and returns the result of the last.
+    fn check(ms: &Models, puts: &[(&str, &str)], expected: Result<(), &str>) {
+        let index = Index::default();
+        let mut draft = Draft::new(&index, 1);
+        let mut last = Ok(());
+        for (alias, target) in puts {
+            last = plan_put(
+                &mut draft,
+                ms,
+                &origin(),
+                "2026-01-01T00:00:00Z",
+                &put(alias, target),
+            )
+            .map(|_| ());
+        }
+        match expected {
+            Ok(()) => assert_eq!(last, Ok(()), "{puts:?}"),
+            Err(fragment) => {
+                let err = last.expect_err("should fail").to_string();
+                assert!(err.contains(fragment), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn put_validation_order() {
+        let ms = models(&["llama3", "qwen"]);
+        check(&ms, &[("coder", "qwen")], Ok(()));
+        check(&ms, &[("a b", "qwen")], Err("a b"));
+        check(&ms, &[("coder", "coder")], Err("itself"));
+        check(&ms, &[("llama3", "qwen")], Err("never shadows"));
+        check(
+            &ms,
+            &[("coder", "nothing")],
+            Err("neither a model nor an alias"),
+        );
+        check(&ms, &[("a", "qwen"), ("b", "a"), ("a", "b")], Err("cycle"));
+        check(&ms, &[("a", "qwen"), ("b", "a"), ("c", "b")], Ok(()));
+    }
+
+    #[test]
+    fn idempotent_put_records_nothing() {
+        let ms = models(&["qwen"]);
+        let index = Index::default();
+        let mut draft = Draft::new(&index, 1);
+        let t = "2026-01-01T00:00:00Z";
+        assert!(
+            plan_put(&mut draft, &ms, &origin(), t, &put("c", "qwen"))
+                .unwrap()
+                .created
+        );
+        assert!(
+            !plan_put(&mut draft, &ms, &origin(), t, &put("c", "qwen"))
+                .unwrap()
+                .created
+        );
+        assert_eq!(draft.into_events().len(), 1);
+    }
+
+    #[test]
+    fn retarget_propagates_along_chains() {
+        let ms = models(&["m1", "m2"]);
+        let index = Index::default();
+        let mut draft = Draft::new(&index, 1);
+        let t = "2026-01-01T00:00:00Z";
+        plan_put(&mut draft, &ms, &origin(), t, &put("a", "m1")).unwrap();
+        plan_put(&mut draft, &ms, &origin(), t, &put("b", "a")).unwrap();
+        plan_put(&mut draft, &ms, &origin(), t, &put("a", "m2")).unwrap();
+        let kinds: Vec<EventType> = draft.into_events().iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                EventType::AliasCreated,
+                EventType::AliasCreated,
+                EventType::AliasUpdated,
+                EventType::TargetChanged
+            ]
+        );
+    }
+
+    #[test]
+    fn delete_refuses_when_aliases_depend() {
+        let ms = models(&["m"]);
+        let index = Index::default();
+        let mut draft = Draft::new(&index, 1);
+        let t = "2026-01-01T00:00:00Z";
+        plan_put(&mut draft, &ms, &origin(), t, &put("a", "m")).unwrap();
+        plan_put(&mut draft, &ms, &origin(), t, &put("b", "a")).unwrap();
+        let delete = |alias: &str| DeleteAlias {
+            alias: alias.into(),
+            if_match: None,
+        };
+        let err = plan_delete(&mut draft, &origin(), t, &delete("a")).unwrap_err();
+        assert!(
+            matches!(err, CommandError::HasDependents(ref m) if m.contains("\"b\"") || m.contains("b"))
+        );
+        assert!(matches!(
+            plan_delete(&mut draft, &origin(), t, &delete("zzz")),
+            Err(CommandError::NotFound(_))
+        ));
+        let ops = [BatchOp::Delete(delete("b")), BatchOp::Delete(delete("a"))];
+        assert!(plan_batch(&mut draft, &ms, &origin(), t, &ops).is_ok());
+    }
+
+    #[test]
+    fn failed_batch_applies_nothing() {
+        let ms = models(&["m"]);
+        let index = Index::default();
+        let mut draft = Draft::new(&index, 1);
+        let t = "2026-01-01T00:00:00Z";
+        let ops = [
+            BatchOp::Put(put("a", "m")),
+            BatchOp::Put(put("b", "a")),
+            BatchOp::Put(put("c", "missing")),
+        ];
+        let err = plan_batch(&mut draft, &ms, &origin(), t, &ops).unwrap_err();
+        assert!(err.to_string().starts_with("op 2:"), "{err}");
+        assert!(draft.into_events().is_empty());
+    }
+
+    #[test]
+    fn reconcile_emits_one_event_per_change() {
+        let ms = models(&["m"]);
+        let mut index = Index::default();
+        let t = "2026-01-01T00:00:00Z";
+        {
+            let mut draft = Draft::new(&index, 1);
+            plan_put(&mut draft, &ms, &origin(), t, &put("a", "m")).unwrap();
+            for e in draft.into_events() {
+                index.apply(&e).unwrap();
+            }
+        }
+        let key = ModelName::parse("a").unwrap().key();
+        let kinds = |ms: &Models, state: PathState| {
+            let mut draft = Draft::new(&index, 2);
+            reconcile_alias(&mut draft, ms, &origin(), t, &key, &state);
+            draft
+                .into_events()
+                .iter()
+                .map(|e| e.kind)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kinds(&ms, PathState::Ours), []);
+        assert_eq!(kinds(&ms, PathState::Absent), [EventType::AliasRepaired]);
+        assert_eq!(kinds(&ms, PathState::Foreign), [EventType::AliasShadowed]);
+        assert_eq!(
+            kinds(&Models::default(), PathState::Ours),
+            [EventType::TargetRemoved]
+        );
+        assert_eq!(kinds(&models(&["other", "m:latest"]), PathState::Ours), []);
+    }
+}

@@ -1,0 +1,202 @@
+//! The command line: clap definitions, and flags > environment > defaults
+//! resolved once into [`ServeConfig`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The default listen address (loopback only).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:11435";
+
+/// aliasd: short, stable names for Ollama models, with a durable history.
+#[derive(Debug, Parser)]
+#[command(name = "aliasd", version, about, long_about = None)]
+pub struct Cli {
+    /// The aliasd server to talk to, as host:port or a URL.
+    #[arg(long, global = true, env = "ALIASD_HOST", default_value = DEFAULT_LISTEN)]
+    pub host: String,
+    /// Print the API's JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// A token to send as `Authorization: Bearer` (client commands).
+    #[arg(
+        long = "auth",
+        global = true,
+        env = "ALIASD_TOKEN",
+        hide_env_values = true
+    )]
+    pub auth: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Commands {
+    /// Run the registry server.
+    Serve(ServeArgs),
+    /// Create an alias, or point an existing one at a new target.
+    Create {
+        /// The alias, e.g. `coder`.
+        alias: String,
+        /// The model or alias it points at.
+        target: String,
+        /// Make a prefix alias (matches every name starting with ALIAS).
+        #[arg(long)]
+        prefix: bool,
+    },
+    /// List aliases.
+    Ls {
+        /// Only aliases whose direct target is this.
+        #[arg(long)]
+        target: Option<String>,
+        /// Only aliases in this state (active, dangling, shadowed).
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Delete an alias (never a model).
+    Rm {
+        /// The alias.
+        alias: String,
+    },
+    /// Show what a name resolves to.
+    Resolve {
+        /// A model or alias name.
+        name: String,
+    },
+    /// Show the history of changes.
+    History {
+        /// Only this alias.
+        alias: Option<String>,
+        /// At most this many events.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Print changes as they happen.
+    Watch {
+        /// Replay every event after this seq first.
+        #[arg(long)]
+        since: Option<u64>,
+        /// Only this alias.
+        #[arg(long)]
+        alias: Option<String>,
+    },
+    /// Offline journal maintenance (the server must not be running).
+    Journal {
+        /// The action.
+        #[command(subcommand)]
+        action: JournalAction,
+    },
+}
+
+/// `aliasd journal ...`.
+#[derive(Debug, Subcommand)]
+pub enum JournalAction {
+    /// Check checksums, seq continuity and snapshots; exit 1 on any damage.
+    Verify(JournalDir),
+    /// Print every event as NDJSON.
+    Dump(JournalDir),
+    /// Write a snapshot now.
+    Compact(JournalDir),
+    /// Keep the good prefix of a journal damaged in the middle.
+    Repair {
+        /// The journal.
+        #[command(flatten)]
+        dir: JournalDir,
+        /// Do it, after saying what will be dropped.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// The journal directory of an offline command.
+#[derive(Debug, Args)]
+pub struct JournalDir {
+    /// The journal directory.
+    #[arg(long = "journal", env = "ALIASD_JOURNAL")]
+    pub journal: Option<PathBuf>,
+}
+
+impl JournalDir {
+    /// The directory, defaulted.
+    pub fn resolve(&self) -> PathBuf {
+        self.journal.clone().unwrap_or_else(default_journal_dir)
+    }
+}
+
+/// `aliasd serve` flags.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The Ollama model store.
+    #[arg(long, env = "OLLAMA_MODELS")]
+    pub models: Option<PathBuf>,
+    /// The journal directory.
+    #[arg(long, env = "ALIASD_JOURNAL")]
+    pub journal: Option<PathBuf>,
+    /// The address to listen on.
+    #[arg(long, env = "ALIASD_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// An Ollama server to proxy inference requests to.
+    #[arg(long)]
+    pub upstream: Option<String>,
+    /// Keep at least the last N events (older segments go once a snapshot covers them).
+    #[arg(long)]
+    pub retain: Option<u64>,
+    /// Write a snapshot after this many events.
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_every: u64,
+}
+
+/// The user's home directory, or the current directory if unknown.
+fn home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// `~/.ollama/models`.
+pub fn default_models_dir() -> PathBuf {
+    home().join(".ollama").join("models")
+}
+
+/// `~/.ollama/aliasd/journal`.
+pub fn default_journal_dir() -> PathBuf {
+    home().join(".ollama").join("aliasd").join("journal")
+}
+
+impl ServeArgs {
+    /// The registry settings these flags mean.
+    pub fn registry_config(&self) -> crate::registry::RegistryConfig {
+        crate::registry::RegistryConfig {
+            models_dir: self.models.clone().unwrap_or_else(default_models_dir),
+            journal_dir: self.journal.clone().unwrap_or_else(default_journal_dir),
+            retain: self.retain,
+            snapshot_every: self.snapshot_every,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn global_flags_go_before_or_after() {
+        let a = Cli::try_parse_from(["aliasd", "--json", "ls"]).unwrap();
+        let b = Cli::try_parse_from(["aliasd", "ls", "--json", "--host", "h:1"]).unwrap();
+        assert!(a.json && b.json);
+        assert_eq!(b.host, "h:1");
+    }
+
+    #[test]
+    fn serve_defaults_to_loopback() {
+        let cli = Cli::try_parse_from(["aliasd", "serve"]).unwrap();
+        let Commands::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert!(args.listen.ip().is_loopback());
+        assert_eq!(args.listen.port(), 11435);
+    }
+}

@@ -1,0 +1,370 @@
+//! The resource API: `/api/aliases`, `/api/resolve`, `/api/models`, `/healthz`.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use crate::command::{BatchOp, DeleteAlias, PutAlias};
+use crate::http::{ApiError, AppJson, AppState, RequestOrigin};
+use crate::index::{format_time, AliasEntry, AliasState, AliasView, ChainEnd, Index, Models};
+use crate::registry::{Command, Reply, Shared};
+
+/// An alias on the wire (SPEC §5 "Alias").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AliasBody {
+    /// The alias, as spelt when created.
+    pub alias: String,
+    /// Its direct target.
+    pub target: String,
+    /// The model at the end of its chain, null when dangling.
+    pub resolved: Option<String>,
+    /// `active`, `dangling` or `shadowed`.
+    pub state: String,
+    /// The digest of its materialized manifest.
+    pub digest: Option<String>,
+    /// Whether it is a prefix alias.
+    pub prefix_matching: bool,
+    /// When it was created.
+    pub created_at: String,
+    /// When it last changed.
+    pub updated_at: String,
+    /// The last event that touched it.
+    pub seq: u64,
+}
+
+impl AliasBody {
+    /// The wire shape of an index entry.
+    pub fn from_entry(index: &Index, models: &Models, entry: &AliasEntry) -> AliasBody {
+        let resolved = match index.chain_end(models, &entry.target) {
+            ChainEnd::Model(model) => Some(model.name.display()),
+            _ => None,
+        };
+        AliasBody {
+            alias: entry.alias.display(),
+            target: entry.target.display(),
+            resolved,
+            state: entry.state.as_str().to_string(),
+            digest: entry.digest.as_deref().map(String::from),
+            prefix_matching: entry.alias.is_prefix(),
+            created_at: format_time(entry.created_at),
+            updated_at: format_time(entry.updated_at),
+            seq: entry.seq,
+        }
+    }
+}
+
+fn body_of(state: &AppState, entry: &AliasEntry) -> AliasBody {
+    state
+        .registry
+        .read(|s| AliasBody::from_entry(&s.index, &s.models, entry))
+}
+
+/// Filters of `GET /api/aliases`.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    target: Option<String>,
+    state: Option<String>,
+    at_seq: Option<u64>,
+}
+
+/// `GET /api/aliases`.
+pub async fn aliases_list(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(query) = query?;
+    let wanted_state = match &query.state {
+        None => None,
+        Some(s) => Some(AliasState::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "state must be active, dangling or shadowed, not {s:?}"
+            ))
+        })?),
+    };
+    let wanted_target = match &query.target {
+        None => None,
+        Some(t) => Some(
+            crate::name::ModelName::parse(t)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?
+                .key(),
+        ),
+    };
+    let keep = |e: &AliasEntry| {
+        wanted_state.is_none_or(|s| e.state == s)
+            && wanted_target.as_ref().is_none_or(|t| e.target.key() == *t)
+    };
+    let aliases: Vec<AliasBody> = match query.at_seq {
+        Some(seq) => {
+            let (index, models) = index_at(&state, seq).await?;
+            list(&index, &models, keep)
+        }
+        None => state.registry.read(|s| list(&s.index, &s.models, keep)),
+    };
+    Ok(Json(serde_json::json!({ "aliases": aliases })))
+}
+
+fn list(index: &Index, models: &Models, keep: impl Fn(&AliasEntry) -> bool) -> Vec<AliasBody> {
+    index
+        .sorted()
+        .into_iter()
+        .filter(|e| keep(e))
+        .map(|e| AliasBody::from_entry(index, models, e))
+        .collect()
+}
+
+/// The index as it was right after event `seq`, replayed from the journal.
+async fn index_at(state: &AppState, seq: u64) -> Result<(Index, Models), ApiError> {
+    let journal = state.registry.journal().clone();
+    let first = journal.first_seq().0;
+    if seq + 1 < first {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            format!("history before seq {first} is no longer retained"),
+        ));
+    }
+    let models = state.registry.read(|s| s.models.clone());
+    let index = tokio::task::spawn_blocking(move || -> Result<Index, String> {
+        let mut index = Index::default();
+        for record in journal
+            .read_from(journal::Seq(1))
+            .map_err(|e| e.to_string())?
+        {
+            let (record_seq, payload) = record.map_err(|e| e.to_string())?;
+            if record_seq.0 > seq {
+                break;
+            }
+            let event = crate::event::Event::decode(&payload).map_err(|e| e.to_string())?;
+            index.apply(&event)?;
+        }
+        Ok(index)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| {
+        tracing::error!("time travel replay failed: {e}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "replaying the journal failed",
+        )
+    })?;
+    Ok((index, models))
+}
+
+/// `GET /api/aliases/{name}`.
+pub async fn alias_get(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let found = state.registry.read(|s: &Shared| {
+        s.index
+            .lookup(&name)
+            .map(|e| AliasBody::from_entry(&s.index, &s.models, e))
+    });
+    match found {
+        Some(body) => Ok(with_etag(StatusCode::OK, body)),
+        None => Err(ApiError::not_found(format!("alias {name:?} not found"))),
+    }
+}
+
+fn with_etag(status: StatusCode, body: AliasBody) -> Response {
+    let etag = format!("\"{}\"", body.seq);
+    let mut response = (status, Json(body)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&etag) {
+        response
+            .headers_mut()
+            .insert(axum::http::header::ETAG, value);
+    }
+    response
+}
+
+/// The body of `PUT /api/aliases/{name}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutBody {
+    target: String,
+    #[serde(default)]
+    prefix_matching: bool,
+}
+
+/// `If-Match: "<seq>"` as a seq; an unparsable tag matches nothing.
+fn if_match(headers: &HeaderMap) -> Option<u64> {
+    let value = headers.get(axum::http::header::IF_MATCH)?.to_str().ok()?;
+    let tag = value.trim().trim_start_matches("W/").trim_matches('"');
+    Some(tag.parse().unwrap_or(u64::MAX))
+}
+
+fn if_none_match_any(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim() == "*")
+}
+
+/// `PUT /api/aliases/{name}`: 201 created, 200 updated or unchanged.
+pub async fn alias_put(
+    State(state): State<AppState>,
+    RequestOrigin(origin): RequestOrigin,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    AppJson(body): AppJson<PutBody>,
+) -> Result<Response, ApiError> {
+    let put = PutAlias {
+        alias: name,
+        target: body.target,
+        prefix_matching: body.prefix_matching,
+        if_match: if_match(&headers),
+        if_none_match: if_none_match_any(&headers),
+    };
+    match state.registry.execute(Command::Put(put), origin).await? {
+        Reply::Put { entry, created, .. } => {
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(with_etag(status, body_of(&state, &entry)))
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `DELETE /api/aliases/{name}`.
+pub async fn alias_delete(
+    State(state): State<AppState>,
+    RequestOrigin(origin): RequestOrigin,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let delete = DeleteAlias {
+        alias: name,
+        if_match: if_match(&headers),
+    };
+    state
+        .registry
+        .execute(Command::Delete(delete), origin)
+        .await?;
+    Ok(Json(serde_json::json!({ "deleted": true })))
+}
+
+/// The body of `POST /api/aliases`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBody {
+    ops: Vec<OpBody>,
+}
+
+/// One op of a batch.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+pub enum OpBody {
+    /// Create or retarget.
+    Put {
+        /// The alias.
+        alias: String,
+        /// Its target.
+        target: String,
+        /// Whether it is a prefix alias.
+        #[serde(default)]
+        prefix_matching: bool,
+    },
+    /// Delete.
+    Delete {
+        /// The alias.
+        alias: String,
+    },
+}
+
+/// `POST /api/aliases`: a batch, all or nothing.
+pub async fn aliases_batch(
+    State(state): State<AppState>,
+    RequestOrigin(origin): RequestOrigin,
+    AppJson(body): AppJson<BatchBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if body.ops.is_empty() {
+        return Err(ApiError::bad_request("a batch needs at least one op"));
+    }
+    let ops = body
+        .ops
+        .into_iter()
+        .map(|op| match op {
+            OpBody::Put {
+                alias,
+                target,
+                prefix_matching,
+            } => BatchOp::Put(PutAlias {
+                alias,
+                target,
+                prefix_matching,
+                if_match: None,
+                if_none_match: false,
+            }),
+            OpBody::Delete { alias } => BatchOp::Delete(DeleteAlias {
+                alias,
+                if_match: None,
+            }),
+        })
+        .collect();
+    match state.registry.execute(Command::Batch(ops), origin).await? {
+        Reply::Batch(entries) => {
+            let aliases: Vec<AliasBody> = entries.iter().map(|e| body_of(&state, e)).collect();
+            Ok(Json(serde_json::json!({ "aliases": aliases })))
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+fn unexpected(reply: Reply) -> ApiError {
+    tracing::error!("unexpected reply from the registry: {reply:?}");
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+}
+
+/// `GET /api/resolve/{name}`.
+pub async fn resolve_get(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let resolution = state.registry.read(|s| s.index.resolve(&s.models, &name))?;
+    Ok(Json(serde_json::json!({
+        "name": resolution.chain.first().cloned().unwrap_or_else(|| name.clone()),
+        "resolved": resolution.resolved.display(),
+        "chain": resolution.chain,
+        "via": resolution.via.as_str(),
+        "digest": &*resolution.digest,
+    })))
+}
+
+/// `GET /api/models`: the models in the store and the aliases ending at each.
+pub async fn models_list(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let models: Vec<serde_json::Value> = state.registry.read(|s| {
+        s.models
+            .sorted()
+            .into_iter()
+            .map(|model| {
+                let mut aliases: Vec<String> = s
+                    .index
+                    .transitive_dependents(&model.name.key())
+                    .iter()
+                    .filter_map(|d| s.index.entry(d))
+                    .map(|e| e.alias.display())
+                    .collect();
+                aliases.sort_by_key(|a| a.to_lowercase());
+                serde_json::json!({
+                    "name": model.name.display(),
+                    "digest": &*model.digest,
+                    "size": model.size,
+                    "modified_at": model.modified_at,
+                    "aliases": aliases,
+                })
+            })
+            .collect()
+    });
+    Json(serde_json::json!({ "models": models }))
+}
+
+/// `GET /healthz`.
+pub async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let seq = state.registry.journal().last_seq().0;
+    Json(serde_json::json!({ "status": "ok", "seq": seq }))
+}

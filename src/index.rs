@@ -1,0 +1,1021 @@
+//! The in-memory registry: aliases, chains, prefix aliases, reverse dependencies.
+//!
+//! Pure: no I/O, not async. The index is a fold of [`Index::apply`] over the
+//! journal's events; the live path and replay use the same function. Commands
+//! are planned against a [`Draft`] (the index plus not-yet-durable changes), so a
+//! group of commands, or a batch, is validated against the state the earlier ones
+//! leave, and nothing reaches the shared index before it is durable.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crate::event::{Event, EventType};
+use crate::name::ModelName;
+
+/// Whether an alias currently points at a model that is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AliasState {
+    /// Its chain ends at a present model (prefix aliases are always active).
+    Active,
+    /// Its chain ends at a model that is not in the store.
+    Dangling,
+    /// A model aliasd did not write sits at the alias's path; the model wins.
+    Shadowed,
+}
+
+impl AliasState {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AliasState::Active => "active",
+            AliasState::Dangling => "dangling",
+            AliasState::Shadowed => "shadowed",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<AliasState> {
+        match s {
+            "active" => Some(AliasState::Active),
+            "dangling" => Some(AliasState::Dangling),
+            "shadowed" => Some(AliasState::Shadowed),
+            _ => None,
+        }
+    }
+}
+
+/// The name of an alias: a model name, or a prefix for prefix aliases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AliasName {
+    /// An exact alias; materialized at its own path.
+    Exact(ModelName),
+    /// A prefix alias (`myprefix-`), as spelt; matched case-insensitively.
+    Prefix(String),
+}
+
+impl AliasName {
+    /// The lookup key: the normalized name, or the lowercase prefix.
+    pub fn key(&self) -> String {
+        match self {
+            AliasName::Exact(name) => name.key(),
+            AliasName::Prefix(prefix) => prefix.to_lowercase(),
+        }
+    }
+
+    /// The name as shown to people and sent on the wire.
+    pub fn display(&self) -> String {
+        match self {
+            AliasName::Exact(name) => name.display(),
+            AliasName::Prefix(prefix) => prefix.clone(),
+        }
+    }
+
+    /// Whether this is a prefix alias.
+    pub fn is_prefix(&self) -> bool {
+        matches!(self, AliasName::Prefix(_))
+    }
+
+    /// Reads the alias name of an event.
+    pub fn of_event(event: &Event) -> Result<AliasName, String> {
+        if event.prefix_matching {
+            Ok(AliasName::Prefix(event.alias.clone()))
+        } else {
+            ModelName::parse(&event.alias)
+                .map(AliasName::Exact)
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// One alias as the index holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AliasEntry {
+    /// The alias's own name.
+    pub alias: AliasName,
+    /// Its direct target (a model or another alias).
+    pub target: ModelName,
+    /// Active, dangling or shadowed.
+    pub state: AliasState,
+    /// Digest of the manifest materialized for it, if any.
+    pub digest: Option<Arc<str>>,
+    /// The digest materialized before the last change: a file with this digest
+    /// at the alias's path is still aliasd's own (a crash can fall between the
+    /// journal commit and the file write).
+    pub previous_digest: Option<Arc<str>>,
+    /// Creation time, microseconds since the Unix epoch.
+    pub created_at: u64,
+    /// Time of the last event touching it, microseconds since the Unix epoch.
+    pub updated_at: u64,
+    /// The last event touching it.
+    pub seq: u64,
+}
+
+/// A model in the store (a manifest file aliasd did not write).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// Its name, spelt as its path is.
+    pub name: ModelName,
+    /// `sha256:<hex>` of its manifest bytes.
+    pub digest: Arc<str>,
+    /// The manifest bytes, copied verbatim into alias files.
+    pub bytes: Arc<[u8]>,
+    /// Config plus layers, as Ollama counts it.
+    pub size: Option<u64>,
+    /// The manifest file's modification time, RFC 3339.
+    pub modified_at: String,
+}
+
+/// The models in the store, by name key.
+#[derive(Debug, Clone, Default)]
+pub struct Models {
+    by_key: HashMap<String, ModelInfo>,
+}
+
+impl Models {
+    /// Adds or replaces a model.
+    pub fn insert(&mut self, model: ModelInfo) {
+        self.by_key.insert(model.name.key(), model);
+    }
+
+    /// Removes a model by key.
+    pub fn remove(&mut self, key: &str) -> Option<ModelInfo> {
+        self.by_key.remove(key)
+    }
+
+    /// Looks a model up by key.
+    pub fn get(&self, key: &str) -> Option<&ModelInfo> {
+        self.by_key.get(key)
+    }
+
+    /// Whether a model with this key exists.
+    pub fn contains(&self, key: &str) -> bool {
+        self.by_key.contains_key(key)
+    }
+
+    /// Every model, sorted by display name.
+    pub fn sorted(&self) -> Vec<&ModelInfo> {
+        let mut models: Vec<&ModelInfo> = self.by_key.values().collect();
+        models.sort_by_key(|m| m.name.display().to_lowercase());
+        models
+    }
+
+    /// How many models there are.
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Whether the store has no models.
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+}
+
+/// A deleted alias whose file aliasd may still have to withdraw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tombstone {
+    /// The alias that was deleted.
+    pub name: ModelName,
+    /// The digest of the file aliasd had written for it.
+    pub digest: Arc<str>,
+}
+
+/// The authoritative registry state derived from the journal.
+#[derive(Debug, Clone, Default)]
+pub struct Index {
+    exact: HashMap<String, AliasEntry>,
+    prefixes: HashMap<String, AliasEntry>,
+    /// Direct target key -> keys of the exact and prefix aliases pointing at it.
+    dependents: HashMap<String, BTreeSet<DepKey>>,
+    tombstones: HashMap<String, Tombstone>,
+    last_seq: u64,
+}
+
+/// A key in the reverse-dependency map: which table, and the key there.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DepKey {
+    /// Whether the dependent is a prefix alias.
+    pub prefix: bool,
+    /// Its key.
+    pub key: String,
+}
+
+/// Where a chain of aliases ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainEnd<'m> {
+    /// At a model that is present.
+    Model(&'m ModelInfo),
+    /// At a name that is neither a model nor an alias.
+    Missing(ModelName),
+    /// At an alias already visited (cannot happen through the API; defensive).
+    Cycle,
+}
+
+/// How a name resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The name is a model.
+    Model,
+    /// Through an exact alias.
+    Alias,
+    /// Through a prefix alias.
+    Prefix,
+}
+
+impl Via {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Model => "model",
+            Via::Alias => "alias",
+            Via::Prefix => "prefix",
+        }
+    }
+}
+
+/// The answer to a resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    /// The model at the end of the chain.
+    pub resolved: ModelName,
+    /// Display names from the asked name to the model, both included.
+    pub chain: Vec<String>,
+    /// How the first step matched.
+    pub via: Via,
+    /// The model's manifest digest.
+    pub digest: Arc<str>,
+}
+
+/// Why a name did not resolve.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResolveError {
+    /// Nothing matches the name.
+    #[error("no model or alias named {0:?}")]
+    NotFound(String),
+    /// An alias matches but its chain ends at a missing model.
+    #[error("alias {alias:?} is dangling: {missing:?} is not in the store")]
+    Dangling {
+        /// The alias asked for.
+        alias: String,
+        /// The missing model at the end of its chain.
+        missing: String,
+    },
+    /// The chain loops.
+    #[error("alias {0:?} is part of a cycle")]
+    Cycle(String),
+}
+
+/// Read access shared by [`Index`] and [`Draft`].
+pub trait AliasView {
+    /// An exact alias by key.
+    fn exact(&self, key: &str) -> Option<&AliasEntry>;
+    /// A prefix alias by lowercase prefix.
+    fn prefix(&self, key: &str) -> Option<&AliasEntry>;
+    /// The aliases whose direct target has this key.
+    fn dependents(&self, target_key: &str) -> Vec<DepKey>;
+
+    /// An alias of either kind.
+    fn entry(&self, dep: &DepKey) -> Option<&AliasEntry> {
+        if dep.prefix {
+            self.prefix(&dep.key)
+        } else {
+            self.exact(&dep.key)
+        }
+    }
+
+    /// Follows a chain from `start` until it reaches a model or a missing name.
+    /// A model with the exact name wins over an alias at each step.
+    fn chain_end<'m>(&self, models: &'m Models, start: &ModelName) -> ChainEnd<'m> {
+        let mut current = start.clone();
+        let mut seen: Vec<String> = Vec::new();
+        loop {
+            let key = current.key();
+            if let Some(model) = models.get(&key) {
+                return ChainEnd::Model(model);
+            }
+            match self.exact(&key) {
+                None => return ChainEnd::Missing(current),
+                Some(entry) => {
+                    if seen.contains(&key) {
+                        return ChainEnd::Cycle;
+                    }
+                    seen.push(key);
+                    current = entry.target.clone();
+                }
+            }
+        }
+    }
+
+    /// Every alias whose chain passes through `target_key`, nearest first.
+    fn transitive_dependents(&self, target_key: &str) -> Vec<DepKey> {
+        let mut out: Vec<DepKey> = Vec::new();
+        let mut queue: Vec<String> = vec![target_key.to_string()];
+        while let Some(key) = queue.pop() {
+            for dep in self.dependents(&key) {
+                if out.contains(&dep) {
+                    continue;
+                }
+                if !dep.prefix {
+                    queue.push(dep.key.clone());
+                }
+                out.push(dep);
+            }
+        }
+        out
+    }
+}
+
+impl Index {
+    /// The seq of the last applied event.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Number of aliases, exact and prefix.
+    pub fn len(&self) -> usize {
+        self.exact.len() + self.prefixes.len()
+    }
+
+    /// Whether there are no aliases.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every alias, exact and prefix, sorted by display name (case-insensitively).
+    pub fn sorted(&self) -> Vec<&AliasEntry> {
+        let mut all: Vec<(String, &AliasEntry)> = self
+            .exact
+            .values()
+            .chain(self.prefixes.values())
+            .map(|e| (e.alias.display().to_lowercase(), e))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all.into_iter().map(|(_, e)| e).collect()
+    }
+
+    /// The exact aliases, in no particular order.
+    pub fn exact_entries(&self) -> impl Iterator<Item = &AliasEntry> {
+        self.exact.values()
+    }
+
+    /// Deleted aliases whose file may linger.
+    pub fn tombstones(&self) -> impl Iterator<Item = &Tombstone> {
+        self.tombstones.values()
+    }
+
+    /// Looks an alias up by the name a user typed: exact first, then a prefix
+    /// alias with exactly that spelling.
+    pub fn lookup(&self, name: &str) -> Option<&AliasEntry> {
+        if let Ok(parsed) = ModelName::parse(name) {
+            if let Some(entry) = self.exact.get(&parsed.key()) {
+                return Some(entry);
+            }
+        }
+        self.prefixes.get(&name.to_lowercase())
+    }
+
+    /// The longest prefix alias matching `name` (lowercase comparison).
+    pub fn longest_prefix(&self, name: &str) -> Option<&AliasEntry> {
+        let lower = name.to_lowercase();
+        self.prefixes
+            .iter()
+            .filter(|(prefix, _)| lower.starts_with(prefix.as_str()))
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map(|(_, entry)| entry)
+    }
+
+    /// Resolves a name as Ollama would see it: a model with the exact name,
+    /// else an exact alias, else the longest matching prefix alias.
+    pub fn resolve(&self, models: &Models, name: &str) -> Result<Resolution, ResolveError> {
+        let parsed = ModelName::parse(name).ok();
+        if let Some(parsed) = &parsed {
+            if let Some(model) = models.get(&parsed.key()) {
+                return Ok(Resolution {
+                    resolved: model.name.clone(),
+                    chain: vec![parsed.display()],
+                    via: Via::Model,
+                    digest: model.digest.clone(),
+                });
+            }
+        }
+        let (first, via) = match parsed.as_ref().and_then(|p| self.exact.get(&p.key())) {
+            Some(entry) => (entry, Via::Alias),
+            None => match self.longest_prefix(name) {
+                Some(entry) => (entry, Via::Prefix),
+                None => return Err(ResolveError::NotFound(name.to_string())),
+            },
+        };
+        let asked = parsed
+            .map(|p| p.display())
+            .unwrap_or_else(|| name.to_string());
+        let mut chain = vec![asked.clone()];
+        let mut current = first.target.clone();
+        loop {
+            let key = current.key();
+            chain.push(current.display());
+            if let Some(model) = models.get(&key) {
+                return Ok(Resolution {
+                    resolved: model.name.clone(),
+                    chain,
+                    via,
+                    digest: model.digest.clone(),
+                });
+            }
+            match self.exact.get(&key) {
+                None => {
+                    return Err(ResolveError::Dangling {
+                        alias: asked,
+                        missing: current.display(),
+                    })
+                }
+                Some(entry) => {
+                    if chain.len() > self.exact.len() + 2 {
+                        return Err(ResolveError::Cycle(asked));
+                    }
+                    current = entry.target.clone();
+                }
+            }
+        }
+    }
+
+    /// Applies one committed event. Replay and the live path both call this.
+    ///
+    /// # Errors
+    ///
+    /// An event whose alias name does not parse (a journal written by a
+    /// different build); the index is left unchanged.
+    pub fn apply(&mut self, event: &Event) -> Result<(), String> {
+        let alias = AliasName::of_event(event)?;
+        let target = parse_target(event)?;
+        let key = alias.key();
+        let dep = DepKey {
+            prefix: alias.is_prefix(),
+            key: key.clone(),
+        };
+        let previous = self.entry(&dep).cloned();
+        let next = next_entry(previous.as_ref(), alias, target, event);
+        if let Some(old) = &previous {
+            self.unlink(&dep, &old.target.key());
+        }
+        if let (None, Some(old)) = (&next, &previous) {
+            if let (AliasName::Exact(name), Some(digest)) = (&old.alias, &old.digest) {
+                let tombstone = Tombstone {
+                    name: name.clone(),
+                    digest: digest.clone(),
+                };
+                self.tombstones.insert(key.clone(), tombstone);
+            }
+        }
+        match next {
+            Some(entry) => {
+                self.dependents
+                    .entry(entry.target.key())
+                    .or_default()
+                    .insert(dep.clone());
+                if !dep.prefix {
+                    self.tombstones.remove(&key);
+                }
+                self.table_mut(dep.prefix).insert(key, entry);
+            }
+            None => {
+                self.table_mut(dep.prefix).remove(&key);
+            }
+        }
+        self.last_seq = self.last_seq.max(event.seq);
+        Ok(())
+    }
+
+    /// Forgets a tombstone once its file is known to be gone.
+    pub fn clear_tombstone(&mut self, key: &str) {
+        self.tombstones.remove(key);
+    }
+
+    fn table_mut(&mut self, prefix: bool) -> &mut HashMap<String, AliasEntry> {
+        if prefix {
+            &mut self.prefixes
+        } else {
+            &mut self.exact
+        }
+    }
+
+    fn unlink(&mut self, dep: &DepKey, target_key: &str) {
+        if let Some(set) = self.dependents.get_mut(target_key) {
+            set.remove(dep);
+            if set.is_empty() {
+                self.dependents.remove(target_key);
+            }
+        }
+    }
+
+    /// Rebuilds an index from entries and tombstones (a snapshot).
+    pub fn from_parts(
+        entries: Vec<AliasEntry>,
+        tombstones: Vec<Tombstone>,
+        last_seq: u64,
+    ) -> Index {
+        let mut index = Index {
+            last_seq,
+            ..Index::default()
+        };
+        for entry in entries {
+            let dep = DepKey {
+                prefix: entry.alias.is_prefix(),
+                key: entry.alias.key(),
+            };
+            index
+                .dependents
+                .entry(entry.target.key())
+                .or_default()
+                .insert(dep.clone());
+            index.table_mut(dep.prefix).insert(dep.key, entry);
+        }
+        for tombstone in tombstones {
+            index.tombstones.insert(tombstone.name.key(), tombstone);
+        }
+        index
+    }
+}
+
+impl AliasView for Index {
+    fn exact(&self, key: &str) -> Option<&AliasEntry> {
+        self.exact.get(key)
+    }
+
+    fn prefix(&self, key: &str) -> Option<&AliasEntry> {
+        self.prefixes.get(key)
+    }
+
+    fn dependents(&self, target_key: &str) -> Vec<DepKey> {
+        self.dependents
+            .get(target_key)
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+fn parse_target(event: &Event) -> Result<Option<ModelName>, String> {
+    match &event.target {
+        None => Ok(None),
+        Some(target) => ModelName::parse(target)
+            .map(Some)
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// Parses an event's RFC 3339 time into microseconds since the epoch (0 if bad).
+pub fn parse_time(time: &str) -> u64 {
+    humantime::parse_rfc3339(time)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Formats microseconds since the epoch as RFC 3339 UTC.
+pub fn format_time(micros: u64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_micros(micros);
+    humantime::format_rfc3339_micros(time).to_string()
+}
+
+/// The entry an event leaves behind, given the one before it.
+fn next_entry(
+    previous: Option<&AliasEntry>,
+    alias: AliasName,
+    target: Option<ModelName>,
+    event: &Event,
+) -> Option<AliasEntry> {
+    let time = parse_time(&event.time);
+    let digest: Option<Arc<str>> = event.digest.as_deref().map(Arc::from);
+    let previous_digest = previous.and_then(|p| p.digest.clone());
+    match event.kind {
+        EventType::AliasDeleted => None,
+        EventType::AliasCreated | EventType::AliasUpdated => {
+            let target = target.or_else(|| previous.map(|p| p.target.clone()))?;
+            let state = if alias.is_prefix() || digest.is_some() {
+                AliasState::Active
+            } else {
+                AliasState::Dangling
+            };
+            let created_at = match (event.kind, previous) {
+                (EventType::AliasUpdated, Some(p)) => p.created_at,
+                _ => time,
+            };
+            Some(AliasEntry {
+                alias,
+                target,
+                state,
+                digest,
+                previous_digest,
+                created_at,
+                updated_at: time,
+                seq: event.seq,
+            })
+        }
+        kind => {
+            let previous = previous?;
+            let (state, digest) = match kind {
+                EventType::TargetRemoved => (AliasState::Dangling, None),
+                EventType::AliasShadowed => (AliasState::Shadowed, None),
+                _ => (AliasState::Active, digest),
+            };
+            Some(AliasEntry {
+                alias: previous.alias.clone(),
+                target: target.unwrap_or_else(|| previous.target.clone()),
+                state,
+                digest,
+                previous_digest,
+                created_at: previous.created_at,
+                updated_at: time,
+                seq: event.seq,
+            })
+        }
+    }
+}
+
+/// The index plus changes not yet durable: what commands are planned against.
+///
+/// Changes are kept in an overlay with an undo log, so one command (or a whole
+/// batch) that fails part-way is rolled back without touching the others.
+#[derive(Debug)]
+pub struct Draft<'a> {
+    base: &'a Index,
+    exact: HashMap<String, Option<AliasEntry>>,
+    prefixes: HashMap<String, Option<AliasEntry>>,
+    undo: Vec<(DepKey, Option<Option<AliasEntry>>)>,
+    events: Vec<Event>,
+    next_seq: u64,
+}
+
+/// A point a [`Draft`] can roll back to.
+#[derive(Debug, Clone, Copy)]
+pub struct Checkpoint {
+    undo_len: usize,
+    events_len: usize,
+    next_seq: u64,
+}
+
+impl<'a> Draft<'a> {
+    /// Starts a draft over `base`; new events get seqs from `next_seq`.
+    pub fn new(base: &'a Index, next_seq: u64) -> Draft<'a> {
+        Draft {
+            base,
+            exact: HashMap::new(),
+            prefixes: HashMap::new(),
+            undo: Vec::new(),
+            events: Vec::new(),
+            next_seq,
+        }
+    }
+
+    /// The seq the next event will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Remembers the current state.
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            undo_len: self.undo.len(),
+            events_len: self.events.len(),
+            next_seq: self.next_seq,
+        }
+    }
+
+    /// Returns to a checkpoint, forgetting what was recorded after it.
+    pub fn rollback(&mut self, checkpoint: Checkpoint) {
+        while self.undo.len() > checkpoint.undo_len {
+            let Some((dep, before)) = self.undo.pop() else {
+                break;
+            };
+            let table = if dep.prefix {
+                &mut self.prefixes
+            } else {
+                &mut self.exact
+            };
+            match before {
+                None => {
+                    table.remove(&dep.key);
+                }
+                Some(value) => {
+                    table.insert(dep.key, value);
+                }
+            }
+        }
+        self.events.truncate(checkpoint.events_len);
+        self.next_seq = checkpoint.next_seq;
+    }
+
+    /// Records an event (its seq is assigned here) and applies it to the overlay.
+    ///
+    /// # Errors
+    ///
+    /// The event's names do not parse; nothing is recorded.
+    pub fn record(&mut self, mut event: Event) -> Result<&Event, String> {
+        event.seq = self.next_seq;
+        let alias = AliasName::of_event(&event)?;
+        let target = parse_target(&event)?;
+        let dep = DepKey {
+            prefix: alias.is_prefix(),
+            key: alias.key(),
+        };
+        let next = next_entry(self.entry(&dep), alias, target, &event);
+        let table = if dep.prefix {
+            &mut self.prefixes
+        } else {
+            &mut self.exact
+        };
+        let before = table.insert(dep.key.clone(), next);
+        self.undo.push((dep, before));
+        self.next_seq += 1;
+        self.events.push(event);
+        Ok(self.events.last().expect("just pushed"))
+    }
+
+    /// The events recorded since `checkpoint`.
+    pub fn events_since(&self, checkpoint: Checkpoint) -> &[Event] {
+        &self.events[checkpoint.events_len..]
+    }
+
+    /// Every recorded event, in order.
+    pub fn into_events(self) -> Vec<Event> {
+        self.events
+    }
+}
+
+impl AliasView for Draft<'_> {
+    fn exact(&self, key: &str) -> Option<&AliasEntry> {
+        match self.exact.get(key) {
+            Some(overlay) => overlay.as_ref(),
+            None => self.base.exact.get(key),
+        }
+    }
+
+    fn prefix(&self, key: &str) -> Option<&AliasEntry> {
+        match self.prefixes.get(key) {
+            Some(overlay) => overlay.as_ref(),
+            None => self.base.prefixes.get(key),
+        }
+    }
+
+    fn dependents(&self, target_key: &str) -> Vec<DepKey> {
+        let mut out: Vec<DepKey> = self
+            .base
+            .dependents(target_key)
+            .into_iter()
+            .filter(|dep| {
+                self.entry(dep)
+                    .is_some_and(|e| e.target.key() == target_key)
+            })
+            .collect();
+        for (prefix, table) in [(false, &self.exact), (true, &self.prefixes)] {
+            for (key, entry) in table {
+                let Some(entry) = entry else { continue };
+                let dep = DepKey {
+                    prefix,
+                    key: key.clone(),
+                };
+                if entry.target.key() == target_key && !out.contains(&dep) {
+                    out.push(dep);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(name: &str) -> ModelInfo {
+        let name = ModelName::parse(name).unwrap();
+        let bytes: Arc<[u8]> = Arc::from(format!("{{\"m\":\"{}\"}}", name.key()).into_bytes());
+        ModelInfo {
+            digest: Arc::from(crate::digest::manifest_digest(&bytes)),
+            name,
+            bytes,
+            size: Some(1),
+            modified_at: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    fn event(
+        seq: u64,
+        kind: EventType,
+        alias: &str,
+        target: Option<&str>,
+        digest: Option<&str>,
+    ) -> Event {
+        Event {
+            seq,
+            id: crate::event::new_id(),
+            time: format_time(seq * 1_000_000),
+            kind,
+            alias: alias.into(),
+            target: target.map(String::from),
+            previous_target: None,
+            digest: digest.map(String::from),
+            prefix_matching: alias.ends_with('-'),
+            actor: "test".into(),
+            request_id: None,
+        }
+    }
+
+    fn models(names: &[&str]) -> Models {
+        let mut models = Models::default();
+        for name in names {
+            models.insert(model(name));
+        }
+        models
+    }
+
+    /// Applies events and checks `resolve(name)` against the expected chain (or error).
+    fn check(events: &[Event], models: &Models, name: &str, expected: Result<&[&str], &str>) {
+        let mut index = Index::default();
+        for e in events {
+            index.apply(e).unwrap();
+        }
+        let got = index.resolve(models, name);
+        match expected {
+            Ok(chain) => {
+                let got = got.unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert_eq!(got.chain, chain, "{name}");
+            }
+            Err(fragment) => {
+                let err = got.expect_err(name).to_string();
+                assert!(err.contains(fragment), "{name}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn resolves_models_chains_and_prefixes() {
+        let ms = models(&["llama3", "qwen2.5-coder:32b"]);
+        let d = Some("sha256:x");
+        let events = [
+            event(
+                1,
+                EventType::AliasCreated,
+                "coder",
+                Some("qwen2.5-coder:32b"),
+                d,
+            ),
+            event(2, EventType::AliasCreated, "c", Some("coder"), d),
+            event(3, EventType::AliasCreated, "my-", Some("llama3"), None),
+            event(4, EventType::AliasCreated, "my-long-", Some("c"), None),
+            event(5, EventType::AliasCreated, "gone", Some("missing"), None),
+        ];
+        check(&events, &ms, "llama3", Ok(&["llama3"]));
+        check(&events, &ms, "coder", Ok(&["coder", "qwen2.5-coder:32b"]));
+        check(
+            &events,
+            &ms,
+            "C:latest",
+            Ok(&["C", "coder", "qwen2.5-coder:32b"]),
+        );
+        check(&events, &ms, "my-thing", Ok(&["my-thing", "llama3"]));
+        check(
+            &events,
+            &ms,
+            "MY-LONG-x",
+            Ok(&["MY-LONG-x", "c", "coder", "qwen2.5-coder:32b"]),
+        );
+        check(&events, &ms, "nothing", Err("no model or alias"));
+        check(&events, &ms, "gone", Err("dangling"));
+    }
+
+    #[test]
+    fn apply_tracks_dependents_and_tombstones() {
+        let mut index = Index::default();
+        index
+            .apply(&event(
+                1,
+                EventType::AliasCreated,
+                "a",
+                Some("m"),
+                Some("sha256:1"),
+            ))
+            .unwrap();
+        index
+            .apply(&event(
+                2,
+                EventType::AliasCreated,
+                "b",
+                Some("a"),
+                Some("sha256:1"),
+            ))
+            .unwrap();
+        let a_key = ModelName::parse("a").unwrap().key();
+        let m_key = ModelName::parse("m").unwrap().key();
+        assert_eq!(index.dependents(&a_key).len(), 1);
+        assert_eq!(index.transitive_dependents(&m_key).len(), 2);
+        index
+            .apply(&event(
+                3,
+                EventType::AliasUpdated,
+                "b",
+                Some("m"),
+                Some("sha256:1"),
+            ))
+            .unwrap();
+        assert!(index.dependents(&a_key).is_empty());
+        assert_eq!(index.dependents(&m_key).len(), 2);
+        index
+            .apply(&event(
+                4,
+                EventType::AliasDeleted,
+                "a",
+                None,
+                Some("sha256:1"),
+            ))
+            .unwrap();
+        assert_eq!(index.tombstones().count(), 1);
+        assert_eq!(index.len(), 1);
+        assert_eq!(index.last_seq(), 4);
+        index
+            .apply(&event(
+                5,
+                EventType::AliasCreated,
+                "a",
+                Some("m"),
+                Some("sha256:1"),
+            ))
+            .unwrap();
+        assert_eq!(index.tombstones().count(), 0);
+    }
+
+    #[test]
+    fn system_events_change_state() {
+        let mut index = Index::default();
+        index
+            .apply(&event(
+                1,
+                EventType::AliasCreated,
+                "a",
+                Some("m"),
+                Some("sha256:1"),
+            ))
+            .unwrap();
+        let key = ModelName::parse("a").unwrap().key();
+        let state = |index: &Index| index.exact(&key).unwrap().state;
+        index
+            .apply(&event(2, EventType::TargetRemoved, "a", Some("m"), None))
+            .unwrap();
+        assert_eq!(state(&index), AliasState::Dangling);
+        index
+            .apply(&event(
+                3,
+                EventType::TargetRestored,
+                "a",
+                Some("m"),
+                Some("sha256:2"),
+            ))
+            .unwrap();
+        assert_eq!(state(&index), AliasState::Active);
+        assert_eq!(index.exact(&key).unwrap().previous_digest, None);
+        index
+            .apply(&event(4, EventType::AliasShadowed, "a", Some("m"), None))
+            .unwrap();
+        assert_eq!(state(&index), AliasState::Shadowed);
+        assert_eq!(index.exact(&key).unwrap().seq, 4);
+        assert_eq!(index.exact(&key).unwrap().created_at, 1_000_000);
+    }
+
+    #[test]
+    fn draft_overlays_and_rolls_back() {
+        let mut index = Index::default();
+        index
+            .apply(&event(
+                1,
+                EventType::AliasCreated,
+                "a",
+                Some("m"),
+                Some("sha256:1"),
+            ))
+            .unwrap();
+        let m_key = ModelName::parse("m").unwrap().key();
+        let mut draft = Draft::new(&index, 2);
+        let cp = draft.checkpoint();
+        draft
+            .record(event(
+                0,
+                EventType::AliasCreated,
+                "b",
+                Some("m"),
+                Some("sha256:1"),
+            ))
+            .unwrap();
+        draft
+            .record(event(0, EventType::AliasDeleted, "a", None, None))
+            .unwrap();
+        assert_eq!(draft.dependents(&m_key).len(), 1);
+        assert_eq!(draft.next_seq(), 4);
+        draft.rollback(cp);
+        assert_eq!(draft.dependents(&m_key).len(), 1);
+        assert!(draft.exact(&ModelName::parse("a").unwrap().key()).is_some());
+        assert!(draft.exact(&ModelName::parse("b").unwrap().key()).is_none());
+        assert_eq!(draft.next_seq(), 2);
+        assert!(draft.into_events().is_empty());
+    }
+}

@@ -1,0 +1,31 @@
+//! aliasd: an event-sourced registry of model aliases for an Ollama model store.
+//!
+//! Layout, in reading order (see `ARCHITECTURE.md`):
+//! - `name`, `digest`: Ollama model names and manifest digests; pure.
+//! - `event`: the journal payload and wire shape of a change.
+//! - `index`: the in-memory registry, a fold of `Index::apply` over events; pure.
+//! - `command`: validation of commands and the events they become; pure.
+//! - `store`: reading Ollama's model store; knows nothing of aliases.
+//! - `materializer`, `reconcile`: making the store match the index, and noticing
+//!   when it does not.
+//! - `snapshot`: the index as a blob, to bound start-up time.
+//! - `registry`: the single writer that owns journal, index and materializer.
+//! - `http`: the axum routes; the only module that knows status codes.
+//! - `config`, `client`: the command line.
+
+pub mod client;
+pub mod command;
+pub mod config;
+pub mod digest;
+pub mod event;
+pub mod http;
+pub mod index;
+pub mod materializer;
+pub mod name;
+pub mod offline;
+pub mod reconcile;
+pub mod registry;
+pub mod snapshot;
+pub mod store;
+
+pub use http::app;

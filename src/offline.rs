@@ -1,0 +1,131 @@
+//! Offline journal commands (`aliasd journal verify|dump|compact|repair`),
+//! run while the server is stopped.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+
+use crate::config::JournalAction;
+
+/// Runs one offline journal command.
+///
+/// # Errors
+///
+/// Damage found by `verify`, or a journal that cannot be opened or written.
+pub fn run(action: JournalAction, json: bool) -> anyhow::Result<()> {
+    match action {
+        JournalAction::Verify(dir) => verify(&dir.resolve(), json),
+        JournalAction::Dump(dir) => dump(&dir.resolve()),
+        JournalAction::Compact(dir) => compact(&dir.resolve()),
+        JournalAction::Repair { dir, yes } => repair(&dir.resolve(), yes),
+    }
+}
+
+fn verify(dir: &Path, json: bool) -> anyhow::Result<()> {
+    if !dir.exists() {
+        bail!("no journal at {}", dir.display());
+    }
+    let report = journal::verify(dir)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "ok": true,
+                "records": report.records,
+                "segments": report.segments,
+                "last_seq": report.last_seq.0,
+                "snapshot_seq": report.snapshot_seq.map(|s| s.0),
+            })
+        );
+    } else {
+        println!(
+            "ok: {} records in {} segments, last seq {}, snapshot {}",
+            report.records,
+            report.segments,
+            report.last_seq.0,
+            report
+                .snapshot_seq
+                .map(|s| s.0.to_string())
+                .unwrap_or_else(|| "none".into())
+        );
+    }
+    Ok(())
+}
+
+fn open(dir: &Path, repair: bool) -> anyhow::Result<journal::Opened> {
+    if !dir.exists() {
+        bail!("no journal at {}", dir.display());
+    }
+    let options = journal::Options {
+        repair,
+        ..journal::Options::default()
+    };
+    journal::Journal::open(dir, options)
+        .with_context(|| format!("opening journal {}", dir.display()))
+}
+
+fn dump(dir: &Path) -> anyhow::Result<()> {
+    let opened = open(dir, false)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for record in opened.journal.read_from(journal::Seq(1))? {
+        let (seq, payload) = record?;
+        match crate::event::Event::decode(&payload) {
+            Ok(event) => writeln!(out, "{}", event.to_json())?,
+            Err(e) => bail!("record {}: {e}", seq.0),
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn compact(dir: &Path) -> anyhow::Result<()> {
+    let opened = open(dir, false)?;
+    let index = crate::registry::load_index(&opened.journal, opened.snapshot)?;
+    let data = crate::snapshot::encode(&index);
+    opened
+        .journal
+        .write_snapshot(journal::Seq(index.last_seq()), &data)?;
+    println!(
+        "snapshot written at seq {} ({} aliases, {} bytes)",
+        index.last_seq(),
+        index.len(),
+        data.len()
+    );
+    Ok(())
+}
+
+fn repair(dir: &Path, yes: bool) -> anyhow::Result<()> {
+    match journal::verify(dir) {
+        Ok(report) => {
+            println!(
+                "journal is intact ({} records); nothing to repair",
+                report.records
+            );
+            return Ok(());
+        }
+        Err(journal::Error::Corrupt {
+            path,
+            offset,
+            reason,
+        }) => {
+            println!(
+                "damage in {} at byte {offset}: {reason}\nrepair keeps every record before it and drops that record and everything after it (later segments included)",
+                path.display()
+            );
+        }
+        Err(e) => return Err(e.into()),
+    }
+    if !yes {
+        bail!("nothing changed; run again with --yes to repair");
+    }
+    let opened = open(dir, true)?;
+    println!(
+        "repaired: dropped {} records ({} bytes); journal now ends at seq {}",
+        opened.recovery.dropped_records,
+        opened.recovery.truncated_bytes,
+        opened.journal.last_seq().0
+    );
+    Ok(())
+}

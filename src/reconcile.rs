@@ -1,0 +1,86 @@
+//! Compare the store with the index and plan the events that bring them in
+//! line: one code path for start-up and for the watcher.
+//!
+//! `observe` reads the store (blocking I/O); `plan` is pure.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::command::{reconcile_alias, Origin, PathState};
+use crate::index::{AliasState, AliasView, Draft, Index, ModelInfo, Models};
+use crate::name::ModelName;
+use crate::store::Store;
+
+/// What the store holds, read against the index.
+#[derive(Debug, Default)]
+pub struct Observation {
+    /// The models: every manifest file that is not aliasd's own.
+    pub models: Models,
+    /// For each exact alias key: what is at its path.
+    pub path_states: HashMap<String, PathState>,
+    /// Files of deleted aliases that aliasd wrote and should withdraw,
+    /// with the digest it wrote.
+    pub stale: Vec<(ModelName, Arc<str>)>,
+}
+
+/// Reads the whole store and sorts its files into models and alias files.
+///
+/// # Errors
+///
+/// File system errors while scanning.
+pub fn observe(store: &Store, index: &Index) -> std::io::Result<Observation> {
+    let mut observation = Observation::default();
+    let tombstones: HashMap<String, Arc<str>> = index
+        .tombstones()
+        .map(|t| (t.name.key(), t.digest.clone()))
+        .collect();
+    for file in store.scan()? {
+        let key = file.name.key();
+        if let Some(entry) = index.exact(&key) {
+            let state = if entry.state == AliasState::Shadowed {
+                PathState::Foreign
+            } else {
+                crate::materializer::classify(&file.bytes, entry, None)
+            };
+            observation.path_states.insert(key, state.clone());
+            if state == PathState::Ours {
+                continue;
+            }
+        } else if let Some(digest) = tombstones.get(&key) {
+            if **digest == *file.digest {
+                observation.stale.push((file.name.clone(), digest.clone()));
+                continue;
+            }
+        }
+        observation.models.insert(model_info(&file));
+    }
+    for entry in index.exact_entries() {
+        let key = entry.alias.key();
+        observation
+            .path_states
+            .entry(key)
+            .or_insert(PathState::Absent);
+    }
+    Ok(observation)
+}
+
+/// A model as the index keeps it, from a manifest file.
+pub fn model_info(file: &crate::store::ManifestFile) -> ModelInfo {
+    ModelInfo {
+        name: file.name.clone(),
+        digest: Arc::from(file.digest.as_str()),
+        bytes: Arc::from(file.bytes.as_slice()),
+        size: file.size(),
+        modified_at: file.modified_rfc3339(),
+    }
+}
+
+/// Records one event per alias that the observation shows out of line.
+pub fn plan(draft: &mut Draft<'_>, observation: &Observation, origin: &Origin, time: &str) {
+    let mut keys: Vec<&String> = observation.path_states.keys().collect();
+    keys.sort();
+    for key in keys {
+        let state = &observation.path_states[key];
+        reconcile_alias(draft, &observation.models, origin, time, key, state);
+    }
+}

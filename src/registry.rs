@@ -1,0 +1,601 @@
+//! The single writer: owns the journal handle, the authoritative index and the
+//! materializer, and turns commands into durable events.
+//!
+//! Handlers and the watcher send a [`Command`] with a reply channel. The writer
+//! thread takes every command waiting (group commit across requests) and, for
+//! the group: (1) plans each against a [`Draft`] of the index, a failed one
+//! rolled back alone; (2) appends all events in one journal transaction and waits
+//! until it is durable; (3) applies them to the shared index; (4) materializes
+//! the touched aliases; (5) broadcasts the events; (6) replies. Journal, index
+//! and event stream share one order by construction, and no one hears of a
+//! change that is not durable.
+//!
+//! Readers take the shared state's read lock for a moment and never wait for a
+//! journal fsync: the write lock is taken only to apply already durable events.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::command::{
+    plan_batch, plan_delete, plan_put, BatchOp, CommandError, DeleteAlias, Origin, PutAlias,
+    PutOutcome,
+};
+use crate::event::{now_rfc3339, Event, EventType};
+use crate::index::{AliasEntry, AliasName, AliasView, DepKey, Draft, Index, Models};
+use crate::materializer::Materializer;
+use crate::reconcile;
+use crate::store::Store;
+
+/// Events kept for live subscribers before a slow one must catch up from disk.
+pub const BROADCAST_CAPACITY: usize = 4096;
+/// Commands taken into one group commit at most.
+const MAX_GROUP: usize = 512;
+
+/// What readers see: the index and the models, always consistent with each other.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Aliases, derived from durable events only.
+    pub index: Index,
+    /// Models in the store, as last observed.
+    pub models: Models,
+}
+
+/// Settings of the registry.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// The Ollama model store.
+    pub models_dir: PathBuf,
+    /// The journal directory.
+    pub journal_dir: PathBuf,
+    /// `--retain N`: keep at least the last N events.
+    pub retain: Option<u64>,
+    /// Write a snapshot after this many events.
+    pub snapshot_every: u64,
+}
+
+/// A change asked of the registry.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Create or retarget an alias.
+    Put(PutAlias),
+    /// Delete an alias.
+    Delete(DeleteAlias),
+    /// Several puts and deletes, all or nothing.
+    Batch(Vec<BatchOp>),
+    /// Read the store and bring aliases in line with it.
+    Reconcile,
+    /// Write a snapshot now.
+    Snapshot,
+}
+
+/// The result of a command.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// A put: the alias after it, and whether it was created or changed.
+    Put {
+        /// The alias as committed.
+        entry: AliasEntry,
+        /// Created rather than updated.
+        created: bool,
+        /// Whether an event was written (false for an idempotent put).
+        changed: bool,
+    },
+    /// A delete succeeded.
+    Deleted,
+    /// A batch: the put ops' results, in order.
+    Batch(Vec<AliasEntry>),
+    /// A reconcile: how many events it wrote.
+    Reconciled(usize),
+    /// A snapshot covering this seq was written.
+    Snapshot(u64),
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// Refused by validation.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// The journal could not make the change durable; nothing was applied.
+    #[error("journal: {0}")]
+    Storage(#[from] journal::Error),
+    /// The registry is shutting down.
+    #[error("registry is shutting down")]
+    Unavailable,
+}
+
+struct Request {
+    command: Command,
+    origin: Origin,
+    reply: oneshot::Sender<Result<Reply, RegistryError>>,
+}
+
+/// A cheap handle to the registry: send commands, read state, subscribe.
+#[derive(Clone)]
+pub struct Registry {
+    commands: mpsc::Sender<Request>,
+    shared: Arc<RwLock<Shared>>,
+    events: broadcast::Sender<Arc<Event>>,
+    journal: journal::Journal,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
+}
+
+/// The writer thread; join it after dropping every [`Registry`] handle.
+pub struct WriterThread(JoinHandle<()>);
+
+impl WriterThread {
+    /// Waits for the writer to drain its queue and exit.
+    pub fn join(self) {
+        let _ = self.0.join();
+    }
+}
+
+impl Registry {
+    /// Opens the journal (recovering it), rebuilds the index from the newest
+    /// snapshot and the events after it, reconciles the store with it, and
+    /// starts the writer thread.
+    ///
+    /// # Errors
+    ///
+    /// The journal cannot be opened (mid-log damage included) or the store
+    /// cannot be read or created.
+    pub fn start(config: RegistryConfig) -> anyhow::Result<(Registry, WriterThread)> {
+        use anyhow::Context;
+        let store = Store::new(&config.models_dir);
+        store
+            .ensure_layout()
+            .with_context(|| format!("creating model store {}", config.models_dir.display()))?;
+        let options = journal::Options {
+            retain: config.retain,
+            ..journal::Options::default()
+        };
+        let opened = journal::Journal::open(&config.journal_dir, options)
+            .with_context(|| format!("opening journal {}", config.journal_dir.display()))?;
+        if opened.recovery.truncated_bytes > 0 {
+            tracing::warn!(
+                bytes = opened.recovery.truncated_bytes,
+                file = ?opened.recovery.truncated_file,
+                "journal had a torn tail; cut {} bytes back to the last complete record",
+                opened.recovery.truncated_bytes
+            );
+        }
+        let journal = opened.journal;
+        let index = load_index(&journal, opened.snapshot)?;
+        tracing::info!(
+            aliases = index.len(),
+            seq = index.last_seq(),
+            "index loaded"
+        );
+        let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let shared = Arc::new(RwLock::new(Shared {
+            index,
+            models: Models::default(),
+        }));
+        let mut writer = Writer {
+            journal: journal.clone(),
+            shared: shared.clone(),
+            materializer: Materializer::new(store),
+            events: events.clone(),
+            snapshot_every: config.snapshot_every.max(1),
+            since_snapshot: 0,
+        };
+        let n_events = writer
+            .reconcile(&Origin::system("startup"))
+            .context("reconciling the model store with the journal")?;
+        writer.sync_all_aliases();
+        tracing::info!(events = n_events, "store reconciled");
+        let (commands, receiver) = mpsc::channel(1024);
+        let thread = std::thread::Builder::new()
+            .name("aliasd-writer".into())
+            .spawn(move || writer.run(receiver))
+            .context("starting the writer thread")?;
+        let registry = Registry {
+            commands,
+            shared,
+            events,
+            journal,
+        };
+        Ok((registry, WriterThread(thread)))
+    }
+
+    /// Sends a command and waits for its reply.
+    ///
+    /// # Errors
+    ///
+    /// The command was refused, could not be made durable, or the registry stopped.
+    pub async fn execute(&self, command: Command, origin: Origin) -> Result<Reply, RegistryError> {
+        let (reply, response) = oneshot::channel();
+        let request = Request {
+            command,
+            origin,
+            reply,
+        };
+        self.commands
+            .send(request)
+            .await
+            .map_err(|_| RegistryError::Unavailable)?;
+        response.await.map_err(|_| RegistryError::Unavailable)?
+    }
+
+    /// Runs `f` with the current state under a short read lock.
+    pub fn read<T>(&self, f: impl FnOnce(&Shared) -> T) -> T {
+        let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
+        f(&guard)
+    }
+
+    /// Subscribes to committed events.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.events.subscribe()
+    }
+
+    /// The journal, for reading history.
+    pub fn journal(&self) -> &journal::Journal {
+        &self.journal
+    }
+}
+
+/// Rebuilds the index: snapshot, then every event after it.
+///
+/// # Errors
+///
+/// The journal cannot be read, or holds a record that is not an event.
+pub fn load_index(
+    journal: &journal::Journal,
+    snapshot: Option<journal::Snapshot>,
+) -> anyhow::Result<Index> {
+    let mut index = match snapshot {
+        None => Index::default(),
+        Some(snapshot) => match crate::snapshot::decode(&snapshot.data) {
+            Ok(index) => index,
+            Err(e) => {
+                tracing::warn!(
+                    "ignoring snapshot at seq {}: {e}; replaying the whole journal",
+                    snapshot.seq.0
+                );
+                Index::default()
+            }
+        },
+    };
+    let from = journal::Seq(index.last_seq() + 1);
+    for record in journal.read_from(from)? {
+        let (seq, payload) = record?;
+        let event = Event::decode(&payload)
+            .map_err(|e| anyhow::anyhow!("journal record {}: {e}", seq.0))?;
+        if let Err(e) = index.apply(&event) {
+            tracing::warn!("journal record {}: {e}; skipped", seq.0);
+        }
+    }
+    Ok(index)
+}
+
+/// The state owned by the writer thread.
+struct Writer {
+    journal: journal::Journal,
+    /// Written only by this thread, and only with durable events.
+    shared: Arc<RwLock<Shared>>,
+    materializer: Materializer,
+    events: broadcast::Sender<Arc<Event>>,
+    snapshot_every: u64,
+    since_snapshot: u64,
+}
+
+/// A planned request waiting for the group's commit.
+struct Pending {
+    reply: oneshot::Sender<Result<Reply, RegistryError>>,
+    outcome: Result<Planned, RegistryError>,
+}
+
+enum Planned {
+    Put(PutOutcome, bool),
+    Deleted,
+    Batch(Vec<PutOutcome>),
+    Reconcile,
+    Snapshot,
+}
+
+impl Writer {
+    fn run(mut self, mut receiver: mpsc::Receiver<Request>) {
+        while let Some(first) = receiver.blocking_recv() {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match receiver.try_recv() {
+                    Ok(request) => group.push(request),
+                    Err(_) => break,
+                }
+            }
+            self.process(group);
+        }
+        if self.since_snapshot > 0 {
+            if let Err(e) = self.write_snapshot() {
+                tracing::error!("snapshot at shutdown failed: {e}");
+            }
+        }
+        tracing::info!("writer stopped");
+    }
+
+    fn process(&mut self, group: Vec<Request>) {
+        // A reconcile reads the whole store; it runs alone, after the rest.
+        let (others, reconciles): (Vec<Request>, Vec<Request>) = group
+            .into_iter()
+            .partition(|r| !matches!(r.command, Command::Reconcile));
+        self.process_group(others);
+        for request in reconciles {
+            let res = self
+                .reconcile(&request.origin)
+                .map(Reply::Reconciled)
+                .map_err(|e| {
+                    tracing::error!("reconcile failed: {e:#}");
+                    match e.downcast::<journal::Error>() {
+                        Ok(e) => RegistryError::Storage(e),
+                        Err(_) => RegistryError::Unavailable,
+                    }
+                });
+            let _ = request.reply.send(res);
+        }
+    }
+
+    fn process_group(&mut self, group: Vec<Request>) {
+        if group.is_empty() {
+            return;
+        }
+        let time = now_rfc3339();
+        let mut pending = Vec::with_capacity(group.len());
+        let events = {
+            let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
+            let mut draft = Draft::new(&guard.index, self.journal.last_seq().0 + 1);
+            for request in group {
+                let checkpoint = draft.checkpoint();
+                let outcome = plan(&mut draft, &guard.models, &request, &time);
+                if outcome.is_err() {
+                    draft.rollback(checkpoint);
+                }
+                pending.push(Pending {
+                    reply: request.reply,
+                    outcome: outcome.map_err(RegistryError::from),
+                });
+            }
+            draft.into_events()
+        };
+        if let Err(e) = self.commit(&events, None) {
+            let message = e.to_string();
+            tracing::error!(
+                "journal append failed, {} events not applied: {message}",
+                events.len()
+            );
+            let mut error = Some(e);
+            for p in pending {
+                let res = match p.outcome {
+                    Ok(_) => Err(error.take().map(RegistryError::Storage).unwrap_or_else(|| {
+                        RegistryError::Storage(journal::Error::Io {
+                            op: "append",
+                            path: PathBuf::new(),
+                            source: std::io::Error::other(message.clone()),
+                        })
+                    })),
+                    Err(e) => Err(e),
+                };
+                let _ = p.reply.send(res);
+            }
+            return;
+        }
+        for p in pending {
+            let reply = match p.outcome {
+                Err(e) => Err(e),
+                Ok(planned) => self.reply_for(planned),
+            };
+            let _ = p.reply.send(reply);
+        }
+    }
+
+    fn reply_for(&mut self, planned: Planned) -> Result<Reply, RegistryError> {
+        let entry_of = |shared: &Shared, dep: &DepKey| shared.index.entry(dep).cloned();
+        match planned {
+            Planned::Put(outcome, changed) => {
+                let entry = self
+                    .read(|s| entry_of(s, &outcome.dep))
+                    .ok_or(RegistryError::Unavailable)?;
+                Ok(Reply::Put {
+                    entry,
+                    created: outcome.created,
+                    changed,
+                })
+            }
+            Planned::Deleted => Ok(Reply::Deleted),
+            Planned::Batch(outcomes) => {
+                let entries = self.read(|s| {
+                    outcomes
+                        .iter()
+                        .filter_map(|o| entry_of(s, &o.dep))
+                        .collect()
+                });
+                Ok(Reply::Batch(entries))
+            }
+            Planned::Snapshot => self
+                .write_snapshot()
+                .map(Reply::Snapshot)
+                .map_err(RegistryError::from),
+            Planned::Reconcile => Ok(Reply::Reconciled(0)),
+        }
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Shared) -> T) -> T {
+        let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
+        f(&guard)
+    }
+
+    /// Makes events durable, applies them, materializes, broadcasts.
+    /// `models`, if given, replaces the model set in the same step.
+    fn commit(&mut self, events: &[Event], models: Option<Models>) -> Result<(), journal::Error> {
+        if !events.is_empty() {
+            let payloads = events.iter().map(Event::encode).collect();
+            let first = self.journal.append(payloads)?;
+            if first.0 != events[0].seq {
+                tracing::error!(
+                    expected = events[0].seq,
+                    got = first.0,
+                    "journal seq out of step with the index"
+                );
+            }
+        }
+        // Digests written before this group: files with them are still ours.
+        let prior: Vec<Option<Arc<str>>> = self.read(|s| {
+            events
+                .iter()
+                .map(|e| {
+                    AliasName::of_event(e)
+                        .ok()
+                        .and_then(|a| s.index.exact(&a.key()).and_then(|x| x.digest.clone()))
+                })
+                .collect()
+        });
+        {
+            let mut guard = self.shared.write().unwrap_or_else(|e| e.into_inner());
+            for event in events {
+                if let Err(e) = guard.index.apply(event) {
+                    tracing::error!(seq = event.seq, "event not applied: {e}");
+                }
+            }
+            if let Some(models) = models {
+                guard.models = models;
+            }
+        }
+        self.materialize(events, &prior);
+        for event in events {
+            // No subscriber is not an error.
+            let _ = self.events.send(Arc::new(event.clone()));
+        }
+        self.since_snapshot += events.len() as u64;
+        if self.since_snapshot >= self.snapshot_every {
+            if let Err(e) = self.write_snapshot() {
+                tracing::error!("periodic snapshot failed: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    fn materialize(&self, events: &[Event], prior: &[Option<Arc<str>>]) {
+        let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
+        let mut done = HashSet::new();
+        for (event, prior) in events.iter().zip(prior).rev() {
+            let Ok(AliasName::Exact(name)) = AliasName::of_event(event) else {
+                continue;
+            };
+            if !done.insert(name.key()) {
+                continue;
+            }
+            let res = match guard.index.exact(&name.key()) {
+                Some(entry) => self.materializer.sync_alias(
+                    &guard.index,
+                    &guard.models,
+                    entry,
+                    prior.as_deref(),
+                ),
+                None => {
+                    let mut ours: Vec<&str> = Vec::new();
+                    ours.extend(event.digest.as_deref());
+                    ours.extend(prior.as_deref());
+                    self.materializer.withdraw(&name, &ours)
+                }
+            };
+            match res {
+                Ok(outcome) => tracing::debug!(alias = %name, ?outcome, "materialized"),
+                Err(e) => {
+                    tracing::error!(alias = %name, "materializing failed: {e}; the next reconcile retries")
+                }
+            }
+        }
+    }
+
+    /// Makes every exact alias's file match the index (after start-up).
+    fn sync_all_aliases(&self) {
+        let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
+        for entry in guard.index.exact_entries() {
+            if let Err(e) = self
+                .materializer
+                .sync_alias(&guard.index, &guard.models, entry, None)
+            {
+                tracing::error!(alias = %entry.alias.display(), "materializing failed: {e}");
+            }
+        }
+    }
+
+    /// Reads the store, journals what changed behind aliasd's back, and
+    /// materializes. Returns the number of events written.
+    fn reconcile(&mut self, origin: &Origin) -> anyhow::Result<usize> {
+        let observation = {
+            let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
+            reconcile::observe(self.materializer.store(), &guard.index)?
+        };
+        for (name, digest) in &observation.stale {
+            match self.materializer.withdraw(name, &[digest]) {
+                Ok(_) => tracing::info!(alias = %name, "withdrew the file of a deleted alias"),
+                Err(e) => {
+                    tracing::warn!(alias = %name, "could not withdraw a deleted alias's file: {e}")
+                }
+            }
+        }
+        let time = now_rfc3339();
+        let events = {
+            let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
+            let mut draft = Draft::new(&guard.index, self.journal.last_seq().0 + 1);
+            reconcile::plan(&mut draft, &observation, origin, &time);
+            draft.into_events()
+        };
+        if !observation.stale.is_empty() {
+            let mut guard = self.shared.write().unwrap_or_else(|e| e.into_inner());
+            for (name, _) in &observation.stale {
+                guard.index.clear_tombstone(&name.key());
+            }
+        }
+        self.commit(&events, Some(observation.models))?;
+        Ok(events.len())
+    }
+
+    fn write_snapshot(&mut self) -> Result<u64, journal::Error> {
+        let (seq, data) = self.read(|s| (s.index.last_seq(), crate::snapshot::encode(&s.index)));
+        self.journal.write_snapshot(journal::Seq(seq), &data)?;
+        self.since_snapshot = 0;
+        tracing::info!(seq, bytes = data.len(), "snapshot written");
+        Ok(seq)
+    }
+}
+
+fn plan(
+    draft: &mut Draft<'_>,
+    models: &Models,
+    request: &Request,
+    time: &str,
+) -> Result<Planned, CommandError> {
+    let origin = &request.origin;
+    match &request.command {
+        Command::Put(put) => {
+            let before = draft.next_seq();
+            let outcome = plan_put(draft, models, origin, time, put)?;
+            Ok(Planned::Put(outcome, draft.next_seq() != before))
+        }
+        Command::Delete(delete) => {
+            plan_delete(draft, origin, time, delete).map(|()| Planned::Deleted)
+        }
+        Command::Batch(ops) => plan_batch(draft, models, origin, time, ops).map(Planned::Batch),
+        Command::Snapshot => Ok(Planned::Snapshot),
+        Command::Reconcile => Ok(Planned::Reconcile),
+    }
+}
+
+/// The event types a change of `kind` means for the alias's state.
+pub fn is_system_event(kind: EventType) -> bool {
+    !matches!(
+        kind,
+        EventType::AliasCreated | EventType::AliasUpdated | EventType::AliasDeleted
+    )
+}

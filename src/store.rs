@@ -1,0 +1,494 @@
+//! Reading Ollama's model store (SPEC §1).
+//!
+//! The store is a directory with `manifests/<host>/<namespace>/<model>/<tag>`
+//! (one JSON manifest per name) and `blobs/sha256-<hex>`. [`Store`] finds and
+//! reads manifests; [`ManifestFile`] is one manifest's bytes, digest and
+//! modification time, with the size Ollama shows.
+//!
+//! Architecture invariant: this module knows nothing of aliases. It reports
+//! what is in the store; deciding what a file means is the caller's job.
+//!
+//! All I/O here is blocking `std::fs`; async callers run it on a blocking
+//! thread (`spawn_blocking`), never on a runtime worker.
+//!
+//! # Symlinks
+//!
+//! [`Store::scan`] never descends into a symlinked directory, so a walk cannot
+//! leave the store or loop. A symlink *at manifest depth* that resolves to a
+//! regular file is read as a manifest: Ollama never creates one, but Ollama
+//! reads through it, so to Ollama it is a model, and treating it as one keeps
+//! callers from ever writing over it. [`Store::read_manifest`] reads whatever
+//! the name's path resolves to, the same way Ollama does.
+
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::name::{ModelName, MANIFESTS_DIR};
+
+/// The directory of the store that holds blobs.
+pub const BLOBS_DIR: &str = "blobs";
+
+/// The number of directory levels below `manifests/` above a manifest file:
+/// host, namespace and model.
+const MANIFEST_DIR_DEPTH: usize = 3;
+
+/// The last second `humantime` can format (9999-12-31T23:59:59Z).
+const MAX_RFC3339_SECS: u64 = 253_402_300_799;
+
+/// An Ollama model store rooted at a directory.
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// A store rooted at `root` (`--models`, `$OLLAMA_MODELS` or
+    /// `~/.ollama/models`). Touches nothing on disk.
+    pub fn new(root: impl Into<PathBuf>) -> Store {
+        Store { root: root.into() }
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `<root>/manifests`.
+    pub fn manifests_dir(&self) -> PathBuf {
+        self.root.join(MANIFESTS_DIR)
+    }
+
+    /// `<root>/blobs`.
+    pub fn blobs_dir(&self) -> PathBuf {
+        self.root.join(BLOBS_DIR)
+    }
+
+    /// Where `name`'s manifest lives: `<root>/manifests/<host>/<namespace>/<model>/<tag>`,
+    /// in the name's own spelling. Inside the store because `ModelName` is valid.
+    pub fn manifest_path(&self, name: &ModelName) -> PathBuf {
+        self.root.join(name.manifest_rel_path())
+    }
+
+    /// Creates `<root>/manifests` and `<root>/blobs` (and the root) if missing.
+    ///
+    /// # Errors
+    ///
+    /// Any error creating the directories, e.g. permission denied.
+    pub fn ensure_layout(&self) -> io::Result<()> {
+        for dir in [self.manifests_dir(), self.blobs_dir()] {
+            fs::create_dir_all(&dir).map_err(|err| with_path(err, &dir))?;
+        }
+        Ok(())
+    }
+
+    /// Reads `name`'s manifest file, or `None` if there is none.
+    ///
+    /// "None" covers a missing file or directory on the way, and anything at the
+    /// path that is not a regular file (a directory, a FIFO, a dangling
+    /// symlink). The digest is of the bytes read.
+    ///
+    /// # Errors
+    ///
+    /// Any other I/O error (e.g. permission denied), with the path in the
+    /// message.
+    pub fn read_manifest(&self, name: &ModelName) -> io::Result<Option<ManifestFile>> {
+        read_manifest_at(name, &self.manifest_path(name))
+    }
+
+    /// Every manifest in the store, sorted by name key (ties, possible on a
+    /// case-sensitive file system, by path).
+    ///
+    /// A manifest is a file exactly four levels below `manifests/` whose path
+    /// spells a valid name. Everything else is skipped with a `debug` log:
+    /// files at another depth, directories where a manifest should be,
+    /// invalid names (including temporary files like `.tmp-*`, since no part
+    /// may start with `.`), and symlinked directories (see the module docs). A
+    /// missing `manifests/` directory is an empty store.
+    ///
+    /// # Errors
+    ///
+    /// Any I/O error other than a file vanishing during the scan (which is
+    /// skipped, as after a concurrent `ollama rm`). An unreadable directory is
+    /// an error rather than a skip, so that callers never mistake a model
+    /// they cannot see for a missing one.
+    pub fn scan(&self) -> io::Result<Vec<ManifestFile>> {
+        let mut manifests = Vec::new();
+        scan_dir(&self.manifests_dir(), Path::new(""), 0, &mut manifests)?;
+        manifests.sort_by(|a, b| {
+            a.name
+                .key_str()
+                .cmp(b.name.key_str())
+                .then_with(|| a.name.manifest_rel_path().cmp(&b.name.manifest_rel_path()))
+        });
+        Ok(manifests)
+    }
+}
+
+/// One manifest file as read from the store.
+#[derive(Clone)]
+pub struct ManifestFile {
+    /// The name its path spells, in the path's spelling.
+    pub name: ModelName,
+    /// The file's bytes, exactly as on disk; copies must preserve them.
+    pub bytes: Vec<u8>,
+    /// `sha256:<hex>` of `bytes`.
+    pub digest: String,
+    /// The file's modification time.
+    pub modified: SystemTime,
+}
+
+impl ManifestFile {
+    /// The model's size as Ollama counts it: `config.size` plus every
+    /// `layers[].size`.
+    ///
+    /// A missing `config`, `layers` or `size` counts as zero, as in Ollama.
+    /// `None` if the bytes are not a JSON object, a `size` is not a
+    /// non-negative integer, `layers` is not an array, or the sum overflows.
+    pub fn size(&self) -> Option<u64> {
+        let manifest: serde_json::Value = serde_json::from_slice(&self.bytes).ok()?;
+        let manifest = manifest.as_object()?;
+        let config_size = match manifest.get("config") {
+            None | Some(serde_json::Value::Null) => 0,
+            Some(config) => descriptor_size(config)?,
+        };
+        let layers = match manifest.get("layers") {
+            None | Some(serde_json::Value::Null) => &[][..],
+            Some(layers) => layers.as_array()?.as_slice(),
+        };
+        layers.iter().try_fold(config_size, |total, layer| {
+            total.checked_add(descriptor_size(layer)?)
+        })
+    }
+
+    /// The modification time as RFC 3339 in UTC to the second, e.g.
+    /// `2024-05-01T12:00:00Z`. Times before 1970 or after 9999 are clamped.
+    pub fn modified_rfc3339(&self) -> String {
+        let since_epoch = self
+            .modified
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .min(Duration::from_secs(MAX_RFC3339_SECS));
+        humantime::format_rfc3339_seconds(UNIX_EPOCH + since_epoch).to_string()
+    }
+}
+
+impl std::fmt::Debug for ManifestFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManifestFile")
+            .field("name", &self.name)
+            .field("len", &self.bytes.len())
+            .field("digest", &self.digest)
+            .field("modified", &self.modified)
+            .finish()
+    }
+}
+
+/// The `size` of one descriptor (`config` or a layer); missing is zero.
+fn descriptor_size(descriptor: &serde_json::Value) -> Option<u64> {
+    match descriptor.as_object()?.get("size") {
+        None | Some(serde_json::Value::Null) => Some(0),
+        Some(size) => size.as_u64(),
+    }
+}
+
+/// Reads the manifest at `path` for `name`; `None` if absent or not a regular
+/// file.
+fn read_manifest_at(name: &ModelName, path: &Path) -> io::Result<Option<ManifestFile>> {
+    // Check before opening: opening a FIFO would block.
+    match fs::metadata(path) {
+        Ok(metadata) if metadata.is_file() => {}
+        Ok(_) => return Ok(None),
+        Err(err) if is_absent(&err) => return Ok(None),
+        Err(err) => return Err(with_path(err, path)),
+    }
+    let mut file = match fs::File::open(path) {
+        Ok(file) => file,
+        Err(err) if is_absent(&err) => return Ok(None),
+        Err(err) => return Err(with_path(err, path)),
+    };
+    // Take the time from the handle we read, so bytes and time belong together.
+    let metadata = file.metadata().map_err(|err| with_path(err, path))?;
+    if !metadata.is_file() {
+        return Ok(None);
+    }
+    let modified = metadata.modified().map_err(|err| with_path(err, path))?;
+    let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
+    file.read_to_end(&mut bytes)
+        .map_err(|err| with_path(err, path))?;
+    Ok(Some(ManifestFile {
+        name: name.clone(),
+        digest: crate::digest::manifest_digest(&bytes),
+        bytes,
+        modified,
+    }))
+}
+
+/// Walks `dir`, which is `rel` below `manifests/` and `depth` levels deep,
+/// pushing every manifest found into `out`.
+fn scan_dir(dir: &Path, rel: &Path, depth: usize, out: &mut Vec<ManifestFile>) -> io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if is_absent(&err) => return Ok(()),
+        Err(err) => return Err(with_path(err, dir)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|err| with_path(err, dir))?;
+        let path = entry.path();
+        let entry_rel = rel.join(entry.file_name());
+        // `DirEntry::file_type` does not follow symlinks.
+        let file_type = match entry.file_type() {
+            Ok(file_type) => file_type,
+            Err(err) if is_absent(&err) => continue,
+            Err(err) => return Err(with_path(err, &path)),
+        };
+
+        if depth < MANIFEST_DIR_DEPTH {
+            if file_type.is_dir() {
+                scan_dir(&path, &entry_rel, depth + 1, out)?;
+            } else if file_type.is_symlink() {
+                tracing::debug!(path = %path.display(), "store scan: skipping symlink above manifest depth");
+            } else {
+                tracing::debug!(path = %path.display(), "store scan: skipping file above manifest depth");
+            }
+            continue;
+        }
+
+        if file_type.is_dir() {
+            tracing::debug!(path = %path.display(), "store scan: skipping directory at manifest depth");
+            continue;
+        }
+        let Some(name) = ModelName::from_manifest_rel_path(&entry_rel) else {
+            tracing::debug!(path = %path.display(), "store scan: skipping path that is not a valid model name");
+            continue;
+        };
+        match read_manifest_at(&name, &path)? {
+            Some(manifest) => out.push(manifest),
+            None => {
+                tracing::debug!(path = %path.display(), "store scan: skipping vanished or non-regular file");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `err` means "nothing there": the file or a directory on its path is
+/// missing, or a path component is a file.
+fn is_absent(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
+}
+
+/// Adds `path` to an I/O error's message, keeping its kind.
+fn with_path(err: io::Error, path: &Path) -> io::Error {
+    io::Error::new(err.kind(), format!("{}: {err}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small manifest: config 10 bytes, layers 100 and 1000.
+    const MANIFEST: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"sha256:aa","size":10},"layers":[{"mediaType":"application/vnd.ollama.image.model","digest":"sha256:bb","size":100},{"mediaType":"application/vnd.ollama.image.template","digest":"sha256:cc","size":1000}],"extra":true}"#;
+
+    /// Writes `contents` at `rel` below `root`, creating directories.
+    fn write(root: &Path, rel: &str, contents: &str) {
+        let path = root.join(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, contents).unwrap();
+    }
+
+    /// Builds a store holding a manifest at each of `files` (paths relative to
+    /// the root) and compares the display names `scan` finds, in order.
+    fn check_scan(files: &[&str], expected: &[&str]) {
+        let dir = tempfile::tempdir().unwrap();
+        for rel in files {
+            write(dir.path(), rel, MANIFEST);
+        }
+        let found = Store::new(dir.path()).scan().unwrap();
+        let names: Vec<String> = found.iter().map(|m| m.name.display()).collect();
+        assert_eq!(names, expected, "files: {files:?}");
+    }
+
+    /// Compares the size of a manifest with `contents` with `expected`.
+    fn check_size(contents: &str, expected: Option<u64>) {
+        let manifest = ManifestFile {
+            name: ModelName::parse("m").unwrap(),
+            bytes: contents.as_bytes().to_vec(),
+            digest: crate::digest::manifest_digest(contents.as_bytes()),
+            modified: UNIX_EPOCH,
+        };
+        assert_eq!(manifest.size(), expected, "contents: {contents}");
+    }
+
+    #[test]
+    fn scan_finds_manifests_at_depth_four_sorted_by_key() {
+        check_scan(
+            &[
+                "manifests/registry.ollama.ai/library/llama3/latest",
+                "manifests/registry.ollama.ai/library/Bert/v1",
+                "manifests/example.com/Me/Coder/Q4",
+                "manifests/registry.ollama.ai/library/alpha/latest",
+            ],
+            &["example.com/Me/Coder:Q4", "alpha", "Bert:v1", "llama3"],
+        );
+    }
+
+    #[test]
+    fn scan_skips_junk() {
+        check_scan(
+            &[
+                "manifests/registry.ollama.ai/library/llama3/latest",
+                // Wrong depth.
+                "manifests/stray",
+                "manifests/registry.ollama.ai/stray",
+                "manifests/registry.ollama.ai/library/stray",
+                "manifests/registry.ollama.ai/library/m/latest/too-deep",
+                // Temporary and hidden files, invalid names.
+                "manifests/registry.ollama.ai/library/llama3/.tmp-latest-123",
+                "manifests/registry.ollama.ai/library/llama3/.DS_Store",
+                "manifests/.hidden/library/m/latest",
+                "manifests/registry.ollama.ai/library/bad name/latest",
+                "manifests/registry.ollama.ai/lib.rary/m/latest",
+                // Not under manifests/.
+                "blobs/sha256-aa",
+                "other/registry.ollama.ai/library/x/latest",
+            ],
+            &["llama3"],
+        );
+        check_scan(&[], &[]);
+    }
+
+    #[test]
+    fn scan_of_a_store_without_manifests_dir_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("missing"));
+        assert!(store.scan().unwrap().is_empty());
+        store.ensure_layout().unwrap();
+        assert!(store.manifests_dir().is_dir());
+        assert!(store.blobs_dir().is_dir());
+        assert!(store.scan().unwrap().is_empty());
+        store.ensure_layout().unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn scan_skips_symlinked_directories_but_reads_symlinked_manifests() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("models");
+        let outside = dir.path().join("outside");
+        write(&outside, "ns/m/latest", MANIFEST);
+        write(&outside, "file", MANIFEST);
+        write(
+            &root,
+            "manifests/registry.ollama.ai/library/llama3/latest",
+            MANIFEST,
+        );
+        std::os::unix::fs::symlink(&outside, root.join("manifests/registry.ollama.ai/linked"))
+            .unwrap();
+        fs::create_dir_all(root.join("manifests/registry.ollama.ai/library/viafile")).unwrap();
+        std::os::unix::fs::symlink(
+            outside.join("file"),
+            root.join("manifests/registry.ollama.ai/library/viafile/latest"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            outside.join("dangling"),
+            root.join("manifests/registry.ollama.ai/library/viafile/dangling"),
+        )
+        .unwrap();
+
+        let found = Store::new(&root).scan().unwrap();
+        let names: Vec<String> = found.iter().map(|m| m.name.display()).collect();
+        assert_eq!(names, ["llama3", "viafile"]);
+    }
+
+    #[test]
+    fn scanned_manifest_has_bytes_digest_and_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let rel = "manifests/registry.ollama.ai/library/llama3/latest";
+        write(dir.path(), rel, MANIFEST);
+        let file = fs::File::options()
+            .write(true)
+            .open(dir.path().join(rel))
+            .unwrap();
+        file.set_modified(UNIX_EPOCH + Duration::from_secs(1_714_564_800))
+            .unwrap();
+
+        let found = Store::new(dir.path()).scan().unwrap();
+        assert_eq!(found.len(), 1);
+        let manifest = &found[0];
+        assert_eq!(manifest.bytes, MANIFEST.as_bytes());
+        assert_eq!(
+            manifest.digest,
+            crate::digest::manifest_digest(MANIFEST.as_bytes())
+        );
+        assert_eq!(manifest.size(), Some(1110));
+        assert_eq!(manifest.modified_rfc3339(), "2024-05-01T12:00:00Z");
+    }
+
+    #[test]
+    fn read_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let name = ModelName::parse("Me/Coder:Q4").unwrap();
+        assert_eq!(
+            store.manifest_path(&name),
+            dir.path().join("manifests/registry.ollama.ai/Me/Coder/Q4")
+        );
+        assert!(store.read_manifest(&name).unwrap().is_none());
+
+        write(
+            dir.path(),
+            "manifests/registry.ollama.ai/Me/Coder/Q4",
+            MANIFEST,
+        );
+        let manifest = store.read_manifest(&name).unwrap().unwrap();
+        assert_eq!(manifest.name.display(), "Me/Coder:Q4");
+        assert_eq!(manifest.bytes, MANIFEST.as_bytes());
+        assert!(manifest.digest.starts_with("sha256:"));
+
+        // A directory where the manifest should be, and a file where a
+        // directory should be, are both "no manifest".
+        let dir_name = ModelName::parse("Me/Coder").unwrap();
+        fs::create_dir_all(store.manifest_path(&dir_name)).unwrap();
+        assert!(store.read_manifest(&dir_name).unwrap().is_none());
+        write(dir.path(), "manifests/registry.ollama.ai/Flat", "");
+        let below_a_file = ModelName::parse("Flat/m:t").unwrap();
+        assert!(store.read_manifest(&below_a_file).unwrap().is_none());
+    }
+
+    #[test]
+    fn size_sums_config_and_layers() {
+        check_size(MANIFEST, Some(1110));
+        check_size(r#"{"config":{"size":5},"layers":[]}"#, Some(5));
+        check_size(r#"{"layers":[{"size":1},{"size":2}]}"#, Some(3));
+        check_size(r#"{"config":{},"layers":[{"digest":"sha256:x"}]}"#, Some(0));
+        check_size("{}", Some(0));
+        check_size("not json", None);
+        check_size("[1,2]", None);
+        check_size(r#"{"config":{"size":-1}}"#, None);
+        check_size(r#"{"config":{"size":"10"}}"#, None);
+        check_size(r#"{"layers":{"size":1}}"#, None);
+        check_size(
+            r#"{"config":{"size":18446744073709551615},"layers":[{"size":1}]}"#,
+            None,
+        );
+    }
+
+    #[test]
+    fn modified_rfc3339_clamps_out_of_range_times() {
+        let mut manifest = ManifestFile {
+            name: ModelName::parse("m").unwrap(),
+            bytes: Vec::new(),
+            digest: crate::digest::manifest_digest(b""),
+            modified: UNIX_EPOCH - Duration::from_secs(10),
+        };
+        assert_eq!(manifest.modified_rfc3339(), "1970-01-01T00:00:00Z");
+        manifest.modified = UNIX_EPOCH + Duration::from_secs(MAX_RFC3339_SECS + 1000);
+        assert_eq!(manifest.modified_rfc3339(), "9999-12-31T23:59:59Z");
+    }
+}
