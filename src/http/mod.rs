@@ -5,6 +5,7 @@
 
 pub mod aliases;
 pub mod error;
+pub mod events;
 pub mod experimental;
 
 use std::net::SocketAddr;
@@ -55,6 +56,8 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/api/resolve/{*name}", get(aliases::resolve_get))
         .route("/api/models", get(aliases::models_list))
+        .route("/api/history", get(events::history_list))
+        .route("/api/events", get(events::events_stream))
         .route("/healthz", get(aliases::healthz))
         .fallback(unknown_route)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
