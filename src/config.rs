@@ -147,6 +147,10 @@ pub struct ServeArgs {
     /// Write a snapshot after this many events.
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_every: u64,
+    /// Poll the store every this many milliseconds instead of using the
+    /// platform's file watcher (for network file systems).
+    #[arg(long, env = "ALIASD_POLL_MS")]
+    pub poll_ms: Option<u64>,
 }
 
 /// The user's home directory, or the current directory if unknown.
@@ -167,6 +171,18 @@ pub fn default_journal_dir() -> PathBuf {
 }
 
 impl ServeArgs {
+    /// How to follow external changes to the store.
+    pub fn watch_mode(&self) -> crate::watcher::WatchMode {
+        match self.poll_ms {
+            Some(ms) => {
+                crate::watcher::WatchMode::Poll(std::time::Duration::from_millis(ms.max(10)))
+            }
+            None => crate::watcher::WatchMode::Notify {
+                fallback_poll: std::time::Duration::from_secs(2),
+            },
+        }
+    }
+
     /// The registry settings these flags mean.
     pub fn registry_config(&self) -> crate::registry::RegistryConfig {
         crate::registry::RegistryConfig {

@@ -27,5 +27,6 @@ pub mod reconcile;
 pub mod registry;
 pub mod snapshot;
 pub mod store;
+pub mod watcher;
 
 pub use http::app;

@@ -70,20 +70,26 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         journal = %config.journal_dir.display(),
         "starting aliasd"
     );
+    let config_models = config.models_dir.clone();
     let (registry, writer) = aliasd::registry::Registry::start(config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     let listen = args.listen;
+    let watch_mode = args.watch_mode();
+    // notify reports paths under the directory as it was given; make it absolute.
+    let manifests_dir = aliasd::store::Store::new(&config_models).manifests_dir();
+    let manifests_dir = std::fs::canonicalize(&manifests_dir).unwrap_or(manifests_dir);
     let res = runtime.block_on(async move {
+        let _watcher = aliasd::watcher::spawn(registry.clone(), manifests_dir, watch_mode);
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| {
                 format!("cannot listen on {listen}; is another aliasd running? (use --listen)")
             })?;
         tracing::info!("listening on http://{}", listener.local_addr()?);
-        let state = aliasd::http::AppState { registry };
+        let state = aliasd::http::AppState::new(registry);
         aliasd::http::serve(listener, state, shutdown_signal()).await?;
         anyhow::Ok(())
     });

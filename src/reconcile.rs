@@ -84,3 +84,66 @@ pub fn plan(draft: &mut Draft<'_>, observation: &Observation, origin: &Origin, t
         reconcile_alias(draft, &observation.models, origin, time, key, state);
     }
 }
+
+/// Reads only the files at `names` and re-derives the aliases they can affect:
+/// the alias at each path, and every alias whose chain runs through it.
+/// `current` is the model set before; the observation carries the new one.
+///
+/// # Errors
+///
+/// File system errors while reading.
+pub fn observe_names(
+    store: &Store,
+    index: &Index,
+    current: &Models,
+    names: &[ModelName],
+) -> std::io::Result<Observation> {
+    let mut observation = Observation {
+        models: current.clone(),
+        ..Observation::default()
+    };
+    let tombstones: HashMap<String, Arc<str>> = index
+        .tombstones()
+        .map(|t| (t.name.key(), t.digest.clone()))
+        .collect();
+    for name in names {
+        let key = name.key();
+        let file = store.read_manifest(name)?;
+        let mut is_model = file.is_some();
+        if let Some(entry) = index.exact(&key) {
+            let state = match &file {
+                None => PathState::Absent,
+                Some(_) if entry.state == AliasState::Shadowed => PathState::Foreign,
+                Some(file) => crate::materializer::classify(&file.bytes, entry, None),
+            };
+            is_model = state == PathState::Foreign;
+            observation.path_states.insert(key.clone(), state);
+        } else if let (Some(file), Some(digest)) = (&file, tombstones.get(&key)) {
+            if **digest == *file.digest {
+                observation.stale.push((file.name.clone(), digest.clone()));
+                is_model = false;
+            }
+        }
+        match (&file, is_model) {
+            (Some(file), true) => observation.models.insert(model_info(file)),
+            _ => {
+                observation.models.remove(&key);
+            }
+        }
+        for dep in index.transitive_dependents(&key) {
+            let Some(entry) = index.entry(&dep) else {
+                continue;
+            };
+            if dep.prefix {
+                continue;
+            }
+            let state = if entry.state == AliasState::Shadowed {
+                PathState::Foreign
+            } else {
+                PathState::Ours
+            };
+            observation.path_states.entry(dep.key).or_insert(state);
+        }
+    }
+    Ok(observation)
+}

@@ -66,8 +66,11 @@ pub enum Command {
     Delete(DeleteAlias),
     /// Several puts and deletes, all or nothing.
     Batch(Vec<BatchOp>),
-    /// Read the store and bring aliases in line with it.
+    /// Read the whole store and bring aliases in line with it.
     Reconcile,
+    /// Read the files at these names (changed behind aliasd's back) and bring
+    /// the aliases they affect in line.
+    ReconcileNames(Vec<crate::name::ModelName>),
     /// Write a snapshot now.
     Snapshot,
 }
@@ -190,7 +193,7 @@ impl Registry {
             since_snapshot: 0,
         };
         let n_events = writer
-            .reconcile(&Origin::system("startup"))
+            .reconcile_scoped(&Origin::system("startup"), None)
             .context("reconciling the model store with the journal")?;
         writer.sync_all_aliases();
         tracing::info!(events = n_events, "store reconciled");
@@ -327,11 +330,15 @@ impl Writer {
         // A reconcile reads the whole store; it runs alone, after the rest.
         let (others, reconciles): (Vec<Request>, Vec<Request>) = group
             .into_iter()
-            .partition(|r| !matches!(r.command, Command::Reconcile));
+            .partition(|r| !matches!(r.command, Command::Reconcile | Command::ReconcileNames(_)));
         self.process_group(others);
         for request in reconciles {
+            let names = match &request.command {
+                Command::ReconcileNames(names) => Some(names.as_slice()),
+                _ => None,
+            };
             let res = self
-                .reconcile(&request.origin)
+                .reconcile_scoped(&request.origin, names)
                 .map(Reply::Reconciled)
                 .map_err(|e| {
                     tracing::error!("reconcile failed: {e:#}");
@@ -531,10 +538,19 @@ impl Writer {
 
     /// Reads the store, journals what changed behind aliasd's back, and
     /// materializes. Returns the number of events written.
-    fn reconcile(&mut self, origin: &Origin) -> anyhow::Result<usize> {
+    /// With `names`, only the files at those names are read.
+    fn reconcile_scoped(
+        &mut self,
+        origin: &Origin,
+        names: Option<&[crate::name::ModelName]>,
+    ) -> anyhow::Result<usize> {
         let observation = {
             let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
-            reconcile::observe(self.materializer.store(), &guard.index)?
+            let store = self.materializer.store();
+            match names {
+                None => reconcile::observe(store, &guard.index)?,
+                Some(names) => reconcile::observe_names(store, &guard.index, &guard.models, names)?,
+            }
         };
         for (name, digest) in &observation.stale {
             match self.materializer.withdraw(name, &[digest]) {
@@ -588,7 +604,7 @@ fn plan(
         }
         Command::Batch(ops) => plan_batch(draft, models, origin, time, ops).map(Planned::Batch),
         Command::Snapshot => Ok(Planned::Snapshot),
-        Command::Reconcile => Ok(Planned::Reconcile),
+        Command::Reconcile | Command::ReconcileNames(_) => Ok(Planned::Reconcile),
     }
 }
 

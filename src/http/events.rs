@@ -169,7 +169,13 @@ pub async fn events_stream(
     let live = state.registry.subscribe();
     let journal = state.registry.journal().clone();
     let (sender, receiver) = mpsc::channel(SUBSCRIBER_BUFFER);
-    tokio::spawn(feed_subscriber(journal, live, cursor, filter, sender));
+    let shutdown = state.shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = feed_subscriber(journal, live, cursor, filter, sender) => {}
+            () = shutdown.fired() => {}
+        }
+    });
     Ok(Sse::new(ReceiverStream::new(receiver)).keep_alive(
         KeepAlive::new()
             .interval(Duration::from_secs(15))

@@ -9,6 +9,7 @@ pub mod events;
 pub mod experimental;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -33,6 +34,42 @@ pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub struct AppState {
     /// The registry: commands go to its writer, reads take its lock briefly.
     pub registry: Registry,
+    /// Fires once when the server begins to shut down; event streams end then.
+    pub shutdown: Shutdown,
+}
+
+impl AppState {
+    /// State for serving `registry`.
+    pub fn new(registry: Registry) -> AppState {
+        AppState {
+            registry,
+            shutdown: Shutdown::default(),
+        }
+    }
+}
+
+/// A one-shot signal, fanned out to every long-lived response.
+#[derive(Clone, Debug)]
+pub struct Shutdown(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for Shutdown {
+    fn default() -> Shutdown {
+        Shutdown(Arc::new(tokio::sync::watch::channel(false).0))
+    }
+}
+
+impl Shutdown {
+    /// Fires the signal.
+    pub fn trigger(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Completes once the signal has fired.
+    pub async fn fired(&self) {
+        let mut receiver = self.0.subscribe();
+        // The sender lives as long as `self`, so this only ends on the signal.
+        let _ = receiver.wait_for(|fired| *fired).await;
+    }
 }
 
 /// Builds the router with every route of SPEC §5.
@@ -149,11 +186,15 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let signal = state.shutdown.clone();
     let router = app(state);
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown)
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        signal.trigger();
+    })
     .await
 }

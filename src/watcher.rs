@@ -1,0 +1,271 @@
+//! Follow what other programs (`ollama pull`, `ollama rm`, `ollama cp`) do to
+//! the model store, and have the registry bring aliases in line.
+//!
+//! The `notify` callback thread only translates a file-system event into the
+//! names it touches and hands them over with `try_send`. A debounce task
+//! gathers them until the store has been quiet for [`QUIET`] (at most
+//! [`MAX_DELAY`] after the first), so a pull that rewrites a file in several
+//! steps yields one reconcile, and sends the registry one `ReconcileNames`.
+//! aliasd's own writes come back here too; the registry recognizes its own
+//! files and journals nothing for them, so there are no loops.
+//!
+//! Where the platform watcher cannot start (some network file systems), or
+//! when asked to, the store is polled with a full reconcile instead.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use notify::Watcher as _;
+use tokio::sync::mpsc;
+
+use crate::command::Origin;
+use crate::name::ModelName;
+use crate::registry::{Command, Registry};
+
+/// How long the store must be quiet before changes are reconciled.
+pub const QUIET: Duration = Duration::from_millis(40);
+/// The longest a change waits while the store keeps changing.
+pub const MAX_DELAY: Duration = Duration::from_millis(150);
+
+/// What the watcher saw for one batch of file-system events.
+#[derive(Debug)]
+enum Change {
+    /// Manifests at these names changed.
+    Names(Vec<ModelName>),
+    /// Something the names cannot describe (a directory moved, events lost).
+    Everything,
+}
+
+/// How to follow the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchMode {
+    /// The platform's watcher, falling back to polling at this interval.
+    Notify {
+        /// The fallback polling interval.
+        fallback_poll: Duration,
+    },
+    /// Poll with a full reconcile at this interval.
+    Poll(Duration),
+}
+
+/// Keeps the watcher alive; dropping it stops watching.
+pub struct WatcherHandle {
+    _watcher: Option<notify::RecommendedWatcher>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for WatcherHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts following `manifests_dir`. Must be called inside the tokio runtime.
+pub fn spawn(registry: Registry, manifests_dir: PathBuf, mode: WatchMode) -> WatcherHandle {
+    let (sender, receiver) = mpsc::channel::<Change>(4096);
+    let watcher = match mode {
+        WatchMode::Poll(_) => None,
+        WatchMode::Notify { .. } => match start_notify(&manifests_dir, sender.clone()) {
+            Ok(watcher) => Some(watcher),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot watch {} ({e}); polling the store instead",
+                    manifests_dir.display()
+                );
+                None
+            }
+        },
+    };
+    let poll = match (mode, &watcher) {
+        (WatchMode::Poll(interval), _) => Some(interval),
+        (WatchMode::Notify { fallback_poll }, None) => Some(fallback_poll),
+        (WatchMode::Notify { .. }, Some(_)) => None,
+    };
+    if let Some(interval) = poll {
+        tracing::info!(
+            "polling {} every {:?} for external changes",
+            manifests_dir.display(),
+            interval
+        );
+    }
+    let task = tokio::spawn(run(registry, receiver, poll));
+    WatcherHandle {
+        _watcher: watcher,
+        task,
+    }
+}
+
+fn start_notify(
+    manifests_dir: &Path,
+    sender: mpsc::Sender<Change>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    let root = manifests_dir.to_path_buf();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let change = match res {
+            Ok(event) => translate(&root, &event),
+            Err(e) => {
+                tracing::warn!("watcher error: {e}; reconciling the whole store");
+                Some(Change::Everything)
+            }
+        };
+        if let Some(change) = change {
+            if sender.try_send(change).is_err() {
+                // The queue is full: one full reconcile covers whatever was dropped.
+                let _ = sender.try_send(Change::Everything);
+            }
+        }
+    })?;
+    watcher.watch(manifests_dir, notify::RecursiveMode::Recursive)?;
+    tracing::info!("watching {} for external changes", manifests_dir.display());
+    Ok(watcher)
+}
+
+/// The names an event touches; `None` for events that cannot matter (reads,
+/// aliasd's temp files).
+fn translate(root: &Path, event: &notify::Event) -> Option<Change> {
+    use notify::EventKind;
+    if matches!(event.kind, EventKind::Access(_)) {
+        return None;
+    }
+    if event.need_rescan() {
+        return Some(Change::Everything);
+    }
+    let mut names = Vec::new();
+    for path in &event.paths {
+        match classify_path(root, path) {
+            PathKind::Manifest(name) => names.push(name),
+            PathKind::Ignored => {}
+            PathKind::Directory => return Some(Change::Everything),
+        }
+    }
+    if names.is_empty() {
+        None
+    } else {
+        Some(Change::Names(names))
+    }
+}
+
+enum PathKind {
+    Manifest(ModelName),
+    Ignored,
+    Directory,
+}
+
+/// A manifest path (4 levels below `manifests/`), a hidden temp file, or
+/// something higher up (a directory created, removed or renamed).
+fn classify_path(root: &Path, path: &Path) -> PathKind {
+    let Ok(rel) = path.strip_prefix(root) else {
+        return PathKind::Ignored;
+    };
+    let parts: Vec<&std::ffi::OsStr> = rel
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(part) => Some(part),
+            _ => None,
+        })
+        .collect();
+    if parts
+        .last()
+        .is_some_and(|p| p.to_string_lossy().starts_with('.'))
+    {
+        return PathKind::Ignored;
+    }
+    match parts.len() {
+        4 => match ModelName::from_manifest_rel_path(rel) {
+            Some(name) => PathKind::Manifest(name),
+            None => PathKind::Ignored,
+        },
+        0..=3 => PathKind::Directory,
+        _ => PathKind::Ignored,
+    }
+}
+
+/// Gathers changes until the store is quiet, then asks the registry to reconcile.
+async fn run(registry: Registry, mut receiver: mpsc::Receiver<Change>, poll: Option<Duration>) {
+    let mut poll_timer = poll.map(|interval| {
+        let mut timer = tokio::time::interval(interval);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        timer
+    });
+    loop {
+        let first = match &mut poll_timer {
+            Some(timer) => tokio::select! {
+                change = receiver.recv() => change,
+                _ = timer.tick() => Some(Change::Everything),
+            },
+            None => receiver.recv().await,
+        };
+        let Some(first) = first else { return };
+        let mut pending = Pending::default();
+        pending.add(first);
+        let deadline = tokio::time::Instant::now() + MAX_DELAY;
+        loop {
+            let quiet_until = (tokio::time::Instant::now() + QUIET).min(deadline);
+            match tokio::time::timeout_at(quiet_until, receiver.recv()).await {
+                Ok(Some(change)) => pending.add(change),
+                Ok(None) => return,
+                Err(_) => break,
+            }
+        }
+        let command = pending.into_command();
+        match registry.execute(command, Origin::system("watcher")).await {
+            Ok(reply) => tracing::debug!(?reply, "watcher reconcile done"),
+            Err(e) => tracing::error!("watcher reconcile failed: {e}"),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Pending {
+    names: BTreeMap<String, ModelName>,
+    everything: bool,
+}
+
+impl Pending {
+    fn add(&mut self, change: Change) {
+        match change {
+            Change::Everything => self.everything = true,
+            Change::Names(names) => {
+                for name in names {
+                    self.names.insert(name.key(), name);
+                }
+            }
+        }
+    }
+
+    fn into_command(self) -> Command {
+        if self.everything {
+            Command::Reconcile
+        } else {
+            Command::ReconcileNames(self.names.into_values().collect())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(rel: &str, expected: &str) {
+        let root = Path::new("/store/manifests");
+        let got = match classify_path(root, &root.join(rel)) {
+            PathKind::Manifest(name) => name.display(),
+            PathKind::Ignored => "ignored".into(),
+            PathKind::Directory => "directory".into(),
+        };
+        assert_eq!(got, expected, "{rel}");
+    }
+
+    #[test]
+    fn classifies_paths() {
+        check("registry.ollama.ai/library/llama3/latest", "llama3");
+        check(
+            "registry.ollama.ai/library/llama3/.latest.aliasd-1234",
+            "ignored",
+        );
+        check("registry.ollama.ai/library/llama3", "directory");
+        check("registry.ollama.ai/library/llama3/latest/deeper", "ignored");
+        check("example.com/ns/m/q4", "example.com/ns/m:q4");
+    }
+}
