@@ -47,12 +47,12 @@ pub trait IoFile: Send + Sync + fmt::Debug {
     /// Truncates or extends the file to `len` bytes.
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// The current length of the file.
-    fn len(&self) -> io::Result<u64>;
+    fn file_len(&self) -> io::Result<u64>;
 }
 
 /// Reads the whole of a file into memory.
 pub(crate) fn read_all(file: &dyn IoFile) -> io::Result<Vec<u8>> {
-    let len = file.len()?;
+    let len = file.file_len()?;
     let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
     let mut filled = 0;
     while filled < buf.len() {
@@ -174,7 +174,7 @@ impl IoFile for RealFile {
         self.0.set_len(len)
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn file_len(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
 }
@@ -212,6 +212,7 @@ struct Faults {
     fail_sync: AtomicBool,
     enospc: AtomicBool,
     fail_set_len: AtomicBool,
+    sync_delay_micros: AtomicU64,
     writes: AtomicU64,
     syncs: AtomicU64,
 }
@@ -235,6 +236,15 @@ impl FaultyIo {
     /// The next `set_len` (truncation) fails with `EIO`.
     pub fn fail_next_set_len(&self) {
         self.faults.fail_set_len.store(true, Ordering::SeqCst);
+    }
+
+    /// Makes every `sync_data` take at least `delay` (a slow disk), so that tests can
+    /// count how many appends share a sync.
+    pub fn set_sync_delay(&self, delay: std::time::Duration) {
+        let micros = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        self.faults
+            .sync_delay_micros
+            .store(micros, Ordering::SeqCst);
     }
 
     /// How many file writes were attempted.
@@ -323,6 +333,10 @@ impl IoFile for FaultyFile {
 
     fn sync_data(&self) -> io::Result<()> {
         self.faults.syncs.fetch_add(1, Ordering::SeqCst);
+        let delay = self.faults.sync_delay_micros.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(delay));
+        }
         if self.faults.fail_sync.swap(false, Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(EIO));
         }
@@ -336,7 +350,7 @@ impl IoFile for FaultyFile {
         self.inner.set_len(len)
     }
 
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
+    fn file_len(&self) -> io::Result<u64> {
+        self.inner.file_len()
     }
 }

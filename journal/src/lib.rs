@@ -605,3 +605,258 @@ pub struct VerifyReport {
     /// Snapshot seq, if a valid one exists.
     pub snapshot_seq: Option<Seq>,
 }
+
+#[cfg(test)]
+mod testing;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::testing::{
+        flatten, open, payload, records, segment_files, small_segments, snapshot_files,
+    };
+
+    #[test]
+    fn appends_read_back_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open(dir.path(), Options::default()).journal;
+        assert_eq!((journal.first_seq(), journal.last_seq()), (Seq(1), Seq(0)));
+        assert_eq!(records(&journal, 1), vec![]);
+        let mut txns = Vec::new();
+        for idx in 0..10u64 {
+            let payloads: Vec<Vec<u8>> = (0..=idx % 3)
+                .map(|rec| payload(idx * 10 + rec, 30))
+                .collect();
+            let seq = journal.append(payloads.clone()).unwrap();
+            txns.push((seq.0, payloads));
+        }
+        let expected = flatten(&txns);
+        assert_eq!(
+            txns.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+            vec![1, 2, 4, 7, 8, 10, 13, 14, 16, 19]
+        );
+        assert_eq!(journal.last_seq(), Seq(19));
+        assert_eq!(records(&journal, 0), expected);
+        assert_eq!(records(&journal, 5), expected[4..]);
+        assert_eq!(records(&journal, 19), expected[18..]);
+        assert_eq!(records(&journal, 20), vec![]);
+        assert!(journal.size_bytes() > 19 * 50);
+        drop(journal);
+
+        let opened = open(dir.path(), Options::default());
+        assert!(opened.snapshot.is_none());
+        assert_eq!(opened.recovery.truncated_bytes, 0);
+        assert_eq!(records(&opened.journal, 1), expected);
+        assert_eq!(
+            opened.journal.append(vec![b"next".to_vec()]).unwrap(),
+            Seq(20)
+        );
+        assert_eq!(verify(dir.path()).unwrap().records, 20);
+        assert_eq!(Seq(20).to_string(), "20");
+    }
+
+    #[test]
+    fn rejects_empty_and_oversized_transactions_without_consuming_a_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open(dir.path(), Options::default()).journal;
+        assert!(matches!(journal.append(vec![]), Err(Error::Empty)));
+        let huge = vec![0u8; MAX_PAYLOAD_BYTES + 1];
+        let res = journal.append(vec![b"ok".to_vec(), huge]);
+        assert!(
+            matches!(res, Err(Error::TooLarge { bytes, .. }) if bytes == MAX_PAYLOAD_BYTES as u64 + 1),
+            "{res:?}"
+        );
+        assert_eq!(journal.append(vec![Vec::new()]).unwrap(), Seq(1));
+        assert_eq!(records(&journal, 1), vec![(1, Vec::new())]);
+    }
+
+    #[test]
+    fn segments_roll_over_between_transactions() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open(dir.path(), small_segments(300)).journal;
+        let mut txns = Vec::new();
+        for idx in 0..40u64 {
+            let payloads = vec![payload(idx, 40), payload(idx + 1000, 10)];
+            txns.push((journal.append(payloads.clone()).unwrap().0, payloads));
+        }
+        let files = segment_files(dir.path());
+        assert!(files.len() >= 5, "{files:?}");
+        assert_eq!(files[0].file_name().unwrap(), "00000000000000000001.seg");
+        let expected = flatten(&txns);
+        for from in [1, 2, 17, 40, 79, 80] {
+            assert_eq!(
+                records(&journal, from),
+                expected[from as usize - 1..],
+                "from {from}"
+            );
+        }
+        drop(journal);
+        let journal = open(dir.path(), small_segments(300)).journal;
+        assert_eq!(records(&journal, 1), expected);
+        let report = verify(dir.path()).unwrap();
+        assert_eq!(
+            (report.records, report.segments, report.last_seq),
+            (80, files.len() as u64, Seq(80))
+        );
+    }
+
+    #[test]
+    fn concurrent_appenders_get_unique_gap_free_seqs() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open(dir.path(), small_segments(8 << 10)).journal;
+        let threads: Vec<_> = (0..8u64)
+            .map(|thread_idx| {
+                let journal = journal.clone();
+                std::thread::spawn(move || {
+                    (0..200u64)
+                        .map(|idx| {
+                            let tag = thread_idx * 1000 + idx;
+                            let payloads: Vec<Vec<u8>> = (0..=idx % 2)
+                                .map(|rec| payload(tag * 10 + rec, 20))
+                                .collect();
+                            (journal.append(payloads.clone()).unwrap().0, payloads)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut txns: Vec<(u64, Vec<Vec<u8>>)> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        txns.sort();
+        let expected = flatten(&txns);
+        assert_eq!(expected.len(), 8 * 300);
+        assert!(expected
+            .iter()
+            .enumerate()
+            .all(|(idx, (seq, _))| *seq == idx as u64 + 1));
+        assert_eq!(journal.last_seq(), Seq(2400));
+        assert_eq!(records(&journal, 1), expected);
+        drop(journal);
+        assert_eq!(
+            records(&open(dir.path(), small_segments(8 << 10)).journal, 1),
+            expected
+        );
+    }
+
+    #[test]
+    fn readers_see_whole_durable_transactions_while_appends_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open(dir.path(), small_segments(2 << 10)).journal;
+        let stop = Arc::new(AtomicBool::new(false));
+        let appender = {
+            let journal = journal.clone();
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                for idx in 0..300u64 {
+                    journal
+                        .append(vec![payload(idx * 2, 25), payload(idx * 2 + 1, 25)])
+                        .unwrap();
+                }
+                stop.store(true, Ordering::SeqCst);
+            })
+        };
+        let mut n_reads = 0;
+        while !stop.load(Ordering::SeqCst) || n_reads == 0 {
+            let before = journal.last_seq().0;
+            let seen = records(&journal, 1);
+            assert!(
+                seen.len() as u64 >= before,
+                "a reader missed durable records"
+            );
+            assert_eq!(seen.len() % 2, 0, "a reader saw half a transaction");
+            for (idx, (seq, data)) in seen.iter().enumerate() {
+                assert_eq!(*seq, idx as u64 + 1);
+                assert_eq!(*data, payload(idx as u64, 25));
+            }
+            n_reads += 1;
+        }
+        appender.join().unwrap();
+        assert_eq!(records(&journal, 1).len(), 600);
+    }
+
+    #[test]
+    fn snapshots_keep_the_newest_two_and_retention_drops_covered_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options {
+            segment_bytes: 256,
+            retain: Some(10),
+            ..Default::default()
+        };
+        let journal = open(dir.path(), options.clone()).journal;
+        for idx in 0..100u64 {
+            journal.append(vec![payload(idx + 1, 30)]).unwrap();
+        }
+        let n_segments = segment_files(dir.path()).len();
+        let size_before = journal.size_bytes();
+        assert!(matches!(
+            journal.write_snapshot(Seq(101), b"x"),
+            Err(Error::SeqOutOfRange { .. })
+        ));
+        journal.write_snapshot(Seq(20), b"state@20").unwrap();
+        journal.write_snapshot(Seq(40), b"state@40").unwrap();
+        journal.write_snapshot(Seq(95), b"state@95").unwrap();
+        assert_eq!(snapshot_files(dir.path()).len(), 2);
+        let first = journal.first_seq().0;
+        // Records 91..=100 are the last 10: they and anything in their segments stay.
+        assert!(first > 1 && first <= 91, "first seq {first}");
+        assert!(segment_files(dir.path()).len() < n_segments);
+        assert!(journal.size_bytes() < size_before);
+        let seen = records(&journal, 1);
+        assert_eq!(seen.first().map(|(seq, _)| *seq), Some(first));
+        assert_eq!(seen.len() as u64, 100 - first + 1);
+        drop(journal);
+
+        let opened = open(dir.path(), options);
+        let snapshot = opened.snapshot.unwrap();
+        assert_eq!(
+            (snapshot.seq, snapshot.data.as_slice()),
+            (Seq(95), &b"state@95"[..])
+        );
+        assert_eq!(opened.journal.first_seq(), Seq(first));
+        assert_eq!(verify(dir.path()).unwrap().snapshot_seq, Some(Seq(95)));
+    }
+
+    #[test]
+    fn a_damaged_snapshot_falls_back_to_the_one_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open(dir.path(), Options::default()).journal;
+        for idx in 0..5u64 {
+            journal.append(vec![payload(idx, 10)]).unwrap();
+        }
+        journal.write_snapshot(Seq(2), b"two").unwrap();
+        journal.write_snapshot(Seq(4), b"four").unwrap();
+        drop(journal);
+        let newest = snapshot_files(dir.path()).pop().unwrap();
+        let mut bytes = std::fs::read(&newest).unwrap();
+        *bytes.last_mut().unwrap() ^= 1;
+        std::fs::write(&newest, bytes).unwrap();
+
+        assert!(matches!(verify(dir.path()), Err(Error::Corrupt { path, .. }) if path == newest));
+        let opened = open(dir.path(), Options::default());
+        let snapshot = opened.snapshot.unwrap();
+        assert_eq!(
+            (snapshot.seq, snapshot.data.as_slice()),
+            (Seq(2), &b"two"[..])
+        );
+        assert_eq!(opened.recovery.ignored_snapshots, vec![newest]);
+    }
+
+    #[test]
+    fn close_stops_appends_but_not_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open(dir.path(), Options::default()).journal;
+        let other = journal.clone();
+        journal.append(vec![b"a".to_vec()]).unwrap();
+        journal.close();
+        assert!(matches!(
+            other.append(vec![b"b".to_vec()]),
+            Err(Error::Closed)
+        ));
+        assert_eq!(records(&other, 1), vec![(1, b"a".to_vec())]);
+        other.close();
+    }
+}

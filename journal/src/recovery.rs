@@ -64,6 +64,7 @@ pub(crate) fn recover(dir: &Path, options: &Options) -> Result<Recovered> {
                     offset: 0,
                     reason,
                     torn: false,
+                    unfinished_txn: false,
                 });
                 scan.committed_end = 0;
                 scan.last_seq = last_seq;
@@ -79,7 +80,12 @@ pub(crate) fn recover(dir: &Path, options: &Options) -> Result<Recovered> {
             continue;
         };
         let is_last = seg_idx + 1 == listed.len();
-        let after = segment::scan_after_damage(&buf, damage.offset, scan.last_seq);
+        // An unfinished transaction runs to the end of the file: nothing lies after it.
+        let after = if damage.unfinished_txn {
+            segment::AfterDamage::default()
+        } else {
+            segment::scan_after_damage(&buf, damage.offset, scan.last_seq)
+        };
         let mid_log = !is_last || !damage.torn || after.proves_durable;
         if mid_log && !options.repair {
             return Err(Error::corrupt(path, damage.offset, damage.reason));
@@ -89,7 +95,8 @@ pub(crate) fn recover(dir: &Path, options: &Options) -> Result<Recovered> {
         // a directory this function handles the same way again.
         let mut truncated_bytes = 0;
         let mut dropped_records = after.records;
-        if damage.offset > scan.committed_end {
+        if scan.committed_end >= SEGMENT_HEADER_LEN as u64 {
+            // The whole records of an unfinished transaction, up to the damage.
             dropped_records += segment::count_records(&buf, scan.committed_end as usize);
         }
         let later = &listed[seg_idx + 1..];
@@ -255,4 +262,429 @@ pub(crate) fn verify(io: &dyn Io, dir: &Path) -> Result<VerifyReport> {
 fn read_file(io: &dyn Io, path: &Path) -> Result<Vec<u8>> {
     let file = io.open_read(path).map_err(|e| Error::io("open", path, e))?;
     io::read_all(&*file).map_err(|e| Error::io("read", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::io::Write;
+    use std::path::{Path, PathBuf};
+
+    use proptest::prelude::*;
+
+    use crate::record::{self, FLAG_BATCH_BEGIN, FLAG_BATCH_END, FLAG_TXN_END};
+    use crate::segment::SEGMENT_HEADER_LEN;
+    use crate::testing::{
+        flatten, open, payload, records, segment_files, small_segments, snapshot_files,
+    };
+    use crate::{verify, Error, Journal, Options, Seq};
+
+    type Txns = Vec<(u64, Vec<Vec<u8>>)>;
+
+    /// Appends each transaction on its own (one batch each) and closes the journal.
+    fn fill(dir: &Path, segment_bytes: u64, txns: &[Vec<Vec<u8>>]) -> Txns {
+        let journal = open(dir, small_segments(segment_bytes)).journal;
+        let acked = txns
+            .iter()
+            .map(|txn| (journal.append(txn.clone()).unwrap().0, txn.clone()))
+            .collect();
+        journal.close();
+        acked
+    }
+
+    /// Where each acknowledged transaction lies: (segment index, start offset, end offset).
+    fn layout(dir: &Path, acked: &Txns) -> Vec<(usize, u64, u64)> {
+        let firsts: Vec<u64> = segment_files(dir)
+            .iter()
+            .map(|path| path.file_stem().unwrap().to_str().unwrap().parse().unwrap())
+            .collect();
+        let mut out = Vec::new();
+        let mut pos = 0;
+        let mut current = usize::MAX;
+        for (first, payloads) in acked {
+            let seg_idx = firsts.iter().rposition(|f| f <= first).unwrap();
+            if seg_idx != current {
+                current = seg_idx;
+                pos = SEGMENT_HEADER_LEN as u64;
+            }
+            let start = pos;
+            pos += payloads
+                .iter()
+                .map(|p| (record::HEADER_LEN + p.len()) as u64)
+                .sum::<u64>();
+            out.push((seg_idx, start, pos));
+        }
+        out
+    }
+
+    /// The acknowledged transactions that lie wholly before byte `pos` of segment `seg_idx`.
+    fn before(acked: &Txns, layout: &[(usize, u64, u64)], seg_idx: usize, pos: u64) -> Txns {
+        acked
+            .iter()
+            .zip(layout)
+            .filter(|(_, (seg, _, end))| *seg < seg_idx || (*seg == seg_idx && *end <= pos))
+            .map(|(txn, _)| txn.clone())
+            .collect()
+    }
+
+    fn append_bytes(path: &Path, bytes: &[u8]) {
+        fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .unwrap()
+            .write_all(bytes)
+            .unwrap();
+    }
+
+    fn flip(path: &Path, pos: u64, mask: u8) {
+        let mut bytes = fs::read(path).unwrap();
+        bytes[pos as usize] ^= mask;
+        fs::write(path, bytes).unwrap();
+    }
+
+    fn cut(path: &Path, len: u64) {
+        fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+    }
+
+    fn dir_contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out: Vec<(PathBuf, Vec<u8>)> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| (p.clone(), fs::read(&p).unwrap()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The (path, offset, reason) of an `Error::Corrupt`.
+    fn corrupt<T: std::fmt::Debug>(res: crate::Result<T>) -> (PathBuf, u64, String) {
+        match res {
+            Err(Error::Corrupt {
+                path,
+                offset,
+                reason,
+            }) => (path, offset, reason),
+            other => panic!("expected Error::Corrupt, got {other:?}"),
+        }
+    }
+
+    fn txns(n: u64) -> Vec<Vec<Vec<u8>>> {
+        (0..n).map(|idx| vec![payload(idx, 30)]).collect()
+    }
+
+    fn encoded(records: &[(u64, u32, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (seq, flags, payload) in records {
+            record::encode(&mut out, *seq, *flags, payload);
+        }
+        out
+    }
+
+    #[test]
+    fn a_partial_last_record_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let acked = fill(dir.path(), 1 << 20, &txns(3));
+        let seg = segment_files(dir.path()).pop().unwrap();
+        let partial = encoded(&[(
+            4,
+            FLAG_TXN_END | FLAG_BATCH_BEGIN | FLAG_BATCH_END,
+            b"never acknowledged",
+        )]);
+        append_bytes(&seg, &partial[..25]);
+        let (path, offset, reason) = corrupt(verify(dir.path()));
+        assert_eq!(
+            (path, offset),
+            (seg.clone(), fs::metadata(&seg).unwrap().len() - 25)
+        );
+        assert!(reason.starts_with("incomplete record"), "{reason}");
+
+        let opened = open(dir.path(), Options::default());
+        assert_eq!(opened.recovery.truncated_bytes, 25);
+        assert_eq!(opened.recovery.truncated_file, Some(seg));
+        assert_eq!(opened.recovery.dropped_records, 0);
+        assert_eq!(records(&opened.journal, 1), flatten(&acked));
+        assert_eq!(opened.journal.append(vec![b"x".to_vec()]).unwrap(), Seq(4));
+    }
+
+    #[test]
+    fn a_transaction_without_its_commit_record_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let acked = fill(dir.path(), 1 << 20, &txns(3));
+        let seg = segment_files(dir.path()).pop().unwrap();
+        let len = fs::metadata(&seg).unwrap().len();
+        append_bytes(
+            &seg,
+            &encoded(&[(4, FLAG_BATCH_BEGIN, b"first half"), (5, 0, b"second half")]),
+        );
+        let (_, offset, reason) = corrupt(verify(dir.path()));
+        assert_eq!(offset, len);
+        assert!(
+            reason.starts_with("transaction without its commit record"),
+            "{reason}"
+        );
+
+        let opened = open(dir.path(), Options::default());
+        assert_eq!(opened.recovery.truncated_bytes, 2 * 20 + 10 + 11);
+        assert_eq!(opened.recovery.dropped_records, 2);
+        assert_eq!(records(&opened.journal, 1), flatten(&acked));
+        assert_eq!(fs::metadata(&seg).unwrap().len(), len);
+    }
+
+    #[test]
+    fn a_zero_filled_tail_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let acked = fill(dir.path(), 1 << 20, &txns(3));
+        let seg = segment_files(dir.path()).pop().unwrap();
+        append_bytes(&seg, &[0u8; 4096]);
+        corrupt(verify(dir.path()));
+        let opened = open(dir.path(), Options::default());
+        assert_eq!(opened.recovery.truncated_bytes, 4096);
+        assert_eq!(records(&opened.journal, 1), flatten(&acked));
+        verify(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn damage_inside_the_last_batch_is_a_torn_tail_but_before_it_is_not() {
+        let bad = |flags: [u32; 3]| {
+            let dir = tempfile::tempdir().unwrap();
+            let acked = fill(dir.path(), 1 << 20, &txns(3));
+            let seg = segment_files(dir.path()).pop().unwrap();
+            let len = fs::metadata(&seg).unwrap().len();
+            let mut batch = encoded(&[
+                (4, flags[0], b"four"),
+                (5, flags[1], b"five"),
+                (6, flags[2], b"six"),
+            ]);
+            batch[22] ^= 0x40;
+            append_bytes(&seg, &batch);
+            (dir, acked, seg, len)
+        };
+        // One batch of three transactions, torn in its first record: nothing proves it was synced.
+        let one_batch = [
+            FLAG_BATCH_BEGIN | FLAG_TXN_END,
+            FLAG_TXN_END,
+            FLAG_TXN_END | FLAG_BATCH_END,
+        ];
+        let (dir, acked, _, _) = bad(one_batch);
+        let opened = open(dir.path(), Options::default());
+        assert_eq!(opened.recovery.dropped_records, 2);
+        assert_eq!(records(&opened.journal, 1), flatten(&acked));
+        // Three batches: the second one was written only once the first was synced.
+        let batch_flags = FLAG_BATCH_BEGIN | FLAG_TXN_END | FLAG_BATCH_END;
+        let (dir, _, seg, len) = bad([batch_flags; 3]);
+        let (path, offset, reason) = corrupt(Journal::open(dir.path(), Options::default()));
+        assert_eq!((path, offset), (seg, len));
+        assert!(reason.starts_with("checksum mismatch"), "{reason}");
+    }
+
+    #[test]
+    fn mid_log_damage_fails_open_and_repair_keeps_the_good_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let acked = fill(dir.path(), 200, &txns(20));
+        let files = segment_files(dir.path());
+        assert!(files.len() >= 4);
+        let layout = layout(dir.path(), &acked);
+        let (seg_idx, start, _) = layout[5];
+        flip(&files[seg_idx], start + 25, 0x10);
+        let before_open = dir_contents(dir.path());
+        let (path, offset, _) = corrupt(verify(dir.path()));
+        assert_eq!((path.clone(), offset), (files[seg_idx].clone(), start));
+        let (path2, offset2, _) = corrupt(Journal::open(dir.path(), Options::default()));
+        assert_eq!((path2, offset2), (path, offset));
+        assert_eq!(
+            dir_contents(dir.path()),
+            before_open,
+            "verify and a failed open change nothing"
+        );
+
+        let opened = open(
+            dir.path(),
+            Options {
+                repair: true,
+                ..small_segments(200)
+            },
+        );
+        assert_eq!(records(&opened.journal, 1), flatten(&acked[..5]));
+        assert_eq!(
+            opened.recovery.dropped_records, 14,
+            "the damaged record is not counted"
+        );
+        assert_eq!(opened.recovery.truncated_file, Some(files[seg_idx].clone()));
+        assert_eq!(segment_files(dir.path()), files[..=seg_idx]);
+        assert_eq!(
+            opened
+                .journal
+                .append(vec![b"after repair".to_vec()])
+                .unwrap(),
+            Seq(6)
+        );
+        drop(opened);
+        assert_eq!(verify(dir.path()).unwrap().last_seq, Seq(6));
+    }
+
+    #[test]
+    fn a_missing_segment_is_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let acked = fill(dir.path(), 200, &txns(20));
+        let files = segment_files(dir.path());
+        fs::remove_file(&files[1]).unwrap();
+        let (path, offset, reason) = corrupt(Journal::open(dir.path(), Options::default()));
+        assert_eq!((path, offset), (files[2].clone(), 0));
+        assert!(reason.starts_with("seq gap"), "{reason}");
+        assert_eq!(corrupt(verify(dir.path())).0, files[2]);
+        let opened = open(
+            dir.path(),
+            Options {
+                repair: true,
+                ..Default::default()
+            },
+        );
+        let kept = records(&opened.journal, 1);
+        assert_eq!(kept, flatten(&acked)[..kept.len()]);
+        assert_eq!(segment_files(dir.path()), files[..1]);
+    }
+
+    #[test]
+    fn a_segment_torn_while_being_created_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let acked = fill(dir.path(), 1 << 20, &txns(3));
+        let torn = dir.path().join(crate::segment::file_name(4));
+        fs::write(&torn, b"aliasd").unwrap();
+        let opened = open(dir.path(), Options::default());
+        assert_eq!(opened.recovery.truncated_file, Some(torn.clone()));
+        assert_eq!(opened.recovery.truncated_bytes, 6);
+        assert!(!torn.exists());
+        assert_eq!(records(&opened.journal, 1), flatten(&acked));
+        assert_eq!(opened.journal.append(vec![b"x".to_vec()]).unwrap(), Seq(4));
+    }
+
+    #[test]
+    fn a_snapshot_ahead_of_a_cut_log_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open(dir.path(), Options::default()).journal;
+        for idx in 0..5 {
+            journal.append(vec![payload(idx, 30)]).unwrap();
+        }
+        journal.write_snapshot(Seq(3), b"three").unwrap();
+        journal.write_snapshot(Seq(5), b"five").unwrap();
+        drop(journal);
+        let seg = segment_files(dir.path()).pop().unwrap();
+        cut(&seg, fs::metadata(&seg).unwrap().len() - 1);
+        let snaps = snapshot_files(dir.path());
+        let opened = open(dir.path(), Options::default());
+        assert_eq!(opened.journal.last_seq(), Seq(4));
+        assert_eq!(opened.snapshot.map(|s| s.seq), Some(Seq(3)));
+        assert_eq!(opened.recovery.discarded_snapshots, vec![snaps[1].clone()]);
+        assert_eq!(snapshot_files(dir.path()), snaps[..1]);
+    }
+
+    #[test]
+    fn an_empty_journal_with_a_snapshot_starts_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open(dir.path(), Options::default()).journal;
+        for idx in 0..5 {
+            journal.append(vec![payload(idx, 30)]).unwrap();
+        }
+        journal.write_snapshot(Seq(5), b"five").unwrap();
+        drop(journal);
+        for seg in segment_files(dir.path()) {
+            fs::remove_file(seg).unwrap();
+        }
+        let opened = open(dir.path(), Options::default());
+        assert_eq!(
+            (opened.journal.first_seq(), opened.journal.last_seq()),
+            (Seq(6), Seq(5))
+        );
+        assert_eq!(
+            opened.journal.append(vec![b"six".to_vec()]).unwrap(),
+            Seq(6)
+        );
+        drop(opened);
+        assert_eq!(verify(dir.path()).unwrap().last_seq, Seq(6));
+    }
+
+    fn arb_txns() -> impl Strategy<Value = Vec<Vec<Vec<u8>>>> {
+        proptest::collection::vec(
+            proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..60), 1..4),
+            1..10,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn a_journal_cut_anywhere_recovers_a_prefix_of_whole_transactions(
+            txns in arb_txns(),
+            segment_bytes in 100u64..600,
+            cut_at in any::<prop::sample::Index>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let acked = fill(dir.path(), segment_bytes, &txns);
+            let layout = layout(dir.path(), &acked);
+            let files = segment_files(dir.path());
+            let last_idx = files.len() - 1;
+            let len = fs::metadata(&files[last_idx]).unwrap().len();
+            let cut_at = cut_at.index(len as usize + 1) as u64;
+            cut(&files[last_idx], cut_at);
+            let kept = before(&acked, &layout, last_idx, cut_at);
+
+            let opened = open(dir.path(), small_segments(segment_bytes));
+            prop_assert_eq!(records(&opened.journal, 1), flatten(&kept));
+            let kept_end = layout.iter().filter(|(seg, _, end)| *seg == last_idx && *end <= cut_at).map(|(_, _, end)| *end).max();
+            if cut_at >= SEGMENT_HEADER_LEN as u64 {
+                let kept_end = kept_end.unwrap_or(SEGMENT_HEADER_LEN as u64);
+                prop_assert_eq!(opened.recovery.truncated_bytes, cut_at - kept_end);
+            }
+            let next = kept.last().map_or(1, |(first, payloads)| first + payloads.len() as u64);
+            prop_assert_eq!(opened.journal.append(vec![b"next".to_vec()]).unwrap(), Seq(next));
+            drop(opened);
+            prop_assert_eq!(verify(dir.path()).unwrap().last_seq, Seq(next));
+        }
+
+        #[test]
+        fn a_flipped_byte_is_cut_at_the_tail_and_reported_elsewhere(
+            txns in arb_txns(),
+            segment_bytes in 100u64..600,
+            file_idx in any::<prop::sample::Index>(),
+            pos in any::<prop::sample::Index>(),
+            mask in 1u8..=255,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let acked = fill(dir.path(), segment_bytes, &txns);
+            let layout = layout(dir.path(), &acked);
+            let files = segment_files(dir.path());
+            let last_idx = files.len() - 1;
+            let file_idx = file_idx.index(files.len());
+            let pos = pos.index(fs::metadata(&files[file_idx]).unwrap().len() as usize) as u64;
+            flip(&files[file_idx], pos, mask);
+
+            let (path, offset, _) = corrupt(verify(dir.path()));
+            prop_assert_eq!(&path, &files[file_idx]);
+            prop_assert!(offset <= pos);
+
+            let last_txn_start = layout.last().unwrap().1;
+            if file_idx == last_idx && pos >= last_txn_start {
+                let opened = open(dir.path(), small_segments(segment_bytes));
+                prop_assert_eq!(records(&opened.journal, 1), flatten(&acked[..acked.len() - 1]));
+                prop_assert_eq!(opened.recovery.truncated_file, Some(files[last_idx].clone()));
+            } else {
+                let (path, offset, _) = corrupt(Journal::open(dir.path(), small_segments(segment_bytes)));
+                prop_assert_eq!(&path, &files[file_idx]);
+                prop_assert!(offset <= pos);
+                let opened = open(dir.path(), Options { repair: true, ..small_segments(segment_bytes) });
+                let kept = before(&acked, &layout, file_idx, pos);
+                prop_assert_eq!(records(&opened.journal, 1), flatten(&kept));
+                let next = kept.last().map_or(1, |(first, payloads)| first + payloads.len() as u64);
+                prop_assert_eq!(opened.journal.append(vec![b"next".to_vec()]).unwrap(), Seq(next));
+                drop(opened);
+                prop_assert_eq!(verify(dir.path()).unwrap().last_seq, Seq(next));
+            }
+        }
+    }
 }

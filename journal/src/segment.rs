@@ -122,6 +122,9 @@ pub(crate) struct Damage {
     /// Whether a crash in the middle of a write could have left this (a bad checksum, a
     /// partial record); false for things no crash produces (valid records out of sequence).
     pub(crate) torn: bool,
+    /// Whether this is a transaction without its commit record, at the end of the file
+    /// (its records are whole and valid; nothing follows them).
+    pub(crate) unfinished_txn: bool,
 }
 
 /// What [`scan`] found in a segment.
@@ -154,6 +157,7 @@ pub(crate) fn scan(buf: &[u8], name_seq: u64) -> Scan {
                 offset: 0,
                 reason,
                 torn: false,
+                unfinished_txn: false,
             });
             return out;
         }
@@ -162,6 +166,7 @@ pub(crate) fn scan(buf: &[u8], name_seq: u64) -> Scan {
                 offset: 0,
                 reason,
                 torn: true,
+                unfinished_txn: false,
             });
             return out;
         }
@@ -179,6 +184,7 @@ pub(crate) fn scan(buf: &[u8], name_seq: u64) -> Scan {
                         offset: pos as u64,
                         reason,
                         torn: false,
+                        unfinished_txn: false,
                     });
                     return out;
                 }
@@ -198,6 +204,7 @@ pub(crate) fn scan(buf: &[u8], name_seq: u64) -> Scan {
                         offset: out.committed_end,
                         reason,
                         torn: true,
+                        unfinished_txn: true,
                     });
                 }
                 return out;
@@ -211,6 +218,7 @@ pub(crate) fn scan(buf: &[u8], name_seq: u64) -> Scan {
                     offset: pos as u64,
                     reason,
                     torn: true,
+                    unfinished_txn: false,
                 });
                 return out;
             }
@@ -219,6 +227,7 @@ pub(crate) fn scan(buf: &[u8], name_seq: u64) -> Scan {
                     offset: pos as u64,
                     reason,
                     torn: true,
+                    unfinished_txn: false,
                 });
                 return out;
             }

@@ -198,3 +198,210 @@ impl Writer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::testing::{faulty, open, payload, records, segment_files};
+    use crate::{verify, Error, Journal, Seq};
+
+    /// The raw OS error an append failed with, if it failed with an I/O error.
+    fn os_error(res: crate::Result<Seq>) -> Option<i32> {
+        match res {
+            Err(Error::Io { source, .. }) => source.raw_os_error(),
+            other => panic!("expected an I/O error, got {other:?}"),
+        }
+    }
+
+    /// The bytes of the segment files: what a later open (or a crash) would see.
+    fn on_disk_len(dir: &std::path::Path) -> u64 {
+        segment_files(dir)
+            .iter()
+            .map(|path| std::fs::metadata(path).unwrap().len())
+            .sum()
+    }
+
+    /// Appends `n` one-record transactions tagged from `tag`, checking their seqs start at `first`.
+    fn append_n(journal: &Journal, first: u64, tag: u64, n: u64) {
+        for idx in 0..n {
+            assert_eq!(
+                journal.append(vec![payload(tag + idx, 40)]).unwrap(),
+                Seq(first + idx)
+            );
+        }
+    }
+
+    fn expected(tags: &[(u64, u64)]) -> Vec<(u64, Vec<u8>)> {
+        tags.iter()
+            .enumerate()
+            .map(|(idx, (_, tag))| (idx as u64 + 1, payload(*tag, 40)))
+            .collect()
+    }
+
+    #[test]
+    fn a_short_write_fails_the_append_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (options, faults) = faulty(64 << 20);
+        let journal = open(dir.path(), options.clone()).journal;
+        append_n(&journal, 1, 100, 3);
+        faults.fail_next_write_short();
+        let res = journal.append(vec![payload(999, 400)]);
+        assert!(
+            matches!(&res, Err(Error::Io { op: "write", source, .. }) if source.kind() == std::io::ErrorKind::WriteZero)
+        );
+        assert_eq!(journal.last_seq(), Seq(3));
+        assert_eq!(on_disk_len(dir.path()), journal.size_bytes());
+        append_n(&journal, 4, 103, 2);
+        drop(journal);
+        let reopened = open(dir.path(), options);
+        assert_eq!(reopened.recovery.truncated_bytes, 0);
+        assert_eq!(
+            records(&reopened.journal, 1),
+            expected(&[(1, 100), (2, 101), (3, 102), (4, 103), (5, 104)])
+        );
+        verify(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn an_fsync_error_fails_the_append_and_the_batch_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let (options, faults) = faulty(64 << 20);
+        let journal = open(dir.path(), options.clone()).journal;
+        append_n(&journal, 1, 100, 2);
+        faults.fail_next_sync();
+        assert_eq!(os_error(journal.append(vec![payload(999, 40)])), Some(5));
+        assert_eq!(records(&journal, 1).len(), 2);
+        assert_eq!(on_disk_len(dir.path()), journal.size_bytes());
+        append_n(&journal, 3, 102, 1);
+        drop(journal);
+        let reopened = open(dir.path(), options);
+        assert_eq!(
+            records(&reopened.journal, 1),
+            expected(&[(1, 100), (2, 101), (3, 102)])
+        );
+    }
+
+    #[test]
+    fn a_failed_cleanup_is_retried_before_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let (options, faults) = faulty(64 << 20);
+        let journal = open(dir.path(), options.clone()).journal;
+        append_n(&journal, 1, 100, 1);
+        faults.fail_next_sync();
+        faults.fail_next_set_len();
+        assert_eq!(os_error(journal.append(vec![payload(999, 40)])), Some(5));
+        // The failed batch may still be in the file, but past the durable end: invisible.
+        assert_eq!(records(&journal, 1).len(), 1);
+        append_n(&journal, 2, 101, 1);
+        drop(journal);
+        let reopened = open(dir.path(), options);
+        assert_eq!(
+            records(&reopened.journal, 1),
+            expected(&[(1, 100), (2, 101)])
+        );
+    }
+
+    #[test]
+    fn enospc_stays_detectable_and_the_journal_recovers_when_space_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let (options, faults) = faulty(64 << 20);
+        let journal = open(dir.path(), options.clone()).journal;
+        append_n(&journal, 1, 100, 2);
+        faults.set_enospc(true);
+        for _ in 0..3 {
+            let res = journal.append(vec![payload(999, 300), payload(998, 300)]);
+            assert!(
+                matches!(&res, Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::StorageFull)
+            );
+            assert_eq!(os_error(res), Some(28));
+        }
+        assert_eq!(on_disk_len(dir.path()), journal.size_bytes());
+        faults.set_enospc(false);
+        append_n(&journal, 3, 102, 2);
+        drop(journal);
+        let reopened = open(dir.path(), options);
+        assert_eq!(
+            records(&reopened.journal, 1),
+            expected(&[(1, 100), (2, 101), (3, 102), (4, 103)])
+        );
+    }
+
+    #[test]
+    fn enospc_during_rollover_leaves_no_segment_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (options, faults) = faulty(100);
+        let journal = open(dir.path(), options.clone()).journal;
+        append_n(&journal, 1, 100, 2);
+        let files = segment_files(dir.path());
+        faults.set_enospc(true);
+        assert_eq!(os_error(journal.append(vec![payload(999, 40)])), Some(28));
+        assert_eq!(segment_files(dir.path()), files);
+        faults.set_enospc(false);
+        append_n(&journal, 3, 102, 1);
+        assert_eq!(segment_files(dir.path()).len(), files.len() + 1);
+        drop(journal);
+        let reopened = open(dir.path(), options);
+        assert_eq!(
+            records(&reopened.journal, 1),
+            expected(&[(1, 100), (2, 101), (3, 102)])
+        );
+        verify(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn concurrent_appends_share_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (options, faults) = faulty(64 << 20);
+        let journal = open(dir.path(), options).journal;
+        let syncs_before = faults.syncs();
+        faults.set_sync_delay(Duration::from_millis(20));
+        let threads: Vec<_> = (0..16u64)
+            .map(|thread_idx| {
+                let journal = journal.clone();
+                std::thread::spawn(move || {
+                    for idx in 0..5 {
+                        journal
+                            .append(vec![payload(thread_idx * 100 + idx, 40)])
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let n_syncs = faults.syncs() - syncs_before;
+        assert_eq!(journal.last_seq(), Seq(80));
+        assert!(
+            n_syncs <= 40,
+            "80 appends from 16 threads took {n_syncs} syncs"
+        );
+    }
+
+    #[test]
+    fn dropping_the_last_handle_commits_queued_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (options, faults) = faulty(64 << 20);
+        let journal = open(dir.path(), options.clone()).journal;
+        faults.set_sync_delay(Duration::from_millis(5));
+        let threads: Vec<_> = (0..4u64)
+            .map(|thread_idx| {
+                let journal = journal.clone();
+                std::thread::spawn(move || {
+                    journal
+                        .append(vec![payload(thread_idx, 10)])
+                        .map(|seq| seq.0)
+                })
+            })
+            .collect();
+        drop(journal);
+        let mut seqs: Vec<u64> = threads
+            .into_iter()
+            .map(|t| t.join().unwrap().unwrap())
+            .collect();
+        seqs.sort();
+        assert_eq!(seqs, vec![1, 2, 3, 4]);
+        assert_eq!(records(&open(dir.path(), options).journal, 1).len(), 4);
+    }
+}
