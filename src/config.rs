@@ -151,6 +151,22 @@ pub struct ServeArgs {
     /// platform's file watcher (for network file systems).
     #[arg(long, env = "ALIASD_POLL_MS")]
     pub poll_ms: Option<u64>,
+    /// A read-write token, NAME=SECRET (repeatable; also $ALIASD_TOKENS, comma-separated).
+    #[arg(long = "token", value_name = "NAME=SECRET")]
+    pub tokens: Vec<String>,
+    /// A read-only token, NAME=SECRET (repeatable; also $ALIASD_READ_TOKENS).
+    #[arg(long = "read-token", value_name = "NAME=SECRET")]
+    pub read_tokens: Vec<String>,
+    /// Browser origins allowed besides the local machine's, comma-separated
+    /// (like OLLAMA_ORIGINS; `*` allows any).
+    #[arg(long, env = "ALIASD_ORIGINS", value_delimiter = ',')]
+    pub origins: Vec<String>,
+    /// Event-stream subscribers allowed at once.
+    #[arg(long, default_value_t = 4096)]
+    pub max_subscribers: u64,
+    /// Seconds a request (body included) may take.
+    #[arg(long, default_value_t = 30)]
+    pub request_timeout_secs: u64,
 }
 
 /// The user's home directory, or the current directory if unknown.
@@ -171,6 +187,40 @@ pub fn default_journal_dir() -> PathBuf {
 }
 
 impl ServeArgs {
+    /// The HTTP settings these flags (and `$ALIASD_TOKENS`, `$ALIASD_READ_TOKENS`) mean.
+    ///
+    /// # Errors
+    ///
+    /// A malformed token (the message never contains the secret).
+    pub fn http_config(&self) -> Result<crate::http::HttpConfig, String> {
+        use crate::http::auth::Token;
+        let mut tokens = Vec::new();
+        for (specs, env, read_only) in [
+            (&self.tokens, "ALIASD_TOKENS", false),
+            (&self.read_tokens, "ALIASD_READ_TOKENS", true),
+        ] {
+            for spec in specs {
+                tokens.push(Token::parse(spec, read_only)?);
+            }
+            if let Ok(list) = std::env::var(env) {
+                tokens.extend(
+                    Token::parse_list(&list, read_only).map_err(|e| format!("${env}: {e}"))?,
+                );
+            }
+        }
+        Ok(crate::http::HttpConfig {
+            tokens,
+            origins: self
+                .origins
+                .iter()
+                .map(|o| o.trim().to_string())
+                .filter(|o| !o.is_empty())
+                .collect(),
+            max_subscribers: self.max_subscribers,
+            request_timeout: std::time::Duration::from_secs(self.request_timeout_secs.max(1)),
+        })
+    }
+
     /// How to follow external changes to the store.
     pub fn watch_mode(&self) -> crate::watcher::WatchMode {
         match self.poll_ms {

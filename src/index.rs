@@ -16,7 +16,7 @@ use crate::name::ModelName;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AliasState {
     /// Its chain ends at a present model (prefix aliases are always active).
-    Active,
+    Active = 0,
     /// Its chain ends at a model that is not in the store.
     Dangling,
     /// A model aliasd did not write sits at the alias's path; the model wins.

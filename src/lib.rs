@@ -21,6 +21,7 @@ pub mod event;
 pub mod http;
 pub mod index;
 pub mod materializer;
+pub mod metrics;
 pub mod name;
 pub mod offline;
 pub mod reconcile;

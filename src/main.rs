@@ -65,6 +65,17 @@ fn run_client(client: &Client, json: bool, command: Commands) -> anyhow::Result<
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.registry_config();
+    let http = args
+        .http_config()
+        .map_err(|e| anyhow::anyhow!("bad token: {e}"))?;
+    if !http.tokens.is_empty() {
+        tracing::info!(
+            tokens = http.tokens.len(),
+            "authentication required on every route but /healthz"
+        );
+    } else if !args.listen.ip().is_loopback() {
+        tracing::warn!("listening on {} without tokens: anyone who can reach it can change aliases (set --token)", args.listen);
+    }
     tracing::info!(
         models = %config.models_dir.display(),
         journal = %config.journal_dir.display(),
@@ -89,7 +100,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 format!("cannot listen on {listen}; is another aliasd running? (use --listen)")
             })?;
         tracing::info!("listening on http://{}", listener.local_addr()?);
-        let state = aliasd::http::AppState::new(registry);
+        let state = aliasd::http::AppState::new(registry, http);
         aliasd::http::serve(listener, state, shutdown_signal()).await?;
         anyhow::Ok(())
     });

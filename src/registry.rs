@@ -81,7 +81,7 @@ pub enum Reply {
     /// A put: the alias after it, and whether it was created or changed.
     Put {
         /// The alias as committed.
-        entry: AliasEntry,
+        entry: Box<AliasEntry>,
         /// Created rather than updated.
         created: bool,
         /// Whether an event was written (false for an idempotent put).
@@ -125,6 +125,7 @@ pub struct Registry {
     shared: Arc<RwLock<Shared>>,
     events: broadcast::Sender<Arc<Event>>,
     journal: journal::Journal,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -184,7 +185,9 @@ impl Registry {
             index,
             models: Models::default(),
         }));
+        let metrics = Arc::new(crate::metrics::Metrics::default());
         let mut writer = Writer {
+            metrics: metrics.clone(),
             journal: journal.clone(),
             shared: shared.clone(),
             materializer: Materializer::new(store),
@@ -207,6 +210,7 @@ impl Registry {
             shared,
             events,
             journal,
+            metrics,
         };
         Ok((registry, WriterThread(thread)))
     }
@@ -244,6 +248,11 @@ impl Registry {
     /// The journal, for reading history.
     pub fn journal(&self) -> &journal::Journal {
         &self.journal
+    }
+
+    /// The counters shared with the writer.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 }
 
@@ -283,6 +292,7 @@ pub fn load_index(
 
 /// The state owned by the writer thread.
 struct Writer {
+    metrics: Arc<crate::metrics::Metrics>,
     journal: journal::Journal,
     /// Written only by this thread, and only with durable events.
     shared: Arc<RwLock<Shared>>,
@@ -412,7 +422,7 @@ impl Writer {
                     .read(|s| entry_of(s, &outcome.dep))
                     .ok_or(RegistryError::Unavailable)?;
                 Ok(Reply::Put {
-                    entry,
+                    entry: Box::new(entry),
                     created: outcome.created,
                     changed,
                 })
@@ -445,7 +455,11 @@ impl Writer {
     fn commit(&mut self, events: &[Event], models: Option<Models>) -> Result<(), journal::Error> {
         if !events.is_empty() {
             let payloads = events.iter().map(Event::encode).collect();
-            let first = self.journal.append(payloads)?;
+            let started = std::time::Instant::now();
+            let first = self.journal.append(payloads).inspect_err(|_| {
+                self.metrics.observe_commit_failure();
+            })?;
+            self.metrics.observe_commit(started.elapsed());
             if first.0 != events[0].seq {
                 tracing::error!(
                     expected = events[0].seq,
@@ -478,6 +492,7 @@ impl Writer {
         }
         self.materialize(events, &prior);
         for event in events {
+            self.metrics.observe_event(event.kind);
             // No subscriber is not an error.
             let _ = self.events.send(Arc::new(event.clone()));
         }

@@ -165,12 +165,24 @@ pub async fn events_stream(
         })
         .transpose()?;
     let cursor = query.since.or(last_event_id);
+    let metrics = state.registry.metrics().clone();
+    if metrics.subscribers() >= state.http.max_subscribers {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "too many event subscribers ({} at once); retry later or raise --max-subscribers",
+                state.http.max_subscribers
+            ),
+        ));
+    }
     // Subscribe before reading anything, so no event falls between the two.
     let live = state.registry.subscribe();
     let journal = state.registry.journal().clone();
     let (sender, receiver) = mpsc::channel(SUBSCRIBER_BUFFER);
     let shutdown = state.shutdown.clone();
+    let subscribed = Subscribed::new(metrics);
     tokio::spawn(async move {
+        let _subscribed = subscribed;
         tokio::select! {
             () = feed_subscriber(journal, live, cursor, filter, sender) => {}
             () = shutdown.fired() => {}
@@ -181,6 +193,22 @@ pub async fn events_stream(
             .interval(Duration::from_secs(15))
             .text("keep-alive"),
     ))
+}
+
+/// Counts a subscriber while it lives.
+struct Subscribed(Arc<crate::metrics::Metrics>);
+
+impl Subscribed {
+    fn new(metrics: Arc<crate::metrics::Metrics>) -> Subscribed {
+        metrics.subscriber_delta(true);
+        Subscribed(metrics)
+    }
+}
+
+impl Drop for Subscribed {
+    fn drop(&mut self) {
+        self.0.subscriber_delta(false);
+    }
 }
 
 fn sse_event(event: &Event) -> Result<SseEvent, Infallible> {
@@ -220,7 +248,11 @@ async fn feed_subscriber(
             None => return,
         }
         loop {
-            match live.recv().await {
+            let received = tokio::select! {
+                received = live.recv() => received,
+                () = sender.closed() => return,
+            };
+            match received {
                 Ok(event) => {
                     if event.seq <= last_sent {
                         continue;

@@ -4,6 +4,7 @@
 //! Only this module knows about axum and status codes.
 
 pub mod aliases;
+pub mod auth;
 pub mod error;
 pub mod events;
 pub mod experimental;
@@ -15,7 +16,7 @@ use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
@@ -34,16 +35,43 @@ pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub struct AppState {
     /// The registry: commands go to its writer, reads take its lock briefly.
     pub registry: Registry,
+    /// Tokens, origins and limits, fixed at start-up.
+    pub http: Arc<HttpConfig>,
     /// Fires once when the server begins to shut down; event streams end then.
     pub shutdown: Shutdown,
 }
 
 impl AppState {
-    /// State for serving `registry`.
-    pub fn new(registry: Registry) -> AppState {
+    /// State for serving `registry` with `http` settings.
+    pub fn new(registry: Registry, http: HttpConfig) -> AppState {
         AppState {
             registry,
+            http: Arc::new(http),
             shutdown: Shutdown::default(),
+        }
+    }
+}
+
+/// HTTP settings: who may call, from which browser origins, and limits.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Tokens; empty means no authentication (loopback use).
+    pub tokens: Vec<auth::Token>,
+    /// Extra browser origins allowed (beyond the local defaults).
+    pub origins: Vec<String>,
+    /// Event-stream subscribers allowed at once; past it, 503.
+    pub max_subscribers: u64,
+    /// A request (its body included) must complete within this; else 408.
+    pub request_timeout: std::time::Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> HttpConfig {
+        HttpConfig {
+            tokens: Vec::new(),
+            origins: Vec::new(),
+            max_subscribers: 4096,
+            request_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -96,11 +124,134 @@ pub fn app(state: AppState) -> Router {
         .route("/api/history", get(events::history_list))
         .route("/api/events", get(events::events_stream))
         .route("/healthz", get(aliases::healthz))
+        .route("/metrics", get(metrics_get))
         .fallback(unknown_route)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_timeout,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::cors,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_request,
+        ))
         .layer(axum::middleware::from_fn(error::json_errors))
+        .layer(axum::middleware::from_fn(catch_panic))
         .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
+}
+
+/// `GET /metrics`: Prometheus text.
+async fn metrics_get(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    let gauges = state.registry.read(|s| {
+        let mut counts = [0u64; 3];
+        for entry in s.index.sorted() {
+            counts[entry.state as usize] += 1;
+        }
+        crate::metrics::Gauges {
+            aliases_by_state: vec![
+                ("active", counts[crate::index::AliasState::Active as usize]),
+                (
+                    "dangling",
+                    counts[crate::index::AliasState::Dangling as usize],
+                ),
+                (
+                    "shadowed",
+                    counts[crate::index::AliasState::Shadowed as usize],
+                ),
+            ],
+            models: s.models.len() as u64,
+            journal_seq: 0,
+            journal_bytes: 0,
+        }
+    });
+    let journal = state.registry.journal();
+    let gauges = crate::metrics::Gauges {
+        journal_seq: journal.last_seq().0,
+        journal_bytes: journal.size_bytes(),
+        ..gauges
+    };
+    let text = state.registry.metrics().render(&gauges);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// Counts responses by matched route and status for `/metrics`.
+async fn count_request(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let response = next.run(request).await;
+    state
+        .registry
+        .metrics()
+        .observe_request(&route, response.status().as_u16());
+    response
+}
+
+/// Every request but an event stream must finish within the configured time
+/// (slow bodies included): else 408.
+async fn request_timeout(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.uri().path() == "/api/events" {
+        return next.run(request).await;
+    }
+    match tokio::time::timeout(state.http.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            "the request took too long (a slow body?); retry",
+        )
+        .into_response(),
+    }
+}
+
+/// A panic in a handler becomes a logged 500 with a JSON body; the server stays up.
+async fn catch_panic(request: Request, next: Next) -> Response {
+    use futures_util::FutureExt;
+    let path = request.uri().path().to_string();
+    match std::panic::AssertUnwindSafe(next.run(request))
+        .catch_unwind()
+        .await
+    {
+        Ok(response) => response,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(path, "handler panicked: {message}");
+            ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error",
+            )
+            .into_response()
+        }
+    }
 }
 
 async fn unknown_route(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
