@@ -145,6 +145,32 @@ impl Event {
     }
 }
 
+/// A committed event as broadcast to live subscribers: serialized once, and
+/// with its alias key computed once, however many subscribers there are.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// The event.
+    pub event: Event,
+    /// Its wire JSON.
+    pub json: String,
+    /// The lookup key of its alias (see `AliasName::key`).
+    pub alias_key: String,
+}
+
+impl Published {
+    /// Prepares an event for broadcast.
+    pub fn new(event: Event) -> Published {
+        let alias_key = crate::index::AliasName::of_event(&event)
+            .map(|a| a.key())
+            .unwrap_or_else(|_| event.alias.to_lowercase());
+        Published {
+            json: event.to_json(),
+            event,
+            alias_key,
+        }
+    }
+}
+
 /// The current time as RFC 3339 UTC with microseconds.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()

@@ -24,7 +24,7 @@ use crate::command::{
     plan_batch, plan_delete, plan_put, BatchOp, CommandError, DeleteAlias, Origin, PutAlias,
     PutOutcome,
 };
-use crate::event::{now_rfc3339, Event, EventType};
+use crate::event::{now_rfc3339, Event, EventType, Published};
 use crate::index::{AliasEntry, AliasName, AliasView, DepKey, Draft, Index, Models};
 use crate::materializer::Materializer;
 use crate::reconcile;
@@ -123,7 +123,7 @@ struct Request {
 pub struct Registry {
     commands: mpsc::Sender<Request>,
     shared: Arc<RwLock<Shared>>,
-    events: broadcast::Sender<Arc<Event>>,
+    events: broadcast::Sender<Arc<Published>>,
     journal: journal::Journal,
     metrics: Arc<crate::metrics::Metrics>,
 }
@@ -241,7 +241,7 @@ impl Registry {
     }
 
     /// Subscribes to committed events.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Published>> {
         self.events.subscribe()
     }
 
@@ -297,7 +297,7 @@ struct Writer {
     /// Written only by this thread, and only with durable events.
     shared: Arc<RwLock<Shared>>,
     materializer: Materializer,
-    events: broadcast::Sender<Arc<Event>>,
+    events: broadcast::Sender<Arc<Published>>,
     snapshot_every: u64,
     since_snapshot: u64,
 }
@@ -494,7 +494,7 @@ impl Writer {
         for event in events {
             self.metrics.observe_event(event.kind);
             // No subscriber is not an error.
-            let _ = self.events.send(Arc::new(event.clone()));
+            let _ = self.events.send(Arc::new(Published::new(event.clone())));
         }
         self.since_snapshot += events.len() as u64;
         if self.since_snapshot >= self.snapshot_every {

@@ -21,7 +21,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 
-use crate::event::{Event, EventType};
+use crate::event::{Event, EventType, Published};
 use crate::http::{ApiError, AppState};
 use crate::index::AliasName;
 use crate::name::ModelName;
@@ -62,6 +62,14 @@ impl EventFilter {
                 .alias_key
                 .as_ref()
                 .is_none_or(|key| AliasName::of_event(event).is_ok_and(|a| a.key() == *key))
+    }
+
+    fn matches_published(&self, published: &Published) -> bool {
+        self.kind.is_none_or(|k| published.event.kind == k)
+            && self
+                .alias_key
+                .as_ref()
+                .is_none_or(|key| published.alias_key == *key)
     }
 }
 
@@ -211,18 +219,18 @@ impl Drop for Subscribed {
     }
 }
 
-fn sse_event(event: &Event) -> Result<SseEvent, Infallible> {
+fn sse_event(event: &Event, json: &str) -> Result<SseEvent, Infallible> {
     Ok(SseEvent::default()
         .id(event.seq.to_string())
         .event(event.kind.as_str())
-        .data(event.to_json()))
+        .data(json))
 }
 
 /// Feeds one subscriber until it disconnects: catch-up from the journal, then
 /// live, falling back to the journal whenever it lags.
 async fn feed_subscriber(
     journal: journal::Journal,
-    mut live: broadcast::Receiver<Arc<Event>>,
+    mut live: broadcast::Receiver<Arc<Published>>,
     cursor: Option<u64>,
     filter: EventFilter,
     sender: mpsc::Sender<Result<SseEvent, Infallible>>,
@@ -253,12 +261,18 @@ async fn feed_subscriber(
                 () = sender.closed() => return,
             };
             match received {
-                Ok(event) => {
+                Ok(published) => {
+                    let event = &published.event;
                     if event.seq <= last_sent {
                         continue;
                     }
                     last_sent = event.seq;
-                    if filter.matches(&event) && sender.send(sse_event(&event)).await.is_err() {
+                    if filter.matches_published(&published)
+                        && sender
+                            .send(sse_event(event, &published.json))
+                            .await
+                            .is_err()
+                    {
                         return;
                     }
                 }
@@ -322,7 +336,12 @@ async fn catch_up(
             let Ok(event) = Event::decode(&payload) else {
                 continue;
             };
-            if filter.matches(&event) && sender.send(sse_event(&event)).await.is_err() {
+            if filter.matches(&event)
+                && sender
+                    .send(sse_event(&event, &event.to_json()))
+                    .await
+                    .is_err()
+            {
                 return None;
             }
         }
