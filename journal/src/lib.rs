@@ -348,15 +348,18 @@ impl Journal {
                 max: MAX_PAYLOAD_BYTES as u64,
             });
         }
-        let (reply, outcome) = mpsc::sync_channel(1);
+        let reply = Arc::new(writer::Reply::default());
         {
             let sender = self.inner.sender.read().unwrap();
             let sender = sender.as_ref().ok_or(Error::Closed)?;
-            sender
-                .send(writer::Request { payloads, reply })
-                .map_err(|_| Error::Closed)?;
+            let request = writer::Request {
+                payloads,
+                reply: Arc::clone(&reply),
+            };
+            // On failure the request comes back and is dropped, which replies `Closed`.
+            let _ = sender.send(request);
         }
-        outcome.recv().map_err(|_| Error::Closed)?
+        reply.wait()
     }
 
     /// The seq of the last durable record (Seq(0) if empty).

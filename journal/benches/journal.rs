@@ -1,0 +1,176 @@
+//! Journal benchmarks: the disk's own fdatasync latency, then single-append latency,
+//! group-commit throughput with 64 appenders, and replay throughput.
+//!
+//! Files go under `CARGO_TARGET_TMPDIR` (inside the target directory), which is on the
+//! same disk as the workspace; `/tmp` may be a tmpfs, where fsync costs nothing.
+//! Run with `cargo bench -p journal`; the figures are summarized in `journal/BENCH.md`.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use journal::{Journal, Options, Seq};
+
+const RECORD_BYTES: usize = 200;
+const APPENDERS: usize = 64;
+const APPENDS_PER_THREAD: usize = 50;
+const REPLAY_RECORDS: u64 = 500_000;
+
+fn bench_dir() -> tempfile::TempDir {
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("journal-bench");
+    std::fs::create_dir_all(&root).unwrap();
+    tempfile::tempdir_in(root).unwrap()
+}
+
+fn record(idx: u64) -> Vec<u8> {
+    let mut out =
+        format!("{{\"seq\":{idx},\"type\":\"alias.created\",\"alias\":\"coder\"}}").into_bytes();
+    out.resize(RECORD_BYTES, b' ');
+    out
+}
+
+/// (a) The disk's floor: one small write at the end of a file, then fdatasync.
+fn raw_fdatasync(c: &mut Criterion) {
+    let dir = bench_dir();
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(dir.path().join("raw"))
+        .unwrap();
+    let buf = record(0);
+    let mut offset = 0u64;
+    let mut group = c.benchmark_group("raw");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("write_200B_fdatasync", |b| {
+        b.iter(|| {
+            file.write_all_at(&buf, offset).unwrap();
+            file.sync_data().unwrap();
+            offset += buf.len() as u64;
+        })
+    });
+    group.finish();
+}
+
+/// (b) One appender: the latency of `append` of one record.
+fn single_append(c: &mut Criterion) {
+    let dir = bench_dir();
+    let journal = Journal::open(dir.path(), Options::default())
+        .unwrap()
+        .journal;
+    let mut group = c.benchmark_group("append");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("single_appender_200B", |b| {
+        b.iter_batched(
+            || vec![record(1)],
+            |payloads| journal.append(payloads).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+/// (c) Group commit: 64 threads appending at once; throughput in records per second.
+///
+/// The threads live across iterations (spawning 64 threads per iteration would be
+/// measured too); each iteration releases them through a barrier and waits for all.
+fn group_commit(c: &mut Criterion) {
+    let dir = bench_dir();
+    let journal = Journal::open(dir.path(), Options::default())
+        .unwrap()
+        .journal;
+    let start = Arc::new(Barrier::new(APPENDERS + 1));
+    let done = Arc::new(Barrier::new(APPENDERS + 1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (0..APPENDERS)
+        .map(|thread_idx| {
+            let (journal, start, done, stop) = (
+                journal.clone(),
+                Arc::clone(&start),
+                Arc::clone(&done),
+                Arc::clone(&stop),
+            );
+            std::thread::spawn(move || loop {
+                start.wait();
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                for idx in 0..APPENDS_PER_THREAD {
+                    journal
+                        .append(vec![record((thread_idx * 1000 + idx) as u64)])
+                        .unwrap();
+                }
+                done.wait();
+            })
+        })
+        .collect();
+    let mut group = c.benchmark_group("append");
+    group.throughput(Throughput::Elements(
+        (APPENDERS * APPENDS_PER_THREAD) as u64,
+    ));
+    group.bench_function("group_commit_64_appenders_200B", |b| {
+        b.iter_custom(|iters| {
+            let began = Instant::now();
+            for _ in 0..iters {
+                start.wait();
+                done.wait();
+            }
+            began.elapsed()
+        })
+    });
+    group.finish();
+    stop.store(true, Ordering::SeqCst);
+    start.wait();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+}
+
+/// (d) Replay: `read_from(1)` over 500k records of 200 bytes, warm cache.
+fn replay(c: &mut Criterion) {
+    let dir = bench_dir();
+    let journal = Journal::open(dir.path(), Options::default())
+        .unwrap()
+        .journal;
+    let mut next = 0u64;
+    while next < REPLAY_RECORDS {
+        let txn: Vec<Vec<u8>> = (next..next + 1000).map(record).collect();
+        journal.append(txn).unwrap();
+        next += 1000;
+    }
+    let mut group = c.benchmark_group("replay");
+    group.throughput(Throughput::Elements(REPLAY_RECORDS));
+    group.bench_function("read_from_1_500k_200B", |b| {
+        b.iter(|| {
+            let mut n_records = 0u64;
+            let mut n_bytes = 0usize;
+            for item in journal.read_from(Seq(1)).unwrap() {
+                let (_, payload) = item.unwrap();
+                n_bytes += payload.len();
+                n_records += 1;
+            }
+            assert_eq!(n_records, REPLAY_RECORDS);
+            n_bytes
+        })
+    });
+    group.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = raw_fdatasync, single_append, group_commit, replay
+}
+criterion_main!(benches);
