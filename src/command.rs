@@ -192,8 +192,11 @@ pub fn plan_put(
         prefix: alias.is_prefix(),
         key: key.clone(),
     };
-    let shown = alias.display();
     let existing = draft.entry(&dep).cloned();
+    // An alias keeps the spelling it was created with (SPEC §2), whatever
+    // spelling retargets it: its file path must not change.
+    let alias = existing.as_ref().map_or(alias, |e| e.alias.clone());
+    let shown = alias.display();
     check_precondition(existing.as_ref(), put.if_match, put.if_none_match, &shown)?;
     if let AliasName::Exact(name) = &alias {
         if name.key() == target.key() {
@@ -567,6 +570,18 @@ mod tests {
                 EventType::TargetChanged
             ]
         );
+    }
+
+    #[test]
+    fn retarget_keeps_the_first_spelling() {
+        let ms = models(&["m1", "m2"]);
+        let index = Index::default();
+        let mut draft = Draft::new(&index, 1);
+        let t = "2026-01-01T00:00:00Z";
+        plan_put(&mut draft, &ms, &origin(), t, &put("Coder", "m1")).unwrap();
+        plan_put(&mut draft, &ms, &origin(), t, &put("library/CODER", "m2")).unwrap();
+        let aliases: Vec<String> = draft.into_events().into_iter().map(|e| e.alias).collect();
+        assert_eq!(aliases, ["Coder", "Coder"]);
     }
 
     #[test]

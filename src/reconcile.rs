@@ -147,3 +147,32 @@ pub fn observe_names(
     }
     Ok(observation)
 }
+
+/// What the index expects aliasd to have left at `name`: `Some(Some(digest))`
+/// for an active alias's manifest, `Some(None)` for no file (a dangling or
+/// deleted alias), `None` when aliasd does not own the path (models, shadowed).
+pub fn expected_file(index: &Index, name: &ModelName) -> Option<Option<Arc<str>>> {
+    let key = name.key();
+    match index.exact(&key) {
+        Some(entry) => match entry.state {
+            AliasState::Active => entry.digest.clone().map(Some),
+            AliasState::Dangling => Some(None),
+            AliasState::Shadowed => None,
+        },
+        None if index.tombstones().any(|t| t.name.key() == key) => Some(None),
+        None => None,
+    }
+}
+
+/// Whether the file at `name` is what [`expected_file`] says: then a change
+/// there is aliasd's own write coming back through the watcher.
+pub fn matches_expected(store: &Store, name: &ModelName, expected: &Option<Arc<str>>) -> bool {
+    match (
+        crate::materializer::read_if_exists(&store.manifest_path(name)),
+        expected,
+    ) {
+        (Ok(None), None) => true,
+        (Ok(Some(bytes)), Some(digest)) => crate::digest::manifest_digest(&bytes) == **digest,
+        _ => false,
+    }
+}

@@ -126,6 +126,7 @@ pub struct Registry {
     events: broadcast::Sender<Arc<Published>>,
     journal: journal::Journal,
     metrics: Arc<crate::metrics::Metrics>,
+    store: Store,
 }
 
 impl std::fmt::Debug for Registry {
@@ -190,7 +191,7 @@ impl Registry {
             metrics: metrics.clone(),
             journal: journal.clone(),
             shared: shared.clone(),
-            materializer: Materializer::new(store),
+            materializer: Materializer::new(store.clone()),
             events: events.clone(),
             snapshot_every: config.snapshot_every.max(1),
             since_snapshot: 0,
@@ -211,6 +212,7 @@ impl Registry {
             events,
             journal,
             metrics,
+            store,
         };
         Ok((registry, WriterThread(thread)))
     }
@@ -248,6 +250,11 @@ impl Registry {
     /// The journal, for reading history.
     pub fn journal(&self) -> &journal::Journal {
         &self.journal
+    }
+
+    /// The model store (for reading only; the writer alone writes to it).
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The counters shared with the writer.

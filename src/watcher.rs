@@ -208,7 +208,9 @@ async fn run(registry: Registry, mut receiver: mpsc::Receiver<Change>, poll: Opt
                 Err(_) => break,
             }
         }
-        let command = pending.into_command();
+        let Some(command) = pending.into_command(&registry).await else {
+            continue;
+        };
         match registry.execute(command, Origin::system("watcher")).await {
             Ok(reply) => tracing::debug!(?reply, "watcher reconcile done"),
             Err(e) => tracing::error!("watcher reconcile failed: {e}"),
@@ -234,11 +236,32 @@ impl Pending {
         }
     }
 
-    fn into_command(self) -> Command {
+    /// The reconcile to ask for, leaving out aliasd's own writes coming back
+    /// (checked here, off the writer thread); `None` if nothing is left.
+    async fn into_command(self, registry: &Registry) -> Option<Command> {
         if self.everything {
-            Command::Reconcile
+            return Some(Command::Reconcile);
+        }
+        let names: Vec<ModelName> = self.names.into_values().collect();
+        let registry = registry.clone();
+        let changed = tokio::task::spawn_blocking(move || {
+            names
+                .into_iter()
+                .filter(|name| {
+                    let expected = registry
+                        .read(|shared| crate::reconcile::expected_file(&shared.index, name));
+                    !expected.is_some_and(|expected| {
+                        crate::reconcile::matches_expected(registry.store(), name, &expected)
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        if changed.is_empty() {
+            None
         } else {
-            Command::ReconcileNames(self.names.into_values().collect())
+            Some(Command::ReconcileNames(changed))
         }
     }
 }

@@ -164,7 +164,18 @@ pub async fn alias_get(
     });
     match found {
         Some(body) => Ok(with_etag(StatusCode::OK, body)),
-        None => Err(ApiError::not_found(format!("alias {name:?} not found"))),
+        None => Err(not_found_or_bad_name(&name)),
+    }
+}
+
+/// 404 for a name no alias has; 400 naming the bad part if it is neither a
+/// valid name nor a valid prefix (SPEC §2), as `DELETE` answers.
+fn not_found_or_bad_name(name: &str) -> ApiError {
+    match crate::name::ModelName::parse(name) {
+        Err(e) if crate::name::is_valid_prefix(name).is_err() => {
+            ApiError::bad_request(e.to_string())
+        }
+        _ => ApiError::not_found(format!("alias {name:?} not found")),
     }
 }
 

@@ -1,1 +1,3 @@
+mod aliases;
+mod cli;
 mod support;

@@ -1,0 +1,674 @@
+//! Test support: a temporary Ollama model store, the real `aliasd` binary
+//! serving it on a free loopback port, and a tiny HTTP/1.1 client that can send
+//! any header and body and returns status, headers and JSON.
+//!
+//! Every test builds its own store, journal and server; nothing is shared.
+
+#![allow(dead_code)] // Each test module uses a different part of this.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// How long a server may take to start or stop.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Environment variables that would change what the binary does.
+const ALIASD_ENV: &[&str] = &[
+    "ALIASD_HOST",
+    "ALIASD_TOKEN",
+    "ALIASD_TOKENS",
+    "ALIASD_READ_TOKENS",
+    "ALIASD_LISTEN",
+    "ALIASD_JOURNAL",
+    "ALIASD_POLL_MS",
+    "OLLAMA_MODELS",
+];
+
+/// The `aliasd` binary under test.
+pub fn aliasd_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_aliasd")
+}
+
+/// A fresh `aliasd` command with none of the caller's aliasd settings.
+pub fn aliasd() -> Command {
+    let mut command = Command::new(aliasd_bin());
+    for var in ALIASD_ENV {
+        command.env_remove(var);
+    }
+    command
+}
+
+/// `manifests/registry.ollama.ai/<namespace>/<model>/<tag>` for `[namespace/]model[:tag]`.
+fn manifest_rel_path(name: &str) -> PathBuf {
+    let (path, tag) = match name.rsplit_once(':') {
+        Some((path, tag)) => (path, tag),
+        None => (name, "latest"),
+    };
+    let (namespace, model) = match path.split_once('/') {
+        Some((namespace, model)) => (namespace, model),
+        None => ("library", path),
+    };
+    assert!(
+        !model.contains('/'),
+        "test names are [namespace/]model[:tag], not {name:?}"
+    );
+    ["manifests", "registry.ollama.ai", namespace, model, tag]
+        .iter()
+        .collect()
+}
+
+/// Every regular file under `dir`, by path relative to `dir`, with its bytes.
+pub fn files_under(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries {
+            let path = entry.expect("read_dir entry").path();
+            let kind = std::fs::symlink_metadata(&path).expect("stat").file_type();
+            if kind.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let rel = path.strip_prefix(root).expect("under root").to_path_buf();
+                out.insert(rel, std::fs::read(&path).expect("read file"));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// A model store laid out like Ollama's, in a temporary directory.
+///
+/// The store is `<base>/models`, so that tests can check nothing was written
+/// next to it either.
+pub struct TestStore {
+    base: TempDir,
+}
+
+impl Default for TestStore {
+    fn default() -> TestStore {
+        TestStore::new()
+    }
+}
+
+impl TestStore {
+    /// An empty store: `manifests/` and `blobs/`.
+    pub fn new() -> TestStore {
+        let base = tempfile::Builder::new()
+            .prefix("aliasd-it-store")
+            .tempdir()
+            .expect("tempdir");
+        let store = TestStore { base };
+        std::fs::create_dir_all(store.root().join("manifests")).expect("mkdir manifests");
+        std::fs::create_dir_all(store.root().join("blobs")).expect("mkdir blobs");
+        store
+    }
+
+    /// A store with these models.
+    pub fn with_models(names: &[&str]) -> TestStore {
+        let store = TestStore::new();
+        for name in names {
+            store.add_model(name);
+        }
+        store
+    }
+
+    /// The directory holding the store (and nothing else).
+    pub fn base(&self) -> &Path {
+        self.base.path()
+    }
+
+    /// The store's root, given to `--models`.
+    pub fn root(&self) -> PathBuf {
+        self.base.path().join("models")
+    }
+
+    /// Where the manifest of `[namespace/]model[:tag]` lives.
+    pub fn manifest_path(&self, name: &str) -> PathBuf {
+        self.root().join(manifest_rel_path(name))
+    }
+
+    /// The manifest at `name`'s path, if there is a file.
+    pub fn read(&self, name: &str) -> Option<Vec<u8>> {
+        match std::fs::read(self.manifest_path(name)) {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => panic!("reading {name}: {e}"),
+        }
+    }
+
+    /// Writes a blob and returns its digest, `sha256:<hex>`.
+    fn add_blob(&self, content: &[u8]) -> String {
+        let hex = aliasd::digest::sha256_hex(content);
+        let path = self.root().join("blobs").join(format!("sha256-{hex}"));
+        std::fs::write(path, content).expect("write blob");
+        format!("sha256:{hex}")
+    }
+
+    /// Adds a model as `ollama pull` would: a config blob, a weights blob, and
+    /// a manifest with an extra field aliasd must copy verbatim. Returns the
+    /// manifest bytes.
+    pub fn add_model(&self, name: &str) -> Vec<u8> {
+        self.add_model_version(name, 1)
+    }
+
+    /// Like [`TestStore::add_model`], with different blobs per `version` (a re-pull).
+    pub fn add_model_version(&self, name: &str, version: u32) -> Vec<u8> {
+        let config = format!(r#"{{"model_format":"gguf","model":{name:?},"version":{version}}}"#);
+        let weights = format!("GGUF weights of {name}, version {version}").repeat(3);
+        let config_digest = self.add_blob(config.as_bytes());
+        let weights_digest = self.add_blob(weights.as_bytes());
+        let manifest = format!(
+            concat!(
+                r#"{{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","#,
+                r#""config":{{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"{}","size":{}}},"#,
+                r#""layers":[{{"mediaType":"application/vnd.ollama.image.model","digest":"{}","size":{}}}],"#,
+                r#""annotations":{{"x":"y","model":{:?}}}}}"#
+            ),
+            config_digest,
+            config.len(),
+            weights_digest,
+            weights.len(),
+            name
+        );
+        let path = self.manifest_path(name);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir model");
+        std::fs::write(&path, manifest.as_bytes()).expect("write manifest");
+        manifest.into_bytes()
+    }
+
+    /// The size Ollama shows for `add_model_version(name, version)`: config plus layers.
+    pub fn model_size(name: &str, version: u32) -> u64 {
+        let config = format!(r#"{{"model_format":"gguf","model":{name:?},"version":{version}}}"#);
+        let weights = format!("GGUF weights of {name}, version {version}").repeat(3);
+        (config.len() + weights.len()) as u64
+    }
+
+    /// Removes a model's manifest, as `ollama rm` would (blobs stay).
+    pub fn remove_model(&self, name: &str) {
+        std::fs::remove_file(self.manifest_path(name)).expect("remove manifest");
+    }
+
+    /// Every file in the store with its bytes.
+    pub fn snapshot(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        files_under(&self.root())
+    }
+
+    /// Every file in the base directory (the store and anything beside it).
+    pub fn snapshot_base(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        files_under(self.base())
+    }
+}
+
+/// A response as the tests see it.
+pub struct Resp {
+    /// The status code.
+    pub status: u16,
+    /// Header names (lowercase) and values, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body, de-chunked.
+    pub body: Vec<u8>,
+    /// The body as JSON, `Null` if it is not JSON.
+    pub json: Value,
+}
+
+impl std::fmt::Debug for Resp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "HTTP {} {:?} {}",
+            self.status,
+            self.headers,
+            shorten(&String::from_utf8_lossy(&self.body))
+        )
+    }
+}
+
+impl Resp {
+    /// The first header with this name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Asserts the status and that the body is JSON; returns it.
+    #[track_caller]
+    pub fn expect(&self, status: u16) -> &Value {
+        assert_eq!(self.status, status, "{self:?}");
+        assert!(
+            self.header("content-type")
+                .is_some_and(|v| v.starts_with("application/json")),
+            "not JSON: {self:?}"
+        );
+        &self.json
+    }
+
+    /// Asserts an error: this status, the body exactly `{"error": "<message>"}`
+    /// with a message containing `fragment` (case-insensitive). Returns the message.
+    #[track_caller]
+    pub fn expect_error(&self, status: u16, fragment: &str) -> String {
+        let json = self.expect(status);
+        let object = json.as_object().unwrap_or_else(|| panic!("{self:?}"));
+        assert_eq!(object.len(), 1, "error body has other keys: {self:?}");
+        let message = object["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("error is not a string: {self:?}"));
+        assert!(!message.is_empty(), "{self:?}");
+        assert!(
+            message.to_lowercase().contains(&fragment.to_lowercase()),
+            "error {:?} does not mention {fragment:?}",
+            shorten(message)
+        );
+        message.to_string()
+    }
+}
+
+/// At most 500 characters of `text`, for failure messages.
+fn shorten(text: &str) -> String {
+    match text.char_indices().nth(500) {
+        Some((end, _)) => format!("{}... ({} bytes)", &text[..end], text.len()),
+        None => text.to_string(),
+    }
+}
+
+/// Sends one HTTP/1.1 request (`Connection: close`) and reads the whole response.
+///
+/// `headers` are sent as given; `Content-Length` is added for a body.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Resp {
+    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    stream.set_write_timeout(Some(DEADLINE)).expect("timeout");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if let Some(body) = body {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).expect("write head");
+    if let Some(body) = body {
+        // The server may answer (413) and close before reading it all.
+        let _ = stream.write_all(body);
+    }
+    let mut raw = Vec::new();
+    if let Err(e) = stream.read_to_end(&mut raw) {
+        // A reset after the response arrived (unread request body) is fine.
+        assert!(
+            !raw.is_empty(),
+            "{method} {path}: reading the response: {e}"
+        );
+    }
+    parse_response(&raw).unwrap_or_else(|| {
+        panic!(
+            "{method} {path}: not an HTTP response: {:?}",
+            String::from_utf8_lossy(&raw)
+        )
+    })
+}
+
+fn parse_response(raw: &[u8]) -> Option<Resp> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[end + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
+    if chunked {
+        body = dechunk(&body)?;
+    }
+    let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    Some(Resp {
+        status,
+        headers,
+        body,
+        json,
+    })
+}
+
+fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = raw.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&raw[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(raw.get(..size)?);
+        raw = raw.get(size + 2..)?;
+    }
+}
+
+/// A loopback port nobody listens on right now.
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// The real `aliasd serve`, on its own store, journal and port; killed on drop.
+pub struct Server {
+    /// The model store it serves.
+    pub store: TestStore,
+    journal: TempDir,
+    logs: TempDir,
+    addr: SocketAddr,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Server {
+    /// Starts a server on a store holding these models.
+    pub fn with_models(names: &[&str]) -> Server {
+        Server::start(TestStore::with_models(names))
+    }
+
+    /// Starts a server on `store` with a new journal.
+    pub fn start(store: TestStore) -> Server {
+        let journal = tempfile::Builder::new()
+            .prefix("aliasd-it-journal")
+            .tempdir()
+            .expect("tempdir");
+        let logs = tempfile::Builder::new()
+            .prefix("aliasd-it-logs")
+            .tempdir()
+            .expect("tempdir");
+        let mut server = Server {
+            store,
+            journal,
+            logs,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            child: None,
+            starts: 0,
+        };
+        server.spawn();
+        server
+    }
+
+    /// The journal directory.
+    pub fn journal_dir(&self) -> &Path {
+        self.journal.path()
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `127.0.0.1:<port>`, for `--host`.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.logs.path().join(format!("stderr-{}.log", self.starts))
+    }
+
+    /// What the server has written to stderr since its last start.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Spawns the binary on a free port and waits until `/healthz` answers;
+    /// picks another port if the one chosen was taken meanwhile.
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        for _attempt in 0..5 {
+            self.starts += 1;
+            let port = free_port();
+            self.addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let log = std::fs::File::create(self.log_path()).expect("create log");
+            let child = aliasd()
+                .arg("serve")
+                .arg("--models")
+                .arg(self.store.root())
+                .arg("--journal")
+                .arg(self.journal.path())
+                .arg("--listen")
+                .arg(self.addr.to_string())
+                .env("ALIASD_LOG", "debug")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn aliasd serve");
+            self.child = Some(child);
+            match self.wait_ready() {
+                Ok(()) => return,
+                Err(status) => {
+                    self.child = None;
+                    let stderr = self.stderr();
+                    if stderr.contains("cannot listen") {
+                        continue;
+                    }
+                    panic!("aliasd serve exited with {status} before it was ready:\n{stderr}");
+                }
+            }
+        }
+        panic!("could not find a free port for aliasd serve");
+    }
+
+    /// Polls `/healthz` until it answers 200; `Err` if the process exited first.
+    fn wait_ready(&mut self) -> Result<(), std::process::ExitStatus> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let child = self.child.as_mut().expect("running");
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return Err(status);
+            }
+            // The log line proves this child, not another process, holds the port.
+            let listening = format!("listening on http://{}", self.addr);
+            if self.stderr().contains(&listening) && self.get("/healthz").status == 200 {
+                return Ok(());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "aliasd serve not ready after {DEADLINE:?}:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server gracefully (SIGTERM) and asserts it exits 0 in time.
+    pub fn stop(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                assert!(
+                    status.success(),
+                    "aliasd exited with {status} on SIGTERM:\n{}",
+                    self.stderr()
+                );
+                return;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "aliasd did not stop within {DEADLINE:?} of SIGTERM:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the server again on the same store and journal (after [`Server::stop`]).
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
+    /// Stops and starts again.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start_again();
+    }
+
+    /// Any request.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Resp {
+        http(self.addr, method, path, headers, body)
+    }
+
+    /// `GET path`.
+    pub fn get(&self, path: &str) -> Resp {
+        self.request("GET", path, &[], None)
+    }
+
+    /// `method path` with a JSON body.
+    pub fn send_json(&self, method: &str, path: &str, body: &Value) -> Resp {
+        self.send_json_with(method, path, &[], body)
+    }
+
+    /// `method path` with a JSON body and extra headers.
+    pub fn send_json_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &Value,
+    ) -> Resp {
+        let mut all = vec![("Content-Type", "application/json")];
+        all.extend_from_slice(headers);
+        self.request(method, path, &all, Some(body.to_string().as_bytes()))
+    }
+
+    /// `DELETE path`.
+    pub fn delete(&self, path: &str) -> Resp {
+        self.request("DELETE", path, &[], None)
+    }
+
+    /// `PUT /api/aliases/{alias}` with `{"target"}`.
+    pub fn put_alias(&self, alias: &str, target: &str) -> Resp {
+        self.send_json(
+            "PUT",
+            &alias_path(alias),
+            &serde_json::json!({ "target": target }),
+        )
+    }
+
+    /// Creates or retargets an alias, asserting success; returns the Alias body.
+    #[track_caller]
+    pub fn create(&self, alias: &str, target: &str) -> Value {
+        let resp = self.put_alias(alias, target);
+        assert!(resp.status == 200 || resp.status == 201, "{resp:?}");
+        resp.json
+    }
+
+    /// `GET /api/aliases`'s list.
+    #[track_caller]
+    pub fn aliases(&self) -> Vec<Value> {
+        let resp = self.get("/api/aliases");
+        resp.expect(200)["aliases"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{resp:?}"))
+            .clone()
+    }
+
+    /// The seq `/healthz` reports.
+    #[track_caller]
+    pub fn seq(&self) -> u64 {
+        let resp = self.get("/healthz");
+        resp.expect(200)["seq"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{resp:?}"))
+    }
+
+    /// Runs a client command against this server.
+    pub fn cli(&self, args: &[&str]) -> CliOutput {
+        run_cli(&["--host", &self.host()], args)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- aliasd stderr ---\n{}", self.stderr());
+        }
+    }
+}
+
+/// The path of an alias resource.
+pub fn alias_path(alias: &str) -> String {
+    format!("/api/aliases/{}", aliasd::client::encode_path(alias))
+}
+
+/// What a client command did.
+#[derive(Debug)]
+pub struct CliOutput {
+    /// Exit code.
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// Asserts exit 0 and returns stdout as JSON.
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        assert_eq!(self.code, Some(0), "{self:?}");
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {self:?}"))
+    }
+}
+
+/// Runs `aliasd <global...> <args...>` and waits for it.
+pub fn run_cli(global: &[&str], args: &[&str]) -> CliOutput {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = aliasd()
+        .args(global)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run aliasd");
+    CliOutput {
+        code: status.code(),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
