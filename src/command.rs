@@ -81,6 +81,9 @@ pub enum CommandError {
     /// Other aliases point at the alias being deleted (409).
     #[error("{0}")]
     HasDependents(String),
+    /// An exact alias and a prefix alias would share one spelling (409).
+    #[error("{0}")]
+    Conflict(String),
     /// The target or alias does not exist (404).
     #[error("{0}")]
     NotFound(String),
@@ -198,6 +201,22 @@ pub fn plan_put(
     let alias = existing.as_ref().map_or(alias, |e| e.alias.clone());
     let shown = alias.display();
     check_precondition(existing.as_ref(), put.if_match, put.if_none_match, &shown)?;
+    let other_kind_exists = match &alias {
+        AliasName::Exact(_) => draft.prefix(&put.alias.to_lowercase()).is_some(),
+        AliasName::Prefix(prefix) => {
+            ModelName::parse(prefix).is_ok_and(|name| draft.exact(&name.key()).is_some())
+        }
+    };
+    if other_kind_exists {
+        let (kind, other) = if dep.prefix {
+            ("a prefix", "an exact")
+        } else {
+            ("an exact", "a prefix")
+        };
+        return Err(CommandError::Conflict(format!(
+            "{other} alias spelt {shown:?} exists; {kind} alias cannot share its spelling"
+        )));
+    }
     if let AliasName::Exact(name) = &alias {
         if name.key() == target.key() {
             return Err(CommandError::Invalid(format!(
@@ -530,6 +549,19 @@ mod tests {
         );
         check(&ms, &[("a", "qwen"), ("b", "a"), ("a", "b")], Err("cycle"));
         check(&ms, &[("a", "qwen"), ("b", "a"), ("c", "b")], Ok(()));
+    }
+
+    #[test]
+    fn exact_and_prefix_aliases_cannot_share_a_spelling() {
+        let ms = models(&["m"]);
+        let index = Index::default();
+        let mut draft = Draft::new(&index, 1);
+        let t = "2026-01-01T00:00:00Z";
+        let mut prefix = put("my-", "m");
+        prefix.prefix_matching = true;
+        plan_put(&mut draft, &ms, &origin(), t, &prefix).unwrap();
+        let err = plan_put(&mut draft, &ms, &origin(), t, &put("MY-", "m")).unwrap_err();
+        assert!(matches!(err, CommandError::Conflict(_)), "{err}");
     }
 
     #[test]

@@ -240,6 +240,7 @@ impl ServeArgs {
             journal_dir: self.journal.clone().unwrap_or_else(default_journal_dir),
             retain: self.retain,
             snapshot_every: self.snapshot_every,
+            io: None,
         }
     }
 }

@@ -72,13 +72,13 @@ impl ModelName {
             return Err(ParseError::Empty);
         }
         if s.contains('@') {
-            return Err(ParseError::Digest { name: s.to_owned() });
+            return Err(ParseError::Digest { name: clip(s) });
         }
         if s.starts_with('/') {
-            return Err(ParseError::LeadingSlash { name: s.to_owned() });
+            return Err(ParseError::LeadingSlash { name: clip(s) });
         }
         if s.ends_with('/') {
-            return Err(ParseError::TrailingSlash { name: s.to_owned() });
+            return Err(ParseError::TrailingSlash { name: clip(s) });
         }
 
         // '/' and ':' are ASCII, so these byte offsets are char boundaries.
@@ -98,7 +98,7 @@ impl ModelName {
             [host, namespace, model] => (Some(*host), Some(*namespace), *model),
             _ => {
                 return Err(ParseError::TooManyParts {
-                    name: s.to_owned(),
+                    name: clip(s),
                     count: parts.len(),
                 })
             }
@@ -419,7 +419,7 @@ pub enum ParseError {
 /// [`ParseError::Prefix`] naming the problem.
 pub fn is_valid_prefix(s: &str) -> Result<String, ParseError> {
     let prefix_error = |problem| ParseError::Prefix {
-        prefix: s.to_owned(),
+        prefix: clip(s),
         problem,
     };
     if s.is_empty() {
@@ -481,13 +481,25 @@ fn is_part_char(part: Part, c: char) -> bool {
     }
 }
 
+/// Input quoted in error messages is cut to this many characters, so a huge
+/// bad name does not come back as a huge error.
+const MAX_QUOTED_CHARS: usize = 100;
+
+/// The input as quoted in an error: at most [`MAX_QUOTED_CHARS`] characters.
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(MAX_QUOTED_CHARS) {
+        None => s.to_owned(),
+        Some((cut, _)) => format!("{}...", &s[..cut]),
+    }
+}
+
 /// Checks one part against its rules (SPEC §2); `name` builds the whole input
 /// for the error message, only when there is an error.
 fn check_part(part: Part, value: &str, name: impl Fn() -> String) -> Result<(), ParseError> {
     let part_error = |problem| ParseError::Part {
-        name: name(),
+        name: clip(&name()),
         part,
-        value: value.to_owned(),
+        value: clip(value),
         problem,
     };
     let max = match part {
@@ -704,7 +716,7 @@ mod tests {
         let long_host = "h".repeat(256);
         check(
             &format!("{long_host}/n/m"),
-            &format!("invalid model name \"{long_host}/n/m\": host part \"{long_host}\" is 256 characters long (at most 255)"),
+            &format!("invalid model name \"{0}...\": host part \"{0}...\" is 256 characters long (at most 255)", "h".repeat(100)),
         );
     }
 

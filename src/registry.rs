@@ -55,6 +55,10 @@ pub struct RegistryConfig {
     pub retain: Option<u64>,
     /// Write a snapshot after this many events.
     pub snapshot_every: u64,
+    /// The journal's I/O layer; `None` is the real file system. Tests pass
+    /// `journal::FaultyIo` here to make appends fail.
+    #[doc(hidden)]
+    pub io: Option<Arc<dyn journal::Io>>,
 }
 
 /// A change asked of the registry.
@@ -160,10 +164,13 @@ impl Registry {
         store
             .ensure_layout()
             .with_context(|| format!("creating model store {}", config.models_dir.display()))?;
-        let options = journal::Options {
+        let mut options = journal::Options {
             retain: config.retain,
             ..journal::Options::default()
         };
+        if let Some(io) = &config.io {
+            options.io = io.clone();
+        }
         let opened = journal::Journal::open(&config.journal_dir, options)
             .with_context(|| format!("opening journal {}", config.journal_dir.display()))?;
         if opened.recovery.truncated_bytes > 0 {

@@ -57,7 +57,9 @@ fn command_status(error: &CommandError) -> StatusCode {
         CommandError::BadName(_) | CommandError::Invalid(_) | CommandError::Cycle(_) => {
             StatusCode::BAD_REQUEST
         }
-        CommandError::ShadowsModel(_) | CommandError::HasDependents(_) => StatusCode::CONFLICT,
+        CommandError::ShadowsModel(_)
+        | CommandError::HasDependents(_)
+        | CommandError::Conflict(_) => StatusCode::CONFLICT,
         CommandError::NotFound(_) => StatusCode::NOT_FOUND,
         CommandError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
         CommandError::InBatch { error, .. } => command_status(error),

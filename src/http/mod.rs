@@ -310,20 +310,41 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestOrigin {
     }
 }
 
-/// `axum::Json` whose rejections are [`ApiError`]s.
+/// A JSON body whose rejections are [`ApiError`]s.
+///
+/// Like Ollama, the body is read as JSON whatever its `Content-Type` (so
+/// `curl -d '{...}'` works); bad JSON is a 400, a body over the limit a 413.
 #[derive(Debug, Clone)]
 pub struct AppJson<T>(pub T);
 
 impl<T, S> FromRequest<S> for AppJson<T>
 where
-    axum::Json<T>: FromRequest<S, Rejection = axum::extract::rejection::JsonRejection>,
+    T: serde::de::DeserializeOwned,
     S: Send + Sync,
 {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::Json(value) = axum::Json::<T>::from_request(request, state).await?;
-        Ok(AppJson(value))
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                ApiError::new(rejection.status(), rejection.body_text().to_lowercase())
+            })?;
+        if bytes.is_empty() {
+            return Err(ApiError::bad_request("the request needs a JSON body"));
+        }
+        let deserializer = &mut serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(deserializer)
+            .map(AppJson)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                if path == "." {
+                    ApiError::bad_request(format!("bad JSON body: {inner}"))
+                } else {
+                    ApiError::bad_request(format!("bad JSON body: {path}: {inner}"))
+                }
+            })
     }
 }
 
