@@ -193,7 +193,7 @@ pub fn plan_put(
     let key = alias.key();
     let dep = DepKey {
         prefix: alias.is_prefix(),
-        key: key.clone(),
+        key: alias.key_arc(),
     };
     let existing = draft.entry(&dep).cloned();
     // An alias keeps the spelling it was created with (SPEC §2), whatever

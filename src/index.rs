@@ -6,11 +6,16 @@
 //! group of commands, or a batch, is validated against the state the earlier ones
 //! leave, and nothing reaches the shared index before it is durable.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap as StdHashMap, HashSet as StdHashSet};
 use std::sync::Arc;
 
 use crate::event::{Event, EventType};
 use crate::name::ModelName;
+
+/// The index's maps: keys can come from requests, so the hasher is seeded per
+/// process (like std's) but much faster than SipHash on short names.
+type HashMap<K, V> = StdHashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = StdHashSet<K, foldhash::fast::RandomState>;
 
 /// Whether an alias currently points at a model that is there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,6 +64,14 @@ impl AliasName {
         match self {
             AliasName::Exact(name) => name.key(),
             AliasName::Prefix(prefix) => prefix.to_lowercase(),
+        }
+    }
+
+    /// The lookup key as a shared string (no allocation for exact names).
+    pub fn key_arc(&self) -> Arc<str> {
+        match self {
+            AliasName::Exact(name) => name.key_arc(),
+            AliasName::Prefix(prefix) => Arc::from(prefix.to_lowercase()),
         }
     }
 
@@ -180,13 +193,22 @@ pub struct Tombstone {
 }
 
 /// The authoritative registry state derived from the journal.
+///
+/// Keys are shared strings: the key of an exact alias is the same allocation
+/// as its name's key, and targets and digests are interned, so an alias costs
+/// its entry and one name allocation.
 #[derive(Debug, Clone, Default)]
 pub struct Index {
-    exact: HashMap<String, AliasEntry>,
-    prefixes: HashMap<String, AliasEntry>,
-    /// Direct target key -> keys of the exact and prefix aliases pointing at it.
-    dependents: HashMap<String, BTreeSet<DepKey>>,
-    tombstones: HashMap<String, Tombstone>,
+    /// Entries are boxed: a map's spare capacity then costs a pointer, not an entry.
+    exact: HashMap<Arc<str>, Box<AliasEntry>>,
+    prefixes: HashMap<Arc<str>, Box<AliasEntry>>,
+    /// Direct target key -> the exact and prefix aliases pointing at it.
+    dependents: HashMap<Arc<str>, HashSet<DepKey>>,
+    tombstones: HashMap<Arc<str>, Tombstone>,
+    /// Interned target names, by spelling.
+    names: HashMap<Arc<str>, ModelName>,
+    /// Interned digests.
+    digests: HashSet<Arc<str>>,
     last_seq: u64,
 }
 
@@ -196,7 +218,7 @@ pub struct DepKey {
     /// Whether the dependent is a prefix alias.
     pub prefix: bool,
     /// Its key.
-    pub key: String,
+    pub key: Arc<str>,
 }
 
 /// Where a chain of aliases ends.
@@ -309,10 +331,11 @@ pub trait AliasView {
     /// Every alias whose chain passes through `target_key`, nearest first.
     fn transitive_dependents(&self, target_key: &str) -> Vec<DepKey> {
         let mut out: Vec<DepKey> = Vec::new();
-        let mut queue: Vec<String> = vec![target_key.to_string()];
+        let mut seen: HashSet<DepKey> = HashSet::default();
+        let mut queue: Vec<Arc<str>> = vec![Arc::from(target_key)];
         while let Some(key) = queue.pop() {
             for dep in self.dependents(&key) {
-                if out.contains(&dep) {
+                if !seen.insert(dep.clone()) {
                     continue;
                 }
                 if !dep.prefix {
@@ -347,15 +370,24 @@ impl Index {
             .exact
             .values()
             .chain(self.prefixes.values())
+            .map(|e| &**e)
             .map(|e| (e.alias.display().to_lowercase(), e))
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all.into_iter().map(|(_, e)| e).collect()
     }
 
+    /// Every alias, exact and prefix, in no particular order.
+    pub fn entries(&self) -> impl Iterator<Item = &AliasEntry> {
+        self.exact
+            .values()
+            .chain(self.prefixes.values())
+            .map(|e| &**e)
+    }
+
     /// The exact aliases, in no particular order.
     pub fn exact_entries(&self) -> impl Iterator<Item = &AliasEntry> {
-        self.exact.values()
+        self.exact.values().map(|e| &**e)
     }
 
     /// Deleted aliases whose file may linger.
@@ -367,11 +399,13 @@ impl Index {
     /// alias with exactly that spelling.
     pub fn lookup(&self, name: &str) -> Option<&AliasEntry> {
         if let Ok(parsed) = ModelName::parse(name) {
-            if let Some(entry) = self.exact.get(&parsed.key()) {
+            if let Some(entry) = self.exact.get(parsed.key_str()) {
                 return Some(entry);
             }
         }
-        self.prefixes.get(&name.to_lowercase())
+        self.prefixes
+            .get(name.to_lowercase().as_str())
+            .map(|e| &**e)
     }
 
     /// The longest prefix alias matching `name` (lowercase comparison).
@@ -379,9 +413,9 @@ impl Index {
         let lower = name.to_lowercase();
         self.prefixes
             .iter()
-            .filter(|(prefix, _)| lower.starts_with(prefix.as_str()))
+            .filter(|(prefix, _)| lower.starts_with(&***prefix))
             .max_by_key(|(prefix, _)| prefix.len())
-            .map(|(_, entry)| entry)
+            .map(|(_, entry)| &**entry)
     }
 
     /// Resolves a name as Ollama would see it: a model with the exact name,
@@ -398,8 +432,8 @@ impl Index {
                 });
             }
         }
-        let (first, via) = match parsed.as_ref().and_then(|p| self.exact.get(&p.key())) {
-            Some(entry) => (entry, Via::Alias),
+        let (first, via) = match parsed.as_ref().and_then(|p| self.exact.get(p.key_str())) {
+            Some(entry) => (&**entry, Via::Alias),
             None => match self.longest_prefix(name) {
                 Some(entry) => (entry, Via::Prefix),
                 None => return Err(ResolveError::NotFound(name.to_string())),
@@ -421,7 +455,7 @@ impl Index {
                     digest: model.digest.clone(),
                 });
             }
-            match self.exact.get(&key) {
+            match self.exact.get(key.as_str()) {
                 None => {
                     return Err(ResolveError::Dangling {
                         alias: asked,
@@ -447,15 +481,15 @@ impl Index {
     pub fn apply(&mut self, event: &Event) -> Result<(), String> {
         let alias = AliasName::of_event(event)?;
         let target = parse_target(event)?;
-        let key = alias.key();
+        let key = alias.key_arc();
         let dep = DepKey {
             prefix: alias.is_prefix(),
             key: key.clone(),
         };
-        let previous = self.entry(&dep).cloned();
+        let previous = self.table_mut(dep.prefix).remove(&key).map(|e| *e);
         let next = next_entry(previous.as_ref(), alias, target, event);
         if let Some(old) = &previous {
-            self.unlink(&dep, &old.target.key());
+            self.unlink(&dep, old.target.key_str());
         }
         if let (None, Some(old)) = (&next, &previous) {
             if let (AliasName::Exact(name), Some(digest)) = (&old.alias, &old.digest) {
@@ -466,23 +500,46 @@ impl Index {
                 self.tombstones.insert(key.clone(), tombstone);
             }
         }
-        match next {
-            Some(entry) => {
-                self.dependents
-                    .entry(entry.target.key())
-                    .or_default()
-                    .insert(dep.clone());
-                if !dep.prefix {
-                    self.tombstones.remove(&key);
-                }
-                self.table_mut(dep.prefix).insert(key, entry);
-            }
-            None => {
-                self.table_mut(dep.prefix).remove(&key);
-            }
+        if let Some(entry) = next {
+            self.insert(dep, entry);
         }
         self.last_seq = self.last_seq.max(event.seq);
         Ok(())
+    }
+
+    /// Adds an entry (interning its target and digests) and its reverse link.
+    fn insert(&mut self, dep: DepKey, mut entry: AliasEntry) {
+        entry.target = self.intern_name(entry.target);
+        entry.digest = entry.digest.map(|d| self.intern_digest(d));
+        entry.previous_digest = entry.previous_digest.map(|d| self.intern_digest(d));
+        self.dependents
+            .entry(entry.target.key_arc())
+            .or_default()
+            .insert(dep.clone());
+        if !dep.prefix {
+            self.tombstones.remove(&dep.key);
+        }
+        self.table_mut(dep.prefix).insert(dep.key, Box::new(entry));
+    }
+
+    fn intern_name(&mut self, name: ModelName) -> ModelName {
+        match self.names.get(name.spelled()) {
+            Some(interned) => interned.clone(),
+            None => {
+                self.names.insert(Arc::from(name.spelled()), name.clone());
+                name
+            }
+        }
+    }
+
+    fn intern_digest(&mut self, digest: Arc<str>) -> Arc<str> {
+        match self.digests.get(&digest) {
+            Some(interned) => interned.clone(),
+            None => {
+                self.digests.insert(digest.clone());
+                digest
+            }
+        }
     }
 
     /// Forgets a tombstone once its file is known to be gone.
@@ -490,7 +547,7 @@ impl Index {
         self.tombstones.remove(key);
     }
 
-    fn table_mut(&mut self, prefix: bool) -> &mut HashMap<String, AliasEntry> {
+    fn table_mut(&mut self, prefix: bool) -> &mut HashMap<Arc<str>, Box<AliasEntry>> {
         if prefix {
             &mut self.prefixes
         } else {
@@ -517,20 +574,16 @@ impl Index {
             last_seq,
             ..Index::default()
         };
+        index.exact.reserve(entries.len());
         for entry in entries {
             let dep = DepKey {
                 prefix: entry.alias.is_prefix(),
-                key: entry.alias.key(),
+                key: entry.alias.key_arc(),
             };
-            index
-                .dependents
-                .entry(entry.target.key())
-                .or_default()
-                .insert(dep.clone());
-            index.table_mut(dep.prefix).insert(dep.key, entry);
+            index.insert(dep, entry);
         }
         for tombstone in tombstones {
-            index.tombstones.insert(tombstone.name.key(), tombstone);
+            index.tombstones.insert(tombstone.name.key_arc(), tombstone);
         }
         index
     }
@@ -538,18 +591,21 @@ impl Index {
 
 impl AliasView for Index {
     fn exact(&self, key: &str) -> Option<&AliasEntry> {
-        self.exact.get(key)
+        self.exact.get(key).map(|e| &**e)
     }
 
     fn prefix(&self, key: &str) -> Option<&AliasEntry> {
-        self.prefixes.get(key)
+        self.prefixes.get(key).map(|e| &**e)
     }
 
     fn dependents(&self, target_key: &str) -> Vec<DepKey> {
-        self.dependents
+        let mut out: Vec<DepKey> = self
+            .dependents
             .get(target_key)
             .map(|set| set.iter().cloned().collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        out.sort();
+        out
     }
 }
 
@@ -639,8 +695,8 @@ fn next_entry(
 #[derive(Debug)]
 pub struct Draft<'a> {
     base: &'a Index,
-    exact: HashMap<String, Option<AliasEntry>>,
-    prefixes: HashMap<String, Option<AliasEntry>>,
+    exact: HashMap<Arc<str>, Option<AliasEntry>>,
+    prefixes: HashMap<Arc<str>, Option<AliasEntry>>,
     undo: Vec<(DepKey, Option<Option<AliasEntry>>)>,
     events: Vec<Event>,
     next_seq: u64,
@@ -659,8 +715,8 @@ impl<'a> Draft<'a> {
     pub fn new(base: &'a Index, next_seq: u64) -> Draft<'a> {
         Draft {
             base,
-            exact: HashMap::new(),
-            prefixes: HashMap::new(),
+            exact: HashMap::default(),
+            prefixes: HashMap::default(),
             undo: Vec::new(),
             events: Vec::new(),
             next_seq,
@@ -716,7 +772,7 @@ impl<'a> Draft<'a> {
         let target = parse_target(&event)?;
         let dep = DepKey {
             prefix: alias.is_prefix(),
-            key: alias.key(),
+            key: alias.key_arc(),
         };
         let next = next_entry(self.entry(&dep), alias, target, &event);
         let table = if dep.prefix {
@@ -746,14 +802,14 @@ impl AliasView for Draft<'_> {
     fn exact(&self, key: &str) -> Option<&AliasEntry> {
         match self.exact.get(key) {
             Some(overlay) => overlay.as_ref(),
-            None => self.base.exact.get(key),
+            None => self.base.exact.get(key).map(|e| &**e),
         }
     }
 
     fn prefix(&self, key: &str) -> Option<&AliasEntry> {
         match self.prefixes.get(key) {
             Some(overlay) => overlay.as_ref(),
-            None => self.base.prefixes.get(key),
+            None => self.base.prefixes.get(key).map(|e| &**e),
         }
     }
 
@@ -764,7 +820,7 @@ impl AliasView for Draft<'_> {
             .into_iter()
             .filter(|dep| {
                 self.entry(dep)
-                    .is_some_and(|e| e.target.key() == target_key)
+                    .is_some_and(|e| e.target.key_str() == target_key)
             })
             .collect();
         for (prefix, table) in [(false, &self.exact), (true, &self.prefixes)] {
@@ -774,7 +830,7 @@ impl AliasView for Draft<'_> {
                     prefix,
                     key: key.clone(),
                 };
-                if entry.target.key() == target_key && !out.contains(&dep) {
+                if entry.target.key_str() == target_key && !out.contains(&dep) {
                     out.push(dep);
                 }
             }

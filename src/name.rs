@@ -21,6 +21,7 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// The host a name has when none is given.
 pub const DEFAULT_HOST: &str = "registry.ollama.ai";
@@ -46,13 +47,17 @@ const MAX_NAME_LEN: usize = MAX_HOST_LEN + 3 * MAX_PART_LEN + 3;
 /// form and deserializes through [`ModelName::parse`].
 #[derive(Clone)]
 pub struct ModelName {
-    host: String,
-    namespace: String,
-    model: String,
-    tag: String,
-    /// Invariant: `full_form(host, namespace, model, tag)` in lowercase,
-    /// computed once because every comparison and hash uses it.
-    key: String,
+    /// `host/namespace/model:tag` in the spelling given.
+    spelled: Arc<str>,
+    /// Invariant: `spelled` in lowercase, computed once because every
+    /// comparison and hash uses it; the same allocation as `spelled` when that
+    /// is already lowercase (the common case), so a name costs one allocation.
+    key: Arc<str>,
+    /// Byte offsets in `spelled`: the `/` after the host, the `/` after the
+    /// namespace, and the `:` before the tag. Names are at most 498 bytes.
+    host_end: u16,
+    namespace_end: u16,
+    model_end: u16,
 }
 
 impl ModelName {
@@ -131,20 +136,17 @@ impl ModelName {
     /// then `:tag` unless the tag is `latest`. Defaults compare
     /// case-insensitively. Parsing the result gives an equal name.
     pub fn display(&self) -> String {
-        let mut out = String::with_capacity(self.key.len());
-        if !self.host.eq_ignore_ascii_case(DEFAULT_HOST) {
-            out.push_str(&self.host);
-            out.push('/');
-            out.push_str(&self.namespace);
-            out.push('/');
-        } else if !self.namespace.eq_ignore_ascii_case(DEFAULT_NAMESPACE) {
-            out.push_str(&self.namespace);
+        let mut out = String::with_capacity(self.spelled.len());
+        if !self.host().eq_ignore_ascii_case(DEFAULT_HOST) {
+            out.push_str(&self.spelled[..self.namespace_end as usize + 1]);
+        } else if !self.namespace().eq_ignore_ascii_case(DEFAULT_NAMESPACE) {
+            out.push_str(self.namespace());
             out.push('/');
         }
-        out.push_str(&self.model);
-        if !self.tag.eq_ignore_ascii_case(DEFAULT_TAG) {
+        out.push_str(self.model());
+        if !self.tag().eq_ignore_ascii_case(DEFAULT_TAG) {
             out.push(':');
-            out.push_str(&self.tag);
+            out.push_str(self.tag());
         }
         out
     }
@@ -153,7 +155,7 @@ impl ModelName {
     /// `registry.ollama.ai/library/llama3:latest`: the identity of the name,
     /// for maps and comparison.
     pub fn key(&self) -> String {
-        self.key.clone()
+        self.key.to_string()
     }
 
     /// The key as a borrowed string, to avoid an allocation in hot paths.
@@ -161,24 +163,34 @@ impl ModelName {
         &self.key
     }
 
+    /// The fully qualified form in the spelling given, `host/namespace/model:tag`.
+    pub fn spelled(&self) -> &str {
+        &self.spelled
+    }
+
+    /// The key as a shared string: cloning it costs no allocation.
+    pub fn key_arc(&self) -> Arc<str> {
+        self.key.clone()
+    }
+
     /// The host, as given (or the default).
     pub fn host(&self) -> &str {
-        &self.host
+        &self.spelled[..self.host_end as usize]
     }
 
     /// The namespace, as given (or the default).
     pub fn namespace(&self) -> &str {
-        &self.namespace
+        &self.spelled[self.host_end as usize + 1..self.namespace_end as usize]
     }
 
     /// The model, as given.
     pub fn model(&self) -> &str {
-        &self.model
+        &self.spelled[self.namespace_end as usize + 1..self.model_end as usize]
     }
 
     /// The tag, as given (or the default).
     pub fn tag(&self) -> &str {
-        &self.tag
+        &self.spelled[self.model_end as usize + 1..]
     }
 
     /// The manifest's path relative to the store root,
@@ -189,10 +201,10 @@ impl ModelName {
     pub fn manifest_rel_path(&self) -> PathBuf {
         [
             MANIFESTS_DIR,
-            &self.host,
-            &self.namespace,
-            &self.model,
-            &self.tag,
+            self.host(),
+            self.namespace(),
+            self.model(),
+            self.tag(),
         ]
         .iter()
         .collect()
@@ -225,13 +237,23 @@ impl ModelName {
 
     /// Builds a name from parts the caller has already validated.
     fn from_valid_parts(host: &str, namespace: &str, model: &str, tag: &str) -> ModelName {
-        let key = full_form(host, namespace, model, tag).to_ascii_lowercase();
+        let spelled = full_form(host, namespace, model, tag);
+        let host_end = host.len();
+        let namespace_end = host_end + 1 + namespace.len();
+        let model_end = namespace_end + 1 + model.len();
+        let spelled: Arc<str> = Arc::from(spelled);
+        let key = if spelled.bytes().any(|b| b.is_ascii_uppercase()) {
+            Arc::from(spelled.to_ascii_lowercase())
+        } else {
+            spelled.clone()
+        };
+        // Parts were validated: at most 255 + 3 * 80 + 3 bytes in all.
         ModelName {
-            host: host.to_owned(),
-            namespace: namespace.to_owned(),
-            model: model.to_owned(),
-            tag: tag.to_owned(),
+            spelled,
             key,
+            host_end: host_end as u16,
+            namespace_end: namespace_end as u16,
+            model_end: model_end as u16,
         }
     }
 }
@@ -270,8 +292,7 @@ impl fmt::Display for ModelName {
 
 impl fmt::Debug for ModelName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let full = full_form(&self.host, &self.namespace, &self.model, &self.tag);
-        f.debug_tuple("ModelName").field(&full).finish()
+        f.debug_tuple("ModelName").field(&&*self.spelled).finish()
     }
 }
 

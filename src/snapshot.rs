@@ -1,74 +1,135 @@
 //! The index as a snapshot blob, so start-up replays only the journal's tail.
 //!
-//! The blob is JSON of explicit transfer types (the index's own types carry no
-//! serde), with a format version; an unreadable snapshot is ignored and the
-//! journal is replayed from the start instead.
+//! A compact binary format (the index's own types carry no serde), all
+//! integers little-endian:
+//!
+//! ```text
+//! magic "ALIASIDX"  version u32 = 2  last_seq u64
+//! strings: count u32, then (len u32, UTF-8 bytes)*     targets and digests, interned
+//! aliases: count u64, then per alias:
+//!   flags u8 (bit 0: prefix)  state u8 (0 active, 1 dangling, 2 shadowed)
+//!   name: len u16, bytes (exact: `host/namespace/model:tag` as spelt; prefix: as spelt)
+//!   target u32, digest u32, previous_digest u32 (string indexes; u32::MAX = none)
+//!   created_at u64  updated_at u64  seq u64
+//! tombstones: count u32, then (name len u16, bytes, digest u32)*
+//! ```
+//!
+//! The journal checksums the blob as a whole; an unreadable snapshot is
+//! ignored and the journal replayed from the start instead.
 
-use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::index::{AliasEntry, AliasName, AliasState, Index, Tombstone};
 use crate::name::ModelName;
 
-const SNAPSHOT_VERSION: u32 = 1;
-
-#[derive(Serialize, Deserialize)]
-struct Doc {
-    version: u32,
-    last_seq: u64,
-    aliases: Vec<AliasDoc>,
-    tombstones: Vec<TombstoneDoc>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct AliasDoc {
-    alias: String,
-    prefix: bool,
-    target: String,
-    state: String,
-    digest: Option<String>,
-    previous_digest: Option<String>,
-    created_at: u64,
-    updated_at: u64,
-    seq: u64,
-}
-
-#[derive(Serialize, Deserialize)]
-struct TombstoneDoc {
-    name: String,
-    digest: String,
-}
+const MAGIC: &[u8; 8] = b"ALIASIDX";
+const SNAPSHOT_VERSION: u32 = 2;
+const NONE: u32 = u32::MAX;
 
 /// Encodes the whole index.
 pub fn encode(index: &Index) -> Vec<u8> {
-    let aliases = index
-        .sorted()
-        .into_iter()
-        .map(|e| AliasDoc {
-            alias: e.alias.display(),
-            prefix: e.alias.is_prefix(),
-            target: e.target.display(),
-            state: e.state.as_str().to_string(),
-            digest: e.digest.as_deref().map(String::from),
-            previous_digest: e.previous_digest.as_deref().map(String::from),
-            created_at: e.created_at,
-            updated_at: e.updated_at,
-            seq: e.seq,
-        })
-        .collect();
-    let tombstones = index
-        .tombstones()
-        .map(|t| TombstoneDoc {
-            name: t.name.display(),
-            digest: t.digest.to_string(),
-        })
-        .collect();
-    let doc = Doc {
-        version: SNAPSHOT_VERSION,
-        last_seq: index.last_seq(),
-        aliases,
-        tombstones,
+    let mut strings: Vec<Arc<str>> = Vec::new();
+    let mut string_ids: HashMap<Arc<str>, u32> = HashMap::new();
+    let mut intern = |s: &str| -> u32 {
+        if let Some(id) = string_ids.get(s) {
+            return *id;
+        }
+        let id = strings.len() as u32;
+        let shared: Arc<str> = Arc::from(s);
+        strings.push(shared.clone());
+        string_ids.insert(shared, id);
+        id
     };
-    serde_json::to_vec(&doc).expect("snapshot serializes")
+    let mut body = Vec::with_capacity(index.len() * 64);
+    let n_aliases = index.len() as u64;
+    body.extend_from_slice(&n_aliases.to_le_bytes());
+    for entry in index.entries() {
+        let (flags, name) = match &entry.alias {
+            AliasName::Exact(name) => (0u8, name.spelled().to_string()),
+            AliasName::Prefix(prefix) => (1u8, prefix.clone()),
+        };
+        body.push(flags);
+        body.push(entry.state as u8);
+        put_short_str(&mut body, &name);
+        body.extend_from_slice(&intern(entry.target.spelled()).to_le_bytes());
+        let digest = entry.digest.as_deref().map_or(NONE, &mut intern);
+        body.extend_from_slice(&digest.to_le_bytes());
+        let previous = entry.previous_digest.as_deref().map_or(NONE, &mut intern);
+        body.extend_from_slice(&previous.to_le_bytes());
+        body.extend_from_slice(&entry.created_at.to_le_bytes());
+        body.extend_from_slice(&entry.updated_at.to_le_bytes());
+        body.extend_from_slice(&entry.seq.to_le_bytes());
+    }
+    let tombstones: Vec<&Tombstone> = index.tombstones().collect();
+    body.extend_from_slice(&(tombstones.len() as u32).to_le_bytes());
+    for tombstone in tombstones {
+        put_short_str(&mut body, tombstone.name.spelled());
+        body.extend_from_slice(&intern(&tombstone.digest).to_le_bytes());
+    }
+    let mut out = Vec::with_capacity(body.len() + 1024);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    out.extend_from_slice(&index.last_seq().to_le_bytes());
+    out.extend_from_slice(&(strings.len() as u32).to_le_bytes());
+    for s in &strings {
+        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    out.extend_from_slice(&body);
+    out
+}
+
+fn put_short_str(out: &mut Vec<u8>, s: &str) {
+    // Names are at most 498 bytes and prefixes are validated alike.
+    let len = s.len().min(u16::MAX as usize);
+    out.extend_from_slice(&(len as u16).to_le_bytes());
+    out.extend_from_slice(&s.as_bytes()[..len]);
+}
+
+/// A cursor over the blob; every read checks bounds.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|end| *end <= self.bytes.len());
+        let end = end.ok_or_else(|| format!("snapshot truncated at byte {}", self.pos))?;
+        let out = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, String> {
+        self.array().map(u16::from_le_bytes)
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        self.array().map(u32::from_le_bytes)
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        self.array().map(u64::from_le_bytes)
+    }
+
+    fn str(&mut self, len: usize) -> Result<&'a str, String> {
+        std::str::from_utf8(self.take(len)?).map_err(|e| format!("snapshot: {e}"))
+    }
 }
 
 /// Decodes a snapshot written by [`encode`].
@@ -77,37 +138,88 @@ pub fn encode(index: &Index) -> Vec<u8> {
 ///
 /// A message saying what is wrong with the blob.
 pub fn decode(bytes: &[u8]) -> Result<Index, String> {
-    let doc: Doc = serde_json::from_slice(bytes).map_err(|e| format!("snapshot json: {e}"))?;
-    if doc.version != SNAPSHOT_VERSION {
-        return Err(format!("snapshot version {} is unknown", doc.version));
+    let mut cursor = Cursor { bytes, pos: 0 };
+    if cursor.take(MAGIC.len())? != MAGIC {
+        return Err("not an aliasd index snapshot".into());
     }
+    let version = cursor.u32()?;
+    if version != SNAPSHOT_VERSION {
+        return Err(format!("snapshot version {version} is unknown"));
+    }
+    let last_seq = cursor.u64()?;
+    let n_strings = cursor.u32()? as usize;
+    let mut strings: Vec<Arc<str>> = Vec::with_capacity(n_strings.min(1 << 20));
+    for _ in 0..n_strings {
+        let len = cursor.u32()? as usize;
+        strings.push(Arc::from(cursor.str(len)?));
+    }
+    let string = |id: u32| -> Result<Option<Arc<str>>, String> {
+        if id == NONE {
+            return Ok(None);
+        }
+        strings
+            .get(id as usize)
+            .cloned()
+            .map(Some)
+            .ok_or_else(|| format!("snapshot: string {id} out of range"))
+    };
+    let mut targets: HashMap<u32, ModelName> = HashMap::new();
     let parse = |s: &str| ModelName::parse(s).map_err(|e| format!("snapshot: {e}"));
-    let mut entries = Vec::with_capacity(doc.aliases.len());
-    for a in doc.aliases {
-        let alias = if a.prefix {
-            AliasName::Prefix(a.alias)
-        } else {
-            AliasName::Exact(parse(&a.alias)?)
+    let n_aliases = cursor.u64()? as usize;
+    let mut entries = Vec::with_capacity(n_aliases.min(1 << 24));
+    for _ in 0..n_aliases {
+        let flags = cursor.u8()?;
+        let state = match cursor.u8()? {
+            0 => AliasState::Active,
+            1 => AliasState::Dangling,
+            2 => AliasState::Shadowed,
+            other => return Err(format!("snapshot: bad state {other}")),
         };
+        let len = cursor.u16()? as usize;
+        let name = cursor.str(len)?;
+        let alias = if flags & 1 == 1 {
+            AliasName::Prefix(name.to_string())
+        } else {
+            AliasName::Exact(parse(name)?)
+        };
+        let target_id = cursor.u32()?;
+        let target = match targets.get(&target_id) {
+            Some(target) => target.clone(),
+            None => {
+                let spelled = string(target_id)?.ok_or("snapshot: alias without target")?;
+                let target = parse(&spelled)?;
+                targets.insert(target_id, target.clone());
+                target
+            }
+        };
+        let digest = string(cursor.u32()?)?;
+        let previous_digest = string(cursor.u32()?)?;
         entries.push(AliasEntry {
             alias,
-            target: parse(&a.target)?,
-            state: AliasState::parse(&a.state).ok_or("snapshot: bad state")?,
-            digest: a.digest.map(Into::into),
-            previous_digest: a.previous_digest.map(Into::into),
-            created_at: a.created_at,
-            updated_at: a.updated_at,
-            seq: a.seq,
+            target,
+            state,
+            digest,
+            previous_digest,
+            created_at: cursor.u64()?,
+            updated_at: cursor.u64()?,
+            seq: cursor.u64()?,
         });
     }
-    let mut tombstones = Vec::with_capacity(doc.tombstones.len());
-    for t in doc.tombstones {
-        tombstones.push(Tombstone {
-            name: parse(&t.name)?,
-            digest: t.digest.into(),
-        });
+    let n_tombstones = cursor.u32()? as usize;
+    let mut tombstones = Vec::with_capacity(n_tombstones.min(1 << 20));
+    for _ in 0..n_tombstones {
+        let len = cursor.u16()? as usize;
+        let name = parse(cursor.str(len)?)?;
+        let digest = string(cursor.u32()?)?.ok_or("snapshot: tombstone without digest")?;
+        tombstones.push(Tombstone { name, digest });
     }
-    Ok(Index::from_parts(entries, tombstones, doc.last_seq))
+    if cursor.pos != bytes.len() {
+        return Err(format!(
+            "snapshot: {} trailing bytes",
+            bytes.len() - cursor.pos
+        ));
+    }
+    Ok(Index::from_parts(entries, tombstones, last_seq))
 }
 
 #[cfg(test)]
@@ -116,8 +228,7 @@ mod tests {
     use crate::event::{Event, EventType};
     use crate::index::AliasView;
 
-    #[test]
-    fn round_trips_an_index() {
+    fn sample() -> Index {
         let mut index = Index::default();
         let mk = |seq, kind, alias: &str, target: Option<&str>, prefix| Event {
             seq,
@@ -144,13 +255,51 @@ mod tests {
         index
             .apply(&mk(4, EventType::AliasDeleted, "gone", None, false))
             .unwrap();
+        index
+            .apply(&mk(
+                5,
+                EventType::AliasCreated,
+                "Example.com/NS/Big:Q4",
+                Some("a"),
+                false,
+            ))
+            .unwrap();
+        index
+            .apply(&mk(6, EventType::TargetRemoved, "a", None, false))
+            .unwrap();
+        index
+    }
+
+    #[test]
+    fn round_trips_an_index() {
+        let index = sample();
         let back = decode(&encode(&index)).unwrap();
-        assert_eq!(back.last_seq(), 4);
-        assert_eq!(back.len(), 2);
+        assert_eq!(back.last_seq(), 6);
+        assert_eq!(back.len(), 3);
         assert_eq!(back.tombstones().count(), 1);
-        let key = ModelName::parse("a").unwrap().key();
-        assert_eq!(back.exact(&key), index.exact(&key));
-        assert_eq!(back.dependents(&key).len(), 1);
+        for entry in index.entries() {
+            let key = entry.alias.key();
+            let got = if entry.alias.is_prefix() {
+                back.prefix(&key)
+            } else {
+                back.exact(&key)
+            };
+            assert_eq!(got, Some(entry), "{key}");
+            assert_eq!(got.unwrap().alias.display(), entry.alias.display());
+        }
+        let a = ModelName::parse("a").unwrap().key();
+        assert_eq!(back.dependents(&a).len(), 2);
+    }
+
+    #[test]
+    fn rejects_damaged_blobs() {
+        let blob = encode(&sample());
         assert!(decode(b"{}").is_err());
+        for cut in [0, 8, 12, 20, blob.len() / 2, blob.len() - 1] {
+            assert!(decode(&blob[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut extra = blob.clone();
+        extra.push(0);
+        assert!(decode(&extra).is_err());
     }
 }
