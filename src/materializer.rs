@@ -165,8 +165,9 @@ pub fn classify(bytes: &[u8], entry: &AliasEntry, also_ours: Option<&str>) -> Pa
     }
 }
 
-/// An empty file or one that is not JSON: never a manifest Ollama wrote.
-fn looks_torn(bytes: &[u8]) -> bool {
+/// An empty file or one that is not JSON: never a manifest Ollama wrote
+/// (though one it is still writing: Ollama writes manifests in place).
+pub fn looks_torn(bytes: &[u8]) -> bool {
     bytes.is_empty() || serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_err()
 }
 

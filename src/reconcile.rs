@@ -24,11 +24,13 @@ pub struct Observation {
 }
 
 /// Reads the whole store and sorts its files into models and alias files.
+/// `current` is the model set before: a model's manifest caught mid-write
+/// (empty or not JSON) keeps what `current` says of it.
 ///
 /// # Errors
 ///
 /// File system errors while scanning.
-pub fn observe(store: &Store, index: &Index) -> std::io::Result<Observation> {
+pub fn observe(store: &Store, index: &Index, current: &Models) -> std::io::Result<Observation> {
     let mut observation = Observation::default();
     let tombstones: HashMap<String, Arc<str>> = index
         .tombstones()
@@ -42,7 +44,7 @@ pub fn observe(store: &Store, index: &Index) -> std::io::Result<Observation> {
             } else {
                 crate::materializer::classify(&file.bytes, entry, None)
             };
-            observation.path_states.insert(key, state.clone());
+            observation.path_states.insert(key.clone(), state.clone());
             if state == PathState::Ours {
                 continue;
             }
@@ -51,6 +53,14 @@ pub fn observe(store: &Store, index: &Index) -> std::io::Result<Observation> {
                 observation.stale.push((file.name.clone(), digest.clone()));
                 continue;
             }
+        }
+        if crate::materializer::looks_torn(&file.bytes) {
+            // Ollama writes manifests in place: this one is being written.
+            // The write's next event (or the next scan) sees it whole.
+            if let Some(model) = current.get(&key) {
+                observation.models.insert(model.clone());
+            }
+            continue;
         }
         observation.models.insert(model_info(&file));
     }
@@ -109,6 +119,15 @@ pub fn observe_names(
     for name in names {
         let key = name.key();
         let file = store.read_manifest(name)?;
+        let torn = file
+            .as_ref()
+            .is_some_and(|f| crate::materializer::looks_torn(&f.bytes));
+        if torn && index.exact(&key).is_none() {
+            // A model's manifest caught mid-write (Ollama writes in place, so
+            // a reader can see it empty or cut): keep the model as it was;
+            // the write's next event brings the rest.
+            continue;
+        }
         let mut is_model = file.is_some();
         if let Some(entry) = index.exact(&key) {
             let state = match &file {
@@ -142,7 +161,10 @@ pub fn observe_names(
             } else {
                 PathState::Ours
             };
-            observation.path_states.entry(dep.key).or_insert(state);
+            observation
+                .path_states
+                .entry(dep.key.to_string())
+                .or_insert(state);
         }
     }
     Ok(observation)

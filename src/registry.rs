@@ -403,14 +403,24 @@ impl Writer {
                 "journal append failed, {} events not applied: {message}",
                 events.len()
             );
+            // Every request of the group gets the same error, its OS error
+            // code included, so that each one's status (507 for ENOSPC) is right.
+            let (kind, os_code) = match &e {
+                journal::Error::Io { source, .. } => (source.kind(), source.raw_os_error()),
+                _ => (std::io::ErrorKind::Other, None),
+            };
             let mut error = Some(e);
             for p in pending {
                 let res = match p.outcome {
                     Ok(_) => Err(error.take().map(RegistryError::Storage).unwrap_or_else(|| {
+                        let source = match os_code {
+                            Some(code) => std::io::Error::from_raw_os_error(code),
+                            None => std::io::Error::new(kind, message.clone()),
+                        };
                         RegistryError::Storage(journal::Error::Io {
                             op: "append",
                             path: PathBuf::new(),
-                            source: std::io::Error::other(message.clone()),
+                            source,
                         })
                     })),
                     Err(e) => Err(e),
@@ -577,7 +587,7 @@ impl Writer {
             let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
             let store = self.materializer.store();
             match names {
-                None => reconcile::observe(store, &guard.index)?,
+                None => reconcile::observe(store, &guard.index, &guard.models)?,
                 Some(names) => reconcile::observe_names(store, &guard.index, &guard.models, names)?,
             }
         };

@@ -124,8 +124,12 @@ fn start_notify(
 /// The names an event touches; `None` for events that cannot matter (reads,
 /// aliasd's temp files).
 fn translate(root: &Path, event: &notify::Event) -> Option<Change> {
+    use notify::event::{AccessKind, AccessMode};
     use notify::EventKind;
-    if matches!(event.kind, EventKind::Access(_)) {
+    // Reads cannot matter; a writer closing a file can (an in-place write
+    // is whole only then).
+    if matches!(event.kind, EventKind::Access(kind) if kind != AccessKind::Close(AccessMode::Write))
+    {
         return None;
     }
     if event.need_rescan() {
@@ -190,8 +194,9 @@ async fn run(registry: Registry, mut receiver: mpsc::Receiver<Change>, poll: Opt
     });
     loop {
         let first = match &mut poll_timer {
+            // Polling has no sender: a closed channel disables that branch.
             Some(timer) => tokio::select! {
-                change = receiver.recv() => change,
+                Some(change) = receiver.recv() => Some(change),
                 _ = timer.tick() => Some(Change::Everything),
             },
             None => receiver.recv().await,
@@ -204,8 +209,8 @@ async fn run(registry: Registry, mut receiver: mpsc::Receiver<Change>, poll: Opt
             let quiet_until = (tokio::time::Instant::now() + QUIET).min(deadline);
             match tokio::time::timeout_at(quiet_until, receiver.recv()).await {
                 Ok(Some(change)) => pending.add(change),
-                Ok(None) => return,
-                Err(_) => break,
+                // No more changes can come (polling): reconcile what we have.
+                Ok(None) | Err(_) => break,
             }
         }
         let Some(command) = pending.into_command(&registry).await else {

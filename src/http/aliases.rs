@@ -118,7 +118,7 @@ fn list(index: &Index, models: &Models, keep: impl Fn(&AliasEntry) -> bool) -> V
 async fn index_at(state: &AppState, seq: u64) -> Result<(Index, Models), ApiError> {
     let journal = state.registry.journal().clone();
     let first = journal.first_seq().0;
-    if seq + 1 < first {
+    if seq.saturating_add(1) < first {
         return Err(ApiError::new(
             StatusCode::GONE,
             format!("history before seq {first} is no longer retained"),

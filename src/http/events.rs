@@ -112,7 +112,7 @@ pub async fn history_list(
         tokio::task::spawn_blocking(move || -> Result<(Vec<Event>, bool), String> {
             let mut events = Vec::new();
             for record in journal
-                .read_from(journal::Seq(since + 1))
+                .read_from(journal::Seq(since.saturating_add(1)))
                 .map_err(|e| e.to_string())?
             {
                 let (seq, payload) = record.map_err(|e| e.to_string())?;
@@ -239,7 +239,7 @@ async fn feed_subscriber(
         None => journal.last_seq().0,
         Some(cursor) => {
             let earliest = journal.first_seq().0;
-            if cursor + 1 < earliest {
+            if cursor.saturating_add(1) < earliest {
                 let reset = SseEvent::default()
                     .event("reset")
                     .data(serde_json::json!({ "earliest": earliest }).to_string());
@@ -301,7 +301,7 @@ async fn catch_up(
     let mut last = after;
     let reader = {
         let journal = journal.clone();
-        let from = journal::Seq(after + 1);
+        let from = journal::Seq(after.saturating_add(1));
         match tokio::task::spawn_blocking(move || journal.read_from(from)).await {
             Ok(Ok(reader)) => reader,
             Ok(Err(e)) => {

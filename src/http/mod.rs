@@ -334,17 +334,20 @@ where
             return Err(ApiError::bad_request("the request needs a JSON body"));
         }
         let deserializer = &mut serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(deserializer)
-            .map(AppJson)
-            .map_err(|e| {
-                let path = e.path().to_string();
-                let inner = e.into_inner();
-                if path == "." {
-                    ApiError::bad_request(format!("bad JSON body: {inner}"))
-                } else {
-                    ApiError::bad_request(format!("bad JSON body: {path}: {inner}"))
-                }
-            })
+        let value = serde_path_to_error::deserialize(&mut *deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                ApiError::bad_request(format!("bad JSON body: {inner}"))
+            } else {
+                ApiError::bad_request(format!("bad JSON body: {path}: {inner}"))
+            }
+        })?;
+        // One JSON document and nothing after it but whitespace.
+        deserializer
+            .end()
+            .map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))?;
+        Ok(AppJson(value))
     }
 }
 
