@@ -1,0 +1,876 @@
+//! The watcher (issue 4, SPEC §3 "External changes"): what other programs do
+//! to the model store (`ollama pull`, `ollama rm`, `ollama cp`) is followed,
+//! live and at start-up, with one journaled event per affected alias and the
+//! alias files on disk brought in line.
+//!
+//! Each test asserts both the event in `/api/history` (type, alias, actor,
+//! `request_id` null, digest) and the file on disk, by polling with a deadline.
+//! To prove that nothing *more* happened, a test uses a barrier: it re-pulls a
+//! probe model whose alias `probe` it waits on. The watcher handles changes in
+//! the order the kernel reports them, so once the probe's event is journaled,
+//! every earlier change has been handled too.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::{alias_path, http, Server, TestStore};
+
+/// How long an external change may take to show.
+const WAIT: Duration = Duration::from_secs(2);
+/// The model behind the barrier alias.
+const PROBE_MODEL: &str = "probe-model";
+/// The barrier alias.
+const PROBE: &str = "probe";
+
+/// `sha256:<hex>` of a manifest's bytes.
+fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", aliasd::digest::sha256_hex(bytes))
+}
+
+/// Polls `f` every 10 ms until it returns `Some`, for at most [`WAIT`].
+#[track_caller]
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(value) = f() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Every event of `/api/history` after `since`.
+fn events_after(addr: SocketAddr, since: u64) -> Vec<Value> {
+    let resp = http(
+        addr,
+        "GET",
+        &format!("/api/history?since={since}&limit=10000"),
+        &[],
+        None,
+    );
+    resp.expect(200)["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{resp:?}"))
+        .clone()
+}
+
+/// `(type, alias)` of each event, the probe's left out, sorted.
+fn kind_set(events: &[Value]) -> Vec<(String, String)> {
+    let mut out = kinds(events);
+    out.sort();
+    out
+}
+
+/// `(type, alias)` of each event, the probe's left out, in order.
+fn kinds(events: &[Value]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter(|e| e["alias"] != PROBE)
+        .map(|e| {
+            (
+                e["type"].as_str().expect("type").to_string(),
+                e["alias"].as_str().expect("alias").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Sorted owned pairs, to compare event sets whatever their order.
+fn sorted(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(t, a)| (t.to_string(), a.to_string()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Waits until the events after `since` (the probe's left out) include all of
+/// `expected` (type, alias), and returns every event after `since`.
+#[track_caller]
+fn wait_events(addr: SocketAddr, since: u64, expected: &[(&str, &str)]) -> Vec<Value> {
+    let mut last = Vec::new();
+    let found = (|| {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            last = events_after(addr, since);
+            let got = kinds(&last);
+            if expected
+                .iter()
+                .all(|(t, a)| got.iter().any(|(gt, ga)| gt == t && ga == a))
+            {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    })();
+    assert!(
+        found,
+        "expected events {expected:?} after seq {since}, got {:#?}",
+        kinds(&last)
+    );
+    last
+}
+
+/// The one event of this type for this alias among `events`.
+#[track_caller]
+fn the_event<'a>(events: &'a [Value], kind: &str, alias: &str) -> &'a Value {
+    let matching: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == kind && e["alias"] == alias)
+        .collect();
+    assert_eq!(matching.len(), 1, "{kind} for {alias}: {events:#?}");
+    matching[0]
+}
+
+/// Asserts a system event: its actor, no request id, this digest, every field present.
+#[track_caller]
+fn check_system(event: &Value, actor: &str, target: &str, digest: Option<&str>) {
+    for key in [
+        "seq",
+        "id",
+        "time",
+        "type",
+        "alias",
+        "target",
+        "previous_target",
+        "digest",
+        "actor",
+        "request_id",
+    ] {
+        assert!(event.get(key).is_some(), "no {key}: {event}");
+    }
+    assert_eq!(event["actor"], actor, "{event}");
+    assert_eq!(event["request_id"], Value::Null, "{event}");
+    assert_eq!(event["target"], target, "{event}");
+    assert_eq!(event["digest"], json!(digest), "{event}");
+}
+
+/// Waits until the file at `name`'s path is exactly `expected` (`None`: no file).
+#[track_caller]
+fn wait_file(store: &TestStore, name: &str, expected: Option<&[u8]>) {
+    let mut last = None;
+    let ok = (|| {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            last = store.read(name);
+            if last.as_deref() == expected {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    })();
+    assert!(
+        ok,
+        "file of {name}: expected {:?}, found {:?}",
+        expected.map(String::from_utf8_lossy),
+        last.as_deref().map(String::from_utf8_lossy)
+    );
+}
+
+/// `GET /api/aliases/{name}`, asserting 200.
+#[track_caller]
+fn alias(server: &Server, name: &str) -> Value {
+    server.get(&alias_path(name)).expect(200).clone()
+}
+
+/// Asserts an alias's state and digest.
+#[track_caller]
+fn check_state(server: &Server, name: &str, state: &str, digest: Option<&str>) {
+    let body = alias(server, name);
+    assert_eq!(body["state"], state, "{body}");
+    assert_eq!(body["digest"], json!(digest), "{body}");
+}
+
+/// A server with a probe alias for barriers.
+struct Fixture {
+    server: Server,
+    probe_version: u32,
+}
+
+impl Fixture {
+    /// A server on a store holding `models` and the probe model, with the probe alias.
+    fn new(models: &[&str]) -> Fixture {
+        let store = TestStore::with_models(models);
+        store.add_model(PROBE_MODEL);
+        let server = Server::start(store);
+        server.create(PROBE, PROBE_MODEL);
+        Fixture {
+            server,
+            probe_version: 1,
+        }
+    }
+
+    fn store(&self) -> &TestStore {
+        &self.server.store
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.server.addr()
+    }
+
+    /// Re-pulls the probe model and waits for its `target.changed`: every
+    /// external change made before this call has then been handled.
+    fn barrier(&mut self) {
+        self.probe_version += 1;
+        let since = self.server.seq();
+        let bytes = self
+            .server
+            .store
+            .add_model_version(PROBE_MODEL, self.probe_version);
+        let want = digest(&bytes);
+        let addr = self.addr();
+        wait_for("the probe's target.changed (barrier)", || {
+            events_after(addr, since)
+                .iter()
+                .any(|e| {
+                    e["alias"] == PROBE && e["type"] == "target.changed" && e["digest"] == *want
+                })
+                .then_some(())
+        });
+        wait_file(self.store(), PROBE, Some(&bytes));
+    }
+}
+
+/// Copies a file, as `ollama cp` writes a manifest (not atomically).
+fn copy_manifest(store: &TestStore, from: &str, to: &str) -> Vec<u8> {
+    let bytes = store.read(from).expect("source manifest");
+    let path = store.manifest_path(to);
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&path, &bytes).expect("write manifest");
+    bytes
+}
+
+/// Asserts the file at `name` keeps these bytes for `period`.
+#[track_caller]
+fn assert_stays(store: &TestStore, name: &str, bytes: &[u8], period: Duration) {
+    let until = Instant::now() + period;
+    while Instant::now() < until {
+        assert_eq!(
+            store.read(name).as_deref(),
+            Some(bytes),
+            "the file at {name} was touched"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn repull_rematerializes_every_alias_through_chains() {
+    let mut fx = Fixture::new(&["qwen", "llama3"]);
+    fx.server.create("coder", "qwen");
+    fx.server.create("dev", "coder");
+    fx.server.create("chat", "llama3");
+    let since = fx.server.seq();
+
+    let v2 = fx.store().add_model_version("qwen", 2);
+    let events = wait_events(
+        fx.addr(),
+        since,
+        &[("target.changed", "coder"), ("target.changed", "dev")],
+    );
+    for name in ["coder", "dev"] {
+        let event = the_event(&events, "target.changed", name);
+        let target = if name == "coder" { "qwen" } else { "coder" };
+        check_system(event, "watcher", target, Some(&digest(&v2)));
+        wait_file(fx.store(), name, Some(&v2));
+        check_state(&fx.server, name, "active", Some(&digest(&v2)));
+    }
+
+    fx.barrier();
+    assert_eq!(
+        kind_set(&events_after(fx.addr(), since)),
+        sorted(&[("target.changed", "coder"), ("target.changed", "dev")]),
+        "exactly one event per alias, none for llama3's alias"
+    );
+    let llama3 = fx.store().read("llama3").expect("llama3");
+    assert_eq!(fx.store().read("chat").as_deref(), Some(&llama3[..]));
+    // The model's own file is untouched.
+    assert_eq!(fx.store().read("qwen").as_deref(), Some(&v2[..]));
+}
+
+#[test]
+fn removed_target_dangles_and_restored_target_comes_back() {
+    let mut fx = Fixture::new(&["qwen"]);
+    fx.server.create("coder", "qwen");
+    fx.server.create("dev", "coder");
+    let v1 = fx.store().read("qwen").expect("qwen");
+    let since = fx.server.seq();
+
+    fx.store().remove_model("qwen");
+    let events = wait_events(
+        fx.addr(),
+        since,
+        &[("target.removed", "coder"), ("target.removed", "dev")],
+    );
+    check_system(
+        the_event(&events, "target.removed", "coder"),
+        "watcher",
+        "qwen",
+        None,
+    );
+    check_system(
+        the_event(&events, "target.removed", "dev"),
+        "watcher",
+        "coder",
+        None,
+    );
+    for name in ["coder", "dev"] {
+        wait_file(fx.store(), name, None);
+        check_state(&fx.server, name, "dangling", None);
+    }
+    let resp = fx.server.get("/api/resolve/dev");
+    resp.expect_error(404, "dangling");
+    fx.barrier();
+    assert_eq!(
+        kind_set(&events_after(fx.addr(), since)),
+        sorted(&[("target.removed", "coder"), ("target.removed", "dev")])
+    );
+
+    let since = fx.server.seq();
+    fx.store().add_model("qwen");
+    let events = wait_events(
+        fx.addr(),
+        since,
+        &[("target.restored", "coder"), ("target.restored", "dev")],
+    );
+    check_system(
+        the_event(&events, "target.restored", "coder"),
+        "watcher",
+        "qwen",
+        Some(&digest(&v1)),
+    );
+    check_system(
+        the_event(&events, "target.restored", "dev"),
+        "watcher",
+        "coder",
+        Some(&digest(&v1)),
+    );
+    for name in ["coder", "dev"] {
+        wait_file(fx.store(), name, Some(&v1));
+        check_state(&fx.server, name, "active", Some(&digest(&v1)));
+    }
+    fx.barrier();
+    assert_eq!(
+        kind_set(&events_after(fx.addr(), since)),
+        sorted(&[("target.restored", "coder"), ("target.restored", "dev")])
+    );
+}
+
+#[test]
+fn a_copied_model_shadows_the_alias_and_is_never_touched() {
+    let mut fx = Fixture::new(&["qwen", "llama3"]);
+    fx.server.create("coder", "qwen");
+    let qwen = fx.store().read("qwen").expect("qwen");
+    let since = fx.server.seq();
+
+    // `ollama cp llama3 coder`.
+    let copied = copy_manifest(fx.store(), "llama3", "coder");
+    let events = wait_events(fx.addr(), since, &[("alias.shadowed", "coder")]);
+    check_system(
+        the_event(&events, "alias.shadowed", "coder"),
+        "watcher",
+        "qwen",
+        None,
+    );
+    check_state(&fx.server, "coder", "shadowed", None);
+    assert_stays(fx.store(), "coder", &copied, Duration::from_millis(300));
+    // A re-pull of the target does not write over the model either.
+    fx.store().add_model_version("qwen", 2);
+    fx.barrier();
+    assert_stays(fx.store(), "coder", &copied, Duration::from_millis(100));
+    assert_eq!(
+        kind_set(&events_after(fx.addr(), since)),
+        sorted(&[("alias.shadowed", "coder")])
+    );
+    // The model at that name is listed as a model.
+    let models = fx.server.get("/api/models");
+    let names: Vec<&str> = models.expect(200)["models"]
+        .as_array()
+        .expect("models")
+        .iter()
+        .map(|m| m["name"].as_str().expect("name"))
+        .collect();
+    assert!(names.contains(&"coder"), "{names:?}");
+
+    // Nor does a restart.
+    let before_restart = fx.server.seq();
+    fx.server.restart();
+    assert_stays(fx.store(), "coder", &copied, Duration::from_millis(200));
+    check_state(&fx.server, "coder", "shadowed", None);
+    fx.barrier();
+    assert_eq!(kinds(&events_after(fx.addr(), before_restart)), []);
+
+    // `ollama rm coder`: the alias comes back, pointing at qwen's new manifest.
+    let since = fx.server.seq();
+    std::fs::remove_file(fx.store().manifest_path("coder")).expect("rm");
+    let v2 = fx.store().read("qwen").expect("qwen");
+    assert_ne!(v2, qwen);
+    let events = wait_events(fx.addr(), since, &[("alias.repaired", "coder")]);
+    check_system(
+        the_event(&events, "alias.repaired", "coder"),
+        "watcher",
+        "qwen",
+        Some(&digest(&v2)),
+    );
+    wait_file(fx.store(), "coder", Some(&v2));
+    check_state(&fx.server, "coder", "active", Some(&digest(&v2)));
+}
+
+#[test]
+fn a_pulled_model_shadows_the_alias_until_removed() {
+    let mut fx = Fixture::new(&["qwen"]);
+    fx.server.create("coder", "qwen");
+    fx.server.create("dev", "coder");
+    let qwen = fx.store().read("qwen").expect("qwen");
+    let since = fx.server.seq();
+
+    // `ollama pull coder`: a fresh manifest of its own.
+    let pulled = fx.store().add_model("coder");
+    assert_ne!(pulled, qwen);
+    let events = wait_events(fx.addr(), since, &[("alias.shadowed", "coder")]);
+    check_system(
+        the_event(&events, "alias.shadowed", "coder"),
+        "watcher",
+        "qwen",
+        None,
+    );
+    check_state(&fx.server, "coder", "shadowed", None);
+    assert_stays(fx.store(), "coder", &pulled, Duration::from_millis(300));
+    fx.barrier();
+    assert_stays(fx.store(), "coder", &pulled, Duration::from_millis(100));
+    // `dev -> coder` now resolves to the model named coder: the model wins.
+    let events = events_after(fx.addr(), since);
+    assert_eq!(
+        kind_set(&events),
+        sorted(&[("alias.shadowed", "coder"), ("target.changed", "dev")])
+    );
+    check_system(
+        the_event(&events, "target.changed", "dev"),
+        "watcher",
+        "coder",
+        Some(&digest(&pulled)),
+    );
+    wait_file(fx.store(), "dev", Some(&pulled));
+
+    fx.server.restart();
+    assert_stays(fx.store(), "coder", &pulled, Duration::from_millis(200));
+    check_state(&fx.server, "coder", "shadowed", None);
+
+    let since = fx.server.seq();
+    fx.store().remove_model("coder");
+    let events = wait_events(
+        fx.addr(),
+        since,
+        &[("alias.repaired", "coder"), ("target.changed", "dev")],
+    );
+    check_system(
+        the_event(&events, "alias.repaired", "coder"),
+        "watcher",
+        "qwen",
+        Some(&digest(&qwen)),
+    );
+    check_system(
+        the_event(&events, "target.changed", "dev"),
+        "watcher",
+        "coder",
+        Some(&digest(&qwen)),
+    );
+    wait_file(fx.store(), "coder", Some(&qwen));
+    wait_file(fx.store(), "dev", Some(&qwen));
+    check_state(&fx.server, "coder", "active", Some(&digest(&qwen)));
+    check_state(&fx.server, "dev", "active", Some(&digest(&qwen)));
+}
+
+#[test]
+fn a_deleted_alias_file_is_repaired() {
+    let mut fx = Fixture::new(&["qwen"]);
+    fx.server.create("coder", "qwen");
+    let qwen = fx.store().read("qwen").expect("qwen");
+    let since = fx.server.seq();
+
+    std::fs::remove_file(fx.store().manifest_path("coder")).expect("rm alias file");
+    let events = wait_events(fx.addr(), since, &[("alias.repaired", "coder")]);
+    check_system(
+        the_event(&events, "alias.repaired", "coder"),
+        "watcher",
+        "qwen",
+        Some(&digest(&qwen)),
+    );
+    wait_file(fx.store(), "coder", Some(&qwen));
+    check_state(&fx.server, "coder", "active", Some(&digest(&qwen)));
+    fx.barrier();
+    assert_eq!(
+        kind_set(&events_after(fx.addr(), since)),
+        sorted(&[("alias.repaired", "coder")])
+    );
+}
+
+#[test]
+fn changes_made_while_stopped_are_reconciled_at_startup() {
+    let mut fx = Fixture::new(&["m1", "m2", "m3", "m4"]);
+    fx.server.create("gone", "m1");
+    fx.server.create("gone-too", "gone");
+    fx.server.create("changed", "m2");
+    fx.server.create("deleted", "m3");
+    fx.server.create("shadowed", "m4");
+    fx.server.create("steady", "m4");
+    let m3 = fx.store().read("m3").expect("m3");
+    let m4 = fx.store().read("m4").expect("m4");
+    let since = fx.server.seq();
+
+    fx.server.stop();
+    fx.store().remove_model("m1");
+    let m2 = fx.store().add_model_version("m2", 2);
+    std::fs::remove_file(fx.store().manifest_path("deleted")).expect("rm");
+    let pulled = fx.store().add_model("shadowed");
+    fx.server.start_again();
+
+    // Start-up reconciles before it listens: everything is there already.
+    let events = events_after(fx.addr(), since);
+    assert_eq!(
+        kind_set(&events),
+        sorted(&[
+            ("alias.repaired", "deleted"),
+            ("alias.shadowed", "shadowed"),
+            ("target.changed", "changed"),
+            ("target.removed", "gone"),
+            ("target.removed", "gone-too"),
+        ])
+    );
+    let ev = |kind, alias| the_event(&events, kind, alias);
+    check_system(ev("target.removed", "gone"), "startup", "m1", None);
+    check_system(ev("target.removed", "gone-too"), "startup", "gone", None);
+    check_system(
+        ev("target.changed", "changed"),
+        "startup",
+        "m2",
+        Some(&digest(&m2)),
+    );
+    check_system(
+        ev("alias.repaired", "deleted"),
+        "startup",
+        "m3",
+        Some(&digest(&m3)),
+    );
+    check_system(ev("alias.shadowed", "shadowed"), "startup", "m4", None);
+
+    assert_eq!(fx.store().read("gone"), None);
+    assert_eq!(fx.store().read("gone-too"), None);
+    assert_eq!(fx.store().read("changed").as_deref(), Some(&m2[..]));
+    assert_eq!(fx.store().read("deleted").as_deref(), Some(&m3[..]));
+    assert_eq!(fx.store().read("shadowed").as_deref(), Some(&pulled[..]));
+    assert_eq!(fx.store().read("steady").as_deref(), Some(&m4[..]));
+    check_state(&fx.server, "gone", "dangling", None);
+    check_state(&fx.server, "gone-too", "dangling", None);
+    check_state(&fx.server, "changed", "active", Some(&digest(&m2)));
+    check_state(&fx.server, "deleted", "active", Some(&digest(&m3)));
+    check_state(&fx.server, "shadowed", "shadowed", None);
+    check_state(&fx.server, "steady", "active", Some(&digest(&m4)));
+
+    // The start-up reconcile's own writes cause no watcher events.
+    fx.barrier();
+    assert_eq!(kinds(&events_after(fx.addr(), since)), kinds(&events));
+    assert_stays(fx.store(), "shadowed", &pulled, Duration::from_millis(100));
+}
+
+#[test]
+fn aliasd_own_writes_cause_no_events() {
+    let mut fx = Fixture::new(&["qwen", "llama3"]);
+    let since = fx.server.seq();
+    let qwen = fx.store().read("qwen").expect("qwen");
+    let llama3 = fx.store().read("llama3").expect("llama3");
+
+    fx.server.create("coder", "qwen");
+    fx.server.create("dev", "coder");
+    fx.server.create("chat", "llama3");
+    fx.server.create("coder", "llama3");
+    let resp = fx.server.send_json(
+        "POST",
+        "/api/aliases",
+        &json!({"ops": [
+            {"op": "delete", "alias": "dev"},
+            {"op": "put", "alias": "tmp", "target": "qwen"},
+        ]}),
+    );
+    resp.expect(200);
+    fx.server.delete(&alias_path("chat")).expect(200);
+    let resp = fx.server.send_json(
+        "POST",
+        "/api/experimental/aliases",
+        &json!({"alias": "exp", "target": "qwen"}),
+    );
+    resp.expect(200);
+    let resp = fx.server.send_json(
+        "DELETE",
+        "/api/experimental/aliases",
+        &json!({"alias": "tmp"}),
+    );
+    resp.expect(200);
+
+    assert_eq!(fx.store().read("coder").as_deref(), Some(&llama3[..]));
+    assert_eq!(fx.store().read("exp").as_deref(), Some(&qwen[..]));
+    for gone in ["dev", "chat", "tmp"] {
+        assert_eq!(fx.store().read(gone), None, "{gone}");
+    }
+    // Give the watcher every chance to react, then make sure it has caught up.
+    std::thread::sleep(Duration::from_millis(500));
+    fx.barrier();
+
+    let events = events_after(fx.addr(), since);
+    let api_events: Vec<(String, String)> = [
+        ("alias.created", "coder"),
+        ("alias.created", "dev"),
+        ("alias.created", "chat"),
+        ("alias.updated", "coder"),
+        ("target.changed", "dev"),
+        ("alias.deleted", "dev"),
+        ("alias.created", "tmp"),
+        ("alias.deleted", "chat"),
+        ("alias.created", "exp"),
+        ("alias.deleted", "tmp"),
+    ]
+    .iter()
+    .map(|(t, a)| (t.to_string(), a.to_string()))
+    .collect();
+    assert_eq!(kinds(&events), api_events, "{events:#?}");
+    for event in events.iter().filter(|e| e["alias"] != PROBE) {
+        assert_ne!(event["actor"], "watcher", "{event}");
+        assert!(event["request_id"].is_string(), "{event}");
+    }
+}
+
+#[test]
+fn a_burst_of_changes_settles_without_duplicate_events() {
+    let mut fx = Fixture::new(&["hot"]);
+    fx.server.create("a", "hot");
+    fx.server.create("b", "a");
+    let since = fx.server.seq();
+    let v1 = fx.store().read("hot").expect("hot");
+    // Version 2's blobs, then restore version 1's manifest: two contents to toggle.
+    let v2 = fx.store().add_model_version("hot", 2);
+    std::fs::write(fx.store().manifest_path("hot"), &v1).expect("write");
+    let hot = fx.store().manifest_path("hot");
+    let digests: HashMap<String, &str> = HashMap::from([(digest(&v1), "v1"), (digest(&v2), "v2")]);
+
+    // 800 rewrites of `hot` (v2, v1, v2, ...) in place, as Ollama writes a
+    // manifest, and 100 unrelated models added then removed: 1,000 changes
+    // in about a second.
+    let started = Instant::now();
+    let mut unrelated = Vec::new();
+    let mut n_rewrites = 0u32;
+    for i in 0..1000u32 {
+        if i % 5 == 4 {
+            if i < 500 {
+                let name = format!("noise{i}");
+                fx.store().add_model(&name);
+                unrelated.push(name);
+            } else {
+                let name = unrelated.pop().expect("an unrelated model");
+                fx.store().remove_model(&name);
+            }
+        } else {
+            n_rewrites += 1;
+            let bytes = if n_rewrites % 2 == 1 { &v2 } else { &v1 };
+            std::fs::write(&hot, bytes).expect("rewrite");
+        }
+        std::thread::sleep(Duration::from_micros(900));
+    }
+    assert!(unrelated.is_empty());
+    // End on v2.
+    std::fs::write(&hot, &v2).expect("rewrite");
+    let burst = started.elapsed();
+
+    for name in ["a", "b"] {
+        wait_file(fx.store(), name, Some(&v2));
+    }
+    wait_for("a and b active at v2", || {
+        ["a", "b"]
+            .iter()
+            .all(|name| {
+                let body = alias(&fx.server, name);
+                body["state"] == "active" && body["digest"] == *digest(&v2)
+            })
+            .then_some(())
+    });
+    fx.barrier();
+
+    let events: Vec<Value> = events_after(fx.addr(), since)
+        .into_iter()
+        .filter(|e| e["alias"] != PROBE)
+        .collect();
+    // The rewrites of `hot` only: nothing for the unrelated models.
+    let mut last: HashMap<String, String> = HashMap::new();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for event in &events {
+        let name = event["alias"].as_str().expect("alias").to_string();
+        assert!(name == "a" || name == "b", "{event}");
+        assert_eq!(event["type"], "target.changed", "{event}");
+        assert_eq!(event["actor"], "watcher", "{event}");
+        let d = event["digest"].as_str().expect("digest").to_string();
+        assert!(
+            digests.contains_key(&d),
+            "a digest of neither version (a torn read?): {event}"
+        );
+        assert_ne!(
+            last.insert(name.clone(), d),
+            Some(event["digest"].as_str().expect("digest").to_string()),
+            "two consecutive events with the same digest: {events:#?}"
+        );
+        *counts.entry(name).or_default() += 1;
+    }
+    // At most one event per alias per reconcile, and a reconcile gathers
+    // changes for at least 40 ms (the debounce); allow slack for a slow machine.
+    let max_events = burst.as_millis() as usize / 40 + 5;
+    for name in ["a", "b"] {
+        let n = counts.get(name).copied().unwrap_or(0);
+        assert!(
+            (1..=max_events).contains(&n),
+            "{n} events for {name} in a {burst:?} burst (at most {max_events}): {events:#?}"
+        );
+        assert_eq!(last[name], digest(&v2), "the last event is the final state");
+    }
+    eprintln!(
+        "burst of 1000 changes in {burst:?}: {} events for a, {} for b",
+        counts["a"], counts["b"]
+    );
+}
+
+/// `aliasd serve` with extra flags, killed on drop.
+struct RawServer {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+    _logs: tempfile::TempDir,
+}
+
+impl RawServer {
+    fn start(store: &Path, journal: &Path, extra: &[&str]) -> RawServer {
+        let logs = tempfile::tempdir().expect("tempdir");
+        let log = logs.path().join("stderr.log");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let child = crate::support::aliasd()
+            .arg("serve")
+            .arg("--models")
+            .arg(store)
+            .arg("--journal")
+            .arg(journal)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .args(extra)
+            .env("ALIASD_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("spawn aliasd serve");
+        let mut server = RawServer {
+            child,
+            addr,
+            log,
+            _logs: logs,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listening = format!("listening on http://{addr}");
+        loop {
+            if let Some(status) = server.child.try_wait().expect("try_wait") {
+                panic!("aliasd exited with {status}:\n{}", server.stderr());
+            }
+            if server.stderr().contains(&listening) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not ready:\n{}", server.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    fn stderr(&self) -> String {
+        let Ok(file) = std::fs::File::open(&self.log) else {
+            return String::new();
+        };
+        BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for RawServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- aliasd stderr ---\n{}", self.stderr());
+        }
+    }
+}
+
+#[test]
+fn polling_notices_a_removed_target() {
+    let store = TestStore::with_models(&["qwen"]);
+    let journal = tempfile::tempdir().expect("tempdir");
+    let server = RawServer::start(&store.root(), journal.path(), &["--poll-ms", "100"]);
+    let stderr = server.stderr();
+    assert!(stderr.contains("polling"), "{stderr}");
+    assert!(stderr.contains("100ms"), "{stderr}");
+    let resp = http(
+        server.addr,
+        "PUT",
+        &alias_path("coder"),
+        &[("Content-Type", "application/json")],
+        Some(br#"{"target":"qwen"}"#),
+    );
+    resp.expect(201);
+    let qwen = store.read("qwen").expect("qwen");
+    assert_eq!(store.read("coder").as_deref(), Some(&qwen[..]));
+    let since = resp.json["seq"].as_u64().expect("seq");
+
+    store.remove_model("qwen");
+    let events = wait_events(server.addr, since, &[("target.removed", "coder")]);
+    check_system(
+        the_event(&events, "target.removed", "coder"),
+        "watcher",
+        "qwen",
+        None,
+    );
+    wait_file(&store, "coder", None);
+    let body = http(server.addr, "GET", &alias_path("coder"), &[], None);
+    assert_eq!(body.expect(200)["state"], "dangling");
+
+    let v2 = store.add_model_version("qwen", 2);
+    let events = wait_events(server.addr, since, &[("target.restored", "coder")]);
+    check_system(
+        the_event(&events, "target.restored", "coder"),
+        "watcher",
+        "qwen",
+        Some(&digest(&v2)),
+    );
+    wait_file(&store, "coder", Some(&v2));
+    assert_eq!(
+        kind_set(&events_after(server.addr, since)),
+        sorted(&[("target.removed", "coder"), ("target.restored", "coder")])
+    );
+}
