@@ -144,7 +144,8 @@ pub struct ServeArgs {
     /// Keep at least the last N events (older segments go once a snapshot covers them).
     #[arg(long)]
     pub retain: Option<u64>,
-    /// Write a snapshot after this many events.
+    /// Write a snapshot after this many events (or as many events as there
+    /// are aliases, if that is more: a snapshot's cost grows with the index).
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_every: u64,
     /// Poll the store every this many milliseconds instead of using the

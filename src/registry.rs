@@ -521,7 +521,10 @@ impl Writer {
             let _ = self.events.send(Arc::new(Published::new(event.clone())));
         }
         self.since_snapshot += events.len() as u64;
-        if self.since_snapshot >= self.snapshot_every {
+        // A snapshot costs time in proportion to the index, so it is taken at
+        // most once per index-size worth of events: amortized O(1) per event.
+        let index_len = self.read(|s| s.index.len() as u64);
+        if self.since_snapshot >= self.snapshot_every.max(index_len) {
             if let Err(e) = self.write_snapshot() {
                 tracing::error!("periodic snapshot failed: {e}");
             }
