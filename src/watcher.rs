@@ -31,8 +31,14 @@ pub const MAX_DELAY: Duration = Duration::from_millis(150);
 /// What the watcher saw for one batch of file-system events.
 #[derive(Debug)]
 enum Change {
-    /// Manifests at these names changed.
-    Names(Vec<ModelName>),
+    /// Manifests at these names changed, and directories appeared whose
+    /// manifests must be listed.
+    Names {
+        /// Manifest files that changed.
+        names: Vec<ModelName>,
+        /// New directories under `manifests/`.
+        subtrees: Vec<PathBuf>,
+    },
     /// Something the names cannot describe (a directory moved, events lost).
     Everything,
 }
@@ -89,7 +95,7 @@ pub fn spawn(registry: Registry, manifests_dir: PathBuf, mode: WatchMode) -> Wat
             interval
         );
     }
-    let task = tokio::spawn(run(registry, receiver, poll));
+    let task = tokio::spawn(run(registry, receiver, poll, manifests_dir));
     WatcherHandle {
         _watcher: watcher,
         task,
@@ -136,17 +142,27 @@ fn translate(root: &Path, event: &notify::Event) -> Option<Change> {
         return Some(Change::Everything);
     }
     let mut names = Vec::new();
+    let mut subtrees = Vec::new();
     for path in &event.paths {
         match classify_path(root, path) {
             PathKind::Manifest(name) => names.push(name),
             PathKind::Ignored => {}
+            // A new directory (every alias and every pulled model makes one):
+            // files written into it before the watch on it was added are
+            // found by listing it.
+            PathKind::Directory if matches!(event.kind, EventKind::Create(_)) => {
+                subtrees.push(path.clone());
+            }
+            // Its files were reported one by one before it went.
+            PathKind::Directory if matches!(event.kind, EventKind::Remove(_)) => {}
+            // A directory renamed or changed otherwise: read everything.
             PathKind::Directory => return Some(Change::Everything),
         }
     }
-    if names.is_empty() {
+    if names.is_empty() && subtrees.is_empty() {
         None
     } else {
-        Some(Change::Names(names))
+        Some(Change::Names { names, subtrees })
     }
 }
 
@@ -186,7 +202,12 @@ fn classify_path(root: &Path, path: &Path) -> PathKind {
 }
 
 /// Gathers changes until the store is quiet, then asks the registry to reconcile.
-async fn run(registry: Registry, mut receiver: mpsc::Receiver<Change>, poll: Option<Duration>) {
+async fn run(
+    registry: Registry,
+    mut receiver: mpsc::Receiver<Change>,
+    poll: Option<Duration>,
+    root: PathBuf,
+) {
     let mut poll_timer = poll.map(|interval| {
         let mut timer = tokio::time::interval(interval);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -213,7 +234,7 @@ async fn run(registry: Registry, mut receiver: mpsc::Receiver<Change>, poll: Opt
                 Ok(None) | Err(_) => break,
             }
         }
-        let Some(command) = pending.into_command(&registry).await else {
+        let Some(command) = pending.into_command(&registry, &root).await else {
             continue;
         };
         match registry.execute(command, Origin::system("watcher")).await {
@@ -226,6 +247,7 @@ async fn run(registry: Registry, mut receiver: mpsc::Receiver<Change>, poll: Opt
 #[derive(Default)]
 struct Pending {
     names: BTreeMap<String, ModelName>,
+    subtrees: std::collections::BTreeSet<PathBuf>,
     everything: bool,
 }
 
@@ -233,25 +255,33 @@ impl Pending {
     fn add(&mut self, change: Change) {
         match change {
             Change::Everything => self.everything = true,
-            Change::Names(names) => {
+            Change::Names { names, subtrees } => {
                 for name in names {
                     self.names.insert(name.key(), name);
                 }
+                self.subtrees.extend(subtrees);
             }
         }
     }
 
     /// The reconcile to ask for, leaving out aliasd's own writes coming back
     /// (checked here, off the writer thread); `None` if nothing is left.
-    async fn into_command(self, registry: &Registry) -> Option<Command> {
+    async fn into_command(self, registry: &Registry, root: &Path) -> Option<Command> {
         if self.everything {
             return Some(Command::Reconcile);
         }
-        let names: Vec<ModelName> = self.names.into_values().collect();
+        let mut names = self.names;
+        let subtrees = self.subtrees;
         let registry = registry.clone();
+        let root = root.to_path_buf();
         let changed = tokio::task::spawn_blocking(move || {
+            for dir in &subtrees {
+                for name in manifests_under(&root, dir) {
+                    names.insert(name.key(), name);
+                }
+            }
             names
-                .into_iter()
+                .into_values()
                 .filter(|name| {
                     let expected = registry
                         .read(|shared| crate::reconcile::expected_file(&shared.index, name));
@@ -269,6 +299,30 @@ impl Pending {
             Some(Command::ReconcileNames(changed))
         }
     }
+}
+
+/// The manifests in a directory below `root` (depth 1 to 3), found by listing it.
+fn manifests_under(root: &Path, dir: &Path) -> Vec<ModelName> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(current) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&current) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match classify_path(root, &path) {
+                PathKind::Manifest(name) => out.push(name),
+                PathKind::Directory => {
+                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        stack.push(path);
+                    }
+                }
+                PathKind::Ignored => {}
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Whole-system benchmarks of aliasd beside its anchors, in one run on this machine:
+#   - durable creates over HTTP at 1, 16 and 64 clients (wrk), aliasd vs etcd 3.4
+#     (Debian's etcd-server, POST /v3/kv/put on its JSON gateway, data dir on the same disk);
+#   - GET /api/resolve vs an axum hello-world route (examples/hello.rs), same machine, same load.
+# Prints a markdown table. Installs wrk and etcd-server from Debian if missing, starts every
+# server on loopback, and stops only what it started.
+#
+#   benches/compare.sh            # DURATION=10 seconds per load
+#   DURATION=5 benches/compare.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DURATION=${DURATION:-10}
+WORK=$ROOT/target/compare
+AL_PORT=19600 HELLO_PORT=19601 ETCD_PORT=23790 ETCD_PEER=23800
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need wrk || ! need etcd; then
+  echo "installing wrk and etcd-server from Debian's packages..." >&2
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq >/dev/null
+  $SUDO apt-get install -y -qq wrk etcd-server >/dev/null
+fi
+
+echo "building release binaries..." >&2
+cargo build --release --quiet --bin aliasd --example hello
+
+PIDS=()
+cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+rm -rf "$WORK" && mkdir -p "$WORK"
+MODEL_DIR=$WORK/models/manifests/registry.ollama.ai/library/m
+mkdir -p "$MODEL_DIR" "$WORK/models/blobs"
+printf '%s' '{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"sha256:aa","size":1},"layers":[]}' > "$MODEL_DIR/latest"
+
+"$ROOT/target/release/aliasd" serve --models "$WORK/models" --journal "$WORK/journal" \
+  --listen 127.0.0.1:$AL_PORT 2> "$WORK/aliasd.log" & PIDS+=($!)
+"$ROOT/target/release/examples/hello" 127.0.0.1:$HELLO_PORT & PIDS+=($!)
+etcd --name bench --data-dir "$WORK/etcd" \
+  --listen-client-urls http://127.0.0.1:$ETCD_PORT --advertise-client-urls http://127.0.0.1:$ETCD_PORT \
+  --listen-peer-urls http://127.0.0.1:$ETCD_PEER --initial-advertise-peer-urls http://127.0.0.1:$ETCD_PEER \
+  --initial-cluster bench=http://127.0.0.1:$ETCD_PEER > "$WORK/etcd.log" 2>&1 & PIDS+=($!)
+
+wait_for() { for _ in $(seq 100); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "not ready: $1" >&2; exit 1; }
+wait_for http://127.0.0.1:$AL_PORT/healthz
+wait_for http://127.0.0.1:$HELLO_PORT/
+wait_for http://127.0.0.1:$ETCD_PORT/health
+curl -sf -X PUT http://127.0.0.1:$AL_PORT/api/aliases/coder -d '{"target":"m"}' >/dev/null
+
+# run_wrk CONNECTIONS URL [LUA] -> "req/s p50_ms p99_ms errors"
+run_wrk() {
+  local c=$1 url=$2 script=${3:-} threads=2
+  [ "$c" -lt 2 ] && threads=1
+  local out
+  out=$(wrk -t$threads -c"$c" -d"${DURATION}s" --latency ${script:+-s "$script"} "$url")
+  echo "$out" >> "$WORK/wrk.log"
+  python3 - "$out" <<'PY'
+import re, sys
+out = sys.argv[1]
+def ms(label):
+    m = re.search(r"^\s*" + label + r"\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    if not m: return float("nan")
+    v, u = float(m.group(1)), m.group(2)
+    return v / 1000 if u == "us" else v * 1000 if u == "s" else v
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+errors = int(m.group(1)) if m else 0
+m = re.search(r"Socket errors:.*", out)
+print(f"{rps:.0f} {ms('50%'):.2f} {ms('99%'):.2f} {errors}")
+PY
+}
+
+echo
+echo "## Durable creates over HTTP (${DURATION}s each; every response after fsync)"
+echo
+echo "| clients | aliasd req/s | p50 ms | p99 ms | etcd req/s | p50 ms | p99 ms | aliasd/etcd | errors (aliasd, etcd) |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+for c in 1 16 64; do
+  read -r a_rps a_p50 a_p99 a_err < <(run_wrk "$c" http://127.0.0.1:$AL_PORT benches/wrk/aliasd_put.lua)
+  read -r e_rps e_p50 e_p99 e_err < <(run_wrk "$c" http://127.0.0.1:$ETCD_PORT benches/wrk/etcd_put.lua)
+  ratio=$(python3 -c "print(f'{$a_rps/$e_rps:.2f}x')")
+  echo "| $c | $a_rps | $a_p50 | $a_p99 | $e_rps | $e_p50 | $e_p99 | $ratio | $a_err, $e_err |"
+done
+
+echo
+echo "## Resolve vs hello-world (32 connections, ${DURATION}s each)"
+echo
+echo "| route | req/s | p50 ms | p99 ms |"
+echo "|---|---:|---:|---:|"
+read -r h_rps h_p50 h_p99 _ < <(run_wrk 32 http://127.0.0.1:$HELLO_PORT/)
+read -r r_rps r_p50 r_p99 r_err < <(run_wrk 32 http://127.0.0.1:$AL_PORT/api/resolve/coder)
+echo "| axum hello-world | $h_rps | $h_p50 | $h_p99 |"
+echo "| aliasd GET /api/resolve/coder | $r_rps | $r_p50 | $r_p99 |"
+echo
+echo "resolve / hello-world = $(python3 -c "print(f'{$r_rps/$h_rps:.2f}x')") (errors: $r_err)"
+echo
+echo "aliases created in this run: $(curl -s http://127.0.0.1:$AL_PORT/healthz)"
