@@ -194,18 +194,31 @@ impl Registry {
             models: Models::default(),
         }));
         let metrics = Arc::new(crate::metrics::Metrics::default());
+        let finisher = Finisher {
+            metrics: metrics.clone(),
+            shared: shared.clone(),
+            materializer: Materializer::new(store.clone()),
+            events: events.clone(),
+        };
+        let (jobs, job_receiver) = std::sync::mpsc::sync_channel(4);
+        let finisher_thread = std::thread::Builder::new()
+            .name("aliasd-finisher".into())
+            .spawn(move || finisher.run(job_receiver))
+            .context("starting the finisher thread")?;
         let mut writer = Writer {
             metrics: metrics.clone(),
             journal: journal.clone(),
             shared: shared.clone(),
             materializer: Materializer::new(store.clone()),
-            events: events.clone(),
+            finisher: jobs,
+            finisher_thread: Some(finisher_thread),
             snapshot_every: config.snapshot_every.max(1),
             since_snapshot: 0,
         };
         let n_events = writer
             .reconcile_scoped(&Origin::system("startup"), None)
             .context("reconciling the model store with the journal")?;
+        writer.drain();
         writer.sync_all_aliases();
         tracing::info!(events = n_events, "store reconciled");
         let (commands, receiver) = mpsc::channel(1024);
@@ -310,10 +323,101 @@ struct Writer {
     journal: journal::Journal,
     /// Written only by this thread, and only with durable events.
     shared: Arc<RwLock<Shared>>,
+    /// For start-up and reconcile work done on this thread itself.
     materializer: Materializer,
-    events: broadcast::Sender<Arc<Published>>,
+    /// Durable, applied groups go to the finisher thread, which writes their
+    /// files, broadcasts their events and replies, in order; meanwhile this
+    /// thread plans and fsyncs the next group (a two-stage pipeline).
+    finisher: std::sync::mpsc::SyncSender<Job>,
+    finisher_thread: Option<JoinHandle<()>>,
     snapshot_every: u64,
     since_snapshot: u64,
+}
+
+type ReplySender = oneshot::Sender<Result<Reply, RegistryError>>;
+
+/// Work for the finisher thread.
+enum Job {
+    /// Materialize these applied events, broadcast them, then send the replies.
+    Finish {
+        events: Vec<Event>,
+        /// Each event's alias digest before the group (still aliasd's own).
+        prior: Vec<Option<Arc<str>>>,
+        replies: Vec<(ReplySender, Result<Reply, RegistryError>)>,
+    },
+    /// Answer once every job before this one is done.
+    Barrier(std::sync::mpsc::Sender<()>),
+}
+
+/// The second pipeline stage: files, broadcast, replies.
+struct Finisher {
+    metrics: Arc<crate::metrics::Metrics>,
+    shared: Arc<RwLock<Shared>>,
+    materializer: Materializer,
+    events: broadcast::Sender<Arc<Published>>,
+}
+
+impl Finisher {
+    fn run(self, jobs: std::sync::mpsc::Receiver<Job>) {
+        for job in jobs {
+            match job {
+                Job::Finish {
+                    events,
+                    prior,
+                    replies,
+                } => {
+                    materialize(&self.materializer, &self.shared, &events, &prior);
+                    for event in events {
+                        self.metrics.observe_event(event.kind);
+                        // No subscriber is not an error.
+                        let _ = self.events.send(Arc::new(Published::new(event)));
+                    }
+                    for (sender, reply) in replies {
+                        let _ = sender.send(reply);
+                    }
+                }
+                Job::Barrier(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+}
+
+/// Makes the files of the aliases these events touched match the index.
+fn materialize(
+    materializer: &Materializer,
+    shared: &RwLock<Shared>,
+    events: &[Event],
+    prior: &[Option<Arc<str>>],
+) {
+    let guard = shared.read().unwrap_or_else(|e| e.into_inner());
+    let mut done = HashSet::new();
+    for (event, prior) in events.iter().zip(prior).rev() {
+        let Ok(AliasName::Exact(name)) = AliasName::of_event(event) else {
+            continue;
+        };
+        if !done.insert(name.key()) {
+            continue;
+        }
+        let res = match guard.index.exact(name.key_str()) {
+            Some(entry) => {
+                materializer.sync_alias(&guard.index, &guard.models, entry, prior.as_deref())
+            }
+            None => {
+                let mut ours: Vec<&str> = Vec::new();
+                ours.extend(event.digest.as_deref());
+                ours.extend(prior.as_deref());
+                materializer.withdraw(&name, &ours)
+            }
+        };
+        match res {
+            Ok(outcome) => tracing::debug!(alias = %name, ?outcome, "materialized"),
+            Err(e) => {
+                tracing::error!(alias = %name, "materializing failed: {e}; the next reconcile retries")
+            }
+        }
+    }
 }
 
 /// A planned request waiting for the group's commit.
@@ -342,12 +446,30 @@ impl Writer {
             }
             self.process(group);
         }
+        self.drain();
         if self.since_snapshot > 0 {
             if let Err(e) = self.write_snapshot() {
                 tracing::error!("snapshot at shutdown failed: {e}");
             }
         }
+        let Writer {
+            finisher,
+            finisher_thread,
+            ..
+        } = self;
+        drop(finisher);
+        if let Some(thread) = finisher_thread {
+            let _ = thread.join();
+        }
         tracing::info!("writer stopped");
+    }
+
+    /// Waits until the finisher has done every job sent so far.
+    fn drain(&self) {
+        let (done, wait) = std::sync::mpsc::channel();
+        if self.finisher.send(Job::Barrier(done)).is_ok() {
+            let _ = wait.recv();
+        }
     }
 
     fn process(&mut self, group: Vec<Request>) {
@@ -363,6 +485,7 @@ impl Writer {
             };
             let res = self
                 .reconcile_scoped(&request.origin, names)
+                .inspect(|_| self.drain())
                 .map(Reply::Reconciled)
                 .map_err(|e| {
                     tracing::error!("reconcile failed: {e:#}");
@@ -397,12 +520,49 @@ impl Writer {
             }
             draft.into_events()
         };
-        if let Err(e) = self.commit(&events, None) {
+        let prior = match self.commit(&events, None) {
+            Ok(prior) => prior,
+            Err(e) => {
+                self.fail_group(e, pending, events.len());
+                return;
+            }
+        };
+        let replies = pending
+            .into_iter()
+            .map(|p| {
+                let reply = match p.outcome {
+                    Err(e) => Err(e),
+                    Ok(planned) => self.reply_for(planned),
+                };
+                (p.reply, reply)
+            })
+            .collect();
+        self.finish(events, prior, replies);
+        self.maybe_snapshot();
+    }
+
+    /// Hands an applied group to the finisher.
+    fn finish(
+        &self,
+        events: Vec<Event>,
+        prior: Vec<Option<Arc<str>>>,
+        replies: Vec<(ReplySender, Result<Reply, RegistryError>)>,
+    ) {
+        let job = Job::Finish {
+            events,
+            prior,
+            replies,
+        };
+        if self.finisher.send(job).is_err() {
+            tracing::error!("the finisher thread is gone; replies are lost");
+        }
+    }
+
+    /// Answers every request of a group whose append failed.
+    fn fail_group(&mut self, e: journal::Error, pending: Vec<Pending>, n_events: usize) {
+        {
             let message = e.to_string();
-            tracing::error!(
-                "journal append failed, {} events not applied: {message}",
-                events.len()
-            );
+            tracing::error!("journal append failed, {n_events} events not applied: {message}");
             // Every request of the group gets the same error, its OS error
             // code included, so that each one's status (507 for ENOSPC) is right.
             let (kind, os_code) = match &e {
@@ -427,14 +587,6 @@ impl Writer {
                 };
                 let _ = p.reply.send(res);
             }
-            return;
-        }
-        for p in pending {
-            let reply = match p.outcome {
-                Err(e) => Err(e),
-                Ok(planned) => self.reply_for(planned),
-            };
-            let _ = p.reply.send(reply);
         }
     }
 
@@ -474,9 +626,14 @@ impl Writer {
         f(&guard)
     }
 
-    /// Makes events durable, applies them, materializes, broadcasts.
-    /// `models`, if given, replaces the model set in the same step.
-    fn commit(&mut self, events: &[Event], models: Option<Models>) -> Result<(), journal::Error> {
+    /// Makes events durable and applies them (with `models`, if given,
+    /// replacing the model set in the same step). Returns each event's alias
+    /// digest from before, for the finisher: files with it are still ours.
+    fn commit(
+        &mut self,
+        events: &[Event],
+        models: Option<Models>,
+    ) -> Result<Vec<Option<Arc<str>>>, journal::Error> {
         if !events.is_empty() {
             let payloads = events.iter().map(Event::encode).collect();
             let started = std::time::Instant::now();
@@ -492,75 +649,35 @@ impl Writer {
                 );
             }
         }
-        // Digests written before this group: files with them are still ours.
-        let prior: Vec<Option<Arc<str>>> = self.read(|s| {
-            events
-                .iter()
-                .map(|e| {
-                    AliasName::of_event(e)
-                        .ok()
-                        .and_then(|a| s.index.exact(&a.key()).and_then(|x| x.digest.clone()))
-                })
-                .collect()
-        });
-        {
-            let mut guard = self.shared.write().unwrap_or_else(|e| e.into_inner());
-            for event in events {
-                if let Err(e) = guard.index.apply(event) {
-                    tracing::error!(seq = event.seq, "event not applied: {e}");
-                }
-            }
-            if let Some(models) = models {
-                guard.models = models;
-            }
-        }
-        self.materialize(events, &prior);
+        let mut guard = self.shared.write().unwrap_or_else(|e| e.into_inner());
+        let prior = events
+            .iter()
+            .map(|e| {
+                AliasName::of_event(e)
+                    .ok()
+                    .and_then(|a| guard.index.exact(&a.key()).and_then(|x| x.digest.clone()))
+            })
+            .collect();
         for event in events {
-            self.metrics.observe_event(event.kind);
-            // No subscriber is not an error.
-            let _ = self.events.send(Arc::new(Published::new(event.clone())));
+            if let Err(e) = guard.index.apply(event) {
+                tracing::error!(seq = event.seq, "event not applied: {e}");
+            }
         }
+        if let Some(models) = models {
+            guard.models = models;
+        }
+        drop(guard);
         self.since_snapshot += events.len() as u64;
-        // A snapshot costs time in proportion to the index, so it is taken at
-        // most once per index-size worth of events: amortized O(1) per event.
+        Ok(prior)
+    }
+
+    /// A snapshot costs time in proportion to the index, so it is taken at
+    /// most once per index-size worth of events: amortized O(1) per event.
+    fn maybe_snapshot(&mut self) {
         let index_len = self.read(|s| s.index.len() as u64);
         if self.since_snapshot >= self.snapshot_every.max(index_len) {
             if let Err(e) = self.write_snapshot() {
                 tracing::error!("periodic snapshot failed: {e}");
-            }
-        }
-        Ok(())
-    }
-
-    fn materialize(&self, events: &[Event], prior: &[Option<Arc<str>>]) {
-        let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
-        let mut done = HashSet::new();
-        for (event, prior) in events.iter().zip(prior).rev() {
-            let Ok(AliasName::Exact(name)) = AliasName::of_event(event) else {
-                continue;
-            };
-            if !done.insert(name.key()) {
-                continue;
-            }
-            let res = match guard.index.exact(&name.key()) {
-                Some(entry) => self.materializer.sync_alias(
-                    &guard.index,
-                    &guard.models,
-                    entry,
-                    prior.as_deref(),
-                ),
-                None => {
-                    let mut ours: Vec<&str> = Vec::new();
-                    ours.extend(event.digest.as_deref());
-                    ours.extend(prior.as_deref());
-                    self.materializer.withdraw(&name, &ours)
-                }
-            };
-            match res {
-                Ok(outcome) => tracing::debug!(alias = %name, ?outcome, "materialized"),
-                Err(e) => {
-                    tracing::error!(alias = %name, "materializing failed: {e}; the next reconcile retries")
-                }
             }
         }
     }
@@ -586,6 +703,8 @@ impl Writer {
         origin: &Origin,
         names: Option<&[crate::name::ModelName]>,
     ) -> anyhow::Result<usize> {
+        // Files of groups still in the finisher must be there before reading.
+        self.drain();
         let observation = {
             let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
             let store = self.materializer.store();
@@ -615,8 +734,11 @@ impl Writer {
                 guard.index.clear_tombstone(&name.key());
             }
         }
-        self.commit(&events, Some(observation.models))?;
-        Ok(events.len())
+        let prior = self.commit(&events, Some(observation.models))?;
+        let n_events = events.len();
+        self.finish(events, prior, Vec::new());
+        self.maybe_snapshot();
+        Ok(n_events)
     }
 
     fn write_snapshot(&mut self) -> Result<u64, journal::Error> {
