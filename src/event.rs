@@ -4,6 +4,8 @@
 //! the journal (behind a one-byte format version), returned by `/api/history` and
 //! streamed over SSE. Every field is always present, `null` where it does not apply.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 /// The version byte that precedes the JSON of an event in a journal record.
@@ -105,6 +107,47 @@ pub struct Event {
     pub request_id: Option<String>,
 }
 
+/// The fields of an event that the index's state depends on, borrowed from
+/// a journal payload where possible: replay decodes these, not whole events,
+/// which saves an allocation per field.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Change<'a> {
+    /// Position in the journal.
+    pub seq: u64,
+    /// When it was committed, RFC 3339 UTC.
+    #[serde(borrow)]
+    pub time: Cow<'a, str>,
+    /// What happened.
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    /// The alias.
+    #[serde(borrow)]
+    pub alias: Cow<'a, str>,
+    /// Its direct target after the change, if any.
+    #[serde(borrow)]
+    pub target: Option<Cow<'a, str>>,
+    /// The digest materialized, if any.
+    #[serde(borrow)]
+    pub digest: Option<Cow<'a, str>>,
+    /// Whether the alias is a prefix alias.
+    pub prefix_matching: bool,
+}
+
+impl<'a> Change<'a> {
+    /// Decodes the state-relevant fields of a journal payload.
+    ///
+    /// # Errors
+    ///
+    /// As [`Event::decode`].
+    pub fn decode(payload: &'a [u8]) -> Result<Change<'a>, DecodeError> {
+        match payload.split_first() {
+            None => Err(DecodeError::Empty),
+            Some((&PAYLOAD_VERSION, json)) => Ok(serde_json::from_slice(json)?),
+            Some((&v, _)) => Err(DecodeError::Version(v)),
+        }
+    }
+}
+
 /// Why a journal payload could not be read as an event.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -136,6 +179,19 @@ impl Event {
             None => Err(DecodeError::Empty),
             Some((&PAYLOAD_VERSION, json)) => Ok(serde_json::from_slice(json)?),
             Some((&v, _)) => Err(DecodeError::Version(v)),
+        }
+    }
+
+    /// The state-relevant fields, borrowed.
+    pub fn change(&self) -> Change<'_> {
+        Change {
+            seq: self.seq,
+            time: Cow::Borrowed(&self.time),
+            kind: self.kind,
+            alias: Cow::Borrowed(&self.alias),
+            target: self.target.as_deref().map(Cow::Borrowed),
+            digest: self.digest.as_deref().map(Cow::Borrowed),
+            prefix_matching: self.prefix_matching,
         }
     }
 
@@ -226,6 +282,13 @@ mod tests {
         }
         assert_eq!(json["type"], "alias.updated");
         assert!(json["request_id"].is_null());
+    }
+
+    #[test]
+    fn change_decodes_the_same_fields() {
+        let event = sample();
+        let payload = event.encode();
+        assert_eq!(Change::decode(&payload).unwrap(), event.change());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use std::collections::{HashMap as StdHashMap, HashSet as StdHashSet};
 use std::sync::Arc;
 
-use crate::event::{Event, EventType};
+use crate::event::{Change, Event, EventType};
 use crate::name::ModelName;
 
 /// The index's maps: keys can come from requests, so the hasher is seeded per
@@ -90,10 +90,15 @@ impl AliasName {
 
     /// Reads the alias name of an event.
     pub fn of_event(event: &Event) -> Result<AliasName, String> {
-        if event.prefix_matching {
-            Ok(AliasName::Prefix(event.alias.clone()))
+        AliasName::of_change(&event.change())
+    }
+
+    /// Reads the alias name of a change.
+    pub fn of_change(change: &Change<'_>) -> Result<AliasName, String> {
+        if change.prefix_matching {
+            Ok(AliasName::Prefix(change.alias.to_string()))
         } else {
-            ModelName::parse(&event.alias)
+            ModelName::parse(&change.alias)
                 .map(AliasName::Exact)
                 .map_err(|e| e.to_string())
         }
@@ -209,6 +214,8 @@ pub struct Index {
     names: HashMap<Arc<str>, ModelName>,
     /// Interned digests.
     digests: HashSet<Arc<str>>,
+    /// Interned targets by the text events give them (display form).
+    targets_by_text: HashMap<Box<str>, ModelName>,
     last_seq: u64,
 }
 
@@ -479,15 +486,28 @@ impl Index {
     /// An event whose alias name does not parse (a journal written by a
     /// different build); the index is left unchanged.
     pub fn apply(&mut self, event: &Event) -> Result<(), String> {
-        let alias = AliasName::of_event(event)?;
-        let target = parse_target(event)?;
+        self.apply_change(&event.change())
+    }
+
+    /// [`Index::apply`] on the state-relevant fields only (what replay decodes).
+    ///
+    /// # Errors
+    ///
+    /// As [`Index::apply`].
+    pub fn apply_change(&mut self, change: &Change<'_>) -> Result<(), String> {
+        let alias = AliasName::of_change(change)?;
+        let target = match &change.target {
+            None => None,
+            Some(text) => Some(self.target_named(text)?),
+        };
+        let digest = change.digest.as_deref().map(|d| self.intern_digest_str(d));
         let key = alias.key_arc();
         let dep = DepKey {
             prefix: alias.is_prefix(),
             key: key.clone(),
         };
         let previous = self.table_mut(dep.prefix).remove(&key).map(|e| *e);
-        let next = next_entry(previous.as_ref(), alias, target, event);
+        let next = next_entry(previous.as_ref(), alias, target, change, digest);
         if let Some(old) = &previous {
             self.unlink(&dep, old.target.key_str());
         }
@@ -503,8 +523,31 @@ impl Index {
         if let Some(entry) = next {
             self.insert(dep, entry);
         }
-        self.last_seq = self.last_seq.max(event.seq);
+        self.last_seq = self.last_seq.max(change.seq);
         Ok(())
+    }
+
+    /// The interned name for a target as an event spells it; parsed only
+    /// the first time that spelling is seen.
+    fn target_named(&mut self, text: &str) -> Result<ModelName, String> {
+        if let Some(name) = self.targets_by_text.get(text) {
+            return Ok(name.clone());
+        }
+        let name = ModelName::parse(text).map_err(|e| e.to_string())?;
+        let name = self.intern_name(name);
+        self.targets_by_text.insert(Box::from(text), name.clone());
+        Ok(name)
+    }
+
+    fn intern_digest_str(&mut self, digest: &str) -> Arc<str> {
+        match self.digests.get(digest) {
+            Some(interned) => interned.clone(),
+            None => {
+                let digest: Arc<str> = Arc::from(digest);
+                self.digests.insert(digest.clone());
+                digest
+            }
+        }
     }
 
     /// Adds an entry (interning its target and digests) and its reverse link.
@@ -638,10 +681,10 @@ fn next_entry(
     previous: Option<&AliasEntry>,
     alias: AliasName,
     target: Option<ModelName>,
-    event: &Event,
+    event: &Change<'_>,
+    digest: Option<Arc<str>>,
 ) -> Option<AliasEntry> {
     let time = parse_time(&event.time);
-    let digest: Option<Arc<str>> = event.digest.as_deref().map(Arc::from);
     let previous_digest = previous.and_then(|p| p.digest.clone());
     match event.kind {
         EventType::AliasDeleted => None,
@@ -770,11 +813,12 @@ impl<'a> Draft<'a> {
         event.seq = self.next_seq;
         let alias = AliasName::of_event(&event)?;
         let target = parse_target(&event)?;
+        let digest = event.digest.as_deref().map(Arc::from);
         let dep = DepKey {
             prefix: alias.is_prefix(),
             key: alias.key_arc(),
         };
-        let next = next_entry(self.entry(&dep), alias, target, &event);
+        let next = next_entry(self.entry(&dep), alias, target, &event.change(), digest);
         let table = if dep.prefix {
             &mut self.prefixes
         } else {

@@ -308,9 +308,9 @@ pub fn load_index(
     let from = journal::Seq(index.last_seq() + 1);
     for record in journal.read_from(from)? {
         let (seq, payload) = record?;
-        let event = Event::decode(&payload)
+        let change = crate::event::Change::decode(&payload)
             .map_err(|e| anyhow::anyhow!("journal record {}: {e}", seq.0))?;
-        if let Err(e) = index.apply(&event) {
+        if let Err(e) = index.apply_change(&change) {
             tracing::warn!("journal record {}: {e}; skipped", seq.0);
         }
     }

@@ -135,8 +135,8 @@ async fn index_at(state: &AppState, seq: u64) -> Result<(Index, Models), ApiErro
             if record_seq.0 > seq {
                 break;
             }
-            let event = crate::event::Event::decode(&payload).map_err(|e| e.to_string())?;
-            index.apply(&event)?;
+            let change = crate::event::Change::decode(&payload).map_err(|e| e.to_string())?;
+            index.apply_change(&change)?;
         }
         Ok(index)
     })

@@ -1,4 +1,5 @@
 mod aliases;
 mod cli;
+mod hardening;
 mod support;
 mod watcher;
