@@ -171,6 +171,10 @@ pub fn looks_torn(bytes: &[u8]) -> bool {
     bytes.is_empty() || serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_err()
 }
 
+/// What the names of aliasd's temp files contain (after a leading `.`), so a
+/// scan can find the ones a kill left behind.
+pub const TEMP_MARKER: &str = ".aliasd-";
+
 /// Reads a file, `None` if it does not exist.
 pub fn read_if_exists(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     match std::fs::read(path) {

@@ -21,6 +21,8 @@ pub struct Observation {
     /// Files of deleted aliases that aliasd wrote and should withdraw,
     /// with the digest it wrote.
     pub stale: Vec<(ModelName, Arc<str>)>,
+    /// aliasd's own temp files left by a kill between write and rename.
+    pub temp_files: Vec<std::path::PathBuf>,
 }
 
 /// Reads the whole store and sorts its files into models and alias files.
@@ -36,7 +38,9 @@ pub fn observe(store: &Store, index: &Index, current: &Models) -> std::io::Resul
         .tombstones()
         .map(|t| (t.name.key(), t.digest.clone()))
         .collect();
-    for file in store.scan()? {
+    let (files, temp_files) = store.scan_with_temp_files(crate::materializer::TEMP_MARKER)?;
+    observation.temp_files = temp_files;
+    for file in files {
         let key = file.name.key();
         if let Some(entry) = index.exact(&key) {
             let state = if entry.state == AliasState::Shadowed {

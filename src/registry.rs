@@ -713,6 +713,17 @@ impl Writer {
                 Some(names) => reconcile::observe_names(store, &guard.index, &guard.models, names)?,
             }
         };
+        for path in &observation.temp_files {
+            // Only aliasd names files so; the finisher is drained, so none is in use.
+            match std::fs::remove_file(path) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "removed a temp file left by a crash")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "could not remove a leftover temp file: {e}")
+                }
+            }
+        }
         for (name, digest) in &observation.stale {
             match self.materializer.withdraw(name, &[digest]) {
                 Ok(_) => tracing::info!(alias = %name, "withdrew the file of a deleted alias"),

@@ -114,16 +114,43 @@ impl Store {
     /// an error rather than a skip, so that callers never mistake a model
     /// they cannot see for a missing one.
     pub fn scan(&self) -> io::Result<Vec<ManifestFile>> {
+        Ok(self.scan_with_temp_files("\0")?.0)
+    }
+
+    /// [`Store::scan`], and also the paths of hidden files at manifest depth
+    /// whose names contain `temp_marker`: temp files a writer left behind
+    /// when it was killed between writing and renaming.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::scan`].
+    pub fn scan_with_temp_files(
+        &self,
+        temp_marker: &str,
+    ) -> io::Result<(Vec<ManifestFile>, Vec<PathBuf>)> {
         let mut manifests = Vec::new();
-        scan_dir(&self.manifests_dir(), Path::new(""), 0, &mut manifests)?;
+        let mut temp_files = Vec::new();
+        let mut found = Found {
+            manifests: &mut manifests,
+            temp_files: &mut temp_files,
+            temp_marker,
+        };
+        scan_dir(&self.manifests_dir(), Path::new(""), 0, &mut found)?;
         manifests.sort_by(|a, b| {
             a.name
                 .key_str()
                 .cmp(b.name.key_str())
                 .then_with(|| a.name.manifest_rel_path().cmp(&b.name.manifest_rel_path()))
         });
-        Ok(manifests)
+        Ok((manifests, temp_files))
     }
+}
+
+/// What a scan collects.
+struct Found<'a> {
+    manifests: &'a mut Vec<ManifestFile>,
+    temp_files: &'a mut Vec<PathBuf>,
+    temp_marker: &'a str,
 }
 
 /// One manifest file as read from the store.
@@ -227,7 +254,7 @@ fn read_manifest_at(name: &ModelName, path: &Path) -> io::Result<Option<Manifest
 
 /// Walks `dir`, which is `rel` below `manifests/` and `depth` levels deep,
 /// pushing every manifest found into `out`.
-fn scan_dir(dir: &Path, rel: &Path, depth: usize, out: &mut Vec<ManifestFile>) -> io::Result<()> {
+fn scan_dir(dir: &Path, rel: &Path, depth: usize, out: &mut Found<'_>) -> io::Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(err) if is_absent(&err) => return Ok(()),
@@ -259,12 +286,18 @@ fn scan_dir(dir: &Path, rel: &Path, depth: usize, out: &mut Vec<ManifestFile>) -
             tracing::debug!(path = %path.display(), "store scan: skipping directory at manifest depth");
             continue;
         }
+        let file_name = entry.file_name();
+        let file_name = file_name.to_string_lossy();
+        if file_name.starts_with('.') && file_name.contains(out.temp_marker) {
+            out.temp_files.push(path);
+            continue;
+        }
         let Some(name) = ModelName::from_manifest_rel_path(&entry_rel) else {
             tracing::debug!(path = %path.display(), "store scan: skipping path that is not a valid model name");
             continue;
         };
         match read_manifest_at(&name, &path)? {
-            Some(manifest) => out.push(manifest),
+            Some(manifest) => out.manifests.push(manifest),
             None => {
                 tracing::debug!(path = %path.display(), "store scan: skipping vanished or non-regular file");
             }
@@ -360,6 +393,20 @@ mod tests {
             &["llama3"],
         );
         check_scan(&[], &[]);
+    }
+
+    #[test]
+    fn scan_finds_leftover_temp_files_by_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let model_dir = store.manifests_dir().join("registry.ollama.ai/library/m");
+        fs::create_dir_all(&model_dir).unwrap();
+        fs::write(model_dir.join("latest"), b"{}").unwrap();
+        fs::write(model_dir.join(".latest.aliasd-0123abcd"), b"{").unwrap();
+        fs::write(model_dir.join(".latest.other-writer"), b"{").unwrap();
+        let (manifests, temp_files) = store.scan_with_temp_files(".aliasd-").unwrap();
+        assert_eq!(manifests.len(), 1);
+        assert_eq!(temp_files, [model_dir.join(".latest.aliasd-0123abcd")]);
     }
 
     #[test]

@@ -1450,10 +1450,11 @@ fn check_after_crash(
         }
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         // The materializer's temp file (`.<tag>.aliasd-<uuid>`), left by a
-        // kill between its create and its rename: nobody removes it yet, and
-        // Ollama skips it (a leading '.' is no valid tag), so it is only counted.
+        // kill between its create and its rename: the start-up reconcile
+        // removes these, so after a restart there must be none.
         if name.starts_with('.') && name.contains(".aliasd-") {
             leftover_tmp += 1;
+            problems.push(format!("temp file {} survived the restart", path.display()));
             continue;
         }
         match alias_files.get(path) {
