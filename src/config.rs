@@ -138,7 +138,8 @@ pub struct ServeArgs {
     /// The address to listen on.
     #[arg(long, env = "ALIASD_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
-    /// An Ollama server to proxy inference requests to.
+    /// An Ollama server to proxy inference requests to (SPEC §7; not built
+    /// yet: aliasd refuses to start with it rather than ignore it).
     #[arg(long)]
     pub upstream: Option<String>,
     /// Keep at least the last N events (older segments go once a snapshot covers them).

@@ -64,6 +64,12 @@ fn run_client(client: &Client, json: bool, command: Commands) -> anyhow::Result<
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if let Some(upstream) = &args.upstream {
+        anyhow::bail!(
+            "--upstream {upstream}: the inference proxy is not part of this build yet; \
+             point clients at Ollama directly (aliases are materialized in its store, so they resolve there)"
+        );
+    }
     let config = args.registry_config();
     let http = args
         .http_config()
