@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::RwLock;
 use std::time::Duration;
 
 use crate::event::EventType;
@@ -24,7 +24,7 @@ pub struct Metrics {
     events: [AtomicU64; EventType::ALL.len()],
     subscribers: AtomicU64,
     /// (route, status) -> count; routes are the matched templates, so bounded.
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    requests: RwLock<BTreeMap<String, BTreeMap<u16, AtomicU64>>>,
 }
 
 impl Metrics {
@@ -69,8 +69,24 @@ impl Metrics {
 
     /// Counts an HTTP response.
     pub fn observe_request(&self, route: &str, status: u16) {
-        let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-        *requests.entry((route.to_string(), status)).or_default() += 1;
+        {
+            // The common case: a counter that exists, bumped under a read lock.
+            let requests = self.requests.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(counter) = requests
+                .get(route)
+                .and_then(|by_status| by_status.get(&status))
+            {
+                counter.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        let mut requests = self.requests.write().unwrap_or_else(|e| e.into_inner());
+        requests
+            .entry(route.to_string())
+            .or_default()
+            .entry(status)
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Renders everything, plus the gauges passed in, as Prometheus text.
@@ -116,12 +132,15 @@ impl Metrics {
         }
         let _ = writeln!(out, "# HELP aliasd_subscribers Connected event-stream subscribers.\n# TYPE aliasd_subscribers gauge\naliasd_subscribers {}", self.subscribers());
         let _ = writeln!(out, "# HELP aliasd_http_requests_total HTTP responses by route and status.\n# TYPE aliasd_http_requests_total counter");
-        let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-        for ((route, status), n) in requests.iter() {
-            let _ = writeln!(
-                out,
-                "aliasd_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-            );
+        let requests = self.requests.read().unwrap_or_else(|e| e.into_inner());
+        for (route, statuses) in requests.iter() {
+            for (status, n) in statuses {
+                let n = n.load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "aliasd_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+                );
+            }
         }
         out
     }

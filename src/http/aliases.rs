@@ -331,19 +331,38 @@ fn unexpected(reply: Reply) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
 }
 
+/// The body of `GET /api/resolve/{name}`.
+#[derive(Debug, Serialize)]
+pub struct ResolveBody {
+    /// The name asked, in display form.
+    pub name: String,
+    /// The model at the end of the chain.
+    pub resolved: String,
+    /// Display names from the asked name to the model, both included.
+    pub chain: Vec<String>,
+    /// `model`, `alias` or `prefix`.
+    pub via: &'static str,
+    /// The model's manifest digest.
+    pub digest: String,
+}
+
 /// `GET /api/resolve/{name}`.
 pub async fn resolve_get(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ResolveBody>, ApiError> {
     let resolution = state.registry.read(|s| s.index.resolve(&s.models, &name))?;
-    Ok(Json(serde_json::json!({
-        "name": resolution.chain.first().cloned().unwrap_or_else(|| name.clone()),
-        "resolved": resolution.resolved.display(),
-        "chain": resolution.chain,
-        "via": resolution.via.as_str(),
-        "digest": &*resolution.digest,
-    })))
+    Ok(Json(ResolveBody {
+        name: resolution
+            .chain
+            .first()
+            .cloned()
+            .unwrap_or_else(|| name.clone()),
+        resolved: resolution.resolved.display(),
+        via: resolution.via.as_str(),
+        digest: resolution.digest.to_string(),
+        chain: resolution.chain,
+    }))
 }
 
 /// `GET /api/models`: the models in the store and the aliases ending at each.

@@ -172,7 +172,9 @@ pub async fn events_stream(
             })
         })
         .transpose()?;
-    let cursor = query.since.or(last_event_id);
+    // A reconnecting EventSource sends `Last-Event-ID` to the URL it first
+    // opened, `?since=` included: the header is the later position, so it wins.
+    let cursor = last_event_id.or(query.since);
     let metrics = state.registry.metrics().clone();
     if metrics.subscribers() >= state.http.max_subscribers {
         return Err(ApiError::new(

@@ -199,13 +199,13 @@ async fn count_request(
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
+        .cloned();
     let response = next.run(request).await;
+    let route = route.as_ref().map_or("unmatched", |p| p.as_str());
     state
         .registry
         .metrics()
-        .observe_request(&route, response.status().as_u16());
+        .observe_request(route, response.status().as_u16());
     response
 }
 

@@ -1,5 +1,6 @@
 mod aliases;
 mod cli;
+mod events;
 mod hardening;
 mod support;
 mod watcher;
