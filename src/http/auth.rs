@@ -7,13 +7,12 @@
 //! Secrets are compared in constant time (both sides hashed, then compared
 //! without early exit), and never logged.
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
-use crate::http::{ApiError, AppState, TokenName};
+use crate::http::{ApiError, HttpConfig, TokenName};
 
 /// One configured token.
 #[derive(Clone)]
@@ -97,18 +96,16 @@ fn is_mutating(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-/// The auth middleware.
-pub async fn require_token(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let tokens = &state.http.tokens;
+/// Checks the request's token: `Ok(Some(name))` for a valid token,
+/// `Ok(None)` when no token is needed (none configured, `/healthz`, a CORS
+/// preflight), or the 401/403 response to send instead.
+pub fn authorize(http: &HttpConfig, request: &Request) -> Result<Option<TokenName>, Response> {
+    let tokens = &http.tokens;
     if tokens.is_empty()
         || request.uri().path() == "/healthz"
         || request.method() == Method::OPTIONS
     {
-        return next.run(request).await;
+        return Ok(None);
     }
     let presented = request
         .headers()
@@ -129,19 +126,16 @@ pub async fn require_token(
         response
             .headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return response;
+        return Err(response);
     };
     if token.read_only && is_mutating(request.method()) {
-        return ApiError::new(
+        return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!("token {:?} is read-only", token.name),
         )
-        .into_response();
+        .into_response());
     }
-    request
-        .extensions_mut()
-        .insert(TokenName(token.name.clone()));
-    next.run(request).await
+    Ok(Some(TokenName(token.name.clone())))
 }
 
 /// Origins allowed by default, as Ollama's `OLLAMA_ORIGINS` defaults do: the
@@ -174,49 +168,50 @@ pub fn origin_allowed(allow: &[String], origin: &str) -> bool {
         })
 }
 
-/// CORS: answers preflights and adds the allow headers for allowed origins.
-pub async fn cors(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let origin = request
+/// The browser origin of a request, if it has one.
+pub fn request_origin(request: &Request) -> Option<String> {
+    request
         .headers()
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
-        .map(String::from);
-    let Some(origin) = origin else {
-        return next.run(request).await;
-    };
-    let allowed = origin_allowed(&state.http.origins, &origin);
-    if request.method() == Method::OPTIONS {
-        if !allowed {
-            return ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!("origin {origin:?} is not allowed"),
-            )
-            .into_response();
-        }
-        let mut response = StatusCode::NO_CONTENT.into_response();
-        let headers = response.headers_mut();
-        headers.insert(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET, PUT, POST, DELETE, OPTIONS"),
-        );
-        headers.insert(
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static(
-                "authorization, content-type, if-match, if-none-match, last-event-id, x-request-id",
-            ),
-        );
-        headers.insert(
-            header::ACCESS_CONTROL_MAX_AGE,
-            HeaderValue::from_static("600"),
-        );
-        add_allow_origin(&mut response, &origin);
-        return response;
+        .map(String::from)
+}
+
+/// The answer to a CORS preflight (`OPTIONS` with an `Origin`): 204 with the
+/// allow headers for an allowed origin, else 403.
+pub fn preflight(http: &HttpConfig, origin: &str) -> Response {
+    if !origin_allowed(&http.origins, origin) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("origin {origin:?} is not allowed"),
+        )
+        .into_response();
     }
-    let mut response = next.run(request).await;
-    if allowed {
-        add_allow_origin(&mut response, &origin);
-    }
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, PUT, POST, DELETE, OPTIONS"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static(
+            "authorization, content-type, if-match, if-none-match, last-event-id, x-request-id",
+        ),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    add_allow_origin(&mut response, origin);
     response
+}
+
+/// Adds the CORS headers to a response for an allowed origin.
+pub fn allow_origin(http: &HttpConfig, response: &mut Response, origin: &str) {
+    if origin_allowed(&http.origins, origin) {
+        add_allow_origin(response, origin);
+    }
 }
 
 fn add_allow_origin(response: &mut Response, origin: &str) {

@@ -125,13 +125,9 @@ impl From<PathRejection> for ApiError {
     }
 }
 
-/// Gives every error response without a JSON body (the framework's own 404,
-/// 405, 413, 415...) the `{"error"}` shape.
-pub async fn json_errors(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let response = next.run(request).await;
+/// Gives an error response without a JSON body (the framework's own 404,
+/// 405, 413...) the `{"error"}` shape; other responses pass unchanged.
+pub async fn ensure_json(response: Response) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;

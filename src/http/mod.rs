@@ -30,25 +30,38 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// The header carrying a request's id, echoed or generated.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// What every handler can reach: cheap handles only.
+/// What every handler can reach. Cloned by every middleware layer of every
+/// request, so it is one `Arc`: a clone is one atomic increment.
 #[derive(Clone, Debug)]
-pub struct AppState {
+pub struct AppState(Arc<AppStateInner>);
+
+/// The shared parts of [`AppState`].
+#[derive(Debug)]
+pub struct AppStateInner {
     /// The registry: commands go to its writer, reads take its lock briefly.
     pub registry: Registry,
     /// Tokens, origins and limits, fixed at start-up.
-    pub http: Arc<HttpConfig>,
+    pub http: HttpConfig,
     /// Fires once when the server begins to shut down; event streams end then.
     pub shutdown: Shutdown,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateInner;
+
+    fn deref(&self) -> &AppStateInner {
+        &self.0
+    }
 }
 
 impl AppState {
     /// State for serving `registry` with `http` settings.
     pub fn new(registry: Registry, http: HttpConfig) -> AppState {
-        AppState {
+        AppState(Arc::new(AppStateInner {
             registry,
-            http: Arc::new(http),
+            http,
             shutdown: Shutdown::default(),
-        }
+        }))
     }
 }
 
@@ -127,25 +140,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics_get))
         .fallback(unknown_route)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            request_timeout,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_token,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::cors,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            count_request,
-        ))
-        .layer(axum::middleware::from_fn(error::json_errors))
-        .layer(axum::middleware::from_fn(catch_panic))
-        .layer(axum::middleware::from_fn(request_id))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), edge))
         .with_state(state)
 }
 
@@ -190,55 +185,83 @@ async fn metrics_get(axum::extract::State(state): axum::extract::State<AppState>
         .into_response()
 }
 
-/// Counts responses by matched route and status for `/metrics`.
-async fn count_request(
+/// Everything every request goes through, in one layer (one boxed future
+/// per request instead of one per concern), in this order:
+/// 1. its request id: `X-Request-Id` if sane, else a new one, echoed back;
+/// 2. CORS: preflights answered here, allow headers added for allowed origins;
+/// 3. tokens (SPEC §5): 401/403, or the token's name for the event actor;
+/// 4. the route, within the request timeout (slow bodies included; not for
+///    event streams), with a panic turned into a logged 500;
+/// 5. the `{"error"}` shape for the framework's own errors;
+/// 6. the count for `/metrics`, by matched route and status.
+async fn edge(
     axum::extract::State(state): axum::extract::State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
+    let id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 200 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(String::from)
+        .unwrap_or_else(crate::event::new_id);
+    request.extensions_mut().insert(RequestId(id.clone()));
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .cloned();
-    let response = next.run(request).await;
+    let origin = auth::request_origin(&request);
+    let response = match (&origin, request.method() == axum::http::Method::OPTIONS) {
+        (Some(origin), true) => auth::preflight(&state.http, origin),
+        _ => match auth::authorize(&state.http, &request) {
+            Err(refusal) => refusal,
+            Ok(token) => {
+                if let Some(token) = token {
+                    request.extensions_mut().insert(token);
+                }
+                run_route(&state, request, next).await
+            }
+        },
+    };
+    let mut response = error::ensure_json(response).await;
+    if let Some(origin) = &origin {
+        auth::allow_origin(&state.http, &mut response, origin);
+    }
     let route = route.as_ref().map_or("unmatched", |p| p.as_str());
     state
         .registry
         .metrics()
         .observe_request(route, response.status().as_u16());
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID.clone(), value);
+    }
     response
 }
 
-/// Every request but an event stream must finish within the configured time
-/// (slow bodies included): else 408.
-async fn request_timeout(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if request.uri().path() == "/api/events" {
-        return next.run(request).await;
-    }
-    match tokio::time::timeout(state.http.request_timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::new(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            "the request took too long (a slow body?); retry",
-        )
-        .into_response(),
-    }
-}
-
-/// A panic in a handler becomes a logged 500 with a JSON body; the server stays up.
-async fn catch_panic(request: Request, next: Next) -> Response {
+/// Runs the route, turning a panic into a logged 500 so the server stays up.
+/// A request with a body must complete within the request timeout (a slow
+/// body holds a connection and a task); one without a body is answered from
+/// memory at once, or is an event stream, which lasts.
+async fn run_route(state: &AppState, request: Request, next: Next) -> Response {
     use futures_util::FutureExt;
-    let path = request.uri().path().to_string();
-    match std::panic::AssertUnwindSafe(next.run(request))
-        .catch_unwind()
-        .await
-    {
-        Ok(response) => response,
-        Err(panic) => {
+    let uri = request.uri().clone();
+    let has_body = request
+        .headers()
+        .contains_key(axum::http::header::CONTENT_LENGTH)
+        || request
+            .headers()
+            .contains_key(axum::http::header::TRANSFER_ENCODING);
+    let run = std::panic::AssertUnwindSafe(next.run(request)).catch_unwind();
+    let outcome = if has_body {
+        tokio::time::timeout(state.http.request_timeout, run).await
+    } else {
+        Ok(run.await)
+    };
+    let path = uri.path();
+    match outcome {
+        Ok(Ok(response)) => response,
+        Ok(Err(panic)) => {
             let message = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
@@ -251,6 +274,11 @@ async fn catch_panic(request: Request, next: Next) -> Response {
             )
             .into_response()
         }
+        Err(_) => ApiError::new(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            "the request took too long (a slow body?); retry",
+        )
+        .into_response(),
     }
 }
 
@@ -265,24 +293,6 @@ pub struct RequestId(pub String);
 /// The name of the token a request was authorized with.
 #[derive(Debug, Clone)]
 pub struct TokenName(pub String);
-
-/// Takes `X-Request-Id` from the request (if sane) or makes one, and returns it
-/// as a response header.
-async fn request_id(mut request: Request, next: Next) -> Response {
-    let id = request
-        .headers()
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 200 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(String::from)
-        .unwrap_or_else(crate::event::new_id);
-    request.extensions_mut().insert(RequestId(id.clone()));
-    let mut response = next.run(request).await;
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(REQUEST_ID.clone(), value);
-    }
-    response
-}
 
 /// The origin of a request, for its events: actor and request id.
 #[derive(Debug, Clone)]
