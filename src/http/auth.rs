@@ -99,7 +99,7 @@ fn is_mutating(method: &Method) -> bool {
 /// Checks the request's token: `Ok(Some(name))` for a valid token,
 /// `Ok(None)` when no token is needed (none configured, `/healthz`, a CORS
 /// preflight), or the 401/403 response to send instead.
-pub fn authorize(http: &HttpConfig, request: &Request) -> Result<Option<TokenName>, Response> {
+pub fn authorize(http: &HttpConfig, request: &Request) -> Result<Option<TokenName>, Box<Response>> {
     let tokens = &http.tokens;
     if tokens.is_empty()
         || request.uri().path() == "/healthz"
@@ -126,14 +126,16 @@ pub fn authorize(http: &HttpConfig, request: &Request) -> Result<Option<TokenNam
         response
             .headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return Err(response);
+        return Err(Box::new(response));
     };
     if token.read_only && is_mutating(request.method()) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("token {:?} is read-only", token.name),
-        )
-        .into_response());
+        return Err(Box::new(
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("token {:?} is read-only", token.name),
+            )
+            .into_response(),
+        ));
     }
     Ok(Some(TokenName(token.name.clone())))
 }

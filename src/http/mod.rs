@@ -215,7 +215,7 @@ async fn edge(
     let response = match (&origin, request.method() == axum::http::Method::OPTIONS) {
         (Some(origin), true) => auth::preflight(&state.http, origin),
         _ => match auth::authorize(&state.http, &request) {
-            Err(refusal) => refusal,
+            Err(refusal) => *refusal,
             Ok(token) => {
                 if let Some(token) = token {
                     request.extensions_mut().insert(token);
