@@ -23,6 +23,9 @@ pub struct Observation {
     pub stale: Vec<(ModelName, Arc<str>)>,
     /// aliasd's own temp files left by a kill between write and rename.
     pub temp_files: Vec<std::path::PathBuf>,
+    /// Exact aliases whose file is aliasd's own but out of date (a crash fell
+    /// between a journal commit and the file write): sync them after planning.
+    pub out_of_date: Vec<String>,
 }
 
 /// Reads the whole store and sorts its files into models and alias files.
@@ -50,6 +53,11 @@ pub fn observe(store: &Store, index: &Index, current: &Models) -> std::io::Resul
             };
             observation.path_states.insert(key.clone(), state.clone());
             if state == PathState::Ours {
+                let current = entry.state == AliasState::Active
+                    && entry.digest.as_deref() == Some(file.digest.as_str());
+                if !current {
+                    observation.out_of_date.push(key);
+                }
                 continue;
             }
         } else if let Some(digest) = tombstones.get(&key) {

@@ -219,7 +219,6 @@ impl Registry {
             .reconcile_scoped(&Origin::system("startup"), None)
             .context("reconciling the model store with the journal")?;
         writer.drain();
-        writer.sync_all_aliases();
         tracing::info!(events = n_events, "store reconciled");
         let (commands, receiver) = mpsc::channel(1024);
         let thread = std::thread::Builder::new()
@@ -682,19 +681,6 @@ impl Writer {
         }
     }
 
-    /// Makes every exact alias's file match the index (after start-up).
-    fn sync_all_aliases(&self) {
-        let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
-        for entry in guard.index.exact_entries() {
-            if let Err(e) = self
-                .materializer
-                .sync_alias(&guard.index, &guard.models, entry, None)
-            {
-                tracing::error!(alias = %entry.alias.display(), "materializing failed: {e}");
-            }
-        }
-    }
-
     /// Reads the store, journals what changed behind aliasd's back, and
     /// materializes. Returns the number of events written.
     /// With `names`, only the files at those names are read.
@@ -748,8 +734,28 @@ impl Writer {
         let prior = self.commit(&events, Some(observation.models))?;
         let n_events = events.len();
         self.finish(events, prior, Vec::new());
+        if !observation.out_of_date.is_empty() {
+            self.drain();
+            self.sync_aliases(&observation.out_of_date);
+        }
         self.maybe_snapshot();
         Ok(n_events)
+    }
+
+    /// Makes the files of these exact aliases match the index.
+    fn sync_aliases(&self, keys: &[String]) {
+        let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
+        for key in keys {
+            let Some(entry) = guard.index.exact(key) else {
+                continue;
+            };
+            let res = self
+                .materializer
+                .sync_alias(&guard.index, &guard.models, entry, None);
+            if let Err(e) = res {
+                tracing::error!(alias = %entry.alias.display(), "materializing failed: {e}");
+            }
+        }
     }
 
     fn write_snapshot(&mut self) -> Result<u64, journal::Error> {

@@ -1014,6 +1014,43 @@ fn deleted_alias_files_are_restored_at_start_up() {
     }
 }
 
+/// A crash can fall between a journal commit and the file write: the file
+/// still holds what aliasd wrote before. Start-up must bring it up to date,
+/// and must not mistake it for a model.
+#[test]
+fn out_of_date_alias_files_are_fixed_at_start_up() {
+    let mut server = Server::with_models(&["m1", "m2", "gone"]);
+    server.create("a", "m1");
+    server.create("a", "m2");
+    server.create("d", "gone");
+    // The target of `d` goes while the server runs: `d` is withdrawn.
+    server.store.remove_model("gone");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while server.store.read("d").is_some() {
+        assert!(std::time::Instant::now() < deadline, "d was not withdrawn");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let m1 = server.store.read("m1").unwrap();
+    let m2 = server.store.read("m2").unwrap();
+    let seq = server.seq();
+
+    server.stop();
+    // As if the update to m2 and the withdrawal of `d` never reached the disk.
+    std::fs::write(server.store.manifest_path("a"), &m1).unwrap();
+    std::fs::create_dir_all(server.store.manifest_path("d").parent().unwrap()).unwrap();
+    std::fs::write(server.store.manifest_path("d"), b"").unwrap();
+    server.start_again();
+
+    assert_eq!(server.store.read("a").as_deref(), Some(m2.as_slice()));
+    assert_eq!(server.store.read("d"), None);
+    let a = server.get(&alias_path("a"));
+    assert_eq!(a.expect(200)["state"], "active");
+    let d = server.get(&alias_path("d"));
+    assert_eq!(d.expect(200)["state"], "dangling");
+    // Nothing changed in the registry: the files were aliasd's own.
+    assert_eq!(server.seq(), seq);
+}
+
 #[test]
 fn request_id_and_actor_are_recorded() {
     let server = Server::with_models(&["m"]);
