@@ -181,6 +181,7 @@ fn create_latency(n: u64, samples: usize) {
         journal_dir,
         retain: None,
         snapshot_every: 10_000,
+        segment_bytes: 64 << 20,
         io: None,
     })
     .expect("start");

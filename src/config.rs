@@ -145,6 +145,10 @@ pub struct ServeArgs {
     /// Keep at least the last N events (older segments go once a snapshot covers them).
     #[arg(long)]
     pub retain: Option<u64>,
+    /// Journal segment size in bytes (tests use small segments to exercise
+    /// retention).
+    #[arg(long, hide = true, default_value_t = 64 << 20)]
+    pub segment_bytes: u64,
     /// Write a snapshot after this many events (or as many events as there
     /// are aliases, if that is more: a snapshot's cost grows with the index).
     #[arg(long, default_value_t = 10_000)]
@@ -241,6 +245,7 @@ impl ServeArgs {
             models_dir: self.models.clone().unwrap_or_else(default_models_dir),
             journal_dir: self.journal.clone().unwrap_or_else(default_journal_dir),
             retain: self.retain,
+            segment_bytes: self.segment_bytes,
             snapshot_every: self.snapshot_every,
             io: None,
         }

@@ -53,6 +53,8 @@ pub struct RegistryConfig {
     pub journal_dir: PathBuf,
     /// `--retain N`: keep at least the last N events.
     pub retain: Option<u64>,
+    /// A journal segment rolls over past this many bytes.
+    pub segment_bytes: u64,
     /// Write a snapshot after this many events.
     pub snapshot_every: u64,
     /// The journal's I/O layer; `None` is the real file system. Tests pass
@@ -166,6 +168,7 @@ impl Registry {
             .with_context(|| format!("creating model store {}", config.models_dir.display()))?;
         let mut options = journal::Options {
             retain: config.retain,
+            segment_bytes: config.segment_bytes,
             ..journal::Options::default()
         };
         if let Some(io) = &config.io {

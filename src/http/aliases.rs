@@ -95,17 +95,24 @@ pub async fn aliases_list(
         wanted_state.is_none_or(|s| e.state == s)
             && wanted_target.as_ref().is_none_or(|t| e.target.key() == *t)
     };
-    let aliases: Vec<AliasBody> = match query.at_seq {
-        Some(seq) => {
+    // At or after the index's last event, the past is the present: no replay.
+    let live = state.registry.read(|s| {
+        let current = query.at_seq.is_none_or(|seq| s.index.last_seq() <= seq);
+        current.then(|| list(&s.index, &s.models, &keep))
+    });
+    let aliases: Vec<AliasBody> = match live {
+        Some(aliases) => aliases,
+        None => {
+            // Only reached with `at_seq` (without it the live index answers).
+            let seq = query.at_seq.unwrap_or_default();
             let (index, models) = index_at(&state, seq).await?;
-            list(&index, &models, keep)
+            list(&index, &models, &keep)
         }
-        None => state.registry.read(|s| list(&s.index, &s.models, keep)),
     };
     Ok(Json(serde_json::json!({ "aliases": aliases })))
 }
 
-fn list(index: &Index, models: &Models, keep: impl Fn(&AliasEntry) -> bool) -> Vec<AliasBody> {
+fn list(index: &Index, models: &Models, keep: &impl Fn(&AliasEntry) -> bool) -> Vec<AliasBody> {
     index
         .sorted()
         .into_iter()
@@ -118,10 +125,14 @@ fn list(index: &Index, models: &Models, keep: impl Fn(&AliasEntry) -> bool) -> V
 async fn index_at(state: &AppState, seq: u64) -> Result<(Index, Models), ApiError> {
     let journal = state.registry.journal().clone();
     let first = journal.first_seq().0;
-    if seq.saturating_add(1) < first {
+    // Replay needs every event from seq 1: once retention has dropped the
+    // oldest, only the present can be answered.
+    if first > 1 {
         return Err(ApiError::new(
             StatusCode::GONE,
-            format!("history before seq {first} is no longer retained"),
+            format!(
+                "history before seq {first} is no longer retained (--retain), so the registry as of seq {seq} cannot be rebuilt"
+            ),
         ));
     }
     let models = state.registry.read(|s| s.models.clone());

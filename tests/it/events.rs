@@ -1494,3 +1494,46 @@ fn metrics_report_aliases_journal_subscribers_events_and_requests() {
         4.0
     );
 }
+
+/// With `--retain`, old segments go once a snapshot covers them: a
+/// subscriber whose cursor is older gets `reset` first, then everything still
+/// retained; time travel into the dropped past is 410.
+#[test]
+fn retention_resets_old_cursors_and_refuses_lost_time_travel() {
+    let store = TestStore::with_models(&["m"]);
+    let server = Server::start_with_args(
+        store,
+        &[
+            "--retain",
+            "50",
+            "--snapshot-every",
+            "100",
+            "--segment-bytes",
+            "4096",
+        ],
+    );
+    // 600 events in batches of 50 puts, each event ~250 bytes: many segments.
+    for round in 0..12 {
+        batch_prefix_puts(&server, &format!("r{round}-"), 0..50, "m");
+    }
+    wait_seq(&server, 600);
+    // The first retained seq is past 1: old segments went, and at least the
+    // last 50 events stay.
+    let (events, _) = history(&server, "since=0&limit=1");
+    let first = events[0]["seq"].as_u64().unwrap();
+    assert!(first > 1, "nothing was dropped: first retained seq {first}");
+    assert!(first <= 551, "fewer than 50 events retained: first {first}");
+
+    let mut sse = Sse::open(server.addr(), "/api/events?since=0", &[]);
+    let reset = sse.next();
+    assert_eq!(reset.event.as_deref(), Some("reset"), "{reset:?}");
+    assert_eq!(reset.json()["earliest"].as_u64(), Some(first));
+    let next = sse.next();
+    assert_eq!(next.seq(), first);
+
+    server
+        .get("/api/aliases?at_seq=10")
+        .expect_error(410, "no longer retained");
+    let now = server.get(&format!("/api/aliases?at_seq={}", server.seq()));
+    assert_eq!(now.expect(200)["aliases"].as_array().unwrap().len(), 600);
+}

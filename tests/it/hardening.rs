@@ -1180,6 +1180,7 @@ fn journal_faults_apply_nothing_and_answer_507_or_503() {
         journal_dir: journal.path().to_path_buf(),
         retain: None,
         snapshot_every: 10_000,
+        segment_bytes: 64 << 20,
         io: Some(Arc::new(faulty.clone())),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

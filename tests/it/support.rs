@@ -379,6 +379,8 @@ pub struct Server {
     addr: SocketAddr,
     child: Option<Child>,
     starts: u32,
+    /// Extra `serve` flags.
+    args: Vec<String>,
 }
 
 impl Server {
@@ -389,6 +391,11 @@ impl Server {
 
     /// Starts a server on `store` with a new journal.
     pub fn start(store: TestStore) -> Server {
+        Server::start_with_args(store, &[])
+    }
+
+    /// Starts a server on `store` with a new journal and extra `serve` flags.
+    pub fn start_with_args(store: TestStore, args: &[&str]) -> Server {
         let journal = tempfile::Builder::new()
             .prefix("aliasd-it-journal")
             .tempdir()
@@ -404,6 +411,7 @@ impl Server {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             child: None,
             starts: 0,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         server.spawn();
         server
@@ -450,6 +458,7 @@ impl Server {
                 .arg(self.journal.path())
                 .arg("--listen")
                 .arg(self.addr.to_string())
+                .args(&self.args)
                 .env("ALIASD_LOG", "debug")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
