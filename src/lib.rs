@@ -10,6 +10,7 @@
 //!   when it does not.
 //! - `snapshot`: the index as a blob, to bound start-up time.
 //! - `registry`: the single writer that owns journal, index and materializer.
+//! - `publisher`: paced, batched broadcast of committed events to subscribers.
 //! - `http`: the axum routes; the only module that knows status codes.
 //! - `config`, `client`: the command line.
 
@@ -24,6 +25,7 @@ pub mod materializer;
 pub mod metrics;
 pub mod name;
 pub mod offline;
+pub mod publisher;
 pub mod reconcile;
 pub mod registry;
 pub mod snapshot;

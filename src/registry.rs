@@ -6,7 +6,8 @@
 //! the group: (1) plans each against a [`Draft`] of the index, a failed one
 //! rolled back alone; (2) appends all events in one journal transaction and waits
 //! until it is durable; (3) applies them to the shared index; (4) materializes
-//! the touched aliases; (5) broadcasts the events; (6) replies. Journal, index
+//! the touched aliases; (5) hands the events to the publisher, which broadcasts
+//! them in paced batches; (6) replies. Journal, index
 //! and event stream share one order by construction, and no one hears of a
 //! change that is not durable.
 //!
@@ -27,11 +28,10 @@ use crate::command::{
 use crate::event::{now_rfc3339, Event, EventType, Published};
 use crate::index::{AliasEntry, AliasName, AliasView, DepKey, Draft, Index, Models};
 use crate::materializer::Materializer;
+use crate::publisher::{Batch, Publisher};
 use crate::reconcile;
 use crate::store::Store;
 
-/// Events kept for live subscribers before a slow one must catch up from disk.
-pub const BROADCAST_CAPACITY: usize = 4096;
 /// Commands taken into one group commit at most.
 const MAX_GROUP: usize = 512;
 
@@ -129,7 +129,7 @@ struct Request {
 pub struct Registry {
     commands: mpsc::Sender<Request>,
     shared: Arc<RwLock<Shared>>,
-    events: broadcast::Sender<Arc<Published>>,
+    events: broadcast::Sender<Arc<Batch>>,
     journal: journal::Journal,
     metrics: Arc<crate::metrics::Metrics>,
     store: Store,
@@ -191,7 +191,7 @@ impl Registry {
             seq = index.last_seq(),
             "index loaded"
         );
-        let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let (events, _) = broadcast::channel(crate::publisher::BROADCAST_CAPACITY);
         let shared = Arc::new(RwLock::new(Shared {
             index,
             models: Models::default(),
@@ -201,7 +201,7 @@ impl Registry {
             metrics: metrics.clone(),
             shared: shared.clone(),
             materializer: Materializer::new(store.clone()),
-            events: events.clone(),
+            publisher: Publisher::start(events.clone()).context("starting the publisher thread")?,
         };
         let (jobs, job_receiver) = std::sync::mpsc::sync_channel(4);
         let finisher_thread = std::thread::Builder::new()
@@ -265,7 +265,7 @@ impl Registry {
     }
 
     /// Subscribes to committed events.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Published>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Batch>> {
         self.events.subscribe()
     }
 
@@ -356,7 +356,7 @@ struct Finisher {
     metrics: Arc<crate::metrics::Metrics>,
     shared: Arc<RwLock<Shared>>,
     materializer: Materializer,
-    events: broadcast::Sender<Arc<Published>>,
+    publisher: Publisher,
 }
 
 impl Finisher {
@@ -369,11 +369,11 @@ impl Finisher {
                     replies,
                 } => {
                     materialize(&self.materializer, &self.shared, &events, &prior);
-                    for event in events {
+                    for event in &events {
                         self.metrics.observe_event(event.kind);
-                        // No subscriber is not an error.
-                        let _ = self.events.send(Arc::new(Published::new(event)));
                     }
+                    self.publisher
+                        .publish(events.into_iter().map(Published::new).collect());
                     for (sender, reply) in replies {
                         let _ = sender.send(reply);
                     }

@@ -1,35 +1,40 @@
 //! The audit trail over HTTP: `/api/history` (paged queries) and `/api/events`
 //! (Server-Sent Events, resumable by seq).
 //!
-//! A subscriber is served by its own task: it subscribes to the live broadcast
-//! *first*, then replays the journal after its cursor, then forwards live
-//! events, skipping any `seq <= last_sent`. If it falls behind the broadcast
-//! buffer (`Lagged`) it is caught up from the journal again; it is never
-//! dropped silently, and writers never wait for it (the broadcast never blocks).
-//! Memory per subscriber is bounded by its small channel and one journal chunk.
+//! A subscriber is a [`Subscription`] polled by its connection: it subscribes
+//! to the live broadcast *first*, then replays the journal after its cursor,
+//! then forwards live events, skipping any `seq <= last_sent`. If it falls
+//! behind the broadcast ring (`Lagged`) it is caught up from the journal
+//! again; it is never dropped silently, and writers never wait for it (the
+//! broadcast never blocks). Memory per subscriber is bounded by one journal
+//! chunk or one live batch (see `publisher`), each written as one chunk.
+//! A `:keep-alive` comment goes out every 15 s.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures_util::FutureExt;
 use serde::Deserialize;
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::Stream;
+use tokio::sync::broadcast;
 
 use crate::event::{Event, EventType, Published};
 use crate::http::{ApiError, AppState};
 use crate::index::AliasName;
 use crate::name::ModelName;
+use crate::publisher::Batch;
 
 /// Records read from the journal per blocking step of a catch-up.
-const CATCH_UP_CHUNK: usize = 256;
-/// Events buffered per subscriber between its task and its connection.
-const SUBSCRIBER_BUFFER: usize = 64;
+const CATCH_UP_CHUNK: usize = 128;
+/// A comment line is sent this often.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Default and maximum page sizes of `/api/history`.
 const HISTORY_DEFAULT_LIMIT: usize = 100;
 const HISTORY_MAX_LIMIT: usize = 10_000;
@@ -160,7 +165,7 @@ pub async fn events_stream(
     State(state): State<AppState>,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(query) = query?;
     let filter = EventFilter::new(query.alias.as_deref(), None)?;
     let last_event_id = headers
@@ -188,21 +193,37 @@ pub async fn events_stream(
     // Subscribe before reading anything, so no event falls between the two.
     let live = state.registry.subscribe();
     let journal = state.registry.journal().clone();
-    let (sender, receiver) = mpsc::channel(SUBSCRIBER_BUFFER);
-    let shutdown = state.shutdown.clone();
-    let subscribed = Subscribed::new(metrics);
-    tokio::spawn(async move {
-        let _subscribed = subscribed;
-        tokio::select! {
-            () = feed_subscriber(journal, live, cursor, filter, sender) => {}
-            () = shutdown.fired() => {}
-        }
+    let last_sent = cursor.unwrap_or_else(|| journal.last_seq().0);
+    let earliest = journal.first_seq().0;
+    let reset = (cursor.is_some() && last_sent.saturating_add(1) < earliest).then(|| {
+        Bytes::from(format!(
+            "event: reset\ndata: {}\n\n",
+            serde_json::json!({ "earliest": earliest })
+        ))
     });
-    Ok(Sse::new(ReceiverStream::new(receiver)).keep_alive(
-        KeepAlive::new()
-            .interval(Duration::from_secs(15))
-            .text("keep-alive"),
-    ))
+    let shutdown = state.shutdown.clone();
+    let subscription = Subscription {
+        journal,
+        live,
+        filter,
+        last_sent,
+        phase: Phase::Reset(reset),
+        shutdown: Box::pin(async move { shutdown.fired().await }),
+        keep_alive: Box::pin(tokio::time::sleep(KEEP_ALIVE)),
+        _subscribed: Subscribed::new(metrics),
+    };
+    let chunks = futures_util::stream::unfold(subscription, |mut subscription| async move {
+        let chunk = subscription.next_chunk().await?;
+        Some((Ok::<_, Infallible>(chunk), subscription))
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(chunks),
+    )
+        .into_response())
 }
 
 /// Counts a subscriber while it lives.
@@ -221,112 +242,125 @@ impl Drop for Subscribed {
     }
 }
 
-fn sse_event(event: &Event, json: &str) -> Result<SseEvent, Infallible> {
-    Ok(SseEvent::default()
-        .id(event.seq.to_string())
-        .event(event.kind.as_str())
-        .data(json))
+/// One subscriber's position and source. Its connection polls it directly
+/// (no task in between): each poll yields the next chunk of whole SSE frames.
+struct Subscription {
+    journal: journal::Journal,
+    live: broadcast::Receiver<Arc<Batch>>,
+    filter: EventFilter,
+    /// Every event up to this seq has been sent (or filtered out).
+    last_sent: u64,
+    phase: Phase,
+    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+    keep_alive: Pin<Box<tokio::time::Sleep>>,
+    _subscribed: Subscribed,
 }
 
-/// Feeds one subscriber until it disconnects: catch-up from the journal, then
-/// live, falling back to the journal whenever it lags.
-async fn feed_subscriber(
-    journal: journal::Journal,
-    mut live: broadcast::Receiver<Arc<Published>>,
-    cursor: Option<u64>,
-    filter: EventFilter,
-    sender: mpsc::Sender<Result<SseEvent, Infallible>>,
-) {
-    let mut last_sent = match cursor {
-        None => journal.last_seq().0,
-        Some(cursor) => {
-            let earliest = journal.first_seq().0;
-            if cursor.saturating_add(1) < earliest {
-                let reset = SseEvent::default()
-                    .event("reset")
-                    .data(serde_json::json!({ "earliest": earliest }).to_string());
-                if sender.send(Ok(reset)).await.is_err() {
-                    return;
-                }
-            }
-            cursor
-        }
-    };
-    loop {
-        match catch_up(&journal, last_sent, &filter, &sender).await {
-            Some(seq) => last_sent = seq,
-            None => return,
-        }
+/// Where the next chunk of a subscription comes from.
+enum Phase {
+    /// First say that history before the cursor is gone, if it is.
+    Reset(Option<Bytes>),
+    /// Reading the journal after `last_sent` (the reader, once opened).
+    CatchUp(Option<journal::Reader>),
+    /// Forwarding live batches.
+    Live,
+}
+
+impl Subscription {
+    /// The next chunk to write, or `None` once the stream should end (the
+    /// server shuts down, the journal cannot be read).
+    async fn next_chunk(&mut self) -> Option<Bytes> {
         loop {
-            let received = tokio::select! {
-                received = live.recv() => received,
-                () = sender.closed() => return,
-            };
-            match received {
-                Ok(published) => {
-                    let event = &published.event;
-                    if event.seq <= last_sent {
-                        continue;
-                    }
-                    last_sent = event.seq;
-                    if filter.matches_published(&published)
-                        && sender
-                            .send(sse_event(event, &published.json))
-                            .await
-                            .is_err()
-                    {
-                        return;
+            match &mut self.phase {
+                Phase::Reset(reset) => {
+                    let reset = reset.take();
+                    self.phase = Phase::CatchUp(None);
+                    if reset.is_some() {
+                        return reset;
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::debug!(
-                        missed,
-                        last_sent,
-                        "subscriber lagged; catching up from the journal"
-                    );
-                    break;
+                Phase::CatchUp(reader) => {
+                    if (&mut self.shutdown).now_or_never().is_some() {
+                        return None;
+                    }
+                    let reader = reader.take();
+                    let (reader, chunk) = self.read_journal(reader).await?;
+                    if reader.is_none() {
+                        self.phase = Phase::Live;
+                    } else {
+                        self.phase = Phase::CatchUp(reader);
+                    }
+                    if chunk.is_some() {
+                        return chunk;
+                    }
                 }
-                Err(broadcast::error::RecvError::Closed) => return,
+                Phase::Live => {
+                    let received = tokio::select! {
+                        biased;
+                        () = &mut self.shutdown => return None,
+                        () = &mut self.keep_alive => {
+                            self.keep_alive.as_mut().reset(tokio::time::Instant::now() + KEEP_ALIVE);
+                            return Some(Bytes::from_static(b":keep-alive\n\n"));
+                        }
+                        received = self.live.recv() => received,
+                    };
+                    match received {
+                        Ok(batch) => {
+                            let chunk = live_chunk(&batch, self.last_sent, &self.filter);
+                            if let Some(last) = batch.events.last() {
+                                self.last_sent = self.last_sent.max(last.event.seq);
+                            }
+                            if chunk.is_some() {
+                                return chunk;
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(missed)) => {
+                            tracing::debug!(
+                                missed,
+                                last_sent = self.last_sent,
+                                "subscriber lagged; catching up from the journal"
+                            );
+                            self.phase = Phase::CatchUp(None);
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
             }
         }
     }
-}
 
-/// Sends every journaled event after `after`; returns the last seq covered,
-/// or `None` if the subscriber is gone.
-async fn catch_up(
-    journal: &journal::Journal,
-    after: u64,
-    filter: &EventFilter,
-    sender: &mpsc::Sender<Result<SseEvent, Infallible>>,
-) -> Option<u64> {
-    let mut last = after;
-    let reader = {
-        let journal = journal.clone();
-        let from = journal::Seq(after.saturating_add(1));
-        match tokio::task::spawn_blocking(move || journal.read_from(from)).await {
-            Ok(Ok(reader)) => reader,
+    /// Reads the next records after `last_sent` (opening a reader if there is
+    /// none) and renders those the filter wants. Returns the reader to go on
+    /// with (`None` once the journal's end is reached) and the frames, if any;
+    /// `None` if the journal cannot be read.
+    async fn read_journal(
+        &mut self,
+        reader: Option<journal::Reader>,
+    ) -> Option<(Option<journal::Reader>, Option<Bytes>)> {
+        let journal = self.journal.clone();
+        let from = journal::Seq(self.last_sent.saturating_add(1));
+        let read = tokio::task::spawn_blocking(move || {
+            let mut reader = match reader {
+                Some(reader) => reader,
+                None => journal.read_from(from)?,
+            };
+            let records: Vec<_> = reader.by_ref().take(CATCH_UP_CHUNK).collect();
+            Ok::<_, journal::Error>((reader, records))
+        })
+        .await;
+        let (reader, records) = match read {
+            Ok(Ok(read)) => read,
             Ok(Err(e)) => {
                 tracing::error!("subscriber catch-up failed: {e}");
                 return None;
             }
             Err(_) => return None,
+        };
+        if records.is_empty() {
+            return Some((None, None));
         }
-    };
-    let mut reader = Some(reader);
-    loop {
-        let mut current = reader.take()?;
-        let (current, chunk) = tokio::task::spawn_blocking(move || {
-            let chunk: Vec<_> = current.by_ref().take(CATCH_UP_CHUNK).collect();
-            (current, chunk)
-        })
-        .await
-        .ok()?;
-        reader = Some(current);
-        if chunk.is_empty() {
-            return Some(last);
-        }
-        for record in chunk {
+        let mut frames = Vec::new();
+        for record in records {
             let (seq, payload) = match record {
                 Ok(record) => record,
                 Err(e) => {
@@ -334,18 +368,31 @@ async fn catch_up(
                     return None;
                 }
             };
-            last = seq.0;
+            self.last_sent = seq.0;
             let Ok(event) = Event::decode(&payload) else {
                 continue;
             };
-            if filter.matches(&event)
-                && sender
-                    .send(sse_event(&event, &event.to_json()))
-                    .await
-                    .is_err()
-            {
-                return None;
+            if self.filter.matches(&event) {
+                frames.extend_from_slice(&event.sse_frame());
             }
         }
+        Some((
+            Some(reader),
+            (!frames.is_empty()).then(|| Bytes::from(frames)),
+        ))
     }
+}
+
+/// What a subscriber that has sent up to `last_sent` writes of a live batch:
+/// the batch's shared bytes when it wants all of it, else the frames it wants.
+fn live_chunk(batch: &Batch, last_sent: u64, filter: &EventFilter) -> Option<Bytes> {
+    let wanted = |p: &&Published| p.event.seq > last_sent && filter.matches_published(p);
+    if batch.events.iter().all(|p| wanted(&p)) {
+        return (!batch.events.is_empty()).then(|| batch.sse.clone());
+    }
+    let mut chunk = Vec::new();
+    for published in batch.events.iter().filter(wanted) {
+        chunk.extend_from_slice(&published.sse);
+    }
+    (!chunk.is_empty()).then(|| Bytes::from(chunk))
 }

@@ -733,12 +733,14 @@ fn sse_200_subscribers_get_all_1000_events_in_order() {
 #[test]
 fn sse_stalled_subscriber_catches_up_from_the_journal() {
     const EVENTS: usize = 10_000;
-    const BATCH: usize = 80;
+    const BATCH: usize = 4;
     /// Required by the issue: the subscriber reads nothing for this long.
     const PAUSE: Duration = Duration::from_secs(10);
     // Long names make each event about 1 KB, 10 MB in all: more than the
-    // loopback socket buffers (at most 4 MB each way here) and the broadcast
-    // buffer (4096 events) can hold, so the subscriber must lag.
+    // loopback socket buffers (at most 4 MB each way here) can hold, and
+    // with a few events per request the rest is far more batches than the
+    // broadcast ring keeps (`publisher::BROADCAST_CAPACITY`, 256), so the
+    // subscriber must lag.
     let target = format!("{}/{}", "n".repeat(80), "m".repeat(80));
     let stem = "stalled-subscriber-".repeat(24);
     let server = Server::start(TestStore::with_models(&[&target]));
@@ -1401,7 +1403,17 @@ fn metrics_report_aliases_journal_subscribers_events_and_requests() {
         );
         String::from_utf8(resp.body).unwrap()
     };
-    let text = scrape();
+    // Events are counted once their files are written, just after the journal
+    // seq moves: wait for the last one to be counted.
+    let deadline = Instant::now() + DEADLINE;
+    let text = loop {
+        let text = scrape();
+        if metric(&text, "aliasd_events_total{type=\"target.removed\"}") == 1.0 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "target.removed never counted");
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert_eq!(metric(&text, "aliasd_aliases{state=\"active\"}"), 1.0);
     assert_eq!(metric(&text, "aliasd_aliases{state=\"dangling\"}"), 1.0);
     assert_eq!(metric(&text, "aliasd_aliases{state=\"shadowed\"}"), 0.0);
