@@ -26,11 +26,21 @@ fi
 echo "building release binaries..." >&2
 cargo build --release --quiet --bin aliasd --example hello
 
+# The previous run's store (100k+ alias directories) is deleted only after this run has
+# measured: right after deleting that many inodes, ext4 spends most of each mkdir/create
+# skipping the "recently deleted" ones (find_inode_bit -> recently_deleted, for minutes),
+# which would measure the last run's cleanup instead of this run.
+OLD=""
+if [ -e "$WORK" ]; then OLD="$WORK.old.$$"; mv "$WORK" "$OLD"; fi
 PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ -z "$OLD" ] || rm -rf "$OLD"
+}
 trap cleanup EXIT
 
-rm -rf "$WORK" && mkdir -p "$WORK"
+mkdir -p "$WORK"
 MODEL_DIR=$WORK/models/manifests/registry.ollama.ai/library/m
 mkdir -p "$MODEL_DIR" "$WORK/models/blobs"
 printf '%s' '{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"sha256:aa","size":1},"layers":[]}' > "$MODEL_DIR/latest"

@@ -205,10 +205,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(
-        ".{file_name}.aliasd-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
+    // Unique, not secret: a cheap id rather than a getrandom call per file.
+    let tmp = dir.join(format!(".{file_name}.aliasd-{}", crate::event::new_id()));
     let res = (|| {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;
