@@ -19,17 +19,34 @@
 //!    threads for 3 s with no subscriber, then 3 s with one subscriber whose
 //!    socket is never read, twice each, alternating (A B A B) on the same
 //!    server. Prints writes/s of each and the ratio. Target: within 10%.
+//! 3. **Anchor: the same on etcd 3.4.** With aliasd stopped, the bench starts
+//!    its own `etcd` (the first on `PATH`; Debian's `etcd-server`, as in
+//!    `benches/compare.sh`) on free loopback ports, data dir under the same
+//!    tempdir, and opens as many watchers on its JSON gateway
+//!    (`POST /v3/watch` on the prefix `w/`, one socket each, same two threads)
+//!    as phase 1 had subscribers. Once every watch is created, the same paced
+//!    writes (same rate, seconds and 8 writer threads) go out as
+//!    `POST /v3/kv/put` of `w/<i>` with a 100-byte value, one connection per
+//!    request as in phase 1. Latencies are measured the same way, to the
+//!    watcher reading the line with the key (the gateway sends one JSON object
+//!    per line in a chunked response; a line can carry several events); every
+//!    watcher must get every key exactly once. Prints the same lines as phase 1,
+//!    prefixed `etcd:`, then the aliasd/etcd ratios of p99 and of the writes/s
+//!    achieved. Skipped, with a line saying why, when `etcd` is not on `PATH`
+//!    or with `-- --skip-etcd`.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Defaults; `-- --subscribers N --rate R --seconds S` override them.
+/// Defaults; `-- --subscribers N --rate R --seconds S` override them, and
+/// `-- --skip-etcd` skips phase 3.
 const SUBSCRIBERS: usize = 1_000;
 const WRITE_RATE: u64 = 1_000;
 const WRITE_SECONDS: u64 = 5;
@@ -43,17 +60,21 @@ struct Load {
     subscribers: usize,
     rate: u64,
     seconds: u64,
+    /// Whether to run phase 3 (etcd), unless `etcd` is not on `PATH`.
+    etcd: bool,
 }
 
 impl Load {
-    /// The defaults, overridden by `--subscribers N`, `--rate R`, `--seconds S`.
+    /// The defaults, overridden by `--subscribers N`, `--rate R`, `--seconds S`,
+    /// `--skip-etcd`.
     fn from_args() -> Load {
+        let args: Vec<String> = std::env::args().collect();
         let mut load = Load {
             subscribers: SUBSCRIBERS,
             rate: WRITE_RATE,
             seconds: WRITE_SECONDS,
+            etcd: !args.iter().any(|a| a == "--skip-etcd"),
         };
-        let args: Vec<String> = std::env::args().collect();
         for pair in args.windows(2) {
             let value = || pair[1].parse().expect("a number");
             match pair[0].as_str() {
@@ -92,9 +113,23 @@ fn main() {
         load.subscribers, load.rate, load.seconds
     );
 
-    delivery_latency(server.addr, load);
+    let aliasd = delivery_latency(server.addr, load);
     stalled_subscriber_throughput(server.addr);
     server.stop();
+
+    if !load.etcd {
+        println!("etcd phase skipped: --skip-etcd");
+    } else if let Some(binary) = on_path("etcd") {
+        let etcd = etcd_delivery_latency(&binary, base.path(), load);
+        println!(
+            "aliasd/etcd: p99 write sent -> delivered {:.2}x, p99 write acked -> delivered {:.2}x, writes/s achieved {:.2}x",
+            aliasd.p99_sent_ms / etcd.p99_sent_ms,
+            aliasd.p99_acked_ms / etcd.p99_acked_ms,
+            aliasd.writes_per_s / etcd.writes_per_s
+        );
+    } else {
+        println!("etcd phase skipped: no `etcd` on PATH (Debian: apt-get install etcd-server)");
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -102,9 +137,17 @@ fn main() {
 // ---------------------------------------------------------------------------
 
 /// Per subscriber: (seq, microseconds since the bench epoch) of each event read.
+/// Per etcd watcher (phase 3): (write index, microseconds) of each key read.
 type Deliveries = Vec<(u32, u32)>;
 
-fn delivery_latency(addr: SocketAddr, load: Load) {
+/// What a delivery-latency phase measured, for the closing aliasd/etcd line.
+struct Delivery {
+    writes_per_s: f64,
+    p99_sent_ms: f64,
+    p99_acked_ms: f64,
+}
+
+fn delivery_latency(addr: SocketAddr, load: Load) -> Delivery {
     let epoch = Instant::now();
     let n_writes = load.writes();
     let subscribers = load.subscribers;
@@ -133,31 +176,8 @@ fn delivery_latency(addr: SocketAddr, load: Load) {
     );
 
     // seq -> (sent, acked), microseconds since the epoch.
-    let writes: Arc<Mutex<HashMap<u64, (u32, u32)>>> = Arc::default();
-    let start = Instant::now() + Duration::from_millis(100);
-    let interval = Duration::from_micros(1_000_000 / load.rate);
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            let writes = writes.clone();
-            std::thread::spawn(move || {
-                for i in (w..n_writes).step_by(WRITERS) {
-                    let due = start + interval * i as u32;
-                    let now = Instant::now();
-                    if due > now {
-                        std::thread::sleep(due - now);
-                    }
-                    let sent = micros(epoch);
-                    let seq = put(addr, &format!("lat{i}"), "m");
-                    let acked = micros(epoch);
-                    writes.lock().unwrap().insert(seq, (sent, acked));
-                }
-            })
-        })
-        .collect();
-    for writer in writers {
-        writer.join().expect("writer");
-    }
-    let write_span = start.elapsed();
+    let (writes, write_span) =
+        paced_writes(load, epoch, move |i| put(addr, &format!("lat{i}"), "m"));
     let deliveries: Vec<Deliveries> = runtime.block_on(async {
         let mut all = Vec::with_capacity(subscribers);
         for handle in handles {
@@ -167,7 +187,6 @@ fn delivery_latency(addr: SocketAddr, load: Load) {
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
 
-    let writes = writes.lock().unwrap();
     assert_eq!(writes.len(), n_writes);
     let mut from_sent = Vec::with_capacity(subscribers * n_writes);
     let mut from_ack = Vec::with_capacity(subscribers * n_writes);
@@ -189,21 +208,120 @@ fn delivery_latency(addr: SocketAddr, load: Load) {
             from_ack.push(at.saturating_sub(acked));
         }
     }
-    println!(
-        "{n_writes} writes in {:.2} s ({:.0}/s), {} deliveries, every subscriber got every event in order",
-        write_span.as_secs_f64(),
-        n_writes as f64 / write_span.as_secs_f64(),
-        from_sent.len()
-    );
-    print_latency("write sent -> delivered", &mut from_sent);
-    print_latency("write acked -> delivered", &mut from_ack);
-    println!(
-        "  ({:.1}% of deliveries arrived before the writer had read its response)",
-        100.0 * before_ack as f64 / from_ack.len() as f64
-    );
+    report(
+        "",
+        "every subscriber got every event in order",
+        n_writes,
+        write_span,
+        &mut from_sent,
+        &mut from_ack,
+        before_ack,
+    )
 }
 
-fn print_latency(what: &str, micros: &mut [u32]) {
+/// `load.writes()` writes paced open-loop from `WRITERS` threads: write `i` is
+/// due `i / rate` after the start, and a late one is sent at once. `write(i)`
+/// does write `i` and returns the key its deliveries are matched by. Returns
+/// key -> (sent, acked) in microseconds since `epoch`, and the time from the
+/// first due time to the last response.
+fn paced_writes<K, W>(load: Load, epoch: Instant, write: W) -> (HashMap<K, (u32, u32)>, Duration)
+where
+    K: Eq + Hash + Send + 'static,
+    W: Fn(usize) -> K + Send + Sync + 'static,
+{
+    let n_writes = load.writes();
+    let write = Arc::new(write);
+    let writes: Arc<Mutex<HashMap<K, (u32, u32)>>> = Arc::default();
+    let start = Instant::now() + Duration::from_millis(100);
+    let interval = Duration::from_micros(1_000_000 / load.rate);
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let writes = writes.clone();
+            let write = write.clone();
+            std::thread::spawn(move || {
+                for i in (w..n_writes).step_by(WRITERS) {
+                    let due = start + interval * i as u32;
+                    let now = Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    }
+                    let sent = micros(epoch);
+                    let key = write(i);
+                    let acked = micros(epoch);
+                    writes.lock().unwrap().insert(key, (sent, acked));
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().expect("writer");
+    }
+    let write_span = start.elapsed();
+    let writes = std::mem::take(&mut *writes.lock().unwrap());
+    (writes, write_span)
+}
+
+/// Prints a delivery-latency phase's lines, each after `prefix`; `checked`
+/// says what was verified of the deliveries.
+fn report(
+    prefix: &str,
+    checked: &str,
+    n_writes: usize,
+    write_span: Duration,
+    from_sent: &mut [u32],
+    from_ack: &mut [u32],
+    before_ack: usize,
+) -> Delivery {
+    let writes_per_s = n_writes as f64 / write_span.as_secs_f64();
+    println!(
+        "{prefix}{n_writes} writes in {:.2} s ({writes_per_s:.0}/s), {} deliveries, {checked}",
+        write_span.as_secs_f64(),
+        from_sent.len()
+    );
+    let p99_sent_ms = print_latency(&format!("{prefix}write sent -> delivered"), from_sent);
+    let p99_acked_ms = print_latency(&format!("{prefix}write acked -> delivered"), from_ack);
+    println!(
+        "  ({prefix}{:.1}% of deliveries arrived before the writer had read its response)",
+        100.0 * before_ack as f64 / from_ack.len() as f64
+    );
+    Delivery {
+        writes_per_s,
+        p99_sent_ms,
+        p99_acked_ms,
+    }
+}
+
+/// Writes all of `bytes` (tokio's `io-util` is not among the crate's
+/// features: readiness + `try_write`).
+async fn send_all(stream: &tokio::net::TcpStream, bytes: &[u8], what: &str) {
+    let mut written = 0;
+    while written < bytes.len() {
+        stream.writable().await.expect("writable");
+        match stream.try_write(&bytes[written..]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+}
+
+/// Reads what is there (at least one byte, or 0 at the end of the stream);
+/// panics if nothing comes within the timeout.
+async fn read_some(stream: &tokio::net::TcpStream, buf: &mut [u8], what: &str) -> usize {
+    loop {
+        tokio::time::timeout(TIMEOUT, stream.readable())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: nothing within the timeout"))
+            .expect("readable");
+        match stream.try_read(buf) {
+            Ok(n) => return n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+}
+
+fn print_latency(what: &str, micros: &mut [u32]) -> f64 {
     micros.sort_unstable();
     let at = |q: f64| micros[((micros.len() as f64 - 1.0) * q).round() as usize] as f64 / 1000.0;
     println!(
@@ -214,6 +332,7 @@ fn print_latency(what: &str, micros: &mut [u32]) {
         at(0.999),
         at(1.0)
     );
+    at(0.99)
 }
 
 fn micros(epoch: Instant) -> u32 {
@@ -231,33 +350,14 @@ async fn subscriber(
 ) -> Deliveries {
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stream.set_nodelay(true).expect("nodelay");
-    // tokio's `io-util` is not among the crate's features: readiness + try_*.
     let request = format!("GET /api/events HTTP/1.1\r\nHost: {addr}\r\n\r\n");
-    let mut written = 0;
-    while written < request.len() {
-        stream.writable().await.expect("writable");
-        match stream.try_write(&request.as_bytes()[written..]) {
-            Ok(n) => written += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => panic!("subscribing: {e}"),
-        }
-    }
+    send_all(&stream, request.as_bytes(), "subscribing").await;
     let mut deliveries = Vec::with_capacity(n_writes);
     let mut pending: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut buf = vec![0u8; 64 * 1024];
     let mut in_body = false;
     loop {
-        let n = loop {
-            tokio::time::timeout(TIMEOUT, stream.readable())
-                .await
-                .expect("no event within the timeout")
-                .expect("readable");
-            match stream.try_read(&mut buf) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => panic!("reading events: {e}"),
-            }
-        };
+        let n = read_some(&stream, &mut buf, "reading events").await;
         assert!(n > 0, "stream closed early");
         let at = micros(epoch);
         pending.extend_from_slice(&buf[..n]);
@@ -270,7 +370,7 @@ async fn subscriber(
             in_body = true;
             connected.fetch_add(1, Ordering::SeqCst);
         }
-        // Each event is one chunk, so its `id:` line is never split by chunk
+        // A chunk holds whole events, so an `id:` line is never split by chunk
         // framing; only whole lines are parsed, the rest waits for more bytes.
         let Some(last_newline) = pending.iter().rposition(|&b| b == b'\n') else {
             continue;
@@ -350,11 +450,295 @@ fn flat_out(addr: SocketAddr, next_alias: &mut usize) -> f64 {
 }
 
 // ---------------------------------------------------------------------------
+// 3. Anchor: the same writes and watchers on etcd.
+// ---------------------------------------------------------------------------
+
+/// `"kv":{"key":"` precedes each event's base64 key in a watch response line.
+const ETCD_EVENT_KEY: &[u8] = br#""kv":{"key":""#;
+
+fn etcd_delivery_latency(binary: &Path, dir: &Path, load: Load) -> Delivery {
+    let etcd = Etcd::start(binary, dir);
+    let addr = etcd.addr;
+    println!(
+        "etcd: {} {} (pid {}) on {addr}, data in {}",
+        binary.display(),
+        etcd_version(binary),
+        etcd.child.id(),
+        dir.join("etcd").display()
+    );
+    let epoch = Instant::now();
+    let n_writes = load.writes();
+    let watchers = load.subscribers;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let created = Arc::new(AtomicUsize::new(0));
+    let handles: Vec<_> = (0..watchers)
+        .map(|_| runtime.spawn(watcher(addr, epoch, n_writes, created.clone())))
+        .collect();
+    let deadline = Instant::now() + TIMEOUT;
+    while created.load(Ordering::SeqCst) < watchers {
+        assert!(Instant::now() < deadline, "etcd watches were not created");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!(
+        "etcd: {watchers} watchers created in {:.2} s",
+        epoch.elapsed().as_secs_f64()
+    );
+
+    // index -> (sent, acked), microseconds since the epoch.
+    let value = base64(format!("{:<100}", "registry.ollama.ai/library/m:latest").as_bytes());
+    let (writes, write_span) = paced_writes(load, epoch, move |i| {
+        etcd_put(addr, &format!("w/{i}"), &value);
+        i
+    });
+    let deliveries: Vec<Deliveries> = runtime.block_on(async {
+        let mut all = Vec::with_capacity(watchers);
+        for handle in handles {
+            all.push(handle.await.expect("watcher task"));
+        }
+        all
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    etcd.stop();
+
+    assert_eq!(writes.len(), n_writes);
+    let mut from_sent = Vec::with_capacity(watchers * n_writes);
+    let mut from_ack = Vec::with_capacity(watchers * n_writes);
+    let mut before_ack = 0usize;
+    for (idx, watcher) in deliveries.iter().enumerate() {
+        // The watcher stops at `n_writes` keys and panics on a key seen twice.
+        assert_eq!(
+            watcher.len(),
+            n_writes,
+            "watcher {idx} got {} of {n_writes} keys",
+            watcher.len()
+        );
+        for (index, at) in watcher {
+            let (sent, acked) = writes[&(*index as usize)];
+            from_sent.push(at.saturating_sub(sent));
+            if *at < acked {
+                before_ack += 1;
+            }
+            from_ack.push(at.saturating_sub(acked));
+        }
+    }
+    report(
+        "etcd: ",
+        "every watcher got every key exactly once",
+        n_writes,
+        write_span,
+        &mut from_sent,
+        &mut from_ack,
+        before_ack,
+    )
+}
+
+/// One watcher on etcd's JSON gateway, watching the prefix `w/`: reads until
+/// it has seen `n_writes` distinct keys, recording each key's index and
+/// arrival time.
+async fn watcher(
+    addr: SocketAddr,
+    epoch: Instant,
+    n_writes: usize,
+    created: Arc<AtomicUsize>,
+) -> Deliveries {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let body = format!(
+        r#"{{"create_request":{{"key":"{}","range_end":"{}"}}}}"#,
+        base64(b"w/"),
+        base64(b"w0")
+    );
+    let request = format!(
+        "POST /v3/watch HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    send_all(&stream, request.as_bytes(), "watching").await;
+    let mut deliveries = Vec::with_capacity(n_writes);
+    let mut seen = vec![false; n_writes];
+    let mut raw: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut body: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut in_body = false;
+    let mut chunk_left = 0usize;
+    let mut watching = false;
+    loop {
+        let n = read_some(&stream, &mut buf, "reading watch responses").await;
+        assert!(n > 0, "watch stream closed early");
+        let at = micros(epoch);
+        raw.extend_from_slice(&buf[..n]);
+        if !in_body {
+            let Some(end) = find(&raw, b"\r\n\r\n") else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            assert!(head.starts_with("http/1.1 200"), "watching failed: {head}");
+            assert!(
+                head.contains("\r\ntransfer-encoding: chunked"),
+                "watch response not chunked: {head}"
+            );
+            raw.drain(..end + 4);
+            in_body = true;
+        }
+        // A chunk usually holds one whole response line, but a large one (many
+        // events batched for a lagging watcher) may be split: de-chunk first,
+        // then parse whole lines only.
+        dechunk(&mut raw, &mut chunk_left, &mut body);
+        let Some(last_newline) = body.iter().rposition(|&b| b == b'\n') else {
+            continue;
+        };
+        for line in body[..last_newline].split(|&b| b == b'\n') {
+            if line.is_empty() {
+                continue;
+            }
+            // Responses come as `{"result":{...}}`, a stream error as `{"error":...}`.
+            assert!(
+                line.starts_with(br#"{"result":"#),
+                "watch failed: {}",
+                String::from_utf8_lossy(line)
+            );
+            if !watching {
+                assert!(
+                    find(line, br#""created":true"#).is_some(),
+                    "first watch response: {}",
+                    String::from_utf8_lossy(line)
+                );
+                watching = true;
+                created.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
+            // A plain scan, like phase 1's for `id: `, rather than a JSON
+            // parse per line, so the client costs about the same per event.
+            let mut rest = line;
+            let before = deliveries.len();
+            while let Some(start) = find(rest, ETCD_EVENT_KEY) {
+                rest = &rest[start + ETCD_EVENT_KEY.len()..];
+                let end = rest.iter().position(|&b| b == b'"').expect("end of key");
+                let key = unbase64(&rest[..end]);
+                let index: usize = key
+                    .strip_prefix(b"w/")
+                    .and_then(|i| std::str::from_utf8(i).ok())
+                    .and_then(|i| i.parse().ok())
+                    .expect("a key w/<index>");
+                let seen = seen.get_mut(index).expect("a key written by this bench");
+                assert!(!*seen, "a watcher got w/{index} twice");
+                *seen = true;
+                deliveries.push((index as u32, at));
+                rest = &rest[end..];
+            }
+            // A cancel (e.g. compacted away) has no events.
+            assert!(
+                deliveries.len() > before || find(line, br#""canceled":true"#).is_none(),
+                "watch canceled: {}",
+                String::from_utf8_lossy(line)
+            );
+            if deliveries.len() == n_writes {
+                return deliveries;
+            }
+        }
+        body.drain(..=last_newline);
+    }
+}
+
+/// Chunked transfer decoding, incrementally: moves the data of the chunks in
+/// `raw` to `body` and leaves in `raw` what is not yet complete. `left` is
+/// what remains of the current chunk, its closing CRLF included.
+fn dechunk(raw: &mut Vec<u8>, left: &mut usize, body: &mut Vec<u8>) {
+    let mut at = 0;
+    loop {
+        if *left > 0 {
+            let take = (*left).min(raw.len() - at);
+            let data = take.min(left.saturating_sub(2));
+            body.extend_from_slice(&raw[at..at + data]);
+            at += take;
+            *left -= take;
+            if *left > 0 {
+                break;
+            }
+        }
+        let Some(eol) = find(&raw[at..], b"\r\n") else {
+            break;
+        };
+        let line = std::str::from_utf8(&raw[at..at + eol]).expect("chunk size line");
+        let size = usize::from_str_radix(line.split(';').next().unwrap_or_default().trim(), 16)
+            .expect("chunk size");
+        assert!(size > 0, "watch stream ended");
+        at += eol + 2;
+        *left = size + 2;
+    }
+    raw.drain(..at);
+}
+
+/// `POST /v3/kv/put` of `key` (text) with `value` (already base64).
+fn etcd_put(addr: SocketAddr, key: &str, value: &str) {
+    let body = format!(
+        r#"{{"key":"{}","value":"{value}"}}"#,
+        base64(key.as_bytes())
+    );
+    let response = request(addr, "POST /v3/kv/put HTTP/1.1", Some(body.as_bytes()));
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+}
+
+fn etcd_version(binary: &Path) -> String {
+    let output = Command::new(binary)
+        .arg("--version")
+        .output()
+        .expect("etcd --version");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let first = text.lines().next().unwrap_or_default();
+    first.trim_start_matches("etcd Version: ").to_string()
+}
+
+const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding, as etcd's JSON gateway has `bytes` fields.
+fn base64(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let n =
+            (chunk.iter().enumerate()).fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(BASE64[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn unbase64(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let (mut n, mut bits) = (0u32, 0);
+    for &c in text.iter().take_while(|&&c| c != b'=') {
+        let digit = BASE64.iter().position(|&b| b == c).expect("a base64 digit");
+        n = ((n << 6) | digit as u32) & 0xffff;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((n >> bits) as u8);
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
 // Plumbing.
 // ---------------------------------------------------------------------------
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The first `name` in a directory of `PATH`.
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
 }
 
 /// `PUT /api/aliases/{alias}`; returns the seq of its event.
@@ -427,7 +811,7 @@ fn write_model(models: &Path, name: &str) {
 
 /// The release binary serving the store; killed on drop.
 struct Server {
-    child: Child,
+    child: Daemon,
     addr: SocketAddr,
 }
 
@@ -458,37 +842,128 @@ impl Server {
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("spawn aliasd serve");
-        let mut server = Server { child, addr };
+        let mut child = Daemon(child);
+        child.wait_ready("aliasd", &log, || {
+            TcpStream::connect(addr).is_ok()
+                && request(addr, "GET /healthz HTTP/1.1", None).starts_with("HTTP/1.1 200")
+        });
+        Server { child, addr }
+    }
+
+    fn stop(self) {
+        self.child.stop();
+    }
+}
+
+/// A server process the bench started: stopped with SIGTERM by `stop`,
+/// killed on drop (a panic included).
+struct Daemon(Child);
+
+impl Daemon {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Waits until `ready()`; panics with the log if the process exits first.
+    fn wait_ready(&mut self, what: &str, log: &Path, ready: impl Fn() -> bool) {
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            if let Some(status) = server.child.try_wait().expect("try_wait") {
+            if let Some(status) = self.0.try_wait().expect("try_wait") {
                 panic!(
-                    "aliasd exited with {status}: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
+                    "{what} exited with {status}: {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
                 );
             }
-            if TcpStream::connect(addr).is_ok()
-                && request(addr, "GET /healthz HTTP/1.1", None).starts_with("HTTP/1.1 200")
-            {
-                return server;
+            if ready() {
+                return;
             }
-            assert!(Instant::now() < deadline, "aliasd not ready");
+            assert!(Instant::now() < deadline, "{what} not ready");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     fn stop(mut self) {
-        let _ = Command::new("kill")
+        let terminated = Command::new("kill")
             .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
+            .arg(self.0.id().to_string())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !terminated {
+            // No `kill` on PATH: waiting would hang, so SIGKILL.
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
     }
 }
 
-impl Drop for Server {
+impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An etcd of the bench's own: one member on loopback, data under `dir`;
+/// killed on drop.
+struct Etcd {
+    child: Daemon,
+    addr: SocketAddr,
+}
+
+impl Etcd {
+    fn start(binary: &Path, dir: &Path) -> Etcd {
+        // Both listeners are held until both ports are known, so they differ.
+        let client = TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let peer = TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let addr = client.local_addr().expect("client address");
+        let peer_url = format!("http://{}", peer.local_addr().expect("peer address"));
+        drop((client, peer));
+        let client_url = format!("http://{addr}");
+        let log = dir.join("etcd.log");
+        let mut command = Command::new(binary);
+        command
+            .arg("--name")
+            .arg("bench")
+            .arg("--data-dir")
+            .arg(dir.join("etcd"))
+            .arg("--listen-client-urls")
+            .arg(&client_url)
+            .arg("--advertise-client-urls")
+            .arg(&client_url)
+            .arg("--listen-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-cluster")
+            .arg(format!("bench={peer_url}"))
+            .args([
+                "--logger",
+                "zap",
+                "--log-outputs",
+                "stderr",
+                "--log-level",
+                "error",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        // etcd reads a flag from ETCD_<FLAG> too: none from the environment.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("ETCD_") {
+                command.env_remove(key);
+            }
+        }
+        let mut child = Daemon(command.spawn().expect("spawn etcd"));
+        child.wait_ready("etcd", &log, || {
+            TcpStream::connect(addr).is_ok() && {
+                let response = request(addr, "GET /health HTTP/1.1", None);
+                response.starts_with("HTTP/1.1 200") && response.contains(r#""health":"true""#)
+            }
+        });
+        Etcd { child, addr }
+    }
+
+    fn stop(self) {
+        self.child.stop();
     }
 }

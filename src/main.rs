@@ -100,11 +100,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let manifests_dir = std::fs::canonicalize(&manifests_dir).unwrap_or(manifests_dir);
     let res = runtime.block_on(async move {
         let _watcher = aliasd::watcher::spawn(registry.clone(), manifests_dir, watch_mode);
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| {
-                format!("cannot listen on {listen}; is another aliasd running? (use --listen)")
-            })?;
+        let listener = bind(listen).with_context(|| {
+            format!("cannot listen on {listen}; is another aliasd running? (use --listen)")
+        })?;
         tracing::info!("listening on http://{}", listener.local_addr()?);
         let state = aliasd::http::AppState::new(registry, http);
         aliasd::http::serve(listener, state, shutdown_signal()).await?;
@@ -113,6 +111,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     writer.join();
     res
+}
+
+/// Connections the kernel queues before aliasd accepts them (capped by
+/// `net.core.somaxconn`). tokio's default of 1,024 overflowed when a thousand
+/// event subscribers connected at once: the dropped SYNs were retried a
+/// second later.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 async fn shutdown_signal() {
