@@ -406,28 +406,52 @@ pub fn resolve(client: &Client, json: bool, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `aliasd history`.
+/// `aliasd history`: the latest `limit` events (of `alias`, if given), oldest
+/// first, like the tail of a log; `--json` prints them in the API's shape.
 ///
 /// # Errors
 ///
 /// The server refuses or cannot be reached.
 pub fn history(client: &Client, json: bool, alias: Option<&str>, limit: u32) -> anyhow::Result<()> {
-    let mut path = format!("/api/history?limit={limit}");
-    if let Some(alias) = alias {
-        path.push_str(&format!("&alias={}", encode_path(alias)));
+    const PAGE: usize = 10_000;
+    let limit = limit.max(1) as usize;
+    let mut since = match alias {
+        // Unfiltered, the latest events are simply the last seqs.
+        None => {
+            let health = client.request("GET", "/healthz", None)?.ok_json()?;
+            health["seq"]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(limit as u64)
+        }
+        Some(_) => 0,
+    };
+    let mut latest: std::collections::VecDeque<Value> = std::collections::VecDeque::new();
+    loop {
+        let mut path = format!("/api/history?since={since}&limit={PAGE}");
+        if let Some(alias) = alias {
+            path.push_str(&format!("&alias={}", encode_path(alias)));
+        }
+        let mut page = client.request("GET", &path, None)?.ok_json()?;
+        if let Some(events) = page["events"].as_array_mut() {
+            for event in events.drain(..) {
+                if latest.len() == limit {
+                    latest.pop_front();
+                }
+                latest.push_back(event);
+            }
+        }
+        match page["next"].as_u64() {
+            Some(next) if next > since => since = next,
+            _ => break,
+        }
     }
-    let value = client.request("GET", &path, None)?.ok_json()?;
+    let events = Vec::from(latest);
     if json {
-        print_json(&value);
+        print_json(&serde_json::json!({ "events": events, "next": null }));
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = value["events"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(event_row)
-        .collect();
+    let rows: Vec<Vec<String>> = events.iter().map(event_row).collect();
     print_table(&["SEQ", "TIME", "TYPE", "ALIAS", "TARGET", "ACTOR"], &rows);
     Ok(())
 }

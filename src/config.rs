@@ -66,11 +66,11 @@ pub enum Commands {
         /// A model or alias name.
         name: String,
     },
-    /// Show the history of changes.
+    /// Show the latest changes, oldest first.
     History {
         /// Only this alias.
         alias: Option<String>,
-        /// At most this many events.
+        /// How many of the latest events.
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },

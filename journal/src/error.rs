@@ -37,6 +37,14 @@ pub enum Error {
     /// The journal is closed.
     #[error("journal is closed")]
     Closed,
+    /// Another process has the journal open.
+    #[error(
+        "journal {dir} is in use by another process (is an aliasd serving it?); stop that process first"
+    )]
+    Locked {
+        /// The journal directory.
+        dir: PathBuf,
+    },
     /// [`crate::Journal::append`] was given no payloads.
     #[error("empty transaction: append needs at least one payload")]
     Empty,
@@ -101,6 +109,7 @@ impl Error {
                 reason: reason.clone(),
             },
             Error::Closed => Error::Closed,
+            Error::Locked { dir } => Error::Locked { dir: dir.clone() },
             Error::Empty => Error::Empty,
             Error::TooLarge { bytes, max } => Error::TooLarge {
                 bytes: *bytes,

@@ -235,6 +235,40 @@ struct Inner {
     sender: RwLock<Option<mpsc::Sender<writer::Request>>>,
     /// The writer thread, joined on close.
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Held while any handle lives.
+    _lock: DirLock,
+}
+
+/// The name of the lock file in a journal directory.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// An exclusive lock on a journal directory (`flock` on its `LOCK` file), so
+/// that two processes never write, truncate or repair the same journal at
+/// once. The kernel releases it when the process dies, even by `kill -9`.
+#[derive(Debug)]
+struct DirLock {
+    _file: std::fs::File,
+}
+
+impl DirLock {
+    /// Takes the lock, creating the directory and lock file if missing.
+    fn acquire(dir: &Path) -> Result<DirLock> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create dir", dir, e))?;
+        let path = dir.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("open", &path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(DirLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
+                dir: dir.to_path_buf(),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", &path, e)),
+        }
+    }
 }
 
 /// State shared by the handles, the writer thread and nothing else (readers copy what they need).
@@ -288,6 +322,7 @@ impl Journal {
     /// [`Error::Corrupt`] for damage in the middle of the journal (unless
     /// [`Options::repair`]), [`Error::Io`] when the file system fails.
     pub fn open(dir: &Path, options: Options) -> Result<Opened> {
+        let lock = DirLock::acquire(dir)?;
         let recovered = recovery::recover(dir, &options)?;
         let Some(active) = recovered.segments.last().cloned() else {
             return Err(Error::corrupt(dir, 0, "recovery left no segment"));
@@ -315,6 +350,7 @@ impl Journal {
             shared,
             sender: RwLock::new(Some(sender)),
             thread: Mutex::new(Some(thread)),
+            _lock: lock,
         };
         Ok(Opened {
             journal: Journal {
@@ -620,6 +656,27 @@ mod tests {
     use crate::testing::{
         flatten, open, payload, records, segment_files, small_segments, snapshot_files,
     };
+
+    #[test]
+    fn a_second_open_of_the_same_directory_is_refused_until_the_first_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Journal::open(dir.path(), Options::default())
+            .unwrap()
+            .journal;
+        first.append(vec![b"one".to_vec()]).unwrap();
+        let second = Journal::open(dir.path(), Options::default());
+        assert!(
+            matches!(&second, Err(Error::Locked { dir: locked }) if locked == dir.path()),
+            "{second:?}"
+        );
+        // Refused before recovery touched anything: the first goes on.
+        assert_eq!(first.append(vec![b"two".to_vec()]).unwrap(), Seq(2));
+        drop(first);
+        let reopened = Journal::open(dir.path(), Options::default())
+            .unwrap()
+            .journal;
+        assert_eq!(reopened.last_seq(), Seq(2));
+    }
 
     #[test]
     fn appends_read_back_and_survive_reopen() {

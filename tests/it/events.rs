@@ -1098,11 +1098,33 @@ fn serve_expecting_failure(server: &Server) -> (Option<i32>, String) {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("aliasd serve started on a journal damaged in the middle");
+            panic!("aliasd serve started where it should have refused");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     (status.code(), std::fs::read_to_string(log.path()).unwrap())
+}
+
+#[test]
+fn a_journal_in_use_is_refused_by_a_second_server_and_offline_writers() {
+    let server = Server::with_models(&["llama3"]);
+    server.create("coder", "llama3");
+    let (code, log) = serve_expecting_failure(&server);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("in use by another process"), "{log}");
+    for command in ["dump", "compact"] {
+        let out = journal_cmd(server.journal_dir(), &[command]);
+        assert_eq!(out.code, Some(1), "{command}: {out:?}");
+        assert!(
+            out.stderr.contains("in use by another process"),
+            "{command}: {out:?}"
+        );
+    }
+    // The running server was not disturbed, and verify only reads.
+    server.create("chat", "llama3");
+    assert_eq!(server.seq(), 2);
+    let out = journal_cmd(server.journal_dir(), &["verify"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
 }
 
 #[test]
@@ -1371,6 +1393,26 @@ fn cli_history_table_and_json() {
     assert_eq!(out.json(), *resp.expect(200));
     let out = server.cli(&["history", "--json"]);
     assert_eq!(out.json()["events"].as_array().unwrap().len(), 4);
+
+    // `--limit N` keeps the latest N, oldest first, with or without a filter.
+    let out = server.cli(&["--json", "history", "--limit", "2"]);
+    assert_eq!(
+        seqs_of(out.json()["events"].as_array().unwrap()),
+        [3, 4],
+        "{out:?}"
+    );
+    let out = server.cli(&["--json", "history", "coder", "--limit", "2"]);
+    assert_eq!(
+        seqs_of(out.json()["events"].as_array().unwrap()),
+        [3, 4],
+        "{out:?}"
+    );
+    let out = server.cli(&["--json", "history", "chat", "--limit", "5"]);
+    assert_eq!(
+        seqs_of(out.json()["events"].as_array().unwrap()),
+        [2],
+        "{out:?}"
+    );
 
     // An error from the server: exit 1 and its message.
     let down = run_cli(&["--host", "127.0.0.1:1"], &["history"]);
