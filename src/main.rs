@@ -87,19 +87,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         journal = %config.journal_dir.display(),
         "starting aliasd"
     );
-    let config_models = config.models_dir.clone();
+    // Watch the store before the start-up reconcile scans it, so that nothing
+    // changed between that scan and the watch is missed.
+    let store = aliasd::store::Store::new(&config.models_dir);
+    store
+        .ensure_layout()
+        .with_context(|| format!("creating model store {}", config.models_dir.display()))?;
+    // notify reports paths under the directory as it was given; make it absolute.
+    let manifests_dir = store.manifests_dir();
+    let manifests_dir = std::fs::canonicalize(&manifests_dir).unwrap_or(manifests_dir);
+    let watching = aliasd::watcher::Watching::start(manifests_dir, args.watch_mode());
     let (registry, writer) = aliasd::registry::Registry::start(config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     let listen = args.listen;
-    let watch_mode = args.watch_mode();
-    // notify reports paths under the directory as it was given; make it absolute.
-    let manifests_dir = aliasd::store::Store::new(&config_models).manifests_dir();
-    let manifests_dir = std::fs::canonicalize(&manifests_dir).unwrap_or(manifests_dir);
     let res = runtime.block_on(async move {
-        let _watcher = aliasd::watcher::spawn(registry.clone(), manifests_dir, watch_mode);
+        let _watcher = watching.run(registry.clone());
         let listener = bind(listen).with_context(|| {
             format!("cannot listen on {listen}; is another aliasd running? (use --listen)")
         })?;

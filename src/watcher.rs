@@ -67,38 +67,63 @@ impl Drop for WatcherHandle {
     }
 }
 
-/// Starts following `manifests_dir`. Must be called inside the tokio runtime.
-pub fn spawn(registry: Registry, manifests_dir: PathBuf, mode: WatchMode) -> WatcherHandle {
-    let (sender, receiver) = mpsc::channel::<Change>(4096);
-    let watcher = match mode {
-        WatchMode::Poll(_) => None,
-        WatchMode::Notify { .. } => match start_notify(&manifests_dir, sender.clone()) {
-            Ok(watcher) => Some(watcher),
-            Err(e) => {
-                tracing::warn!(
-                    "cannot watch {} ({e}); polling the store instead",
-                    manifests_dir.display()
-                );
-                None
-            }
-        },
-    };
-    let poll = match (mode, &watcher) {
-        (WatchMode::Poll(interval), _) => Some(interval),
-        (WatchMode::Notify { fallback_poll }, None) => Some(fallback_poll),
-        (WatchMode::Notify { .. }, Some(_)) => None,
-    };
-    if let Some(interval) = poll {
-        tracing::info!(
-            "polling {} every {:?} for external changes",
-            manifests_dir.display(),
-            interval
-        );
+/// A watch on the store set up before the registry starts: what changes
+/// meanwhile (the start-up reconcile included) queues until [`Watching::run`],
+/// so nothing that happens between the start-up scan and the first event
+/// is missed. Re-reconciling a name that start-up already settled journals
+/// nothing.
+pub struct Watching {
+    watcher: Option<notify::RecommendedWatcher>,
+    receiver: mpsc::Receiver<Change>,
+    poll: Option<Duration>,
+    root: PathBuf,
+}
+
+impl Watching {
+    /// Starts following `manifests_dir` (which must exist); needs no runtime.
+    pub fn start(manifests_dir: PathBuf, mode: WatchMode) -> Watching {
+        let (sender, receiver) = mpsc::channel::<Change>(4096);
+        let watcher = match mode {
+            WatchMode::Poll(_) => None,
+            WatchMode::Notify { .. } => match start_notify(&manifests_dir, sender) {
+                Ok(watcher) => Some(watcher),
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot watch {} ({e}); polling the store instead",
+                        manifests_dir.display()
+                    );
+                    None
+                }
+            },
+        };
+        let poll = match (mode, &watcher) {
+            (WatchMode::Poll(interval), _) => Some(interval),
+            (WatchMode::Notify { fallback_poll }, None) => Some(fallback_poll),
+            (WatchMode::Notify { .. }, Some(_)) => None,
+        };
+        if let Some(interval) = poll {
+            tracing::info!(
+                "polling {} every {:?} for external changes",
+                manifests_dir.display(),
+                interval
+            );
+        }
+        Watching {
+            watcher,
+            receiver,
+            poll,
+            root: manifests_dir,
+        }
     }
-    let task = tokio::spawn(run(registry, receiver, poll, manifests_dir));
-    WatcherHandle {
-        _watcher: watcher,
-        task,
+
+    /// Hands what the watch sees (queued changes first) to `registry`. Must be
+    /// called inside the tokio runtime.
+    pub fn run(self, registry: Registry) -> WatcherHandle {
+        let task = tokio::spawn(run(registry, self.receiver, self.poll, self.root));
+        WatcherHandle {
+            _watcher: self.watcher,
+            task,
+        }
     }
 }
 
