@@ -28,6 +28,7 @@ use crate::command::{
 use crate::event::{now_rfc3339, Event, EventType, Published};
 use crate::index::{AliasEntry, AliasName, AliasView, DepKey, Draft, Index, Models};
 use crate::materializer::Materializer;
+use crate::name::ModelName;
 use crate::publisher::{Batch, Publisher};
 use crate::reconcile;
 use crate::store::Store;
@@ -394,23 +395,25 @@ fn materialize(
     prior: &[Option<Arc<str>>],
 ) {
     let guard = shared.read().unwrap_or_else(|e| e.into_inner());
+    // The last event of each alias in the group (the index holds its final state).
     let mut done = HashSet::new();
+    let mut work: Vec<(ModelName, &Event, Option<&str>)> = Vec::new();
     for (event, prior) in events.iter().zip(prior).rev() {
         let Ok(AliasName::Exact(name)) = AliasName::of_event(event) else {
             continue;
         };
-        if !done.insert(name.key()) {
-            continue;
+        if done.insert(name.key()) {
+            work.push((name, event, prior.as_deref()));
         }
+    }
+    let sync_one = |(name, event, prior): &(ModelName, &Event, Option<&str>)| {
         let res = match guard.index.exact(name.key_str()) {
-            Some(entry) => {
-                materializer.sync_alias(&guard.index, &guard.models, entry, prior.as_deref())
-            }
+            Some(entry) => materializer.sync_alias(&guard.index, &guard.models, entry, *prior),
             None => {
                 let mut ours: Vec<&str> = Vec::new();
                 ours.extend(event.digest.as_deref());
-                ours.extend(prior.as_deref());
-                materializer.withdraw(&name, &ours)
+                ours.extend(*prior);
+                materializer.withdraw(name, &ours)
             }
         };
         match res {
@@ -419,7 +422,33 @@ fn materialize(
                 tracing::error!(alias = %name, "materializing failed: {e}; the next reconcile retries")
             }
         }
+    };
+    // Each alias has its own file, so a large group is spread over the cores:
+    // most of a file's cost is the kernel creating its directory and inode.
+    let threads = materialize_threads(work.len());
+    if threads <= 1 {
+        work.iter().for_each(sync_one);
+        return;
     }
+    let share = work.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let mut shares = work.chunks(share);
+        let own = shares.next().unwrap_or_default();
+        for other in shares {
+            scope.spawn(move || other.iter().for_each(sync_one));
+        }
+        own.iter().for_each(sync_one);
+    });
+}
+
+/// Aliases per thread below which a group's files are written by the
+/// finisher alone (a thread costs more than a few files).
+const FILES_PER_THREAD: usize = 8;
+
+/// How many threads write a group of `files` alias files.
+fn materialize_threads(files: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    (files / FILES_PER_THREAD).clamp(1, cores.min(4))
 }
 
 /// A planned request waiting for the group's commit.

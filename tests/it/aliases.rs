@@ -595,6 +595,58 @@ fn batch_applies_every_op() {
 }
 
 #[test]
+fn a_large_batch_materializes_every_alias_and_withdraws_every_deleted_one() {
+    // Large enough that the finisher spreads the files over several threads.
+    const N: usize = 100;
+    let server = Server::with_models(&["m1", "m2"]);
+    let put = |target: &str| -> Vec<Value> {
+        (0..N)
+            .map(|i| json!({ "op": "put", "alias": format!("many-{i}"), "target": target }))
+            .collect()
+    };
+    server
+        .send_json("POST", "/api/aliases", &json!({ "ops": put("m1") }))
+        .expect(200);
+    for i in 0..N {
+        assert_eq!(
+            server.store.read(&format!("many-{i}")),
+            server.store.read("m1"),
+            "many-{i}"
+        );
+    }
+    server
+        .send_json("POST", "/api/aliases", &json!({ "ops": put("m2") }))
+        .expect(200);
+    for i in 0..N {
+        assert_eq!(
+            server.store.read(&format!("many-{i}")),
+            server.store.read("m2"),
+            "many-{i}"
+        );
+    }
+    let deletes: Vec<Value> = (0..N)
+        .filter(|i| i % 2 == 0)
+        .map(|i| json!({ "op": "delete", "alias": format!("many-{i}") }))
+        .collect();
+    server
+        .send_json("POST", "/api/aliases", &json!({ "ops": deletes }))
+        .expect(200);
+    for i in 0..N {
+        let expected = if i % 2 == 0 {
+            None
+        } else {
+            server.store.read("m2")
+        };
+        assert_eq!(
+            server.store.read(&format!("many-{i}")),
+            expected,
+            "many-{i}"
+        );
+    }
+    assert_eq!(server.seq(), (N + N + N / 2) as u64);
+}
+
+#[test]
 fn a_failing_batch_applies_nothing_and_names_the_op() {
     let server = Server::with_models(&["m"]);
     server.create("base", "m");
