@@ -2,10 +2,10 @@
 //! the model store, and have the registry bring aliases in line.
 //!
 //! The `notify` callback thread only translates a file-system event into the
-//! names it touches and hands them over with `try_send`. A debounce task
-//! gathers them until the store has been quiet for [`QUIET`] (at most
-//! [`MAX_DELAY`] after the first), so a pull that rewrites a file in several
-//! steps yields one reconcile, and sends the registry one `ReconcileNames`.
+//! names it touches and adds them to an inbox. A debounce task takes them
+//! once the store has been quiet for [`QUIET`] (at most [`MAX_DELAY`] after
+//! the first), so a pull that rewrites a file in several steps yields one
+//! reconcile, and sends the registry one `ReconcileNames`.
 //! aliasd's own writes come back here too; the registry recognizes its own
 //! files and journals nothing for them, so there are no loops.
 //!
@@ -17,7 +17,8 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use notify::Watcher as _;
-use tokio::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use crate::command::Origin;
 use crate::name::ModelName;
@@ -74,7 +75,7 @@ impl Drop for WatcherHandle {
 /// nothing.
 pub struct Watching {
     watcher: Option<notify::RecommendedWatcher>,
-    receiver: mpsc::Receiver<Change>,
+    inbox: Arc<Inbox>,
     poll: Option<Duration>,
     root: PathBuf,
 }
@@ -82,10 +83,10 @@ pub struct Watching {
 impl Watching {
     /// Starts following `manifests_dir` (which must exist); needs no runtime.
     pub fn start(manifests_dir: PathBuf, mode: WatchMode) -> Watching {
-        let (sender, receiver) = mpsc::channel::<Change>(4096);
+        let inbox = Arc::new(Inbox::default());
         let watcher = match mode {
             WatchMode::Poll(_) => None,
-            WatchMode::Notify { .. } => match start_notify(&manifests_dir, sender) {
+            WatchMode::Notify { .. } => match start_notify(&manifests_dir, inbox.clone()) {
                 Ok(watcher) => Some(watcher),
                 Err(e) => {
                     tracing::warn!(
@@ -110,7 +111,7 @@ impl Watching {
         }
         Watching {
             watcher,
-            receiver,
+            inbox,
             poll,
             root: manifests_dir,
         }
@@ -119,7 +120,7 @@ impl Watching {
     /// Hands what the watch sees (queued changes first) to `registry`. Must be
     /// called inside the tokio runtime.
     pub fn run(self, registry: Registry) -> WatcherHandle {
-        let task = tokio::spawn(run(registry, self.receiver, self.poll, self.root));
+        let task = tokio::spawn(run(registry, self.inbox, self.poll, self.root));
         WatcherHandle {
             _watcher: self.watcher,
             task,
@@ -129,7 +130,7 @@ impl Watching {
 
 fn start_notify(
     manifests_dir: &Path,
-    sender: mpsc::Sender<Change>,
+    inbox: Arc<Inbox>,
 ) -> notify::Result<notify::RecommendedWatcher> {
     let root = manifests_dir.to_path_buf();
     let handler = move |res: notify::Result<notify::Event>| {
@@ -141,10 +142,7 @@ fn start_notify(
             }
         };
         if let Some(change) = change {
-            if sender.try_send(change).is_err() {
-                // The queue is full: one full reconcile covers whatever was dropped.
-                let _ = sender.try_send(Change::Everything);
-            }
+            inbox.add(change);
         }
     };
     // Not following symlinks spares the recursive watch of each new directory
@@ -233,39 +231,91 @@ fn classify_path(root: &Path, path: &Path) -> PathKind {
     }
 }
 
+/// Changes seen by the notify thread, gathered for the debounce task. The
+/// notify thread adds under a short lock and wakes the task only when the
+/// inbox goes from empty to not empty: one wake-up per debounce window rather
+/// than one per file-system event (a create is five or six of them).
+#[derive(Default)]
+struct Inbox {
+    state: Mutex<InboxState>,
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct InboxState {
+    pending: Pending,
+    /// When the first and the latest pending change came; `None` when empty.
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+/// Names pending past which one full reconcile is cheaper to hold than the list.
+const MAX_PENDING_NAMES: usize = 100_000;
+
+impl Inbox {
+    fn add(&self, change: Change) {
+        let now = Instant::now();
+        let was_empty = {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let was_empty = state.first.is_none();
+            state.pending.add(change);
+            if state.pending.names.len() > MAX_PENDING_NAMES {
+                state.pending = Pending {
+                    everything: true,
+                    ..Pending::default()
+                };
+            }
+            state.first.get_or_insert(now);
+            state.last = Some(now);
+            was_empty
+        };
+        if was_empty {
+            // Stores a permit if the task is not waiting yet: never lost.
+            self.wake.notify_one();
+        }
+    }
+
+    /// What is pending, once the store has been quiet for [`QUIET`] (or
+    /// [`MAX_DELAY`] after the first change). Cancel-safe: changes stay in
+    /// the inbox until taken.
+    async fn next_batch(&self) -> Pending {
+        loop {
+            let (first, last) = {
+                let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                (state.first, state.last)
+            };
+            let (Some(first), Some(last)) = (first, last) else {
+                self.wake.notified().await;
+                continue;
+            };
+            let due = (last + QUIET).min(first + MAX_DELAY);
+            if Instant::now() < due {
+                tokio::time::sleep_until(due.into()).await;
+                continue;
+            }
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.first = None;
+            state.last = None;
+            return std::mem::take(&mut state.pending);
+        }
+    }
+}
+
 /// Gathers changes until the store is quiet, then asks the registry to reconcile.
-async fn run(
-    registry: Registry,
-    mut receiver: mpsc::Receiver<Change>,
-    poll: Option<Duration>,
-    root: PathBuf,
-) {
+async fn run(registry: Registry, inbox: Arc<Inbox>, poll: Option<Duration>, root: PathBuf) {
     let mut poll_timer = poll.map(|interval| {
         let mut timer = tokio::time::interval(interval);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         timer
     });
     loop {
-        let first = match &mut poll_timer {
-            // Polling has no sender: a closed channel disables that branch.
+        let pending = match &mut poll_timer {
             Some(timer) => tokio::select! {
-                Some(change) = receiver.recv() => Some(change),
-                _ = timer.tick() => Some(Change::Everything),
+                pending = inbox.next_batch() => pending,
+                _ = timer.tick() => Pending { everything: true, ..Pending::default() },
             },
-            None => receiver.recv().await,
+            None => inbox.next_batch().await,
         };
-        let Some(first) = first else { return };
-        let mut pending = Pending::default();
-        pending.add(first);
-        let deadline = tokio::time::Instant::now() + MAX_DELAY;
-        loop {
-            let quiet_until = (tokio::time::Instant::now() + QUIET).min(deadline);
-            match tokio::time::timeout_at(quiet_until, receiver.recv()).await {
-                Ok(Some(change)) => pending.add(change),
-                // No more changes can come (polling): reconcile what we have.
-                Ok(None) | Err(_) => break,
-            }
-        }
         let Some(command) = pending.into_command(&registry, &root).await else {
             continue;
         };
