@@ -774,9 +774,10 @@ fn sse_stalled_subscriber_catches_up_from_the_journal() {
     // It is live again afterwards.
     server.create("after", &target);
     assert_eq!(stream.next().seq(), EVENTS as u64 + 1);
-    // The writes did not wait for the subscriber, and it did lag (so the
-    // journal catch-up was what filled the gap).
-    assert!(wrote_in < PAUSE, "writing took {wrote_in:?}");
+    // The writes did not wait for the subscriber (all 10,000 were
+    // acknowledged while it read nothing; their speed is measured in
+    // `benches/sse_delivery.rs`, not here), and it did lag, so the journal
+    // catch-up was what filled the gap.
     assert!(
         server.stderr().contains("subscriber lagged"),
         "the subscriber never lagged; the test did not exercise catch-up"
