@@ -1,5 +1,6 @@
 //! Journal benchmarks: the disk's own fdatasync latency, then single-append latency,
-//! group-commit throughput with 64 appenders, and replay throughput.
+//! group-commit throughput with 64 appenders (threads, then async tasks), and replay
+//! throughput.
 //!
 //! Files go under `CARGO_TARGET_TMPDIR` (inside the target directory), which is on the
 //! same disk as the workspace; `/tmp` may be a tmpfs, where fsync costs nothing.
@@ -131,6 +132,46 @@ fn group_commit(c: &mut Criterion) {
     }
 }
 
+/// (c') Group commit with 64 async appenders: tokio tasks on a 2-worker runtime (as in
+/// the server), each awaiting `append_async` 50 times in a row. The writer wakes a task
+/// per record instead of a thread, so the cost per record is a queue push, not a
+/// context switch.
+fn group_commit_async(c: &mut Criterion) {
+    let dir = bench_dir();
+    let journal = Journal::open(dir.path(), Options::default())
+        .unwrap()
+        .journal;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("append");
+    group.throughput(Throughput::Elements(
+        (APPENDERS * APPENDS_PER_THREAD) as u64,
+    ));
+    group.bench_function("group_commit_64_async_appenders_200B", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let tasks: Vec<_> = (0..APPENDERS)
+                    .map(|task_idx| {
+                        let journal = journal.clone();
+                        tokio::spawn(async move {
+                            for idx in 0..APPENDS_PER_THREAD {
+                                let payload = record((task_idx * 1000 + idx) as u64);
+                                journal.append_async(vec![payload]).await.unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    task.await.unwrap();
+                }
+            })
+        })
+    });
+    group.finish();
+}
+
 /// (d) Replay: `read_from(1)` over 500k records of 200 bytes, warm cache.
 fn replay(c: &mut Criterion) {
     let dir = bench_dir();
@@ -171,6 +212,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = raw_fdatasync, single_append, group_commit, replay
+    targets = raw_fdatasync, single_append, group_commit, group_commit_async, replay
 }
 criterion_main!(benches);

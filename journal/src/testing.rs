@@ -86,3 +86,23 @@ pub(crate) fn flatten(txns: &[(u64, Vec<Vec<u8>>)]) -> Vec<(u64, Vec<u8>)> {
         })
         .collect()
 }
+
+/// Runs a future to completion on this thread, parking between polls (enough for
+/// the journal's futures, which are woken by the writer thread).
+pub(crate) fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    struct ThreadWaker(std::thread::Thread);
+    impl std::task::Wake for ThreadWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        std::thread::park();
+    }
+}

@@ -16,6 +16,8 @@
 use std::path::PathBuf;
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::io::IoFile;
@@ -27,6 +29,51 @@ use crate::{SegmentMeta, Seq, Shared};
 const MAX_BATCH_BYTES: usize = 8 << 20;
 /// Drop the encoding buffer after a batch that made it larger than this.
 const MAX_KEPT_BUFFER: usize = 16 << 20;
+
+/// The appenders a commit answered are expected back (a loop of appends, or
+/// many clients at a steady rate). When fewer are queued than the last commit
+/// answered, the writer waits up to this fraction of the last commit's duration
+/// for the rest, so that they share the next `fdatasync` instead of splitting into
+/// a small batch (whoever was back first) and a large one. One appender never waits.
+const GATHER_FRACTION: u32 = 4;
+/// How long the writer naps between looks at the queue while it gathers.
+const GATHER_NAP: Duration = Duration::from_micros(20);
+/// The longest such wait, whatever the last commit took.
+const MAX_GATHER: Duration = Duration::from_micros(500);
+
+/// Moves whatever is queued into `batch`, up to [`MAX_BATCH_BYTES`].
+fn drain_queue(requests: &Receiver<Request>, batch: &mut Vec<Request>, bytes: &mut usize) {
+    while *bytes < MAX_BATCH_BYTES {
+        match requests.try_recv() {
+            Ok(request) => {
+                *bytes += request.bytes();
+                batch.push(request);
+            }
+            Err(_) => break,
+        }
+    }
+}
+
+/// Adds requests to `batch` until it holds `expected` of them, it is full, or `wait`
+/// has passed. It naps and drains rather than blocking on the queue, so the
+/// returning appenders do not wake the writer one by one.
+fn gather(
+    requests: &Receiver<Request>,
+    batch: &mut Vec<Request>,
+    bytes: &mut usize,
+    expected: usize,
+    wait: Duration,
+) {
+    let deadline = Instant::now() + wait;
+    while batch.len() < expected && *bytes < MAX_BATCH_BYTES {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(GATHER_NAP));
+        drain_queue(requests, batch, bytes);
+    }
+}
 
 /// One queued append: a transaction and where to send its outcome.
 #[derive(Debug)]
@@ -48,32 +95,66 @@ impl Drop for Request {
 ///
 /// A mutex and condvar rather than a channel: the waiting appender blocks at once
 /// instead of spinning and yielding first, which matters with many appenders on few cores.
+/// An async appender ([`crate::Append`]) leaves a waker instead; then the writer wakes
+/// a task (a queue push in its runtime) rather than a thread (a futex syscall and a
+/// context switch), which is what lets many appenders share a few cores.
 #[derive(Debug, Default)]
 pub(crate) struct Reply {
-    outcome: Mutex<Option<Result<Seq>>>,
+    slot: Mutex<Slot>,
     ready: Condvar,
+}
+
+/// The state behind [`Reply`]'s mutex.
+#[derive(Debug, Default)]
+struct Slot {
+    outcome: Option<Result<Seq>>,
+    /// The task to wake, for an async appender.
+    waker: Option<Waker>,
+    /// A thread is blocked in [`Reply::wait`] (the condvar is signalled only then).
+    thread_waiting: bool,
 }
 
 impl Reply {
     /// Stores the outcome, unless there is one already, and wakes the appender.
     pub(crate) fn send_if_empty(&self, outcome: Result<Seq>) {
-        let mut slot = self.outcome.lock().unwrap();
-        if slot.is_none() {
-            *slot = Some(outcome);
+        let mut slot = self.slot.lock().unwrap();
+        if slot.outcome.is_none() {
+            slot.outcome = Some(outcome);
+            let waker = slot.waker.take();
+            let thread_waiting = slot.thread_waiting;
             drop(slot);
-            self.ready.notify_one();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+            if thread_waiting {
+                self.ready.notify_one();
+            }
         }
     }
 
-    /// Waits for the outcome.
+    /// Blocks the thread until the outcome is there.
     pub(crate) fn wait(&self) -> Result<Seq> {
-        let mut slot = self.outcome.lock().unwrap();
+        let mut slot = self.slot.lock().unwrap();
         loop {
-            if let Some(outcome) = slot.take() {
+            if let Some(outcome) = slot.outcome.take() {
                 return outcome;
             }
+            slot.thread_waiting = true;
             slot = self.ready.wait(slot).unwrap();
         }
+    }
+
+    /// Takes the outcome if it is there, or leaves `waker` to be woken when it comes.
+    pub(crate) fn poll(&self, waker: &Waker) -> Poll<Result<Seq>> {
+        let mut slot = self.slot.lock().unwrap();
+        if let Some(outcome) = slot.outcome.take() {
+            return Poll::Ready(outcome);
+        }
+        match &mut slot.waker {
+            Some(kept) if kept.will_wake(waker) => {}
+            kept => *kept = Some(waker.clone()),
+        }
+        Poll::Pending
     }
 }
 
@@ -126,19 +207,21 @@ impl Writer {
     /// Runs until every sender is gone and the queue is drained.
     pub(crate) fn run(mut self, requests: Receiver<Request>) {
         let mut batch = Vec::new();
+        // How many appends the last commit answered, and how long it took.
+        let mut answered = 0;
+        let mut last_commit = Duration::ZERO;
         while let Ok(first) = requests.recv() {
             let mut bytes = first.bytes();
             batch.push(first);
-            while bytes < MAX_BATCH_BYTES {
-                match requests.try_recv() {
-                    Ok(request) => {
-                        bytes += request.bytes();
-                        batch.push(request);
-                    }
-                    Err(_) => break,
-                }
+            drain_queue(&requests, &mut batch, &mut bytes);
+            if batch.len() < answered {
+                let wait = (last_commit / GATHER_FRACTION).min(MAX_GATHER);
+                gather(&requests, &mut batch, &mut bytes, answered, wait);
             }
+            let started = Instant::now();
+            answered = batch.len();
             self.commit(&mut batch);
+            last_commit = started.elapsed();
         }
     }
 
@@ -242,7 +325,7 @@ impl Writer {
 mod tests {
     use std::time::Duration;
 
-    use crate::testing::{faulty, open, payload, records, segment_files};
+    use crate::testing::{block_on, faulty, open, payload, records, segment_files};
     use crate::{verify, Error, Journal, Seq};
 
     /// The raw OS error an append failed with, if it failed with an I/O error.
@@ -310,6 +393,11 @@ mod tests {
         append_n(&journal, 1, 100, 2);
         faults.fail_next_sync();
         assert_eq!(os_error(journal.append(vec![payload(999, 40)])), Some(5));
+        assert_eq!(records(&journal, 1).len(), 2);
+        // An async append gets the same error.
+        faults.fail_next_sync();
+        let failed = block_on(journal.append_async(vec![payload(998, 40)]));
+        assert_eq!(os_error(failed), Some(5));
         assert_eq!(records(&journal, 1).len(), 2);
         assert_eq!(on_disk_len(dir.path()), journal.size_bytes());
         append_n(&journal, 3, 102, 1);
