@@ -96,18 +96,21 @@ impl ModelName {
             None => (s, None),
         };
 
-        let parts: Vec<&str> = path.split('/').collect();
-        let (host, namespace, model) = match parts.as_slice() {
-            [model] => (None, None, *model),
-            [namespace, model] => (None, Some(*namespace), *model),
-            [host, namespace, model] => (Some(*host), Some(*namespace), *model),
-            _ => {
-                return Err(ParseError::TooManyParts {
-                    name: clip(s),
-                    count: parts.len(),
-                })
-            }
-        };
+        let mut parts = path.split('/');
+        let (host, namespace, model) =
+            match (parts.next(), parts.next(), parts.next(), parts.next()) {
+                (Some(model), None, _, _) => (None, None, model),
+                (Some(namespace), Some(model), None, _) => (None, Some(namespace), model),
+                (Some(host), Some(namespace), Some(model), None) => {
+                    (Some(host), Some(namespace), model)
+                }
+                _ => {
+                    return Err(ParseError::TooManyParts {
+                        name: clip(s),
+                        count: path.split('/').count(),
+                    })
+                }
+            };
 
         let name_for_errors = || s.to_owned();
         if let Some(host) = host {
@@ -237,15 +240,38 @@ impl ModelName {
 
     /// Builds a name from parts the caller has already validated.
     fn from_valid_parts(host: &str, namespace: &str, model: &str, tag: &str) -> ModelName {
-        let spelled = full_form(host, namespace, model, tag);
         let host_end = host.len();
         let namespace_end = host_end + 1 + namespace.len();
         let model_end = namespace_end + 1 + model.len();
-        let spelled: Arc<str> = Arc::from(spelled);
-        let key = if spelled.bytes().any(|b| b.is_ascii_uppercase()) {
-            Arc::from(spelled.to_ascii_lowercase())
-        } else {
-            spelled.clone()
+        // Assembled on the stack, so that each of `spelled` and `key` costs one
+        // allocation (valid parts are ASCII and fit; anything else takes the
+        // slow path).
+        let mut buf = [0u8; MAX_NAME_LEN];
+        let mut len = 0;
+        for piece in [host, "/", namespace, "/", model, ":", tag] {
+            let Some(slot) = buf.get_mut(len..len + piece.len()) else {
+                len = usize::MAX;
+                break;
+            };
+            slot.copy_from_slice(piece.as_bytes());
+            len += piece.len();
+        }
+        let (spelled, key): (Arc<str>, Arc<str>) = match buf.get_mut(..len) {
+            Some(bytes) if bytes.is_ascii() => {
+                let spelled: Arc<str> = Arc::from(std::str::from_utf8(bytes).unwrap_or_default());
+                if bytes.iter().any(u8::is_ascii_uppercase) {
+                    bytes.make_ascii_lowercase();
+                    let key = Arc::from(std::str::from_utf8(bytes).unwrap_or_default());
+                    (spelled, key)
+                } else {
+                    (spelled.clone(), spelled)
+                }
+            }
+            _ => {
+                let spelled: Arc<str> = Arc::from(full_form(host, namespace, model, tag));
+                let key = Arc::from(spelled.to_ascii_lowercase());
+                (spelled, key)
+            }
         };
         // Parts were validated: at most 255 + 3 * 80 + 3 bytes in all.
         ModelName {
@@ -482,7 +508,14 @@ pub fn matches_prefix(prefix: &str, typed: &str) -> bool {
 
 /// `host/namespace/model:tag`, the fully qualified form in the given spelling.
 fn full_form(host: &str, namespace: &str, model: &str, tag: &str) -> String {
-    format!("{host}/{namespace}/{model}:{tag}")
+    // Pushed part by part: `format!` costs several times more, and this runs for
+    // every name parsed (each request, each replayed event, each snapshot entry).
+    let mut out = String::with_capacity(host.len() + namespace.len() + model.len() + tag.len() + 3);
+    for (part, separator) in [(host, "/"), (namespace, "/"), (model, ":"), (tag, "")] {
+        out.push_str(part);
+        out.push_str(separator);
+    }
+    out
 }
 
 /// Whether `c` may start any part of a name.
