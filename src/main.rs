@@ -37,8 +37,11 @@ fn init_tracing() {
         Ok("error") => tracing::Level::ERROR,
         _ => tracing::Level::INFO,
     };
+    // Colours only for a person at a terminal, not in a log file or journald.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_max_level(level)
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .init();
 }

@@ -921,6 +921,18 @@ fn healthz_reports_the_last_seq() {
 }
 
 #[test]
+fn the_log_has_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let server = Server::with_models(&["m"]);
+    server.create("a", "m");
+    let log = server.stderr();
+    assert!(log.contains("listening on"), "{log}");
+    assert!(
+        !log.contains('\x1b'),
+        "escape codes in a piped log: {log:?}"
+    );
+}
+
+#[test]
 fn framework_errors_are_json() {
     let server = Server::with_models(&["m"]);
     server.get("/nope").expect_error(404, "/nope");
