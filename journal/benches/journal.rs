@@ -14,7 +14,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use journal::{Journal, Options, Seq};
+use journal::{FaultyIo, Journal, Options, Seq};
 
 const RECORD_BYTES: usize = 200;
 const APPENDERS: usize = 64;
@@ -32,6 +32,28 @@ fn record(idx: u64) -> Vec<u8> {
         format!("{{\"seq\":{idx},\"type\":\"alias.created\",\"alias\":\"coder\"}}").into_bytes();
     out.resize(RECORD_BYTES, b' ');
     out
+}
+
+/// A journal on the real file system whose syncs are counted (`FaultyIo` with no
+/// fault switched on), so that a bench can say how many records shared each one.
+fn counted_journal(dir: &tempfile::TempDir) -> (Journal, FaultyIo) {
+    let counter = FaultyIo::default();
+    let options = Options {
+        io: Arc::new(counter.clone()),
+        ..Options::default()
+    };
+    let journal = Journal::open(dir.path(), options).unwrap().journal;
+    (journal, counter)
+}
+
+/// Prints records per fdatasync over a bench's whole run (warm-up included).
+fn print_records_per_sync(label: &str, journal: &Journal, counter: &FaultyIo) {
+    let records = journal.last_seq().0;
+    let syncs = counter.syncs().max(1);
+    println!(
+        "{label}: {records} records in {syncs} fdatasyncs, {:.1} records per fdatasync",
+        records as f64 / syncs as f64
+    );
 }
 
 /// (a) The disk's floor: one small write at the end of a file, then fdatasync.
@@ -53,6 +75,16 @@ fn raw_fdatasync(c: &mut Criterion) {
             file.write_all_at(&buf, offset).unwrap();
             file.sync_data().unwrap();
             offset += buf.len() as u64;
+        })
+    });
+    // The floor for one full group-commit batch: 64 records in one write, one sync.
+    let batch = buf.repeat(APPENDERS);
+    group.throughput(Throughput::Elements(APPENDERS as u64));
+    group.bench_function("write_64x200B_fdatasync", |b| {
+        b.iter(|| {
+            file.write_all_at(&batch, offset).unwrap();
+            file.sync_data().unwrap();
+            offset += batch.len() as u64;
         })
     });
     group.finish();
@@ -82,9 +114,7 @@ fn single_append(c: &mut Criterion) {
 /// measured too); each iteration releases them through a barrier and waits for all.
 fn group_commit(c: &mut Criterion) {
     let dir = bench_dir();
-    let journal = Journal::open(dir.path(), Options::default())
-        .unwrap()
-        .journal;
+    let (journal, counter) = counted_journal(&dir);
     let start = Arc::new(Barrier::new(APPENDERS + 1));
     let done = Arc::new(Barrier::new(APPENDERS + 1));
     let stop = Arc::new(AtomicBool::new(false));
@@ -130,6 +160,7 @@ fn group_commit(c: &mut Criterion) {
     for thread in threads {
         thread.join().unwrap();
     }
+    print_records_per_sync("64 appender threads", &journal, &counter);
 }
 
 /// (c') Group commit with 64 async appenders: tokio tasks on a 2-worker runtime (as in
@@ -138,9 +169,7 @@ fn group_commit(c: &mut Criterion) {
 /// context switch.
 fn group_commit_async(c: &mut Criterion) {
     let dir = bench_dir();
-    let journal = Journal::open(dir.path(), Options::default())
-        .unwrap()
-        .journal;
+    let (journal, counter) = counted_journal(&dir);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .build()
@@ -170,6 +199,7 @@ fn group_commit_async(c: &mut Criterion) {
         })
     });
     group.finish();
+    print_records_per_sync("64 async appenders", &journal, &counter);
 }
 
 /// (d) Replay: `read_from(1)` over 500k records of 200 bytes, warm cache.
