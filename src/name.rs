@@ -243,35 +243,15 @@ impl ModelName {
         let host_end = host.len();
         let namespace_end = host_end + 1 + namespace.len();
         let model_end = namespace_end + 1 + model.len();
-        // Assembled on the stack, so that each of `spelled` and `key` costs one
-        // allocation (valid parts are ASCII and fit; anything else takes the
-        // slow path).
-        let mut buf = [0u8; MAX_NAME_LEN];
-        let mut len = 0;
-        for piece in [host, "/", namespace, "/", model, ":", tag] {
-            let Some(slot) = buf.get_mut(len..len + piece.len()) else {
-                len = usize::MAX;
-                break;
-            };
-            slot.copy_from_slice(piece.as_bytes());
-            len += piece.len();
-        }
-        let (spelled, key): (Arc<str>, Arc<str>) = match buf.get_mut(..len) {
-            Some(bytes) if bytes.is_ascii() => {
-                let spelled: Arc<str> = Arc::from(std::str::from_utf8(bytes).unwrap_or_default());
-                if bytes.iter().any(u8::is_ascii_uppercase) {
-                    bytes.make_ascii_lowercase();
-                    let key = Arc::from(std::str::from_utf8(bytes).unwrap_or_default());
-                    (spelled, key)
-                } else {
-                    (spelled.clone(), spelled)
-                }
-            }
-            _ => {
-                let spelled: Arc<str> = Arc::from(full_form(host, namespace, model, tag));
-                let key = Arc::from(spelled.to_ascii_lowercase());
-                (spelled, key)
-            }
+        // One buffer for the spelling, reused for the lowercase key when the
+        // spelling has capitals (`format!` and a lowercase copy cost more).
+        let mut buffer = full_form(host, namespace, model, tag);
+        let spelled: Arc<str> = Arc::from(buffer.as_str());
+        let key = if buffer.bytes().any(|b| b.is_ascii_uppercase()) {
+            buffer.make_ascii_lowercase();
+            Arc::from(buffer)
+        } else {
+            spelled.clone()
         };
         // Parts were validated: at most 255 + 3 * 80 + 3 bytes in all.
         ModelName {

@@ -964,7 +964,7 @@ mod tests {
     fn async_appends_queued_together_commit_in_order_and_are_durable() {
         let dir = tempfile::tempdir().unwrap();
         let journal = open(dir.path(), Options::default()).journal;
-        // All 100 are queued before any is awaited, so they share batches.
+        // All 100 are queued before the first is awaited.
         let pending: Vec<Append> = (0..100)
             .map(|idx| journal.append_async(vec![payload(idx, 40), payload(idx + 1000, 40)]))
             .collect();
