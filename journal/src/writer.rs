@@ -75,6 +75,19 @@ fn gather(
     }
 }
 
+/// Asks the kernel to end this thread's naps on time: by default Linux lets a
+/// sleep run up to 50 µs late (timer slack, to batch wake-ups), which made each
+/// 20 µs gathering nap last ~70 µs. Best effort: without it naps are only longer.
+fn precise_naps() {
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
+    // SAFETY: PR_SET_TIMERSLACK takes a plain integer and touches only this thread's
+    // timer slack; it cannot affect memory.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1_000 as libc::c_ulong);
+    }
+}
+
 /// One queued append: a transaction and where to send its outcome.
 #[derive(Debug)]
 pub(crate) struct Request {
@@ -206,6 +219,7 @@ impl Writer {
 
     /// Runs until every sender is gone and the queue is drained.
     pub(crate) fn run(mut self, requests: Receiver<Request>) {
+        precise_naps();
         let mut batch = Vec::new();
         // How many appends the last commit answered, and how long it took.
         let mut answered = 0;
