@@ -363,6 +363,10 @@ where
 
 /// Serves the app on `listener` until `shutdown` completes.
 ///
+/// Every connection gets `TCP_NODELAY`: an event stream writes small chunks while
+/// earlier ones may still be unacknowledged, and Nagle's algorithm would hold each
+/// such chunk until the subscriber's (possibly delayed, up to 40 ms) ACK.
+///
 /// # Errors
 ///
 /// The listener fails.
@@ -371,8 +375,14 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
     let signal = state.shutdown.clone();
     let router = app(state);
+    let listener = listener.tap_io(|connection| {
+        if let Err(e) = connection.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY on a connection: {e}");
+        }
+    });
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
