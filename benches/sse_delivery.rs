@@ -4,7 +4,8 @@
 //! builds `target/release/aliasd` and hands its path over as
 //! `CARGO_BIN_EXE_aliasd`). The store and journal live under
 //! `CARGO_TARGET_TMPDIR` (`target/tmp`, on the same disk as the checkout), so
-//! the journal's fsync costs what it costs there, never a tmpfs.
+//! the journal's fsync costs what it costs there, never a tmpfs. They are left
+//! there after the run (see `main`); delete them when done benchmarking.
 //! The bench holds about 1,000 sockets: if `ulimit -n` is 1024 or less, run it
 //! as `bash -c 'ulimit -n 4096; cargo bench --bench sse_delivery'`.
 //!
@@ -94,8 +95,12 @@ impl Load {
 
 fn main() {
     let load = Load::from_args();
+    // The store is left behind: deleting its ~30,000 files and directories makes
+    // this disk's ext4 (no journal) skip the freed inodes on every file creation
+    // for the next minutes, which slowed the writes of the next run 2-3x.
     let base = tempfile::Builder::new()
         .prefix("aliasd-sse-delivery")
+        .disable_cleanup(true)
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .expect("tempdir");
     let models = base.path().join("models");
@@ -130,6 +135,11 @@ fn main() {
     } else {
         println!("etcd phase skipped: no `etcd` on PATH (Debian: apt-get install etcd-server)");
     }
+    println!(
+        "store left in {} (when done benchmarking: rm -rf {}/aliasd-sse-delivery*)",
+        base.path().display(),
+        env!("CARGO_TARGET_TMPDIR")
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -208,9 +218,11 @@ fn delivery_latency(addr: SocketAddr, load: Load) -> Delivery {
             from_ack.push(at.saturating_sub(acked));
         }
     }
+    let mut write_latency: Vec<u32> = writes.values().map(|(s, a)| a - s).collect();
     report(
         "",
         "every subscriber got every event in order",
+        &mut write_latency,
         n_writes,
         write_span,
         &mut from_sent,
@@ -261,11 +273,12 @@ where
     (writes, write_span)
 }
 
-/// Prints a delivery-latency phase's lines, each after `prefix`; `checked`
+/// Prints a delivery-latency phase's lines (write latency, then delivery), each after `prefix`; `checked`
 /// says what was verified of the deliveries.
 fn report(
     prefix: &str,
     checked: &str,
+    write_latency: &mut [u32],
     n_writes: usize,
     write_span: Duration,
     from_sent: &mut [u32],
@@ -278,6 +291,7 @@ fn report(
         write_span.as_secs_f64(),
         from_sent.len()
     );
+    print_latency(&format!("{prefix}write sent -> acked"), write_latency);
     let p99_sent_ms = print_latency(&format!("{prefix}write sent -> delivered"), from_sent);
     let p99_acked_ms = print_latency(&format!("{prefix}write acked -> delivered"), from_ack);
     println!(
@@ -525,9 +539,11 @@ fn etcd_delivery_latency(binary: &Path, dir: &Path, load: Load) -> Delivery {
             from_ack.push(at.saturating_sub(acked));
         }
     }
+    let mut write_latency: Vec<u32> = writes.values().map(|(s, a)| a - s).collect();
     report(
         "etcd: ",
         "every watcher got every key exactly once",
+        &mut write_latency,
         n_writes,
         write_span,
         &mut from_sent,
