@@ -218,12 +218,10 @@ fn delivery_latency(addr: SocketAddr, load: Load) -> Delivery {
             from_ack.push(at.saturating_sub(acked));
         }
     }
-    let mut write_latency: Vec<u32> = writes.values().map(|(s, a)| a - s).collect();
     report(
         "",
         "every subscriber got every event in order",
-        &mut write_latency,
-        n_writes,
+        &writes,
         write_span,
         &mut from_sent,
         &mut from_ack,
@@ -273,25 +271,27 @@ where
     (writes, write_span)
 }
 
-/// Prints a delivery-latency phase's lines (write latency, then delivery), each after `prefix`; `checked`
+/// Prints a delivery-latency phase's lines (write latency, then delivery),
+/// each after `prefix`; `writes` holds (sent, acked) per write; `checked`
 /// says what was verified of the deliveries.
-fn report(
+fn report<K>(
     prefix: &str,
     checked: &str,
-    write_latency: &mut [u32],
-    n_writes: usize,
+    writes: &HashMap<K, (u32, u32)>,
     write_span: Duration,
     from_sent: &mut [u32],
     from_ack: &mut [u32],
     before_ack: usize,
 ) -> Delivery {
+    let n_writes = writes.len();
     let writes_per_s = n_writes as f64 / write_span.as_secs_f64();
+    let mut write_latency: Vec<u32> = writes.values().map(|(sent, acked)| acked - sent).collect();
     println!(
         "{prefix}{n_writes} writes in {:.2} s ({writes_per_s:.0}/s), {} deliveries, {checked}",
         write_span.as_secs_f64(),
         from_sent.len()
     );
-    print_latency(&format!("{prefix}write sent -> acked"), write_latency);
+    print_latency(&format!("{prefix}write sent -> acked"), &mut write_latency);
     let p99_sent_ms = print_latency(&format!("{prefix}write sent -> delivered"), from_sent);
     let p99_acked_ms = print_latency(&format!("{prefix}write acked -> delivered"), from_ack);
     println!(
@@ -539,12 +539,10 @@ fn etcd_delivery_latency(binary: &Path, dir: &Path, load: Load) -> Delivery {
             from_ack.push(at.saturating_sub(acked));
         }
     }
-    let mut write_latency: Vec<u32> = writes.values().map(|(s, a)| a - s).collect();
     report(
         "etcd: ",
         "every watcher got every key exactly once",
-        &mut write_latency,
-        n_writes,
+        &writes,
         write_span,
         &mut from_sent,
         &mut from_ack,
