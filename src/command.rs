@@ -191,10 +191,7 @@ pub fn plan_put(
     let alias = parse_alias(&put.alias, put.prefix_matching)?;
     let target = parse_target(&put.target)?;
     let key = alias.key();
-    let dep = DepKey {
-        prefix: alias.is_prefix(),
-        key: alias.key_arc(),
-    };
+    let dep = DepKey::new(alias.is_prefix(), alias.key_arc());
     let existing = draft.entry(&dep).cloned();
     // An alias keeps the spelling it was created with (SPEC §2), whatever
     // spelling retargets it: its file path must not change.
