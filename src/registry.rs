@@ -828,3 +828,105 @@ pub fn is_system_event(kind: EventType) -> bool {
         EventType::AliasCreated | EventType::AliasUpdated | EventType::AliasDeleted
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::load_index;
+    use crate::event::{Event, EventType};
+    use crate::index::{AliasEntry, Index, Tombstone};
+
+    /// Aliases (exact, and one prefix alias), targets (models and aliases, so
+    /// chains form), digests: small pools, so events hit the same aliases often.
+    const ALIASES: [(&str, bool); 5] = [
+        ("a", false),
+        ("B:q4", false),
+        ("team/c", false),
+        ("a", false),
+        ("qwen2.5-coder:", true),
+    ];
+    const TARGETS: [&str; 5] = [
+        "m1",
+        "m2:q4",
+        "a",
+        "b:q4",
+        "registry.example.com/x/m3:latest",
+    ];
+    const DIGESTS: [&str; 3] = ["sha256:aa", "sha256:bb", "sha256:cc"];
+
+    fn events() -> impl Strategy<Value = Vec<Event>> {
+        let one = (
+            0..ALIASES.len(),
+            0..EventType::ALL.len(),
+            proptest::option::of(0..TARGETS.len()),
+            proptest::option::of(0..DIGESTS.len()),
+            0u64..10_000_000,
+        );
+        proptest::collection::vec(one, 1..120).prop_map(|picks| {
+            picks
+                .into_iter()
+                .enumerate()
+                .map(|(idx, (alias, kind, target, digest, micros))| {
+                    let (alias, prefix_matching) = ALIASES[alias];
+                    Event {
+                        seq: idx as u64 + 1,
+                        id: format!("id-{idx}"),
+                        time: crate::index::format_time(1_700_000_000_000_000 + micros),
+                        kind: EventType::ALL[kind],
+                        alias: alias.to_string(),
+                        target: target.map(|t| TARGETS[t].to_string()),
+                        previous_target: None,
+                        digest: digest.map(|d| DIGESTS[d].to_string()),
+                        prefix_matching,
+                        actor: "test".into(),
+                        request_id: None,
+                    }
+                })
+                .collect()
+        })
+    }
+
+    /// The state of an index, in a comparable order.
+    fn state(index: &Index) -> (Vec<AliasEntry>, Vec<Tombstone>, u64) {
+        let mut entries: Vec<AliasEntry> = index.entries().cloned().collect();
+        entries.sort_by_key(|e| (e.alias.is_prefix(), e.alias.key()));
+        let mut tombstones: Vec<Tombstone> = index.tombstones().cloned().collect();
+        tombstones.sort_by_key(|t| t.name.key());
+        (entries, tombstones, index.last_seq())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Replaying a journal (from the start, and from a snapshot taken part
+        /// way) gives the index that applying the same events one by one gives.
+        #[test]
+        fn replay_equals_applying_the_events_in_order(events in events(), cut in 0usize..120) {
+            let mut expected = Index::default();
+            let mut at_cut = None;
+            for (idx, event) in events.iter().enumerate() {
+                let _ = expected.apply(event);
+                if idx + 1 == cut.min(events.len()) {
+                    at_cut = Some(expected.clone());
+                }
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let opened = journal::Journal::open(dir.path(), journal::Options::default()).unwrap();
+            let journal = opened.journal;
+            journal.append(events.iter().map(Event::encode).collect()).unwrap();
+
+            let replayed = load_index(&journal, None).unwrap();
+            prop_assert_eq!(state(&replayed), state(&expected));
+
+            if let Some(at_cut) = at_cut {
+                let snapshot = journal::Snapshot {
+                    seq: journal::Seq(at_cut.last_seq()),
+                    data: crate::snapshot::encode(&at_cut),
+                };
+                let resumed = load_index(&journal, Some(snapshot)).unwrap();
+                prop_assert_eq!(state(&resumed), state(&expected));
+            }
+        }
+    }
+}
