@@ -197,6 +197,73 @@ pub struct Tombstone {
     pub digest: Arc<str>,
 }
 
+/// An event's state-relevant fields, parsed: what [`Index::apply_prepared`]
+/// takes. Preparing needs no index, so replay prepares on one thread while it
+/// applies on another.
+#[derive(Debug, Clone)]
+pub struct PreparedChange {
+    seq: u64,
+    /// Microseconds since the epoch.
+    time: u64,
+    kind: EventType,
+    alias: AliasName,
+    target: Option<ModelName>,
+    digest: Option<Arc<str>>,
+}
+
+/// Parses changes into [`PreparedChange`]s, each target and digest spelling once.
+#[derive(Debug, Clone, Default)]
+pub struct Preparer {
+    /// Parsed targets by the text events give them (display form).
+    targets: HashMap<Box<str>, ModelName>,
+    digests: HashSet<Arc<str>>,
+}
+
+impl Preparer {
+    /// Parses a change's alias, target and time.
+    ///
+    /// # Errors
+    ///
+    /// The alias or the target does not parse (a journal written by a
+    /// different build).
+    pub fn prepare(&mut self, change: &Change<'_>) -> Result<PreparedChange, String> {
+        let alias = AliasName::of_change(change)?;
+        let target = match change.target.as_deref() {
+            None => None,
+            Some(text) => Some(self.target(text)?),
+        };
+        let digest = change.digest.as_deref().map(|d| self.digest(d));
+        Ok(PreparedChange {
+            seq: change.seq,
+            time: parse_time(&change.time),
+            kind: change.kind,
+            alias,
+            target,
+            digest,
+        })
+    }
+
+    fn target(&mut self, text: &str) -> Result<ModelName, String> {
+        if let Some(name) = self.targets.get(text) {
+            return Ok(name.clone());
+        }
+        let name = ModelName::parse(text).map_err(|e| e.to_string())?;
+        self.targets.insert(Box::from(text), name.clone());
+        Ok(name)
+    }
+
+    fn digest(&mut self, digest: &str) -> Arc<str> {
+        match self.digests.get(digest) {
+            Some(interned) => interned.clone(),
+            None => {
+                let digest: Arc<str> = Arc::from(digest);
+                self.digests.insert(digest.clone());
+                digest
+            }
+        }
+    }
+}
+
 /// The authoritative registry state derived from the journal.
 ///
 /// Keys are shared strings: the key of an exact alias is the same allocation
@@ -214,8 +281,8 @@ pub struct Index {
     names: HashMap<Arc<str>, ModelName>,
     /// Interned digests.
     digests: HashSet<Arc<str>>,
-    /// Interned targets by the text events give them (display form).
-    targets_by_text: HashMap<Box<str>, ModelName>,
+    /// Parses the names of live events, each target spelling once.
+    preparer: Preparer,
     last_seq: u64,
 }
 
@@ -537,16 +604,18 @@ impl Index {
     ///
     /// As [`Index::apply`].
     pub fn apply_change(&mut self, change: &Change<'_>) -> Result<(), String> {
-        let alias = AliasName::of_change(change)?;
-        let target = match &change.target {
-            None => None,
-            Some(text) => Some(self.target_named(text)?),
-        };
-        let digest = change.digest.as_deref().map(|d| self.intern_digest_str(d));
-        let key = alias.key_arc();
-        let dep = DepKey::new(alias.is_prefix(), key.clone());
+        let prepared = self.preparer.prepare(change)?;
+        self.apply_prepared(prepared);
+        Ok(())
+    }
+
+    /// [`Index::apply`] on a change already parsed (by any [`Preparer`]).
+    pub fn apply_prepared(&mut self, change: PreparedChange) {
+        let key = change.alias.key_arc();
+        let dep = DepKey::new(change.alias.is_prefix(), key.clone());
+        let seq = change.seq;
         let previous = self.table_mut(dep.prefix).remove(&key).map(|e| *e);
-        let next = next_entry(previous.as_ref(), alias, target, change, digest);
+        let next = next_entry(previous.as_ref(), change);
         if let Some(old) = &previous {
             self.unlink(&dep, old.target.key_str());
         }
@@ -562,31 +631,7 @@ impl Index {
         if let Some(entry) = next {
             self.insert(dep, entry);
         }
-        self.last_seq = self.last_seq.max(change.seq);
-        Ok(())
-    }
-
-    /// The interned name for a target as an event spells it; parsed only
-    /// the first time that spelling is seen.
-    fn target_named(&mut self, text: &str) -> Result<ModelName, String> {
-        if let Some(name) = self.targets_by_text.get(text) {
-            return Ok(name.clone());
-        }
-        let name = ModelName::parse(text).map_err(|e| e.to_string())?;
-        let name = self.intern_name(name);
-        self.targets_by_text.insert(Box::from(text), name.clone());
-        Ok(name)
-    }
-
-    fn intern_digest_str(&mut self, digest: &str) -> Arc<str> {
-        match self.digests.get(digest) {
-            Some(interned) => interned.clone(),
-            None => {
-                let digest: Arc<str> = Arc::from(digest);
-                self.digests.insert(digest.clone());
-                digest
-            }
-        }
+        self.last_seq = self.last_seq.max(seq);
     }
 
     /// Adds an entry (interning its target and digests) and its reverse link.
@@ -714,16 +759,17 @@ pub fn format_time(micros: u64) -> String {
 }
 
 /// The entry an event leaves behind, given the one before it.
-fn next_entry(
-    previous: Option<&AliasEntry>,
-    alias: AliasName,
-    target: Option<ModelName>,
-    event: &Change<'_>,
-    digest: Option<Arc<str>>,
-) -> Option<AliasEntry> {
-    let time = parse_time(&event.time);
+fn next_entry(previous: Option<&AliasEntry>, change: PreparedChange) -> Option<AliasEntry> {
+    let PreparedChange {
+        seq,
+        time,
+        kind,
+        alias,
+        target,
+        digest,
+    } = change;
     let previous_digest = previous.and_then(|p| p.digest.clone());
-    match event.kind {
+    match kind {
         EventType::AliasDeleted => None,
         EventType::AliasCreated | EventType::AliasUpdated => {
             let target = target.or_else(|| previous.map(|p| p.target.clone()))?;
@@ -732,7 +778,7 @@ fn next_entry(
             } else {
                 AliasState::Dangling
             };
-            let created_at = match (event.kind, previous) {
+            let created_at = match (kind, previous) {
                 (EventType::AliasUpdated, Some(p)) => p.created_at,
                 _ => time,
             };
@@ -744,7 +790,7 @@ fn next_entry(
                 previous_digest,
                 created_at,
                 updated_at: time,
-                seq: event.seq,
+                seq,
             })
         }
         kind => {
@@ -762,7 +808,7 @@ fn next_entry(
                 previous_digest,
                 created_at: previous.created_at,
                 updated_at: time,
-                seq: event.seq,
+                seq,
             })
         }
     }
@@ -849,10 +895,16 @@ impl<'a> Draft<'a> {
     pub fn record(&mut self, mut event: Event) -> Result<&Event, String> {
         event.seq = self.next_seq;
         let alias = AliasName::of_event(&event)?;
-        let target = parse_target(&event)?;
-        let digest = event.digest.as_deref().map(Arc::from);
         let dep = DepKey::new(alias.is_prefix(), alias.key_arc());
-        let next = next_entry(self.entry(&dep), alias, target, &event.change(), digest);
+        let change = PreparedChange {
+            seq: event.seq,
+            time: parse_time(&event.time),
+            kind: event.kind,
+            alias,
+            target: parse_target(&event)?,
+            digest: event.digest.as_deref().map(Arc::from),
+        };
+        let next = next_entry(self.entry(&dep), change);
         let table = if dep.prefix {
             &mut self.prefixes
         } else {

@@ -26,7 +26,9 @@ use crate::command::{
     PutOutcome,
 };
 use crate::event::{now_rfc3339, Event, EventType, Published};
-use crate::index::{AliasEntry, AliasName, AliasView, DepKey, Draft, Index, Models};
+use crate::index::{
+    AliasEntry, AliasName, AliasView, DepKey, Draft, Index, Models, PreparedChange, Preparer,
+};
 use crate::materializer::Materializer;
 use crate::name::ModelName;
 use crate::publisher::{Batch, Publisher};
@@ -286,7 +288,14 @@ impl Registry {
     }
 }
 
+/// Records replayed per hand-over between the decoding and applying threads.
+const REPLAY_CHUNK: usize = 4096;
+
 /// Rebuilds the index: snapshot, then every event after it.
+///
+/// Two threads share the replay: one reads the journal and decodes and parses
+/// each event (JSON, names, time), a chunk at a time, while this one applies
+/// them to the index in order.
 ///
 /// # Errors
 ///
@@ -294,6 +303,15 @@ impl Registry {
 pub fn load_index(
     journal: &journal::Journal,
     snapshot: Option<journal::Snapshot>,
+) -> anyhow::Result<Index> {
+    load_index_in_chunks(journal, snapshot, REPLAY_CHUNK)
+}
+
+/// [`load_index`], handing over `chunk` records at a time.
+fn load_index_in_chunks(
+    journal: &journal::Journal,
+    snapshot: Option<journal::Snapshot>,
+    chunk: usize,
 ) -> anyhow::Result<Index> {
     let mut index = match snapshot {
         None => Index::default(),
@@ -308,16 +326,50 @@ pub fn load_index(
             }
         },
     };
-    let from = journal::Seq(index.last_seq() + 1);
-    for record in journal.read_from(from)? {
-        let (seq, payload) = record?;
-        let change = crate::event::Change::decode(&payload)
-            .map_err(|e| anyhow::anyhow!("journal record {}: {e}", seq.0))?;
-        if let Err(e) = index.apply_change(&change) {
-            tracing::warn!("journal record {}: {e}; skipped", seq.0);
+    let records = journal.read_from(journal::Seq(index.last_seq() + 1))?;
+    // Each record: its seq, and the parsed change or why it does not parse.
+    type Chunk = Vec<(u64, Result<PreparedChange, String>)>;
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<anyhow::Result<Chunk>>(4);
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut preparer = Preparer::default();
+            let mut prepared = Vec::with_capacity(chunk);
+            for record in records {
+                let decoded = record
+                    .map_err(anyhow::Error::from)
+                    .and_then(|(seq, payload)| {
+                        let change = crate::event::Change::decode(&payload)
+                            .map_err(|e| anyhow::anyhow!("journal record {}: {e}", seq.0))?;
+                        Ok((seq.0, preparer.prepare(&change)))
+                    });
+                match decoded {
+                    Ok(item) => prepared.push(item),
+                    Err(e) => {
+                        let _ = sender.send(Err(e));
+                        return;
+                    }
+                }
+                if prepared.len() == chunk {
+                    let full = std::mem::replace(&mut prepared, Vec::with_capacity(chunk));
+                    if sender.send(Ok(full)).is_err() {
+                        return; // the applying side gave up
+                    }
+                }
+            }
+            if !prepared.is_empty() {
+                let _ = sender.send(Ok(prepared));
+            }
+        });
+        for prepared in receiver {
+            for (seq, change) in prepared? {
+                match change {
+                    Ok(change) => index.apply_prepared(change),
+                    Err(e) => tracing::warn!("journal record {seq}: {e}; skipped"),
+                }
+            }
         }
-    }
-    Ok(index)
+        Ok(index)
+    })
 }
 
 /// The state owned by the writer thread.
@@ -833,7 +885,7 @@ pub fn is_system_event(kind: EventType) -> bool {
 mod tests {
     use proptest::prelude::*;
 
-    use super::load_index;
+    use super::load_index_in_chunks;
     use crate::event::{Event, EventType};
     use crate::index::{AliasEntry, Index, Tombstone};
 
@@ -900,9 +952,14 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(48))]
 
         /// Replaying a journal (from the start, and from a snapshot taken part
-        /// way) gives the index that applying the same events one by one gives.
+        /// way; decoded on one thread and applied on another, in chunks of any
+        /// size) gives the index that applying the same events one by one gives.
         #[test]
-        fn replay_equals_applying_the_events_in_order(events in events(), cut in 0usize..120) {
+        fn replay_equals_applying_the_events_in_order(
+            events in events(),
+            cut in 0usize..120,
+            chunk in prop_oneof![1usize..8, Just(super::REPLAY_CHUNK)],
+        ) {
             let mut expected = Index::default();
             let mut at_cut = None;
             for (idx, event) in events.iter().enumerate() {
@@ -916,7 +973,7 @@ mod tests {
             let journal = opened.journal;
             journal.append(events.iter().map(Event::encode).collect()).unwrap();
 
-            let replayed = load_index(&journal, None).unwrap();
+            let replayed = load_index_in_chunks(&journal, None, chunk).unwrap();
             prop_assert_eq!(state(&replayed), state(&expected));
 
             if let Some(at_cut) = at_cut {
@@ -924,7 +981,7 @@ mod tests {
                     seq: journal::Seq(at_cut.last_seq()),
                     data: crate::snapshot::encode(&at_cut),
                 };
-                let resumed = load_index(&journal, Some(snapshot)).unwrap();
+                let resumed = load_index_in_chunks(&journal, Some(snapshot), chunk).unwrap();
                 prop_assert_eq!(state(&resumed), state(&expected));
             }
         }
