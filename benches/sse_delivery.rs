@@ -131,7 +131,7 @@ fn main() {
     } else if let Some(binary) = on_path("etcd") {
         let etcd = etcd_delivery_latency(&binary, base.path(), load);
         println!(
-            "aliasd/etcd: p99 write sent -> delivered {:.2}x, p99 write acked -> delivered {:.2}x, writes/s achieved {:.2}x",
+            "aliasd/etcd: p99 write sent -> delivered {:.4}x, p99 write acked -> delivered {:.4}x, writes/s achieved {:.2}x",
             aliasd.p99_sent_ms / etcd.p99_sent_ms,
             aliasd.p99_acked_ms / etcd.p99_acked_ms,
             aliasd.writes_per_s / etcd.writes_per_s
