@@ -692,25 +692,26 @@ impl Index {
         }
     }
 
-    /// Rebuilds an index from entries and tombstones (a snapshot).
-    pub fn from_parts(
-        entries: Vec<AliasEntry>,
-        tombstones: Vec<Tombstone>,
-        last_seq: u64,
-    ) -> Index {
+    /// An empty index to fill from a snapshot covering events up to `last_seq`
+    /// and holding `aliases` aliases.
+    pub fn for_snapshot(last_seq: u64, aliases: usize) -> Index {
         let mut index = Index {
             last_seq,
             ..Index::default()
         };
-        index.exact.reserve(entries.len());
-        for entry in entries {
-            let dep = DepKey::new(entry.alias.is_prefix(), entry.alias.key_arc());
-            index.insert(dep, entry);
-        }
-        for tombstone in tombstones {
-            index.tombstones.insert(tombstone.name.key_arc(), tombstone);
-        }
+        index.exact.reserve(aliases);
         index
+    }
+
+    /// Adds an alias read from a snapshot.
+    pub fn insert_entry(&mut self, entry: AliasEntry) {
+        let dep = DepKey::new(entry.alias.is_prefix(), entry.alias.key_arc());
+        self.insert(dep, entry);
+    }
+
+    /// Adds a tombstone read from a snapshot.
+    pub fn insert_tombstone(&mut self, tombstone: Tombstone) {
+        self.tombstones.insert(tombstone.name.key_arc(), tombstone);
     }
 }
 

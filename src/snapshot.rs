@@ -132,7 +132,17 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// The fewest bytes an alias takes in a snapshot (flags, state, name length,
+/// three string ids, three u64s).
+const MIN_ALIAS_BYTES: usize = 1 + 1 + 2 + 3 * 4 + 3 * 8;
+
+/// Aliases parsed per hand-over from the parsing thread to the inserting one.
+const DECODE_CHUNK: usize = 4096;
+
 /// Decodes a snapshot written by [`encode`].
+///
+/// A second thread parses the aliases (names above all), a chunk at a time,
+/// while this one inserts them into the index.
 ///
 /// # Errors
 ///
@@ -153,6 +163,36 @@ pub fn decode(bytes: &[u8]) -> Result<Index, String> {
         let len = cursor.u32()? as usize;
         strings.push(Arc::from(cursor.str(len)?));
     }
+    let n_aliases = cursor.u64()? as usize;
+    // Room for no more aliases than the bytes left could hold, whatever the count says.
+    let room = (bytes.len() - cursor.pos) / MIN_ALIAS_BYTES;
+    let mut index = Index::for_snapshot(last_seq, n_aliases.min(room));
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<AliasEntry>>(4);
+    std::thread::scope(|scope| {
+        let parser = scope.spawn(move || parse_rest(cursor, &strings, n_aliases, &sender));
+        for chunk in receiver {
+            for entry in chunk {
+                index.insert_entry(entry);
+            }
+        }
+        let tombstones = parser
+            .join()
+            .map_err(|_| "snapshot: the parsing thread panicked".to_string())??;
+        for tombstone in tombstones {
+            index.insert_tombstone(tombstone);
+        }
+        Ok(index)
+    })
+}
+
+/// Parses the aliases (sent to `sender` in chunks) and the tombstones (returned)
+/// that follow the string table, and checks that nothing follows them.
+fn parse_rest(
+    mut cursor: Cursor<'_>,
+    strings: &[Arc<str>],
+    n_aliases: usize,
+    sender: &std::sync::mpsc::SyncSender<Vec<AliasEntry>>,
+) -> Result<Vec<Tombstone>, String> {
     let string = |id: u32| -> Result<Option<Arc<str>>, String> {
         if id == NONE {
             return Ok(None);
@@ -165,8 +205,7 @@ pub fn decode(bytes: &[u8]) -> Result<Index, String> {
     };
     let mut targets: HashMap<u32, ModelName> = HashMap::new();
     let parse = |s: &str| ModelName::parse(s).map_err(|e| format!("snapshot: {e}"));
-    let n_aliases = cursor.u64()? as usize;
-    let mut entries = Vec::with_capacity(n_aliases.min(1 << 24));
+    let mut entries = Vec::with_capacity(n_aliases.min(DECODE_CHUNK));
     for _ in 0..n_aliases {
         let flags = cursor.u8()?;
         let state = match cursor.u8()? {
@@ -204,6 +243,17 @@ pub fn decode(bytes: &[u8]) -> Result<Index, String> {
             updated_at: cursor.u64()?,
             seq: cursor.u64()?,
         });
+        if entries.len() == DECODE_CHUNK {
+            let full = std::mem::replace(&mut entries, Vec::with_capacity(DECODE_CHUNK));
+            sender
+                .send(full)
+                .map_err(|_| "snapshot: the inserting side stopped".to_string())?;
+        }
+    }
+    if !entries.is_empty() {
+        sender
+            .send(entries)
+            .map_err(|_| "snapshot: the inserting side stopped".to_string())?;
     }
     let n_tombstones = cursor.u32()? as usize;
     let mut tombstones = Vec::with_capacity(n_tombstones.min(1 << 20));
@@ -213,13 +263,13 @@ pub fn decode(bytes: &[u8]) -> Result<Index, String> {
         let digest = string(cursor.u32()?)?.ok_or("snapshot: tombstone without digest")?;
         tombstones.push(Tombstone { name, digest });
     }
-    if cursor.pos != bytes.len() {
+    if cursor.pos != cursor.bytes.len() {
         return Err(format!(
             "snapshot: {} trailing bytes",
-            bytes.len() - cursor.pos
+            cursor.bytes.len() - cursor.pos
         ));
     }
-    Ok(Index::from_parts(entries, tombstones, last_seq))
+    Ok(tombstones)
 }
 
 #[cfg(test)]
@@ -301,5 +351,38 @@ mod tests {
         let mut extra = blob.clone();
         extra.push(0);
         assert!(decode(&extra).is_err());
+    }
+
+    #[test]
+    fn round_trips_and_rejects_cuts_across_many_chunks() {
+        let mut index = Index::default();
+        let n = DECODE_CHUNK as u64 * 2 + 10;
+        for seq in 1..=n {
+            let event = Event {
+                seq,
+                id: String::new(),
+                time: "2026-01-01T00:00:00Z".into(),
+                kind: EventType::AliasCreated,
+                alias: format!("alias-{seq}"),
+                target: Some(format!("model-{}", seq % 3)),
+                previous_target: None,
+                digest: Some(format!("sha256:{}", seq % 5)),
+                prefix_matching: false,
+                actor: "test".into(),
+                request_id: None,
+            };
+            index.apply(&event).unwrap();
+        }
+        let blob = encode(&index);
+        let back = decode(&blob).unwrap();
+        assert_eq!(back.len(), index.len());
+        assert_eq!(back.last_seq(), n);
+        for entry in index.entries() {
+            assert_eq!(back.exact(&entry.alias.key()), Some(entry));
+        }
+        // Cut after the first chunks were handed over, and in the last one.
+        for cut in [blob.len() * 3 / 4, blob.len() - 5] {
+            assert!(decode(&blob[..cut]).is_err(), "cut at {cut}");
+        }
     }
 }
