@@ -327,39 +327,9 @@ fn load_index_in_chunks(
         },
     };
     let records = journal.read_from(journal::Seq(index.last_seq() + 1))?;
-    // Each record: its seq, and the parsed change or why it does not parse.
-    type Chunk = Vec<(u64, Result<PreparedChange, String>)>;
-    let (sender, receiver) = std::sync::mpsc::sync_channel::<anyhow::Result<Chunk>>(4);
+    let (sender, receiver) = std::sync::mpsc::sync_channel(4);
     std::thread::scope(|scope| {
-        scope.spawn(move || {
-            let mut preparer = Preparer::default();
-            let mut prepared = Vec::with_capacity(chunk);
-            for record in records {
-                let decoded = record
-                    .map_err(anyhow::Error::from)
-                    .and_then(|(seq, payload)| {
-                        let change = crate::event::Change::decode(&payload)
-                            .map_err(|e| anyhow::anyhow!("journal record {}: {e}", seq.0))?;
-                        Ok((seq.0, preparer.prepare(&change)))
-                    });
-                match decoded {
-                    Ok(item) => prepared.push(item),
-                    Err(e) => {
-                        let _ = sender.send(Err(e));
-                        return;
-                    }
-                }
-                if prepared.len() == chunk {
-                    let full = std::mem::replace(&mut prepared, Vec::with_capacity(chunk));
-                    if sender.send(Ok(full)).is_err() {
-                        return; // the applying side gave up
-                    }
-                }
-            }
-            if !prepared.is_empty() {
-                let _ = sender.send(Ok(prepared));
-            }
-        });
+        scope.spawn(move || prepare_records(records, chunk, &sender));
         for prepared in receiver {
             for (seq, change) in prepared? {
                 match change {
@@ -370,6 +340,47 @@ fn load_index_in_chunks(
         }
         Ok(index)
     })
+}
+
+/// Replayed records, each with its seq: the parsed change, or why its names
+/// do not parse (such a record is skipped, with a warning).
+type PreparedChunk = Vec<(u64, Result<PreparedChange, String>)>;
+
+/// Reads, decodes and parses `records`, sending them on `chunk` at a time.
+/// Stops at the first record that cannot be read or is not an event (sending
+/// that error), or once the receiving side has gone.
+fn prepare_records(
+    records: journal::Reader,
+    chunk: usize,
+    sender: &std::sync::mpsc::SyncSender<anyhow::Result<PreparedChunk>>,
+) {
+    let mut preparer = Preparer::default();
+    let mut prepared = Vec::with_capacity(chunk);
+    for record in records {
+        let decoded = record
+            .map_err(anyhow::Error::from)
+            .and_then(|(seq, payload)| {
+                let change = crate::event::Change::decode(&payload)
+                    .map_err(|e| anyhow::anyhow!("journal record {}: {e}", seq.0))?;
+                Ok((seq.0, preparer.prepare(&change)))
+            });
+        match decoded {
+            Ok(item) => prepared.push(item),
+            Err(e) => {
+                let _ = sender.send(Err(e));
+                return;
+            }
+        }
+        if prepared.len() == chunk {
+            let full = std::mem::replace(&mut prepared, Vec::with_capacity(chunk));
+            if sender.send(Ok(full)).is_err() {
+                return;
+            }
+        }
+    }
+    if !prepared.is_empty() {
+        let _ = sender.send(Ok(prepared));
+    }
 }
 
 /// The state owned by the writer thread.
@@ -889,13 +900,14 @@ mod tests {
     use crate::event::{Event, EventType};
     use crate::index::{AliasEntry, Index, Tombstone};
 
-    /// Aliases (exact, and one prefix alias), targets (models and aliases, so
-    /// chains form), digests: small pools, so events hit the same aliases often.
+    /// Aliases (exact, one spelt in two cases, and a prefix alias), targets
+    /// (models and aliases, so chains form), digests: small pools, so events
+    /// hit the same aliases often.
     const ALIASES: [(&str, bool); 5] = [
         ("a", false),
         ("B:q4", false),
         ("team/c", false),
-        ("a", false),
+        ("A", false),
         ("qwen2.5-coder:", true),
     ];
     const TARGETS: [&str; 5] = [
