@@ -205,7 +205,7 @@ pub fn plan_put(
         }
     };
     if other_kind_exists {
-        let (kind, other) = if dep.prefix {
+        let (kind, other) = if dep.is_prefix() {
             ("a prefix", "an exact")
         } else {
             ("an exact", "a prefix")
@@ -233,7 +233,7 @@ pub fn plan_put(
             target.display()
         )));
     }
-    if !dep.prefix {
+    if !dep.is_prefix() {
         check_cycle(draft, models, &key, &target, &shown)?;
     }
     if let Some(existing) = &existing {
@@ -251,13 +251,13 @@ pub fn plan_put(
     };
     let mut event = new_event(kind, &alias, Some(&target), origin, time);
     event.previous_target = existing.as_ref().map(|e| e.target.display());
-    if !dep.prefix {
+    if !dep.is_prefix() {
         if let ChainEnd::Model(model) = draft.chain_end(models, &target) {
             event.digest = Some(model.digest.to_string());
         }
     }
     draft.record(event).map_err(CommandError::Invalid)?;
-    if !dep.prefix {
+    if !dep.is_prefix() {
         propagate(draft, models, origin, time, &key);
     }
     Ok(PutOutcome {
@@ -460,14 +460,14 @@ pub fn reconcile_alias(
 /// Their own files are untouched by the change, so they count as `Ours`.
 pub fn propagate(draft: &mut Draft<'_>, models: &Models, origin: &Origin, time: &str, key: &str) {
     for dep in draft.transitive_dependents(key) {
-        if dep.prefix {
+        if dep.is_prefix() {
             continue;
         }
         let shadowed = draft
-            .exact(&dep.key)
+            .exact(dep.key())
             .is_some_and(|e| e.state == AliasState::Shadowed);
         if !shadowed {
-            reconcile_alias(draft, models, origin, time, &dep.key, &PathState::Ours);
+            reconcile_alias(draft, models, origin, time, dep.key(), &PathState::Ours);
         }
     }
 }

@@ -165,7 +165,7 @@ pub fn observe_names(
             let Some(entry) = index.entry(&dep) else {
                 continue;
             };
-            if dep.prefix {
+            if dep.is_prefix() {
                 continue;
             }
             let state = if entry.state == AliasState::Shadowed {
@@ -175,7 +175,7 @@ pub fn observe_names(
             };
             observation
                 .path_states
-                .entry(dep.key.to_string())
+                .entry(dep.key().to_string())
                 .or_insert(state);
         }
     }
