@@ -34,7 +34,10 @@ const MAX_KEPT_BUFFER: usize = 16 << 20;
 /// many clients at a steady rate). When fewer are queued than the last commit
 /// answered, the writer waits up to this fraction of the last commit's duration
 /// for the rest, so that they share the next `fdatasync` instead of splitting into
-/// a small batch (whoever was back first) and a large one. One appender never waits.
+/// a small batch (whoever was back first) and a large one. One appender in a loop
+/// never waits; the first append after a burst of many can wait that long (at most
+/// `MAX_GATHER`) for appenders that are not coming back. Skipping the wait after a
+/// quiet spell measured no better (async 21.7-31.7x against 21.2-33.3x raw).
 const GATHER_FRACTION: u32 = 4;
 /// How long the writer naps between looks at the queue while it gathers.
 const GATHER_NAP: Duration = Duration::from_micros(20);
