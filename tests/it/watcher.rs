@@ -503,6 +503,11 @@ fn a_deleted_alias_file_is_repaired() {
     let mut fx = Fixture::new(&["qwen"]);
     fx.server.create("coder", "qwen");
     let qwen = fx.store().read("qwen").expect("qwen");
+    // The watch on the alias's new directory is added when the watcher sees the
+    // directory appear; a file removed before that goes unseen (README, Configuration).
+    // Someone deleting the file comes later than that: wait until the watcher
+    // has caught up.
+    fx.barrier();
     let since = fx.server.seq();
 
     std::fs::remove_file(fx.store().manifest_path("coder")).expect("rm alias file");
