@@ -101,7 +101,7 @@ impl Metrics {
         }
         let _ = writeln!(out, "# HELP aliasd_models Models in the store.\n# TYPE aliasd_models gauge\naliasd_models {}", gauges.models);
         let _ = writeln!(out, "# HELP aliasd_journal_seq Last durable seq.\n# TYPE aliasd_journal_seq gauge\naliasd_journal_seq {}", gauges.journal_seq);
-        let _ = writeln!(out, "# HELP aliasd_journal_bytes Bytes of journal segments.\n# TYPE aliasd_journal_bytes gauge\naliasd_journal_bytes {}", gauges.journal_bytes);
+        let _ = writeln!(out, "# HELP aliasd_journal_bytes Bytes of journal segments (headers and records; not the zeros written ahead).\n# TYPE aliasd_journal_bytes gauge\naliasd_journal_bytes {}", gauges.journal_bytes);
         let _ = writeln!(out, "# HELP aliasd_journal_commit_seconds Journal commit (write + fdatasync) latency.\n# TYPE aliasd_journal_commit_seconds histogram");
         for (bucket, bound) in self.commit_buckets.iter().zip(COMMIT_BUCKETS) {
             let _ = writeln!(
@@ -155,7 +155,7 @@ pub struct Gauges {
     pub models: u64,
     /// Last durable seq.
     pub journal_seq: u64,
-    /// Segment bytes.
+    /// Segment bytes: headers and records, not the zeros written ahead.
     pub journal_bytes: u64,
 }
 

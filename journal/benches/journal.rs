@@ -2,6 +2,12 @@
 //! group-commit throughput with 64 appenders (threads, then async tasks), and replay
 //! throughput.
 //!
+//! The raw figures come in two kinds: a write at the end of a growing file (its
+//! `fdatasync` also writes the file's new size) and a write over zeros already on disk
+//! (no size to write), which is what the journal does with its zeros written ahead
+//! (`Options::preallocate_bytes`). Each append bench also runs with that turned off
+//! (`_no_prealloc`), in the same run.
+//!
 //! Files go under `CARGO_TARGET_TMPDIR` (inside the target directory), which is on the
 //! same disk as the workspace; `/tmp` may be a tmpfs, where fsync costs nothing.
 //! Run with `cargo bench -p journal`; the figures are summarized in `journal/BENCH.md`.
@@ -36,14 +42,36 @@ fn record(idx: u64) -> Vec<u8> {
 
 /// A journal on the real file system whose syncs are counted (`FaultyIo` with no
 /// fault switched on), so that a bench can say how many records shared each one.
-fn counted_journal(dir: &tempfile::TempDir) -> (Journal, FaultyIo) {
+fn counted_journal(dir: &tempfile::TempDir, preallocate: bool) -> (Journal, FaultyIo) {
     let counter = FaultyIo::default();
     let options = Options {
         io: Arc::new(counter.clone()),
-        ..Options::default()
+        ..options(preallocate)
     };
     let journal = Journal::open(dir.path(), options).unwrap().journal;
     (journal, counter)
+}
+
+/// The default options, or the same without zeros written ahead.
+fn options(preallocate: bool) -> Options {
+    let defaults = Options::default();
+    Options {
+        preallocate_bytes: if preallocate {
+            defaults.preallocate_bytes
+        } else {
+            0
+        },
+        ..defaults
+    }
+}
+
+/// A bench's name, with `_no_prealloc` when the journal writes no zeros ahead.
+fn name(base: &str, preallocate: bool) -> String {
+    if preallocate {
+        base.to_string()
+    } else {
+        format!("{base}_no_prealloc")
+    }
 }
 
 /// Prints records per fdatasync over a bench's whole run (warm-up included).
@@ -87,25 +115,53 @@ fn raw_fdatasync(c: &mut Criterion) {
             offset += batch.len() as u64;
         })
     });
+    // The same writes over zeros already synced: the file's size never changes.
+    const ZEROED: u64 = 64 << 20;
+    let zeroed = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(dir.path().join("zeroed"))
+        .unwrap();
+    zeroed.write_all_at(&vec![0u8; ZEROED as usize], 0).unwrap();
+    zeroed.sync_all().unwrap();
+    let mut offset = 0u64;
+    let mut overwrite = |bytes: &[u8]| {
+        if offset + bytes.len() as u64 > ZEROED {
+            offset = 0;
+        }
+        zeroed.write_all_at(bytes, offset).unwrap();
+        zeroed.sync_data().unwrap();
+        offset += bytes.len() as u64;
+    };
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("overwrite_200B_fdatasync", |b| b.iter(|| overwrite(&buf)));
+    group.throughput(Throughput::Elements(APPENDERS as u64));
+    group.bench_function("overwrite_64x200B_fdatasync", |b| {
+        b.iter(|| overwrite(&batch))
+    });
     group.finish();
 }
 
 /// (b) One appender: the latency of `append` of one record.
 fn single_append(c: &mut Criterion) {
-    let dir = bench_dir();
-    let journal = Journal::open(dir.path(), Options::default())
-        .unwrap()
-        .journal;
-    let mut group = c.benchmark_group("append");
-    group.throughput(Throughput::Elements(1));
-    group.bench_function("single_appender_200B", |b| {
-        b.iter_batched(
-            || vec![record(1)],
-            |payloads| journal.append(payloads).unwrap(),
-            BatchSize::SmallInput,
-        )
-    });
-    group.finish();
+    for preallocate in [true, false] {
+        let dir = bench_dir();
+        let journal = Journal::open(dir.path(), options(preallocate))
+            .unwrap()
+            .journal;
+        let mut group = c.benchmark_group("append");
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(name("single_appender_200B", preallocate), |b| {
+            b.iter_batched(
+                || vec![record(1)],
+                |payloads| journal.append(payloads).unwrap(),
+                BatchSize::SmallInput,
+            )
+        });
+        group.finish();
+    }
 }
 
 /// (c) Group commit: 64 threads appending at once; throughput in records per second.
@@ -113,8 +169,13 @@ fn single_append(c: &mut Criterion) {
 /// The threads live across iterations (spawning 64 threads per iteration would be
 /// measured too); each iteration releases them through a barrier and waits for all.
 fn group_commit(c: &mut Criterion) {
+    group_commit_threads(c, true);
+    group_commit_threads(c, false);
+}
+
+fn group_commit_threads(c: &mut Criterion, preallocate: bool) {
     let dir = bench_dir();
-    let (journal, counter) = counted_journal(&dir);
+    let (journal, counter) = counted_journal(&dir, preallocate);
     let start = Arc::new(Barrier::new(APPENDERS + 1));
     let done = Arc::new(Barrier::new(APPENDERS + 1));
     let stop = Arc::new(AtomicBool::new(false));
@@ -144,7 +205,7 @@ fn group_commit(c: &mut Criterion) {
     group.throughput(Throughput::Elements(
         (APPENDERS * APPENDS_PER_THREAD) as u64,
     ));
-    group.bench_function("group_commit_64_appenders_200B", |b| {
+    group.bench_function(name("group_commit_64_appenders_200B", preallocate), |b| {
         b.iter_custom(|iters| {
             let began = Instant::now();
             for _ in 0..iters {
@@ -160,7 +221,11 @@ fn group_commit(c: &mut Criterion) {
     for thread in threads {
         thread.join().unwrap();
     }
-    print_records_per_sync("64 appender threads", &journal, &counter);
+    print_records_per_sync(
+        &name("64 appender threads", preallocate),
+        &journal,
+        &counter,
+    );
 }
 
 /// (c') Group commit with 64 async appenders: tokio tasks on a 2-worker runtime (as in
@@ -168,8 +233,13 @@ fn group_commit(c: &mut Criterion) {
 /// per record instead of a thread, so the cost per record is a queue push, not a
 /// context switch.
 fn group_commit_async(c: &mut Criterion) {
+    group_commit_tasks(c, true);
+    group_commit_tasks(c, false);
+}
+
+fn group_commit_tasks(c: &mut Criterion, preallocate: bool) {
     let dir = bench_dir();
-    let (journal, counter) = counted_journal(&dir);
+    let (journal, counter) = counted_journal(&dir, preallocate);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .build()
@@ -178,28 +248,31 @@ fn group_commit_async(c: &mut Criterion) {
     group.throughput(Throughput::Elements(
         (APPENDERS * APPENDS_PER_THREAD) as u64,
     ));
-    group.bench_function("group_commit_64_async_appenders_200B", |b| {
-        b.iter(|| {
-            runtime.block_on(async {
-                let tasks: Vec<_> = (0..APPENDERS)
-                    .map(|task_idx| {
-                        let journal = journal.clone();
-                        tokio::spawn(async move {
-                            for idx in 0..APPENDS_PER_THREAD {
-                                let payload = record((task_idx * 1000 + idx) as u64);
-                                journal.append_async(vec![payload]).await.unwrap();
-                            }
+    group.bench_function(
+        name("group_commit_64_async_appenders_200B", preallocate),
+        |b| {
+            b.iter(|| {
+                runtime.block_on(async {
+                    let tasks: Vec<_> = (0..APPENDERS)
+                        .map(|task_idx| {
+                            let journal = journal.clone();
+                            tokio::spawn(async move {
+                                for idx in 0..APPENDS_PER_THREAD {
+                                    let payload = record((task_idx * 1000 + idx) as u64);
+                                    journal.append_async(vec![payload]).await.unwrap();
+                                }
+                            })
                         })
-                    })
-                    .collect();
-                for task in tasks {
-                    task.await.unwrap();
-                }
+                        .collect();
+                    for task in tasks {
+                        task.await.unwrap();
+                    }
+                })
             })
-        })
-    });
+        },
+    );
     group.finish();
-    print_records_per_sync("64 async appenders", &journal, &counter);
+    print_records_per_sync(&name("64 async appenders", preallocate), &journal, &counter);
 }
 
 /// (d) Replay: `read_from(1)` over 500k records of 200 bytes, warm cache.

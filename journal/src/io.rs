@@ -212,6 +212,8 @@ struct Faults {
     fail_sync: AtomicBool,
     enospc: AtomicBool,
     fail_set_len: AtomicBool,
+    /// Files cannot grow past this many bytes (0: no limit).
+    room: AtomicU64,
     sync_delay_micros: AtomicU64,
     writes: AtomicU64,
     syncs: AtomicU64,
@@ -231,6 +233,14 @@ impl FaultyIo {
     /// While on, every file write writes half its buffer, then fails with `ENOSPC`.
     pub fn set_enospc(&self, on: bool) {
         self.faults.enospc.store(on, Ordering::SeqCst);
+    }
+
+    /// A disk with room for files of at most `bytes` bytes (`None`: no limit): a write
+    /// that would go past it writes what fits, then fails with `ENOSPC`.
+    pub fn set_room(&self, bytes: Option<u64>) {
+        self.faults
+            .room
+            .store(bytes.map_or(0, |b| b.max(1)), Ordering::SeqCst);
     }
 
     /// The next `set_len` (truncation) fails with `EIO`.
@@ -322,6 +332,12 @@ impl IoFile for FaultyFile {
         } else {
             None
         };
+        let room = self.faults.room.load(Ordering::SeqCst);
+        if error.is_none() && room > 0 && offset + buf.len() as u64 > room {
+            let fits = room.saturating_sub(offset) as usize;
+            self.inner.write_all_at(&buf[..fits], offset)?;
+            return Err(io::Error::from_raw_os_error(ENOSPC));
+        }
         match error {
             Some(error) => {
                 self.inner.write_all_at(&buf[..buf.len() / 2], offset)?;

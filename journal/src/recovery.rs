@@ -74,7 +74,7 @@ pub(crate) fn recover(dir: &Path, options: &Options) -> Result<Recovered> {
             segments.push(SegmentMeta {
                 first_seq: *name_seq,
                 path: path.clone(),
-                len: buf.len() as u64,
+                len: scan.committed_end,
             });
             last_seq = scan.last_seq;
             continue;
@@ -111,7 +111,8 @@ pub(crate) fn recover(dir: &Path, options: &Options) -> Result<Recovered> {
             io.sync_dir(dir)
                 .map_err(|e| Error::io("sync dir", dir, e))?;
         }
-        truncated_bytes += buf.len() as u64 - scan.committed_end;
+        // Zeros the writer wrote ahead are not counted as cut.
+        truncated_bytes += segment::content_end(&buf, scan.committed_end) - scan.committed_end;
         if scan.committed_end >= SEGMENT_HEADER_LEN as u64 {
             let file = io
                 .open_write(path)
@@ -283,7 +284,11 @@ mod tests {
 
     /// Appends each transaction on its own (one batch each) and closes the journal.
     fn fill(dir: &Path, segment_bytes: u64, txns: &[Vec<Vec<u8>>]) -> Txns {
-        let journal = open(dir, small_segments(segment_bytes)).journal;
+        fill_with(dir, small_segments(segment_bytes), txns)
+    }
+
+    fn fill_with(dir: &Path, options: Options, txns: &[Vec<Vec<u8>>]) -> Txns {
+        let journal = open(dir, options).journal;
         let acked = txns
             .iter()
             .map(|txn| (journal.append(txn.clone()).unwrap().0, txn.clone()))
@@ -325,6 +330,24 @@ mod tests {
             .filter(|(_, (seg, _, end))| *seg < seg_idx || (*seg == seg_idx && *end <= pos))
             .map(|(txn, _)| txn.clone())
             .collect()
+    }
+
+    /// Where the last segment's records end (zeros written ahead may follow).
+    fn data_end(dir: &Path, acked: &Txns) -> u64 {
+        let last_idx = segment_files(dir).len() - 1;
+        layout(dir, acked)
+            .iter()
+            .filter(|(seg, _, _)| *seg == last_idx)
+            .map(|(_, _, end)| *end)
+            .max()
+            .unwrap_or(SEGMENT_HEADER_LEN as u64)
+    }
+
+    /// Writes `bytes` at `at`, as a write of the next batch would (over zeros written
+    /// ahead, or past the end of the file).
+    fn write_at(path: &Path, at: u64, bytes: &[u8]) {
+        let file = fs::OpenOptions::new().write(true).open(path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, bytes, at).unwrap();
     }
 
     fn append_bytes(path: &Path, bytes: &[u8]) {
@@ -390,18 +413,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let acked = fill(dir.path(), 1 << 20, &txns(3));
         let seg = segment_files(dir.path()).pop().unwrap();
+        let end = data_end(dir.path(), &acked);
         let partial = encoded(&[(
             4,
             FLAG_TXN_END | FLAG_BATCH_BEGIN | FLAG_BATCH_END,
             b"never acknowledged",
         )]);
-        append_bytes(&seg, &partial[..25]);
+        write_at(&seg, end, &partial[..25]);
         let (path, offset, reason) = corrupt(verify(dir.path()));
-        assert_eq!(
-            (path, offset),
-            (seg.clone(), fs::metadata(&seg).unwrap().len() - 25)
+        assert_eq!((path, offset), (seg.clone(), end));
+        assert!(
+            reason.starts_with("incomplete record") || reason.starts_with("checksum mismatch"),
+            "{reason}"
         );
-        assert!(reason.starts_with("incomplete record"), "{reason}");
 
         let opened = open(dir.path(), Options::default());
         assert_eq!(opened.recovery.truncated_bytes, 25);
@@ -416,9 +440,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let acked = fill(dir.path(), 1 << 20, &txns(3));
         let seg = segment_files(dir.path()).pop().unwrap();
-        let len = fs::metadata(&seg).unwrap().len();
-        append_bytes(
+        let len = data_end(dir.path(), &acked);
+        write_at(
             &seg,
+            len,
             &encoded(&[(4, FLAG_BATCH_BEGIN, b"first half"), (5, 0, b"second half")]),
         );
         let (_, offset, reason) = corrupt(verify(dir.path()));
@@ -436,16 +461,57 @@ mod tests {
     }
 
     #[test]
-    fn a_zero_filled_tail_is_cut() {
+    fn zeros_after_the_last_record_are_space_written_ahead_not_damage() {
         let dir = tempfile::tempdir().unwrap();
         let acked = fill(dir.path(), 1 << 20, &txns(3));
         let seg = segment_files(dir.path()).pop().unwrap();
+        let end = data_end(dir.path(), &acked);
+        assert!(
+            fs::metadata(&seg).unwrap().len() > end,
+            "the writer wrote zeros ahead"
+        );
         append_bytes(&seg, &[0u8; 4096]);
-        corrupt(verify(dir.path()));
+        assert_eq!(verify(dir.path()).unwrap().last_seq, Seq(3));
         let opened = open(dir.path(), Options::default());
-        assert_eq!(opened.recovery.truncated_bytes, 4096);
+        assert_eq!(opened.recovery, crate::Recovery::default());
         assert_eq!(records(&opened.journal, 1), flatten(&acked));
-        verify(dir.path()).unwrap();
+        assert_eq!(opened.journal.append(vec![b"x".to_vec()]).unwrap(), Seq(4));
+        drop(opened);
+        assert_eq!(verify(dir.path()).unwrap().last_seq, Seq(4));
+        // Without preallocation, the same holds for zeros after a file's last record.
+        let dir = tempfile::tempdir().unwrap();
+        let no_zeros = Options {
+            preallocate_bytes: 0,
+            ..Default::default()
+        };
+        let journal = open(dir.path(), no_zeros.clone()).journal;
+        journal.append(vec![b"one".to_vec()]).unwrap();
+        drop(journal);
+        let seg = segment_files(dir.path()).pop().unwrap();
+        let len = fs::metadata(&seg).unwrap().len();
+        assert_eq!(len, SEGMENT_HEADER_LEN as u64 + 23, "no zeros ahead");
+        append_bytes(&seg, &[0u8; 100]);
+        let opened = open(dir.path(), no_zeros);
+        assert_eq!(opened.recovery, crate::Recovery::default());
+        assert_eq!(
+            opened.journal.append(vec![b"two".to_vec()]).unwrap(),
+            Seq(2)
+        );
+    }
+
+    #[test]
+    fn a_flipped_byte_in_the_zeros_ahead_is_cut_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let acked = fill(dir.path(), 1 << 20, &txns(3));
+        let seg = segment_files(dir.path()).pop().unwrap();
+        let end = data_end(dir.path(), &acked);
+        flip(&seg, end + 100, 0x08);
+        assert_eq!(corrupt(verify(dir.path())).1, end);
+        let opened = open(dir.path(), Options::default());
+        assert_eq!(opened.recovery.truncated_file, Some(seg.clone()));
+        assert_eq!(opened.recovery.truncated_bytes, 101);
+        assert_eq!(records(&opened.journal, 1), flatten(&acked));
+        assert_eq!(opened.journal.append(vec![b"x".to_vec()]).unwrap(), Seq(4));
     }
 
     #[test]
@@ -454,14 +520,14 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let acked = fill(dir.path(), 1 << 20, &txns(3));
             let seg = segment_files(dir.path()).pop().unwrap();
-            let len = fs::metadata(&seg).unwrap().len();
+            let len = data_end(dir.path(), &acked);
             let mut batch = encoded(&[
                 (4, flags[0], b"four"),
                 (5, flags[1], b"five"),
                 (6, flags[2], b"six"),
             ]);
             batch[22] ^= 0x40;
-            append_bytes(&seg, &batch);
+            write_at(&seg, len, &batch);
             (dir, acked, seg, len)
         };
         // One batch of three transactions, torn in its first record: nothing proves it was synced.
@@ -574,7 +640,8 @@ mod tests {
         journal.write_snapshot(Seq(5), b"five").unwrap();
         drop(journal);
         let seg = segment_files(dir.path()).pop().unwrap();
-        cut(&seg, fs::metadata(&seg).unwrap().len() - 1);
+        let end = SEGMENT_HEADER_LEN as u64 + 5 * (record::HEADER_LEN as u64 + 30);
+        cut(&seg, end - 1);
         let snaps = snapshot_files(dir.path());
         let opened = open(dir.path(), Options::default());
         assert_eq!(opened.journal.last_seq(), Seq(4));
@@ -622,24 +689,28 @@ mod tests {
         fn a_journal_cut_anywhere_recovers_a_prefix_of_whole_transactions(
             txns in arb_txns(),
             segment_bytes in 100u64..600,
+            zeros_ahead in prop::sample::select(vec![0u64, 64, 1 << 20]),
             cut_at in any::<prop::sample::Index>(),
         ) {
+            let options = Options { preallocate_bytes: zeros_ahead, ..small_segments(segment_bytes) };
             let dir = tempfile::tempdir().unwrap();
-            let acked = fill(dir.path(), segment_bytes, &txns);
+            let acked = fill_with(dir.path(), options.clone(), &txns);
             let layout = layout(dir.path(), &acked);
             let files = segment_files(dir.path());
             let last_idx = files.len() - 1;
-            let len = fs::metadata(&files[last_idx]).unwrap().len();
-            let cut_at = cut_at.index(len as usize + 1) as u64;
+            let bytes = fs::read(&files[last_idx]).unwrap();
+            let cut_at = cut_at.index(bytes.len() + 1) as u64;
             cut(&files[last_idx], cut_at);
             let kept = before(&acked, &layout, last_idx, cut_at);
 
-            let opened = open(dir.path(), small_segments(segment_bytes));
+            let opened = open(dir.path(), options);
             prop_assert_eq!(records(&opened.journal, 1), flatten(&kept));
             let kept_end = layout.iter().filter(|(seg, _, end)| *seg == last_idx && *end <= cut_at).map(|(_, _, end)| *end).max();
             if cut_at >= SEGMENT_HEADER_LEN as u64 {
                 let kept_end = kept_end.unwrap_or(SEGMENT_HEADER_LEN as u64);
-                prop_assert_eq!(opened.recovery.truncated_bytes, cut_at - kept_end);
+                // Cut bytes are counted up to the last one that is not zero.
+                let content_end = bytes[..cut_at as usize].iter().rposition(|&b| b != 0).map_or(0, |i| i as u64 + 1);
+                prop_assert_eq!(opened.recovery.truncated_bytes, content_end.max(kept_end) - kept_end);
             }
             let next = kept.last().map_or(1, |(first, payloads)| first + payloads.len() as u64);
             prop_assert_eq!(opened.journal.append(vec![b"next".to_vec()]).unwrap(), Seq(next));
@@ -651,12 +722,14 @@ mod tests {
         fn a_flipped_byte_is_cut_at_the_tail_and_reported_elsewhere(
             txns in arb_txns(),
             segment_bytes in 100u64..600,
+            zeros_ahead in prop::sample::select(vec![0u64, 64, 1 << 20]),
             file_idx in any::<prop::sample::Index>(),
             pos in any::<prop::sample::Index>(),
             mask in 1u8..=255,
         ) {
+            let small_segments = |segment_bytes| Options { preallocate_bytes: zeros_ahead, ..small_segments(segment_bytes) };
             let dir = tempfile::tempdir().unwrap();
-            let acked = fill(dir.path(), segment_bytes, &txns);
+            let acked = fill_with(dir.path(), small_segments(segment_bytes), &txns);
             let layout = layout(dir.path(), &acked);
             let files = segment_files(dir.path());
             let last_idx = files.len() - 1;
@@ -668,8 +741,13 @@ mod tests {
             prop_assert_eq!(&path, &files[file_idx]);
             prop_assert!(offset <= pos);
 
-            let last_txn_start = layout.last().unwrap().1;
-            if file_idx == last_idx && pos >= last_txn_start {
+            let (_, last_txn_start, data_end) = *layout.last().unwrap();
+            if file_idx == last_idx && pos >= data_end {
+                // In the zeros written ahead: cut, and nothing acknowledged is lost.
+                let opened = open(dir.path(), small_segments(segment_bytes));
+                prop_assert_eq!(records(&opened.journal, 1), flatten(&acked));
+                prop_assert_eq!(opened.recovery.truncated_file, Some(files[last_idx].clone()));
+            } else if file_idx == last_idx && pos >= last_txn_start {
                 let opened = open(dir.path(), small_segments(segment_bytes));
                 prop_assert_eq!(records(&opened.journal, 1), flatten(&acked[..acked.len() - 1]));
                 prop_assert_eq!(opened.recovery.truncated_file, Some(files[last_idx].clone()));

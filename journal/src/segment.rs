@@ -140,6 +140,14 @@ pub(crate) struct Scan {
     pub(crate) damage: Option<Damage>,
 }
 
+/// Whether `rest` (what follows the last record) is space the writer filled with zeros
+/// ahead of its writes, so that a commit's `fdatasync` need not change the file's
+/// length: every byte zero. No record starts with zeros (its seq is at least 1), and
+/// an empty rest is the plain end of the file.
+pub(crate) fn is_preallocated(rest: &[u8]) -> bool {
+    rest.first().is_none_or(|&b| b == 0) && rest.iter().all(|&b| b == 0)
+}
+
 /// Validates the segment `buf` named with first seq `name_seq`: header, checksums,
 /// seq continuity, whole transactions.
 pub(crate) fn scan(buf: &[u8], name_seq: u64) -> Scan {
@@ -176,6 +184,19 @@ pub(crate) fn scan(buf: &[u8], name_seq: u64) -> Scan {
     let mut expected = name_seq;
     let mut n_records = 0u64;
     loop {
+        if is_preallocated(&buf[pos..]) {
+            // Zeros the writer wrote ahead (or the end of the file): the data ends here.
+            if out.committed_end < pos as u64 {
+                let reason = "transaction without its commit record".to_string();
+                out.damage = Some(Damage {
+                    offset: out.committed_end,
+                    reason,
+                    torn: true,
+                    unfinished_txn: true,
+                });
+            }
+            return out;
+        }
         match record::decode(&buf[pos..]) {
             Decoded::Record(rec) => {
                 if rec.seq != expected {
@@ -196,18 +217,6 @@ pub(crate) fn scan(buf: &[u8], name_seq: u64) -> Scan {
                     out.last_seq = rec.seq;
                     out.records = n_records;
                 }
-            }
-            Decoded::Incomplete if pos == buf.len() => {
-                if out.committed_end < pos as u64 {
-                    let reason = "transaction without its commit record".to_string();
-                    out.damage = Some(Damage {
-                        offset: out.committed_end,
-                        reason,
-                        torn: true,
-                        unfinished_txn: true,
-                    });
-                }
-                return out;
             }
             Decoded::Incomplete => {
                 let reason = format!(
@@ -271,6 +280,16 @@ pub(crate) fn scan_after_damage(buf: &[u8], offset: u64, after_seq: u64) -> Afte
         pos += 1;
     }
     out
+}
+
+/// The end of what was written from `from` on: just after the last byte that is not
+/// zero (zeros written ahead are not content), and at least `from`.
+pub(crate) fn content_end(buf: &[u8], from: u64) -> u64 {
+    let last = buf
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |i| i as u64 + 1);
+    last.max(from)
 }
 
 /// Counts the records that decode in sequence from byte `from` on, whatever their seqs

@@ -192,6 +192,12 @@ pub(crate) struct Writer {
     file: Box<dyn IoFile>,
     /// Length of the active segment that is synced and published. Writes go here.
     durable_len: u64,
+    /// The file's length: from `durable_len` to here it holds zeros written ahead
+    /// (see [`crate::Options::preallocate_bytes`]).
+    allocated_len: u64,
+    /// Writing zeros ahead failed in this segment (a full disk, most likely): the
+    /// writer no longer tries until the next segment.
+    preallocation_failed: bool,
     /// The seq the next record gets.
     next_seq: u64,
     /// The file may hold bytes past `durable_len` from a failed batch; they must be cut
@@ -209,11 +215,15 @@ impl Writer {
         durable_len: u64,
         next_seq: u64,
     ) -> Writer {
+        // Unknown length: assume no zeros ahead; writing zeros over zeros is harmless.
+        let allocated_len = file.file_len().unwrap_or(durable_len).max(durable_len);
         Writer {
             shared,
             path,
             file,
             durable_len,
+            allocated_len,
+            preallocation_failed: false,
             next_seq,
             dirty: false,
             buf: Vec::new(),
@@ -300,18 +310,53 @@ impl Writer {
         self.file
             .write_all_at(&self.buf, self.durable_len)
             .map_err(|e| Error::io("write", &self.path, e))?;
-        self.file
-            .sync_data()
-            .map_err(|e| Error::io("fdatasync", &self.path, e))?;
+        let end = self.durable_len + self.buf.len() as u64;
+        let extended = end > self.allocated_len;
+        if extended {
+            self.allocated_len = end;
+            self.preallocate(end);
+        }
+        if let Err(e) = self.file.sync_data() {
+            if extended {
+                self.preallocation_failed = true;
+            }
+            return Err(Error::io("fdatasync", &self.path, e));
+        }
         self.dirty = false;
-        self.durable_len += self.buf.len() as u64;
+        self.durable_len = end;
         self.next_seq = seq;
         self.shared.publish(self.durable_len, seq - 1);
         Ok(())
     }
 
+    /// Writes zeros after `end`, the end of the batch being committed, so that the next
+    /// commits overwrite zeros instead of growing the file: their `fdatasync` then has
+    /// no file size to write (on ext4, 175 µs instead of 265 µs for one 200-byte record;
+    /// 200 µs instead of 340 µs for 64). This commit's sync covers the zeros. A failure
+    /// (a full disk) gives back what it wrote and stops preallocation for this segment.
+    fn preallocate(&mut self, end: u64) {
+        let ahead = self
+            .shared
+            .options
+            .preallocate_bytes
+            .min(self.shared.options.segment_bytes);
+        if ahead == 0 || self.preallocation_failed {
+            return;
+        }
+        let zeros = vec![0u8; usize::try_from(ahead).unwrap_or(usize::MAX)];
+        match self.file.write_all_at(&zeros, end) {
+            Ok(()) => self.allocated_len = end + ahead,
+            Err(_) => {
+                // Give back what part of the zeros went in: other files need the room more.
+                let _ = self.file.set_len(end);
+                self.preallocation_failed = true;
+            }
+        }
+    }
+
     /// Cuts whatever a failed batch left past the durable end, and syncs the cut.
     fn heal(&mut self) -> Result<()> {
+        self.allocated_len = self.durable_len;
         self.file
             .set_len(self.durable_len)
             .map_err(|e| Error::io("truncate", &self.path, e))?;
@@ -324,6 +369,11 @@ impl Writer {
 
     /// Starts a new segment whose first record will be `next_seq`.
     fn roll_over(&mut self) -> Result<()> {
+        if self.allocated_len > self.durable_len {
+            // The sealed segment keeps no zeros; if this fails or is lost in a crash,
+            // recovery takes the zeros for what they are.
+            let _ = self.file.set_len(self.durable_len);
+        }
         let (path, file) =
             segment::create(&*self.shared.options.io, &self.shared.dir, self.next_seq)?;
         self.shared.push_segment(SegmentMeta {
@@ -334,6 +384,8 @@ impl Writer {
         self.path = path;
         self.file = file;
         self.durable_len = SEGMENT_HEADER_LEN as u64;
+        self.allocated_len = self.durable_len;
+        self.preallocation_failed = false;
         Ok(())
     }
 }
@@ -444,6 +496,55 @@ mod tests {
             records(&reopened.journal, 1),
             expected(&[(1, 100), (2, 101)])
         );
+    }
+
+    #[test]
+    fn a_disk_too_full_for_the_zeros_ahead_still_takes_appends_that_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut options, faults) = faulty(64 << 20);
+        let zeros_ahead = 4096;
+        options.preallocate_bytes = zeros_ahead;
+        let journal = open(dir.path(), options.clone()).journal;
+        append_n(&journal, 1, 100, 1);
+        assert_eq!(on_disk_len(dir.path()), journal.size_bytes() + zeros_ahead);
+        // Room for the file as it is plus 10 records (60 bytes each), not for more zeros.
+        faults.set_room(Some(on_disk_len(dir.path()) + 10 * 60));
+        let appended = (zeros_ahead + 10 * 60) / 60;
+        append_n(&journal, 2, 101, appended);
+        let res = journal.append(vec![payload(999, 40)]);
+        assert_eq!(os_error(res), Some(28), "the disk is full at last");
+        assert_eq!(records(&journal, 1).len() as u64, 1 + appended);
+        assert_eq!(
+            on_disk_len(dir.path()),
+            journal.size_bytes(),
+            "zeros that did not fit were given back"
+        );
+        faults.set_room(None);
+        append_n(&journal, 2 + appended, 200, 1);
+        drop(journal);
+        let reopened = open(dir.path(), options);
+        assert_eq!(reopened.recovery, crate::Recovery::default());
+        assert_eq!(records(&reopened.journal, 1).len() as u64, 2 + appended);
+        verify(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_sealed_segment_keeps_no_zeros_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open(dir.path(), crate::testing::small_segments(4096)).journal;
+        append_n(&journal, 1, 100, 200);
+        let files = segment_files(dir.path());
+        assert!(files.len() > 2);
+        let active_len = std::fs::metadata(files.last().unwrap()).unwrap().len();
+        drop(journal);
+        for sealed in &files[..files.len() - 1] {
+            let bytes = std::fs::read(sealed).unwrap();
+            assert_ne!(bytes.last(), Some(&0), "{}", sealed.display());
+        }
+        let reopened = open(dir.path(), crate::testing::small_segments(4096));
+        assert_eq!(reopened.recovery, crate::Recovery::default());
+        assert_eq!(records(&reopened.journal, 1).len(), 200);
+        assert!(active_len > 0);
     }
 
     #[test]
