@@ -54,6 +54,12 @@
 //! A transaction never spans two segments: the writer rolls over to a new segment once
 //! the active one is at least [`Options::segment_bytes`] long, between two batches, and
 //! only after the new segment's header and directory entry are synced.
+//! The active segment may end in zeros: the writer writes [`Options::preallocate_bytes`]
+//! of them ahead of its records, so that a commit overwrites zeros and its `fdatasync`
+//! has no new file size to write. No record starts with a zero seq, so the data ends
+//! where a record would begin and every byte from there to the end of the file is zero;
+//! that is the end of the segment, not damage. A sealed segment has its zeros cut at
+//! rollover (a crash may leave them; they mean the same there).
 //!
 //! **Snapshots.** A snapshot is named after the seq it covers, with the extension `.snap`.
 //! It is a 32-byte header (magic `aliasdSN`, version 1 as u32, seq as u64, data length as

@@ -512,6 +512,20 @@ mod tests {
             &flipped,
             "end=45 last=5 records=1 damage@45 torn=true checksum mismatch",
         );
+        // Zeros written ahead end the data; a byte that is not zero among them is damage.
+        let with_zeros = |tail: &[u8]| [&seg[..], tail].concat();
+        check(&with_zeros(&[0; 3]), "end=87 last=7 records=3");
+        check(&with_zeros(&[0; 4096]), "end=87 last=7 records=3");
+        check(
+            &[&seg[..24 + 21 + 21], &[0; 100]].concat(),
+            "end=45 last=5 records=1 damage@45 torn=true transaction without",
+        );
+        let mut stray = with_zeros(&[0; 4096]);
+        stray[87 + 2000] = 1;
+        check(
+            &stray,
+            "end=87 last=7 records=3 damage@87 torn=true checksum mismatch",
+        );
     }
 
     #[test]
