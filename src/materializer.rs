@@ -101,7 +101,9 @@ impl Materializer {
         }
         match desired {
             Some(bytes) => {
-                write_atomically(&path, &bytes)?;
+                if write_atomically(&path, &bytes)? {
+                    self.store.fresh_files().note(name.clone());
+                }
                 Ok(Outcome::Written)
             }
             None if current.is_some() => {
@@ -192,15 +194,26 @@ fn remove_file_if_exists(path: &Path) -> std::io::Result<()> {
 }
 
 /// Writes `bytes` to `path` through a temp file in the same directory and a
-/// rename, so readers see the old file or the new one, never a part.
+/// rename, so readers see the old file or the new one, never a part. Returns
+/// whether it had to create the file's directory.
 ///
 /// The file is not fsync'd: the journal is the durable record, and a torn alias
 /// file found at start-up is recognized as aliasd's own and rewritten.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
     let dir = path
         .parent()
         .ok_or_else(|| std::io::Error::other("manifest path has no parent"))?;
-    std::fs::create_dir_all(dir)?;
+    // One `mkdir` in the common cases (the directory is there, or only it is
+    // missing); a file in the way fails the create below.
+    let created_dir = match std::fs::create_dir(dir) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)?;
+            true
+        }
+        Err(e) => return Err(e),
+    };
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -215,5 +228,5 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    res
+    res.map(|()| created_dir)
 }

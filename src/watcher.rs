@@ -362,6 +362,21 @@ impl Pending {
                     names.insert(name.key(), name);
                 }
             }
+            // What aliasd wrote into these directories is checked even if the
+            // listing no longer shows it: it may have been deleted before the
+            // watch on its directory existed.
+            let dirs: Vec<Vec<String>> = subtrees
+                .iter()
+                .filter_map(|dir| dir.strip_prefix(&root).ok())
+                .map(|rel| {
+                    rel.components()
+                        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .collect();
+            for name in registry.store().fresh_files().take_under(&dirs) {
+                names.insert(name.key(), name);
+            }
             names
                 .into_values()
                 .filter(|name| {

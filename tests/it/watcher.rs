@@ -503,10 +503,8 @@ fn a_deleted_alias_file_is_repaired() {
     let mut fx = Fixture::new(&["qwen"]);
     fx.server.create("coder", "qwen");
     let qwen = fx.store().read("qwen").expect("qwen");
-    // The watch on the alias's new directory is added when the watcher sees the
-    // directory appear; a file removed before that goes unseen (README, Configuration).
-    // Someone deleting the file comes later than that: wait until the watcher
-    // has caught up.
+    // Deleted once the watcher has caught up, the file's removal is an event
+    // of its own (a deletion at once is the next test's case).
     fx.barrier();
     let since = fx.server.seq();
 
@@ -525,6 +523,30 @@ fn a_deleted_alias_file_is_repaired() {
         kind_set(&events_after(fx.addr(), since)),
         sorted(&[("alias.repaired", "coder")])
     );
+}
+
+#[test]
+fn an_alias_file_deleted_right_after_it_was_written_is_repaired() {
+    // Deleted at once, some of these files go before the watch on their new
+    // directory exists, so no event reports them: the watcher checks what
+    // aliasd wrote into a new directory when it lists it.
+    let fx = Fixture::new(&["qwen"]);
+    let qwen = fx.store().read("qwen").expect("qwen");
+    let since = fx.server.seq();
+    let aliases: Vec<String> = (0..12).map(|i| format!("quick{i}")).collect();
+    for alias in &aliases {
+        fx.server.create(alias, "qwen");
+        std::fs::remove_file(fx.store().manifest_path(alias)).expect("rm alias file");
+    }
+    let expected: Vec<(&str, &str)> = aliases
+        .iter()
+        .map(|a| ("alias.repaired", a.as_str()))
+        .collect();
+    wait_events(fx.addr(), since, &expected);
+    for alias in &aliases {
+        wait_file(fx.store(), alias, Some(&qwen));
+        check_state(&fx.server, alias, "active", Some(&digest(&qwen)));
+    }
 }
 
 #[test]
