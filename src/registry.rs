@@ -329,7 +329,10 @@ fn load_index_in_chunks(
     let records = journal.read_from(journal::Seq(index.last_seq() + 1))?;
     let (sender, receiver) = std::sync::mpsc::sync_channel(4);
     std::thread::scope(|scope| {
-        scope.spawn(move || prepare_records(records, chunk, &sender));
+        std::thread::Builder::new()
+            .name("aliasd-replay".into())
+            .spawn_scoped(scope, move || prepare_records(records, chunk, &sender))
+            .map_err(|e| anyhow::anyhow!("starting the replay thread: {e}"))?;
         for prepared in receiver {
             for (seq, change) in prepared? {
                 match change {
