@@ -138,8 +138,8 @@ pub struct ServeArgs {
     /// The address to listen on.
     #[arg(long, env = "ALIASD_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
-    /// An Ollama server to proxy inference requests to (SPEC §7; not built
-    /// yet: aliasd refuses to start with it rather than ignore it).
+    /// An Ollama server (`http://host:port`) to forward every other route to,
+    /// with aliases resolved in inference requests (SPEC §7).
     #[arg(long)]
     pub upstream: Option<String>,
     /// Keep at least the last N events (older segments go once a snapshot covers them).
@@ -224,6 +224,7 @@ impl ServeArgs {
                 .collect(),
             max_subscribers: self.max_subscribers,
             request_timeout: std::time::Duration::from_secs(self.request_timeout_secs.max(1)),
+            proxy: None,
         })
     }
 

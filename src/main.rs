@@ -67,16 +67,16 @@ fn run_client(client: &Client, json: bool, command: Commands) -> anyhow::Result<
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    if let Some(upstream) = &args.upstream {
-        anyhow::bail!(
-            "--upstream {upstream}: the inference proxy is not part of this build yet; \
-             point clients at Ollama directly (aliases are materialized in its store, so they resolve there)"
-        );
-    }
     let config = args.registry_config();
-    let http = args
+    let mut http = args
         .http_config()
         .map_err(|e| anyhow::anyhow!("bad token: {e}"))?;
+    http.proxy = args
+        .upstream
+        .as_deref()
+        .map(aliasd::http::proxy::Proxy::new)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     if !http.tokens.is_empty() {
         tracing::info!(
             tokens = http.tokens.len(),
@@ -112,6 +112,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             format!("cannot listen on {listen}; is another aliasd running? (use --listen)")
         })?;
         tracing::info!("listening on http://{}", listener.local_addr()?);
+        if let Some(proxy) = &http.proxy {
+            tracing::info!("forwarding other routes to Ollama at {}", proxy.base());
+        }
         let state = aliasd::http::AppState::new(registry, http);
         aliasd::http::serve(listener, state, shutdown_signal()).await?;
         anyhow::Ok(())

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod error;
 pub mod events;
 pub mod experimental;
+pub mod proxy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,7 +76,10 @@ pub struct HttpConfig {
     /// Event-stream subscribers allowed at once; past it, 503.
     pub max_subscribers: u64,
     /// A request (its body included) must complete within this; else 408.
+    /// Requests forwarded to the upstream only need their body in this time.
     pub request_timeout: std::time::Duration,
+    /// The Ollama server unknown routes are forwarded to (`--upstream`), if any.
+    pub proxy: Option<proxy::Proxy>,
 }
 
 impl Default for HttpConfig {
@@ -85,6 +89,7 @@ impl Default for HttpConfig {
             origins: Vec::new(),
             max_subscribers: 4096,
             request_timeout: std::time::Duration::from_secs(30),
+            proxy: None,
         }
     }
 }
@@ -138,7 +143,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/events", get(events::events_stream))
         .route("/healthz", get(aliases::healthz))
         .route("/metrics", get(metrics_get))
-        .fallback(unknown_route)
+        .fallback(proxy::forward)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.clone(), edge))
         .with_state(state)
@@ -211,6 +216,8 @@ async fn edge(
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .cloned();
+    // What no route matches goes to the upstream, when there is one.
+    let proxied = route.is_none() && state.http.proxy.is_some();
     let origin = auth::request_origin(&request);
     let response = match (&origin, request.method() == axum::http::Method::OPTIONS) {
         (Some(origin), true) => auth::preflight(&state.http, origin),
@@ -220,7 +227,7 @@ async fn edge(
                 if let Some(token) = token {
                     request.extensions_mut().insert(token);
                 }
-                run_route(&state, request, next).await
+                run_route(&state, request, next, !proxied).await
             }
         },
     };
@@ -228,7 +235,11 @@ async fn edge(
     if let Some(origin) = &origin {
         auth::allow_origin(&state.http, &mut response, origin);
     }
-    let route = route.as_ref().map_or("unmatched", |p| p.as_str());
+    let route = match &route {
+        Some(path) => path.as_str(),
+        None if proxied => "proxy",
+        None => "unmatched",
+    };
     state
         .registry
         .metrics()
@@ -241,9 +252,10 @@ async fn edge(
 
 /// Runs the route, turning a panic into a logged 500 so the server stays up.
 /// A request with a body must complete within the request timeout (a slow
-/// body holds a connection and a task); one without a body is answered from
-/// memory at once, or is an event stream, which lasts.
-async fn run_route(state: &AppState, request: Request, next: Next) -> Response {
+/// body holds a connection and a task) when `timed`; one without a body is
+/// answered from memory at once, or is an event stream, which lasts. A request
+/// for the upstream is not timed here: a model can take minutes to load.
+async fn run_route(state: &AppState, request: Request, next: Next, timed: bool) -> Response {
     use futures_util::FutureExt;
     let uri = request.uri().clone();
     let has_body = request
@@ -253,7 +265,7 @@ async fn run_route(state: &AppState, request: Request, next: Next) -> Response {
             .headers()
             .contains_key(axum::http::header::TRANSFER_ENCODING);
     let run = std::panic::AssertUnwindSafe(next.run(request)).catch_unwind();
-    let outcome = if has_body {
+    let outcome = if has_body && timed {
         tokio::time::timeout(state.http.request_timeout, run).await
     } else {
         Ok(run.await)
@@ -280,10 +292,6 @@ async fn run_route(state: &AppState, request: Request, next: Next) -> Response {
         )
         .into_response(),
     }
-}
-
-async fn unknown_route(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
-    ApiError::not_found(format!("no route for {method} {}", uri.path()))
 }
 
 /// The id of the current request.

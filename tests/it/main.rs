@@ -2,5 +2,6 @@ mod aliases;
 mod cli;
 mod events;
 mod hardening;
+mod proxy;
 mod support;
 mod watcher;
