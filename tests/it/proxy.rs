@@ -318,6 +318,22 @@ fn other_routes_are_forwarded_as_they_are() {
         )
         .expect(200);
     assert_eq!(upstream.last().body, pull);
+    // Bodies over aliasd's own 64 KiB limit go through: a blob upload, an image in a chat.
+    let big = vec![b'x'; 1 << 20];
+    server
+        .request(
+            "POST",
+            "/api/pull",
+            &[("Content-Type", "application/json")],
+            Some(&big),
+        )
+        .expect(200);
+    assert_eq!(upstream.last().body.len(), big.len());
+    let image = "A".repeat(1 << 20);
+    let chat = json!({"model": "coder", "messages": [{"role": "user", "content": "?", "images": [image]}]});
+    let resp = server.send_json("POST", "/api/chat", &chat);
+    assert_eq!(models_in(&resp.body), ["coder", "coder"], "{resp:?}");
+    assert_eq!(upstream.last().json()["messages"], chat["messages"]);
     // The upstream's own errors come back in the JSON error shape.
     server
         .get("/nothing/here")
