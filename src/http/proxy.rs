@@ -143,10 +143,11 @@ impl Proxy {
 }
 
 /// Copies headers to a request going upstream, leaving out those of this
-/// connection and `Host` (the client sets the upstream's).
+/// connection, `Host` (the client sets the upstream's) and `Expect` (aliasd
+/// has the body already, or streams it at once).
 fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
     for (name, value) in from {
-        if name != header::HOST && !is_hop_by_hop(name) {
+        if name != header::HOST && name != header::EXPECT && !is_hop_by_hop(name) {
             to.append(name.clone(), value.clone());
         }
     }
@@ -260,7 +261,12 @@ async fn forward_inference(
             Body::from(body),
         )
         .await?;
-    if let Some((resolved, asked)) = rename {
+    // An encoded (compressed) answer is passed on as it is: its lines cannot be read.
+    let encoded = response
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v != "identity");
+    if let Some((resolved, asked)) = rename.filter(|_| !encoded) {
         response.headers_mut().remove(header::CONTENT_LENGTH);
         let (parts, body) = response.into_parts();
         let body = rename_model(body, &resolved, &asked);
