@@ -325,7 +325,7 @@ fn rename_model(body: Body, from: &str, to: &str) -> Body {
 
 /// The lines of `text` with the first `"model":<from>` of each (spaces after
 /// the colon allowed) turned into `"model":<to>`; `from` and `to` are JSON strings.
-pub fn rename_in_lines(text: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+fn rename_in_lines(text: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     const KEY: &[u8] = b"\"model\":";
     let mut out = Vec::with_capacity(text.len());
     for line in text.split_inclusive(|&b| b == b'\n') {
@@ -406,7 +406,7 @@ async fn forward_tags(
 
 /// Adds an entry for each `(alias, model)` whose alias is not listed yet,
 /// copied from the model's entry with the alias's name.
-pub fn add_aliases(models: &mut Vec<Value>, aliases: &[(String, String)]) {
+fn add_aliases(models: &mut Vec<Value>, aliases: &[(String, String)]) {
     let listed = |models: &[Value], name: &str| {
         models.iter().position(|m| {
             ["name", "model"].iter().any(|field| {
