@@ -620,33 +620,54 @@ impl Index {
     /// [`Index::apply`] on a change already parsed (by any [`Preparer`]).
     pub fn apply_prepared(&mut self, change: PreparedChange) {
         let key = change.alias.key_arc();
-        let dep = DepKey::new(change.alias.is_prefix(), key.clone());
+        let prefix = change.alias.is_prefix();
         let seq = change.seq;
-        let previous = self.table_mut(dep.prefix).remove(&key).map(|e| *e);
-        let next = next_entry(previous.as_ref(), change);
-        if let Some(old) = &previous {
-            self.unlink(&dep, old.target.key_str());
-        }
-        if let (None, Some(old)) = (&next, &previous) {
-            if let (AliasName::Exact(name), Some(digest)) = (&old.alias, &old.digest) {
+        self.last_seq = self.last_seq.max(seq);
+        // One lookup for an alias seen for the first time (most of a replay):
+        // its slot is filled in place, without hashing its key again.
+        let table = if prefix {
+            &mut self.prefixes
+        } else {
+            &mut self.exact
+        };
+        let previous = match table.entry(key.clone()) {
+            std::collections::hash_map::Entry::Occupied(occupied) => *occupied.remove(),
+            std::collections::hash_map::Entry::Vacant(vacant) => {
+                let Some(entry) = next_entry(None, change) else {
+                    return;
+                };
+                let entry = intern_entry(&mut self.names, &mut self.digests, entry);
+                if !prefix && !self.tombstones.is_empty() {
+                    self.tombstones.remove(&key);
+                }
+                self.dependents
+                    .entry(entry.target.key_arc())
+                    .or_default()
+                    .insert(DepKey::new(prefix, key));
+                vacant.insert(Box::new(entry));
+                return;
+            }
+        };
+        let dep = DepKey::new(prefix, key.clone());
+        let next = next_entry(Some(&previous), change);
+        self.unlink(&dep, previous.target.key_str());
+        if next.is_none() {
+            if let (AliasName::Exact(name), Some(digest)) = (&previous.alias, &previous.digest) {
                 let tombstone = Tombstone {
                     name: name.clone(),
                     digest: digest.clone(),
                 };
-                self.tombstones.insert(key.clone(), tombstone);
+                self.tombstones.insert(key, tombstone);
             }
         }
         if let Some(entry) = next {
             self.insert(dep, entry);
         }
-        self.last_seq = self.last_seq.max(seq);
     }
 
     /// Adds an entry (interning its target and digests) and its reverse link.
-    fn insert(&mut self, dep: DepKey, mut entry: AliasEntry) {
-        entry.target = self.intern_name(entry.target);
-        entry.digest = entry.digest.map(|d| self.intern_digest(d));
-        entry.previous_digest = entry.previous_digest.map(|d| self.intern_digest(d));
+    fn insert(&mut self, dep: DepKey, entry: AliasEntry) {
+        let entry = intern_entry(&mut self.names, &mut self.digests, entry);
         self.dependents
             .entry(entry.target.key_arc())
             .or_default()
@@ -656,26 +677,6 @@ impl Index {
             self.tombstones.remove(&dep.key);
         }
         self.table_mut(dep.prefix).insert(dep.key, Box::new(entry));
-    }
-
-    fn intern_name(&mut self, name: ModelName) -> ModelName {
-        match self.names.get(name.spelled()) {
-            Some(interned) => interned.clone(),
-            None => {
-                self.names.insert(Arc::from(name.spelled()), name.clone());
-                name
-            }
-        }
-    }
-
-    fn intern_digest(&mut self, digest: Arc<str>) -> Arc<str> {
-        match self.digests.get(&digest) {
-            Some(interned) => interned.clone(),
-            None => {
-                self.digests.insert(digest.clone());
-                digest
-            }
-        }
     }
 
     /// Forgets a tombstone once its file is known to be gone.
@@ -765,6 +766,32 @@ pub fn parse_time(time: &str) -> u64 {
 pub fn format_time(micros: u64) -> String {
     let time = std::time::UNIX_EPOCH + std::time::Duration::from_micros(micros);
     humantime::format_rfc3339_micros(time).to_string()
+}
+
+/// `entry` with its target name and digests replaced by the shared copies
+/// (added to the sets when new).
+fn intern_entry(
+    names: &mut HashMap<Arc<str>, ModelName>,
+    digests: &mut HashSet<Arc<str>>,
+    mut entry: AliasEntry,
+) -> AliasEntry {
+    entry.target = match names.get(entry.target.spelled()) {
+        Some(interned) => interned.clone(),
+        None => {
+            names.insert(Arc::from(entry.target.spelled()), entry.target.clone());
+            entry.target
+        }
+    };
+    let mut intern_digest = |digest: Arc<str>| match digests.get(&digest) {
+        Some(interned) => interned.clone(),
+        None => {
+            digests.insert(digest.clone());
+            digest
+        }
+    };
+    entry.digest = entry.digest.map(&mut intern_digest);
+    entry.previous_digest = entry.previous_digest.map(&mut intern_digest);
+    entry
 }
 
 /// The entry an event leaves behind, given the one before it.
