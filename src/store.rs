@@ -73,29 +73,18 @@ impl FreshFiles {
         }
     }
 
-    /// Takes the names whose manifests lie under one of `dirs`, each given as
-    /// its components below `manifests/` (host, then namespace, then model).
-    pub fn take_under(&self, dirs: &[Vec<String>]) -> Vec<ModelName> {
+    /// Takes the names whose manifests lie under one of `dirs`, each a
+    /// directory relative to `manifests/` (`host`, `host/namespace`, ...).
+    pub fn take_under(&self, dirs: &[PathBuf]) -> Vec<ModelName> {
         let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
         if names.is_empty() || dirs.is_empty() {
             return Vec::new();
         }
-        // Each directory as `host/namespace/model` (or a prefix of that):
-        // components never contain `/`.
-        let dirs: std::collections::HashSet<String> = dirs.iter().map(|d| d.join("/")).collect();
+        let dirs: std::collections::HashSet<&Path> = dirs.iter().map(PathBuf::as_path).collect();
         let under = |name: &ModelName| {
-            let mut prefix = String::new();
-            dirs.contains(&prefix)
-                || [name.host(), name.namespace(), name.model()]
-                    .iter()
-                    .enumerate()
-                    .any(|(i, part)| {
-                        if i > 0 {
-                            prefix.push('/');
-                        }
-                        prefix.push_str(part);
-                        dirs.contains(&prefix)
-                    })
+            let rel = name.manifest_rel_path();
+            rel.strip_prefix(MANIFESTS_DIR)
+                .is_ok_and(|rel| rel.ancestors().any(|dir| dirs.contains(dir)))
         };
         let (taken, kept): (VecDeque<ModelName>, VecDeque<ModelName>) =
             names.drain(..).partition(under);
@@ -400,7 +389,7 @@ mod tests {
         for name in names {
             fresh.note(ModelName::parse(name).unwrap());
         }
-        let dir = |parts: &[&str]| parts.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        let dir = |parts: &[&str]| parts.iter().collect::<PathBuf>();
         let shown =
             |taken: Vec<ModelName>| taken.iter().map(ModelName::display).collect::<Vec<_>>();
         assert_eq!(

@@ -365,14 +365,10 @@ impl Pending {
             // What aliasd wrote into these directories is checked even if the
             // listing no longer shows it: it may have been deleted before the
             // watch on its directory existed.
-            let dirs: Vec<Vec<String>> = subtrees
+            let dirs: Vec<PathBuf> = subtrees
                 .iter()
                 .filter_map(|dir| dir.strip_prefix(&root).ok())
-                .map(|rel| {
-                    rel.components()
-                        .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                        .collect()
-                })
+                .map(Path::to_path_buf)
                 .collect();
             for name in registry.store().fresh_files().take_under(&dirs) {
                 names.insert(name.key(), name);

@@ -55,7 +55,7 @@ const HOP_BY_HOP: [&str; 8] = [
 #[derive(Clone, Debug)]
 pub struct Proxy {
     /// `http://host:port`, as parsed from `--upstream`.
-    base: Uri,
+    base: String,
     client: Client<HttpConnector, Body>,
 }
 
@@ -90,9 +90,7 @@ impl Proxy {
             ));
         }
         let port = authority.port_u16().unwrap_or(OLLAMA_PORT);
-        let base: Uri = format!("http://{}:{port}", authority.host())
-            .parse()
-            .map_err(|e| format!("--upstream {upstream:?}: {e}"))?;
+        let base = format!("http://{}:{port}", authority.host());
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(10)));
@@ -103,7 +101,7 @@ impl Proxy {
     }
 
     /// The upstream's address, `http://host:port`.
-    pub fn base(&self) -> &Uri {
+    pub fn base(&self) -> &str {
         &self.base
     }
 
@@ -115,10 +113,7 @@ impl Proxy {
         headers: &HeaderMap,
         body: Body,
     ) -> Result<Response, ApiError> {
-        let uri = format!(
-            "{}{path_and_query}",
-            self.base.to_string().trim_end_matches('/')
-        );
+        let uri = format!("{}{path_and_query}", self.base);
         let mut request = axum::http::Request::builder()
             .method(method)
             .uri(&uri)
@@ -453,14 +448,11 @@ mod tests {
         let base = |s: &str| Proxy::new(s).map(|p| p.base().to_string());
         assert_eq!(
             base("http://127.0.0.1:11434").unwrap(),
-            "http://127.0.0.1:11434/"
+            "http://127.0.0.1:11434"
         );
-        assert_eq!(base("127.0.0.1:9999").unwrap(), "http://127.0.0.1:9999/");
-        assert_eq!(base("localhost").unwrap(), "http://localhost:11434/");
-        assert_eq!(
-            base("http://localhost/").unwrap(),
-            "http://localhost:11434/"
-        );
+        assert_eq!(base("127.0.0.1:9999").unwrap(), "http://127.0.0.1:9999");
+        assert_eq!(base("localhost").unwrap(), "http://localhost:11434");
+        assert_eq!(base("http://localhost/").unwrap(), "http://localhost:11434");
         assert!(base("https://example.com")
             .unwrap_err()
             .contains("only http://"));
