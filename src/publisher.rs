@@ -11,8 +11,8 @@
 //! most `MAX_GAP` and the cost of a broadcast is shared by the events of that
 //! gap. (With 1,000 subscribers on 2 cores, one socket write per subscriber
 //! per event capped writes at 323-482/s. With 1,000 subscribers and 1,000
-//! writes/s, a 20 ms gap kept the cores saturated: writes took 27-33 ms
-//! (median) and deliveries p99 81-268 ms; a 40 ms gap, 5-9 ms and 79-96 ms.)
+//! writes/s, a 20 ms gap kept the cores saturated: writes took 19-27 ms
+//! (median) and deliveries p99 84-335 ms; a 40 ms gap, 8-10 ms and 71-99 ms.)
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
