@@ -231,11 +231,11 @@ async fn forward_inference(
     })?;
     let mut rename = None;
     let body = match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(mut object)) => match object.get("model").and_then(Value::as_str) {
-            Some(asked) => match resolve(state, asked)? {
+        Ok(Value::Object(mut object)) => match model_field(&object) {
+            Some((field, asked)) => match resolve(state, &asked)? {
                 Some(resolved) if resolved != asked => {
-                    rename = Some((resolved.clone(), asked.to_string()));
-                    object.insert("model".into(), Value::String(resolved));
+                    object.insert(field.into(), Value::String(resolved.clone()));
+                    rename = Some((resolved, asked));
                     let rewritten = serde_json::to_vec(&object)
                         .map_err(|e| ApiError::bad_request(e.to_string()))?;
                     parts.headers.remove(header::CONTENT_LENGTH);
@@ -268,6 +268,19 @@ async fn forward_inference(
         response = Response::from_parts(parts, body);
     }
     Ok(response)
+}
+
+/// The field of a request that names its model, and that name: `model`, or
+/// Ollama's older `name` (still accepted by `/api/show`) when there is no
+/// `model`.
+fn model_field(object: &serde_json::Map<String, Value>) -> Option<(&'static str, String)> {
+    ["model", "name"].into_iter().find_map(|field| {
+        object
+            .get(field)
+            .and_then(Value::as_str)
+            .filter(|name| !name.is_empty())
+            .map(|name| (field, name.to_string()))
+    })
 }
 
 /// The model to send upstream for `asked`: `None` when nothing in aliasd

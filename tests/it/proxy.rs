@@ -178,6 +178,9 @@ fn serve_one(stream: TcpStream, seen: &Mutex<Vec<Seen>>, gate: Option<&Mutex<mps
                 "X-Stand-In: yes\r\n",
             );
         }
+        ("POST", "/api/show") => {
+            ok_json(&mut out, "{\"details\":{\"family\":\"stand-in\"}}", "");
+        }
         ("POST", "/api/pull") => {
             ok_json(&mut out, "{\"status\":\"success\"}", "");
         }
@@ -263,6 +266,29 @@ fn inference_requests_resolve_aliases_and_answer_with_the_asked_name() {
             .map(|v| v.parse::<usize>().unwrap()),
         None,
         "a rewritten body's length is not the upstream's: {resp:?}"
+    );
+}
+
+#[test]
+fn show_resolves_the_older_name_field_too() {
+    let (server, upstream) = proxied(false, &[]);
+    server
+        .send_json("POST", "/api/show", &json!({"name": "c2"}))
+        .expect(200);
+    let seen = upstream.last();
+    assert_eq!(seen.path, "/api/show");
+    assert_eq!(seen.json(), json!({"name": "qwen"}));
+    // `model` wins when both are there, as in Ollama.
+    server
+        .send_json(
+            "POST",
+            "/api/show",
+            &json!({"model": "coder", "name": "other"}),
+        )
+        .expect(200);
+    assert_eq!(
+        upstream.last().json(),
+        json!({"model": "qwen", "name": "other"})
     );
 }
 
