@@ -712,6 +712,22 @@ impl Index {
         index
     }
 
+    /// Makes room for up to `events` new exact aliases before a replay of that
+    /// many events, so the map does not grow (rehashing every key) a dozen
+    /// times on the way to a million. [`Index::release_spare`] gives back what
+    /// the replay did not use.
+    pub fn reserve_for_replay(&mut self, events: usize) {
+        self.exact.reserve(events);
+    }
+
+    /// Gives back the spare room of a replay that updated more aliases than it
+    /// created (when over half the map would stay empty).
+    pub fn release_spare(&mut self) {
+        if self.exact.capacity() / 2 > self.exact.len() {
+            self.exact.shrink_to_fit();
+        }
+    }
+
     /// Adds an alias read from a snapshot.
     pub fn insert_entry(&mut self, entry: AliasEntry) {
         let dep = DepKey::new(entry.alias.is_prefix(), entry.alias.key_arc());
@@ -1066,6 +1082,38 @@ mod tests {
                 assert!(err.contains(fragment), "{name}: {err}");
             }
         }
+    }
+
+    #[test]
+    fn room_made_for_a_replay_is_given_back_when_it_stays_unused() {
+        let mut used = Index::default();
+        used.reserve_for_replay(1_000);
+        let mut unused = Index::default();
+        unused.reserve_for_replay(100_000);
+        for seq in 1..=1_000u64 {
+            let alias = format!("a{seq}");
+            let create = event(seq, EventType::AliasCreated, &alias, Some("m"), None);
+            used.apply(&create).unwrap();
+            // The same 1,000 events land on 2 aliases.
+            let alias = format!("b{}", seq % 2);
+            let kind = if seq <= 2 {
+                EventType::AliasCreated
+            } else {
+                EventType::AliasUpdated
+            };
+            unused
+                .apply(&event(seq, kind, &alias, Some("m"), None))
+                .unwrap();
+        }
+        let capacity = used.exact.capacity();
+        used.release_spare();
+        assert_eq!(used.exact.capacity(), capacity, "a full map is kept");
+        assert!(unused.exact.capacity() >= 100_000);
+        unused.release_spare();
+        assert!(unused.exact.capacity() < 100, "{}", unused.exact.capacity());
+        assert_eq!(unused.len(), 2);
+        let b1 = ModelName::parse("b1").unwrap();
+        assert!(unused.exact(b1.key_str()).is_some());
     }
 
     #[test]

@@ -327,6 +327,8 @@ fn load_index_in_chunks(
         },
     };
     let records = journal.read_from(journal::Seq(index.last_seq() + 1))?;
+    let pending = journal.last_seq().0.saturating_sub(index.last_seq());
+    index.reserve_for_replay(usize::try_from(pending.min(MAX_REPLAY_RESERVE)).unwrap_or(0));
     let (sender, receiver) = std::sync::mpsc::sync_channel(4);
     std::thread::scope(|scope| {
         std::thread::Builder::new()
@@ -341,9 +343,14 @@ fn load_index_in_chunks(
                 }
             }
         }
+        index.release_spare();
         Ok(index)
     })
 }
+
+/// The most aliases room is made for before a replay (a map of 25 bytes a
+/// slot, 50-100 MB at this many); past it, the map grows as it goes.
+const MAX_REPLAY_RESERVE: u64 = 2_000_000;
 
 /// Replayed records, each with its seq: the parsed change, or why its names
 /// do not parse (such a record is skipped, with a warning).
