@@ -11,6 +11,7 @@
 //! - `snapshot`: the index as a blob, to bound start-up time.
 //! - `registry`: the single writer that owns journal, index and materializer.
 //! - `publisher`: paced, batched broadcast of committed events to subscribers.
+//! - `progress`: progress lines for long start-up work.
 //! - `http`: the axum routes; the only module that knows status codes.
 //! - `config`, `client`: the command line.
 
@@ -25,6 +26,7 @@ pub mod materializer;
 pub mod metrics;
 pub mod name;
 pub mod offline;
+pub mod progress;
 pub mod publisher;
 pub mod reconcile;
 pub mod registry;

@@ -16,6 +16,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
@@ -31,6 +32,7 @@ use crate::index::{
 };
 use crate::materializer::Materializer;
 use crate::name::ModelName;
+use crate::progress::Progress;
 use crate::publisher::{Batch, Publisher};
 use crate::reconcile;
 use crate::store::Store;
@@ -188,10 +190,12 @@ impl Registry {
             );
         }
         let journal = opened.journal;
+        let started = std::time::Instant::now();
         let index = load_index(&journal, opened.snapshot)?;
         tracing::info!(
             aliases = index.len(),
             seq = index.last_seq(),
+            seconds = %format!("{:.2}", started.elapsed().as_secs_f64()),
             "index loaded"
         );
         let (events, _) = broadcast::channel(crate::publisher::BROADCAST_CAPACITY);
@@ -221,11 +225,16 @@ impl Registry {
             snapshot_every: config.snapshot_every.max(1),
             since_snapshot: 0,
         };
+        let started = std::time::Instant::now();
         let n_events = writer
             .reconcile_scoped(&Origin::system("startup"), None)
             .context("reconciling the model store with the journal")?;
         writer.drain();
-        tracing::info!(events = n_events, "store reconciled");
+        tracing::info!(
+            events = n_events,
+            seconds = %format!("{:.2}", started.elapsed().as_secs_f64()),
+            "store reconciled"
+        );
         let (commands, receiver) = mpsc::channel(1024);
         let thread = std::thread::Builder::new()
             .name("aliasd-writer".into())
@@ -329,6 +338,10 @@ fn load_index_in_chunks(
     let records = journal.read_from(journal::Seq(index.last_seq() + 1))?;
     let pending = journal.last_seq().0.saturating_sub(index.last_seq());
     index.reserve_for_replay(usize::try_from(pending.min(MAX_REPLAY_RESERVE)).unwrap_or(0));
+    let mut progress = Progress::new(
+        "replaying the journal (events)",
+        usize::try_from(pending).unwrap_or(usize::MAX),
+    );
     let (sender, receiver) = std::sync::mpsc::sync_channel(4);
     std::thread::scope(|scope| {
         std::thread::Builder::new()
@@ -336,7 +349,9 @@ fn load_index_in_chunks(
             .spawn_scoped(scope, move || prepare_records(records, chunk, &sender))
             .map_err(|e| anyhow::anyhow!("starting the replay thread: {e}"))?;
         for prepared in receiver {
-            for (seq, change) in prepared? {
+            let prepared = prepared?;
+            progress.advance(prepared.len());
+            for (seq, change) in prepared {
                 match change {
                     Ok(change) => index.apply_prepared(change),
                     Err(e) => tracing::warn!("journal record {seq}: {e}; skipped"),
@@ -344,6 +359,7 @@ fn load_index_in_chunks(
             }
         }
         index.release_spare();
+        progress.finish();
         Ok(index)
     })
 }
@@ -479,7 +495,9 @@ fn materialize(
             work.push((name, event, prior.as_deref()));
         }
     }
+    let synced = AtomicUsize::new(0);
     let sync_one = |(name, event, prior): &(ModelName, &Event, Option<&str>)| {
+        synced.fetch_add(1, Ordering::Relaxed);
         let res = match guard.index.exact(name.key_str()) {
             Some(entry) => materializer.sync_alias(&guard.index, &guard.models, entry, *prior),
             None => {
@@ -503,6 +521,9 @@ fn materialize(
         work.iter().for_each(sync_one);
         return;
     }
+    // A group this large is a start-up restoring many files: say how far it is.
+    let mut progress = (work.len() >= PROGRESS_FROM_FILES)
+        .then(|| Progress::new("writing alias files", work.len()));
     let share = work.len().div_ceil(threads);
     std::thread::scope(|scope| {
         let mut shares = work.chunks(share);
@@ -510,9 +531,21 @@ fn materialize(
         for other in shares {
             scope.spawn(move || other.iter().for_each(sync_one));
         }
-        own.iter().for_each(sync_one);
+        for one in own {
+            sync_one(one);
+            if let Some(progress) = &mut progress {
+                progress.reached(synced.load(Ordering::Relaxed));
+            }
+        }
     });
+    if let Some(mut progress) = progress {
+        progress.reached(synced.load(Ordering::Relaxed));
+        progress.finish();
+    }
 }
+
+/// Alias files in one group from which their writing reports progress.
+const PROGRESS_FROM_FILES: usize = 10_000;
 
 /// Aliases per thread below which a group's files are written by the
 /// finisher alone (a thread costs more than a few files).
@@ -854,7 +887,9 @@ impl Writer {
     /// Makes the files of these exact aliases match the index.
     fn sync_aliases(&self, keys: &[String]) {
         let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
+        let mut progress = Progress::new("rewriting out-of-date alias files", keys.len());
         for key in keys {
+            progress.advance(1);
             let Some(entry) = guard.index.exact(key) else {
                 continue;
             };
@@ -865,6 +900,7 @@ impl Writer {
                 tracing::error!(alias = %entry.alias.display(), "materializing failed: {e}");
             }
         }
+        progress.finish();
     }
 
     fn write_snapshot(&mut self) -> Result<u64, journal::Error> {
