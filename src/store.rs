@@ -186,14 +186,15 @@ impl Store {
         &self,
         temp_marker: &str,
     ) -> io::Result<(Vec<ManifestFile>, Vec<PathBuf>)> {
-        let mut manifests = Vec::new();
-        let mut temp_files = Vec::new();
-        let mut found = Found {
-            manifests: &mut manifests,
-            temp_files: &mut temp_files,
-            temp_marker,
-        };
+        let mut found = Found::new(temp_marker);
         scan_dir(&self.manifests_dir(), Path::new(""), 0, &mut found)?;
+        let model_dirs = std::mem::take(&mut found.model_dirs);
+        scan_model_dirs(&model_dirs, &mut found)?;
+        let Found {
+            mut manifests,
+            temp_files,
+            ..
+        } = found;
         manifests.sort_by(|a, b| {
             a.name
                 .key_str()
@@ -204,11 +205,124 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Lists every model directory once, on several threads, so that the
+    /// recursive watch set up next (which visits them one by one, a disk read
+    /// each on a cold cache) finds them in memory. Errors are ignored: the
+    /// watch and the scan report what matters.
+    pub fn warm_directories(&self) {
+        let mut found = Found::new("\0");
+        if scan_dir(&self.manifests_dir(), Path::new(""), 0, &mut found).is_err() {
+            return;
+        }
+        let dirs = found.model_dirs;
+        if dirs.len() < PARALLEL_SCAN_FROM {
+            return;
+        }
+        tracing::info!("listing {} model directories", dirs.len());
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let list = || {
+            while let Some((dir, _)) =
+                dirs.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+            {
+                if let Ok(entries) = fs::read_dir(dir) {
+                    entries.for_each(drop);
+                }
+            }
+        };
+        std::thread::scope(|scope| {
+            for _ in 1..SCAN_THREADS {
+                scope.spawn(list);
+            }
+            list();
+        });
+    }
+}
+
 /// What a scan collects.
 struct Found<'a> {
-    manifests: &'a mut Vec<ManifestFile>,
-    temp_files: &'a mut Vec<PathBuf>,
+    manifests: Vec<ManifestFile>,
+    temp_files: Vec<PathBuf>,
     temp_marker: &'a str,
+    /// Model directories (one level above the manifests), with their path
+    /// below `manifests/`, left for [`scan_model_dirs`].
+    model_dirs: Vec<(PathBuf, PathBuf)>,
+}
+
+impl<'a> Found<'a> {
+    fn new(temp_marker: &'a str) -> Found<'a> {
+        Found {
+            manifests: Vec::new(),
+            temp_files: Vec::new(),
+            temp_marker,
+            model_dirs: Vec::new(),
+        }
+    }
+}
+
+/// Model directories from which a scan reads them on several threads: on a
+/// cold cache each listing and each file is a disk read, and a disk serves
+/// several at once (20,000 manifests read one at a time took 5.4 s, by 8
+/// readers 1.7 s).
+const PARALLEL_SCAN_FROM: usize = 64;
+/// Threads reading model directories (they wait on the disk, not the CPU).
+const SCAN_THREADS: usize = 8;
+
+/// Lists and reads each model directory of `dirs` (depth
+/// `MANIFEST_DIR_DEPTH`) into `out`: on this thread for a few, else shared
+/// among [`SCAN_THREADS`] threads, saying how far it is on a long scan.
+fn scan_model_dirs(dirs: &[(PathBuf, PathBuf)], out: &mut Found<'_>) -> io::Result<()> {
+    if dirs.len() < PARALLEL_SCAN_FROM {
+        for (dir, rel) in dirs {
+            scan_dir(dir, rel, MANIFEST_DIR_DEPTH, out)?;
+        }
+        return Ok(());
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let temp_marker = out.temp_marker;
+    // Takes the next directory until none is left or one fails.
+    let work = |progress: Option<&mut crate::progress::Progress>| -> io::Result<Found<'_>> {
+        let mut found = Found::new(temp_marker);
+        let mut progress = progress;
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some((dir, rel)) = dirs.get(i) else {
+                return Ok(found);
+            };
+            if let Err(e) = scan_dir(dir, rel, MANIFEST_DIR_DEPTH, &mut found) {
+                // The others stop at their next directory.
+                next.store(dirs.len(), std::sync::atomic::Ordering::Relaxed);
+                return Err(e);
+            }
+            if let Some(progress) = progress.as_deref_mut() {
+                progress.reached(i.min(dirs.len()));
+            }
+        }
+    };
+    let mut progress =
+        crate::progress::Progress::new("reading the store (model directories)", dirs.len());
+    let results: Vec<io::Result<Found<'_>>> = std::thread::scope(|scope| {
+        let others: Vec<_> = (1..SCAN_THREADS)
+            .map(|_| scope.spawn(|| work(None)))
+            .collect();
+        let mut results = vec![work(Some(&mut progress))];
+        for other in others {
+            results.push(
+                other
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("a store scan thread panicked"))),
+            );
+        }
+        results
+    });
+    progress.reached(dirs.len());
+    progress.finish();
+    for found in results {
+        let found = found?;
+        out.manifests.extend(found.manifests);
+        out.temp_files.extend(found.temp_files);
+    }
+    Ok(())
 }
 
 /// One manifest file as read from the store.
@@ -330,7 +444,9 @@ fn scan_dir(dir: &Path, rel: &Path, depth: usize, out: &mut Found<'_>) -> io::Re
         };
 
         if depth < MANIFEST_DIR_DEPTH {
-            if file_type.is_dir() {
+            if file_type.is_dir() && depth + 1 == MANIFEST_DIR_DEPTH {
+                out.model_dirs.push((path, entry_rel));
+            } else if file_type.is_dir() {
                 scan_dir(&path, &entry_rel, depth + 1, out)?;
             } else if file_type.is_symlink() {
                 tracing::debug!(path = %path.display(), "store scan: skipping symlink above manifest depth");
@@ -496,6 +612,65 @@ mod tests {
         let (manifests, temp_files) = store.scan_with_temp_files(".aliasd-").unwrap();
         assert_eq!(manifests.len(), 1);
         assert_eq!(temp_files, [model_dir.join(".latest.aliasd-0123abcd")]);
+    }
+
+    #[test]
+    fn a_large_store_is_read_on_several_threads_to_the_same_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut expected = Vec::new();
+        for i in 0..PARALLEL_SCAN_FROM * 2 {
+            write(
+                dir.path(),
+                &format!("manifests/registry.ollama.ai/library/m{i:03}/latest"),
+                MANIFEST,
+            );
+            expected.push(format!("m{i:03}"));
+            if i == 7 {
+                write(
+                    dir.path(),
+                    "manifests/registry.ollama.ai/library/m007/v2",
+                    MANIFEST,
+                );
+                expected.push("m007:v2".to_string());
+            }
+        }
+        write(
+            dir.path(),
+            "manifests/example.com/ns/other/latest",
+            MANIFEST,
+        );
+        expected.insert(0, "example.com/ns/other".to_string());
+        let temp = "manifests/registry.ollama.ai/library/m010/.latest.aliasd-1";
+        write(dir.path(), temp, "{");
+        write(
+            dir.path(),
+            "manifests/registry.ollama.ai/library/bad name/latest",
+            MANIFEST,
+        );
+        let store = Store::new(dir.path());
+        let (manifests, temp_files) = store.scan_with_temp_files(".aliasd-").unwrap();
+        let names: Vec<String> = manifests.iter().map(|m| m.name.display()).collect();
+        assert_eq!(names, expected);
+        assert!(manifests.iter().all(|m| m.bytes == MANIFEST.as_bytes()));
+        assert_eq!(temp_files, [dir.path().join(temp)]);
+    }
+
+    #[test]
+    fn warming_directories_only_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        Store::new(dir.path().join("missing")).warm_directories();
+        assert!(!dir.path().join("missing").exists());
+        for i in 0..PARALLEL_SCAN_FROM * 2 {
+            write(
+                dir.path(),
+                &format!("manifests/registry.ollama.ai/library/m{i}/latest"),
+                MANIFEST,
+            );
+        }
+        let store = Store::new(dir.path());
+        let before = store.scan().unwrap().len();
+        store.warm_directories();
+        assert_eq!(store.scan().unwrap().len(), before);
     }
 
     #[test]

@@ -152,8 +152,19 @@ fn start_notify(
     // seen by start-up and full reconciles, not watched live.
     let config = notify::Config::default().with_follow_symlinks(false);
     let mut watcher = notify::RecommendedWatcher::new(handler, config)?;
+    // One watch per directory: with many aliases on a cold disk this takes
+    // seconds (45,000 aliases: 8-10 s), which should not look like a hang.
+    tracing::info!(
+        "setting up the watch on each directory of {}",
+        manifests_dir.display()
+    );
+    let started = std::time::Instant::now();
     watcher.watch(manifests_dir, notify::RecursiveMode::Recursive)?;
-    tracing::info!("watching {} for external changes", manifests_dir.display());
+    tracing::info!(
+        seconds = %format!("{:.2}", started.elapsed().as_secs_f64()),
+        "watching {} for external changes",
+        manifests_dir.display()
+    );
     Ok(watcher)
 }
 
