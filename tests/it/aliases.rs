@@ -1078,6 +1078,37 @@ fn deleted_alias_files_are_restored_at_start_up() {
     }
 }
 
+/// Start-up reads a store of 64 or more model directories on several threads:
+/// a clean restart of a larger store changes nothing, and missing files are
+/// restored as with a small one.
+#[test]
+fn a_larger_store_is_read_and_restored_alike_at_start_up() {
+    let mut server = Server::with_models(&["m1", "m2"]);
+    let ops: Vec<Value> = (0..100)
+        .map(|i| json!({"op": "put", "alias": format!("many{i}"), "target": if i % 2 == 0 { "m1" } else { "m2" }}))
+        .collect();
+    server
+        .send_json("POST", "/api/aliases", &json!({ "ops": ops }))
+        .expect(200);
+    let files = server.store.snapshot();
+    let aliases = server.aliases();
+    assert_eq!(aliases.len(), 100);
+    let seq = server.seq();
+
+    server.restart();
+    assert_eq!(server.store.snapshot(), files);
+    assert_eq!(server.aliases(), aliases);
+    assert_eq!(server.seq(), seq, "a clean restart writes no event");
+
+    server.stop();
+    for i in (0..100).step_by(7) {
+        std::fs::remove_file(server.store.manifest_path(&format!("many{i}"))).unwrap();
+    }
+    server.start_again();
+    assert_eq!(server.store.snapshot(), files);
+    assert_eq!(names(&server.aliases()), names(&aliases));
+}
+
 /// A crash can fall between a journal commit and the file write: the file
 /// still holds what aliasd wrote before. Start-up must bring it up to date,
 /// and must not mistake it for a model.
