@@ -529,7 +529,13 @@ fn materialize(
         let mut shares = work.chunks(share);
         let own = shares.next().unwrap_or_default();
         for other in shares {
-            scope.spawn(move || other.iter().for_each(sync_one));
+            let spawned = std::thread::Builder::new()
+                .name("aliasd-files".into())
+                .spawn_scoped(scope, move || other.iter().for_each(sync_one));
+            if spawned.is_err() {
+                // No thread to spare (a process limit): this one does it.
+                other.iter().for_each(sync_one);
+            }
         }
         for one in own {
             sync_one(one);

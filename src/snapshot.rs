@@ -169,7 +169,12 @@ pub fn decode(bytes: &[u8]) -> Result<Index, String> {
     let mut index = Index::for_snapshot(last_seq, n_aliases.min(room));
     let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<AliasEntry>>(4);
     std::thread::scope(|scope| {
-        let parser = scope.spawn(move || parse_rest(cursor, &strings, n_aliases, &sender));
+        let parser = std::thread::Builder::new()
+            .name("aliasd-snapshot".into())
+            .spawn_scoped(scope, move || {
+                parse_rest(cursor, &strings, n_aliases, &sender)
+            })
+            .map_err(|e| format!("snapshot: cannot start the parsing thread: {e}"))?;
         for chunk in receiver {
             for entry in chunk {
                 index.insert_entry(entry);

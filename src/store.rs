@@ -24,6 +24,7 @@ use std::collections::VecDeque;
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -203,9 +204,7 @@ impl Store {
         });
         Ok((manifests, temp_files))
     }
-}
 
-impl Store {
     /// Lists every model directory once, on several threads, so that the
     /// recursive watch set up next (which visits them one by one, a disk read
     /// each on a cold cache) finds them in memory. Errors are ignored: the
@@ -220,11 +219,9 @@ impl Store {
             return;
         }
         tracing::info!("listing {} model directories", dirs.len());
-        let next = std::sync::atomic::AtomicUsize::new(0);
+        let next = AtomicUsize::new(0);
         let list = || {
-            while let Some((dir, _)) =
-                dirs.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
-            {
+            while let Some((dir, _)) = dirs.get(next.fetch_add(1, Ordering::Relaxed)) {
                 if let Ok(entries) = fs::read_dir(dir) {
                     entries.for_each(drop);
                 }
@@ -232,7 +229,10 @@ impl Store {
         };
         std::thread::scope(|scope| {
             for _ in 1..SCAN_THREADS {
-                scope.spawn(list);
+                // A thread that cannot start leaves its share to the others.
+                let _ = std::thread::Builder::new()
+                    .name("aliasd-scan".into())
+                    .spawn_scoped(scope, list);
             }
             list();
         });
@@ -278,20 +278,20 @@ fn scan_model_dirs(dirs: &[(PathBuf, PathBuf)], out: &mut Found<'_>) -> io::Resu
         }
         return Ok(());
     }
-    let next = std::sync::atomic::AtomicUsize::new(0);
+    let next = AtomicUsize::new(0);
     let temp_marker = out.temp_marker;
     // Takes the next directory until none is left or one fails.
     let work = |progress: Option<&mut crate::progress::Progress>| -> io::Result<Found<'_>> {
         let mut found = Found::new(temp_marker);
         let mut progress = progress;
         loop {
-            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let i = next.fetch_add(1, Ordering::Relaxed);
             let Some((dir, rel)) = dirs.get(i) else {
                 return Ok(found);
             };
             if let Err(e) = scan_dir(dir, rel, MANIFEST_DIR_DEPTH, &mut found) {
                 // The others stop at their next directory.
-                next.store(dirs.len(), std::sync::atomic::Ordering::Relaxed);
+                next.store(dirs.len(), Ordering::Relaxed);
                 return Err(e);
             }
             if let Some(progress) = progress.as_deref_mut() {
@@ -302,8 +302,14 @@ fn scan_model_dirs(dirs: &[(PathBuf, PathBuf)], out: &mut Found<'_>) -> io::Resu
     let mut progress =
         crate::progress::Progress::new("reading the store (model directories)", dirs.len());
     let results: Vec<io::Result<Found<'_>>> = std::thread::scope(|scope| {
+        // A thread that cannot start leaves its share to the others.
         let others: Vec<_> = (1..SCAN_THREADS)
-            .map(|_| scope.spawn(|| work(None)))
+            .filter_map(|_| {
+                std::thread::Builder::new()
+                    .name("aliasd-scan".into())
+                    .spawn_scoped(scope, || work(None))
+                    .ok()
+            })
             .collect();
         let mut results = vec![work(Some(&mut progress))];
         for other in others {
