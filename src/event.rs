@@ -277,6 +277,24 @@ pub fn new_id() -> String {
         .to_string()
 }
 
+/// An `alias.created` event of alias `a<seq>` pointing at `target`, for tests.
+#[cfg(test)]
+pub(crate) fn created_for_test(seq: u64, target: &str) -> Event {
+    Event {
+        seq,
+        id: new_id(),
+        time: now_rfc3339(),
+        kind: EventType::AliasCreated,
+        alias: format!("a{seq}"),
+        target: Some(target.into()),
+        previous_target: None,
+        digest: None,
+        prefix_matching: false,
+        actor: "test".into(),
+        request_id: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

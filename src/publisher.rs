@@ -146,22 +146,9 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Event, EventType};
 
     fn published(seq: u64) -> Published {
-        Published::new(Event {
-            seq,
-            id: crate::event::new_id(),
-            time: crate::event::now_rfc3339(),
-            kind: EventType::AliasCreated,
-            alias: format!("a{seq}"),
-            target: Some("llama3".into()),
-            previous_target: None,
-            digest: None,
-            prefix_matching: false,
-            actor: "test".into(),
-            request_id: None,
-        })
+        Published::new(crate::event::created_for_test(seq, "llama3"))
     }
 
     #[test]

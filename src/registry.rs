@@ -326,6 +326,17 @@ fn load_index_in_chunks(
         None => Index::default(),
         Some(snapshot) => match crate::snapshot::decode(&snapshot.data) {
             Ok(index) => index,
+            // Retention dropped the events before the journal's first seq: only
+            // the snapshot held them, and replaying the rest would silently
+            // leave those aliases out.
+            Err(e) if journal.first_seq().0 > 1 => anyhow::bail!(
+                "the snapshot at seq {} cannot be read ({e}), and the journal no longer holds \
+                 the events before seq {} (dropped by --retain), so the aliases cannot be \
+                 rebuilt; was it written by a newer aliasd? Run that version, or restore the \
+                 journal directory from a backup",
+                snapshot.seq.0,
+                journal.first_seq().0
+            ),
             Err(e) => {
                 tracing::warn!(
                     "ignoring snapshot at seq {}: {e}; replaying the whole journal",
@@ -974,6 +985,58 @@ mod tests {
         "registry.example.com/x/m3:latest",
     ];
     const DIGESTS: [&str; 3] = ["sha256:aa", "sha256:bb", "sha256:cc"];
+
+    fn created(seq: u64) -> Event {
+        crate::event::created_for_test(seq, "m1")
+    }
+
+    /// A snapshot that cannot be decoded is replaced by a full replay only
+    /// while the journal still holds every event; after retention dropped
+    /// some, start-up stops with an error instead of losing those aliases.
+    #[test]
+    fn an_unreadable_snapshot_is_an_error_once_retention_dropped_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = journal::Options {
+            segment_bytes: 4096,
+            preallocate_bytes: 0,
+            retain: Some(1),
+            ..journal::Options::default()
+        };
+        let journal = journal::Journal::open(dir.path(), options).unwrap().journal;
+        for seq in 1..=200 {
+            journal.append(vec![created(seq).encode()]).unwrap();
+        }
+        let mut index = Index::default();
+        for seq in 1..=200 {
+            index.apply(&created(seq)).unwrap();
+        }
+        let good = crate::snapshot::encode(&index);
+        journal.write_snapshot(journal::Seq(200), &good).unwrap();
+        assert!(journal.first_seq().0 > 1, "retention dropped segments");
+        let snapshot = |data: Vec<u8>| journal::Snapshot {
+            seq: journal::Seq(200),
+            data,
+        };
+
+        let loaded = super::load_index(&journal, Some(snapshot(good))).unwrap();
+        assert_eq!(loaded.len(), 200);
+        let err = super::load_index(&journal, Some(snapshot(b"not a snapshot".to_vec())))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot be rebuilt"), "{err}");
+
+        // With every event still in the journal, a full replay is still right.
+        let whole = tempfile::tempdir().unwrap();
+        let journal = journal::Journal::open(whole.path(), journal::Options::default())
+            .unwrap()
+            .journal;
+        journal
+            .append((1..=200).map(|seq| created(seq).encode()).collect())
+            .unwrap();
+        let replayed =
+            super::load_index(&journal, Some(snapshot(b"not a snapshot".to_vec()))).unwrap();
+        assert_eq!(replayed.len(), 200);
+    }
 
     fn events() -> impl Strategy<Value = Vec<Event>> {
         let one = (
