@@ -461,23 +461,25 @@ fn stalled_subscriber_throughput(addr: SocketAddr) {
             [true, false]
         };
         for with_stalled in order {
-            if with_stalled {
-                // A subscriber that reads its response head and then nothing, ever.
+            // A subscriber that reads its response head and then nothing, ever.
+            let socket = with_stalled.then(|| {
                 let mut socket = TcpStream::connect(addr).expect("connect");
                 write!(socket, "GET /api/events HTTP/1.1\r\nHost: {addr}\r\n\r\n")
                     .expect("subscribe");
                 let mut head = [0u8; 12];
                 socket.read_exact(&mut head).expect("head");
                 assert_eq!(&head, b"HTTP/1.1 200");
-                let rate = flat_out(addr, &mut next_alias);
-                println!("  round {round}: 1 stalled subscriber {rate:.0} writes/s");
-                stalled.push(rate);
-                drop(socket);
+                socket
+            });
+            let rate = flat_out(addr, &mut next_alias);
+            let (label, rates) = if with_stalled {
+                ("1 stalled subscriber", &mut stalled)
             } else {
-                let rate = flat_out(addr, &mut next_alias);
-                println!("  round {round}: no subscriber      {rate:.0} writes/s");
-                no_subscriber.push(rate);
-            }
+                ("no subscriber       ", &mut no_subscriber)
+            };
+            println!("  round {round}: {label} {rate:.0} writes/s");
+            rates.push(rate);
+            drop(socket);
         }
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;

@@ -99,8 +99,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // notify reports paths under the directory as it was given; make it absolute.
     let manifests_dir = store.manifests_dir();
     let manifests_dir = std::fs::canonicalize(&manifests_dir).unwrap_or(manifests_dir);
-    store.warm_directories();
-    let watching = aliasd::watcher::Watching::start(manifests_dir, args.watch_mode());
+    let watch_mode = args.watch_mode();
+    if matches!(watch_mode, aliasd::watcher::WatchMode::Notify { .. }) {
+        // The recursive watch visits every directory in turn: list them first, in parallel.
+        store.warm_directories();
+    }
+    let watching = aliasd::watcher::Watching::start(manifests_dir, watch_mode);
     let (registry, writer) = aliasd::registry::Registry::start(config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -65,11 +65,6 @@ impl Progress {
             );
         }
     }
-
-    /// Steps finished so far.
-    pub fn done(&self) -> usize {
-        self.done
-    }
 }
 
 fn percent(done: usize, total: usize) -> f64 {
@@ -89,9 +84,9 @@ mod tests {
         let mut progress = Progress::new("test", 10);
         progress.advance(3);
         progress.advance(2);
-        assert_eq!(progress.done(), 5);
+        assert_eq!(progress.done, 5);
         progress.reached(9);
-        assert_eq!(progress.done(), 9);
+        assert_eq!(progress.done, 9);
         assert!((percent(5, 10) - 50.0).abs() < f64::EPSILON);
         assert!((percent(0, 0) - 100.0).abs() < f64::EPSILON);
         progress.finish();

@@ -347,12 +347,10 @@ fn load_index_in_chunks(
         },
     };
     let records = journal.read_from(journal::Seq(index.last_seq() + 1))?;
-    let pending = journal.last_seq().0.saturating_sub(index.last_seq());
-    index.reserve_for_replay(usize::try_from(pending.min(MAX_REPLAY_RESERVE)).unwrap_or(0));
-    let mut progress = Progress::new(
-        "replaying the journal (events)",
-        usize::try_from(pending).unwrap_or(usize::MAX),
-    );
+    let pending = usize::try_from(journal.last_seq().0.saturating_sub(index.last_seq()))
+        .unwrap_or(usize::MAX);
+    index.reserve_for_replay(pending.min(MAX_REPLAY_RESERVE));
+    let mut progress = Progress::new("replaying the journal (events)", pending);
     let (sender, receiver) = std::sync::mpsc::sync_channel(4);
     std::thread::scope(|scope| {
         std::thread::Builder::new()
@@ -377,7 +375,7 @@ fn load_index_in_chunks(
 
 /// The most aliases room is made for before a replay (a map of 25 bytes a
 /// slot, 50-100 MB at this many); past it, the map grows as it goes.
-const MAX_REPLAY_RESERVE: u64 = 2_000_000;
+const MAX_REPLAY_RESERVE: usize = 2_000_000;
 
 /// Replayed records, each with its seq: the parsed change, or why its names
 /// do not parse (such a record is skipped, with a warning).

@@ -219,22 +219,12 @@ impl Store {
             return;
         }
         tracing::info!("listing {} model directories", dirs.len());
-        let next = AtomicUsize::new(0);
-        let list = || {
-            while let Some((dir, _)) = dirs.get(next.fetch_add(1, Ordering::Relaxed)) {
-                if let Ok(entries) = fs::read_dir(dir) {
-                    entries.for_each(drop);
-                }
+        // Listing errors are left for the watch and the scan to report.
+        let _ = on_scan_threads(&dirs, |(dir, _), _, _: &mut Option<()>| {
+            if let Ok(entries) = fs::read_dir(dir) {
+                entries.for_each(drop);
             }
-        };
-        std::thread::scope(|scope| {
-            for _ in 1..SCAN_THREADS {
-                // A thread that cannot start leaves its share to the others.
-                let _ = std::thread::Builder::new()
-                    .name("aliasd-scan".into())
-                    .spawn_scoped(scope, list);
-            }
-            list();
+            Ok(())
         });
     }
 }
@@ -278,57 +268,73 @@ fn scan_model_dirs(dirs: &[(PathBuf, PathBuf)], out: &mut Found<'_>) -> io::Resu
         }
         return Ok(());
     }
-    let next = AtomicUsize::new(0);
     let temp_marker = out.temp_marker;
-    // Takes the next directory until none is left or one fails.
-    let work = |progress: Option<&mut crate::progress::Progress>| -> io::Result<Found<'_>> {
-        let mut found = Found::new(temp_marker);
-        let mut progress = progress;
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some((dir, rel)) = dirs.get(i) else {
-                return Ok(found);
-            };
-            if let Err(e) = scan_dir(dir, rel, MANIFEST_DIR_DEPTH, &mut found) {
-                // The others stop at their next directory.
-                next.store(dirs.len(), Ordering::Relaxed);
-                return Err(e);
-            }
-            if let Some(progress) = progress.as_deref_mut() {
-                progress.reached(i.min(dirs.len()));
-            }
+    let progress = Mutex::new(crate::progress::Progress::new(
+        "reading the store (model directories)",
+        dirs.len(),
+    ));
+    let found = on_scan_threads(dirs, |(dir, rel), done, found| {
+        let found = found.get_or_insert_with(|| Found::new(temp_marker));
+        scan_dir(dir, rel, MANIFEST_DIR_DEPTH, found)?;
+        if let Ok(mut progress) = progress.try_lock() {
+            progress.reached(done);
         }
-    };
-    let mut progress =
-        crate::progress::Progress::new("reading the store (model directories)", dirs.len());
-    let results: Vec<io::Result<Found<'_>>> = std::thread::scope(|scope| {
-        // A thread that cannot start leaves its share to the others.
-        let others: Vec<_> = (1..SCAN_THREADS)
-            .filter_map(|_| {
-                std::thread::Builder::new()
-                    .name("aliasd-scan".into())
-                    .spawn_scoped(scope, || work(None))
-                    .ok()
-            })
-            .collect();
-        let mut results = vec![work(Some(&mut progress))];
-        for other in others {
-            results.push(
-                other
-                    .join()
-                    .unwrap_or_else(|_| Err(io::Error::other("a store scan thread panicked"))),
-            );
-        }
-        results
-    });
-    progress.reached(dirs.len());
-    progress.finish();
-    for found in results {
-        let found = found?;
+        Ok(())
+    })?;
+    progress
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .finish();
+    for found in found.into_iter().flatten() {
         out.manifests.extend(found.manifests);
         out.temp_files.extend(found.temp_files);
     }
     Ok(())
+}
+
+/// Runs `each(item, items taken so far, this thread's state)` for every
+/// item, shared among [`SCAN_THREADS`] threads (this one included) that take
+/// the next item until none is left or one fails; returns each thread's
+/// state. A thread that cannot start leaves its share to the others.
+fn on_scan_threads<T, S, F>(items: &[T], each: F) -> io::Result<Vec<Option<S>>>
+where
+    T: Sync,
+    S: Send,
+    F: Fn(&T, usize, &mut Option<S>) -> io::Result<()> + Sync,
+{
+    let next = AtomicUsize::new(0);
+    let work = || -> io::Result<Option<S>> {
+        let mut state = None;
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(item) = items.get(i) else {
+                return Ok(state);
+            };
+            if let Err(e) = each(item, i + 1, &mut state) {
+                // The others stop at their next item.
+                next.store(items.len(), Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        let others: Vec<_> = (1..SCAN_THREADS)
+            .filter_map(|_| {
+                std::thread::Builder::new()
+                    .name("aliasd-scan".into())
+                    .spawn_scoped(scope, work)
+                    .ok()
+            })
+            .collect();
+        let mut states = vec![work()?];
+        for other in others {
+            let state = other
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("a store scan thread panicked")));
+            states.push(state?);
+        }
+        Ok(states)
+    })
 }
 
 /// One manifest file as read from the store.
