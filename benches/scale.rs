@@ -1,6 +1,7 @@
 //! How the registry scales with the number of aliases, in one process.
 //!
-//! `cargo bench --bench scale` (or `-- 100000` for one smaller size). Three tables:
+//! `cargo bench --bench scale` (or `-- 100000` for one smaller size; `--open-only`
+//! or `--memory-only` for table 2 or 1 alone). Three tables:
 //! 1. memory and replay: resident bytes per alias (growth of this process's
 //!    RSS while building the index), `Index::apply` rate, snapshot size and
 //!    encode/decode time;
@@ -267,6 +268,9 @@ fn main() {
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &n in &sizes {
         memory_and_replay(n);
+    }
+    if std::env::args().any(|a| a == "--memory-only") {
+        return;
     }
     println!("\n## open (journal + index), seconds\n");
     println!("| aliases | no snapshot | replay records/s | with snapshot |");

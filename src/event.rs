@@ -249,10 +249,28 @@ pub fn now_rfc3339() -> String {
 }
 
 /// A fresh UUID v4 as a string.
+pub fn new_id() -> String {
+    let mut buffer = uuid::Uuid::encode_buffer();
+    new_uuid()
+        .hyphenated()
+        .encode_lower(&mut buffer)
+        .to_string()
+}
+
+/// A fresh UUID v4 as an HTTP header value (the request id of a request that
+/// came without one).
+pub fn new_id_header() -> axum::http::HeaderValue {
+    let mut buffer = uuid::Uuid::encode_buffer();
+    let id = new_uuid().hyphenated().encode_lower(&mut buffer);
+    // Hex digits and hyphens are valid header bytes.
+    axum::http::HeaderValue::from_str(id).expect("a UUID is a valid header value")
+}
+
+/// A fresh UUID v4.
 ///
 /// The random bits come from a per-thread generator seeded once from the OS
 /// (splitmix64), not a system call per id: ids need to be unique, not secret.
-pub fn new_id() -> String {
+fn new_uuid() -> uuid::Uuid {
     use std::cell::Cell;
     thread_local! {
         static STATE: Cell<u64> = Cell::new(seed());
@@ -272,9 +290,7 @@ pub fn new_id() -> String {
     let mut bytes = [0u8; 16];
     bytes[..8].copy_from_slice(&high.to_le_bytes());
     bytes[8..].copy_from_slice(&low.to_le_bytes());
-    uuid::Builder::from_random_bytes(bytes)
-        .into_uuid()
-        .to_string()
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
 }
 
 /// An `alias.created` event of alias `a<seq>` pointing at `target`, for tests.

@@ -433,9 +433,9 @@ pub trait AliasView {
     /// A model with the exact name wins over an alias at each step.
     fn chain_end<'m>(&self, models: &'m Models, start: &ModelName) -> ChainEnd<'m> {
         let mut current = start.clone();
-        let mut seen: Vec<String> = Vec::new();
+        let mut seen: Vec<Arc<str>> = Vec::new();
         loop {
-            let key = current.key();
+            let key = current.key_arc();
             if let Some(model) = models.get(&key) {
                 return ChainEnd::Model(model);
             }
@@ -547,7 +547,7 @@ impl Index {
     pub fn resolve(&self, models: &Models, name: &str) -> Result<Resolution, ResolveError> {
         let parsed = ModelName::parse(name).ok();
         if let Some(parsed) = &parsed {
-            if let Some(model) = models.get(&parsed.key()) {
+            if let Some(model) = models.get(parsed.key_str()) {
                 return Ok(Resolution {
                     resolved: model.name.clone(),
                     chain: vec![parsed.display()],
@@ -566,12 +566,12 @@ impl Index {
         let asked = parsed
             .map(|p| p.display())
             .unwrap_or_else(|| name.to_string());
-        let mut chain = vec![asked.clone()];
+        let mut chain = Vec::with_capacity(4);
+        chain.push(asked.clone());
         let mut current = first.target.clone();
         loop {
-            let key = current.key();
             chain.push(current.display());
-            if let Some(model) = models.get(&key) {
+            if let Some(model) = models.get(current.key_str()) {
                 return Ok(Resolution {
                     resolved: model.name.clone(),
                     chain,
@@ -579,7 +579,7 @@ impl Index {
                     digest: model.digest.clone(),
                 });
             }
-            match self.exact.get(key.as_str()) {
+            match self.exact.get(current.key_str()) {
                 None => {
                     return Err(ResolveError::Dangling {
                         alias: asked,

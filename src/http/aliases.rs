@@ -7,7 +7,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{BatchOp, DeleteAlias, PutAlias};
-use crate::http::{ApiError, AppJson, AppState, RequestOrigin};
+use crate::http::{json_response, ApiError, AppJson, AppState, RequestOrigin};
 use crate::index::{format_time, AliasEntry, AliasState, AliasView, ChainEnd, Index, Models};
 use crate::registry::{Command, Reply, Shared};
 
@@ -342,38 +342,38 @@ fn unexpected(reply: Reply) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
 }
 
-/// The body of `GET /api/resolve/{name}`.
+/// The body of `GET /api/resolve/{name}`, borrowed from the resolution.
 #[derive(Debug, Serialize)]
-pub struct ResolveBody {
+pub struct ResolveBody<'a> {
     /// The name asked, in display form.
-    pub name: String,
+    pub name: &'a str,
     /// The model at the end of the chain.
-    pub resolved: String,
+    pub resolved: &'a str,
     /// Display names from the asked name to the model, both included.
-    pub chain: Vec<String>,
+    pub chain: &'a [String],
     /// `model`, `alias` or `prefix`.
     pub via: &'static str,
     /// The model's manifest digest.
-    pub digest: String,
+    pub digest: &'a str,
 }
 
 /// `GET /api/resolve/{name}`.
 pub async fn resolve_get(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<ResolveBody>, ApiError> {
+) -> Result<Response, ApiError> {
     let resolution = state.registry.read(|s| s.index.resolve(&s.models, &name))?;
-    Ok(Json(ResolveBody {
-        name: resolution
-            .chain
-            .first()
-            .cloned()
-            .unwrap_or_else(|| name.clone()),
-        resolved: resolution.resolved.display(),
-        via: resolution.via.as_str(),
-        digest: resolution.digest.to_string(),
-        chain: resolution.chain,
-    }))
+    let resolved = resolution.resolved.display();
+    Ok(json_response(
+        StatusCode::OK,
+        &ResolveBody {
+            name: resolution.chain.first().map_or(&name, |first| first),
+            resolved: &resolved,
+            chain: &resolution.chain,
+            via: resolution.via.as_str(),
+            digest: &resolution.digest,
+        },
+    ))
 }
 
 /// `GET /api/models`: the models in the store and the aliases ending at each.

@@ -144,7 +144,6 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(aliases::healthz))
         .route("/metrics", get(metrics_get))
         .fallback(proxy::forward)
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.clone(), edge))
         .with_state(state)
 }
@@ -207,10 +206,12 @@ async fn edge(
     let id = request
         .headers()
         .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 200 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(String::from)
-        .unwrap_or_else(crate::event::new_id);
+        .filter(|v| {
+            let v = v.as_bytes();
+            !v.is_empty() && v.len() <= 200 && v.iter().all(u8::is_ascii_graphic)
+        })
+        .cloned()
+        .unwrap_or_else(crate::event::new_id_header);
     request.extensions_mut().insert(RequestId(id.clone()));
     let route = request
         .extensions()
@@ -244,9 +245,7 @@ async fn edge(
         .registry
         .metrics()
         .observe_request(route, response.status().as_u16());
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(REQUEST_ID.clone(), value);
-    }
+    response.headers_mut().insert(REQUEST_ID.clone(), id);
     response
 }
 
@@ -294,9 +293,9 @@ async fn run_route(state: &AppState, request: Request, next: Next, timed: bool) 
     }
 }
 
-/// The id of the current request.
+/// The id of the current request: only visible ASCII, at most 200 bytes.
 #[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+pub struct RequestId(pub HeaderValue);
 
 /// The name of the token a request was authorized with.
 #[derive(Debug, Clone)]
@@ -320,7 +319,11 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestOrigin {
             .get::<TokenName>()
             .map(|t| t.0.clone())
             .unwrap_or_else(|| "anonymous".to_string());
-        let request_id = parts.extensions.get::<RequestId>().map(|r| r.0.clone());
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .and_then(|r| r.0.to_str().ok())
+            .map(String::from);
         Ok(RequestOrigin(Origin {
             actor: format!("{who}@{addr}"),
             request_id,
@@ -342,12 +345,8 @@ where
 {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| {
-                ApiError::new(rejection.status(), rejection.body_text().to_lowercase())
-            })?;
+    async fn from_request(request: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = read_body(request).await?;
         if bytes.is_empty() {
             return Err(ApiError::bad_request("the request needs a JSON body"));
         }
@@ -367,6 +366,53 @@ where
             .map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))?;
         Ok(AppJson(value))
     }
+}
+
+/// Reads a request body of at most [`MAX_BODY_BYTES`]: 413 past it (at once
+/// when its `Content-Length` says so), 400 when the connection fails first.
+async fn read_body(request: Request) -> Result<axum::body::Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is over {} KiB", MAX_BODY_BYTES / 1024),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
+        .await
+        .map_err(|e| {
+            let over = std::error::Error::source(&e)
+                .is_some_and(|cause| cause.is::<http_body_util::LengthLimitError>());
+            if over {
+                too_large()
+            } else {
+                ApiError::bad_request(format!("cannot read the request body: {e}"))
+            }
+        })
+}
+
+/// A JSON response, serialized into one buffer with room for a typical body
+/// (axum's `Json` starts at 128 bytes and grows).
+pub fn json_response(status: axum::http::StatusCode, body: &impl serde::Serialize) -> Response {
+    let mut buffer = Vec::with_capacity(512);
+    // Our bodies are structs of strings and numbers: serializing cannot fail.
+    serde_json::to_writer(&mut buffer, body).expect("a response body serializes");
+    (
+        status,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        buffer,
+    )
+        .into_response()
 }
 
 /// Serves the app on `listener` until `shutdown` completes.
