@@ -566,8 +566,9 @@ impl Index {
         let asked = parsed
             .map(|p| p.display())
             .unwrap_or_else(|| name.to_string());
+        // The chain starts with the name asked; errors take it from there.
         let mut chain = Vec::with_capacity(4);
-        chain.push(asked.clone());
+        chain.push(asked);
         let mut current = first.target.clone();
         loop {
             chain.push(current.display());
@@ -581,14 +582,15 @@ impl Index {
             }
             match self.exact.get(current.key_str()) {
                 None => {
+                    let missing = chain.pop().unwrap_or_default();
                     return Err(ResolveError::Dangling {
-                        alias: asked,
-                        missing: current.display(),
-                    })
+                        alias: chain.swap_remove(0),
+                        missing,
+                    });
                 }
                 Some(entry) => {
                     if chain.len() > self.exact.len() + 2 {
-                        return Err(ResolveError::Cycle(asked));
+                        return Err(ResolveError::Cycle(chain.swap_remove(0)));
                     }
                     current = entry.target.clone();
                 }
@@ -1150,6 +1152,30 @@ mod tests {
         );
         check(&events, &ms, "nothing", Err("no model or alias"));
         check(&events, &ms, "gone", Err("dangling"));
+        // The error names the alias asked and the missing name, as spelt.
+        let mut index = Index::default();
+        for e in &events {
+            index.apply(e).unwrap();
+        }
+        assert_eq!(
+            index.resolve(&ms, "GONE"),
+            Err(ResolveError::Dangling {
+                alias: "GONE".into(),
+                missing: "missing".into()
+            })
+        );
+        let cycle = [
+            event(1, EventType::AliasCreated, "x", Some("y"), None),
+            event(2, EventType::AliasCreated, "y", Some("x"), None),
+        ];
+        let mut index = Index::default();
+        for e in &cycle {
+            index.apply(e).unwrap();
+        }
+        assert_eq!(
+            index.resolve(&ms, "x"),
+            Err(ResolveError::Cycle("x".into()))
+        );
     }
 
     #[test]

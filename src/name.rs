@@ -243,13 +243,22 @@ impl ModelName {
         let host_end = host.len();
         let namespace_end = host_end + 1 + namespace.len();
         let model_end = namespace_end + 1 + model.len();
-        // One buffer for the spelling, reused for the lowercase key when the
-        // spelling has capitals (`format!` and a lowercase copy cost more).
-        let mut buffer = full_form(host, namespace, model, tag);
-        let spelled: Arc<str> = Arc::from(buffer.as_str());
-        let key = if buffer.bytes().any(|b| b.is_ascii_uppercase()) {
-            buffer.make_ascii_lowercase();
-            Arc::from(buffer)
+        // The full form is put together on the stack and copied once into the
+        // shared string (a `String` first would be a second allocation); the
+        // same buffer is lowercased for the key when the spelling has capitals.
+        let mut buffer = [0u8; MAX_NAME_LEN];
+        let mut len = 0;
+        for (part, separator) in [(host, "/"), (namespace, "/"), (model, ":"), (tag, "")] {
+            for piece in [part, separator] {
+                buffer[len..len + piece.len()].copy_from_slice(piece.as_bytes());
+                len += piece.len();
+            }
+        }
+        let full = &mut buffer[..len];
+        let spelled: Arc<str> = Arc::from(ascii(full));
+        let key = if full.iter().any(u8::is_ascii_uppercase) {
+            full.make_ascii_lowercase();
+            Arc::from(ascii(full))
         } else {
             spelled.clone()
         };
@@ -486,16 +495,9 @@ pub fn matches_prefix(prefix: &str, typed: &str) -> bool {
         .is_some_and(|start| start.eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
-/// `host/namespace/model:tag`, the fully qualified form in the given spelling.
-fn full_form(host: &str, namespace: &str, model: &str, tag: &str) -> String {
-    // Pushed part by part: `format!` costs several times more, and this runs for
-    // every name parsed (each request, each replayed event, each snapshot entry).
-    let mut out = String::with_capacity(host.len() + namespace.len() + model.len() + tag.len() + 3);
-    for (part, separator) in [(host, "/"), (namespace, "/"), (model, ":"), (tag, "")] {
-        out.push_str(part);
-        out.push_str(separator);
-    }
-    out
+/// Bytes of validated name parts as text (they are ASCII).
+fn ascii(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).expect("validated name parts are ASCII")
 }
 
 /// Whether `c` may start any part of a name.
@@ -575,8 +577,7 @@ mod tests {
     fn check(input: &str, expected: &str) {
         let actual = match ModelName::parse(input) {
             Ok(name) => {
-                let full = full_form(name.host(), name.namespace(), name.model(), name.tag());
-                format!("{full} | {}", name.display())
+                format!("{} | {}", name.spelled(), name.display())
             }
             Err(err) => err.to_string(),
         };
