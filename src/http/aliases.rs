@@ -7,7 +7,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{BatchOp, DeleteAlias, PutAlias};
-use crate::http::{json_response, ApiError, AppJson, AppState, RequestOrigin};
+use crate::http::{json_bytes_response, ApiError, AppJson, AppState, RequestOrigin};
 use crate::index::{format_time, AliasEntry, AliasState, AliasView, ChainEnd, Index, Models};
 use crate::registry::{Command, Reply, Shared};
 
@@ -357,6 +357,50 @@ pub struct ResolveBody<'a> {
     pub digest: &'a str,
 }
 
+impl ResolveBody<'_> {
+    /// The body's JSON, written directly: the same bytes as serde_json's, for
+    /// a third of the instructions (this is the route tools call per request;
+    /// serde_json's generic string escaping alone was 6% of its cost).
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            96 + self.name.len()
+                + self.resolved.len()
+                + self.digest.len()
+                + self.chain.iter().map(|s| s.len() + 3).sum::<usize>(),
+        );
+        out.extend_from_slice(b"{\"name\":");
+        push_json_str(&mut out, self.name);
+        out.extend_from_slice(b",\"resolved\":");
+        push_json_str(&mut out, self.resolved);
+        out.extend_from_slice(b",\"chain\":[");
+        for (i, step) in self.chain.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            push_json_str(&mut out, step);
+        }
+        out.extend_from_slice(b"],\"via\":");
+        push_json_str(&mut out, self.via);
+        out.extend_from_slice(b",\"digest\":");
+        push_json_str(&mut out, self.digest);
+        out.push(b'}');
+        out
+    }
+}
+
+/// Appends `value` as a JSON string: as is between quotes when nothing in it
+/// needs escaping (names and digests never do), else through serde_json.
+fn push_json_str(out: &mut Vec<u8>, value: &str) {
+    if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing a string into a Vec cannot fail.
+        serde_json::to_writer(&mut *out, value).expect("a string serializes");
+    }
+}
+
 /// `GET /api/resolve/{name}`.
 pub async fn resolve_get(
     State(state): State<AppState>,
@@ -364,16 +408,14 @@ pub async fn resolve_get(
 ) -> Result<Response, ApiError> {
     let resolution = state.registry.read(|s| s.index.resolve(&s.models, &name))?;
     let resolved = resolution.resolved.display();
-    Ok(json_response(
-        StatusCode::OK,
-        &ResolveBody {
-            name: resolution.chain.first().map_or(&name, |first| first),
-            resolved: &resolved,
-            chain: &resolution.chain,
-            via: resolution.via.as_str(),
-            digest: &resolution.digest,
-        },
-    ))
+    let body = ResolveBody {
+        name: resolution.chain.first().map_or(&name, |first| first),
+        resolved: &resolved,
+        chain: &resolution.chain,
+        via: resolution.via.as_str(),
+        digest: &resolution.digest,
+    };
+    Ok(json_bytes_response(StatusCode::OK, body.to_json()))
 }
 
 /// `GET /api/models`: the models in the store and the aliases ending at each.
@@ -408,4 +450,51 @@ pub async fn models_list(State(state): State<AppState>) -> Json<serde_json::Valu
 pub async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
     let seq = state.registry.journal().last_seq().0;
     Json(serde_json::json!({ "status": "ok", "seq": seq }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn body<'a>(name: &'a str, chain: &'a [String], digest: &'a str) -> ResolveBody<'a> {
+        ResolveBody {
+            name,
+            resolved: chain.last().map_or("", |s| s),
+            chain,
+            via: "alias",
+            digest,
+        }
+    }
+
+    #[test]
+    fn resolve_json_is_what_serde_json_writes() {
+        let cases: [(&str, Vec<String>); 5] = [
+            ("coder", vec!["coder".into(), "qwen2.5-coder:32b".into()]),
+            ("say \"hi\"", vec!["a".into()]),
+            ("back\\slash", vec!["a".into()]),
+            ("tab\tnew\nline\u{1}\u{7f}", vec![]),
+            ("ünï©ødé 🦀", vec!["x".into(), "y".into(), "z".into()]),
+        ];
+        for (name, chain) in &cases {
+            let body = body(name, chain, "sha256:abc");
+            let expected = serde_json::to_vec(&body).unwrap();
+            assert_eq!(
+                String::from_utf8(body.to_json()).unwrap(),
+                String::from_utf8(expected).unwrap()
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn resolve_json_matches_serde_json_for_any_text(
+            name in any::<String>(),
+            chain in proptest::collection::vec(any::<String>(), 0..4),
+            digest in any::<String>(),
+        ) {
+            let body = body(&name, &chain, &digest);
+            prop_assert_eq!(body.to_json(), serde_json::to_vec(&body).unwrap());
+        }
+    }
 }

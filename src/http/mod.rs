@@ -398,21 +398,16 @@ async fn read_body(request: Request) -> Result<axum::body::Bytes, ApiError> {
         })
 }
 
-/// A JSON response, serialized into one buffer with room for a typical body
-/// (axum's `Json` starts at 128 bytes and grows).
-pub fn json_response(status: axum::http::StatusCode, body: &impl serde::Serialize) -> Response {
-    let mut buffer = Vec::with_capacity(512);
-    // Our bodies are structs of strings and numbers: serializing cannot fail.
-    serde_json::to_writer(&mut buffer, body).expect("a response body serializes");
-    (
-        status,
-        [(
-            axum::http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        buffer,
-    )
-        .into_response()
+/// A response of JSON already written, built directly (axum's tuple
+/// responses would set `application/octet-stream` first, then replace it).
+pub fn json_bytes_response(status: axum::http::StatusCode, json: Vec<u8>) -> Response {
+    let mut response = Response::new(axum::body::Body::from(json));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// Serves the app on `listener` until `shutdown` completes.
