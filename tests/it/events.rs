@@ -1441,6 +1441,8 @@ fn metrics_report_aliases_journal_subscribers_events_and_requests() {
     server.create("b", "qwen");
     server.delete(&alias_path("c")).expect(200);
     server.get("/api/aliases/nope").expect_error(404, "nope");
+    server.get("/no/such/route").expect_error(404, "");
+    server.get("/api/resolve/a").expect(200);
     server.store.remove_model("qwen"); // b dangles (watcher)
     wait_seq(&server, 6);
 
@@ -1526,6 +1528,12 @@ fn metrics_report_aliases_journal_subscribers_events_and_requests() {
     assert_eq!(count("/api/aliases/", 201), 3.0, "{requests:?}");
     assert_eq!(count("/api/aliases/", 404), 1.0, "{requests:?}");
     assert!(count("/healthz", 200) >= 1.0, "{requests:?}");
+    assert_eq!(
+        count("route=\"/api/resolve/{*name}\"", 200),
+        1.0,
+        "{requests:?}"
+    );
+    assert_eq!(count("route=\"unmatched\"", 404), 1.0, "{requests:?}");
     assert!(
         requests
             .iter()
