@@ -2,16 +2,19 @@
 # Whole-system benchmarks of aliasd beside its anchors, in one run on this machine:
 #   - durable creates over HTTP at 1, 16 and 64 clients (wrk), aliasd vs etcd 3.4
 #     (Debian's etcd-server, POST /v3/kv/put on its JSON gateway, data dir on the same disk);
-#   - GET /api/resolve vs an axum hello-world route (examples/hello.rs), same machine, same load.
+#   - GET /api/resolve vs an axum hello-world route (examples/hello.rs), same machine, same load,
+#     in ROUNDS rounds of hello, resolve, resolve, hello (the machine drifts within a run, and
+#     one pair of runs can differ by half); the ratio is the median of the rounds.
 # Prints a markdown table. Installs wrk and etcd-server from Debian if missing, starts every
 # server on loopback, and stops only what it started.
 #
 #   benches/compare.sh            # DURATION=10 seconds per load
-#   DURATION=5 benches/compare.sh
+#   DURATION=5 ROUNDS=5 benches/compare.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
 WORK=$ROOT/target/compare
 AL_PORT=19600 HELLO_PORT=19601 ETCD_PORT=23790 ETCD_PEER=23800
 
@@ -95,15 +98,23 @@ for c in 1 16 64; do
 done
 
 echo
-echo "## Resolve vs hello-world (32 connections, ${DURATION}s each)"
+echo "## Resolve vs hello-world (32 connections, ${DURATION}s each, $ROUNDS rounds of hello, resolve, resolve, hello)"
 echo
-echo "| route | req/s | p50 ms | p99 ms |"
-echo "|---|---:|---:|---:|"
-read -r h_rps h_p50 h_p99 _ < <(run_wrk 32 http://127.0.0.1:$HELLO_PORT/)
-read -r r_rps r_p50 r_p99 r_err < <(run_wrk 32 http://127.0.0.1:$AL_PORT/api/resolve/coder)
-echo "| axum hello-world | $h_rps | $h_p50 | $h_p99 |"
-echo "| aliasd GET /api/resolve/coder | $r_rps | $r_p50 | $r_p99 |"
+echo "| round | hello-world req/s | p99 ms | resolve req/s | p99 ms | resolve / hello-world |"
+echo "|---:|---:|---:|---:|---:|---:|"
+RATIOS=()
+for round in $(seq "$ROUNDS"); do
+  read -r h1_rps _ h1_p99 _ < <(run_wrk 32 http://127.0.0.1:$HELLO_PORT/)
+  read -r r1_rps _ r1_p99 r1_err < <(run_wrk 32 http://127.0.0.1:$AL_PORT/api/resolve/coder)
+  read -r r2_rps _ r2_p99 r2_err < <(run_wrk 32 http://127.0.0.1:$AL_PORT/api/resolve/coder)
+  read -r h2_rps _ h2_p99 _ < <(run_wrk 32 http://127.0.0.1:$HELLO_PORT/)
+  h_rps=$(( (h1_rps + h2_rps) / 2 )); r_rps=$(( (r1_rps + r2_rps) / 2 ))
+  ratio=$(python3 -c "print(f'{$r_rps/$h_rps:.2f}')")
+  RATIOS+=("$ratio")
+  echo "| $round | $h1_rps, $h2_rps | $h1_p99, $h2_p99 | $r1_rps, $r2_rps | $r1_p99, $r2_p99 | ${ratio}x |"
+  [ "$r1_err" = 0 ] && [ "$r2_err" = 0 ] || echo "resolve errors in round $round: $r1_err, $r2_err" >&2
+done
 echo
-echo "resolve / hello-world = $(python3 -c "print(f'{$r_rps/$h_rps:.2f}x')") (errors: $r_err)"
+echo "resolve / hello-world, median of $ROUNDS rounds = $(python3 -c "import statistics, sys; print(f'{statistics.median(map(float, sys.argv[1:])):.2f}x')" "${RATIOS[@]}")"
 echo
 echo "aliases created in this run: $(curl -s http://127.0.0.1:$AL_PORT/healthz)"
