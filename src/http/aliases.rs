@@ -1,6 +1,6 @@
 //! The resource API: `/api/aliases`, `/api/resolve`, `/api/models`, `/healthz`.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawPathParams, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -391,7 +391,11 @@ impl ResolveBody<'_> {
 /// Appends `value` as a JSON string: as is between quotes when nothing in it
 /// needs escaping (names and digests never do), else through serde_json.
 fn push_json_str(out: &mut Vec<u8>, value: &str) {
-    if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    // No early exit: the compiler turns a full fold into a vector loop.
+    let needs_escape = value.bytes().fold(false, |any, b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if !needs_escape {
         out.push(b'"');
         out.extend_from_slice(value.as_bytes());
         out.push(b'"');
@@ -402,14 +406,18 @@ fn push_json_str(out: &mut Vec<u8>, value: &str) {
 }
 
 /// `GET /api/resolve/{name}`.
+///
+/// The name is read from the raw (percent-decoded) path parameter: `Path`
+/// would deserialize it into a new `String` through serde.
 pub async fn resolve_get(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    params: RawPathParams,
 ) -> Result<Response, ApiError> {
-    let resolution = state.registry.read(|s| s.index.resolve(&s.models, &name))?;
+    let name = params.iter().next().map_or("", |(_, value)| value);
+    let resolution = state.registry.read(|s| s.index.resolve(&s.models, name))?;
     let resolved = resolution.resolved.display();
     let body = ResolveBody {
-        name: resolution.chain.first().map_or(&name, |first| first),
+        name: resolution.chain.first().map_or(name, |first| first),
         resolved: &resolved,
         chain: &resolution.chain,
         via: resolution.via.as_str(),
