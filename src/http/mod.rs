@@ -239,15 +239,15 @@ async fn metrics_get(axum::extract::State(state): axum::extract::State<AppState>
         .into_response()
 }
 
-/// Everything every request goes through, in one layer (one boxed future
-/// per request instead of one per concern), in this order:
+/// Everything every request goes through, around the router (one boxed
+/// future per request instead of one per concern), in this order:
 /// 1. its request id: `X-Request-Id` if sane, else a new one, echoed back;
 /// 2. CORS: preflights answered here, allow headers added for allowed origins;
 /// 3. tokens (SPEC §5): 401/403, or the token's name for the event actor;
 /// 4. the route, within the request timeout (slow bodies included; not for
 ///    event streams), with a panic turned into a logged 500;
 /// 5. the `{"error"}` shape for the framework's own errors;
-/// 6. the count for `/metrics`, by matched route and status.
+/// 6. the count for `/metrics`, by route template and status.
 async fn edge(app: App, mut request: Request) -> Response {
     let App {
         router,
