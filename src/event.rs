@@ -8,6 +8,8 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
+mod scan;
+
 /// The version byte that precedes the JSON of an event in a journal record.
 pub const PAYLOAD_VERSION: u8 = 1;
 
@@ -142,7 +144,10 @@ impl<'a> Change<'a> {
     pub fn decode(payload: &'a [u8]) -> Result<Change<'a>, DecodeError> {
         match payload.split_first() {
             None => Err(DecodeError::Empty),
-            Some((&PAYLOAD_VERSION, json)) => Ok(serde_json::from_slice(json)?),
+            Some((&PAYLOAD_VERSION, json)) => match scan::change(json) {
+                Some(change) => Ok(change),
+                None => Ok(serde_json::from_slice(json)?),
+            },
             Some((&v, _)) => Err(DecodeError::Version(v)),
         }
     }

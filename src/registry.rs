@@ -385,17 +385,17 @@ type PreparedChunk = Vec<(u64, Result<PreparedChange, String>)>;
 /// Stops at the first record that cannot be read or is not an event (sending
 /// that error), or once the receiving side has gone.
 fn prepare_records(
-    records: journal::Reader,
+    mut records: journal::Reader,
     chunk: usize,
     sender: &std::sync::mpsc::SyncSender<anyhow::Result<PreparedChunk>>,
 ) {
     let mut preparer = Preparer::default();
     let mut prepared = Vec::with_capacity(chunk);
-    for record in records {
+    while let Some(record) = records.next_borrowed() {
         let decoded = record
             .map_err(anyhow::Error::from)
             .and_then(|(seq, payload)| {
-                let change = crate::event::Change::decode(&payload)
+                let change = crate::event::Change::decode(payload)
                     .map_err(|e| anyhow::anyhow!("journal record {}: {e}", seq.0))?;
                 Ok((seq.0, preparer.prepare(&change)))
             });

@@ -608,7 +608,8 @@ impl Drop for Inner {
 
 /// An iterator over durable records, from [`Journal::read_from`].
 ///
-/// It reads segment files in 1 MiB chunks and allocates only the payloads it yields.
+/// It reads segment files in 1 MiB chunks; as an iterator it allocates each payload it
+/// yields, through [`Reader::next_borrowed`] none.
 #[derive(Debug)]
 pub struct Reader {
     io: Arc<dyn Io>,
@@ -626,7 +627,33 @@ pub struct Reader {
 }
 
 impl Reader {
-    fn advance(&mut self) -> Result<Option<(Seq, Vec<u8>)>> {
+    /// The next record, its payload borrowed from the reader's buffer until the
+    /// next call: a replay that decodes each payload in place copies nothing.
+    /// `None` after the last durable record, or after an error.
+    pub fn next_borrowed(&mut self) -> Option<Result<(Seq, &[u8])>> {
+        if self.done {
+            return None;
+        }
+        match self.advance() {
+            Ok(Some(seq)) => {
+                // `advance` returns a seq only with the cursor that read it in place.
+                let payload = self.cursor.as_ref().map_or(&[][..], |c| c.last_payload());
+                Some(Ok((seq, payload)))
+            }
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(error) => {
+                self.done = true;
+                Some(Err(error))
+            }
+        }
+    }
+
+    /// Moves to the next record at or after `from`; its payload is then the
+    /// cursor's last one.
+    fn advance(&mut self) -> Result<Option<Seq>> {
         loop {
             if self.next_seq > self.end_seq {
                 return Ok(None);
@@ -654,13 +681,14 @@ impl Reader {
                 self.cursor = None;
                 continue;
             };
-            if rec.seq != self.next_seq {
-                let reason = format!("expected seq {}, found {}", self.next_seq, rec.seq);
+            let seq = rec.seq;
+            if seq != self.next_seq {
+                let reason = format!("expected seq {}, found {}", self.next_seq, seq);
                 return Err(cursor.corrupt_here(reason));
             }
             self.next_seq += 1;
-            if rec.seq >= self.from {
-                return Ok(Some((Seq(rec.seq), rec.payload.to_vec())));
+            if seq >= self.from {
+                return Ok(Some(Seq(seq)));
             }
         }
     }
@@ -670,20 +698,8 @@ impl Iterator for Reader {
     type Item = Result<(Seq, Vec<u8>)>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
-        match self.advance() {
-            Ok(Some(item)) => Some(Ok(item)),
-            Ok(None) => {
-                self.done = true;
-                None
-            }
-            Err(error) => {
-                self.done = true;
-                Some(Err(error))
-            }
-        }
+        self.next_borrowed()
+            .map(|item| item.map(|(seq, payload)| (seq, payload.to_vec())))
     }
 }
 
@@ -827,6 +843,34 @@ mod tests {
             (report.records, report.segments, report.last_seq),
             (80, files.len() as u64, Seq(80))
         );
+    }
+
+    #[test]
+    fn borrowed_reading_sees_what_the_iterator_sees() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open(dir.path(), small_segments(4 << 20)).journal;
+        let mut txns = Vec::new();
+        // Payloads up to 300 KiB: some straddle the reader's 1 MiB chunks and
+        // segment ends, so the buffer is refilled between records.
+        for idx in 0..40u64 {
+            let payloads = vec![
+                payload(idx, (idx as usize * 7919) % 300_000),
+                payload(idx, 3),
+            ];
+            txns.push((journal.append(payloads.clone()).unwrap().0, payloads));
+        }
+        assert!(segment_files(dir.path()).len() >= 2);
+        let expected = flatten(&txns);
+        for from in [1, 2, 41, 80] {
+            let mut reader = journal.read_from(Seq(from)).unwrap();
+            let mut seen = Vec::new();
+            while let Some(item) = reader.next_borrowed() {
+                let (seq, bytes) = item.unwrap();
+                seen.push((seq.0, bytes.to_vec()));
+            }
+            assert!(reader.next_borrowed().is_none());
+            assert_eq!(seen, expected[from as usize - 1..], "from {from}");
+        }
     }
 
     #[test]

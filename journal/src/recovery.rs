@@ -49,9 +49,10 @@ pub(crate) fn recover(dir: &Path, options: &Options) -> Result<Recovered> {
     let mut recovery = Recovery::default();
     let mut segments: Vec<SegmentMeta> = Vec::new();
     let mut last_seq = 0;
+    let mut buf = Vec::new();
 
     for (seg_idx, (name_seq, path)) in listed.iter().enumerate() {
-        let buf = read_file(io, path)?;
+        read_file_into(io, path, &mut buf)?;
         let mut scan = segment::scan(&buf, *name_seq);
         if let Some(prev) = segments.last() {
             let expected = last_seq + 1;
@@ -211,6 +212,7 @@ pub(crate) fn verify(io: &dyn Io, dir: &Path) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
     let mut expected: Option<(u64, PathBuf)> = None;
     let mut first_seq = None;
+    let mut buf = Vec::new();
     for (name_seq, path) in &listed {
         if let Some((expected_seq, prev_path)) = &expected {
             if name_seq != expected_seq {
@@ -222,7 +224,7 @@ pub(crate) fn verify(io: &dyn Io, dir: &Path) -> Result<VerifyReport> {
                 return Err(Error::corrupt(path, 0, reason));
             }
         }
-        let buf = read_file(io, path)?;
+        read_file_into(io, path, &mut buf)?;
         let scan = segment::scan(&buf, *name_seq);
         if let Some(damage) = scan.damage {
             return Err(Error::corrupt(path, damage.offset, damage.reason));
@@ -261,8 +263,15 @@ pub(crate) fn verify(io: &dyn Io, dir: &Path) -> Result<VerifyReport> {
 }
 
 fn read_file(io: &dyn Io, path: &Path) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    read_file_into(io, path, &mut buf)?;
+    Ok(buf)
+}
+
+/// [`read_file`] into a buffer reused from segment to segment.
+fn read_file_into(io: &dyn Io, path: &Path, buf: &mut Vec<u8>) -> Result<()> {
     let file = io.open_read(path).map_err(|e| Error::io("open", path, e))?;
-    io::read_all(&*file).map_err(|e| Error::io("read", path, e))
+    io::read_all_into(&*file, buf).map_err(|e| Error::io("read", path, e))
 }
 
 #[cfg(test)]

@@ -327,6 +327,8 @@ pub(crate) struct Cursor {
     filled: usize,
     /// File offset of the record last returned, for error messages.
     record_offset: u64,
+    /// Payload length of the record last returned: its bytes end at `start`.
+    last_payload_len: usize,
 }
 
 impl Cursor {
@@ -342,6 +344,7 @@ impl Cursor {
             start: 0,
             filled: 0,
             record_offset: 0,
+            last_payload_len: 0,
         };
         cursor.fill(SEGMENT_HEADER_LEN)?;
         match decode_header(&cursor.buf[..cursor.filled]) {
@@ -360,6 +363,12 @@ impl Cursor {
     /// An [`Error::Corrupt`] at the record last returned (or the next one).
     pub(crate) fn corrupt_here(&self, reason: String) -> Error {
         Error::corrupt(&self.path, self.record_offset, reason)
+    }
+
+    /// The payload of the record last returned by [`Cursor::next_record`],
+    /// valid until the next call.
+    pub(crate) fn last_payload(&self) -> &[u8] {
+        &self.buf[self.start - self.last_payload_len..self.start]
     }
 
     /// File offset of the next unconsumed byte.
@@ -393,6 +402,7 @@ impl Cursor {
         match record::decode(&self.buf[self.start..self.filled]) {
             Decoded::Record(rec) => {
                 self.start += rec.encoded_len();
+                self.last_payload_len = rec.payload.len();
                 Ok(Some(rec))
             }
             Decoded::Incomplete => Err(Error::corrupt(&self.path, offset, "incomplete record")),
