@@ -1,12 +1,13 @@
 //! The resource API: `/api/aliases`, `/api/resolve`, `/api/models`, `/healthz`.
 
-use axum::extract::{Path, Query, RawPathParams, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{BatchOp, DeleteAlias, PutAlias};
+use crate::http::routing::PathName;
 use crate::http::{json_bytes_response, ApiError, AppJson, AppState, RequestOrigin};
 use crate::index::{format_time, AliasEntry, AliasState, AliasView, ChainEnd, Index, Models};
 use crate::registry::{Command, Reply, Shared};
@@ -166,7 +167,7 @@ async fn index_at(state: &AppState, seq: u64) -> Result<(Index, Models), ApiErro
 /// `GET /api/aliases/{name}`.
 pub async fn alias_get(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathName(name): PathName,
 ) -> Result<Response, ApiError> {
     let found = state.registry.read(|s: &Shared| {
         s.index
@@ -228,7 +229,7 @@ fn if_none_match_any(headers: &HeaderMap) -> bool {
 pub async fn alias_put(
     State(state): State<AppState>,
     RequestOrigin(origin): RequestOrigin,
-    Path(name): Path<String>,
+    PathName(name): PathName,
     headers: HeaderMap,
     AppJson(body): AppJson<PutBody>,
 ) -> Result<Response, ApiError> {
@@ -256,7 +257,7 @@ pub async fn alias_put(
 pub async fn alias_delete(
     State(state): State<AppState>,
     RequestOrigin(origin): RequestOrigin,
-    Path(name): Path<String>,
+    PathName(name): PathName,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let delete = DeleteAlias {
@@ -406,14 +407,11 @@ fn push_json_str(out: &mut Vec<u8>, value: &str) {
 }
 
 /// `GET /api/resolve/{name}`.
-///
-/// The name is read from the raw (percent-decoded) path parameter: `Path`
-/// would deserialize it into a new `String` through serde.
 pub async fn resolve_get(
     State(state): State<AppState>,
-    params: RawPathParams,
+    PathName(name): PathName,
 ) -> Result<Response, ApiError> {
-    let name = params.iter().next().map_or("", |(_, value)| value);
+    let name = name.as_str();
     let resolution = state.registry.read(|s| s.index.resolve(&s.models, name))?;
     let resolved = resolution.resolved.display();
     let body = ResolveBody {

@@ -9,16 +9,18 @@ pub mod error;
 pub mod events;
 pub mod experimental;
 pub mod proxy;
+pub mod routing;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
+use axum::http::Method;
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, MethodRouter};
-use axum::Router;
+
+use routing::{Matched, Route, Routes};
 
 use crate::command::Origin;
 use crate::registry::Registry;
@@ -118,64 +120,48 @@ impl Shutdown {
 }
 
 /// The routes of SPEC §5, by path template.
-fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+fn routes() -> Vec<Route> {
     vec![
-        (
-            "/api/experimental/aliases",
-            get(experimental::aliases_list)
-                .post(experimental::alias_create)
-                .delete(experimental::alias_delete),
-        ),
-        (
-            "/api/aliases",
-            get(aliases::aliases_list).post(aliases::aliases_batch),
-        ),
-        (
-            "/api/aliases/{*name}",
-            get(aliases::alias_get)
-                .put(aliases::alias_put)
-                .delete(aliases::alias_delete),
-        ),
-        ("/api/resolve/{*name}", get(aliases::resolve_get)),
-        ("/api/models", get(aliases::models_list)),
-        ("/api/history", get(events::history_list)),
-        ("/api/events", get(events::events_stream)),
-        ("/healthz", get(aliases::healthz)),
-        ("/metrics", get(metrics_get)),
+        Route::new("/api/experimental/aliases")
+            .on(Method::GET, experimental::aliases_list)
+            .on(Method::POST, experimental::alias_create)
+            .on(Method::DELETE, experimental::alias_delete),
+        Route::new("/api/aliases")
+            .on(Method::GET, aliases::aliases_list)
+            .on(Method::POST, aliases::aliases_batch),
+        Route::new("/api/aliases/{*name}")
+            .on(Method::GET, aliases::alias_get)
+            .on(Method::PUT, aliases::alias_put)
+            .on(Method::DELETE, aliases::alias_delete),
+        Route::new("/api/resolve/{*name}").on(Method::GET, aliases::resolve_get),
+        Route::new("/api/models").on(Method::GET, aliases::models_list),
+        Route::new("/api/history").on(Method::GET, events::history_list),
+        Route::new("/api/events").on(Method::GET, events::events_stream),
+        Route::new("/healthz").on(Method::GET, aliases::healthz),
+        Route::new("/metrics").on(Method::GET, metrics_get),
     ]
 }
 
 /// Builds the app: every route of SPEC §5, what no route matches to the
 /// upstream (or 404), all behind the [`edge`].
 pub fn app(state: AppState) -> App {
-    let mut router = Router::new();
-    let mut templates = matchit::Router::new();
-    for (template, methods) in routes() {
-        router = router.route(template, methods);
-        // The same templates axum routes with, in the same matcher.
-        templates
-            .insert(template, template)
-            .expect("route templates are distinct");
-    }
     App {
-        router: router.fallback(proxy::forward).with_state(state.clone()),
-        templates: Arc::new(templates),
+        routes: Arc::new(Routes::new(routes(), proxy::forward)),
         state,
     }
 }
 
-/// The service every request enters: the [`edge`] around the router.
+/// The service every request enters: the [`edge`] around the routes.
 ///
-/// The edge wraps the whole router once, rather than being layered onto each
-/// route, which cost a clone of the route's boxed service, a boxed `Next` and
-/// a request taken apart and put back together per request (~4,600
+/// The edge wraps the whole route table once, rather than being layered onto
+/// each route, which cost a clone of the route's boxed service, a boxed `Next`
+/// and a request taken apart and put back together per request (~4,600
 /// instructions a request with the layer vs ~2,400 of edge work, callgrind).
-/// It learns a request's route template from its own matcher of the same
-/// templates, for `/metrics` and for knowing what goes to the upstream.
+/// Its one match of the path gives the route template (for `/metrics`, and
+/// for knowing what goes to the upstream) and the handler.
 #[derive(Clone, Debug)]
 pub struct App {
-    router: Router,
-    templates: Arc<matchit::Router<&'static str>>,
+    routes: Arc<Routes>,
     state: AppState,
 }
 
@@ -249,11 +235,7 @@ async fn metrics_get(axum::extract::State(state): axum::extract::State<AppState>
 /// 5. the `{"error"}` shape for the framework's own errors;
 /// 6. the count for `/metrics`, by route template and status.
 async fn edge(app: App, mut request: Request) -> Response {
-    let App {
-        router,
-        templates,
-        state,
-    } = app;
+    let App { routes, state } = app;
     let id = request
         .headers()
         .get(&REQUEST_ID)
@@ -264,10 +246,8 @@ async fn edge(app: App, mut request: Request) -> Response {
         .cloned()
         .unwrap_or_else(crate::event::new_id_header);
     request.extensions_mut().insert(RequestId(id.clone()));
-    let route: Option<&'static str> = templates
-        .at(request.uri().path())
-        .ok()
-        .map(|matched| *matched.value);
+    let matched = routes.find(request.uri().path());
+    let route = matched.as_ref().map(|m| m.template);
     // What no route matches goes to the upstream, when there is one.
     let proxied = route.is_none() && state.http.proxy.is_some();
     let origin = auth::request_origin(&request);
@@ -279,7 +259,7 @@ async fn edge(app: App, mut request: Request) -> Response {
                 if let Some(token) = token {
                     request.extensions_mut().insert(token);
                 }
-                run_route(&state, request, router, !proxied).await
+                run_route(&state, request, &routes, matched, !proxied).await
             }
         },
     };
@@ -308,11 +288,11 @@ async fn edge(app: App, mut request: Request) -> Response {
 async fn run_route(
     state: &AppState,
     request: Request,
-    mut router: Router,
+    routes: &Routes,
+    matched: Option<Matched>,
     timed: bool,
 ) -> Response {
     use futures_util::FutureExt;
-    use tower_service::Service;
     let uri = request.uri().clone();
     let has_body = request
         .headers()
@@ -320,8 +300,8 @@ async fn run_route(
         || request
             .headers()
             .contains_key(axum::http::header::TRANSFER_ENCODING);
-    // The router is always ready, and never fails (its errors are responses).
-    let run = std::panic::AssertUnwindSafe(router.call(request)).catch_unwind();
+    let run = std::panic::AssertUnwindSafe(routes.dispatch(matched, request, state.clone()))
+        .catch_unwind();
     let outcome = if has_body && timed {
         tokio::time::timeout(state.http.request_timeout, run).await
     } else {
@@ -329,8 +309,7 @@ async fn run_route(
     };
     let path = uri.path();
     match outcome {
-        Ok(Ok(Ok(response))) => response,
-        Ok(Ok(Err(infallible))) => match infallible {},
+        Ok(Ok(response)) => response,
         Ok(Err(panic)) => {
             let message = panic
                 .downcast_ref::<&str>()

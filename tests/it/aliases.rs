@@ -933,6 +933,39 @@ fn the_log_has_no_colour_codes_when_stderr_is_not_a_terminal() {
 }
 
 #[test]
+fn routes_answer_head_405_and_encoded_names_as_before() {
+    let server = Server::with_models(&["m"]);
+    server.create("coder", "m");
+    // HEAD: the headers GET has, its length included, and no body.
+    let get = server.get("/api/resolve/coder");
+    get.expect(200);
+    let head = server.request("HEAD", "/api/resolve/coder", &[], None);
+    assert_eq!(head.status, 200, "{head:?}");
+    assert!(head.body.is_empty(), "{head:?}");
+    assert_eq!(
+        head.header("content-length"),
+        Some(get.body.len().to_string().as_str()),
+        "{head:?}"
+    );
+    assert!(head.header("x-request-id").is_some(), "{head:?}");
+    // 405 names the methods the route has.
+    let refused = server.request("PATCH", &alias_path("coder"), &[], None);
+    refused.expect_error(405, "");
+    assert_eq!(refused.header("allow"), Some("GET,HEAD,PUT,DELETE"));
+    let refused = server.request("DELETE", "/api/aliases", &[], None);
+    assert_eq!(
+        refused.header("allow"),
+        Some("GET,HEAD,POST"),
+        "{refused:?}"
+    );
+    // The name in the path is percent-decoded, and must be UTF-8 once it is.
+    let resolved = server.get("/api/resolve/co%64er");
+    assert_eq!(resolved.expect(200)["chain"], json!(["coder", "m"]));
+    server.get("/api/aliases/co%64er").expect(200);
+    server.get("/api/resolve/%ff").expect_error(400, "utf-8");
+}
+
+#[test]
 fn framework_errors_are_json() {
     let server = Server::with_models(&["m"]);
     server.get("/nope").expect_error(404, "/nope");
