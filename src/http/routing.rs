@@ -216,3 +216,51 @@ impl<S: Send + Sync> FromRequestParts<S> for PathName {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routes() -> Routes {
+        Routes::new(
+            vec![
+                Route::new("/api/resolve/{*name}").on(Method::GET, || async { "resolve" }),
+                Route::new("/healthz").on(Method::GET, || async { "ok" }),
+            ],
+            || async { "fallback" },
+        )
+    }
+
+    #[test]
+    fn one_match_gives_the_template_and_the_decoded_name() {
+        let routes = routes();
+        let found = routes.find("/api/resolve/me/co%64er:q4").expect("matches");
+        assert_eq!(found.template, "/api/resolve/{*name}");
+        assert_eq!(found.name.unwrap().map(|n| n.0), Some("me/coder:q4".into()));
+        let found = routes.find("/healthz").expect("matches");
+        assert_eq!(
+            (found.template, found.name.unwrap().is_none()),
+            ("/healthz", true)
+        );
+        assert!(routes
+            .find("/api/resolve/%ff")
+            .expect("matches")
+            .name
+            .is_err());
+        for unmatched in ["/api/resolve/", "/healthz/", "/nope", ""] {
+            assert!(routes.find(unmatched).is_none(), "{unmatched}");
+        }
+    }
+
+    #[test]
+    fn allow_lists_head_after_get() {
+        let route = Route::new("/x")
+            .on(Method::GET, || async { "" })
+            .on(Method::PUT, || async { "" });
+        let response = route.method_not_allowed();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers()[header::ALLOW], "GET,HEAD,PUT");
+        assert!(route.endpoint(&Method::HEAD).is_some());
+        assert!(route.endpoint(&Method::DELETE).is_none());
+    }
+}
