@@ -39,8 +39,8 @@ pub use http::app;
 /// The allocator of every aliasd binary (server, tests, benches).
 ///
 /// A request allocated some fifty small blocks in axum, hyper and our own
-/// code (thirty now); glibc's malloc spent ~8,400 instructions a request on
-/// them, mimalloc ~2,600 (callgrind, `GET /api/resolve`). Declared here so
+/// code (about twenty-four now); glibc's malloc spent ~8,400 instructions a
+/// request on them, mimalloc ~2,600 (callgrind, `GET /api/resolve`). Declared here so
 /// that the benchmarks measure the allocator the server ships with.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -1,8 +1,9 @@
 //! A fast reader for the one JSON shape replay reads most: a [`Change`] in
 //! the compact form [`Event::encode`](super::Event::encode) writes.
 //!
-//! It handles exactly that form (no whitespace, no escapes in the fields it
-//! keeps, `seq` as plain digits) and gives up on anything else, returning
+//! It handles exactly that form (no whitespace, no escape or control
+//! character anywhere, `seq` as plain digits, every other value a string,
+//! `null` or a boolean) and gives up on anything else, returning
 //! `None`; the caller then asks serde_json, which decides. So it never
 //! accepts what serde_json would refuse, nor reads a value differently:
 //! the property tests below hold it to that. Replaying a million events,
@@ -28,7 +29,6 @@ pub(super) fn change(json: &[u8]) -> Option<Change<'_>> {
     }
     let mut scan = Scan { text, at: 0 };
     scan.expect(b'{')?;
-    let mut seen = Seen::default();
     let (mut seq, mut time, mut kind, mut alias) = (None, None, None, None);
     let (mut target, mut digest, mut prefix) = (None, None, None);
     if scan.peek()? == b'}' {
@@ -38,13 +38,13 @@ pub(super) fn change(json: &[u8]) -> Option<Change<'_>> {
         let key = scan.plain_string()?;
         scan.expect(b':')?;
         match key {
-            "seq" => seen.once(0, &mut seq, scan.digits()?)?,
-            "time" => seen.once(1, &mut time, scan.plain_string()?)?,
-            "type" => seen.once(2, &mut kind, EventType::parse(scan.plain_string()?)?)?,
-            "alias" => seen.once(3, &mut alias, scan.plain_string()?)?,
-            "target" => seen.once(4, &mut target, scan.nullable_string()?)?,
-            "digest" => seen.once(5, &mut digest, scan.nullable_string()?)?,
-            "prefix_matching" => seen.once(6, &mut prefix, scan.boolean()?)?,
+            "seq" => once(&mut seq, scan.digits()?)?,
+            "time" => once(&mut time, scan.plain_string()?)?,
+            "type" => once(&mut kind, EventType::parse(scan.plain_string()?)?)?,
+            "alias" => once(&mut alias, scan.plain_string()?)?,
+            "target" => once(&mut target, scan.nullable_string()?)?,
+            "digest" => once(&mut digest, scan.nullable_string()?)?,
+            "prefix_matching" => once(&mut prefix, scan.boolean()?)?,
             _ => scan.skip_scalar()?,
         }
         match scan.next()? {
@@ -67,19 +67,14 @@ pub(super) fn change(json: &[u8]) -> Option<Change<'_>> {
     })
 }
 
-/// Which kept fields were read: serde_json refuses a duplicate one.
-#[derive(Default)]
-struct Seen(u8);
-
-impl Seen {
-    fn once<T>(&mut self, bit: u8, slot: &mut Option<T>, value: T) -> Option<()> {
-        if self.0 & (1 << bit) != 0 {
-            return None;
-        }
-        self.0 |= 1 << bit;
-        *slot = Some(value);
-        Some(())
+/// Fills `slot` with `value`, or gives up if the field was already read:
+/// serde_json refuses a duplicate field.
+fn once<T>(slot: &mut Option<T>, value: T) -> Option<()> {
+    if slot.is_some() {
+        return None;
     }
+    *slot = Some(value);
+    Some(())
 }
 
 struct Scan<'a> {
@@ -214,6 +209,7 @@ mod tests {
             r#"{"seq":1, "time":"t","type":"alias.created","alias":"a","target":null,"digest":null,"prefix_matching":false}"#,
             r#"{"seq":01,"time":"t","type":"alias.created","alias":"a","target":null,"digest":null,"prefix_matching":false}"#,
             r#"{"seq":1,"seq":2,"time":"t","type":"alias.created","alias":"a","target":null,"digest":null,"prefix_matching":false}"#,
+            r#"{"seq":1,"time":"t","type":"alias.created","alias":"a","target":null,"target":null,"digest":null,"prefix_matching":false}"#,
             r#"{"seq":1,"time":"t","type":"alias.created","alias":"a\u0062","target":null,"digest":null,"prefix_matching":false}"#,
             r#"{"seq":1,"time":"t","type":"alias.created","alias":"a","target":null,"digest":null,"prefix_matching":false,"x":[1]}"#,
             r#"{"seq":1,"time":"t","type":"alias.created","alias":"a","target":null,"digest":null}"#,

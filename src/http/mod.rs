@@ -225,7 +225,7 @@ async fn metrics_get(axum::extract::State(state): axum::extract::State<AppState>
         .into_response()
 }
 
-/// Everything every request goes through, around the router (one boxed
+/// Everything every request goes through, around the routes (one boxed
 /// future per request instead of one per concern), in this order:
 /// 1. its request id: `X-Request-Id` if sane, else a new one, echoed back;
 /// 2. CORS: preflights answered here, allow headers added for allowed origins;
