@@ -1,0 +1,190 @@
+//! The physical floor under two of issue 7's targets: what the kernel alone
+//! charges for the work aliasd cannot skip, with no aliasd, HTTP or runtime.
+//!
+//! `cargo bench --bench floor` (the bench holds about 2,000 sockets: if
+//! `ulimit -n` is 1024 or less, run it as
+//! `bash -c 'ulimit -n 4096; cargo bench --bench floor'`).
+//!
+//! 1. **One alias file.** A create materializes the alias in Ollama's layout:
+//!    a new directory, a temp file, a write of the manifest, a rename (what
+//!    `materializer::write_atomically` does). Here one thread does exactly
+//!    that, 10,000 times per round, three rounds, under `CARGO_TARGET_TMPDIR`
+//!    (the checkout's disk). Prints the thread's CPU (user + system) and wall
+//!    time per alias file, and the creates/s two cores could reach if they did
+//!    nothing else.
+//! 2. **One batch to one subscriber.** An event stream sends each subscriber
+//!    each batch with one socket write, and the subscriber reads it. Here 1,000
+//!    loopback TCP connections (`TCP_NODELAY`, as aliasd's); one thread writes a
+//!    batch to every connection, 50 times 20 ms apart, while another reads
+//!    them with `epoll`. Prints CPU per (subscriber, batch) on each side, for
+//!    one event (400 bytes) and 40 events (16,000 bytes), and the share of
+//!    the machine 1,000 subscribers cost at a batch every 10, 20 or 40 ms.
+//!
+//! The trees of part 1 are left under `target/tmp/aliasd-floor*`: deleting
+//! tens of thousands of inodes slows this machine's ext4 for minutes, which
+//! would skew a bench run right after. Delete them when done benchmarking.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::Instant;
+
+const FILES_PER_ROUND: usize = 10_000;
+const FILE_ROUNDS: usize = 3;
+/// The size of a typical Ollama manifest (one config layer, a few layers).
+const MANIFEST_BYTES: usize = 600;
+const SUBSCRIBERS: usize = 1_000;
+const BATCHES: usize = 50;
+const BATCH_GAP: std::time::Duration = std::time::Duration::from_millis(20);
+const CORES: f64 = 2.0;
+
+fn main() {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let dir = tempfile::Builder::new()
+        .prefix("aliasd-floor")
+        .tempdir_in(tmp)
+        .expect("temp dir")
+        .keep();
+    println!("part 1: one alias file (mkdir, create temp, write {MANIFEST_BYTES} B, rename), one thread, in {}", dir.display());
+    let mut cpu = Vec::new();
+    for round in 0..FILE_ROUNDS {
+        let (cpu_us, wall_us) = alias_files(&dir.join(format!("round-{round}")));
+        println!("  round {round}: {cpu_us:.1} us CPU, {wall_us:.1} us wall per alias file");
+        cpu.push(cpu_us);
+    }
+    let cpu = median(&mut cpu);
+    println!(
+        "  median {cpu:.1} us CPU: at most {:.0} alias files/s on {CORES} cores doing nothing else",
+        CORES * 1e6 / cpu
+    );
+
+    println!("part 2: one batch to one subscriber over loopback TCP, {SUBSCRIBERS} subscribers, {BATCHES} batches {BATCH_GAP:?} apart");
+    for (what, bytes) in [("1 event", 400), ("40 events", 16_000)] {
+        let (write_us, read_us) = fan_out(bytes);
+        let per_batch = write_us + read_us;
+        let shares: Vec<String> = [10.0, 20.0, 40.0]
+            .iter()
+            .map(|gap_ms| {
+                let core_seconds = SUBSCRIBERS as f64 * (1000.0 / gap_ms) * per_batch / 1e6;
+                format!("{gap_ms} ms: {:.0}%", 100.0 * core_seconds / CORES)
+            })
+            .collect();
+        println!(
+            "  {what} ({bytes} B): write {write_us:.1} us + read {read_us:.1} us CPU; machine share at a batch every {}",
+            shares.join(", ")
+        );
+    }
+}
+
+/// Writes `FILES_PER_ROUND` alias files under `root` as the materializer does;
+/// returns CPU and wall microseconds per file.
+fn alias_files(root: &Path) -> (f64, f64) {
+    std::fs::create_dir_all(root).expect("round dir");
+    let manifest = vec![b'x'; MANIFEST_BYTES];
+    let (cpu0, wall0) = (thread_cpu_us(), Instant::now());
+    for i in 0..FILES_PER_ROUND {
+        let dir = root.join(format!("alias-{i}"));
+        std::fs::create_dir(&dir).expect("mkdir");
+        let tmp = dir.join(".latest.aliasd-tmp");
+        let mut file = std::fs::File::create(&tmp).expect("create");
+        file.write_all(&manifest).expect("write");
+        drop(file);
+        std::fs::rename(&tmp, dir.join("latest")).expect("rename");
+    }
+    let n = FILES_PER_ROUND as f64;
+    (
+        (thread_cpu_us() - cpu0) / n,
+        wall0.elapsed().as_secs_f64() * 1e6 / n,
+    )
+}
+
+/// Sends `BATCHES` batches of `bytes` to `SUBSCRIBERS` loopback connections;
+/// returns the writer's and the reader's CPU microseconds per (subscriber, batch).
+fn fan_out(bytes: usize) -> (f64, f64) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut writers = Vec::with_capacity(SUBSCRIBERS);
+    let mut readers = Vec::with_capacity(SUBSCRIBERS);
+    for _ in 0..SUBSCRIBERS {
+        let reader =
+            TcpStream::connect(addr).expect("connect (raise `ulimit -n` to 4096 if this fails)");
+        let (writer, _) = listener.accept().expect("accept");
+        writer.set_nodelay(true).expect("nodelay");
+        reader.set_nonblocking(true).expect("nonblocking");
+        writers.push(writer);
+        readers.push(reader);
+    }
+    let total = (SUBSCRIBERS * BATCHES * bytes) as u64;
+    let reading = std::thread::spawn(move || {
+        let cpu0 = thread_cpu_us();
+        read_all(&mut readers, total);
+        (thread_cpu_us() - cpu0) / (SUBSCRIBERS * BATCHES) as f64
+    });
+    let batch = vec![b'e'; bytes];
+    let mut write_cpu = 0.0;
+    for _ in 0..BATCHES {
+        let cpu0 = thread_cpu_us();
+        for writer in &mut writers {
+            writer.write_all(&batch).expect("write");
+        }
+        write_cpu += thread_cpu_us() - cpu0;
+        std::thread::sleep(BATCH_GAP);
+    }
+    let read_us = reading.join().expect("reader");
+    (write_cpu / (SUBSCRIBERS * BATCHES) as f64, read_us)
+}
+
+/// Reads every socket until `total` bytes have come, waiting with edge-triggered epoll.
+fn read_all(readers: &mut [TcpStream], total: u64) {
+    // SAFETY: plain epoll calls on descriptors `readers` keeps open for the
+    // whole function; `events` outlives every `epoll_wait` that fills it.
+    let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(epoll >= 0, "epoll_create1");
+    for (i, reader) in readers.iter().enumerate() {
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+            u64: i as u64,
+        };
+        let rc =
+            unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, reader.as_raw_fd(), &mut event) };
+        assert_eq!(rc, 0, "epoll_ctl");
+    }
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    let mut buf = vec![0u8; 1 << 20];
+    let mut seen = 0u64;
+    while seen < total {
+        let ready = unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), 256, 10_000) };
+        assert!(ready > 0, "no data for 10 s");
+        for event in &events[..ready as usize] {
+            let reader = &mut readers[event.u64 as usize];
+            // Edge-triggered: read until the socket is empty.
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => seen += n as u64,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("read: {e}"),
+                }
+            }
+        }
+    }
+    unsafe { libc::close(epoll) };
+}
+
+/// CPU time (user + system) of the calling thread, in microseconds.
+fn thread_cpu_us() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to fill.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime");
+    ts.tv_sec as f64 * 1e6 + ts.tv_nsec as f64 / 1e3
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
