@@ -9,14 +9,17 @@
 //! aliasd's own writes come back here too; the registry recognizes its own
 //! files and journals nothing for them, so there are no loops.
 //!
-//! Where the platform watcher cannot start (some network file systems), or
-//! when asked to, the store is polled with a full reconcile instead.
+//! Where the platform watcher cannot start (some network file systems, the
+//! system's limit on watches), or when asked to, the store is polled with a
+//! full reconcile instead; so it is from the moment that limit is reached
+//! later, since the directories made after it would go unwatched.
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use notify::Watcher as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -77,6 +80,8 @@ pub struct Watching {
     watcher: Option<notify::RecommendedWatcher>,
     inbox: Arc<Inbox>,
     poll: Option<Duration>,
+    /// How often to poll if the watch stops covering the store.
+    fallback_poll: Duration,
     root: PathBuf,
 }
 
@@ -84,18 +89,32 @@ impl Watching {
     /// Starts following `manifests_dir` (which must exist); needs no runtime.
     pub fn start(manifests_dir: PathBuf, mode: WatchMode) -> Watching {
         let inbox = Arc::new(Inbox::default());
+        let fallback_poll = match mode {
+            WatchMode::Poll(interval) => interval,
+            WatchMode::Notify { fallback_poll } => fallback_poll,
+        };
         let watcher = match mode {
             WatchMode::Poll(_) => None,
-            WatchMode::Notify { .. } => match start_notify(&manifests_dir, inbox.clone()) {
-                Ok(watcher) => Some(watcher),
-                Err(e) => {
-                    tracing::warn!(
-                        "cannot watch {} ({e}); polling the store instead",
-                        manifests_dir.display()
-                    );
-                    None
+            WatchMode::Notify { .. } => {
+                match start_notify(&manifests_dir, inbox.clone(), fallback_poll) {
+                    Ok(watcher) => Some(watcher),
+                    Err(e) if is_watch_limit(&e) => {
+                        tracing::warn!(
+                            "cannot watch {}: {}",
+                            manifests_dir.display(),
+                            watch_limit_advice("the store is not watched", fallback_poll)
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            "cannot watch {} ({e}); polling the store instead",
+                            manifests_dir.display()
+                        );
+                        None
+                    }
                 }
-            },
+            }
         };
         let poll = match (mode, &watcher) {
             (WatchMode::Poll(interval), _) => Some(interval),
@@ -113,6 +132,7 @@ impl Watching {
             watcher,
             inbox,
             poll,
+            fallback_poll,
             root: manifests_dir,
         }
     }
@@ -120,7 +140,13 @@ impl Watching {
     /// Hands what the watch sees (queued changes first) to `registry`. Must be
     /// called inside the tokio runtime.
     pub fn run(self, registry: Registry) -> WatcherHandle {
-        let task = tokio::spawn(run(registry, self.inbox, self.poll, self.root));
+        let task = tokio::spawn(run(
+            registry,
+            self.inbox,
+            self.poll,
+            self.fallback_poll,
+            self.root,
+        ));
         WatcherHandle {
             _watcher: self.watcher,
             task,
@@ -131,17 +157,11 @@ impl Watching {
 fn start_notify(
     manifests_dir: &Path,
     inbox: Arc<Inbox>,
+    fallback_poll: Duration,
 ) -> notify::Result<notify::RecommendedWatcher> {
     let root = manifests_dir.to_path_buf();
     let handler = move |res: notify::Result<notify::Event>| {
-        let change = match res {
-            Ok(event) => translate(&root, &event),
-            Err(e) => {
-                tracing::warn!("watcher error: {e}; reconciling the whole store");
-                Some(Change::Everything)
-            }
-        };
-        if let Some(change) = change {
+        if let Some(change) = on_notify(&root, &inbox, fallback_poll, res) {
             inbox.add(change);
         }
     };
@@ -166,6 +186,61 @@ fn start_notify(
         manifests_dir.display()
     );
     Ok(watcher)
+}
+
+/// What one report of the watcher means for the store.
+///
+/// An error is answered with a full reconcile. The system's limit on watches
+/// is different: every directory made after it is reached goes unwatched, so
+/// the first such error also turns polling on (see [`run`]) and says how to
+/// raise the limit; the later ones, which polling covers, are dropped.
+fn on_notify(
+    root: &Path,
+    inbox: &Inbox,
+    fallback_poll: Duration,
+    res: notify::Result<notify::Event>,
+) -> Option<Change> {
+    match res {
+        Ok(event) => translate(root, &event),
+        Err(e) if is_watch_limit(&e) => {
+            if inbox.watch_limit.swap(true, Ordering::SeqCst) {
+                return None;
+            }
+            tracing::warn!(
+                "cannot watch {}: {}",
+                e.paths
+                    .first()
+                    .map_or_else(|| "a new directory".into(), |p| p.display().to_string()),
+                watch_limit_advice(
+                    "directories made from now on are not watched",
+                    fallback_poll
+                )
+            );
+            Some(Change::Everything)
+        }
+        Err(e) => {
+            tracing::warn!("watcher error: {e}; reconciling the whole store");
+            Some(Change::Everything)
+        }
+    }
+}
+
+/// Whether `e` says the system's limit on file watches is reached.
+fn is_watch_limit(e: &notify::Error) -> bool {
+    matches!(e.kind, notify::ErrorKind::MaxFilesWatch)
+}
+
+/// What happens once the watch limit is reached (`unwatched`: what is left
+/// out), and how to lift it.
+fn watch_limit_advice(unwatched: &str, poll: Duration) -> String {
+    let limit = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
+        .map(|text| format!(" (fs.inotify.max_user_watches = {})", text.trim()))
+        .unwrap_or_default();
+    format!(
+        "the system's limit on file watches is reached{limit}, so {unwatched}; aliasd polls \
+         the whole store every {poll:?} instead. To watch again, raise the limit (e.g. `sudo sysctl fs.inotify.max_user_watches=524288`, and \
+         a file in /etc/sysctl.d/ to keep it) and restart aliasd"
+    )
 }
 
 /// The names an event touches; `None` for events that cannot matter (reads,
@@ -250,6 +325,9 @@ fn classify_path(root: &Path, path: &Path) -> PathKind {
 struct Inbox {
     state: Mutex<InboxState>,
     wake: tokio::sync::Notify,
+    /// Set once the system's limit on watches was reached: some directories
+    /// are not watched, and the store must be polled.
+    watch_limit: AtomicBool,
 }
 
 #[derive(Default)]
@@ -312,14 +390,28 @@ impl Inbox {
     }
 }
 
-/// Gathers changes until the store is quiet, then asks the registry to reconcile.
-async fn run(registry: Registry, inbox: Arc<Inbox>, poll: Option<Duration>, root: PathBuf) {
-    let mut poll_timer = poll.map(|interval| {
-        let mut timer = tokio::time::interval(interval);
+/// Gathers changes until the store is quiet, then asks the registry to
+/// reconcile; polls every `poll`, or every `fallback_poll` once the watch no
+/// longer covers the store.
+async fn run(
+    registry: Registry,
+    inbox: Arc<Inbox>,
+    poll: Option<Duration>,
+    fallback_poll: Duration,
+    root: PathBuf,
+) {
+    let timer = |first: tokio::time::Instant, interval| {
+        let mut timer = tokio::time::interval_at(first, interval);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         timer
-    });
+    };
+    let mut poll_timer = poll.map(|interval| timer(tokio::time::Instant::now(), interval));
     loop {
+        // The error that set it was answered with a full reconcile already.
+        if poll_timer.is_none() && inbox.watch_limit.load(Ordering::SeqCst) {
+            let first = tokio::time::Instant::now() + fallback_poll;
+            poll_timer = Some(timer(first, fallback_poll));
+        }
         let pending = match &mut poll_timer {
             Some(timer) => tokio::select! {
                 pending = inbox.next_batch() => pending,
@@ -441,6 +533,53 @@ mod tests {
             PathKind::Directory => "directory".into(),
         };
         assert_eq!(got, expected, "{rel}");
+    }
+
+    fn limit_error() -> notify::Result<notify::Event> {
+        Err(notify::Error::new(notify::ErrorKind::MaxFilesWatch)
+            .add_path(PathBuf::from("/store/manifests/h/ns/new")))
+    }
+
+    fn is_everything(change: &Option<Change>) -> bool {
+        matches!(change, Some(Change::Everything))
+    }
+
+    #[test]
+    fn the_watch_limit_turns_polling_on_once() {
+        let root = Path::new("/store/manifests");
+        let inbox = Inbox::default();
+        let poll = Duration::from_secs(2);
+        let first = on_notify(root, &inbox, poll, limit_error());
+        assert!(
+            is_everything(&first),
+            "the first limit error reconciles all"
+        );
+        assert!(inbox.watch_limit.load(Ordering::SeqCst));
+        // Later ones are covered by polling.
+        assert!(on_notify(root, &inbox, poll, limit_error()).is_none());
+        // Other errors still reconcile everything, every time.
+        let other = || Err(notify::Error::generic("lost events"));
+        assert!(is_everything(&on_notify(root, &inbox, poll, other())));
+        assert!(is_everything(&on_notify(root, &inbox, poll, other())));
+    }
+
+    #[test]
+    fn other_errors_leave_the_watch_on() {
+        let inbox = Inbox::default();
+        let res = Err(notify::Error::generic("lost events"));
+        let change = on_notify(Path::new("/m"), &inbox, Duration::from_secs(2), res);
+        assert!(is_everything(&change));
+        assert!(!inbox.watch_limit.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn the_limit_advice_says_how_to_raise_it() {
+        let advice = watch_limit_advice("the store is not watched", Duration::from_secs(2));
+        assert!(
+            advice.contains("fs.inotify.max_user_watches=524288"),
+            "{advice}"
+        );
+        assert!(advice.contains("every 2s"), "{advice}");
     }
 
     #[test]
