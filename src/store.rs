@@ -205,6 +205,23 @@ impl Store {
         Ok((manifests, temp_files))
     }
 
+    /// Every manifest [`Store::scan`] would read, with its [`FileStamp`]
+    /// instead of its bytes: what a poll compares to find the files that
+    /// changed since the last one, at the cost of a listing and a `stat`.
+    /// On this thread alone, so that its time is its CPU.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::scan`].
+    pub fn stamp_scan(&self) -> io::Result<Vec<(ModelName, FileStamp)>> {
+        let mut found = Found::stamping();
+        scan_dir(&self.manifests_dir(), Path::new(""), 0, &mut found)?;
+        for (dir, rel) in std::mem::take(&mut found.model_dirs) {
+            scan_dir(&dir, &rel, MANIFEST_DIR_DEPTH, &mut found)?;
+        }
+        Ok(found.stamps.unwrap_or_default())
+    }
+
     /// Lists every model directory once, on several threads, so that the
     /// recursive watch set up next (which visits them one by one, a disk read
     /// each on a cold cache) finds them in memory. Errors are ignored: the
@@ -232,6 +249,9 @@ impl Store {
 /// What a scan collects.
 struct Found<'a> {
     manifests: Vec<ManifestFile>,
+    /// In a stamp scan ([`Store::stamp_scan`]), each manifest's stamp instead
+    /// of its bytes; `None` in a scan that reads.
+    stamps: Option<Vec<(ModelName, FileStamp)>>,
     temp_files: Vec<PathBuf>,
     temp_marker: &'a str,
     /// Model directories (one level above the manifests), with their path
@@ -243,9 +263,47 @@ impl<'a> Found<'a> {
     fn new(temp_marker: &'a str) -> Found<'a> {
         Found {
             manifests: Vec::new(),
+            stamps: None,
             temp_files: Vec::new(),
             temp_marker,
             model_dirs: Vec::new(),
+        }
+    }
+
+    /// A scan that stamps manifests rather than reading them.
+    fn stamping() -> Found<'static> {
+        Found {
+            stamps: Some(Vec::new()),
+            ..Found::new("\0")
+        }
+    }
+}
+
+/// What a poll compares to see that a manifest changed without reading it:
+/// size, modification and change times, and inode (a rename over the file
+/// gives a new one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    changed: (i64, i64),
+    inode: u64,
+}
+
+impl FileStamp {
+    fn of(metadata: &fs::Metadata) -> FileStamp {
+        #[cfg(unix)]
+        let (changed, inode) = {
+            use std::os::unix::fs::MetadataExt;
+            ((metadata.ctime(), metadata.ctime_nsec()), metadata.ino())
+        };
+        #[cfg(not(unix))]
+        let (changed, inode) = ((0, 0), 0);
+        FileStamp {
+            len: metadata.len(),
+            modified: metadata.modified().ok(),
+            changed,
+            inode,
         }
     }
 }
@@ -482,6 +540,18 @@ fn scan_dir(dir: &Path, rel: &Path, depth: usize, out: &mut Found<'_>) -> io::Re
             tracing::debug!(path = %path.display(), "store scan: skipping path that is not a valid model name");
             continue;
         };
+        if let Some(stamps) = &mut out.stamps {
+            // As `read_manifest_at` sees it: through a symlink, regular files only.
+            match fs::metadata(&path) {
+                Ok(metadata) if metadata.is_file() => {
+                    stamps.push((name, FileStamp::of(&metadata)));
+                }
+                Ok(_) => {}
+                Err(err) if is_absent(&err) => {}
+                Err(err) => return Err(with_path(err, &path)),
+            }
+            continue;
+        }
         match read_manifest_at(&name, &path)? {
             Some(manifest) => out.manifests.push(manifest),
             None => {

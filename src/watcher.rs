@@ -10,11 +10,14 @@
 //! files and journals nothing for them, so there are no loops.
 //!
 //! Where the platform watcher cannot start (some network file systems, the
-//! system's limit on watches), or when asked to, the store is polled with a
-//! full reconcile instead; so it is from the moment that limit is reached
-//! later, since the directories made after it would go unwatched.
+//! system's limit on watches), or when asked to, the store is polled instead;
+//! so it is from the moment that limit is reached later, since the
+//! directories made after it would go unwatched. A poll lists the store and
+//! `stat`s each manifest on a blocking thread, and only the files whose
+//! size, times or inode changed are reconciled (the first poll reconciles
+//! everything); polls are spaced so that they take at most a tenth of the time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -26,6 +29,7 @@ use std::time::Instant;
 use crate::command::Origin;
 use crate::name::ModelName;
 use crate::registry::{Command, Registry};
+use crate::store::FileStamp;
 
 /// How long the store must be quiet before changes are reconciled.
 pub const QUIET: Duration = Duration::from_millis(40);
@@ -349,10 +353,7 @@ impl Inbox {
             let was_empty = state.first.is_none();
             state.pending.add(change);
             if state.pending.names.len() > MAX_PENDING_NAMES {
-                state.pending = Pending {
-                    everything: true,
-                    ..Pending::default()
-                };
+                state.pending = Pending::everything();
             }
             state.first.get_or_insert(now);
             state.last = Some(now);
@@ -392,7 +393,8 @@ impl Inbox {
 
 /// Gathers changes until the store is quiet, then asks the registry to
 /// reconcile; polls every `poll`, or every `fallback_poll` once the watch no
-/// longer covers the store.
+/// longer covers the store, stretched so that polling takes at most a tenth
+/// of the time ([`poll_period`]).
 async fn run(
     registry: Registry,
     inbox: Arc<Inbox>,
@@ -400,22 +402,36 @@ async fn run(
     fallback_poll: Duration,
     root: PathBuf,
 ) {
-    let timer = |first: tokio::time::Instant, interval| {
-        let mut timer = tokio::time::interval_at(first, interval);
-        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        timer
-    };
-    let mut poll_timer = poll.map(|interval| timer(tokio::time::Instant::now(), interval));
+    let base = poll.unwrap_or(fallback_poll);
+    let mut next_poll = poll.map(|_| tokio::time::Instant::now());
+    let mut stamps: Option<Stamps> = None;
+    let mut period = base;
     loop {
         // The error that set it was answered with a full reconcile already.
-        if poll_timer.is_none() && inbox.watch_limit.load(Ordering::SeqCst) {
-            let first = tokio::time::Instant::now() + fallback_poll;
-            poll_timer = Some(timer(first, fallback_poll));
+        if next_poll.is_none() && inbox.watch_limit.load(Ordering::SeqCst) {
+            next_poll = Some(tokio::time::Instant::now() + fallback_poll);
         }
-        let pending = match &mut poll_timer {
-            Some(timer) => tokio::select! {
+        let pending = match next_poll {
+            Some(at) => tokio::select! {
                 pending = inbox.next_batch() => pending,
-                _ = timer.tick() => Pending { everything: true, ..Pending::default() },
+                () = tokio::time::sleep_until(at) => {
+                    let started = Instant::now();
+                    let pending = poll_changes(&registry, &mut stamps).await;
+                    let took = started.elapsed();
+                    let stretched = poll_period(base, took);
+                    let news = period == base || stretched > 2 * period || 2 * stretched < period;
+                    if stretched > base && news {
+                        tracing::info!(
+                            "a poll of the store took {:.2} s; polling every {:.0} s (at most a \
+                             tenth of the time)",
+                            took.as_secs_f64(),
+                            stretched.as_secs_f64()
+                        );
+                    }
+                    period = stretched;
+                    next_poll = Some(tokio::time::Instant::now() + period);
+                    pending
+                }
             },
             None => inbox.next_batch().await,
         };
@@ -429,6 +445,69 @@ async fn run(
     }
 }
 
+/// How long to wait after a poll that took `took`: `base`, or longer when
+/// the store is big enough that polls every `base` would keep more than a
+/// tenth of a core busy (52,000 aliases: ~1.9 s of listing and `stat`s per
+/// poll on the project's VM).
+fn poll_period(base: Duration, took: Duration) -> Duration {
+    base.max(took * 10)
+}
+
+/// The stamps of the last poll, by the exact spelling of each file's name
+/// (on a case-sensitive file system two files may differ only in case).
+type Stamps = HashMap<Box<str>, (ModelName, FileStamp)>;
+
+/// One poll: stamps every manifest of the store (a listing and a `stat`
+/// each, on a blocking thread, never the registry's writer) and asks to
+/// reconcile the names whose stamp changed, appeared or went since `last`.
+/// The first poll has nothing to compare with and asks for a full reconcile,
+/// which also covers whatever changed before its stamps were taken.
+async fn poll_changes(registry: &Registry, last: &mut Option<Stamps>) -> Pending {
+    let store = registry.store().clone();
+    let scanned = tokio::task::spawn_blocking(move || store.stamp_scan()).await;
+    let now: Stamps = match scanned {
+        Ok(Ok(files)) => files
+            .into_iter()
+            .map(|(name, stamp)| (Box::from(name.spelled()), (name, stamp)))
+            .collect(),
+        Ok(Err(e)) => {
+            tracing::warn!("polling the store failed ({e}); reconciling the whole store");
+            *last = None;
+            return Pending::everything();
+        }
+        Err(e) => {
+            tracing::error!("polling the store failed ({e}); reconciling the whole store");
+            *last = None;
+            return Pending::everything();
+        }
+    };
+    let Some(before) = last.replace(now) else {
+        return Pending::everything();
+    };
+    let mut pending = Pending::default();
+    if let Some(now) = last {
+        for name in changed_names(&before, now) {
+            pending.names.insert(name.key(), name);
+        }
+    }
+    pending
+}
+
+/// The names whose files differ between two polls: new, gone, or stamped
+/// differently.
+fn changed_names(before: &Stamps, now: &Stamps) -> Vec<ModelName> {
+    let changed = now
+        .iter()
+        .filter(|(spelled, (_, stamp))| before.get(*spelled).map(|(_, s)| s) != Some(stamp));
+    let gone = before
+        .iter()
+        .filter(|(spelled, _)| !now.contains_key(*spelled));
+    changed
+        .chain(gone)
+        .map(|(_, (name, _))| name.clone())
+        .collect()
+}
+
 #[derive(Default)]
 struct Pending {
     names: BTreeMap<String, ModelName>,
@@ -437,6 +516,14 @@ struct Pending {
 }
 
 impl Pending {
+    /// A full reconcile.
+    fn everything() -> Pending {
+        Pending {
+            everything: true,
+            ..Pending::default()
+        }
+    }
+
     fn add(&mut self, change: Change) {
         match change {
             Change::Everything => self.everything = true,
@@ -580,6 +667,70 @@ mod tests {
             "{advice}"
         );
         assert!(advice.contains("every 2s"), "{advice}");
+    }
+
+    /// The stamps of a store, as a poll takes them.
+    fn stamps_of(store: &crate::store::Store) -> Stamps {
+        store
+            .stamp_scan()
+            .unwrap()
+            .into_iter()
+            .map(|(name, stamp)| (Box::from(name.spelled()), (name, stamp)))
+            .collect()
+    }
+
+    fn write(models: &Path, model: &str, text: &str) {
+        let dir = models
+            .join("manifests/registry.ollama.ai/library")
+            .join(model);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("latest"), text).unwrap();
+    }
+
+    fn shown(mut names: Vec<ModelName>) -> Vec<String> {
+        names.sort_by_key(ModelName::key);
+        names.iter().map(ModelName::display).collect()
+    }
+
+    #[test]
+    fn a_poll_finds_the_files_that_changed_appeared_or_went() {
+        let dir = tempfile::tempdir().unwrap();
+        let models = dir.path();
+        for model in ["kept", "rewritten", "replaced", "removed"] {
+            write(models, model, r#"{"layers":[]}"#);
+        }
+        let store = crate::store::Store::new(models);
+        let before = stamps_of(&store);
+        assert_eq!(before.len(), 4);
+        assert!(changed_names(&before, &stamps_of(&store)).is_empty());
+
+        // In place, as Ollama writes: a new size.
+        write(models, "rewritten", r#"{"layers":[],"config":{}}"#);
+        // Renamed over, same size: a new inode.
+        let replaced = models.join("manifests/registry.ollama.ai/library/replaced");
+        std::fs::write(replaced.join(".tmp"), r#"{"layers":[]}"#).unwrap();
+        std::fs::rename(replaced.join(".tmp"), replaced.join("latest")).unwrap();
+        std::fs::remove_file(models.join("manifests/registry.ollama.ai/library/removed/latest"))
+            .unwrap();
+        write(models, "added", r#"{"layers":[]}"#);
+
+        let now = stamps_of(&store);
+        assert_eq!(
+            shown(changed_names(&before, &now)),
+            ["added", "removed", "replaced", "rewritten"]
+        );
+        assert!(changed_names(&now, &stamps_of(&store)).is_empty());
+    }
+
+    #[test]
+    fn polls_take_at_most_a_tenth_of_the_time() {
+        let base = Duration::from_secs(2);
+        assert_eq!(poll_period(base, Duration::from_millis(5)), base);
+        assert_eq!(poll_period(base, Duration::from_millis(200)), base);
+        assert_eq!(
+            poll_period(base, Duration::from_millis(1900)),
+            Duration::from_secs(19)
+        );
     }
 
     #[test]
