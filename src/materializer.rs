@@ -6,9 +6,11 @@
 //! are never written over or removed. Every operation is idempotent, so running
 //! it again after a crash heals whatever was half done.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::command::PathState;
 use crate::index::{AliasEntry, AliasName, AliasState, AliasView, ChainEnd, Index, Models};
@@ -48,13 +50,10 @@ impl Materializer {
     /// Classifies the file at an alias's path: absent, aliasd's own, or a model.
     ///
     /// A file is aliasd's own when its digest is one aliasd recorded for the
-    /// alias (`digest`, `previous_digest`, or `also_ours`), or when it is empty
-    /// or not JSON (a torn write of aliasd's: Ollama never writes such a manifest).
-    pub fn path_state(
-        &self,
-        entry: &AliasEntry,
-        also_ours: Option<&str>,
-    ) -> std::io::Result<PathState> {
+    /// alias (`digest`, `previous_digest`, or one of `also_ours`), or when it is
+    /// empty or not JSON (a torn write of aliasd's: Ollama never writes such a
+    /// manifest).
+    pub fn path_state(&self, entry: &AliasEntry, also_ours: &[&str]) -> std::io::Result<PathState> {
         let AliasName::Exact(name) = &entry.alias else {
             return Ok(PathState::Absent);
         };
@@ -76,7 +75,7 @@ impl Materializer {
         index: &Index,
         models: &Models,
         entry: &AliasEntry,
-        also_ours: Option<&str>,
+        also_ours: &[&str],
     ) -> std::io::Result<Outcome> {
         let AliasName::Exact(name) = &entry.alias else {
             return Ok(Outcome::Unchanged);
@@ -134,6 +133,25 @@ impl Materializer {
         Ok(Outcome::Removed)
     }
 
+    /// Makes the file of `file.name` match `index`: [`Materializer::sync_alias`]
+    /// while the alias is there, [`Materializer::withdraw`] once it is gone.
+    ///
+    /// # Errors
+    ///
+    /// File system errors.
+    pub fn sync_file(
+        &self,
+        index: &Index,
+        models: &Models,
+        file: &AliasFile,
+    ) -> std::io::Result<Outcome> {
+        let ours: Vec<&str> = file.ours.iter().map(|digest| &**digest).collect();
+        match index.exact(file.name.key_str()) {
+            Some(entry) => self.sync_alias(index, models, entry, &ours),
+            None => self.withdraw(&file.name, &ours),
+        }
+    }
+
     /// Removes the directories above a withdrawn file that are now empty, up
     /// to (not including) `manifests/`. Only empty directories go.
     fn prune_empty_dirs(&self, file: &Path) {
@@ -151,15 +169,111 @@ impl Materializer {
     }
 }
 
+/// An alias whose file is to be made to match the index, with the digests
+/// of files aliasd wrote at its path that the index may no longer record
+/// (its digest before the change, the digest its deletion recorded).
+#[derive(Debug, Clone)]
+pub struct AliasFile {
+    /// The alias.
+    pub name: ModelName,
+    /// Digests of files at its path that are aliasd's own.
+    pub ours: Vec<Arc<str>>,
+}
+
+/// Alias files that could not be made to match the index (a full disk, a
+/// permission taken away), to be tried again: after [`FIRST_RETRY`], then at
+/// doubling intervals up to [`LONGEST_RETRY`], until every one is done.
+#[derive(Debug, Default)]
+pub struct Retries {
+    pending: BTreeMap<String, AliasFile>,
+    next: Option<Instant>,
+    wait: Duration,
+}
+
+/// The wait before the first retry.
+pub const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// The longest wait between two retries.
+pub const LONGEST_RETRY: Duration = Duration::from_secs(30);
+
+impl Retries {
+    /// Adds files that could not be synced; the first ones start the clock.
+    /// A file already waiting keeps every digest known to be aliasd's own.
+    pub fn add(&mut self, failed: Vec<AliasFile>, now: Instant) {
+        for file in failed {
+            match self.pending.entry(file.name.key()) {
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(file);
+                }
+                std::collections::btree_map::Entry::Occupied(mut slot) => {
+                    let ours = &mut slot.get_mut().ours;
+                    for digest in file.ours {
+                        if !ours.contains(&digest) {
+                            ours.push(digest);
+                        }
+                    }
+                }
+            }
+        }
+        if self.next.is_none() && !self.pending.is_empty() {
+            self.wait = FIRST_RETRY;
+            self.next = Some(now + FIRST_RETRY);
+        }
+    }
+
+    /// How long until the next attempt; `None` when nothing waits.
+    pub fn due_in(&self, now: Instant) -> Option<Duration> {
+        self.next.map(|at| at.saturating_duration_since(now))
+    }
+
+    /// Takes every waiting file, for an attempt.
+    pub fn take(&mut self) -> Vec<AliasFile> {
+        std::mem::take(&mut self.pending).into_values().collect()
+    }
+
+    /// Records what an attempt left undone: with nothing left the clock
+    /// stops (`None`), else the wait doubles and is returned.
+    pub fn attempted(&mut self, failed: Vec<AliasFile>, now: Instant) -> Option<Duration> {
+        self.add(failed, now);
+        if self.pending.is_empty() {
+            self.next = None;
+            return None;
+        }
+        self.wait = (self.wait * 2).clamp(FIRST_RETRY, LONGEST_RETRY);
+        self.next = Some(now + self.wait);
+        Some(self.wait)
+    }
+
+    /// How many files wait.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether none waits.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
+/// What to tell the user to do about a failed alias file write.
+pub fn advice(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) {
+        " (the store's disk is full: free some space there)"
+    } else if e.kind() == std::io::ErrorKind::PermissionDenied {
+        " (aliasd may not write in the store: check its owner and permissions)"
+    } else {
+        ""
+    }
+}
+
 /// Whether a file at an alias's path is aliasd's own or a model.
-pub fn classify(bytes: &[u8], entry: &AliasEntry, also_ours: Option<&str>) -> PathState {
+pub fn classify(bytes: &[u8], entry: &AliasEntry, also_ours: &[&str]) -> PathState {
     if looks_torn(bytes) {
         return PathState::Ours;
     }
     let digest = crate::digest::manifest_digest(bytes);
     let ours = entry.digest.as_deref() == Some(digest.as_str())
         || entry.previous_digest.as_deref() == Some(digest.as_str())
-        || also_ours == Some(digest.as_str());
+        || also_ours.contains(&digest.as_str());
     if ours {
         PathState::Ours
     } else {
@@ -229,4 +343,71 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
         let _ = std::fs::remove_file(&tmp);
     }
     res.map(|()| created_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(name: &str, ours: &[&str]) -> AliasFile {
+        AliasFile {
+            name: ModelName::parse(name).unwrap(),
+            ours: ours.iter().map(|d| Arc::from(*d)).collect(),
+        }
+    }
+
+    #[test]
+    fn retries_wait_longer_each_time_and_stop_when_all_are_done() {
+        let start = Instant::now();
+        let mut retries = Retries::default();
+        assert_eq!(retries.due_in(start), None);
+        retries.add(Vec::new(), start);
+        assert_eq!(retries.due_in(start), None, "nothing failed, no clock");
+
+        retries.add(vec![file("a", &[]), file("b", &[])], start);
+        assert_eq!(retries.due_in(start), Some(FIRST_RETRY));
+        let mut waits = Vec::new();
+        for _ in 0..7 {
+            let tried = retries.take();
+            assert_eq!(tried.len(), 2);
+            waits.push(retries.attempted(tried, start).unwrap().as_secs());
+        }
+        assert_eq!(waits, [2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(retries.due_in(start), Some(LONGEST_RETRY));
+
+        // One done, one left; then the last one done.
+        let mut tried = retries.take();
+        tried.retain(|f| f.name.display() == "b");
+        assert_eq!(retries.attempted(tried, start), Some(LONGEST_RETRY));
+        assert_eq!(retries.len(), 1);
+        let _ = retries.take();
+        assert_eq!(retries.attempted(Vec::new(), start), None);
+        assert!(retries.is_empty());
+        assert_eq!(retries.due_in(start), None);
+
+        // A new failure starts from the first wait again.
+        retries.add(vec![file("c", &[])], start);
+        assert_eq!(retries.due_in(start), Some(FIRST_RETRY));
+    }
+
+    #[test]
+    fn a_file_failing_twice_keeps_every_digest_that_is_ours() {
+        let now = Instant::now();
+        let mut retries = Retries::default();
+        retries.add(vec![file("a", &["sha256:1"])], now);
+        retries.add(vec![file("A:latest", &["sha256:2", "sha256:1"])], now);
+        let taken = retries.take();
+        assert_eq!(taken.len(), 1);
+        let ours: Vec<&str> = taken[0].ours.iter().map(|d| &**d).collect();
+        assert_eq!(ours, ["sha256:1", "sha256:2"]);
+    }
+
+    #[test]
+    fn advice_names_what_to_do_for_a_full_disk_and_for_permissions() {
+        let full = std::io::Error::from_raw_os_error(28);
+        assert!(advice(&full).contains("full"));
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert!(advice(&denied).contains("permissions"));
+        assert_eq!(advice(&std::io::Error::other("odd")), "");
+    }
 }

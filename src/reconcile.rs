@@ -49,7 +49,7 @@ pub fn observe(store: &Store, index: &Index, current: &Models) -> std::io::Resul
             let state = if entry.state == AliasState::Shadowed {
                 PathState::Foreign
             } else {
-                crate::materializer::classify(&file.bytes, entry, None)
+                crate::materializer::classify(&file.bytes, entry, &[])
             };
             observation.path_states.insert(key.clone(), state.clone());
             if state == PathState::Ours {
@@ -145,7 +145,7 @@ pub fn observe_names(
             let state = match &file {
                 None => PathState::Absent,
                 Some(_) if entry.state == AliasState::Shadowed => PathState::Foreign,
-                Some(file) => crate::materializer::classify(&file.bytes, entry, None),
+                Some(file) => crate::materializer::classify(&file.bytes, entry, &[]),
             };
             is_model = state == PathState::Foreign;
             observation.path_states.insert(key.clone(), state);

@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -30,8 +31,7 @@ use crate::event::{now_rfc3339, Event, EventType, Published};
 use crate::index::{
     AliasEntry, AliasName, AliasView, DepKey, Draft, Index, Models, PreparedChange, Preparer,
 };
-use crate::materializer::Materializer;
-use crate::name::ModelName;
+use crate::materializer::{AliasFile, Materializer, Retries};
 use crate::progress::Progress;
 use crate::publisher::{Batch, Publisher};
 use crate::reconcile;
@@ -446,6 +446,8 @@ enum Job {
         prior: Vec<Option<Arc<str>>>,
         replies: Vec<(ReplySender, Result<Reply, RegistryError>)>,
     },
+    /// Try these alias files again until they match the index.
+    Retry(Vec<AliasFile>),
     /// Answer once every job before this one is done.
     Barrier(std::sync::mpsc::Sender<()>),
 }
@@ -460,14 +462,31 @@ struct Finisher {
 
 impl Finisher {
     fn run(self, jobs: std::sync::mpsc::Receiver<Job>) {
-        for job in jobs {
+        use std::sync::mpsc::RecvTimeoutError;
+        let mut retries = Retries::default();
+        loop {
+            let job = match retries.due_in(Instant::now()) {
+                None => match jobs.recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                },
+                Some(wait) => match jobs.recv_timeout(wait) {
+                    Ok(job) => job,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.retry(&mut retries);
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+            };
             match job {
                 Job::Finish {
                     events,
                     prior,
                     replies,
                 } => {
-                    materialize(&self.materializer, &self.shared, &events, &prior);
+                    let failed = materialize(&self.materializer, &self.shared, &events, &prior);
+                    retries.add(report_failures(failed), Instant::now());
                     for event in &events {
                         self.metrics.observe_event(event.kind);
                     }
@@ -477,50 +496,99 @@ impl Finisher {
                         let _ = sender.send(reply);
                     }
                 }
+                Job::Retry(files) => retries.add(files, Instant::now()),
                 Job::Barrier(done) => {
                     let _ = done.send(());
                 }
             }
         }
+        if !retries.is_empty() {
+            tracing::warn!(
+                "{} alias files are still not as the journal says; the next start writes them",
+                retries.len()
+            );
+        }
+    }
+
+    /// Tries the waiting alias files again, and says how it went.
+    fn retry(&self, retries: &mut Retries) {
+        let files = retries.take();
+        let tried = files.len();
+        let failed = sync_files(&self.materializer, &self.shared, &files);
+        let left = failed.len();
+        let why = failed
+            .first()
+            .map(|(_, e)| format!("{e}{}", crate::materializer::advice(e)))
+            .unwrap_or_default();
+        let failed = failed.into_iter().map(|(file, _)| file).collect();
+        match retries.attempted(failed, Instant::now()) {
+            None => tracing::info!("{tried} alias files written on a retry"),
+            Some(wait) => tracing::warn!(
+                "{left} alias files still not written ({why}); trying again in {} s",
+                wait.as_secs()
+            ),
+        }
     }
 }
 
-/// Makes the files of the aliases these events touched match the index.
+/// Logs each alias file that could not be written, and returns them for a retry.
+fn report_failures(failed: Vec<(AliasFile, std::io::Error)>) -> Vec<AliasFile> {
+    failed
+        .into_iter()
+        .map(|(file, e)| {
+            tracing::error!(
+                alias = %file.name,
+                "writing the alias file failed: {e}{}; trying again in {} s",
+                crate::materializer::advice(&e),
+                crate::materializer::FIRST_RETRY.as_secs()
+            );
+            file
+        })
+        .collect()
+}
+
+/// Makes the files of the aliases these events touched match the index;
+/// returns the ones that could not be, with why.
 fn materialize(
     materializer: &Materializer,
     shared: &RwLock<Shared>,
     events: &[Event],
     prior: &[Option<Arc<str>>],
-) {
-    let guard = shared.read().unwrap_or_else(|e| e.into_inner());
+) -> Vec<(AliasFile, std::io::Error)> {
     // The last event of each alias in the group (the index holds its final state).
     let mut done = HashSet::new();
-    let mut work: Vec<(ModelName, &Event, Option<&str>)> = Vec::new();
+    let mut work: Vec<AliasFile> = Vec::new();
     for (event, prior) in events.iter().zip(prior).rev() {
         let Ok(AliasName::Exact(name)) = AliasName::of_event(event) else {
             continue;
         };
         if done.insert(name.key()) {
-            work.push((name, event, prior.as_deref()));
+            let recorded = event.digest.as_deref().map(Arc::<str>::from);
+            let ours = prior.iter().cloned().chain(recorded).collect();
+            work.push(AliasFile { name, ours });
         }
     }
+    sync_files(materializer, shared, &work)
+}
+
+/// Makes these alias files match the index, spread over threads when there
+/// are many; returns the ones that could not be, with why.
+fn sync_files(
+    materializer: &Materializer,
+    shared: &RwLock<Shared>,
+    work: &[AliasFile],
+) -> Vec<(AliasFile, std::io::Error)> {
+    let guard = shared.read().unwrap_or_else(|e| e.into_inner());
     let synced = AtomicUsize::new(0);
-    let sync_one = |(name, event, prior): &(ModelName, &Event, Option<&str>)| {
+    let failed = std::sync::Mutex::new(Vec::new());
+    let sync_one = |file: &AliasFile| {
         synced.fetch_add(1, Ordering::Relaxed);
-        let res = match guard.index.exact(name.key_str()) {
-            Some(entry) => materializer.sync_alias(&guard.index, &guard.models, entry, *prior),
-            None => {
-                let mut ours: Vec<&str> = Vec::new();
-                ours.extend(event.digest.as_deref());
-                ours.extend(*prior);
-                materializer.withdraw(name, &ours)
-            }
-        };
-        match res {
-            Ok(outcome) => tracing::debug!(alias = %name, ?outcome, "materialized"),
-            Err(e) => {
-                tracing::error!(alias = %name, "materializing failed: {e}; the next reconcile retries")
-            }
+        match materializer.sync_file(&guard.index, &guard.models, file) {
+            Ok(outcome) => tracing::debug!(alias = %file.name, ?outcome, "materialized"),
+            Err(e) => failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((file.clone(), e)),
         }
     };
     // Each alias has its own file, so a large group is spread over the cores:
@@ -528,7 +596,7 @@ fn materialize(
     let threads = materialize_threads(work.len());
     if threads <= 1 {
         work.iter().for_each(sync_one);
-        return;
+        return failed.into_inner().unwrap_or_else(|e| e.into_inner());
     }
     // A group this large is a start-up restoring many files: say how far it is.
     let mut progress = (work.len() >= PROGRESS_FROM_FILES)
@@ -557,6 +625,7 @@ fn materialize(
         progress.reached(synced.load(Ordering::Relaxed));
         progress.finish();
     }
+    failed.into_inner().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Alias files in one group from which their writing reports progress.
@@ -899,23 +968,36 @@ impl Writer {
         Ok(n_events)
     }
 
-    /// Makes the files of these exact aliases match the index.
+    /// Makes the files of these exact aliases match the index; the finisher
+    /// tries the ones that fail again.
     fn sync_aliases(&self, keys: &[String]) {
         let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
         let mut progress = Progress::new("rewriting out-of-date alias files", keys.len());
+        let mut failed = Vec::new();
         for key in keys {
             progress.advance(1);
             let Some(entry) = guard.index.exact(key) else {
                 continue;
             };
+            let AliasName::Exact(name) = &entry.alias else {
+                continue;
+            };
             let res = self
                 .materializer
-                .sync_alias(&guard.index, &guard.models, entry, None);
+                .sync_alias(&guard.index, &guard.models, entry, &[]);
             if let Err(e) = res {
-                tracing::error!(alias = %entry.alias.display(), "materializing failed: {e}");
+                let file = AliasFile {
+                    name: name.clone(),
+                    ours: Vec::new(),
+                };
+                failed.push((file, e));
             }
         }
         progress.finish();
+        drop(guard);
+        if !failed.is_empty() {
+            let _ = self.finisher.send(Job::Retry(report_failures(failed)));
+        }
     }
 
     fn write_snapshot(&mut self) -> Result<u64, journal::Error> {

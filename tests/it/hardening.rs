@@ -1164,6 +1164,56 @@ fn a_full_journal_disk_is_507_and_recovers_without_restart() {
     drop(mount);
 }
 
+#[test]
+fn an_alias_file_a_full_store_refused_is_written_once_there_is_room() {
+    let mount = match TmpfsMount::new("1m") {
+        Ok(mount) => mount,
+        Err(reason) => {
+            eprintln!(
+                "SKIP an_alias_file_a_full_store_refused_is_written_once_there_is_room: {reason}"
+            );
+            return;
+        }
+    };
+    // The store on a small file system, the journal on another.
+    let store = TestStore::new_in(mount.path());
+    let llama3 = store.add_model("llama3");
+    let journal = journal_dir();
+    let daemon = Daemon::start(&store.root(), journal.path(), &[], &[]);
+    daemon.put_alias("before", "llama3").expect(201);
+
+    let filler = mount.path().join("filler");
+    assert!(fill(&filler) > 0);
+    // The journal takes the write; the store has no room for its file.
+    let resp = daemon.put_alias("onfull", "llama3");
+    resp.expect(201);
+    assert_eq!(store.read("onfull"), None);
+    assert_eq!(
+        daemon.get(&alias_path("onfull")).expect(200)["state"],
+        "active"
+    );
+    let stderr = daemon.stderr();
+    assert!(stderr.contains("the store's disk is full"), "{stderr}");
+    assert!(stderr.contains("trying again in 1 s"), "{stderr}");
+
+    // Room comes back: the file is written with no restart and no request.
+    std::fs::remove_file(&filler).expect("remove filler");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.read("onfull").is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(store.read("onfull").as_deref(), Some(&llama3[..]));
+    assert!(
+        daemon.stderr().contains("written on a retry"),
+        "{}",
+        daemon.stderr()
+    );
+    assert_eq!(store.read("before").as_deref(), Some(&llama3[..]));
+    drop(daemon);
+    drop(store);
+    drop(mount);
+}
+
 /// The registry's error path with journal faults injected: nothing applied,
 /// every request of the group told, the journal usable afterwards.
 #[test]

@@ -103,9 +103,14 @@ impl Default for TestStore {
 impl TestStore {
     /// An empty store: `manifests/` and `blobs/`.
     pub fn new() -> TestStore {
+        TestStore::new_in(&std::env::temp_dir())
+    }
+
+    /// An empty store in a new directory under `parent` (a small file system, say).
+    pub fn new_in(parent: &Path) -> TestStore {
         let base = tempfile::Builder::new()
             .prefix("aliasd-it-store")
-            .tempdir()
+            .tempdir_in(parent)
             .expect("tempdir");
         let store = TestStore { base };
         std::fs::create_dir_all(store.root().join("manifests")).expect("mkdir manifests");
