@@ -12,7 +12,7 @@
 //! Where the platform watcher cannot start (some network file systems, the
 //! system's limit on watches), or when asked to, the store is polled instead;
 //! so it is from the moment that limit is reached later, since the
-//! directories made after it would go unwatched. A poll lists the store and
+//! directories made after it would go unwatched, or `manifests/` itself goes. A poll lists the store and
 //! `stat`s each manifest on a blocking thread, and only the files whose
 //! size, times or inode changed are reconciled (the first poll reconciles
 //! everything); polls are spaced so that they take at most a tenth of the time.
@@ -198,6 +198,8 @@ fn start_notify(
 /// is different: every directory made after it is reached goes unwatched, so
 /// the first such error also turns polling on (see [`run`]) and says how to
 /// raise the limit; the later ones, which polling covers, are dropped.
+/// So is `manifests/` itself going (`rm -rf`, or moved away): its watch goes
+/// with it, and the directory Ollama makes next would be unwatched.
 fn on_notify(
     root: &Path,
     inbox: &Inbox,
@@ -205,9 +207,19 @@ fn on_notify(
     res: notify::Result<notify::Event>,
 ) -> Option<Change> {
     match res {
+        Ok(event) if removes_root(root, &event) => {
+            if !inbox.polling.swap(true, Ordering::SeqCst) {
+                tracing::warn!(
+                    "{} was removed or moved away, and its watch with it; aliasd polls the \
+                     store every {fallback_poll:?} from now on (restart aliasd to watch it again)",
+                    root.display()
+                );
+            }
+            Some(Change::Everything)
+        }
         Ok(event) => translate(root, &event),
         Err(e) if is_watch_limit(&e) => {
-            if inbox.watch_limit.swap(true, Ordering::SeqCst) {
+            if inbox.polling.swap(true, Ordering::SeqCst) {
                 return None;
             }
             tracing::warn!(
@@ -227,6 +239,17 @@ fn on_notify(
             Some(Change::Everything)
         }
     }
+}
+
+/// Whether `event` says the watched directory itself went: removed, or
+/// renamed away.
+fn removes_root(root: &Path, event: &notify::Event) -> bool {
+    use notify::event::ModifyKind;
+    use notify::EventKind;
+    matches!(
+        event.kind,
+        EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
+    ) && event.paths.iter().any(|path| path == root)
 }
 
 /// Whether `e` says the system's limit on file watches is reached.
@@ -329,9 +352,9 @@ fn classify_path(root: &Path, path: &Path) -> PathKind {
 struct Inbox {
     state: Mutex<InboxState>,
     wake: tokio::sync::Notify,
-    /// Set once the system's limit on watches was reached: some directories
-    /// are not watched, and the store must be polled.
-    watch_limit: AtomicBool,
+    /// Set once the watch stopped covering the store (the system's limit on
+    /// watches reached, `manifests/` itself removed): from then on it is polled.
+    polling: AtomicBool,
 }
 
 #[derive(Default)]
@@ -408,7 +431,7 @@ async fn run(
     let mut period = base;
     loop {
         // The error that set it was answered with a full reconcile already.
-        if next_poll.is_none() && inbox.watch_limit.load(Ordering::SeqCst) {
+        if next_poll.is_none() && inbox.polling.load(Ordering::SeqCst) {
             next_poll = Some(tokio::time::Instant::now() + fallback_poll);
         }
         let pending = match next_poll {
@@ -641,7 +664,7 @@ mod tests {
             is_everything(&first),
             "the first limit error reconciles all"
         );
-        assert!(inbox.watch_limit.load(Ordering::SeqCst));
+        assert!(inbox.polling.load(Ordering::SeqCst));
         // Later ones are covered by polling.
         assert!(on_notify(root, &inbox, poll, limit_error()).is_none());
         // Other errors still reconcile everything, every time.
@@ -651,12 +674,41 @@ mod tests {
     }
 
     #[test]
+    fn the_watched_directory_going_turns_polling_on() {
+        use notify::event::{ModifyKind, RemoveKind, RenameMode};
+        use notify::{Event, EventKind};
+        let root = Path::new("/store/manifests");
+        let poll = Duration::from_secs(2);
+        let event = |kind, path: &str| Ok(Event::new(kind).add_path(PathBuf::from(path)));
+        // A directory below it going changes nothing about the watch.
+        let inbox = Inbox::default();
+        let below = event(
+            EventKind::Remove(RemoveKind::Folder),
+            "/store/manifests/registry.ollama.ai",
+        );
+        assert!(on_notify(root, &inbox, poll, below).is_none());
+        assert!(!inbox.polling.load(Ordering::SeqCst));
+        // It going itself does.
+        let gone = event(EventKind::Remove(RemoveKind::Folder), "/store/manifests");
+        assert!(is_everything(&on_notify(root, &inbox, poll, gone)));
+        assert!(inbox.polling.load(Ordering::SeqCst));
+        // So does it being renamed away.
+        let inbox = Inbox::default();
+        let moved = event(
+            EventKind::Modify(ModifyKind::Name(RenameMode::From)),
+            "/store/manifests",
+        );
+        assert!(is_everything(&on_notify(root, &inbox, poll, moved)));
+        assert!(inbox.polling.load(Ordering::SeqCst));
+    }
+
+    #[test]
     fn other_errors_leave_the_watch_on() {
         let inbox = Inbox::default();
         let res = Err(notify::Error::generic("lost events"));
         let change = on_notify(Path::new("/m"), &inbox, Duration::from_secs(2), res);
         assert!(is_everything(&change));
-        assert!(!inbox.watch_limit.load(Ordering::SeqCst));
+        assert!(!inbox.polling.load(Ordering::SeqCst));
     }
 
     #[test]

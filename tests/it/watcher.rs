@@ -855,6 +855,48 @@ impl Drop for RawServer {
     }
 }
 
+/// Creates `coder -> qwen` on a raw server; returns its seq.
+fn put_coder_to_qwen(addr: SocketAddr) -> u64 {
+    let resp = http(
+        addr,
+        "PUT",
+        &alias_path("coder"),
+        &[("Content-Type", "application/json")],
+        Some(br#"{"target":"qwen"}"#),
+    );
+    resp.expect(201);
+    resp.json["seq"].as_u64().expect("seq")
+}
+
+#[test]
+fn a_removed_manifests_directory_is_followed_by_polling() {
+    let store = TestStore::with_models(&["qwen"]);
+    let journal = tempfile::tempdir().expect("tempdir");
+    let server = RawServer::start(&store.root(), journal.path(), &[]);
+    let since = put_coder_to_qwen(server.addr);
+    let v1 = store.read("qwen").expect("qwen");
+
+    // `rm -rf` of the whole manifests directory takes its watch with it.
+    std::fs::remove_dir_all(store.root().join("manifests")).expect("rm -rf manifests");
+    wait_events(server.addr, since, &[("target.removed", "coder")]);
+    // Ollama pulls the model again, into a new manifests directory.
+    store.add_model("qwen");
+    let events = wait_events(
+        server.addr,
+        since,
+        &[("target.removed", "coder"), ("target.restored", "coder")],
+    );
+    check_system(
+        the_event(&events, "target.restored", "coder"),
+        "watcher",
+        "qwen",
+        Some(&digest(&v1)),
+    );
+    wait_file(&store, "coder", Some(&v1));
+    let stderr = server.stderr();
+    assert!(stderr.contains("was removed or moved away"), "{stderr}");
+}
+
 #[test]
 fn polling_notices_a_removed_target() {
     let store = TestStore::with_models(&["qwen"]);
@@ -863,17 +905,9 @@ fn polling_notices_a_removed_target() {
     let stderr = server.stderr();
     assert!(stderr.contains("polling"), "{stderr}");
     assert!(stderr.contains("100ms"), "{stderr}");
-    let resp = http(
-        server.addr,
-        "PUT",
-        &alias_path("coder"),
-        &[("Content-Type", "application/json")],
-        Some(br#"{"target":"qwen"}"#),
-    );
-    resp.expect(201);
+    let since = put_coder_to_qwen(server.addr);
     let qwen = store.read("qwen").expect("qwen");
     assert_eq!(store.read("coder").as_deref(), Some(&qwen[..]));
-    let since = resp.json["seq"].as_u64().expect("seq");
 
     store.remove_model("qwen");
     let events = wait_events(server.addr, since, &[("target.removed", "coder")]);
