@@ -23,6 +23,10 @@ pub struct Metrics {
     commit_failures: AtomicU64,
     events: [AtomicU64; EventType::ALL.len()],
     subscribers: AtomicU64,
+    /// Alias files the store refused, waiting for a retry.
+    alias_files_pending: AtomicU64,
+    /// 1 while the store is followed by polling, not the platform's watcher.
+    store_polled: AtomicU64,
     /// (route, status) -> count; routes are the matched templates, so bounded.
     requests: RwLock<BTreeMap<String, BTreeMap<u16, AtomicU64>>>,
 }
@@ -39,6 +43,18 @@ impl Metrics {
         self.commit_count.fetch_add(1, Ordering::Relaxed);
         self.commit_micros
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// How many alias files the store refused and wait for a retry.
+    pub fn set_alias_files_pending(&self, files: usize) {
+        self.alias_files_pending
+            .store(files as u64, Ordering::Relaxed);
+    }
+
+    /// Whether the store is followed by polling rather than the platform's watcher.
+    pub fn set_store_polled(&self, polled: bool) {
+        self.store_polled
+            .store(u64::from(polled), Ordering::Relaxed);
     }
 
     /// Records a failed commit.
@@ -130,6 +146,8 @@ impl Metrics {
                 n.load(Ordering::Relaxed)
             );
         }
+        let _ = writeln!(out, "# HELP aliasd_alias_files_pending Alias files the store refused (its disk full, say), waiting to be written again.\n# TYPE aliasd_alias_files_pending gauge\naliasd_alias_files_pending {}", self.alias_files_pending.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP aliasd_store_polled 1 while the store is followed by polling instead of the platform's file watcher.\n# TYPE aliasd_store_polled gauge\naliasd_store_polled {}", self.store_polled.load(Ordering::Relaxed));
         let _ = writeln!(out, "# HELP aliasd_subscribers Connected event-stream subscribers.\n# TYPE aliasd_subscribers gauge\naliasd_subscribers {}", self.subscribers());
         let _ = writeln!(out, "# HELP aliasd_http_requests_total HTTP responses by route and status.\n# TYPE aliasd_http_requests_total counter");
         let requests = self.requests.read().unwrap_or_else(|e| e.into_inner());
@@ -169,7 +187,11 @@ mod tests {
         metrics.observe_commit(Duration::from_micros(1500));
         metrics.observe_event(EventType::AliasCreated);
         metrics.observe_request("/api/aliases", 200);
+        metrics.set_alias_files_pending(3);
+        metrics.set_store_polled(true);
         let text = metrics.render(&Gauges::default());
+        assert!(text.contains("\naliasd_alias_files_pending 3\n"));
+        assert!(text.contains("\naliasd_store_polled 1\n"));
         assert!(text.contains("aliasd_journal_commit_seconds_bucket{le=\"0.001\"} 0"));
         assert!(text.contains("aliasd_journal_commit_seconds_bucket{le=\"0.002\"} 1"));
         assert!(text.contains("aliasd_journal_commit_seconds_count 1"));

@@ -486,7 +486,10 @@ impl Finisher {
                     replies,
                 } => {
                     let failed = materialize(&self.materializer, &self.shared, &events, &prior);
-                    retries.add(report_failures(failed), Instant::now());
+                    if !failed.is_empty() {
+                        retries.add(report_failures(failed), Instant::now());
+                        self.metrics.set_alias_files_pending(retries.len());
+                    }
                     for event in &events {
                         self.metrics.observe_event(event.kind);
                     }
@@ -496,7 +499,10 @@ impl Finisher {
                         let _ = sender.send(reply);
                     }
                 }
-                Job::Retry(files) => retries.add(files, Instant::now()),
+                Job::Retry(files) => {
+                    retries.add(files, Instant::now());
+                    self.metrics.set_alias_files_pending(retries.len());
+                }
                 Job::Barrier(done) => {
                     let _ = done.send(());
                 }
@@ -521,7 +527,9 @@ impl Finisher {
             .map(|(_, e)| format!("{e}{}", crate::materializer::advice(e)))
             .unwrap_or_default();
         let failed = failed.into_iter().map(|(file, _)| file).collect();
-        match retries.attempted(failed, Instant::now()) {
+        let wait = retries.attempted(failed, Instant::now());
+        self.metrics.set_alias_files_pending(retries.len());
+        match wait {
             None => tracing::info!("{tried} alias files written on a retry"),
             Some(wait) => tracing::warn!(
                 "{left} alias files still not written ({why}); trying again in {} s",

@@ -434,6 +434,7 @@ async fn run(
         if next_poll.is_none() && inbox.polling.load(Ordering::SeqCst) {
             next_poll = Some(tokio::time::Instant::now() + fallback_poll);
         }
+        registry.metrics().set_store_polled(next_poll.is_some());
         let pending = match next_poll {
             Some(at) => tokio::select! {
                 pending = inbox.next_batch() => pending,

@@ -1195,6 +1195,9 @@ fn an_alias_file_a_full_store_refused_is_written_once_there_is_room() {
     let stderr = daemon.stderr();
     assert!(stderr.contains("the store's disk is full"), "{stderr}");
     assert!(stderr.contains("trying again in 1 s"), "{stderr}");
+    let metrics =
+        |daemon: &Daemon| String::from_utf8_lossy(&daemon.get("/metrics").body).into_owned();
+    assert!(metrics(&daemon).contains("\naliasd_alias_files_pending 1\n"));
 
     // Room comes back: the file is written with no restart and no request.
     std::fs::remove_file(&filler).expect("remove filler");
@@ -1208,6 +1211,7 @@ fn an_alias_file_a_full_store_refused_is_written_once_there_is_room() {
         "{}",
         daemon.stderr()
     );
+    assert!(metrics(&daemon).contains("\naliasd_alias_files_pending 0\n"));
     assert_eq!(store.read("before").as_deref(), Some(&llama3[..]));
     drop(daemon);
     drop(store);

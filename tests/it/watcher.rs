@@ -875,6 +875,12 @@ fn a_removed_manifests_directory_is_followed_by_polling() {
     let server = RawServer::start(&store.root(), journal.path(), &[]);
     let since = put_coder_to_qwen(server.addr);
     let v1 = store.read("qwen").expect("qwen");
+    let polled = |addr| {
+        let metrics = http(addr, "GET", "/metrics", &[], None).body;
+        let metrics = String::from_utf8_lossy(&metrics).into_owned();
+        metrics.contains("\naliasd_store_polled 1\n")
+    };
+    assert!(!polled(server.addr), "watched, not polled, at first");
 
     // `rm -rf` of the whole manifests directory takes its watch with it.
     std::fs::remove_dir_all(store.root().join("manifests")).expect("rm -rf manifests");
@@ -895,6 +901,7 @@ fn a_removed_manifests_directory_is_followed_by_polling() {
     wait_file(&store, "coder", Some(&v1));
     let stderr = server.stderr();
     assert!(stderr.contains("was removed or moved away"), "{stderr}");
+    assert!(polled(server.addr));
 }
 
 #[test]
