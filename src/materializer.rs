@@ -47,6 +47,26 @@ impl Materializer {
         &self.store
     }
 
+    /// Checks that alias files can be written here, by creating and removing
+    /// a file of aliasd's own (hidden, named with [`TEMP_MARKER`]) in
+    /// `manifests/`.
+    ///
+    /// # Errors
+    ///
+    /// The error of the create (permission denied, a read-only file system)
+    /// or of the remove.
+    pub fn check_writable(&self) -> std::io::Result<()> {
+        let probe = self.store.manifests_dir().join(format!(
+            "{TEMP_MARKER}write-check-{}",
+            crate::event::new_id()
+        ));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)?;
+        std::fs::remove_file(&probe)
+    }
+
     /// Classifies the file at an alias's path: absent, aliasd's own, or a model.
     ///
     /// A file is aliasd's own when its digest is one aliasd recorded for the

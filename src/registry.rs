@@ -171,6 +171,19 @@ impl Registry {
         store
             .ensure_layout()
             .with_context(|| format!("creating model store {}", config.models_dir.display()))?;
+        Materializer::new(store.clone())
+            .check_writable()
+            .map_err(|e| {
+                let manifests = store.manifests_dir();
+                anyhow::anyhow!(
+                    "cannot write in {} ({e}); aliasd writes each alias there as a manifest \
+                     file. Run it as the user that owns the store (Ollama's Linux service runs as \
+                     `ollama`: e.g. `sudo -u ollama aliasd serve --models {}`), or give this user \
+                     write access to it",
+                    manifests.display(),
+                    config.models_dir.display()
+                )
+            })?;
         let mut options = journal::Options {
             retain: config.retain,
             segment_bytes: config.segment_bytes,

@@ -24,6 +24,20 @@ use crate::support::{alias_path, aliasd, files_under, http, Resp, TestStore};
 const DEADLINE: Duration = Duration::from_secs(10);
 
 /// A loopback port nobody listens on right now.
+/// `aliasd serve` on this store and journal, on a free loopback port.
+fn serve_command(models: &Path, journal: &Path) -> Command {
+    let mut command = aliasd();
+    command
+        .arg("serve")
+        .arg("--models")
+        .arg(models)
+        .arg("--journal")
+        .arg(journal)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", free_port()));
+    command
+}
+
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr").port()
@@ -480,14 +494,7 @@ fn tokens_from_the_environment_guard_every_route_but_healthz() {
 fn a_malformed_token_stops_start_up_without_echoing_the_secret() {
     let store = TestStore::with_models(&["llama3"]);
     let journal = journal_dir();
-    let out = aliasd()
-        .arg("serve")
-        .arg("--models")
-        .arg(store.root())
-        .arg("--journal")
-        .arg(journal.path())
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{}", free_port()))
+    let out = serve_command(&store.root(), journal.path())
         .env("ALIASD_READ_TOKENS", "bad name=hunter2-secret")
         .stdin(Stdio::null())
         .output()
@@ -1030,6 +1037,27 @@ impl TmpfsMount {
     }
 }
 
+/// A tmpfs of `size` for `test`, or `None` (said on stderr) where this
+/// machine cannot mount one.
+fn tmpfs_or_skip(test: &str, size: &str) -> Option<TmpfsMount> {
+    match TmpfsMount::new(size) {
+        Ok(mount) => Some(mount),
+        Err(reason) => {
+            eprintln!("SKIP {test}: {reason}");
+            None
+        }
+    }
+}
+
+/// A store holding `llama3` (its manifest returned) on a 1 MiB tmpfs of
+/// its own, or `None` where this machine cannot mount one.
+fn llama3_store_on_tmpfs(test: &str) -> Option<(TmpfsMount, TestStore, Vec<u8>)> {
+    let mount = tmpfs_or_skip(test, "1m")?;
+    let store = TestStore::new_in(mount.path());
+    let llama3 = store.add_model("llama3");
+    Some((mount, store, llama3))
+}
+
 impl Drop for TmpfsMount {
     fn drop(&mut self) {
         let ok = Command::new("umount")
@@ -1072,12 +1100,11 @@ fn fill(path: &Path) -> u64 {
 
 #[test]
 fn a_full_journal_disk_is_507_and_recovers_without_restart() {
-    let mount = match TmpfsMount::new("1m") {
-        Ok(mount) => mount,
-        Err(reason) => {
-            eprintln!("SKIP a_full_journal_disk_is_507_and_recovers_without_restart: {reason}");
-            return;
-        }
+    let Some(mount) = tmpfs_or_skip(
+        "a_full_journal_disk_is_507_and_recovers_without_restart",
+        "1m",
+    ) else {
+        return;
     };
     let store = TestStore::with_models(&["llama3"]);
     let journal = mount.path().join("journal");
@@ -1166,18 +1193,12 @@ fn a_full_journal_disk_is_507_and_recovers_without_restart() {
 
 #[test]
 fn an_alias_file_a_full_store_refused_is_written_once_there_is_room() {
-    let mount = match TmpfsMount::new("1m") {
-        Ok(mount) => mount,
-        Err(reason) => {
-            eprintln!(
-                "SKIP an_alias_file_a_full_store_refused_is_written_once_there_is_room: {reason}"
-            );
-            return;
-        }
-    };
     // The store on a small file system, the journal on another.
-    let store = TestStore::new_in(mount.path());
-    let llama3 = store.add_model("llama3");
+    let Some((mount, store, llama3)) =
+        llama3_store_on_tmpfs("an_alias_file_a_full_store_refused_is_written_once_there_is_room")
+    else {
+        return;
+    };
     let journal = journal_dir();
     let daemon = Daemon::start(&store.root(), journal.path(), &[], &[]);
     daemon.put_alias("before", "llama3").expect(201);
@@ -1214,6 +1235,54 @@ fn an_alias_file_a_full_store_refused_is_written_once_there_is_room() {
     assert!(metrics(&daemon).contains("\naliasd_alias_files_pending 0\n"));
     assert_eq!(store.read("before").as_deref(), Some(&llama3[..]));
     drop(daemon);
+    drop(store);
+    drop(mount);
+}
+
+#[test]
+fn a_store_aliasd_cannot_write_stops_start_up_saying_what_to_do() {
+    let Some((mount, store, _)) =
+        llama3_store_on_tmpfs("a_store_aliasd_cannot_write_stops_start_up_saying_what_to_do")
+    else {
+        return;
+    };
+    // Read-only even for root, who may write past any permission bits.
+    let remount = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(mount.path())
+        .status();
+    if !remount.is_ok_and(|status| status.success()) {
+        eprintln!("SKIP a_store_aliasd_cannot_write_stops_start_up_saying_what_to_do: cannot remount read-only");
+        return;
+    }
+    let journal = journal_dir();
+    let mut child = serve_command(&store.root(), journal.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start aliasd");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("aliasd started on a store it cannot write");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("cannot write in"), "{stderr}");
+    assert!(stderr.contains("sudo -u ollama aliasd serve"), "{stderr}");
     drop(store);
     drop(mount);
 }
