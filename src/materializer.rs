@@ -60,11 +60,17 @@ impl Materializer {
             "{TEMP_MARKER}write-check-{}",
             crate::event::new_id()
         ));
-        std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&probe)?;
-        std::fs::remove_file(&probe)
+        let made = file.metadata();
+        drop(file);
+        std::fs::remove_file(&probe)?;
+        if let (Ok(made), Ok(manifests)) = (made, std::fs::metadata(self.store.manifests_dir())) {
+            owner::note_owners(&made, &manifests);
+        }
+        Ok(())
     }
 
     /// Classifies the file at an alias's path: absent, aliasd's own, or a model.
@@ -327,6 +333,28 @@ fn remove_file_if_exists(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Makes `dir` and the directories missing above it, each given to the
+/// owner of its parent (see `owner`); returns whether `dir` was made. One
+/// `mkdir` in the common cases (the directory is there, or only it is
+/// missing); a file in the way fails the create that follows.
+fn create_dir(dir: &Path) -> std::io::Result<bool> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => {
+            owner::give_to_parents_owner(dir);
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let Some(parent) = dir.parent() else {
+                return Err(e);
+            };
+            create_dir(parent)?;
+            create_dir(dir)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Writes `bytes` to `path` through a temp file in the same directory and a
 /// rename, so readers see the old file or the new one, never a part. Returns
 /// whether it had to create the file's directory.
@@ -337,17 +365,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
     let dir = path
         .parent()
         .ok_or_else(|| std::io::Error::other("manifest path has no parent"))?;
-    // One `mkdir` in the common cases (the directory is there, or only it is
-    // missing); a file in the way fails the create below.
-    let created_dir = match std::fs::create_dir(dir) {
-        Ok(()) => true,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir)?;
-            true
-        }
-        Err(e) => return Err(e),
-    };
+    let created_dir = create_dir(dir)?;
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -356,6 +374,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
     let tmp = dir.join(format!(".{file_name}.aliasd-{}", crate::event::new_id()));
     let res = (|| {
         let mut file = std::fs::File::create(&tmp)?;
+        owner::give_file_to_dirs_owner(&file, dir);
         file.write_all(bytes)?;
         std::fs::rename(&tmp, path)
     })();
@@ -363,6 +382,68 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
         let _ = std::fs::remove_file(&tmp);
     }
     res.map(|()| created_dir)
+}
+
+/// Who owns what aliasd makes in the store. Run as root on a store whose
+/// `manifests/` belongs to another user (Ollama's Linux service runs as
+/// `ollama`), the directories and files aliasd makes are given to the owner
+/// of the directory they are made in, so that `ollama rm` can remove them as
+/// it can remove its own. Otherwise (as anyone else, or as root on root's
+/// store) the system already makes them right, and nothing is done.
+mod owner {
+    use std::path::Path;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Set at start-up (by [`note_owners`]) when aliasd runs as root on a
+    /// store that belongs to someone else.
+    static ROOT: AtomicBool = AtomicBool::new(false);
+
+    /// Records who aliasd runs as (the owner of a file it just made) and who
+    /// owns `manifests/`.
+    pub fn note_owners(made: &std::fs::Metadata, manifests: &std::fs::Metadata) {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let someone_elses = manifests.uid() != 0 || manifests.gid() != 0;
+            ROOT.store(made.uid() == 0 && someone_elses, Ordering::Relaxed);
+        }
+        #[cfg(not(unix))]
+        let _ = (made, manifests);
+    }
+
+    /// Gives a directory aliasd just made to the owner of its parent.
+    pub fn give_to_parents_owner(dir: &Path) {
+        if !ROOT.load(Ordering::Relaxed) {
+            return;
+        }
+        #[cfg(unix)]
+        if let Some(parent) = dir.parent() {
+            use std::os::unix::fs::MetadataExt;
+            if let Ok(owner) = std::fs::metadata(parent) {
+                if owner.uid() != 0 || owner.gid() != 0 {
+                    let _ = std::os::unix::fs::chown(dir, Some(owner.uid()), Some(owner.gid()));
+                }
+            }
+        }
+    }
+
+    /// Gives a file aliasd just made in `dir` to the owner of `dir`.
+    pub fn give_file_to_dirs_owner(file: &std::fs::File, dir: &Path) {
+        if !ROOT.load(Ordering::Relaxed) {
+            return;
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            if let Ok(owner) = std::fs::metadata(dir) {
+                if owner.uid() != 0 || owner.gid() != 0 {
+                    let _ = std::os::unix::fs::fchown(file, Some(owner.uid()), Some(owner.gid()));
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (file, dir);
+    }
 }
 
 #[cfg(test)]

@@ -1287,6 +1287,49 @@ fn a_store_aliasd_cannot_write_stops_start_up_saying_what_to_do() {
     drop(mount);
 }
 
+#[test]
+#[cfg(unix)]
+fn run_as_root_on_another_users_store_aliasd_gives_what_it_makes_to_that_user() {
+    use std::os::unix::fs::MetadataExt;
+    let store = TestStore::with_models(&["llama3"]);
+    let probe = store.base().join("probe");
+    std::fs::write(&probe, b"").expect("probe");
+    if std::fs::metadata(&probe).expect("probe").uid() != 0 {
+        eprintln!("SKIP run_as_root_on_another_users_store_aliasd_gives_what_it_makes_to_that_user: not root");
+        return;
+    }
+    // The store belongs to `nobody`, as Ollama's to `ollama`.
+    const NOBODY: u32 = 65534;
+    for dir in [
+        "",
+        "manifests",
+        "manifests/registry.ollama.ai",
+        "manifests/registry.ollama.ai/library",
+    ] {
+        std::os::unix::fs::chown(store.root().join(dir), Some(NOBODY), Some(NOBODY))
+            .expect("chown");
+    }
+    let journal = journal_dir();
+    let daemon = Daemon::start(&store.root(), journal.path(), &[], &[]);
+    daemon.put_alias("coder", "llama3").expect(201);
+    // A new host and namespace: three directories made at once.
+    daemon
+        .put_alias("example.com/team/helper", "llama3")
+        .expect(201);
+    for made in [
+        "manifests/registry.ollama.ai/library/coder",
+        "manifests/registry.ollama.ai/library/coder/latest",
+        "manifests/example.com",
+        "manifests/example.com/team",
+        "manifests/example.com/team/helper",
+        "manifests/example.com/team/helper/latest",
+    ] {
+        let metadata = std::fs::metadata(store.root().join(made)).expect(made);
+        assert_eq!((metadata.uid(), metadata.gid()), (NOBODY, NOBODY), "{made}");
+    }
+    drop(daemon);
+}
+
 /// The registry's error path with journal faults injected: nothing applied,
 /// every request of the group told, the journal usable afterwards.
 #[test]
@@ -1393,8 +1436,25 @@ fn journal_faults_apply_nothing_and_answer_507_or_503() {
     writer.join();
     journal::verify(journal.path()).expect("verify");
 
-    let (registry, writer) =
-        Registry::start(RegistryConfig { io: None, ..config }).expect("restart");
+    // In this process other tests start programs (aliasd, mount) at any
+    // moment, and a child holds a copy of every open descriptor, the journal's
+    // locked one included, from its fork until its exec closes them: a
+    // restart in the same process can find the lock held for that instant.
+    let restart = || {
+        Registry::start(RegistryConfig {
+            io: None,
+            ..config.clone()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (registry, writer) = loop {
+        match restart() {
+            Err(e) if format!("{e:#}").contains("in use") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            started => break started.expect("restart"),
+        }
+    };
     assert_eq!(aliases(&registry), ["a", "b"]);
     assert_eq!(registry.journal().last_seq(), journal::Seq(2));
     drop(registry);

@@ -99,9 +99,20 @@ fn sorted(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 /// `expected` (type, alias), and returns every event after `since`.
 #[track_caller]
 fn wait_events(addr: SocketAddr, since: u64, expected: &[(&str, &str)]) -> Vec<Value> {
+    wait_events_for(WAIT, addr, since, expected)
+}
+
+/// [`wait_events`], waiting up to `wait`.
+#[track_caller]
+fn wait_events_for(
+    wait: Duration,
+    addr: SocketAddr,
+    since: u64,
+    expected: &[(&str, &str)],
+) -> Vec<Value> {
     let mut last = Vec::new();
     let found = (|| {
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + wait;
         loop {
             last = events_after(addr, since);
             let got = kinds(&last);
@@ -885,9 +896,11 @@ fn a_removed_manifests_directory_is_followed_by_polling() {
     // `rm -rf` of the whole manifests directory takes its watch with it.
     std::fs::remove_dir_all(store.root().join("manifests")).expect("rm -rf manifests");
     wait_events(server.addr, since, &[("target.removed", "coder")]);
-    // Ollama pulls the model again, into a new manifests directory.
+    // Ollama pulls the model again, into a new manifests directory; a poll
+    // (every 2 s) finds it.
     store.add_model("qwen");
-    let events = wait_events(
+    let events = wait_events_for(
+        Duration::from_secs(10),
         server.addr,
         since,
         &[("target.removed", "coder"), ("target.restored", "coder")],
