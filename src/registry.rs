@@ -483,6 +483,12 @@ impl Finisher {
                     Ok(job) => job,
                     Err(_) => break,
                 },
+                // Due: before the next job, so a steady stream of jobs
+                // cannot put retries off.
+                Some(wait) if wait.is_zero() => {
+                    self.retry(&mut retries);
+                    continue;
+                }
                 Some(wait) => match jobs.recv_timeout(wait) {
                     Ok(job) => job,
                     Err(RecvTimeoutError::Timeout) => {
