@@ -211,7 +211,8 @@ fn on_notify(
             if !inbox.polling.swap(true, Ordering::SeqCst) {
                 tracing::warn!(
                     "{} was removed or moved away, and its watch with it; aliasd polls the \
-                     store every {fallback_poll:?} from now on (restart aliasd to watch it again)",
+                     store from now on, every {fallback_poll:?} (less often for a big store; \
+                     restart aliasd to watch it again)",
                     root.display()
                 );
             }
@@ -265,7 +266,7 @@ fn watch_limit_advice(unwatched: &str, poll: Duration) -> String {
         .unwrap_or_default();
     format!(
         "the system's limit on file watches is reached{limit}, so {unwatched}; aliasd polls \
-         the whole store every {poll:?} instead. To watch again, raise the limit (e.g. `sudo sysctl fs.inotify.max_user_watches=524288`, and \
+         the store instead, every {poll:?} (less often for a big store). To watch again, raise the limit (e.g. `sudo sysctl fs.inotify.max_user_watches=524288`, and \
          a file in /etc/sysctl.d/ to keep it) and restart aliasd"
     )
 }
