@@ -248,6 +248,17 @@ impl Registry {
             seconds = %format!("{:.2}", started.elapsed().as_secs_f64()),
             "store reconciled"
         );
+        let (aliases, models) = writer.read(|s| (s.index.len(), s.models.len()));
+        if models == 0 && aliases > 0 {
+            tracing::warn!(
+                "the store {} holds no model, while the journal has {aliases} alias{}: they \
+                 dangle until their models are back. If this is not the store you meant, stop \
+                 aliasd and give the right one (--models or OLLAMA_MODELS); the aliases come \
+                 back at the next start there",
+                config.models_dir.display(),
+                if aliases == 1 { "" } else { "es" }
+            );
+        }
         let (commands, receiver) = mpsc::channel(1024);
         let thread = std::thread::Builder::new()
             .name("aliasd-writer".into())

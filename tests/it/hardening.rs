@@ -1330,6 +1330,35 @@ fn run_as_root_on_another_users_store_aliasd_gives_what_it_makes_to_that_user() 
     drop(daemon);
 }
 
+#[test]
+fn a_journal_started_on_a_store_with_no_model_says_so() {
+    let store = TestStore::with_models(&["llama3"]);
+    let journal = journal_dir();
+    let daemon = Daemon::start(&store.root(), journal.path(), &[], &[]);
+    daemon.put_alias("coder", "llama3").expect(201);
+    assert!(!daemon.stderr().contains("holds no model"));
+    drop(daemon);
+
+    // The same journal, a mistyped store: made empty, every alias dangles.
+    let elsewhere = TestStore::new();
+    let daemon = Daemon::start(&elsewhere.root(), journal.path(), &[], &[]);
+    let stderr = daemon.stderr();
+    assert!(
+        stderr.contains("holds no model, while the journal has 1 alias:"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--models or OLLAMA_MODELS"), "{stderr}");
+    drop(daemon);
+
+    // Back on the right store, the alias is back and nothing is said.
+    let daemon = Daemon::start(&store.root(), journal.path(), &[], &[]);
+    assert_eq!(
+        daemon.get(&alias_path("coder")).expect(200)["state"],
+        "active"
+    );
+    assert!(!daemon.stderr().contains("holds no model"));
+}
+
 /// The registry's error path with journal faults injected: nothing applied,
 /// every request of the group told, the journal usable afterwards.
 #[test]
