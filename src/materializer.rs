@@ -73,22 +73,6 @@ impl Materializer {
         Ok(())
     }
 
-    /// Classifies the file at an alias's path: absent, aliasd's own, or a model.
-    ///
-    /// A file is aliasd's own when its digest is one aliasd recorded for the
-    /// alias (`digest`, `previous_digest`, or one of `also_ours`), or when it is
-    /// empty or not JSON (a torn write of aliasd's: Ollama never writes such a
-    /// manifest).
-    pub fn path_state(&self, entry: &AliasEntry, also_ours: &[&str]) -> std::io::Result<PathState> {
-        let AliasName::Exact(name) = &entry.alias else {
-            return Ok(PathState::Absent);
-        };
-        match read_if_exists(&self.store.manifest_path(name))? {
-            None => Ok(PathState::Absent),
-            Some(bytes) => Ok(classify(&bytes, entry, also_ours)),
-        }
-    }
-
     /// Makes the file of one alias what the index says: the resolved model's
     /// manifest bytes when active, no file when dangling; shadowed aliases and
     /// foreign files are left alone.
@@ -282,7 +266,7 @@ impl Retries {
 
 /// What to tell the user to do about a failed alias file write.
 pub fn advice(e: &std::io::Error) -> &'static str {
-    if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) {
+    if journal::is_disk_full(e) {
         " (the store's disk is full: free some space there)"
     } else if e.kind() == std::io::ErrorKind::PermissionDenied {
         " (aliasd may not write in the store: check its owner and permissions)"
@@ -291,7 +275,10 @@ pub fn advice(e: &std::io::Error) -> &'static str {
     }
 }
 
-/// Whether a file at an alias's path is aliasd's own or a model.
+/// Whether a file at an alias's path is aliasd's own or a model: its own
+/// when its digest is one aliasd recorded for the alias (`digest`,
+/// `previous_digest`, or one of `also_ours`), or when it is empty or not JSON
+/// (a torn write of aliasd's: Ollama never writes such a manifest).
 pub fn classify(bytes: &[u8], entry: &AliasEntry, also_ours: &[&str]) -> PathState {
     if looks_torn(bytes) {
         return PathState::Ours;

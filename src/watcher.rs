@@ -11,8 +11,8 @@
 //!
 //! Where the platform watcher cannot start (some network file systems, the
 //! system's limit on watches), or when asked to, the store is polled instead;
-//! so it is from the moment that limit is reached later, since the
-//! directories made after it would go unwatched, or `manifests/` itself goes. A poll lists the store and
+//! so it is from the moment the watch stops covering the store (that limit
+//! reached later, or `manifests/` itself removed). A poll lists the store and
 //! `stat`s each manifest on a blocking thread, and only the files whose
 //! size, times or inode changed are reconciled (the first poll reconciles
 //! everything); polls are spaced so that they take at most a tenth of the time.
@@ -489,33 +489,36 @@ type Stamps = HashMap<Box<str>, (ModelName, FileStamp)>;
 /// which also covers whatever changed before its stamps were taken.
 async fn poll_changes(registry: &Registry, last: &mut Option<Stamps>) -> Pending {
     let store = registry.store().clone();
-    let scanned = tokio::task::spawn_blocking(move || store.stamp_scan()).await;
-    let now: Stamps = match scanned {
-        Ok(Ok(files)) => files
-            .into_iter()
-            .map(|(name, stamp)| (Box::from(name.spelled()), (name, stamp)))
-            .collect(),
-        Ok(Err(e)) => {
+    let scanned = tokio::task::spawn_blocking(move || store.stamp_scan().map(stamps))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|scanned| scanned);
+    let now = match scanned {
+        Ok(now) => now,
+        Err(e) => {
             tracing::warn!("polling the store failed ({e}); reconciling the whole store");
             *last = None;
             return Pending::everything();
         }
-        Err(e) => {
-            tracing::error!("polling the store failed ({e}); reconciling the whole store");
-            *last = None;
-            return Pending::everything();
-        }
     };
-    let Some(before) = last.replace(now) else {
+    let changed = last.as_ref().map(|before| changed_names(before, &now));
+    *last = Some(now);
+    let Some(changed) = changed else {
         return Pending::everything();
     };
     let mut pending = Pending::default();
-    if let Some(now) = last {
-        for name in changed_names(&before, now) {
-            pending.names.insert(name.key(), name);
-        }
+    for name in changed {
+        pending.names.insert(name.key(), name);
     }
     pending
+}
+
+/// A stamp scan's files by the exact spelling of their names.
+fn stamps(files: Vec<(ModelName, FileStamp)>) -> Stamps {
+    files
+        .into_iter()
+        .map(|(name, stamp)| (Box::from(name.spelled()), (name, stamp)))
+        .collect()
 }
 
 /// The names whose files differ between two polls: new, gone, or stamped
@@ -725,12 +728,7 @@ mod tests {
 
     /// The stamps of a store, as a poll takes them.
     fn stamps_of(store: &crate::store::Store) -> Stamps {
-        store
-            .stamp_scan()
-            .unwrap()
-            .into_iter()
-            .map(|(name, stamp)| (Box::from(name.spelled()), (name, stamp)))
-            .collect()
+        stamps(store.stamp_scan().unwrap())
     }
 
     fn write(models: &Path, model: &str, text: &str) {

@@ -194,6 +194,11 @@ const EIO: i32 = 5;
 /// `ENOSPC`, as Linux numbers it.
 const ENOSPC: i32 = 28;
 
+/// Whether `error` says the disk is full (`ENOSPC`).
+pub fn is_disk_full(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::StorageFull || error.raw_os_error() == Some(ENOSPC)
+}
+
 /// A fault-injecting [`Io`]: the real file system, plus switches that make the next
 /// write short, the next fsync fail, or every write fail with `ENOSPC`.
 ///

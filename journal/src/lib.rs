@@ -117,7 +117,7 @@ use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 pub use crate::error::{Error, Result};
-pub use crate::io::{FaultyIo, Io, IoFile, RealIo};
+pub use crate::io::{is_disk_full, FaultyIo, Io, IoFile, RealIo};
 pub use crate::record::MAX_PAYLOAD_BYTES;
 pub use crate::segment::{SEGMENT_MAGIC, SEGMENT_VERSION};
 pub use crate::snapshot::{SNAPSHOT_MAGIC, SNAPSHOT_VERSION};

@@ -82,8 +82,7 @@ impl From<RegistryError> for ApiError {
 /// 507 when the disk is full, 503 for other I/O failures; the cause is logged.
 pub fn storage_error(error: &journal::Error) -> ApiError {
     tracing::error!("journal write failed: {error}");
-    let full = matches!(error, journal::Error::Io { source, .. }
-        if source.kind() == std::io::ErrorKind::StorageFull || source.raw_os_error() == Some(28));
+    let full = matches!(error, journal::Error::Io { source, .. } if journal::is_disk_full(source));
     if full {
         ApiError::new(
             StatusCode::INSUFFICIENT_STORAGE,
