@@ -7,14 +7,13 @@
 //! it again after a crash heals whatever was half done.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::command::PathState;
 use crate::index::{AliasEntry, AliasName, AliasState, AliasView, ChainEnd, Index, Models};
 use crate::name::ModelName;
+use crate::store::beneath::{self, Lookup};
 use crate::store::Store;
 
 /// What syncing one alias did to the store.
@@ -26,7 +25,9 @@ pub enum Outcome {
     Written,
     /// The file was removed.
     Removed,
-    /// A file aliasd did not write is there; it was left alone.
+    /// A file aliasd did not write is there, or the path is foreign (a
+    /// symlink or a non-directory on the way, see [`beneath::Foreign`]); it
+    /// was left alone.
     Foreign,
 }
 
@@ -56,21 +57,23 @@ impl Materializer {
     /// The error of the create (permission denied, a read-only file system)
     /// or of the remove.
     pub fn check_writable(&self) -> std::io::Result<()> {
-        let probe = self.store.manifests_dir().join(format!(
-            "{TEMP_MARKER}write-check-{}",
-            crate::event::new_id()
-        ));
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&probe)?;
-        let made = file.metadata();
-        drop(file);
-        std::fs::remove_file(&probe)?;
-        if let (Ok(made), Ok(manifests)) = (made, std::fs::metadata(self.store.manifests_dir())) {
-            owner::note_owners(&made, &manifests);
-        }
+        let probe = format!("{TEMP_MARKER}write-check-{}", crate::event::new_id());
+        let (made, manifests) = self.store.beneath()?.probe_writable(&probe)?;
+        beneath::note_owners(&made, &manifests);
         Ok(())
+    }
+
+    /// Reads what is at `name`'s path: `Found(bytes)`, absent, or foreign
+    /// (logged, with what makes it so).
+    fn look(&self, name: &ModelName) -> std::io::Result<Lookup<Vec<u8>>> {
+        Ok(match self.store.beneath()?.read_manifest(name)? {
+            Lookup::Found(file) => Lookup::Found(file.bytes),
+            Lookup::Absent => Lookup::Absent,
+            Lookup::Foreign(foreign) => {
+                tracing::warn!(alias = %name, "{foreign}: the alias's path is not aliasd's to write or remove; left alone");
+                Lookup::Foreign(foreign)
+            }
+        })
     }
 
     /// Makes the file of one alias what the index says: the resolved model's
@@ -98,8 +101,11 @@ impl Materializer {
             (AliasState::Active, ChainEnd::Model(model)) => Some(model.bytes.clone()),
             _ => None,
         };
-        let path = self.store.manifest_path(name);
-        let current = read_if_exists(&path)?;
+        let current = match self.look(name)? {
+            Lookup::Foreign(_) => return Ok(Outcome::Foreign),
+            Lookup::Absent => None,
+            Lookup::Found(bytes) => Some(bytes),
+        };
         if let Some(bytes) = &current {
             if desired.as_deref() == Some(bytes.as_slice()) {
                 return Ok(Outcome::Unchanged);
@@ -109,19 +115,44 @@ impl Materializer {
             }
         }
         match desired {
-            Some(bytes) => {
-                if write_atomically(&path, &bytes)? {
+            Some(bytes) => self.write(name, &bytes),
+            None if current.is_some() => self.remove(name),
+            None => Ok(Outcome::Unchanged),
+        }
+    }
+
+    /// Writes `bytes` as `name`'s file, atomically (temp file + rename,
+    /// beneath the store's root).
+    fn write(&self, name: &ModelName, bytes: &[u8]) -> std::io::Result<Outcome> {
+        // Unique, not secret: a cheap id rather than a getrandom call per file.
+        let temp_name = format!(".{}{TEMP_MARKER}{}", name.tag(), crate::event::new_id());
+        match self
+            .store
+            .beneath()?
+            .write_manifest(name, bytes, &temp_name)?
+        {
+            Lookup::Found(made_dir) => {
+                if made_dir {
                     self.store.fresh_files().note(name.clone());
                 }
                 Ok(Outcome::Written)
             }
-            None if current.is_some() => {
-                remove_file_if_exists(&path)?;
-                self.prune_empty_dirs(&path);
-                Ok(Outcome::Removed)
+            Lookup::Absent => Ok(Outcome::Unchanged),
+            Lookup::Foreign(foreign) => {
+                tracing::warn!(alias = %name, "{foreign}: the alias's path is not aliasd's to write; left alone");
+                Ok(Outcome::Foreign)
             }
-            None => Ok(Outcome::Unchanged),
         }
+    }
+
+    /// Removes `name`'s file (known to be aliasd's own) and the directories
+    /// it leaves empty.
+    fn remove(&self, name: &ModelName) -> std::io::Result<Outcome> {
+        Ok(match self.store.beneath()?.remove_manifest(name)? {
+            Lookup::Found(()) => Outcome::Removed,
+            Lookup::Absent => Outcome::Unchanged,
+            Lookup::Foreign(_) => Outcome::Foreign,
+        })
     }
 
     /// Removes the file of a deleted alias if it is still the one aliasd wrote.
@@ -130,17 +161,16 @@ impl Materializer {
     ///
     /// File system errors.
     pub fn withdraw(&self, name: &ModelName, ours: &[&str]) -> std::io::Result<Outcome> {
-        let path = self.store.manifest_path(name);
-        let Some(bytes) = read_if_exists(&path)? else {
-            return Ok(Outcome::Unchanged);
+        let bytes = match self.look(name)? {
+            Lookup::Found(bytes) => bytes,
+            Lookup::Absent => return Ok(Outcome::Unchanged),
+            Lookup::Foreign(_) => return Ok(Outcome::Foreign),
         };
         let digest = crate::digest::manifest_digest(&bytes);
         if !ours.contains(&digest.as_str()) && !looks_torn(&bytes) {
             return Ok(Outcome::Foreign);
         }
-        remove_file_if_exists(&path)?;
-        self.prune_empty_dirs(&path);
-        Ok(Outcome::Removed)
+        self.remove(name)
     }
 
     /// Makes the file of `file.name` match `index`: [`Materializer::sync_alias`]
@@ -159,22 +189,6 @@ impl Materializer {
         match index.exact(file.name.key_str()) {
             Some(entry) => self.sync_alias(index, models, entry, &ours),
             None => self.withdraw(&file.name, &ours),
-        }
-    }
-
-    /// Removes the directories above a withdrawn file that are now empty, up
-    /// to (not including) `manifests/`. Only empty directories go.
-    fn prune_empty_dirs(&self, file: &Path) {
-        let stop = self.store.manifests_dir();
-        let mut dir: Option<PathBuf> = file.parent().map(Path::to_path_buf);
-        while let Some(current) = dir {
-            if current == stop || !current.starts_with(&stop) {
-                break;
-            }
-            if std::fs::remove_dir(&current).is_err() {
-                break;
-            }
-            dir = current.parent().map(Path::to_path_buf);
         }
     }
 }
@@ -303,135 +317,6 @@ pub fn looks_torn(bytes: &[u8]) -> bool {
 /// What the names of aliasd's temp files contain (after a leading `.`), so a
 /// scan can find the ones a kill left behind.
 pub const TEMP_MARKER: &str = ".aliasd-";
-
-/// Reads a file, `None` if it does not exist.
-pub fn read_if_exists(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-fn remove_file_if_exists(path: &Path) -> std::io::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
-/// Makes `dir` and the directories missing above it, each given to the
-/// owner of its parent (see `owner`); returns whether `dir` was made. One
-/// `mkdir` in the common cases (the directory is there, or only it is
-/// missing); a file in the way fails the create that follows.
-fn create_dir(dir: &Path) -> std::io::Result<bool> {
-    match std::fs::create_dir(dir) {
-        Ok(()) => {
-            owner::give_to_parents_owner(dir);
-            Ok(true)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let Some(parent) = dir.parent() else {
-                return Err(e);
-            };
-            create_dir(parent)?;
-            create_dir(dir)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Writes `bytes` to `path` through a temp file in the same directory and a
-/// rename, so readers see the old file or the new one, never a part. Returns
-/// whether it had to create the file's directory.
-///
-/// The file is not fsync'd: the journal is the durable record, and a torn alias
-/// file found at start-up is recognized as aliasd's own and rewritten.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| std::io::Error::other("manifest path has no parent"))?;
-    let created_dir = create_dir(dir)?;
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // Unique, not secret: a cheap id rather than a getrandom call per file.
-    let tmp = dir.join(format!(".{file_name}.aliasd-{}", crate::event::new_id()));
-    let res = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        owner::give_file_to_dirs_owner(&file, dir);
-        file.write_all(bytes)?;
-        std::fs::rename(&tmp, path)
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res.map(|()| created_dir)
-}
-
-/// Who owns what aliasd makes in the store. Run as root on a store whose
-/// `manifests/` belongs to another user (Ollama's Linux service runs as
-/// `ollama`), the directories and files aliasd makes are given to the owner
-/// of the directory they are made in, so that `ollama rm` can remove them as
-/// it can remove its own. Otherwise (as anyone else, or as root on root's
-/// store) the system already makes them right, and nothing is done.
-mod owner {
-    use std::path::Path;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    /// Set at start-up (by [`note_owners`]) when aliasd runs as root on a
-    /// store that belongs to someone else.
-    static ROOT: AtomicBool = AtomicBool::new(false);
-
-    /// Records who aliasd runs as (the owner of a file it just made) and who
-    /// owns `manifests/`.
-    pub fn note_owners(made: &std::fs::Metadata, manifests: &std::fs::Metadata) {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::MetadataExt;
-            let someone_elses = manifests.uid() != 0 || manifests.gid() != 0;
-            ROOT.store(made.uid() == 0 && someone_elses, Ordering::Relaxed);
-        }
-        #[cfg(not(unix))]
-        let _ = (made, manifests);
-    }
-
-    /// Gives a directory aliasd just made to the owner of its parent.
-    pub fn give_to_parents_owner(dir: &Path) {
-        if !ROOT.load(Ordering::Relaxed) {
-            return;
-        }
-        #[cfg(unix)]
-        if let Some(parent) = dir.parent() {
-            use std::os::unix::fs::MetadataExt;
-            if let Ok(owner) = std::fs::metadata(parent) {
-                if owner.uid() != 0 || owner.gid() != 0 {
-                    let _ = std::os::unix::fs::chown(dir, Some(owner.uid()), Some(owner.gid()));
-                }
-            }
-        }
-    }
-
-    /// Gives a file aliasd just made in `dir` to the owner of `dir`.
-    pub fn give_file_to_dirs_owner(file: &std::fs::File, dir: &Path) {
-        if !ROOT.load(Ordering::Relaxed) {
-            return;
-        }
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::MetadataExt;
-            if let Ok(owner) = std::fs::metadata(dir) {
-                if owner.uid() != 0 || owner.gid() != 0 {
-                    let _ = std::os::unix::fs::fchown(file, Some(owner.uid()), Some(owner.gid()));
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = (file, dir);
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::command::{reconcile_alias, Origin, PathState};
 use crate::index::{AliasState, AliasView, Draft, Index, ModelInfo, Models};
 use crate::name::ModelName;
+use crate::store::beneath::Lookup;
 use crate::store::Store;
 
 /// What the store holds, read against the index.
@@ -21,7 +22,8 @@ pub struct Observation {
     /// Files of deleted aliases that aliasd wrote and should withdraw,
     /// with the digest it wrote.
     pub stale: Vec<(ModelName, Arc<str>)>,
-    /// aliasd's own temp files left by a kill between write and rename.
+    /// aliasd's own temp files left by a kill between write and rename,
+    /// relative to `manifests/`.
     pub temp_files: Vec<std::path::PathBuf>,
     /// Exact aliases whose file is aliasd's own but out of date (a crash fell
     /// between a journal commit and the file write): sync them after planning.
@@ -41,9 +43,15 @@ pub fn observe(store: &Store, index: &Index, current: &Models) -> std::io::Resul
         .tombstones()
         .map(|t| (t.name.key(), t.digest.clone()))
         .collect();
-    let (files, temp_files) = store.scan_with_temp_files(crate::materializer::TEMP_MARKER)?;
-    observation.temp_files = temp_files;
-    for file in files {
+    let scan = store.scan_all(crate::materializer::TEMP_MARKER)?;
+    observation.temp_files = scan.temp_files;
+    for (name, _) in &scan.foreign {
+        let key = name.key();
+        if index.exact(&key).is_some() {
+            observation.path_states.insert(key, PathState::Foreign);
+        }
+    }
+    for file in scan.manifests {
         let key = file.name.key();
         if let Some(entry) = index.exact(&key) {
             let state = if entry.state == AliasState::Shadowed {
@@ -78,10 +86,19 @@ pub fn observe(store: &Store, index: &Index, current: &Models) -> std::io::Resul
     }
     for entry in index.exact_entries() {
         let key = entry.alias.key();
-        observation
-            .path_states
-            .entry(key)
-            .or_insert(PathState::Absent);
+        if observation.path_states.contains_key(&key) {
+            continue;
+        }
+        // Not seen by the scan: missing, or below a symlink or a file that
+        // the scan did not go through. Only a look at its own path tells.
+        let state = match &entry.alias {
+            crate::index::AliasName::Exact(name) => match store.read_manifest(name)? {
+                Lookup::Foreign(_) => PathState::Foreign,
+                _ => PathState::Absent,
+            },
+            crate::index::AliasName::Prefix(_) => continue,
+        };
+        observation.path_states.insert(key, state);
     }
     Ok(observation)
 }
@@ -130,7 +147,11 @@ pub fn observe_names(
         .collect();
     for name in names {
         let key = name.key();
-        let file = store.read_manifest(name)?;
+        let (file, foreign) = match store.read_manifest(name)? {
+            Lookup::Found(file) => (Some(file), false),
+            Lookup::Absent => (None, false),
+            Lookup::Foreign(_) => (None, true),
+        };
         let torn = file
             .as_ref()
             .is_some_and(|f| crate::materializer::looks_torn(&f.bytes));
@@ -143,6 +164,7 @@ pub fn observe_names(
         let mut is_model = file.is_some();
         if let Some(entry) = index.exact(&key) {
             let state = match &file {
+                None if foreign => PathState::Foreign,
                 None => PathState::Absent,
                 Some(_) if entry.state == AliasState::Shadowed => PathState::Foreign,
                 Some(file) => crate::materializer::classify(&file.bytes, entry, &[]),
@@ -201,12 +223,9 @@ pub fn expected_file(index: &Index, name: &ModelName) -> Option<Option<Arc<str>>
 /// Whether the file at `name` is what [`expected_file`] says: then a change
 /// there is aliasd's own write coming back through the watcher.
 pub fn matches_expected(store: &Store, name: &ModelName, expected: &Option<Arc<str>>) -> bool {
-    match (
-        crate::materializer::read_if_exists(&store.manifest_path(name)),
-        expected,
-    ) {
-        (Ok(None), None) => true,
-        (Ok(Some(bytes)), Some(digest)) => crate::digest::manifest_digest(&bytes) == **digest,
+    match (store.read_manifest(name), expected) {
+        (Ok(Lookup::Absent), None) => true,
+        (Ok(Lookup::Found(file)), Some(digest)) => *file.digest == **digest,
         _ => false,
     }
 }

@@ -31,7 +31,7 @@ use crate::event::{now_rfc3339, Event, EventType, Published};
 use crate::index::{
     AliasEntry, AliasName, AliasView, DepKey, Draft, Index, Models, PreparedChange, Preparer,
 };
-use crate::materializer::{AliasFile, Materializer, Retries};
+use crate::materializer::{AliasFile, Materializer, Outcome, Retries};
 use crate::progress::Progress;
 use crate::publisher::{Batch, Publisher};
 use crate::reconcile;
@@ -217,7 +217,9 @@ impl Registry {
             models: Models::default(),
         }));
         let metrics = Arc::new(crate::metrics::Metrics::default());
+        let (commands, receiver) = mpsc::channel(1024);
         let finisher = Finisher {
+            commands: commands.downgrade(),
             metrics: metrics.clone(),
             shared: shared.clone(),
             materializer: Materializer::new(store.clone()),
@@ -259,7 +261,6 @@ impl Registry {
                 if aliases == 1 { "" } else { "es" }
             );
         }
-        let (commands, receiver) = mpsc::channel(1024);
         let thread = std::thread::Builder::new()
             .name("aliasd-writer".into())
             .spawn(move || writer.run(receiver))
@@ -482,6 +483,10 @@ struct Finisher {
     shared: Arc<RwLock<Shared>>,
     materializer: Materializer,
     publisher: Publisher,
+    /// To the writer: alias paths found foreign while writing are looked at
+    /// again as the watcher would (their aliases become `shadowed`). Weak, so
+    /// that the writer still stops once every handle is dropped.
+    commands: mpsc::WeakSender<Request>,
 }
 
 impl Finisher {
@@ -515,11 +520,12 @@ impl Finisher {
                     prior,
                     replies,
                 } => {
-                    let failed = materialize(&self.materializer, &self.shared, &events, &prior);
-                    if !failed.is_empty() {
-                        retries.add(report_failures(failed), Instant::now());
+                    let synced = materialize(&self.materializer, &self.shared, &events, &prior);
+                    if !synced.failed.is_empty() {
+                        retries.add(report_failures(synced.failed), Instant::now());
                         self.metrics.set_alias_files_pending(retries.len());
                     }
+                    self.look_again(synced.foreign);
                     for event in &events {
                         self.metrics.observe_event(event.kind);
                     }
@@ -546,11 +552,37 @@ impl Finisher {
         }
     }
 
+    /// Asks the writer to read the paths of these aliases again, as the
+    /// watcher would: a path found foreign while writing (a symlink, a file
+    /// where a directory should be) makes its alias `shadowed`. Never waits:
+    /// the writer may be waiting for this thread.
+    fn look_again(&self, names: Vec<crate::name::ModelName>) {
+        if names.is_empty() {
+            return;
+        }
+        let (reply, _) = oneshot::channel();
+        let request = Request {
+            command: Command::ReconcileNames(names),
+            origin: Origin::system("watcher"),
+            reply,
+        };
+        let Some(commands) = self.commands.upgrade() else {
+            return; // Shutting down: the next start-up looks at them.
+        };
+        if commands.try_send(request).is_err() {
+            tracing::warn!(
+                "could not queue a look at foreign alias paths; the next start-up looks at them"
+            );
+        }
+    }
+
     /// Tries the waiting alias files again, and says how it went.
     fn retry(&self, retries: &mut Retries) {
         let files = retries.take();
         let tried = files.len();
-        let failed = sync_files(&self.materializer, &self.shared, &files);
+        let synced = sync_files(&self.materializer, &self.shared, &files);
+        self.look_again(synced.foreign);
+        let failed = synced.failed;
         let left = failed.len();
         let why = failed
             .first()
@@ -585,14 +617,22 @@ fn report_failures(failed: Vec<(AliasFile, std::io::Error)>) -> Vec<AliasFile> {
         .collect()
 }
 
-/// Makes the files of the aliases these events touched match the index;
-/// returns the ones that could not be, with why.
+/// What making alias files match the index left to do.
+#[derive(Debug, Default)]
+struct Synced {
+    /// The files that could not be written or removed, with why.
+    failed: Vec<(AliasFile, std::io::Error)>,
+    /// Aliases whose path turned out foreign (see `beneath::Foreign`).
+    foreign: Vec<crate::name::ModelName>,
+}
+
+/// Makes the files of the aliases these events touched match the index.
 fn materialize(
     materializer: &Materializer,
     shared: &RwLock<Shared>,
     events: &[Event],
     prior: &[Option<Arc<str>>],
-) -> Vec<(AliasFile, std::io::Error)> {
+) -> Synced {
     // The last event of each alias in the group (the index holds its final state).
     let mut done = HashSet::new();
     let mut work: Vec<AliasFile> = Vec::new();
@@ -610,22 +650,24 @@ fn materialize(
 }
 
 /// Makes these alias files match the index, spread over threads when there
-/// are many; returns the ones that could not be, with why.
-fn sync_files(
-    materializer: &Materializer,
-    shared: &RwLock<Shared>,
-    work: &[AliasFile],
-) -> Vec<(AliasFile, std::io::Error)> {
+/// are many.
+fn sync_files(materializer: &Materializer, shared: &RwLock<Shared>, work: &[AliasFile]) -> Synced {
     let guard = shared.read().unwrap_or_else(|e| e.into_inner());
     let synced = AtomicUsize::new(0);
-    let failed = std::sync::Mutex::new(Vec::new());
+    let outcome = std::sync::Mutex::new(Synced::default());
     let sync_one = |file: &AliasFile| {
         synced.fetch_add(1, Ordering::Relaxed);
         match materializer.sync_file(&guard.index, &guard.models, file) {
-            Ok(outcome) => tracing::debug!(alias = %file.name, ?outcome, "materialized"),
-            Err(e) => failed
+            Ok(Outcome::Foreign) => outcome
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
+                .foreign
+                .push(file.name.clone()),
+            Ok(done) => tracing::debug!(alias = %file.name, ?done, "materialized"),
+            Err(e) => outcome
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .failed
                 .push((file.clone(), e)),
         }
     };
@@ -634,7 +676,7 @@ fn sync_files(
     let threads = materialize_threads(work.len());
     if threads <= 1 {
         work.iter().for_each(sync_one);
-        return failed.into_inner().unwrap_or_else(|e| e.into_inner());
+        return outcome.into_inner().unwrap_or_else(|e| e.into_inner());
     }
     // A group this large is a start-up restoring many files: say how far it is.
     let mut progress = (work.len() >= PROGRESS_FROM_FILES)
@@ -663,7 +705,7 @@ fn sync_files(
         progress.reached(synced.load(Ordering::Relaxed));
         progress.finish();
     }
-    failed.into_inner().unwrap_or_else(|e| e.into_inner())
+    outcome.into_inner().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Alias files in one group from which their writing reports progress.
@@ -965,7 +1007,7 @@ impl Writer {
         };
         for path in &observation.temp_files {
             // Only aliasd names files so; the finisher is drained, so none is in use.
-            match std::fs::remove_file(path) {
+            match self.materializer.store().remove_temp_file(path) {
                 Ok(()) => {
                     tracing::info!(path = %path.display(), "removed a temp file left by a crash")
                 }

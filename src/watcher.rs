@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::command::Origin;
-use crate::name::ModelName;
+use crate::name::{ModelName, MANIFESTS_DIR};
 use crate::registry::{Command, Registry};
 use crate::store::FileStamp;
 
@@ -576,7 +576,10 @@ impl Pending {
         let root = root.to_path_buf();
         let changed = tokio::task::spawn_blocking(move || {
             for dir in &subtrees {
-                for name in manifests_under(&root, dir) {
+                let Ok(rel) = dir.strip_prefix(&root) else {
+                    continue;
+                };
+                for name in manifests_under(&registry, rel) {
                     names.insert(name.key(), name);
                 }
             }
@@ -612,24 +615,64 @@ impl Pending {
     }
 }
 
-/// The manifests in a directory below `root` (depth 1 to 3), found by listing it.
-fn manifests_under(root: &Path, dir: &Path) -> Vec<ModelName> {
+/// The manifests in the directory `rel` below `manifests/` (depth 1 to 3),
+/// found by listing it beneath the store's root. When that directory has
+/// become a symlink or a file, nothing below it is listed (it is foreign):
+/// the aliases whose paths run through it are returned instead, so that
+/// they are looked at again (and become `shadowed`).
+fn manifests_under(registry: &Registry, rel: &Path) -> Vec<ModelName> {
+    use crate::store::beneath::{self, Lookup};
+    use rustix::fs::FileType;
+    let store = registry.store();
+    let Ok(root) = store.beneath() else {
+        return Vec::new();
+    };
+    let parts: Vec<&str> = rel.iter().filter_map(|part| part.to_str()).collect();
+    let top = match root.dir(&parts) {
+        Ok(Lookup::Found(dir)) => dir,
+        Ok(Lookup::Foreign(_)) => {
+            return registry.read(|shared| {
+                shared
+                    .index
+                    .exact_entries()
+                    .filter_map(|entry| match &entry.alias {
+                        crate::index::AliasName::Exact(name) => Some(name),
+                        crate::index::AliasName::Prefix(_) => None,
+                    })
+                    .filter(|name| {
+                        let path = name.manifest_rel_path();
+                        path.strip_prefix(MANIFESTS_DIR)
+                            .is_ok_and(|below| below.starts_with(rel))
+                    })
+                    .cloned()
+                    .collect()
+            });
+        }
+        _ => return Vec::new(),
+    };
     let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(current) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&current) else {
+    let mut stack = vec![(top, rel.to_path_buf())];
+    while let Some((dir, dir_rel)) = stack.pop() {
+        let Ok(entries) = beneath::list(std::os::fd::AsFd::as_fd(&dir)) else {
             continue;
         };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            match classify_path(root, &path) {
-                PathKind::Manifest(name) => out.push(name),
-                PathKind::Directory => {
-                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                        stack.push(path);
+        for entry in entries {
+            let entry_rel = dir_rel.join(&entry.name);
+            match entry_rel.iter().count() {
+                4 if !entry.name.starts_with('.') => {
+                    if let Some(name) = ModelName::from_manifest_rel_path(&entry_rel) {
+                        out.push(name);
                     }
                 }
-                PathKind::Ignored => {}
+                1..=3 if entry.kind == FileType::Directory => {
+                    let in_store = Path::new(MANIFESTS_DIR).join(&entry_rel);
+                    let opened =
+                        beneath::open_dir(std::os::fd::AsFd::as_fd(&dir), &entry.name, &in_store);
+                    if let Ok(Lookup::Found(sub)) = opened {
+                        stack.push((sub, entry_rel));
+                    }
+                }
+                _ => {}
             }
         }
     }

@@ -1,5 +1,6 @@
 mod aliases;
 mod cli;
+mod confinement;
 mod events;
 mod hardening;
 mod proxy;

@@ -8,25 +8,29 @@
 //! Architecture invariant: this module knows nothing of aliases. It reports
 //! what is in the store; deciding what a file means is the caller's job.
 //!
-//! All I/O here is blocking `std::fs`; async callers run it on a blocking
-//! thread (`spawn_blocking`), never on a runtime worker.
+//! All I/O here is blocking; async callers run it on a blocking thread
+//! (`spawn_blocking`), never on a runtime worker.
 //!
 //! # Symlinks
 //!
-//! [`Store::scan`] never descends into a symlinked directory, so a walk cannot
-//! leave the store or loop. A symlink *at manifest depth* that resolves to a
-//! regular file is read as a manifest: Ollama never creates one, but Ollama
-//! reads through it, so to Ollama it is a model, and treating it as one keeps
-//! callers from ever writing over it. [`Store::read_manifest`] reads whatever
-//! the name's path resolves to, the same way Ollama does.
+//! Every file operation goes through [`beneath`]: from a handle on the root,
+//! one component at a time, never following a symbolic link. A scan never
+//! descends into a symlinked directory and never reads a symlinked manifest
+//! (it would read what the store's owner points it at, `/dev/zero` or a file
+//! only root may read); such a path is [`beneath::Foreign`], which keeps
+//! aliasd from ever writing or removing anything there.
+
+pub mod beneath;
 
 use std::collections::VecDeque;
-use std::fs;
-use std::io::{self, Read};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use beneath::{with_path, Foreign, Lookup};
 
 use crate::name::{ModelName, MANIFESTS_DIR};
 
@@ -41,11 +45,14 @@ const MANIFEST_DIR_DEPTH: usize = 3;
 const MAX_RFC3339_SECS: u64 = 253_402_300_799;
 
 /// An Ollama model store rooted at a directory. Clones share their
-/// [`FreshFiles`].
+/// [`FreshFiles`] and their handle on the root.
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
     fresh: Arc<FreshFiles>,
+    /// The root, opened at first use (after [`Store::ensure_layout`] made it);
+    /// from then on the path is never resolved again.
+    handle: Arc<OnceLock<beneath::Root>>,
 }
 
 /// The most [`FreshFiles`] remembered; the oldest go first.
@@ -101,7 +108,23 @@ impl Store {
         Store {
             root: root.into(),
             fresh: Arc::default(),
+            handle: Arc::default(),
         }
+    }
+
+    /// The handle every file operation on the store starts from.
+    ///
+    /// # Errors
+    ///
+    /// The root cannot be opened (it is missing, say).
+    pub fn beneath(&self) -> io::Result<&beneath::Root> {
+        if let Some(root) = self.handle.get() {
+            return Ok(root);
+        }
+        let root = beneath::Root::open(&self.root).map_err(|e| with_path(e, &self.root))?;
+        // Two threads may race here; both opened the same directory.
+        let _ = self.handle.set(root);
+        Ok(self.handle.get().expect("set just above"))
     }
 
     /// Manifests written into new directories, not yet seen by the watcher.
@@ -136,24 +159,30 @@ impl Store {
     ///
     /// Any error creating the directories, e.g. permission denied.
     pub fn ensure_layout(&self) -> io::Result<()> {
-        for dir in [self.manifests_dir(), self.blobs_dir()] {
-            fs::create_dir_all(&dir).map_err(|err| with_path(err, &dir))?;
+        std::fs::create_dir_all(&self.root).map_err(|err| with_path(err, &self.root))?;
+        let root = self.beneath()?;
+        for dir in [MANIFESTS_DIR, BLOBS_DIR] {
+            root.ensure_dir(dir)
+                .map_err(|err| with_path(err, &self.root.join(dir)))?;
         }
         Ok(())
     }
 
-    /// Reads `name`'s manifest file, or `None` if there is none.
-    ///
-    /// "None" covers a missing file or directory on the way, and anything at the
-    /// path that is not a regular file (a directory, a FIFO, a dangling
-    /// symlink). The digest is of the bytes read.
+    /// Reads `name`'s manifest file: absent (a missing file or directory on
+    /// the way), found, or foreign (a symlink or a non-directory on the way,
+    /// or at the path something that is not a regular file of at most
+    /// [`beneath::MAX_MANIFEST_BYTES`]). The digest is of the bytes read.
     ///
     /// # Errors
     ///
     /// Any other I/O error (e.g. permission denied), with the path in the
     /// message.
-    pub fn read_manifest(&self, name: &ModelName) -> io::Result<Option<ManifestFile>> {
-        read_manifest_at(name, &self.manifest_path(name))
+    pub fn read_manifest(&self, name: &ModelName) -> io::Result<Lookup<ManifestFile>> {
+        Ok(match self.beneath()?.read_manifest(name)? {
+            Lookup::Found(file) => Lookup::Found(manifest_file(name, file)?),
+            Lookup::Absent => Lookup::Absent,
+            Lookup::Foreign(foreign) => Lookup::Foreign(foreign),
+        })
     }
 
     /// Every manifest in the store, sorted by name key (ties, possible on a
@@ -173,27 +202,31 @@ impl Store {
     /// an error rather than a skip, so that callers never mistake a model
     /// they cannot see for a missing one.
     pub fn scan(&self) -> io::Result<Vec<ManifestFile>> {
-        Ok(self.scan_with_temp_files("\0")?.0)
+        Ok(self.scan_all("\0")?.manifests)
     }
 
-    /// [`Store::scan`], and also the paths of hidden files at manifest depth
-    /// whose names contain `temp_marker`: temp files a writer left behind
-    /// when it was killed between writing and renaming.
+    /// [`Store::scan`], and also the files at manifest depth that are
+    /// [`Foreign`] (each with the name its path spells), and the paths
+    /// (relative to `manifests/`) of hidden files there whose names contain
+    /// `temp_marker`: temp files a writer left behind when it was killed
+    /// between writing and renaming.
     ///
     /// # Errors
     ///
     /// As [`Store::scan`].
-    pub fn scan_with_temp_files(
-        &self,
-        temp_marker: &str,
-    ) -> io::Result<(Vec<ManifestFile>, Vec<PathBuf>)> {
+    pub fn scan_all(&self, temp_marker: &str) -> io::Result<Scan> {
         let mut found = Found::new(temp_marker);
-        scan_dir(&self.manifests_dir(), Path::new(""), 0, &mut found)?;
+        let Some(manifests) = self.manifests_handle()? else {
+            return Ok(Scan::default());
+        };
+        scan_dir(manifests.as_fd(), Path::new(""), 0, &mut found)?;
+        drop(manifests);
         let model_dirs = std::mem::take(&mut found.model_dirs);
-        scan_model_dirs(&model_dirs, &mut found)?;
+        self.scan_model_dirs(&model_dirs, &mut found)?;
         let Found {
             mut manifests,
             temp_files,
+            foreign,
             ..
         } = found;
         manifests.sort_by(|a, b| {
@@ -202,7 +235,108 @@ impl Store {
                 .cmp(b.name.key_str())
                 .then_with(|| a.name.manifest_rel_path().cmp(&b.name.manifest_rel_path()))
         });
-        Ok((manifests, temp_files))
+        Ok(Scan {
+            manifests,
+            foreign,
+            temp_files,
+        })
+    }
+
+    /// Removes the file at `rel` (below `manifests/`), beneath the root.
+    ///
+    /// # Errors
+    ///
+    /// The path is not a file in a directory, or the remove fails.
+    pub fn remove_temp_file(&self, rel: &Path) -> io::Result<()> {
+        let parts: Vec<&str> = rel.iter().filter_map(|part| part.to_str()).collect();
+        let Some((file, dirs)) = parts.split_last() else {
+            return Err(io::Error::other("not a file path"));
+        };
+        self.beneath()?.remove_file(dirs, file)
+    }
+
+    /// `manifests/`, opened beneath the root; `None` when it is missing.
+    fn manifests_handle(&self) -> io::Result<Option<std::os::fd::OwnedFd>> {
+        let root = match self.beneath() {
+            Ok(root) => root,
+            Err(e) if is_absent(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match root.dir(&[]) {
+            Ok(Lookup::Found(dir)) => Ok(Some(dir)),
+            Ok(Lookup::Absent) => Ok(None),
+            Ok(Lookup::Foreign(foreign)) => Err(io::Error::other(format!(
+                "{foreign}: aliasd reads and writes no store through a symbolic link; point \
+                 --models at the store itself"
+            ))),
+            Err(e) => Err(with_path(e, &self.manifests_dir())),
+        }
+    }
+
+    /// Opens the model directory at `rel` (below `manifests/`) beneath the
+    /// root; `None` when it is gone or foreign.
+    fn model_dir(&self, rel: &Path) -> io::Result<Option<std::os::fd::OwnedFd>> {
+        let parts: Vec<&str> = rel.iter().filter_map(|part| part.to_str()).collect();
+        match self.beneath()?.dir(&parts)? {
+            Lookup::Found(dir) => Ok(Some(dir)),
+            Lookup::Absent => Ok(None),
+            Lookup::Foreign(foreign) => {
+                tracing::debug!("store scan: skipping {foreign}");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Lists and reads each model directory of `dirs` (depth
+    /// `MANIFEST_DIR_DEPTH`) into `out`: on this thread for a few, else
+    /// shared among [`SCAN_THREADS`] threads, saying how far it is on a long
+    /// scan.
+    fn scan_model_dirs(&self, dirs: &[PathBuf], out: &mut Found<'_>) -> io::Result<()> {
+        let scan_one = |rel: &PathBuf, found: &mut Found<'_>| -> io::Result<()> {
+            match self.model_dir(rel)? {
+                Some(dir) => scan_dir(dir.as_fd(), rel, MANIFEST_DIR_DEPTH, found),
+                None => Ok(()),
+            }
+        };
+        if dirs.len() < PARALLEL_SCAN_FROM {
+            for rel in dirs {
+                scan_one(rel, out)?;
+            }
+            return Ok(());
+        }
+        let temp_marker = out.temp_marker;
+        let stamping = out.stamps.is_some();
+        let progress = Mutex::new(crate::progress::Progress::new(
+            "reading the store (model directories)",
+            dirs.len(),
+        ));
+        let found = on_scan_threads(dirs, |rel, done, found| {
+            let found = found.get_or_insert_with(|| {
+                let mut found = Found::new(temp_marker);
+                if stamping {
+                    found.stamps = Some(Vec::new());
+                }
+                found
+            });
+            scan_one(rel, found)?;
+            if let Ok(mut progress) = progress.try_lock() {
+                progress.reached(done);
+            }
+            Ok(())
+        })?;
+        progress
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .finish();
+        for found in found.into_iter().flatten() {
+            out.manifests.extend(found.manifests);
+            out.temp_files.extend(found.temp_files);
+            out.foreign.extend(found.foreign);
+            if let (Some(all), Some(stamps)) = (&mut out.stamps, found.stamps) {
+                all.extend(stamps);
+            }
+        }
+        Ok(())
     }
 
     /// Every manifest [`Store::scan`] would read, with its [`FileStamp`]
@@ -215,9 +349,14 @@ impl Store {
     /// As [`Store::scan`].
     pub fn stamp_scan(&self) -> io::Result<Vec<(ModelName, FileStamp)>> {
         let mut found = Found::stamping();
-        scan_dir(&self.manifests_dir(), Path::new(""), 0, &mut found)?;
-        for (dir, rel) in std::mem::take(&mut found.model_dirs) {
-            scan_dir(&dir, &rel, MANIFEST_DIR_DEPTH, &mut found)?;
+        let Some(manifests) = self.manifests_handle()? else {
+            return Ok(Vec::new());
+        };
+        scan_dir(manifests.as_fd(), Path::new(""), 0, &mut found)?;
+        for rel in std::mem::take(&mut found.model_dirs) {
+            if let Some(dir) = self.model_dir(&rel)? {
+                scan_dir(dir.as_fd(), &rel, MANIFEST_DIR_DEPTH, &mut found)?;
+            }
         }
         Ok(found.stamps.unwrap_or_default())
     }
@@ -228,7 +367,10 @@ impl Store {
     /// watch and the scan report what matters.
     pub fn warm_directories(&self) {
         let mut found = Found::new("\0");
-        if scan_dir(&self.manifests_dir(), Path::new(""), 0, &mut found).is_err() {
+        let Ok(Some(manifests)) = self.manifests_handle() else {
+            return;
+        };
+        if scan_dir(manifests.as_fd(), Path::new(""), 0, &mut found).is_err() {
             return;
         }
         let dirs = found.model_dirs;
@@ -237,13 +379,25 @@ impl Store {
         }
         tracing::info!("listing {} model directories", dirs.len());
         // Listing errors are left for the watch and the scan to report.
-        let _ = on_scan_threads(&dirs, |(dir, _), _, _: &mut Option<()>| {
-            if let Ok(entries) = fs::read_dir(dir) {
-                entries.for_each(drop);
+        let _ = on_scan_threads(&dirs, |rel, _, _: &mut Option<()>| {
+            if let Ok(Some(dir)) = self.model_dir(rel) {
+                let _ = beneath::list(dir.as_fd());
             }
             Ok(())
         });
     }
+}
+
+/// What [`Store::scan_all`] found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// The manifests, sorted by name key.
+    pub manifests: Vec<ManifestFile>,
+    /// What is at manifest depth under a valid name but is not a manifest
+    /// aliasd reads (a symlink, a FIFO, a directory, a huge file).
+    pub foreign: Vec<(ModelName, Foreign)>,
+    /// aliasd's leftover temp files, relative to `manifests/`.
+    pub temp_files: Vec<PathBuf>,
 }
 
 /// What a scan collects.
@@ -253,10 +407,11 @@ struct Found<'a> {
     /// of its bytes; `None` in a scan that reads.
     stamps: Option<Vec<(ModelName, FileStamp)>>,
     temp_files: Vec<PathBuf>,
+    foreign: Vec<(ModelName, Foreign)>,
     temp_marker: &'a str,
-    /// Model directories (one level above the manifests), with their path
-    /// below `manifests/`, left for [`scan_model_dirs`].
-    model_dirs: Vec<(PathBuf, PathBuf)>,
+    /// Model directories (one level above the manifests), by their path
+    /// below `manifests/`, left for [`Store::scan_model_dirs`].
+    model_dirs: Vec<PathBuf>,
 }
 
 impl<'a> Found<'a> {
@@ -265,6 +420,7 @@ impl<'a> Found<'a> {
             manifests: Vec::new(),
             stamps: None,
             temp_files: Vec::new(),
+            foreign: Vec::new(),
             temp_marker,
             model_dirs: Vec::new(),
         }
@@ -291,19 +447,18 @@ pub struct FileStamp {
 }
 
 impl FileStamp {
-    fn of(metadata: &fs::Metadata) -> FileStamp {
-        #[cfg(unix)]
-        let (changed, inode) = {
-            use std::os::unix::fs::MetadataExt;
-            ((metadata.ctime(), metadata.ctime_nsec()), metadata.ino())
-        };
-        #[cfg(not(unix))]
-        let (changed, inode) = ((0, 0), 0);
+    /// The stamp of an `lstat`: a symlink's own, never its target's.
+    #[allow(clippy::unnecessary_cast)] // The field types differ by platform.
+    fn of(stat: &rustix::fs::Stat) -> FileStamp {
+        let modified = u32::try_from(stat.st_mtime_nsec).ok().and_then(|nanos| {
+            let secs = u64::try_from(stat.st_mtime).ok()?;
+            UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+        });
         FileStamp {
-            len: metadata.len(),
-            modified: metadata.modified().ok(),
-            changed,
-            inode,
+            len: stat.st_size as u64,
+            modified,
+            changed: (stat.st_ctime as i64, stat.st_ctime_nsec as i64),
+            inode: stat.st_ino as u64,
         }
     }
 }
@@ -315,40 +470,6 @@ impl FileStamp {
 const PARALLEL_SCAN_FROM: usize = 64;
 /// Threads reading model directories (they wait on the disk, not the CPU).
 const SCAN_THREADS: usize = 8;
-
-/// Lists and reads each model directory of `dirs` (depth
-/// `MANIFEST_DIR_DEPTH`) into `out`: on this thread for a few, else shared
-/// among [`SCAN_THREADS`] threads, saying how far it is on a long scan.
-fn scan_model_dirs(dirs: &[(PathBuf, PathBuf)], out: &mut Found<'_>) -> io::Result<()> {
-    if dirs.len() < PARALLEL_SCAN_FROM {
-        for (dir, rel) in dirs {
-            scan_dir(dir, rel, MANIFEST_DIR_DEPTH, out)?;
-        }
-        return Ok(());
-    }
-    let temp_marker = out.temp_marker;
-    let progress = Mutex::new(crate::progress::Progress::new(
-        "reading the store (model directories)",
-        dirs.len(),
-    ));
-    let found = on_scan_threads(dirs, |(dir, rel), done, found| {
-        let found = found.get_or_insert_with(|| Found::new(temp_marker));
-        scan_dir(dir, rel, MANIFEST_DIR_DEPTH, found)?;
-        if let Ok(mut progress) = progress.try_lock() {
-            progress.reached(done);
-        }
-        Ok(())
-    })?;
-    progress
-        .into_inner()
-        .unwrap_or_else(|e| e.into_inner())
-        .finish();
-    for found in found.into_iter().flatten() {
-        out.manifests.extend(found.manifests);
-        out.temp_files.extend(found.temp_files);
-    }
-    Ok(())
-}
 
 /// Runs `each(item, items taken so far, this thread's state)` for every
 /// item, shared among [`SCAN_THREADS`] threads (this one included) that take
@@ -462,100 +583,83 @@ fn descriptor_size(descriptor: &serde_json::Value) -> Option<u64> {
     }
 }
 
-/// Reads the manifest at `path` for `name`; `None` if absent or not a regular
-/// file.
-fn read_manifest_at(name: &ModelName, path: &Path) -> io::Result<Option<ManifestFile>> {
-    // Check before opening: opening a FIFO would block.
-    match fs::metadata(path) {
-        Ok(metadata) if metadata.is_file() => {}
-        Ok(_) => return Ok(None),
-        Err(err) if is_absent(&err) => return Ok(None),
-        Err(err) => return Err(with_path(err, path)),
-    }
-    let mut file = match fs::File::open(path) {
-        Ok(file) => file,
-        Err(err) if is_absent(&err) => return Ok(None),
-        Err(err) => return Err(with_path(err, path)),
-    };
-    // Take the time from the handle we read, so bytes and time belong together.
-    let metadata = file.metadata().map_err(|err| with_path(err, path))?;
-    if !metadata.is_file() {
-        return Ok(None);
-    }
-    let modified = metadata.modified().map_err(|err| with_path(err, path))?;
-    let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
-    file.read_to_end(&mut bytes)
-        .map_err(|err| with_path(err, path))?;
-    Ok(Some(ManifestFile {
+/// A manifest from a file read beneath the root for `name`.
+fn manifest_file(name: &ModelName, file: beneath::ReadFile) -> io::Result<ManifestFile> {
+    Ok(ManifestFile {
         name: name.clone(),
-        digest: crate::digest::manifest_digest(&bytes),
-        bytes,
-        modified,
-    }))
+        digest: crate::digest::manifest_digest(&file.bytes),
+        modified: file.metadata.modified()?,
+        bytes: file.bytes,
+    })
 }
 
-/// Walks `dir`, which is `rel` below `manifests/` and `depth` levels deep,
-/// pushing every manifest found into `out`.
-fn scan_dir(dir: &Path, rel: &Path, depth: usize, out: &mut Found<'_>) -> io::Result<()> {
-    let entries = match fs::read_dir(dir) {
+/// Walks the directory `dir`, which is `rel` below `manifests/` and `depth`
+/// levels deep, pushing every manifest found into `out`.
+fn scan_dir(dir: BorrowedFd<'_>, rel: &Path, depth: usize, out: &mut Found<'_>) -> io::Result<()> {
+    use rustix::fs::FileType;
+    let in_store = |rel: &Path| Path::new(MANIFESTS_DIR).join(rel);
+    let entries = match beneath::list(dir) {
         Ok(entries) => entries,
         Err(err) if is_absent(&err) => return Ok(()),
-        Err(err) => return Err(with_path(err, dir)),
+        Err(err) => return Err(with_path(err, &in_store(rel))),
     };
     for entry in entries {
-        let entry = entry.map_err(|err| with_path(err, dir))?;
-        let path = entry.path();
-        let entry_rel = rel.join(entry.file_name());
-        // `DirEntry::file_type` does not follow symlinks.
-        let file_type = match entry.file_type() {
-            Ok(file_type) => file_type,
-            Err(err) if is_absent(&err) => continue,
-            Err(err) => return Err(with_path(err, &path)),
-        };
-
+        let entry_rel = rel.join(&entry.name);
         if depth < MANIFEST_DIR_DEPTH {
-            if file_type.is_dir() && depth + 1 == MANIFEST_DIR_DEPTH {
-                out.model_dirs.push((path, entry_rel));
-            } else if file_type.is_dir() {
-                scan_dir(&path, &entry_rel, depth + 1, out)?;
-            } else if file_type.is_symlink() {
-                tracing::debug!(path = %path.display(), "store scan: skipping symlink above manifest depth");
-            } else {
-                tracing::debug!(path = %path.display(), "store scan: skipping file above manifest depth");
+            match entry.kind {
+                FileType::Directory if depth + 1 == MANIFEST_DIR_DEPTH => {
+                    out.model_dirs.push(entry_rel);
+                }
+                FileType::Directory => {
+                    match beneath::open_dir(dir, &entry.name, &in_store(&entry_rel))? {
+                        Lookup::Found(sub) => scan_dir(sub.as_fd(), &entry_rel, depth + 1, out)?,
+                        Lookup::Absent => {}
+                        Lookup::Foreign(foreign) => {
+                            tracing::debug!("store scan: skipping {foreign}");
+                        }
+                    }
+                }
+                _ => {
+                    tracing::debug!(path = %in_store(&entry_rel).display(), kind = ?entry.kind, "store scan: skipping what is not a directory above manifest depth");
+                }
             }
             continue;
         }
 
-        if file_type.is_dir() {
-            tracing::debug!(path = %path.display(), "store scan: skipping directory at manifest depth");
+        if entry.kind == FileType::Directory {
+            tracing::debug!(path = %in_store(&entry_rel).display(), "store scan: skipping directory at manifest depth");
             continue;
         }
-        let file_name = entry.file_name();
-        let file_name = file_name.to_string_lossy();
-        if file_name.starts_with('.') && file_name.contains(out.temp_marker) {
-            out.temp_files.push(path);
+        if entry.name.starts_with('.') && entry.name.contains(out.temp_marker) {
+            out.temp_files.push(entry_rel);
             continue;
         }
         let Some(name) = ModelName::from_manifest_rel_path(&entry_rel) else {
-            tracing::debug!(path = %path.display(), "store scan: skipping path that is not a valid model name");
+            tracing::debug!(path = %in_store(&entry_rel).display(), "store scan: skipping path that is not a valid model name");
             continue;
         };
         if let Some(stamps) = &mut out.stamps {
-            // As `read_manifest_at` sees it: through a symlink, regular files only.
-            match fs::metadata(&path) {
-                Ok(metadata) if metadata.is_file() => {
-                    stamps.push((name, FileStamp::of(&metadata)));
-                }
-                Ok(_) => {}
-                Err(err) if is_absent(&err) => {}
-                Err(err) => return Err(with_path(err, &path)),
+            // Whatever is there, its own stamp: a symlink appearing or
+            // changing is a change to look at.
+            match rustix::fs::statat(
+                dir,
+                entry.name.as_str(),
+                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            ) {
+                Ok(stat) => stamps.push((name, FileStamp::of(&stat))),
+                Err(rustix::io::Errno::NOENT) => {}
+                Err(err) => return Err(with_path(err.into(), &in_store(&entry_rel))),
             }
             continue;
         }
-        match read_manifest_at(&name, &path)? {
-            Some(manifest) => out.manifests.push(manifest),
-            None => {
-                tracing::debug!(path = %path.display(), "store scan: skipping vanished or non-regular file");
+        match beneath::read_file(dir, &entry.name, &in_store(&entry_rel))? {
+            Lookup::Found(file) => out.manifests.push(manifest_file(&name, file)?),
+            Lookup::Absent => {
+                tracing::debug!(path = %in_store(&entry_rel).display(), "store scan: skipping vanished file");
+            }
+            Lookup::Foreign(foreign) => {
+                tracing::warn!("{foreign}: not read as a manifest (aliasd reads no manifest through a symbolic link, and only regular files of sane size)");
+                out.foreign.push((name, foreign));
             }
         }
     }
@@ -571,14 +675,10 @@ fn is_absent(err: &io::Error) -> bool {
     )
 }
 
-/// Adds `path` to an I/O error's message, keeping its kind.
-fn with_path(err: io::Error, path: &Path) -> io::Error {
-    io::Error::new(err.kind(), format!("{}: {err}", path.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn fresh_files_are_taken_by_directory_and_bounded() {
@@ -691,9 +791,12 @@ mod tests {
         fs::write(model_dir.join("latest"), b"{}").unwrap();
         fs::write(model_dir.join(".latest.aliasd-0123abcd"), b"{").unwrap();
         fs::write(model_dir.join(".latest.other-writer"), b"{").unwrap();
-        let (manifests, temp_files) = store.scan_with_temp_files(".aliasd-").unwrap();
-        assert_eq!(manifests.len(), 1);
-        assert_eq!(temp_files, [model_dir.join(".latest.aliasd-0123abcd")]);
+        let scan = store.scan_all(".aliasd-").unwrap();
+        assert_eq!(scan.manifests.len(), 1);
+        let temp = Path::new("registry.ollama.ai/library/m/.latest.aliasd-0123abcd");
+        assert_eq!(scan.temp_files, [temp]);
+        store.remove_temp_file(temp).unwrap();
+        assert!(!model_dir.join(".latest.aliasd-0123abcd").exists());
     }
 
     #[test]
@@ -730,11 +833,15 @@ mod tests {
             MANIFEST,
         );
         let store = Store::new(dir.path());
-        let (manifests, temp_files) = store.scan_with_temp_files(".aliasd-").unwrap();
-        let names: Vec<String> = manifests.iter().map(|m| m.name.display()).collect();
+        let scan = store.scan_all(".aliasd-").unwrap();
+        let names: Vec<String> = scan.manifests.iter().map(|m| m.name.display()).collect();
         assert_eq!(names, expected);
-        assert!(manifests.iter().all(|m| m.bytes == MANIFEST.as_bytes()));
-        assert_eq!(temp_files, [dir.path().join(temp)]);
+        assert!(scan
+            .manifests
+            .iter()
+            .all(|m| m.bytes == MANIFEST.as_bytes()));
+        let temp = temp.strip_prefix("manifests/").unwrap();
+        assert_eq!(scan.temp_files, [Path::new(temp)]);
     }
 
     #[test]
@@ -769,7 +876,7 @@ mod tests {
 
     #[cfg(unix)]
     #[test]
-    fn scan_skips_symlinked_directories_but_reads_symlinked_manifests() {
+    fn scan_neither_descends_into_symlinked_directories_nor_reads_symlinked_manifests() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("models");
         let outside = dir.path().join("outside");
@@ -794,9 +901,22 @@ mod tests {
         )
         .unwrap();
 
-        let found = Store::new(&root).scan().unwrap();
-        let names: Vec<String> = found.iter().map(|m| m.name.display()).collect();
-        assert_eq!(names, ["llama3", "viafile"]);
+        let scan = Store::new(&root).scan_all("\0").unwrap();
+        let names: Vec<String> = scan.manifests.iter().map(|m| m.name.display()).collect();
+        assert_eq!(names, ["llama3"]);
+        let mut foreign: Vec<String> = scan
+            .foreign
+            .iter()
+            .map(|(name, foreign)| format!("{}: {foreign}", name.display()))
+            .collect();
+        foreign.sort();
+        assert_eq!(
+            foreign,
+            [
+                "viafile: manifests/registry.ollama.ai/library/viafile/latest is a symbolic link",
+                "viafile:dangling: manifests/registry.ollama.ai/library/viafile/dangling is a symbolic link",
+            ]
+        );
     }
 
     #[test]
@@ -832,26 +952,37 @@ mod tests {
             store.manifest_path(&name),
             dir.path().join("manifests/registry.ollama.ai/Me/Coder/Q4")
         );
-        assert!(store.read_manifest(&name).unwrap().is_none());
+        assert!(matches!(
+            store.read_manifest(&name).unwrap(),
+            Lookup::Absent
+        ));
 
         write(
             dir.path(),
             "manifests/registry.ollama.ai/Me/Coder/Q4",
             MANIFEST,
         );
-        let manifest = store.read_manifest(&name).unwrap().unwrap();
+        let Lookup::Found(manifest) = store.read_manifest(&name).unwrap() else {
+            panic!("manifest not found");
+        };
         assert_eq!(manifest.name.display(), "Me/Coder:Q4");
         assert_eq!(manifest.bytes, MANIFEST.as_bytes());
         assert!(manifest.digest.starts_with("sha256:"));
 
         // A directory where the manifest should be, and a file where a
-        // directory should be, are both "no manifest".
+        // directory should be, are both foreign: nothing aliasd may use.
         let dir_name = ModelName::parse("Me/Coder").unwrap();
         fs::create_dir_all(store.manifest_path(&dir_name)).unwrap();
-        assert!(store.read_manifest(&dir_name).unwrap().is_none());
+        assert!(matches!(
+            store.read_manifest(&dir_name).unwrap(),
+            Lookup::Foreign(_)
+        ));
         write(dir.path(), "manifests/registry.ollama.ai/Flat", "");
         let below_a_file = ModelName::parse("Flat/m:t").unwrap();
-        assert!(store.read_manifest(&below_a_file).unwrap().is_none());
+        assert!(matches!(
+            store.read_manifest(&below_a_file).unwrap(),
+            Lookup::Foreign(_)
+        ));
     }
 
     #[test]

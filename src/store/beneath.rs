@@ -1,0 +1,635 @@
+//! File operations beneath the store's root directory, never through a
+//! symbolic link (SPEC §1, "Confinement").
+//!
+//! The store belongs to another user when aliasd runs as root beside
+//! Ollama's service, so every name in it is under that user's control and
+//! any check on a path races with them. Nothing here therefore resolves a
+//! path: the root is opened once, and every operation walks from that handle
+//! one component at a time with `O_NOFOLLOW | O_DIRECTORY`, so that a symlink
+//! or a file anywhere on the way stops the walk (and is reported as
+//! [`Foreign`]) instead of being followed. Files are created with
+//! `O_CREAT | O_EXCL | O_NOFOLLOW`, renamed and removed with `renameat` and
+//! `unlinkat` on the directory handle, and given to their owner with `fchown`
+//! on the open handle. Reads take regular files only, opened without
+//! following a symlink, and at most [`MAX_MANIFEST_BYTES`].
+//!
+//! Architecture invariant: this is the only code that creates, writes,
+//! renames or removes anything in the store.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
+
+use crate::name::{ModelName, MANIFESTS_DIR};
+
+/// The largest manifest aliasd reads. Ollama's are a few KiB; anything
+/// larger is not a manifest aliasd will copy (and reading it whole would
+/// let whoever owns the store make aliasd allocate without bound).
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+
+/// What a walk beneath the root found at a path.
+#[derive(Debug)]
+pub enum Lookup<T> {
+    /// Nothing there (the file, or a directory on its way, is missing).
+    Absent,
+    /// What was asked for.
+    Found(T),
+    /// Something aliasd will not go through or read: see [`Foreign`].
+    Foreign(Foreign),
+}
+
+/// A path that is not aliasd's to use: a symlink or a non-directory on the
+/// way, or at the end something that is not a regular file of a sane size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Foreign {
+    /// The offending path, relative to the store root.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub why: Why,
+}
+
+/// Why a path is [`Foreign`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// It is a symbolic link.
+    Symlink,
+    /// A directory was expected and it is something else.
+    NotADirectory,
+    /// A manifest was expected and it is not a regular file.
+    NotARegularFile,
+    /// A regular file over [`MAX_MANIFEST_BYTES`], of this many bytes.
+    TooLarge(u64),
+}
+
+impl fmt::Display for Foreign {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = self.path.display();
+        match self.why {
+            Why::Symlink => write!(f, "{path} is a symbolic link"),
+            Why::NotADirectory => write!(f, "{path} is not a directory"),
+            Why::NotARegularFile => write!(f, "{path} is not a regular file"),
+            Why::TooLarge(len) => write!(
+                f,
+                "{path} is {len} bytes, over the {} MiB a manifest may have",
+                MAX_MANIFEST_BYTES >> 20
+            ),
+        }
+    }
+}
+
+/// A file read beneath the root: its bytes and the metadata of the handle
+/// they were read from.
+#[derive(Debug)]
+pub struct ReadFile {
+    /// The bytes, at most [`MAX_MANIFEST_BYTES`].
+    pub bytes: Vec<u8>,
+    /// `fstat` of the open file.
+    pub metadata: std::fs::Metadata,
+}
+
+/// The store's root directory, opened once; every operation starts here.
+#[derive(Debug)]
+pub struct Root {
+    fd: OwnedFd,
+}
+
+impl Root {
+    /// Opens the root at `path`. The operator chose this path, so it is
+    /// resolved as given (symlinks included); nothing below it is.
+    ///
+    /// # Errors
+    ///
+    /// The directory cannot be opened.
+    pub fn open(path: &Path) -> io::Result<Root> {
+        let fd = rustix::fs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Root { fd })
+    }
+
+    /// Opens the directory `parts` below `manifests/` (none: `manifests/`
+    /// itself) without following a symlink anywhere.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors other than "missing" and "foreign".
+    pub fn dir(&self, parts: &[&str]) -> io::Result<Lookup<OwnedFd>> {
+        let mut rel = PathBuf::from(MANIFESTS_DIR);
+        let mut dir = match open_dir(self.fd.as_fd(), MANIFESTS_DIR, &rel)? {
+            Lookup::Found(dir) => dir,
+            other => return Ok(other),
+        };
+        for part in parts {
+            rel.push(part);
+            dir = match open_dir(dir.as_fd(), part, &rel)? {
+                Lookup::Found(dir) => dir,
+                other => return Ok(other),
+            };
+        }
+        Ok(Lookup::Found(dir))
+    }
+
+    /// [`Root::dir`], making each missing directory (given to the owner of
+    /// the directory it is made in, see [`give_to_owner_of`]). Returns the
+    /// directory and whether the last one was made.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors other than "foreign", e.g. a full disk.
+    pub fn make_dir(&self, parts: &[&str]) -> io::Result<Lookup<(OwnedFd, bool)>> {
+        let mut rel = PathBuf::from(MANIFESTS_DIR);
+        let mut dir = match open_dir(self.fd.as_fd(), MANIFESTS_DIR, &rel)? {
+            Lookup::Found(dir) => dir,
+            Lookup::Foreign(foreign) => return Ok(Lookup::Foreign(foreign)),
+            Lookup::Absent => return Err(io::Error::from(io::ErrorKind::NotFound)),
+        };
+        let mut made = false;
+        for part in parts {
+            rel.push(part);
+            made = false;
+            let next = match open_dir(dir.as_fd(), part, &rel)? {
+                Lookup::Found(next) => next,
+                Lookup::Foreign(foreign) => return Ok(Lookup::Foreign(foreign)),
+                Lookup::Absent => {
+                    match rustix::fs::mkdirat(dir.as_fd(), *part, Mode::from_raw_mode(0o755)) {
+                        Ok(()) => made = true,
+                        // Made by someone else meanwhile: open theirs.
+                        Err(Errno::EXIST) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    // What is opened is checked again: it may have been swapped
+                    // for a symlink since the mkdir.
+                    match open_dir(dir.as_fd(), part, &rel)? {
+                        Lookup::Found(next) => {
+                            if made {
+                                give_to_owner_of(next.as_fd(), dir.as_fd());
+                            }
+                            next
+                        }
+                        Lookup::Foreign(foreign) => return Ok(Lookup::Foreign(foreign)),
+                        Lookup::Absent => return Err(io::Error::from(io::ErrorKind::NotFound)),
+                    }
+                }
+            };
+            dir = next;
+        }
+        Ok(Lookup::Found((dir, made)))
+    }
+
+    /// Reads `name`'s manifest: a regular file of at most
+    /// [`MAX_MANIFEST_BYTES`], reached without following a symlink.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors other than "missing" and "foreign".
+    pub fn read_manifest(&self, name: &ModelName) -> io::Result<Lookup<ReadFile>> {
+        let dir = match self.dir(&dir_parts(name))? {
+            Lookup::Found(dir) => dir,
+            Lookup::Absent => return Ok(Lookup::Absent),
+            Lookup::Foreign(foreign) => return Ok(Lookup::Foreign(foreign)),
+        };
+        read_file(dir.as_fd(), name.tag(), &rel_path(name))
+    }
+
+    /// Writes `bytes` as `name`'s manifest through a temp file named
+    /// `temp_name` in the same directory and a rename, so readers see the
+    /// old file or the new one, never a part. Returns whether it had to make
+    /// the file's directory. A foreign path is left alone.
+    ///
+    /// The file is not fsync'd: the journal is the durable record, and a
+    /// torn alias file found at start-up is recognized and rewritten.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors (a full disk, permission denied); the temp file is
+    /// removed again.
+    pub fn write_manifest(
+        &self,
+        name: &ModelName,
+        bytes: &[u8],
+        temp_name: &str,
+    ) -> io::Result<Lookup<bool>> {
+        let (dir, made) = match self.make_dir(&dir_parts(name))? {
+            Lookup::Found(found) => found,
+            Lookup::Absent => return Ok(Lookup::Absent),
+            Lookup::Foreign(foreign) => return Ok(Lookup::Foreign(foreign)),
+        };
+        let res = (|| -> io::Result<()> {
+            let fd = rustix::fs::openat(
+                dir.as_fd(),
+                temp_name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o644),
+            )?;
+            give_to_owner_of(fd.as_fd(), dir.as_fd());
+            std::fs::File::from(fd).write_all(bytes)?;
+            rustix::fs::renameat(dir.as_fd(), temp_name, dir.as_fd(), name.tag())?;
+            Ok(())
+        })();
+        if let Err(e) = res {
+            let _ = rustix::fs::unlinkat(dir.as_fd(), temp_name, AtFlags::empty());
+            return Err(e);
+        }
+        Ok(Lookup::Found(made))
+    }
+
+    /// Removes the directory entry at `name`'s path (the caller has read it
+    /// and knows it is aliasd's own), then the directories above it that are
+    /// now empty, up to (not including) `manifests/`. `unlinkat` never
+    /// follows a symlink, and the walk to the entry follows none either.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors other than "missing" and "foreign".
+    pub fn remove_manifest(&self, name: &ModelName) -> io::Result<Lookup<()>> {
+        let parts = dir_parts(name);
+        let dir = match self.dir(&parts)? {
+            Lookup::Found(dir) => dir,
+            Lookup::Absent => return Ok(Lookup::Absent),
+            Lookup::Foreign(foreign) => return Ok(Lookup::Foreign(foreign)),
+        };
+        match rustix::fs::unlinkat(dir.as_fd(), name.tag(), AtFlags::empty()) {
+            Ok(()) => {}
+            Err(Errno::NOENT) => return Ok(Lookup::Absent),
+            Err(e) => return Err(e.into()),
+        }
+        drop(dir);
+        // Only empty directories go; the first that is not empty stops it.
+        for depth in (0..parts.len()).rev() {
+            let Ok(Lookup::Found(parent)) = self.dir(&parts[..depth]) else {
+                break;
+            };
+            if rustix::fs::unlinkat(parent.as_fd(), parts[depth], AtFlags::REMOVEDIR).is_err() {
+                break;
+            }
+        }
+        Ok(Lookup::Found(()))
+    }
+
+    /// Removes the file `file_name` in the directory `parts` below
+    /// `manifests/` (a temp file aliasd left behind).
+    ///
+    /// # Errors
+    ///
+    /// I/O errors, or the path is foreign or gone.
+    pub fn remove_file(&self, parts: &[&str], file_name: &str) -> io::Result<()> {
+        match self.dir(parts)? {
+            Lookup::Found(dir) => Ok(rustix::fs::unlinkat(
+                dir.as_fd(),
+                file_name,
+                AtFlags::empty(),
+            )?),
+            Lookup::Absent => Err(io::Error::from(io::ErrorKind::NotFound)),
+            Lookup::Foreign(foreign) => Err(io::Error::other(foreign.to_string())),
+        }
+    }
+
+    /// Creates and removes the file `probe_name` in `manifests/`, to learn
+    /// that aliasd may write there; returns the `fstat` of the file made and
+    /// of `manifests/`.
+    ///
+    /// # Errors
+    ///
+    /// The create or the remove fails, or `manifests/` is foreign.
+    pub fn probe_writable(
+        &self,
+        probe_name: &str,
+    ) -> io::Result<(rustix::fs::Stat, rustix::fs::Stat)> {
+        let manifests = match self.dir(&[])? {
+            Lookup::Found(dir) => dir,
+            Lookup::Absent => return Err(io::Error::from(io::ErrorKind::NotFound)),
+            Lookup::Foreign(foreign) => {
+                return Err(io::Error::other(format!(
+                    "{foreign}: aliasd does not write through symbolic links; point --models at \
+                     the store itself"
+                )))
+            }
+        };
+        let fd = rustix::fs::openat(
+            manifests.as_fd(),
+            probe_name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )?;
+        let made = rustix::fs::fstat(&fd);
+        drop(fd);
+        rustix::fs::unlinkat(manifests.as_fd(), probe_name, AtFlags::empty())?;
+        Ok((made?, rustix::fs::fstat(&manifests)?))
+    }
+
+    /// Makes `dir` (a single component) in the root if missing.
+    ///
+    /// # Errors
+    ///
+    /// The mkdir fails for another reason than "exists".
+    pub fn ensure_dir(&self, dir: &str) -> io::Result<()> {
+        match rustix::fs::mkdirat(self.fd.as_fd(), dir, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(Errno::EXIST) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// An entry of a directory listed beneath the root.
+#[derive(Debug)]
+pub struct Entry {
+    /// Its name (only UTF-8 names are listed: no other can be a model name).
+    pub name: String,
+    /// Its type, not following a symlink.
+    pub kind: FileType,
+}
+
+/// Lists the directory `dir`: every entry but `.` and `..` whose name is
+/// UTF-8, with its type (asked of the file system when the listing does not
+/// say).
+///
+/// # Errors
+///
+/// The listing fails.
+pub fn list(dir: BorrowedFd<'_>) -> io::Result<Vec<Entry>> {
+    let mut listing = rustix::fs::Dir::read_from(dir)?;
+    let mut entries = Vec::new();
+    while let Some(entry) = listing.read() {
+        let entry = entry?;
+        let Ok(name) = entry.file_name().to_str() else {
+            continue;
+        };
+        if name == "." || name == ".." {
+            continue;
+        }
+        let kind = match entry.file_type() {
+            FileType::Unknown => match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(stat) => FileType::from_raw_mode(stat.st_mode),
+                Err(Errno::NOENT) => continue,
+                Err(e) => return Err(e.into()),
+            },
+            kind => kind,
+        };
+        entries.push(Entry {
+            name: name.to_string(),
+            kind,
+        });
+    }
+    Ok(entries)
+}
+
+/// Opens `name` in `dir` as a directory, not following a symlink; `rel` is
+/// its path for the report.
+///
+/// # Errors
+///
+/// I/O errors other than "missing" and "foreign".
+pub fn open_dir(dir: BorrowedFd<'_>, name: &str, rel: &Path) -> io::Result<Lookup<OwnedFd>> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+        Ok(fd) => Ok(Lookup::Found(fd)),
+        Err(Errno::NOENT) => Ok(Lookup::Absent),
+        Err(Errno::LOOP | Errno::NOTDIR) => Ok(Lookup::Foreign(Foreign {
+            path: rel.to_path_buf(),
+            why: what_is_there(dir, name, Why::NotADirectory),
+        })),
+        Err(e) => Err(with_path(e.into(), rel)),
+    }
+}
+
+/// Reads `name` in `dir`: a regular file of at most [`MAX_MANIFEST_BYTES`],
+/// opened without following a symlink (and without blocking on a FIFO).
+///
+/// # Errors
+///
+/// I/O errors other than "missing" and "foreign".
+pub fn read_file(dir: BorrowedFd<'_>, name: &str, rel: &Path) -> io::Result<Lookup<ReadFile>> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT | Errno::NOTDIR) => return Ok(Lookup::Absent),
+        Err(Errno::LOOP) => {
+            return Ok(Lookup::Foreign(Foreign {
+                path: rel.to_path_buf(),
+                why: Why::Symlink,
+            }))
+        }
+        // A socket cannot be opened at all; it is no manifest either.
+        Err(Errno::NXIO) => {
+            return Ok(Lookup::Foreign(Foreign {
+                path: rel.to_path_buf(),
+                why: Why::NotARegularFile,
+            }))
+        }
+        Err(e) => return Err(with_path(e.into(), rel)),
+    };
+    let file = std::fs::File::from(fd);
+    let metadata = file.metadata().map_err(|e| with_path(e, rel))?;
+    if !metadata.is_file() {
+        return Ok(Lookup::Foreign(Foreign {
+            path: rel.to_path_buf(),
+            why: Why::NotARegularFile,
+        }));
+    }
+    if metadata.len() > MAX_MANIFEST_BYTES {
+        return Ok(Lookup::Foreign(Foreign {
+            path: rel.to_path_buf(),
+            why: Why::TooLarge(metadata.len()),
+        }));
+    }
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    // Capped again while reading: the file may grow after the fstat.
+    file.take(MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| with_path(e, rel))?;
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Ok(Lookup::Foreign(Foreign {
+            path: rel.to_path_buf(),
+            why: Why::TooLarge(bytes.len() as u64),
+        }));
+    }
+    Ok(Lookup::Found(ReadFile { bytes, metadata }))
+}
+
+/// The directories of `name`'s manifest below `manifests/`: host,
+/// namespace, model.
+pub fn dir_parts(name: &ModelName) -> [&str; 3] {
+    [name.host(), name.namespace(), name.model()]
+}
+
+/// `name`'s manifest path relative to the store root, for messages.
+fn rel_path(name: &ModelName) -> PathBuf {
+    name.manifest_rel_path()
+}
+
+/// What `name` in `dir` is, for a report: a symlink, or else `otherwise`.
+fn what_is_there(dir: BorrowedFd<'_>, name: &str, otherwise: Why) -> Why {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::Symlink => Why::Symlink,
+        _ => otherwise,
+    }
+}
+
+/// Adds `path` to an I/O error's message, keeping its kind.
+pub fn with_path(err: io::Error, path: &Path) -> io::Error {
+    io::Error::new(err.kind(), format!("{}: {err}", path.display()))
+}
+
+/// Set at start-up (by [`note_owners`]) when aliasd runs as root on a store
+/// that belongs to someone else.
+static AS_ROOT_ON_OTHERS_STORE: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Records who aliasd runs as (the owner of a file it just made) and who
+/// owns `manifests/`. Run as root on a store whose `manifests/` belongs to
+/// another user (Ollama's Linux service runs as `ollama`), what aliasd makes
+/// is then given to the owner of the directory it is made in, so that
+/// `ollama rm` can remove it as it can remove its own. Otherwise (as anyone
+/// else, or as root on root's store) the system already makes it right.
+pub fn note_owners(made: &rustix::fs::Stat, manifests: &rustix::fs::Stat) {
+    let someone_elses = manifests.st_uid != 0 || manifests.st_gid != 0;
+    AS_ROOT_ON_OTHERS_STORE.store(
+        made.st_uid == 0 && someone_elses,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// Gives `made` (a file or directory aliasd just made, still open) to the
+/// owner of `parent` (the directory it was made in), when aliasd runs as
+/// root on another user's store. Both are handles, so no path is resolved
+/// and nothing swapped in meanwhile can be given away.
+pub fn give_to_owner_of(made: BorrowedFd<'_>, parent: BorrowedFd<'_>) {
+    if !AS_ROOT_ON_OTHERS_STORE.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let Ok(owner) = rustix::fs::fstat(parent) else {
+        return;
+    };
+    if owner.st_uid != 0 || owner.st_gid != 0 {
+        let uid = rustix::fs::Uid::from_raw(owner.st_uid);
+        let gid = rustix::fs::Gid::from_raw(owner.st_gid);
+        if let Err(e) = rustix::fs::fchown(made, Some(uid), Some(gid)) {
+            tracing::warn!("could not give a new file to the store's owner: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Root) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("manifests/registry.ollama.ai/library")).unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        (dir, root)
+    }
+
+    fn name(s: &str) -> ModelName {
+        ModelName::parse(s).unwrap()
+    }
+
+    fn why<T: fmt::Debug>(lookup: Lookup<T>) -> Option<Why> {
+        match lookup {
+            Lookup::Foreign(foreign) => Some(foreign.why),
+            other => panic!("expected a foreign path, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn writes_reads_and_removes_beneath_the_root() {
+        let (dir, root) = store();
+        let alias = name("coder");
+        assert!(matches!(
+            root.read_manifest(&alias).unwrap(),
+            Lookup::Absent
+        ));
+        let made = root.write_manifest(&alias, b"{}", ".tmp-1").unwrap();
+        assert!(matches!(made, Lookup::Found(true)));
+        let Lookup::Found(read) = root.read_manifest(&alias).unwrap() else {
+            panic!("written file not found")
+        };
+        assert_eq!(read.bytes, b"{}");
+        assert!(matches!(
+            root.remove_manifest(&alias).unwrap(),
+            Lookup::Found(())
+        ));
+        // The directories it emptied went, up to `manifests/`.
+        assert!(!dir.path().join("manifests/registry.ollama.ai").exists());
+        assert!(dir.path().join("manifests").exists());
+    }
+
+    #[test]
+    fn a_symlinked_directory_on_the_way_is_foreign_and_nothing_goes_through_it() {
+        let (dir, root) = store();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("passwd"), b"secret").unwrap();
+        std::os::unix::fs::symlink(
+            outside.path(),
+            dir.path().join("manifests/registry.ollama.ai/library/evil"),
+        )
+        .unwrap();
+        let alias = name("evil:passwd");
+        assert_eq!(why(root.read_manifest(&alias).unwrap()), Some(Why::Symlink));
+        assert_eq!(
+            why(root.write_manifest(&alias, b"{}", ".tmp").unwrap()),
+            Some(Why::Symlink)
+        );
+        assert_eq!(
+            why(root.remove_manifest(&alias).unwrap()),
+            Some(Why::Symlink)
+        );
+        assert_eq!(
+            std::fs::read(outside.path().join("passwd")).unwrap(),
+            b"secret"
+        );
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_file_on_the_way_and_odd_files_at_the_end_are_foreign() {
+        let (dir, root) = store();
+        let library = dir.path().join("manifests/registry.ollama.ai/library");
+        std::fs::write(library.join("fileblock"), b"{}").unwrap();
+        assert_eq!(
+            why(root
+                .write_manifest(&name("fileblock:tag"), b"{}", ".t")
+                .unwrap()),
+            Some(Why::NotADirectory)
+        );
+
+        std::fs::create_dir_all(library.join("m")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", library.join("m/zero")).unwrap();
+        assert_eq!(
+            why(root.read_manifest(&name("m:zero")).unwrap()),
+            Some(Why::Symlink)
+        );
+        std::os::unix::fs::symlink("nowhere", library.join("m/dangling")).unwrap();
+        assert_eq!(
+            why(root.read_manifest(&name("m:dangling")).unwrap()),
+            Some(Why::Symlink)
+        );
+        std::fs::create_dir(library.join("m/dir")).unwrap();
+        assert_eq!(
+            why(root.read_manifest(&name("m:dir")).unwrap()),
+            Some(Why::NotARegularFile)
+        );
+        let big = std::fs::File::create(library.join("m/big")).unwrap();
+        big.set_len(MAX_MANIFEST_BYTES + 1).unwrap();
+        assert_eq!(
+            why(root.read_manifest(&name("m:big")).unwrap()),
+            Some(Why::TooLarge(MAX_MANIFEST_BYTES + 1))
+        );
+    }
+
+    #[test]
+    fn a_symlinked_manifests_directory_is_foreign() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(real.path(), dir.path().join("manifests")).unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        assert_eq!(why(root.dir(&[]).unwrap()), Some(Why::Symlink));
+        assert!(root.probe_writable(".probe").is_err());
+    }
+}
