@@ -362,8 +362,10 @@ struct Inbox {
 struct InboxState {
     pending: Pending,
     /// When the first and the latest pending change came; `None` when empty.
-    first: Option<Instant>,
-    last: Option<Instant>,
+    /// Tokio's clock (the real one outside a runtime, as on the notify
+    /// thread), so that tests can pause it.
+    first: Option<tokio::time::Instant>,
+    last: Option<tokio::time::Instant>,
 }
 
 /// Names pending past which one full reconcile is cheaper to hold than the list.
@@ -371,7 +373,7 @@ const MAX_PENDING_NAMES: usize = 100_000;
 
 impl Inbox {
     fn add(&self, change: Change) {
-        let now = Instant::now();
+        let now = tokio::time::Instant::now();
         let was_empty = {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let was_empty = state.first.is_none();
@@ -403,8 +405,8 @@ impl Inbox {
                 continue;
             };
             let due = (last + QUIET).min(first + MAX_DELAY);
-            if Instant::now() < due {
-                tokio::time::sleep_until(due.into()).await;
+            if tokio::time::Instant::now() < due {
+                tokio::time::sleep_until(due).await;
                 continue;
             }
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -826,6 +828,67 @@ mod tests {
             poll_period(base, Duration::from_millis(1900)),
             Duration::from_secs(19)
         );
+    }
+
+    fn change(names: &[&str]) -> Change {
+        Change::Names {
+            names: names.iter().map(|n| ModelName::parse(n).unwrap()).collect(),
+            subtrees: Vec::new(),
+        }
+    }
+
+    fn batch_names(pending: &Pending) -> Vec<String> {
+        let mut names: Vec<String> = pending.names.values().map(ModelName::display).collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_are_taken_once_the_store_is_quiet() {
+        let inbox = Arc::new(Inbox::default());
+        let start = tokio::time::Instant::now();
+        inbox.add(change(&["a"]));
+        let taker = tokio::spawn({
+            let inbox = inbox.clone();
+            async move {
+                let pending = inbox.next_batch().await;
+                (tokio::time::Instant::now(), pending)
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        inbox.add(change(&["b"]));
+        let (taken_at, pending) = taker.await.unwrap();
+        assert_eq!(batch_names(&pending), ["a", "b"]);
+        assert_eq!(taken_at - start, Duration::from_millis(30) + QUIET);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_store_that_never_goes_quiet_is_taken_after_the_longest_delay() {
+        let inbox = Arc::new(Inbox::default());
+        let start = tokio::time::Instant::now();
+        let writer = tokio::spawn({
+            let inbox = inbox.clone();
+            async move {
+                for i in 0..100 {
+                    inbox.add(change(&[&format!("m{i}")]));
+                    tokio::time::sleep(QUIET / 2).await;
+                }
+            }
+        });
+        let pending = inbox.next_batch().await;
+        assert_eq!(tokio::time::Instant::now() - start, MAX_DELAY);
+        let taken = pending.names.len();
+        assert!(
+            (2..100).contains(&taken),
+            "{taken} names in the first batch"
+        );
+        // The rest comes in later batches: nothing is lost.
+        let mut total = taken;
+        while total < 100 {
+            total += inbox.next_batch().await.names.len();
+        }
+        assert_eq!(total, 100);
+        writer.await.unwrap();
     }
 
     #[test]
