@@ -38,9 +38,9 @@ pub use http::app;
 
 /// The allocator of every aliasd binary (server, tests, benches).
 ///
-/// A request allocated some fifty small blocks in axum, hyper and our own
-/// code (about twenty-four now); glibc's malloc spent ~8,400 instructions a
-/// request on them, mimalloc ~2,600 (callgrind, `GET /api/resolve`). Declared here so
-/// that the benchmarks measure the allocator the server ships with.
+/// A request allocates many small blocks in axum, hyper and our own code,
+/// and mimalloc serves them for a fraction of glibc's cost (callgrind of
+/// `GET /api/resolve`: benches/README.md). Declared here so that the
+/// benchmarks measure the allocator the server ships with.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

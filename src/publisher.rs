@@ -6,13 +6,10 @@
 //! million socket writes a second. Broadcasts are therefore spaced by a gap
 //! proportional to the number of subscribers (`GAP_PER_SUBSCRIBER`, at most
 //! `MAX_GAP`), and each carries every event committed meanwhile, already
-//! rendered as one SSE chunk (40 µs per subscriber: 40 ms with 1,000). An
-//! event after a quiet spell goes out at once; under load, delivery waits at
-//! most `MAX_GAP` and the cost of a broadcast is shared by the events of that
-//! gap. (With 1,000 subscribers on 2 cores, one socket write per subscriber
-//! per event capped writes at 323-482/s. With 1,000 subscribers and 1,000
-//! writes/s, a 20 ms gap kept the cores saturated: writes took 19-27 ms
-//! (median) and deliveries p99 84-335 ms; a 40 ms gap, 8-10 ms and 71-99 ms.)
+//! rendered as one SSE chunk. An event after a quiet spell goes out at once;
+//! under load, delivery waits at most `MAX_GAP` and the cost of a broadcast
+//! is shared by the events of that gap. The gap was chosen by measurement
+//! (benches/README.md, "Figures moved out of comments").
 
 use std::sync::Arc;
 use std::thread::JoinHandle;

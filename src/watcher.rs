@@ -170,14 +170,13 @@ fn start_notify(
         }
     };
     // Not following symlinks spares the recursive watch of each new directory
-    // a `realpath` and an open of every ancestor (walkdir's loop check): the
-    // watcher thread's CPU per create fell from 19-22 to 16-17 µs. Ollama makes no
-    // symlinks in its store; a symlinked directory inside `manifests/` is
-    // seen by start-up and full reconciles, not watched live.
+    // a `realpath` and an open of every ancestor (walkdir's loop check; see
+    // benches/README.md, "Figures moved out of comments"), and keeps the
+    // watch inside the store. Ollama makes no symlinks in its store.
     let config = notify::Config::default().with_follow_symlinks(false);
     let mut watcher = notify::RecommendedWatcher::new(handler, config)?;
     // One watch per directory: with many aliases on a cold disk this takes
-    // seconds (45,000 aliases: 8-10 s), which should not look like a hang.
+    // seconds, which should not look like a hang.
     tracing::info!(
         "setting up the watch on each directory of {}",
         manifests_dir.display()
@@ -474,8 +473,7 @@ async fn run(
 
 /// How long to wait after a poll that took `took`: `base`, or longer when
 /// the store is big enough that polls every `base` would keep more than a
-/// tenth of a core busy (52,000 aliases: ~1.9 s of listing and `stat`s per
-/// poll on the project's VM).
+/// tenth of a core busy.
 fn poll_period(base: Duration, took: Duration) -> Duration {
     base.max(took * 10)
 }
