@@ -86,9 +86,10 @@
 //! A snapshot with a bad checksum is ignored (an older one, or none, is returned).
 //! A valid snapshot is never deleted by recovery: it shows that every record up to its
 //! seq was durable, so a log that ends before it (cut under a running process, say)
-//! is damage, not a torn tail. `open` fails with [`Error::Corrupt`], and repair keeps
-//! the snapshot and starts the log again after it, moving the segments (whose records
-//! the snapshot covers) to a directory beside them ([`Recovery::set_aside`]).
+//! is damage, not a torn tail. `open` fails with [`Error::Corrupt`], and where a cut
+//! would leave the log ending before the snapshot, repair keeps the snapshot and starts
+//! the log again after it, moving the segments (whose records the snapshot covers) as
+//! they are to a directory inside the journal's ([`Recovery::set_aside`]).
 //! A damaged snapshot ahead of the recovered log is deleted, since the seqs it names
 //! will be reused.
 //!
@@ -197,11 +198,11 @@ pub struct Recovery {
     /// Damaged snapshot files deleted because they name seqs the recovered log does not
     /// hold yet (they will be reused).
     pub discarded_snapshots: Vec<PathBuf>,
-    /// Repair only: the directory (inside the journal's) where the segments went because
-    /// the log ended before the newest valid snapshot. Their records are all covered by
-    /// the snapshot, which is kept; the log goes on after it.
+    /// Repair only: the directory (inside the journal's) where every segment went, as it
+    /// was, because the log (cut at its first damage, if any) ended before the newest valid
+    /// snapshot. The snapshot covers their records and is kept; the log goes on after it.
     pub set_aside: Option<PathBuf>,
-    /// Records in the segments moved to [`Recovery::set_aside`].
+    /// Valid records, before the first damage, in the segments moved to [`Recovery::set_aside`].
     pub set_aside_records: u64,
 }
 

@@ -19,8 +19,9 @@
 //! written only for durable records, so damage at or before its seq is mid-log damage.
 //!
 //! Snapshots are therefore read first. A valid one is never deleted: when the log ends
-//! before it (only damage does that), `open` fails, and repair keeps the snapshot, moves
-//! the segments (everything in them is covered by it) to a `set-aside-before-snapshot-<seq>`
+//! before it, or would once cut at its damage (only damage does that), `open` fails, and
+//! repair keeps the snapshot, moves every segment as it is (the records before the
+//! damage are all covered by the snapshot) to a `set-aside-before-snapshot-<seq>`
 //! directory inside the journal's, and starts a new segment after the snapshot.
 
 use std::path::{Path, PathBuf};
@@ -78,6 +79,8 @@ pub(crate) fn recover(dir: &Path, options: &Options) -> Result<Recovered> {
     let mut segments: Vec<SegmentMeta> = Vec::new();
     let mut last_seq = 0;
     let mut buf = Vec::new();
+    // Repair only: the last seq of a log that ends before the snapshot.
+    let mut short_of_snapshot = None;
 
     for (seg_idx, (name_seq, path)) in listed.iter().enumerate() {
         read_file_into(io, path, &mut buf)?;
@@ -119,6 +122,12 @@ pub(crate) fn recover(dir: &Path, options: &Options) -> Result<Recovered> {
             !is_last || !damage.torn || after.proves_durable || snapshot_seq > scan.last_seq;
         if mid_log && !options.repair {
             return Err(Error::corrupt(path, damage.offset, damage.reason));
+        }
+        if snapshot_seq > scan.last_seq {
+            // A cut here would leave a log that ends before the snapshot: every segment
+            // goes aside as it is instead (below).
+            short_of_snapshot = Some(scan.last_seq);
+            break;
         }
 
         // Cut here. Later segments go first, newest first, so that a crash midway leaves
@@ -181,35 +190,38 @@ pub(crate) fn recover(dir: &Path, options: &Options) -> Result<Recovered> {
 
     // The log ends before the snapshot: records it proves durable are gone (cut under a
     // running server, say). Repair keeps the snapshot and restarts the log after it; the
-    // records the log still holds, all covered by the snapshot, are set aside.
-    let ends_early = snapshot_seq > last_seq && !segments.is_empty();
-    if let (true, false, Some(active)) = (ends_early, options.repair, segments.last()) {
-        let reason = format!(
-            "the journal ends at seq {last_seq}, but the snapshot at seq {snapshot_seq} \
-             shows that records up to it were written: they are missing"
-        );
-        return Err(Error::corrupt(&active.path, active.len, reason));
+    // segments, whose records are all covered by the snapshot, are set aside untouched.
+    if let (None, Some(active)) = (short_of_snapshot, segments.last()) {
+        if snapshot_seq > last_seq {
+            if !options.repair {
+                let reason = format!(
+                    "the journal ends at seq {last_seq}, but the snapshot at seq {snapshot_seq} \
+                     shows that records up to it were written: they are missing"
+                );
+                return Err(Error::corrupt(&active.path, active.len, reason));
+            }
+            short_of_snapshot = Some(last_seq);
+        }
     }
-    if ends_early {
+    if let Some(end_seq) = short_of_snapshot {
         let aside = dir.join(format!("{SET_ASIDE_PREFIX}{snapshot_seq}"));
         io.create_dir_all(&aside)
             .map_err(|e| Error::io("create dir", &aside, e))?;
         // Newest first, so that a crash midway leaves a log that still ends before the
         // snapshot, which repair handles the same way again.
-        for meta in segments.iter().rev() {
-            let Some(name) = meta.path.file_name() else {
+        for (_, path) in listed.iter().rev() {
+            let Some(name) = path.file_name() else {
                 continue;
             };
-            let to = aside.join(name);
-            io.rename(&meta.path, &to)
-                .map_err(|e| Error::io("rename", &meta.path, e))?;
+            io.rename(path, &aside.join(name))
+                .map_err(|e| Error::io("rename", path, e))?;
         }
         io.sync_dir(&aside)
             .map_err(|e| Error::io("sync dir", &aside, e))?;
         io.sync_dir(dir)
             .map_err(|e| Error::io("sync dir", dir, e))?;
-        let first_seq = segments.first().map_or(1, |meta| meta.first_seq);
-        recovery.set_aside_records = (last_seq + 1).saturating_sub(first_seq);
+        let first_seq = listed.first().map_or(1, |(first, _)| *first);
+        recovery.set_aside_records = (end_seq + 1).saturating_sub(first_seq);
         recovery.set_aside = Some(aside);
         segments.clear();
     }
@@ -724,6 +736,10 @@ mod tests {
     /// the log starts after it, and the set-aside segments hold `set_aside` records.
     fn check_restarted_after_snapshot(dir: &Path, seq: u64, set_aside: u64) {
         let snaps = snapshot_files(dir);
+        let segments: Vec<(PathBuf, Vec<u8>)> = segment_files(dir)
+            .into_iter()
+            .map(|path| (path.clone(), fs::read(path).unwrap()))
+            .collect();
         let opened = open(dir, repair());
         let snapshot = opened.snapshot.clone().expect("the snapshot is kept");
         assert_eq!(
@@ -734,9 +750,13 @@ mod tests {
         let aside = dir.join(format!("{}{seq}", super::SET_ASIDE_PREFIX));
         assert_eq!(opened.recovery.set_aside.as_deref(), Some(aside.as_path()));
         assert_eq!(opened.recovery.set_aside_records, set_aside);
-        assert!(
-            segment_files(&aside).len() == 1,
-            "the old segment is kept aside"
+        let aside_segments: Vec<(PathBuf, Vec<u8>)> = segment_files(&aside)
+            .into_iter()
+            .map(|path| (dir.join(path.file_name().unwrap()), fs::read(path).unwrap()))
+            .collect();
+        assert_eq!(
+            aside_segments, segments,
+            "the segments are set aside untouched"
         );
         let journal = &opened.journal;
         assert_eq!(
@@ -796,6 +816,25 @@ mod tests {
             corrupt(verify(dir.path()));
             check_restarted_after_snapshot(dir.path(), 5, 0);
         }
+    }
+
+    #[test]
+    fn mid_log_damage_below_a_snapshot_is_repaired_by_setting_every_segment_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let acked = fill(dir.path(), 200, &txns(20));
+        open(dir.path(), small_segments(200))
+            .journal
+            .write_snapshot(Seq(20), b"state@20")
+            .unwrap();
+        let files = segment_files(dir.path());
+        assert!(files.len() >= 4);
+        let layout = layout(dir.path(), &acked);
+        let (seg_idx, start, _) = layout[5];
+        assert!(seg_idx < files.len() - 1);
+        flip(&files[seg_idx], start + 25, 0x10);
+        let (path, offset, _) = corrupt(Journal::open(dir.path(), Options::default()));
+        assert_eq!((path, offset), (files[seg_idx].clone(), start));
+        check_restarted_after_snapshot(dir.path(), 20, 5);
     }
 
     #[test]
