@@ -268,3 +268,51 @@ fn issue17_repair_keeps_a_valid_snapshot_of_a_cut_journal_and_the_server_starts_
     expected.push("a6".to_string());
     assert_eq!(alias_names(&server), expected);
 }
+
+#[test]
+fn issue17_rollover_snapshots_and_retention_never_refuse_a_write() {
+    let store = crate::support::TestStore::with_models(&["llama3", "qwen"]);
+    let args = [
+        "--segment-bytes",
+        "2048",
+        "--retain",
+        "10",
+        "--snapshot-every",
+        "20",
+    ];
+    let mut server = Server::start_with_args(store, &args);
+    let addr = server.addr();
+    let writers: Vec<_> = (0..4)
+        .map(|writer| {
+            std::thread::spawn(move || {
+                for idx in 0..60 {
+                    let target = if idx % 2 == 0 { "llama3" } else { "qwen" };
+                    let body = serde_json::json!({ "target": target }).to_string();
+                    let resp = crate::support::http(
+                        addr,
+                        "PUT",
+                        &alias_path(&format!("w{writer}-{}", idx % 7)),
+                        &[("Content-Type", "application/json")],
+                        Some(body.as_bytes()),
+                    );
+                    assert!(resp.status == 200 || resp.status == 201, "{resp:?}");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().expect("writer");
+    }
+    let dir = server.journal_dir().to_path_buf();
+    assert!(
+        files_with_ext(&dir, "seg")
+            .first()
+            .is_some_and(|first| !first.ends_with("00000000000000000001.seg")),
+        "retention removed old segments"
+    );
+    server.get("/healthz").expect(200);
+    assert!(!server.stderr().contains(LOUD_LINE));
+    server.restart();
+    server.put_alias("after-restart", "llama3").expect(201);
+    assert!(!server.stderr().contains(LOUD_LINE));
+}
