@@ -405,25 +405,25 @@ impl Writer {
 
     /// Checks with `stat` that the file at the active segment's path is the one open.
     fn check_path(&self) -> Result<()> {
-        let status: FileStatus =
-            match self.shared.options.io.status(&self.path) {
-                Ok(status) => status,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(self.tampered(
-                    "the active segment is no longer at its path (the journal directory or the \
-                     file was deleted or moved)",
-                )),
-                Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
-                    return Err(self.tampered("the journal directory was replaced by a file"))
-                }
-                Err(e) => return Err(Error::io("stat", &self.path, e)),
-            };
-        match (status.id, self.file_id) {
-            (Some(found), Some(opened)) if found != opened => Err(self.tampered(
-                "another file is at the active segment's path (the journal directory or the \
-                 file was replaced)",
-            )),
-            _ => Ok(()),
-        }
+        use std::io::ErrorKind;
+        let what = match self.shared.options.io.status(&self.path) {
+            Ok(FileStatus { id: found, .. })
+                if found.is_some() && self.file_id.is_some() && found != self.file_id =>
+            {
+                "another file is at the active segment's path (the journal directory or the file \
+                 was replaced)"
+            }
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                "the active segment is no longer at its path (the journal directory or the file \
+                 was deleted or moved)"
+            }
+            Err(e) if e.kind() == ErrorKind::NotADirectory => {
+                "the journal directory was replaced by a file"
+            }
+            Err(e) => return Err(Error::io("stat", &self.path, e)),
+        };
+        Err(self.tampered(what))
     }
 
     fn tampered(&self, what: &str) -> Error {
@@ -722,11 +722,19 @@ mod tests {
     #[test]
     fn an_append_after_the_journal_directory_was_removed_or_replaced_fails() {
         type Tamper = fn(&std::path::Path);
-        let cases: [(&str, Tamper, &str); 4] = [
+        let cases: [(&str, Tamper, &str); 5] = [
             (
                 "removed",
                 |dir| std::fs::remove_dir_all(dir).unwrap(),
                 "deleted",
+            ),
+            (
+                "moved away and a file put in its place",
+                |dir| {
+                    std::fs::rename(dir, dir.with_extension("old")).unwrap();
+                    std::fs::write(dir, b"not a directory").unwrap();
+                },
+                "replaced by a file",
             ),
             (
                 "moved away and made again, empty",
@@ -887,8 +895,14 @@ mod tests {
         for thread in threads {
             thread.join().unwrap();
         }
+        journal
+            .write_snapshot(journal.last_seq(), b"state")
+            .unwrap();
+        assert!(
+            journal.first_seq() > Seq(1),
+            "segments rolled over and went"
+        );
         assert!(journal.tampered().is_none());
-        assert!(segment_files(dir.path()).len() > 1);
         journal.append(vec![payload(1, 40)]).unwrap();
         drop(journal);
         verify(dir.path()).unwrap();
