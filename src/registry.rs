@@ -829,6 +829,7 @@ impl Writer {
     fn fail_group(&mut self, e: journal::Error, pending: Vec<Pending>, n_events: usize) {
         {
             let message = e.to_string();
+            let tampered = matches!(e, journal::Error::Tampered { .. });
             match &e {
                 journal::Error::Tampered { .. } if self.tamper_reported => {
                     tracing::debug!("write refused, {n_events} events not applied: {message}");
@@ -855,8 +856,9 @@ impl Writer {
             for p in pending {
                 let res = match p.outcome {
                     Ok(_) => Err(error.take().map(RegistryError::Storage).unwrap_or_else(|| {
-                        if let Some(tampered) = self.journal.tampered() {
-                            return RegistryError::Storage(tampered);
+                        // The journal keeps its tampering: each request gets a copy.
+                        if let Some(error) = self.journal.tampered().filter(|_| tampered) {
+                            return RegistryError::Storage(error);
                         }
                         let source = match os_code {
                             Some(code) => std::io::Error::from_raw_os_error(code),

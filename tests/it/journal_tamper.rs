@@ -68,6 +68,28 @@ fn check_writes_refused_reads_served(server: &Server, aliases: &[String], seq: u
     server
         .send_json("POST", "/api/aliases", &batch)
         .expect_error(503, "restart aliasd");
+    // Concurrent writes, committed in groups: each one is told the same.
+    let addr = server.addr();
+    let writers: Vec<_> = (0..8)
+        .map(|idx| {
+            std::thread::spawn(move || {
+                let body = serde_json::json!({ "target": "llama3" }).to_string();
+                crate::support::http(
+                    addr,
+                    "PUT",
+                    &alias_path(&format!("c{idx}")),
+                    &[("Content-Type", "application/json")],
+                    Some(body.as_bytes()),
+                )
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer
+            .join()
+            .expect("writer")
+            .expect_error(503, "removed or damaged under the running server");
+    }
 
     assert_eq!(alias_names(server), aliases);
     server.get(&alias_path(&aliases[0])).expect(200);
