@@ -111,7 +111,8 @@ fn repair(dir: &Path, yes: bool) -> anyhow::Result<()> {
             reason,
         }) => {
             println!(
-                "damage in {} at byte {offset}: {reason}\nrepair keeps every record before it and drops that record and everything after it (later segments included)",
+                "damage in {} at byte {offset}: {reason}\nrepair keeps every record before it and drops that record and everything after it (later segments included); \
+                 a valid snapshot is always kept: if the records kept would end before it, every segment is moved as it is into a directory inside the journal's instead, and the journal goes on after the snapshot",
                 path.display()
             );
         }
@@ -121,11 +122,23 @@ fn repair(dir: &Path, yes: bool) -> anyhow::Result<()> {
         bail!("nothing changed; run again with --yes to repair");
     }
     let opened = open(dir, true)?;
-    println!(
-        "repaired: dropped {} records ({} bytes); journal now ends at seq {}",
-        opened.recovery.dropped_records,
-        opened.recovery.truncated_bytes,
-        opened.journal.last_seq().0
-    );
+    let recovery = &opened.recovery;
+    match (&recovery.set_aside, &opened.snapshot) {
+        (Some(aside), Some(snapshot)) => println!(
+            "repaired: kept the snapshot at seq {} (the registry as of that seq); the journal \
+             ended before it, so its segments ({} valid records, all covered by the snapshot) \
+             were moved, unchanged, to {}; journal now ends at seq {}",
+            snapshot.seq.0,
+            recovery.set_aside_records,
+            aside.display(),
+            opened.journal.last_seq().0
+        ),
+        _ => println!(
+            "repaired: dropped {} records ({} bytes); journal now ends at seq {}",
+            recovery.dropped_records,
+            recovery.truncated_bytes,
+            opened.journal.last_seq().0
+        ),
+    }
     Ok(())
 }

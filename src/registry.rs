@@ -239,6 +239,7 @@ impl Registry {
             finisher_thread: Some(finisher_thread),
             snapshot_every: config.snapshot_every.max(1),
             since_snapshot: 0,
+            tamper_reported: false,
         };
         let started = std::time::Instant::now();
         let n_events = writer
@@ -458,6 +459,9 @@ struct Writer {
     finisher_thread: Option<JoinHandle<()>>,
     snapshot_every: u64,
     since_snapshot: u64,
+    /// The journal was found changed under the server ([`journal::Error::Tampered`])
+    /// and that was logged: later refusals are not logged again at error level.
+    tamper_reported: bool,
 }
 
 type ReplySender = oneshot::Sender<Result<Reply, RegistryError>>;
@@ -867,7 +871,23 @@ impl Writer {
     fn fail_group(&mut self, e: journal::Error, pending: Vec<Pending>, n_events: usize) {
         {
             let message = e.to_string();
-            tracing::error!("journal append failed, {n_events} events not applied: {message}");
+            let tampered = matches!(e, journal::Error::Tampered { .. });
+            match &e {
+                journal::Error::Tampered { .. } if self.tamper_reported => {
+                    tracing::debug!("write refused, {n_events} events not applied: {message}");
+                }
+                journal::Error::Tampered { .. } => {
+                    self.tamper_reported = true;
+                    tracing::error!(
+                        "THE JOURNAL WAS REMOVED OR DAMAGED UNDER THE RUNNING SERVER: {n_events} \
+                         events not applied, and every write is refused from now on (reads go \
+                         on from memory): {message}"
+                    );
+                }
+                _ => tracing::error!(
+                    "journal append failed, {n_events} events not applied: {message}"
+                ),
+            }
             // Every request of the group gets the same error, its OS error
             // code included, so that each one's status (507 for ENOSPC) is right.
             let (kind, os_code) = match &e {
@@ -878,6 +898,10 @@ impl Writer {
             for p in pending {
                 let res = match p.outcome {
                     Ok(_) => Err(error.take().map(RegistryError::Storage).unwrap_or_else(|| {
+                        // The journal keeps its tampering: each request gets a copy.
+                        if let Some(error) = self.journal.tampered().filter(|_| tampered) {
+                            return RegistryError::Storage(error);
+                        }
                         let source = match os_code {
                             Some(code) => std::io::Error::from_raw_os_error(code),
                             None => std::io::Error::new(kind, message.clone()),

@@ -56,6 +56,21 @@ pub enum Error {
         /// The limit.
         max: u64,
     },
+    /// The journal's files were deleted, moved, replaced or cut by something else while
+    /// this process had them open. The appends that found it were not acknowledged, and
+    /// every later one fails with this error at once: writing on could only put records
+    /// where no later open finds them. Reads of what is already durable go on.
+    #[error(
+        "journal {path} was changed under the running process: {what}; nothing written since \
+         is acknowledged, and no write is accepted until aliasd is restarted (it then recovers \
+         the journal; if it refuses to start, run `aliasd journal repair`)"
+    )]
+    Tampered {
+        /// The active segment, where the check looked.
+        path: PathBuf,
+        /// What changed.
+        what: String,
+    },
     /// A snapshot was tagged with a seq the journal has not reached.
     #[error("snapshot seq {seq} is beyond the last durable seq {last}")]
     SeqOutOfRange {
@@ -109,6 +124,10 @@ impl Error {
                 reason: reason.clone(),
             },
             Error::Closed => Error::Closed,
+            Error::Tampered { path, what } => Error::Tampered {
+                path: path.clone(),
+                what: what.clone(),
+            },
             Error::Locked { dir } => Error::Locked { dir: dir.clone() },
             Error::Empty => Error::Empty,
             Error::TooLarge { bytes, max } => Error::TooLarge {

@@ -1,7 +1,8 @@
 //! The small file-I/O layer every journal file operation goes through.
 //!
-//! [`Io`] covers the directory (list, create, rename, remove, sync) and hands out
-//! [`IoFile`] handles for positioned reads and writes, `fdatasync` and truncation.
+//! [`Io`] covers the directory (list, create, rename, remove, sync, `stat`) and hands out
+//! [`IoFile`] handles for positioned reads and writes, `fdatasync`, truncation and
+//! `fstat` ([`FileStatus`], with which the writer notices its files changed under it).
 //! [`RealIo`] is the file system; [`FaultyIo`] wraps it with switches that make the next
 //! write short, the next fsync fail with `EIO`, or every write fail with `ENOSPC`,
 //! so tests (the journal's and the server's) can check what a failed append leaves behind.
@@ -34,6 +35,8 @@ pub trait Io: Send + Sync + fmt::Debug {
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Makes the entries of `dir` (created, renamed, removed files) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// `stat`: what is at `path` now (following symbolic links).
+    fn status(&self, path: &Path) -> io::Result<FileStatus>;
 }
 
 /// An open file of an [`Io`] layer.
@@ -48,6 +51,42 @@ pub trait IoFile: Send + Sync + fmt::Debug {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// The current length of the file.
     fn file_len(&self) -> io::Result<u64>;
+    /// `fstat`: the open file's identity, link count and length.
+    fn status(&self) -> io::Result<FileStatus>;
+}
+
+/// What `stat` or `fstat` says of a file: enough to tell whether the file the journal
+/// has open is still the one at its path, still linked, and as long as it was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStatus {
+    /// Device and inode number; `None` where the platform does not give them.
+    pub id: Option<(u64, u64)>,
+    /// How many directory entries name the file (0 once it is deleted); `None` where
+    /// the platform does not say.
+    pub links: Option<u64>,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+impl From<&fs::Metadata> for FileStatus {
+    #[cfg(unix)]
+    fn from(meta: &fs::Metadata) -> FileStatus {
+        use std::os::unix::fs::MetadataExt;
+        FileStatus {
+            id: Some((meta.dev(), meta.ino())),
+            links: Some(meta.nlink()),
+            len: meta.len(),
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn from(meta: &fs::Metadata) -> FileStatus {
+        FileStatus {
+            id: None,
+            links: None,
+            len: meta.len(),
+        }
+    }
 }
 
 /// Reads the whole of a file into memory.
@@ -137,6 +176,10 @@ impl Io for RealIo {
         // once the file system commits its metadata.
         Ok(())
     }
+
+    fn status(&self, path: &Path) -> io::Result<FileStatus> {
+        Ok(FileStatus::from(&fs::metadata(path)?))
+    }
 }
 
 impl IoFile for RealFile {
@@ -186,6 +229,10 @@ impl IoFile for RealFile {
 
     fn file_len(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
+    }
+
+    fn status(&self) -> io::Result<FileStatus> {
+        Ok(FileStatus::from(&self.0.metadata()?))
     }
 }
 
@@ -322,6 +369,10 @@ impl Io for FaultyIo {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         RealIo.sync_dir(dir)
     }
+
+    fn status(&self, path: &Path) -> io::Result<FileStatus> {
+        RealIo.status(path)
+    }
 }
 
 #[derive(Debug)]
@@ -383,5 +434,9 @@ impl IoFile for FaultyFile {
 
     fn file_len(&self) -> io::Result<u64> {
         self.inner.file_len()
+    }
+
+    fn status(&self) -> io::Result<FileStatus> {
+        self.inner.status()
     }
 }

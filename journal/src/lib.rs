@@ -74,7 +74,8 @@
 //!
 //! - A transaction without its commit record, a partial record, or a record with a bad
 //!   checksum, in the last segment, with no valid record after it that begins a batch or
-//!   follows a batch end, is a **torn tail**: what a crash in the middle of a batch leaves.
+//!   follows a batch end, and after the seq of the newest valid snapshot, is a **torn
+//!   tail**: what a crash in the middle of a batch leaves.
 //!   The segment is cut back to its last whole transaction;
 //!   [`Recovery::truncated_bytes`] says how much went.
 //!   A bit flip inside the last batch looks the same and is cut the same way.
@@ -83,7 +84,14 @@
 //!   the damage on, later segments included, is dropped.
 //!
 //! A snapshot with a bad checksum is ignored (an older one, or none, is returned).
-//! A snapshot ahead of the recovered log is deleted, since the seqs it covers will be reused.
+//! A valid snapshot is never deleted by recovery: it shows that every record up to its
+//! seq was durable, so a log that ends before it (cut under a running process, say)
+//! is damage, not a torn tail. `open` fails with [`Error::Corrupt`], and where a cut
+//! would leave the log ending before the snapshot, repair keeps the snapshot and starts
+//! the log again after it, moving the segments (whose records the snapshot covers) as
+//! they are to a directory inside the journal's ([`Recovery::set_aside`]).
+//! A damaged snapshot ahead of the recovered log is deleted, since the seqs it names
+//! will be reused.
 //!
 //! # Example
 //!
@@ -113,11 +121,11 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::sync::{mpsc, Arc, Mutex, OnceLock, RwLock};
 use std::thread::JoinHandle;
 
 pub use crate::error::{Error, Result};
-pub use crate::io::{is_disk_full, FaultyIo, Io, IoFile, RealIo};
+pub use crate::io::{is_disk_full, FaultyIo, FileStatus, Io, IoFile, RealIo};
 pub use crate::record::MAX_PAYLOAD_BYTES;
 pub use crate::segment::{SEGMENT_MAGIC, SEGMENT_VERSION};
 pub use crate::snapshot::{SNAPSHOT_MAGIC, SNAPSHOT_VERSION};
@@ -187,8 +195,15 @@ pub struct Recovery {
     pub dropped_records: u64,
     /// Snapshot files ignored because they are damaged (left on disk).
     pub ignored_snapshots: Vec<PathBuf>,
-    /// Snapshot files deleted because they cover seqs the recovered log does not hold.
+    /// Damaged snapshot files deleted because they name seqs the recovered log does not
+    /// hold yet (they will be reused).
     pub discarded_snapshots: Vec<PathBuf>,
+    /// Repair only: the directory (inside the journal's) where every segment went, as it
+    /// was, because the log (cut at its first damage, if any) ended before the newest valid
+    /// snapshot. The snapshot covers their records and is kept; the log goes on after it.
+    pub set_aside: Option<PathBuf>,
+    /// Valid records, before the first damage, in the segments moved to [`Recovery::set_aside`].
+    pub set_aside_records: u64,
 }
 
 /// The result of [`Journal::open`].
@@ -297,6 +312,9 @@ pub(crate) struct Shared {
     last_seq: AtomicU64,
     /// Serializes snapshot writes and retention.
     snapshot_lock: Mutex<()>,
+    /// Set once, by the writer, when it finds the active segment deleted, moved, replaced
+    /// or cut under it ([`Error::Tampered`]); from then on every append and snapshot fails.
+    tampered: OnceLock<Error>,
 }
 
 /// A segment as the handles and readers know it.
@@ -322,6 +340,16 @@ impl Shared {
     pub(crate) fn push_segment(&self, meta: SegmentMeta) {
         self.segments.write().unwrap().push(meta);
     }
+
+    /// The tampering found, if any, as an error to answer with.
+    pub(crate) fn tampered(&self) -> Option<Error> {
+        self.tampered.get().map(Error::duplicate)
+    }
+
+    /// Records tampering (the first found is kept): nothing is written from now on.
+    pub(crate) fn set_tampered(&self, error: &Error) {
+        let _ = self.tampered.set(error.duplicate());
+    }
 }
 
 impl Journal {
@@ -345,6 +373,7 @@ impl Journal {
             segments: RwLock::new(recovered.segments),
             last_seq: AtomicU64::new(recovered.last_seq),
             snapshot_lock: Mutex::new(()),
+            tampered: OnceLock::new(),
         });
         let writer = writer::Writer::new(
             Arc::clone(&shared),
@@ -382,10 +411,12 @@ impl Journal {
     /// # Errors
     ///
     /// [`Error::Empty`] for no payloads, [`Error::TooLarge`] for a payload over
-    /// [`MAX_PAYLOAD_BYTES`], [`Error::Closed`] after [`Journal::close`], and
+    /// [`MAX_PAYLOAD_BYTES`], [`Error::Closed`] after [`Journal::close`],
     /// [`Error::Io`] when the write or the sync fails (the `std::io::Error` keeps its
-    /// kind and raw OS error, so `ENOSPC` is detectable). A failed sync may still leave the
-    /// transaction on disk if the process dies before the writer has cut it off again.
+    /// kind and raw OS error, so `ENOSPC` is detectable), and [`Error::Tampered`] once the
+    /// active segment was found deleted, moved, replaced or cut under the writer (see
+    /// [`Journal::tampered`]). A failed sync may still leave the transaction on disk if the
+    /// process dies before the writer has cut it off again.
     pub fn append(&self, payloads: Vec<Vec<u8>>) -> Result<Seq> {
         self.submit(payloads)?.wait()
     }
@@ -411,6 +442,9 @@ impl Journal {
 
     /// Checks a transaction and queues it for the writer.
     fn submit(&self, payloads: Vec<Vec<u8>>) -> Result<Arc<writer::Reply>> {
+        if let Some(error) = self.inner.shared.tampered() {
+            return Err(error);
+        }
         if payloads.is_empty() {
             return Err(Error::Empty);
         }
@@ -430,6 +464,19 @@ impl Journal {
         // On failure the request comes back and is dropped, which replies `Closed`.
         let _ = sender.send(request);
         Ok(reply)
+    }
+
+    /// [`Error::Tampered`] once the writer has found the journal's active segment deleted,
+    /// moved, replaced or cut under it (its directory removed, say); `None` while intact.
+    ///
+    /// The writer looks before and after each batch (an `fstat` of the open segment, and
+    /// a `stat` of its path once the batch is synced), and acknowledges a batch only if both
+    /// looks agree that the file at the path is the one written to, is linked, and is as
+    /// long as the writer made it. From then on every append and snapshot fails with this
+    /// error; only a new process, which opens and recovers the journal, can write again.
+    /// Reads of what was durable before go on, as far as the files are still there.
+    pub fn tampered(&self) -> Option<Error> {
+        self.inner.shared.tampered()
     }
 
     /// The seq of the last durable record (Seq(0) if empty).
@@ -491,10 +538,15 @@ impl Journal {
     ///
     /// # Errors
     ///
-    /// [`Error::SeqOutOfRange`] if `seq` is beyond [`Journal::last_seq`]; [`Error::Io`].
+    /// [`Error::SeqOutOfRange`] if `seq` is beyond [`Journal::last_seq`]; [`Error::Io`];
+    /// [`Error::Tampered`] (see [`Journal::tampered`]): the directory may not be the
+    /// journal's any more.
     pub fn write_snapshot(&self, seq: Seq, data: &[u8]) -> Result<()> {
         let shared = &self.inner.shared;
         let _guard = shared.snapshot_lock.lock().unwrap();
+        if let Some(error) = shared.tampered() {
+            return Err(error);
+        }
         let last = self.last_seq();
         if seq > last {
             return Err(Error::SeqOutOfRange { seq, last });

@@ -15,7 +15,14 @@
 //! The proof that damage was durable comes from the batch flags: the writer starts a
 //! batch only after the previous one is synced, so a valid record that begins a batch,
 //! or any valid record after the end of a batch, shows that the bytes before it were
-//! on disk before the crash.
+//! on disk before the crash. The newest valid snapshot is a proof too: a snapshot is
+//! written only for durable records, so damage at or before its seq is mid-log damage.
+//!
+//! Snapshots are therefore read first. A valid one is never deleted: when the log ends
+//! before it, or would once cut at its damage (only damage does that), `open` fails, and
+//! repair keeps the snapshot, moves every segment as it is (the records before the
+//! damage are all covered by the snapshot) to a `set-aside-before-snapshot-<seq>`
+//! directory inside the journal's, and starts a new segment after the snapshot.
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +30,11 @@ use crate::error::{Error, Result};
 use crate::io::{self, Io, IoFile};
 use crate::segment::{self, Damage, SEGMENT_HEADER_LEN};
 use crate::{snapshot, Options, Recovery, SegmentMeta, Seq, Snapshot, VerifyReport};
+
+/// The start of the name of the directory, inside the journal's, where repair moves
+/// the segments a snapshot covers when the log ends before that snapshot; the
+/// snapshot's seq follows. Neither recovery nor readers look inside it.
+pub(crate) const SET_ASIDE_PREFIX: &str = "set-aside-before-snapshot-";
 
 /// The state recovery leaves behind, handed to the writer.
 #[derive(Debug)]
@@ -45,11 +57,30 @@ pub(crate) fn recover(dir: &Path, options: &Options) -> Result<Recovered> {
     io.create_dir_all(dir)
         .map_err(|e| Error::io("create dir", dir, e))?;
     snapshot::remove_temp_files(io, dir)?;
-    let listed = segment::list(io, dir)?;
     let mut recovery = Recovery::default();
+    // Snapshots first: the newest valid one proves that every record up to its seq
+    // was durable, so damage among those records is no torn tail.
+    let snapshots = snapshot::list(io, dir)?;
+    let mut found = None;
+    for (seq, path) in snapshots.iter().rev() {
+        match snapshot::load(io, path, *seq)? {
+            Ok(data) => {
+                found = Some(Snapshot {
+                    seq: Seq(*seq),
+                    data,
+                });
+                break;
+            }
+            Err(_) => recovery.ignored_snapshots.push(path.clone()),
+        }
+    }
+    let snapshot_seq = found.as_ref().map_or(0, |snap| snap.seq.0);
+    let listed = segment::list(io, dir)?;
     let mut segments: Vec<SegmentMeta> = Vec::new();
     let mut last_seq = 0;
     let mut buf = Vec::new();
+    // Repair only: the last seq of a log that ends before the snapshot.
+    let mut short_of_snapshot = None;
 
     for (seg_idx, (name_seq, path)) in listed.iter().enumerate() {
         read_file_into(io, path, &mut buf)?;
@@ -87,9 +118,16 @@ pub(crate) fn recover(dir: &Path, options: &Options) -> Result<Recovered> {
         } else {
             segment::scan_after_damage(&buf, damage.offset, scan.last_seq)
         };
-        let mid_log = !is_last || !damage.torn || after.proves_durable;
+        let mid_log =
+            !is_last || !damage.torn || after.proves_durable || snapshot_seq > scan.last_seq;
         if mid_log && !options.repair {
             return Err(Error::corrupt(path, damage.offset, damage.reason));
+        }
+        if snapshot_seq > scan.last_seq {
+            // A cut here would leave a log that ends before the snapshot: every segment
+            // goes aside as it is instead (below).
+            short_of_snapshot = Some(scan.last_seq);
+            break;
         }
 
         // Cut here. Later segments go first, newest first, so that a crash midway leaves
@@ -150,33 +188,62 @@ pub(crate) fn recover(dir: &Path, options: &Options) -> Result<Recovered> {
         break;
     }
 
-    let snapshots = snapshot::list(io, dir)?;
-    let newest_seq = if segments.is_empty() {
-        u64::MAX
-    } else {
-        last_seq
-    };
-    let mut found = None;
-    for (seq, path) in snapshots.iter().rev() {
-        if *seq > newest_seq {
-            // Ahead of the log (its tail was cut): the seqs it covers will be reused.
-            io.remove_file(path)
-                .map_err(|e| Error::io("remove", path, e))?;
-            io.sync_dir(dir)
-                .map_err(|e| Error::io("sync dir", dir, e))?;
-            recovery.discarded_snapshots.push(path.clone());
-            continue;
-        }
-        match snapshot::load(io, path, *seq)? {
-            Ok(data) => {
-                found = Some(Snapshot {
-                    seq: Seq(*seq),
-                    data,
-                });
-                break;
+    // The log ends before the snapshot: records it proves durable are gone (cut under a
+    // running server, say). Repair keeps the snapshot and restarts the log after it; the
+    // segments, whose records are all covered by the snapshot, are set aside untouched.
+    if let (None, Some(active)) = (short_of_snapshot, segments.last()) {
+        if snapshot_seq > last_seq {
+            if !options.repair {
+                let reason = format!(
+                    "the journal ends at seq {last_seq}, but the snapshot at seq {snapshot_seq} \
+                     shows that records up to it were written: they are missing"
+                );
+                return Err(Error::corrupt(&active.path, active.len, reason));
             }
-            Err(_) => recovery.ignored_snapshots.push(path.clone()),
+            short_of_snapshot = Some(last_seq);
         }
+    }
+    if let Some(end_seq) = short_of_snapshot {
+        let aside = dir.join(format!("{SET_ASIDE_PREFIX}{snapshot_seq}"));
+        io.create_dir_all(&aside)
+            .map_err(|e| Error::io("create dir", &aside, e))?;
+        // Newest first, so that a crash midway leaves a log that still ends before the
+        // snapshot, which repair handles the same way again.
+        for (_, path) in listed.iter().rev() {
+            let Some(name) = path.file_name() else {
+                continue;
+            };
+            io.rename(path, &aside.join(name))
+                .map_err(|e| Error::io("rename", path, e))?;
+        }
+        io.sync_dir(&aside)
+            .map_err(|e| Error::io("sync dir", &aside, e))?;
+        io.sync_dir(dir)
+            .map_err(|e| Error::io("sync dir", dir, e))?;
+        let first_seq = listed.first().map_or(1, |(first, _)| *first);
+        recovery.set_aside_records = (end_seq + 1).saturating_sub(first_seq);
+        recovery.set_aside = Some(aside);
+        segments.clear();
+    }
+
+    if !segments.is_empty() {
+        // Damaged snapshots ahead of the log: the seqs they name will be reused.
+        let mut kept = Vec::new();
+        for path in std::mem::take(&mut recovery.ignored_snapshots) {
+            let ahead = snapshots
+                .iter()
+                .any(|(seq, listed)| *listed == path && *seq > last_seq);
+            if ahead {
+                io.remove_file(&path)
+                    .map_err(|e| Error::io("remove", &path, e))?;
+                io.sync_dir(dir)
+                    .map_err(|e| Error::io("sync dir", dir, e))?;
+                recovery.discarded_snapshots.push(path);
+            } else {
+                kept.push(path);
+            }
+        }
+        recovery.ignored_snapshots = kept;
     }
 
     let active_path = match segments.last() {
@@ -638,24 +705,166 @@ mod tests {
         assert_eq!(opened.journal.append(vec![b"x".to_vec()]).unwrap(), Seq(4));
     }
 
-    #[test]
-    fn a_snapshot_ahead_of_a_cut_log_is_discarded() {
-        let dir = tempfile::tempdir().unwrap();
-        let journal = open(dir.path(), Options::default()).journal;
+    /// Five one-record transactions of 30-byte payloads, snapshots at `snapshots`, closed.
+    fn five_with_snapshots(dir: &Path, snapshots: &[u64]) -> PathBuf {
+        let journal = open(dir, Options::default()).journal;
         for idx in 0..5 {
             journal.append(vec![payload(idx, 30)]).unwrap();
         }
-        journal.write_snapshot(Seq(3), b"three").unwrap();
-        journal.write_snapshot(Seq(5), b"five").unwrap();
+        for seq in snapshots {
+            journal
+                .write_snapshot(Seq(*seq), format!("state@{seq}").as_bytes())
+                .unwrap();
+        }
         drop(journal);
-        let seg = segment_files(dir.path()).pop().unwrap();
-        let end = SEGMENT_HEADER_LEN as u64 + 5 * (record::HEADER_LEN as u64 + 30);
-        cut(&seg, end - 1);
+        segment_files(dir).pop().unwrap()
+    }
+
+    /// Where the `n`th of [`five_with_snapshots`]'s records ends.
+    fn end_of_record(n: u64) -> u64 {
+        SEGMENT_HEADER_LEN as u64 + n * (record::HEADER_LEN as u64 + 30)
+    }
+
+    fn repair() -> Options {
+        Options {
+            repair: true,
+            ..Options::default()
+        }
+    }
+
+    /// A repaired journal that went on after its snapshot at `seq`: the snapshot is kept,
+    /// the log starts after it, and the set-aside segments hold `set_aside` records.
+    fn check_restarted_after_snapshot(dir: &Path, seq: u64, set_aside: u64) {
+        let snaps = snapshot_files(dir);
+        let segments: Vec<(PathBuf, Vec<u8>)> = segment_files(dir)
+            .into_iter()
+            .map(|path| (path.clone(), fs::read(path).unwrap()))
+            .collect();
+        let opened = open(dir, repair());
+        let snapshot = opened.snapshot.clone().expect("the snapshot is kept");
+        assert_eq!(
+            (snapshot.seq, snapshot.data),
+            (Seq(seq), format!("state@{seq}").into_bytes())
+        );
+        assert_eq!(snapshot_files(dir), snaps, "no snapshot deleted");
+        let aside = dir.join(format!("{}{seq}", super::SET_ASIDE_PREFIX));
+        assert_eq!(opened.recovery.set_aside.as_deref(), Some(aside.as_path()));
+        assert_eq!(opened.recovery.set_aside_records, set_aside);
+        let aside_segments: Vec<(PathBuf, Vec<u8>)> = segment_files(&aside)
+            .into_iter()
+            .map(|path| (dir.join(path.file_name().unwrap()), fs::read(path).unwrap()))
+            .collect();
+        assert_eq!(
+            aside_segments, segments,
+            "the segments are set aside untouched"
+        );
+        let journal = &opened.journal;
+        assert_eq!(
+            (journal.first_seq(), journal.last_seq()),
+            (Seq(seq + 1), Seq(seq))
+        );
+        assert_eq!(records(journal, 1), vec![]);
+        assert_eq!(
+            journal.append(vec![b"next".to_vec()]).unwrap(),
+            Seq(seq + 1)
+        );
+        drop(opened);
+        let report = verify(dir).unwrap();
+        assert_eq!(
+            (report.last_seq, report.snapshot_seq),
+            (Seq(seq + 1), Some(Seq(seq)))
+        );
+        let reopened = open(dir, Options::default());
+        assert_eq!(reopened.snapshot.map(|s| s.seq), Some(Seq(seq)));
+        assert_eq!(
+            records(&reopened.journal, 1),
+            vec![(seq + 1, b"next".to_vec())]
+        );
+    }
+
+    #[test]
+    fn a_log_cut_below_a_valid_snapshot_fails_open_and_repair_keeps_the_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = five_with_snapshots(dir.path(), &[3, 5]);
+        // Record 5 torn: a torn tail by the bytes, but the snapshot at 5 shows it was durable.
+        cut(&seg, end_of_record(5) - 1);
+        let before = (fs::read(&seg).unwrap(), snapshot_files(dir.path()));
+        let (path, offset, reason) = corrupt(Journal::open(dir.path(), Options::default()));
+        assert_eq!((path, offset), (seg.clone(), end_of_record(4)));
+        assert!(reason.starts_with("incomplete record"), "{reason}");
+        assert_eq!(
+            (fs::read(&seg).unwrap(), snapshot_files(dir.path())),
+            before,
+            "a failed open changes nothing"
+        );
+        check_restarted_after_snapshot(dir.path(), 5, 4);
+    }
+
+    #[test]
+    fn a_segment_cut_to_its_header_below_a_snapshot_fails_open_and_repair_keeps_the_snapshot() {
+        for cut_to in [SEGMENT_HEADER_LEN as u64, 0] {
+            let dir = tempfile::tempdir().unwrap();
+            let seg = five_with_snapshots(dir.path(), &[5]);
+            cut(&seg, cut_to);
+            let (path, _, reason) = corrupt(Journal::open(dir.path(), Options::default()));
+            assert_eq!(path, seg);
+            if cut_to == 0 {
+                assert!(reason.starts_with("incomplete segment header"), "{reason}");
+            } else {
+                assert!(reason.contains("snapshot at seq 5"), "{reason}");
+            }
+            corrupt(verify(dir.path()));
+            check_restarted_after_snapshot(dir.path(), 5, 0);
+        }
+    }
+
+    #[test]
+    fn mid_log_damage_below_a_snapshot_is_repaired_by_setting_every_segment_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let acked = fill(dir.path(), 200, &txns(20));
+        open(dir.path(), small_segments(200))
+            .journal
+            .write_snapshot(Seq(20), b"state@20")
+            .unwrap();
+        let files = segment_files(dir.path());
+        assert!(files.len() >= 4);
+        let layout = layout(dir.path(), &acked);
+        let (seg_idx, start, _) = layout[5];
+        assert!(seg_idx < files.len() - 1);
+        flip(&files[seg_idx], start + 25, 0x10);
+        let (path, offset, _) = corrupt(Journal::open(dir.path(), Options::default()));
+        assert_eq!((path, offset), (files[seg_idx].clone(), start));
+        check_restarted_after_snapshot(dir.path(), 20, 5);
+    }
+
+    #[test]
+    fn damage_after_a_valid_snapshot_is_repaired_keeping_the_snapshot_and_the_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = five_with_snapshots(dir.path(), &[2]);
+        flip(&seg, end_of_record(3) + 25, 0x10);
+        let (path, offset, _) = corrupt(Journal::open(dir.path(), Options::default()));
+        assert_eq!((path, offset), (seg, end_of_record(3)));
+        let opened = open(dir.path(), repair());
+        assert_eq!(opened.snapshot.as_ref().map(|s| s.seq), Some(Seq(2)));
+        assert_eq!(opened.recovery.set_aside, None);
+        let kept: Vec<u64> = records(&opened.journal, 1).iter().map(|r| r.0).collect();
+        assert_eq!(kept, [1, 2, 3]);
+        drop(opened);
+        assert_eq!(verify(dir.path()).unwrap().snapshot_seq, Some(Seq(2)));
+    }
+
+    #[test]
+    fn a_damaged_snapshot_ahead_of_a_cut_log_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = five_with_snapshots(dir.path(), &[3, 5]);
         let snaps = snapshot_files(dir.path());
+        flip(&snaps[1], 35, 1);
+        cut(&seg, end_of_record(5) - 1);
         let opened = open(dir.path(), Options::default());
         assert_eq!(opened.journal.last_seq(), Seq(4));
         assert_eq!(opened.snapshot.map(|s| s.seq), Some(Seq(3)));
         assert_eq!(opened.recovery.discarded_snapshots, vec![snaps[1].clone()]);
+        assert_eq!(opened.recovery.ignored_snapshots, Vec::<PathBuf>::new());
         assert_eq!(snapshot_files(dir.path()), snaps[..1]);
     }
 

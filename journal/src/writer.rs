@@ -12,6 +12,15 @@
 //! segment back to the last durable length and syncs that before writing anything
 //! else. It never assumes that bytes a failed fsync covered are on disk ("fsyncgate"):
 //! the whole batch is written again by later appends, from the durable end.
+//!
+//! Before each batch and again after its `fdatasync`, the writer checks that the active
+//! segment is still the journal's: linked (an `fstat` link count above 0), as long as
+//! the writer made it (not truncated under it), and, after the sync, still the file at
+//! its path (a `stat` of the path gives its device and inode), so that a journal
+//! directory deleted, moved or replaced is noticed. If not, the batch is not
+//! acknowledged and the journal is marked tampered: every later append fails at once
+//! ([`Error::Tampered`]). Rollover, snapshots and retention never trip this: the
+//! writer itself switches to a new segment, and only older segments are ever deleted.
 
 use std::path::PathBuf;
 use std::sync::mpsc::Receiver;
@@ -20,7 +29,7 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::io::IoFile;
+use crate::io::{FileStatus, IoFile};
 use crate::record::{self, FLAG_BATCH_BEGIN, FLAG_BATCH_END, FLAG_TXN_END};
 use crate::segment::{self, SEGMENT_HEADER_LEN};
 use crate::{SegmentMeta, Seq, Shared};
@@ -193,8 +202,12 @@ pub(crate) struct Writer {
     /// Length of the active segment that is synced and published. Writes go here.
     durable_len: u64,
     /// The file's length: from `durable_len` to here it holds zeros written ahead
-    /// (see [`crate::Options::preallocate_bytes`]).
+    /// (see [`crate::Options::preallocate_bytes`]). The file is never shorter than this
+    /// unless something else cut it (the writer lowers it before it truncates).
     allocated_len: u64,
+    /// Device and inode of the active segment, from `fstat` when it was opened: the
+    /// file at `path` must still be this one.
+    file_id: Option<(u64, u64)>,
     /// Writing zeros ahead failed in this segment (a full disk, most likely): the
     /// writer no longer tries until the next segment.
     preallocation_failed: bool,
@@ -217,12 +230,14 @@ impl Writer {
     ) -> Writer {
         // Unknown length: assume no zeros ahead; writing zeros over zeros is harmless.
         let allocated_len = file.file_len().unwrap_or(durable_len).max(durable_len);
+        let file_id = file.status().ok().and_then(|status| status.id);
         Writer {
             shared,
             path,
             file,
             durable_len,
             allocated_len,
+            file_id,
             preallocation_failed: false,
             next_seq,
             dirty: false,
@@ -265,7 +280,10 @@ impl Writer {
                 }
             }
             Err(error) => {
-                if self.dirty {
+                if matches!(error, Error::Tampered { .. }) {
+                    // The file is not the journal's any more: leave it as it is.
+                    self.shared.set_tampered(&error);
+                } else if self.dirty {
                     // Best effort now; if it fails, the next batch tries again first.
                     let _ = self.heal();
                 }
@@ -280,6 +298,11 @@ impl Writer {
     }
 
     fn write_batch(&mut self, batch: &[Request]) -> Result<()> {
+        if let Some(error) = self.shared.tampered() {
+            return Err(error);
+        }
+        // Before healing, which would lengthen a file cut under us back to `durable_len`.
+        self.check_open_file()?;
         if self.dirty {
             self.heal()?;
         }
@@ -322,6 +345,9 @@ impl Writer {
             }
             return Err(Error::io("fdatasync", &self.path, e));
         }
+        // Only a batch synced into the journal's own file is acknowledged.
+        self.check_open_file()?;
+        self.check_path()?;
         self.dirty = false;
         self.durable_len = end;
         self.next_seq = seq;
@@ -354,6 +380,59 @@ impl Writer {
         }
     }
 
+    /// Checks with `fstat` that the active segment is still linked and at least as long
+    /// as the writer made it ([`Writer::allocated_len`]).
+    fn check_open_file(&self) -> Result<()> {
+        let status = self
+            .file
+            .status()
+            .map_err(|e| Error::io("fstat", &self.path, e))?;
+        if status.links == Some(0) {
+            return Err(self.tampered(
+                "the active segment was deleted or replaced (the file being written has no name \
+                 left: the journal directory or the file was removed, or another file renamed \
+                 over it)",
+            ));
+        }
+        if status.len < self.allocated_len {
+            return Err(self.tampered(&format!(
+                "the active segment was truncated to {} bytes, while {} had been written to it",
+                status.len, self.allocated_len
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks with `stat` that the file at the active segment's path is the one open.
+    fn check_path(&self) -> Result<()> {
+        use std::io::ErrorKind;
+        let what = match self.shared.options.io.status(&self.path) {
+            Ok(FileStatus { id: found, .. })
+                if found.is_some() && self.file_id.is_some() && found != self.file_id =>
+            {
+                "another file is at the active segment's path (the journal directory or the file \
+                 was replaced)"
+            }
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                "the active segment is no longer at its path (the journal directory or the file \
+                 was deleted or moved)"
+            }
+            Err(e) if e.kind() == ErrorKind::NotADirectory => {
+                "the journal directory was replaced by a file"
+            }
+            Err(e) => return Err(Error::io("stat", &self.path, e)),
+        };
+        Err(self.tampered(what))
+    }
+
+    fn tampered(&self, what: &str) -> Error {
+        Error::Tampered {
+            path: self.path.clone(),
+            what: what.to_string(),
+        }
+    }
+
     /// Cuts whatever a failed batch left past the durable end, and syncs the cut.
     fn heal(&mut self) -> Result<()> {
         self.allocated_len = self.durable_len;
@@ -371,7 +450,9 @@ impl Writer {
     fn roll_over(&mut self) -> Result<()> {
         if self.allocated_len > self.durable_len {
             // The sealed segment keeps no zeros; if this fails or is lost in a crash,
-            // recovery takes the zeros for what they are.
+            // recovery takes the zeros for what they are. Lowered first: if the new segment
+            // cannot be made, this one stays active, shorter, and must not look cut.
+            self.allocated_len = self.durable_len;
             let _ = self.file.set_len(self.durable_len);
         }
         let (path, file) =
@@ -382,6 +463,7 @@ impl Writer {
             len: SEGMENT_HEADER_LEN as u64,
         });
         self.path = path;
+        self.file_id = file.status().ok().and_then(|status| status.id);
         self.file = file;
         self.durable_len = SEGMENT_HEADER_LEN as u64;
         self.allocated_len = self.durable_len;
@@ -394,6 +476,7 @@ impl Writer {
 mod tests {
     use std::time::Duration;
 
+    use crate::segment::SEGMENT_HEADER_LEN;
     use crate::testing::{block_on, faulty, open, payload, records, segment_files};
     use crate::{verify, Error, Journal, Seq};
 
@@ -591,6 +674,237 @@ mod tests {
             records(&reopened.journal, 1),
             expected(&[(1, 100), (2, 101), (3, 102)])
         );
+        verify(dir.path()).unwrap();
+    }
+
+    /// The `what` of an `Error::Tampered`, panicking on anything else.
+    fn tampered(res: crate::Result<Seq>) -> String {
+        match res {
+            Err(Error::Tampered { what, .. }) => what,
+            other => panic!("expected Error::Tampered, got {other:?}"),
+        }
+    }
+
+    /// After tampering: the journal says so, and every append and snapshot fails at
+    /// once, without writing anything.
+    fn check_refuses_everything(journal: &Journal, faults: &crate::FaultyIo, last: u64) {
+        assert!(matches!(journal.tampered(), Some(Error::Tampered { .. })));
+        let writes = faults.writes();
+        for _ in 0..3 {
+            tampered(journal.append(vec![payload(7, 40)]));
+            tampered(block_on(journal.append_async(vec![payload(8, 40)])));
+        }
+        assert!(matches!(
+            journal.write_snapshot(Seq(last), b"state"),
+            Err(Error::Tampered { .. })
+        ));
+        assert_eq!(
+            faults.writes(),
+            writes,
+            "nothing written after the detection"
+        );
+        assert_eq!(journal.last_seq(), Seq(last));
+    }
+
+    #[test]
+    fn an_append_after_the_active_segment_was_deleted_fails_and_so_does_every_later_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (options, faults) = faulty(64 << 20);
+        let journal = open(dir.path(), options).journal;
+        append_n(&journal, 1, 100, 3);
+        assert!(journal.tampered().is_none());
+        std::fs::remove_file(segment_files(dir.path()).pop().unwrap()).unwrap();
+        let what = tampered(journal.append(vec![payload(999, 40)]));
+        assert!(what.contains("deleted"), "{what}");
+        check_refuses_everything(&journal, &faults, 3);
+    }
+
+    #[test]
+    fn an_append_after_the_journal_directory_was_removed_or_replaced_fails() {
+        type Tamper = fn(&std::path::Path);
+        let cases: [(&str, Tamper, &str); 5] = [
+            (
+                "removed",
+                |dir| std::fs::remove_dir_all(dir).unwrap(),
+                "deleted",
+            ),
+            (
+                "moved away and a file put in its place",
+                |dir| {
+                    std::fs::rename(dir, dir.with_extension("old")).unwrap();
+                    std::fs::write(dir, b"not a directory").unwrap();
+                },
+                "replaced by a file",
+            ),
+            (
+                "moved away and made again, empty",
+                |dir| {
+                    std::fs::rename(dir, dir.with_extension("old")).unwrap();
+                    std::fs::create_dir(dir).unwrap();
+                },
+                "no longer at its path",
+            ),
+            (
+                "replaced by a copy",
+                |dir| {
+                    let copy = dir.with_extension("copy");
+                    std::fs::create_dir(&copy).unwrap();
+                    for path in segment_files(dir) {
+                        std::fs::copy(&path, copy.join(path.file_name().unwrap())).unwrap();
+                    }
+                    std::fs::rename(dir, dir.with_extension("old")).unwrap();
+                    std::fs::rename(&copy, dir).unwrap();
+                },
+                "another file",
+            ),
+            (
+                "its active segment replaced by a copy",
+                |dir| {
+                    let active = segment_files(dir).pop().unwrap();
+                    let copy = active.with_extension("copy");
+                    std::fs::copy(&active, &copy).unwrap();
+                    std::fs::rename(&copy, &active).unwrap();
+                },
+                "replaced",
+            ),
+        ];
+        for (case, tamper, expected) in cases {
+            let base = tempfile::tempdir().unwrap();
+            let dir = base.path().join("journal");
+            let (options, faults) = faulty(64 << 20);
+            let journal = open(&dir, options).journal;
+            append_n(&journal, 1, 100, 2);
+            tamper(&dir);
+            let what = tampered(journal.append(vec![payload(999, 40)]));
+            assert!(what.contains(expected), "{case}: {what}");
+            check_refuses_everything(&journal, &faults, 2);
+        }
+    }
+
+    #[test]
+    fn an_append_after_the_active_segment_was_truncated_fails() {
+        for zeros_ahead in [0, 4096] {
+            for cut_to in [0, SEGMENT_HEADER_LEN as u64, 100] {
+                let dir = tempfile::tempdir().unwrap();
+                let (mut options, faults) = faulty(64 << 20);
+                options.preallocate_bytes = zeros_ahead;
+                let journal = open(dir.path(), options).journal;
+                append_n(&journal, 1, 100, 3);
+                let active = segment_files(dir.path()).pop().unwrap();
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&active)
+                    .unwrap()
+                    .set_len(cut_to)
+                    .unwrap();
+                let what = tampered(journal.append(vec![payload(999, 40)]));
+                assert!(what.contains("truncated"), "{zeros_ahead} {cut_to}: {what}");
+                check_refuses_everything(&journal, &faults, 3);
+                assert_eq!(
+                    std::fs::metadata(&active).unwrap().len(),
+                    cut_to,
+                    "the writer left the cut file alone"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_segment_deleted_or_cut_during_the_sync_is_not_acknowledged() {
+        type Tamper = fn(&std::path::Path);
+        let cases: [(Tamper, &str); 2] = [
+            (|active| std::fs::remove_file(active).unwrap(), "deleted"),
+            (
+                |active| {
+                    let file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(active)
+                        .unwrap();
+                    file.set_len(SEGMENT_HEADER_LEN as u64).unwrap();
+                },
+                "truncated",
+            ),
+        ];
+        for (tamper, expected) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let (options, faults) = faulty(64 << 20);
+            let journal = open(dir.path(), options).journal;
+            append_n(&journal, 1, 100, 2);
+            let active = segment_files(dir.path()).pop().unwrap();
+            let syncs = faults.syncs();
+            // The sync lasts long enough to tamper while the batch is written but not answered.
+            faults.set_sync_delay(Duration::from_millis(300));
+            let appender = {
+                let journal = journal.clone();
+                std::thread::spawn(move || journal.append(vec![payload(999, 40)]))
+            };
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while faults.syncs() == syncs {
+                assert!(std::time::Instant::now() < deadline, "the sync never began");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            tamper(&active);
+            let what = tampered(appender.join().unwrap());
+            assert!(what.contains(expected), "{what}");
+            faults.set_sync_delay(Duration::ZERO);
+            check_refuses_everything(&journal, &faults, 2);
+        }
+    }
+
+    #[test]
+    fn rollover_snapshots_retention_and_failed_batches_never_look_like_tampering() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut options, faults) = faulty(2048);
+        options.retain = Some(20);
+        options.preallocate_bytes = 512;
+        let journal = open(dir.path(), options.clone()).journal;
+        let threads: Vec<_> = (0..4u64)
+            .map(|thread_idx| {
+                let journal = journal.clone();
+                std::thread::spawn(move || {
+                    for idx in 0..150 {
+                        match journal.append(vec![payload(thread_idx * 1000 + idx, 40)]) {
+                            // The injected fsync errors below.
+                            Ok(_)
+                            | Err(Error::Io {
+                                op: "fdatasync", ..
+                            }) => {}
+                            Err(e) => panic!("append: {e}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for round in 0..30 {
+            // Snapshots delete covered segments while appends go on.
+            let last = journal.last_seq();
+            match journal.write_snapshot(last, b"state") {
+                // The injected fsync error below, if the snapshot's sync drew it.
+                Ok(())
+                | Err(Error::Io {
+                    op: "fdatasync", ..
+                }) => {}
+                Err(e) => panic!("snapshot: {e}"),
+            }
+            if round % 10 == 5 {
+                // A failed batch is cut off (`heal`), not taken for a truncation.
+                faults.fail_next_sync();
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        journal
+            .write_snapshot(journal.last_seq(), b"state")
+            .unwrap();
+        assert!(
+            journal.first_seq() > Seq(1),
+            "segments rolled over and went"
+        );
+        assert!(journal.tampered().is_none());
+        journal.append(vec![payload(1, 40)]).unwrap();
+        drop(journal);
         verify(dir.path()).unwrap();
     }
 

@@ -452,10 +452,24 @@ pub async fn models_list(State(state): State<AppState>) -> Json<serde_json::Valu
     Json(serde_json::json!({ "models": models }))
 }
 
-/// `GET /healthz`.
-pub async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let seq = state.registry.journal().last_seq().0;
-    Json(serde_json::json!({ "status": "ok", "seq": seq }))
+/// `GET /healthz`: 200 `{"status":"ok","seq":N}`, or, once the journal was
+/// found removed or damaged under the server (every write is then refused, while
+/// reads go on), 503 `{"status":"degraded","seq":N,"reason":"..."}`: a load
+/// balancer or supervisor that acts on the status takes it out of service or
+/// restarts it, which is the remedy.
+pub async fn healthz(State(state): State<AppState>) -> Response {
+    let journal = state.registry.journal();
+    let seq = journal.last_seq().0;
+    if journal.tampered().is_some() {
+        let body = serde_json::json!({
+            "status": "degraded",
+            "seq": seq,
+            "reason": "the journal was removed or damaged under the running server: every \
+                       write is refused until aliasd is restarted (reads go on); restart aliasd",
+        });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    Json(serde_json::json!({ "status": "ok", "seq": seq })).into_response()
 }
 
 #[cfg(test)]

@@ -79,8 +79,13 @@ impl From<RegistryError> for ApiError {
     }
 }
 
-/// 507 when the disk is full, 503 for other I/O failures; the cause is logged.
+/// 507 when the disk is full, 503 for other I/O failures and for a journal
+/// changed under the running server (the registry logged that, once); the cause
+/// is logged.
 pub fn storage_error(error: &journal::Error) -> ApiError {
+    if matches!(error, journal::Error::Tampered { .. }) {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, JOURNAL_TAMPERED);
+    }
     tracing::error!("journal write failed: {error}");
     let full = matches!(error, journal::Error::Io { source, .. } if journal::is_disk_full(source));
     if full {
@@ -95,6 +100,12 @@ pub fn storage_error(error: &journal::Error) -> ApiError {
         )
     }
 }
+
+/// What a write is answered once the journal was found deleted, moved or cut
+/// under the running server (the registry logged the details, the path included).
+const JOURNAL_TAMPERED: &str = "the journal was removed or damaged under the running server: \
+     the change was not made, and aliasd accepts no write until it is restarted; restart aliasd \
+     (if it then refuses to start, run `aliasd journal repair`)";
 
 impl From<ResolveError> for ApiError {
     fn from(error: ResolveError) -> ApiError {

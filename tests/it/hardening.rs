@@ -1800,6 +1800,12 @@ fn crash_kill9_loses_no_acknowledged_write() {
         );
         daemon.spawn();
     }
+    // A healthy journal never looks changed under the server (issue 17's check).
+    let stderr = daemon.all_stderr();
+    assert!(
+        !stderr.contains("REMOVED OR DAMAGED UNDER THE RUNNING SERVER"),
+        "a healthy journal was taken for tampered (ALIASD_CRASH_SEED={seed}):\n{stderr}"
+    );
     println!(
         "crash harness: {iterations} iterations survived in {:?}; {total_acked} writes acknowledged, 0 lost; \
          verify before restart reported a torn tail {torn_before_restart} times; {total_tmp} leftover temp files in the store at the end; last seq {last_seq}",

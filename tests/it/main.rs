@@ -3,6 +3,7 @@ mod cli;
 mod confinement;
 mod events;
 mod hardening;
+mod journal_tamper;
 mod proxy;
 mod support;
 mod watcher;
