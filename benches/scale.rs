@@ -149,8 +149,9 @@ fn open_times(n: u64) {
         let dir = work_dir(&format!("open-{n}-{snapshot}"));
         write_journal(&dir, n, snapshot);
         let started = Instant::now();
-        let opened = journal::Journal::open(&dir, journal::Options::default()).expect("open");
-        let index = aliasd::registry::load_index(&opened.journal, opened.snapshot).expect("load");
+        let opened =
+            aliasd::log::file::FileLog::open(&dir, journal::Options::default()).expect("open");
+        let index = aliasd::registry::load_index(&opened.log, opened.snapshot).expect("load");
         let took = started.elapsed().as_secs_f64();
         assert_eq!(index.len() as u64, n);
         cells.push(took);

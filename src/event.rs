@@ -204,48 +204,6 @@ impl Event {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("event serializes")
     }
-
-    /// The event as one Server-Sent Events frame: `id` = seq, `event` = type,
-    /// `data` = the JSON (one line: serde_json escapes every newline).
-    pub fn sse_frame(&self) -> Vec<u8> {
-        use std::io::Write;
-        let mut frame = Vec::with_capacity(400);
-        let _ = write!(
-            frame,
-            "id: {}\nevent: {}\ndata: ",
-            self.seq,
-            self.kind.as_str()
-        );
-        let _ = serde_json::to_writer(&mut frame, self);
-        frame.extend_from_slice(b"\n\n");
-        frame
-    }
-}
-
-/// A committed event as broadcast to live subscribers: serialized once, and
-/// with its alias key computed once, however many subscribers there are.
-#[derive(Debug, Clone)]
-pub struct Published {
-    /// The event.
-    pub event: Event,
-    /// Its SSE frame (`id`, `event`, `data` lines and the blank line).
-    pub sse: axum::body::Bytes,
-    /// The lookup key of its alias (see `AliasName::key`).
-    pub alias_key: String,
-}
-
-impl Published {
-    /// Prepares an event for broadcast.
-    pub fn new(event: Event) -> Published {
-        let alias_key = crate::index::AliasName::of_event(&event)
-            .map(|a| a.key())
-            .unwrap_or_else(|_| event.alias.to_lowercase());
-        Published {
-            sse: event.sse_frame().into(),
-            event,
-            alias_key,
-        }
-    }
 }
 
 /// The current time as RFC 3339 UTC with microseconds.
@@ -334,20 +292,6 @@ mod tests {
             actor: "anonymous@127.0.0.1:5000".into(),
             request_id: None,
         }
-    }
-
-    #[test]
-    fn sse_frame_is_three_lines_and_a_blank_one() {
-        let mut event = sample();
-        event.actor = "line\nbreak\r\n".into();
-        let frame = String::from_utf8(event.sse_frame()).unwrap();
-        let lines: Vec<&str> = frame.split('\n').collect();
-        assert_eq!(lines.len(), 5, "{frame:?}");
-        assert_eq!(lines[0], "id: 7");
-        assert_eq!(lines[1], "event: alias.updated");
-        let data: Event = serde_json::from_str(lines[2].strip_prefix("data: ").unwrap()).unwrap();
-        assert_eq!(data, event);
-        assert_eq!(&lines[3..], ["", ""]);
     }
 
     #[test]

@@ -9,8 +9,10 @@
 //! - `materializer`, `reconcile`: making the store match the index, and noticing
 //!   when it does not.
 //! - `snapshot`: the index as a blob, to bound start-up time.
-//! - `registry`: the single writer that owns journal, index and materializer.
-//! - `publisher`: paced, batched broadcast of committed events to subscribers.
+//! - `log`: the event log seam (`EventLog`); the local journal is one.
+//! - `registry`: the single writer that owns the log, index and materializer.
+//! - `feed`: committed events for readers: the paced broadcast, resumable
+//!   subscriptions (catch up from the log, then live), history queries.
 //! - `progress`: progress lines for long start-up work.
 //! - `http`: the axum routes; the only module that knows status codes.
 //! - `config`, `client`: the command line.
@@ -20,14 +22,15 @@ pub mod command;
 pub mod config;
 pub mod digest;
 pub mod event;
+pub mod feed;
 pub mod http;
 pub mod index;
+pub mod log;
 pub mod materializer;
 pub mod metrics;
 pub mod name;
 pub mod offline;
 pub mod progress;
-pub mod publisher;
 pub mod reconcile;
 pub mod registry;
 pub mod snapshot;

@@ -82,7 +82,8 @@ fn dump(dir: &Path) -> anyhow::Result<()> {
 
 fn compact(dir: &Path) -> anyhow::Result<()> {
     let opened = open(dir, false)?;
-    let index = crate::registry::load_index(&opened.journal, opened.snapshot)?;
+    let log = crate::log::file::FileLog::from(opened.journal.clone());
+    let index = crate::registry::load_index(&log, opened.snapshot.map(Into::into))?;
     let data = crate::snapshot::encode(&index);
     opened
         .journal

@@ -27,13 +27,15 @@ use crate::command::{
     plan_batch, plan_delete, plan_put, BatchOp, CommandError, DeleteAlias, Origin, PutAlias,
     PutOutcome,
 };
-use crate::event::{now_rfc3339, Event, EventType, Published};
+use crate::event::{now_rfc3339, Event, EventType};
+use crate::feed::publisher::Publisher;
+use crate::feed::{Batch, Published};
 use crate::index::{
     AliasEntry, AliasName, AliasView, DepKey, Draft, Index, Models, PreparedChange, Preparer,
 };
+use crate::log::{EventLog, LogReader, SharedLog, Snapshot};
 use crate::materializer::{AliasFile, Materializer, Outcome, Retries};
 use crate::progress::Progress;
-use crate::publisher::{Batch, Publisher};
 use crate::reconcile;
 use crate::store::Store;
 
@@ -115,9 +117,9 @@ pub enum RegistryError {
     /// Refused by validation.
     #[error(transparent)]
     Command(#[from] CommandError),
-    /// The journal could not make the change durable; nothing was applied.
+    /// The event log could not make the change durable; nothing was applied.
     #[error("journal: {0}")]
-    Storage(#[from] journal::Error),
+    Storage(#[from] crate::log::Error),
     /// The registry is shutting down.
     #[error("registry is shutting down")]
     Unavailable,
@@ -135,7 +137,7 @@ pub struct Registry {
     commands: mpsc::Sender<Request>,
     shared: Arc<RwLock<Shared>>,
     events: broadcast::Sender<Arc<Batch>>,
-    journal: journal::Journal,
+    log: SharedLog,
     metrics: Arc<crate::metrics::Metrics>,
     store: Store,
 }
@@ -192,7 +194,7 @@ impl Registry {
         if let Some(io) = &config.io {
             options.io = io.clone();
         }
-        let opened = journal::Journal::open(&config.journal_dir, options)
+        let opened = crate::log::file::FileLog::open(&config.journal_dir, options)
             .with_context(|| format!("opening journal {}", config.journal_dir.display()))?;
         if opened.recovery.truncated_bytes > 0 {
             tracing::warn!(
@@ -202,16 +204,16 @@ impl Registry {
                 opened.recovery.truncated_bytes
             );
         }
-        let journal = opened.journal;
+        let log: SharedLog = Arc::new(opened.log);
         let started = std::time::Instant::now();
-        let index = load_index(&journal, opened.snapshot)?;
+        let index = load_index(&*log, opened.snapshot)?;
         tracing::info!(
             aliases = index.len(),
             seq = index.last_seq(),
             seconds = %format!("{:.2}", started.elapsed().as_secs_f64()),
             "index loaded"
         );
-        let (events, _) = broadcast::channel(crate::publisher::BROADCAST_CAPACITY);
+        let (events, _) = broadcast::channel(crate::feed::publisher::BROADCAST_CAPACITY);
         let shared = Arc::new(RwLock::new(Shared {
             index,
             models: Models::default(),
@@ -232,7 +234,7 @@ impl Registry {
             .context("starting the finisher thread")?;
         let mut writer = Writer {
             metrics: metrics.clone(),
-            journal: journal.clone(),
+            log: log.clone(),
             shared: shared.clone(),
             materializer: Materializer::new(store.clone()),
             finisher: jobs,
@@ -270,7 +272,7 @@ impl Registry {
             commands,
             shared,
             events,
-            journal,
+            log,
             metrics,
             store,
         };
@@ -307,9 +309,9 @@ impl Registry {
         self.events.subscribe()
     }
 
-    /// The journal, for reading history.
-    pub fn journal(&self) -> &journal::Journal {
-        &self.journal
+    /// The event log, for reading history (the writer alone appends).
+    pub fn log(&self) -> &SharedLog {
+        &self.log
     }
 
     /// The model store (for reading only; the writer alone writes to it).
@@ -335,17 +337,14 @@ const REPLAY_CHUNK: usize = 4096;
 /// # Errors
 ///
 /// The journal cannot be read, or holds a record that is not an event.
-pub fn load_index(
-    journal: &journal::Journal,
-    snapshot: Option<journal::Snapshot>,
-) -> anyhow::Result<Index> {
-    load_index_in_chunks(journal, snapshot, REPLAY_CHUNK)
+pub fn load_index(log: &dyn EventLog, snapshot: Option<Snapshot>) -> anyhow::Result<Index> {
+    load_index_in_chunks(log, snapshot, REPLAY_CHUNK)
 }
 
 /// [`load_index`], handing over `chunk` records at a time.
 fn load_index_in_chunks(
-    journal: &journal::Journal,
-    snapshot: Option<journal::Snapshot>,
+    journal: &dyn EventLog,
+    snapshot: Option<Snapshot>,
     chunk: usize,
 ) -> anyhow::Result<Index> {
     let mut index = match snapshot {
@@ -355,26 +354,26 @@ fn load_index_in_chunks(
             // Retention dropped the events before the journal's first seq: only
             // the snapshot held them, and replaying the rest would silently
             // leave those aliases out.
-            Err(e) if journal.first_seq().0 > 1 => anyhow::bail!(
+            Err(e) if journal.first_seq() > 1 => anyhow::bail!(
                 "the snapshot at seq {} cannot be read ({e}), and the journal no longer holds \
                  the events before seq {} (dropped by --retain), so the aliases cannot be \
                  rebuilt; was it written by a newer aliasd? Run that version, or restore the \
                  journal directory from a backup",
-                snapshot.seq.0,
-                journal.first_seq().0
+                snapshot.seq,
+                journal.first_seq()
             ),
             Err(e) => {
                 tracing::warn!(
                     "ignoring snapshot at seq {}: {e}; replaying the whole journal",
-                    snapshot.seq.0
+                    snapshot.seq
                 );
                 Index::default()
             }
         },
     };
-    let records = journal.read_from(journal::Seq(index.last_seq() + 1))?;
-    let pending = usize::try_from(journal.last_seq().0.saturating_sub(index.last_seq()))
-        .unwrap_or(usize::MAX);
+    let records = journal.read_from(index.last_seq() + 1)?;
+    let pending =
+        usize::try_from(journal.last_seq().saturating_sub(index.last_seq())).unwrap_or(usize::MAX);
     index.reserve_for_replay(pending.min(MAX_REPLAY_RESERVE));
     let mut progress = Progress::new("replaying the journal (events)", pending);
     let (sender, receiver) = std::sync::mpsc::sync_channel(4);
@@ -399,6 +398,26 @@ fn load_index_in_chunks(
     })
 }
 
+/// The index as it was right after event `seq`, replayed from the log's
+/// first event (time travel).
+///
+/// # Errors
+///
+/// The log cannot be read, or holds a record that is not an event.
+pub fn index_at(log: &dyn EventLog, seq: u64) -> Result<Index, String> {
+    let mut index = Index::default();
+    let mut reader = log.read_from(1).map_err(|e| e.to_string())?;
+    while let Some(record) = reader.next_borrowed() {
+        let (record_seq, payload) = record.map_err(|e| e.to_string())?;
+        if record_seq > seq {
+            break;
+        }
+        let change = crate::event::Change::decode(payload).map_err(|e| e.to_string())?;
+        index.apply_change(&change)?;
+    }
+    Ok(index)
+}
+
 /// The most aliases room is made for before a replay (a map of 25 bytes a
 /// slot, 50-100 MB at this many); past it, the map grows as it goes.
 const MAX_REPLAY_RESERVE: usize = 2_000_000;
@@ -411,7 +430,7 @@ type PreparedChunk = Vec<(u64, Result<PreparedChange, String>)>;
 /// Stops at the first record that cannot be read or is not an event (sending
 /// that error), or once the receiving side has gone.
 fn prepare_records(
-    mut records: journal::Reader,
+    mut records: Box<dyn LogReader>,
     chunk: usize,
     sender: &std::sync::mpsc::SyncSender<anyhow::Result<PreparedChunk>>,
 ) {
@@ -422,8 +441,8 @@ fn prepare_records(
             .map_err(anyhow::Error::from)
             .and_then(|(seq, payload)| {
                 let change = crate::event::Change::decode(payload)
-                    .map_err(|e| anyhow::anyhow!("journal record {}: {e}", seq.0))?;
-                Ok((seq.0, preparer.prepare(&change)))
+                    .map_err(|e| anyhow::anyhow!("journal record {seq}: {e}"))?;
+                Ok((seq, preparer.prepare(&change)))
             });
         match decoded {
             Ok(item) => prepared.push(item),
@@ -447,7 +466,7 @@ fn prepare_records(
 /// The state owned by the writer thread.
 struct Writer {
     metrics: Arc<crate::metrics::Metrics>,
-    journal: journal::Journal,
+    log: SharedLog,
     /// Written only by this thread, and only with durable events.
     shared: Arc<RwLock<Shared>>,
     /// For start-up and reconcile work done on this thread itself.
@@ -798,7 +817,7 @@ impl Writer {
                 .map(Reply::Reconciled)
                 .map_err(|e| {
                     tracing::error!("reconcile failed: {e:#}");
-                    match e.downcast::<journal::Error>() {
+                    match e.downcast::<crate::log::Error>() {
                         Ok(e) => RegistryError::Storage(e),
                         Err(_) => RegistryError::Unavailable,
                     }
@@ -815,7 +834,7 @@ impl Writer {
         let mut pending = Vec::with_capacity(group.len());
         let events = {
             let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
-            let mut draft = Draft::new(&guard.index, self.journal.last_seq().0 + 1);
+            let mut draft = Draft::new(&guard.index, self.log.last_seq() + 1);
             for request in group {
                 let checkpoint = draft.checkpoint();
                 let outcome = plan(&mut draft, &guard.models, &request, &time);
@@ -868,54 +887,30 @@ impl Writer {
     }
 
     /// Answers every request of a group whose append failed.
-    fn fail_group(&mut self, e: journal::Error, pending: Vec<Pending>, n_events: usize) {
-        {
-            let message = e.to_string();
-            let tampered = matches!(e, journal::Error::Tampered { .. });
-            match &e {
-                journal::Error::Tampered { .. } if self.tamper_reported => {
-                    tracing::debug!("write refused, {n_events} events not applied: {message}");
-                }
-                journal::Error::Tampered { .. } => {
-                    self.tamper_reported = true;
-                    tracing::error!(
-                        "THE JOURNAL WAS REMOVED OR DAMAGED UNDER THE RUNNING SERVER: {n_events} \
-                         events not applied, and every write is refused from now on (reads go \
-                         on from memory): {message}"
-                    );
-                }
-                _ => tracing::error!(
-                    "journal append failed, {n_events} events not applied: {message}"
-                ),
+    fn fail_group(&mut self, e: crate::log::Error, pending: Vec<Pending>, n_events: usize) {
+        let tampered = matches!(e.as_journal(), Some(journal::Error::Tampered { .. }));
+        match () {
+            () if tampered && self.tamper_reported => {
+                tracing::debug!("write refused, {n_events} events not applied: {e}");
             }
-            // Every request of the group gets the same error, its OS error
-            // code included, so that each one's status (507 for ENOSPC) is right.
-            let (kind, os_code) = match &e {
-                journal::Error::Io { source, .. } => (source.kind(), source.raw_os_error()),
-                _ => (std::io::ErrorKind::Other, None),
+            () if tampered => {
+                self.tamper_reported = true;
+                tracing::error!(
+                    "THE JOURNAL WAS REMOVED OR DAMAGED UNDER THE RUNNING SERVER: {n_events} \
+                     events not applied, and every write is refused from now on (reads go on \
+                     from memory): {e}"
+                );
+            }
+            () => tracing::error!("journal append failed, {n_events} events not applied: {e}"),
+        }
+        // Every request of the group gets the same error, its OS error code
+        // included, so that each one's status (507 for ENOSPC) is right.
+        for p in pending {
+            let res = match p.outcome {
+                Ok(_) => Err(RegistryError::Storage(e.copy())),
+                Err(e) => Err(e),
             };
-            let mut error = Some(e);
-            for p in pending {
-                let res = match p.outcome {
-                    Ok(_) => Err(error.take().map(RegistryError::Storage).unwrap_or_else(|| {
-                        // The journal keeps its tampering: each request gets a copy.
-                        if let Some(error) = self.journal.tampered().filter(|_| tampered) {
-                            return RegistryError::Storage(error);
-                        }
-                        let source = match os_code {
-                            Some(code) => std::io::Error::from_raw_os_error(code),
-                            None => std::io::Error::new(kind, message.clone()),
-                        };
-                        RegistryError::Storage(journal::Error::Io {
-                            op: "append",
-                            path: PathBuf::new(),
-                            source,
-                        })
-                    })),
-                    Err(e) => Err(e),
-                };
-                let _ = p.reply.send(res);
-            }
+            let _ = p.reply.send(res);
         }
     }
 
@@ -962,18 +957,18 @@ impl Writer {
         &mut self,
         events: &[Event],
         models: Option<Models>,
-    ) -> Result<Vec<Option<Arc<str>>>, journal::Error> {
+    ) -> Result<Vec<Option<Arc<str>>>, crate::log::Error> {
         if !events.is_empty() {
             let payloads = events.iter().map(Event::encode).collect();
             let started = std::time::Instant::now();
-            let first = self.journal.append(payloads).inspect_err(|_| {
+            let first = self.log.append(payloads).inspect_err(|_| {
                 self.metrics.observe_commit_failure();
             })?;
             self.metrics.observe_commit(started.elapsed());
-            if first.0 != events[0].seq {
+            if first != events[0].seq {
                 tracing::error!(
                     expected = events[0].seq,
-                    got = first.0,
+                    got = first,
                     "journal seq out of step with the index"
                 );
             }
@@ -1051,7 +1046,7 @@ impl Writer {
         let time = now_rfc3339();
         let events = {
             let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
-            let mut draft = Draft::new(&guard.index, self.journal.last_seq().0 + 1);
+            let mut draft = Draft::new(&guard.index, self.log.last_seq() + 1);
             reconcile::plan(&mut draft, &observation, origin, &time);
             draft.into_events()
         };
@@ -1104,9 +1099,9 @@ impl Writer {
         }
     }
 
-    fn write_snapshot(&mut self) -> Result<u64, journal::Error> {
+    fn write_snapshot(&mut self) -> Result<u64, crate::log::Error> {
         let (seq, data) = self.read(|s| (s.index.last_seq(), crate::snapshot::encode(&s.index)));
-        self.journal.write_snapshot(journal::Seq(seq), &data)?;
+        self.log.write_snapshot(seq, &data)?;
         self.since_snapshot = 0;
         tracing::info!(seq, bytes = data.len(), "snapshot written");
         Ok(seq)
@@ -1197,14 +1192,12 @@ mod tests {
         let good = crate::snapshot::encode(&index);
         journal.write_snapshot(journal::Seq(200), &good).unwrap();
         assert!(journal.first_seq().0 > 1, "retention dropped segments");
-        let snapshot = |data: Vec<u8>| journal::Snapshot {
-            seq: journal::Seq(200),
-            data,
-        };
+        let snapshot = |data: Vec<u8>| crate::log::Snapshot { seq: 200, data };
 
-        let loaded = super::load_index(&journal, Some(snapshot(good))).unwrap();
+        let log = crate::log::file::FileLog::from(journal);
+        let loaded = super::load_index(&log, Some(snapshot(good))).unwrap();
         assert_eq!(loaded.len(), 200);
-        let err = super::load_index(&journal, Some(snapshot(b"not a snapshot".to_vec())))
+        let err = super::load_index(&log, Some(snapshot(b"not a snapshot".to_vec())))
             .unwrap_err()
             .to_string();
         assert!(err.contains("cannot be rebuilt"), "{err}");
@@ -1217,8 +1210,8 @@ mod tests {
         journal
             .append((1..=200).map(|seq| created(seq).encode()).collect())
             .unwrap();
-        let replayed =
-            super::load_index(&journal, Some(snapshot(b"not a snapshot".to_vec()))).unwrap();
+        let log = crate::log::file::FileLog::from(journal);
+        let replayed = super::load_index(&log, Some(snapshot(b"not a snapshot".to_vec()))).unwrap();
         assert_eq!(replayed.len(), 200);
     }
 
@@ -1287,13 +1280,14 @@ mod tests {
             let opened = journal::Journal::open(dir.path(), journal::Options::default()).unwrap();
             let journal = opened.journal;
             journal.append(events.iter().map(Event::encode).collect()).unwrap();
+            let journal = crate::log::file::FileLog::from(journal);
 
             let replayed = load_index_in_chunks(&journal, None, chunk).unwrap();
             prop_assert_eq!(state(&replayed), state(&expected));
 
             if let Some(at_cut) = at_cut {
-                let snapshot = journal::Snapshot {
-                    seq: journal::Seq(at_cut.last_seq()),
+                let snapshot = crate::log::Snapshot {
+                    seq: at_cut.last_seq(),
                     data: crate::snapshot::encode(&at_cut),
                 };
                 let resumed = load_index_in_chunks(&journal, Some(snapshot), chunk).unwrap();

@@ -107,7 +107,7 @@ impl Error {
     ///
     /// `std::io::Error` is not `Clone`; the copy keeps the raw OS error code when there is
     /// one (so `ENOSPC` stays detectable), else the kind and the message.
-    pub(crate) fn duplicate(&self) -> Error {
+    pub fn duplicate(&self) -> Error {
         match self {
             Error::Io { op, path, source } => Error::Io {
                 op,

@@ -124,8 +124,8 @@ fn list(index: &Index, models: &Models, keep: &impl Fn(&AliasEntry) -> bool) -> 
 
 /// The index as it was right after event `seq`, replayed from the journal.
 async fn index_at(state: &AppState, seq: u64) -> Result<(Index, Models), ApiError> {
-    let journal = state.registry.journal().clone();
-    let first = journal.first_seq().0;
+    let log = state.registry.log().clone();
+    let first = log.first_seq();
     // Replay needs every event from seq 1: once retention has dropped the
     // oldest, only the present can be answered.
     if first > 1 {
@@ -137,30 +137,16 @@ async fn index_at(state: &AppState, seq: u64) -> Result<(Index, Models), ApiErro
         ));
     }
     let models = state.registry.read(|s| s.models.clone());
-    let index = tokio::task::spawn_blocking(move || -> Result<Index, String> {
-        let mut index = Index::default();
-        for record in journal
-            .read_from(journal::Seq(1))
-            .map_err(|e| e.to_string())?
-        {
-            let (record_seq, payload) = record.map_err(|e| e.to_string())?;
-            if record_seq.0 > seq {
-                break;
-            }
-            let change = crate::event::Change::decode(&payload).map_err(|e| e.to_string())?;
-            index.apply_change(&change)?;
-        }
-        Ok(index)
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-    .map_err(|e| {
-        tracing::error!("time travel replay failed: {e}");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "replaying the journal failed",
-        )
-    })?;
+    let index = tokio::task::spawn_blocking(move || crate::registry::index_at(&*log, seq))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| {
+            tracing::error!("time travel replay failed: {e}");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "replaying the journal failed",
+            )
+        })?;
     Ok((index, models))
 }
 
@@ -458,9 +444,9 @@ pub async fn models_list(State(state): State<AppState>) -> Json<serde_json::Valu
 /// balancer or supervisor that acts on the status takes it out of service or
 /// restarts it, which is the remedy.
 pub async fn healthz(State(state): State<AppState>) -> Response {
-    let journal = state.registry.journal();
-    let seq = journal.last_seq().0;
-    if journal.tampered().is_some() {
+    let log = state.registry.log();
+    let seq = log.last_seq();
+    if log.failed().is_some() {
         let body = serde_json::json!({
             "status": "degraded",
             "seq": seq,

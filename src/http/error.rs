@@ -82,7 +82,17 @@ impl From<RegistryError> for ApiError {
 /// 507 when the disk is full, 503 for other I/O failures and for a journal
 /// changed under the running server (the registry logged that, once); the cause
 /// is logged.
-pub fn storage_error(error: &journal::Error) -> ApiError {
+pub fn storage_error(error: &crate::log::Error) -> ApiError {
+    let error = match error {
+        crate::log::Error::Journal(error) => error,
+        crate::log::Error::Unavailable(why) => {
+            tracing::warn!("write refused: {why}");
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{error}: nothing was changed; retry once it is back"),
+            );
+        }
+    };
     if matches!(error, journal::Error::Tampered { .. }) {
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, JOURNAL_TAMPERED);
     }

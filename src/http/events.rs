@@ -1,14 +1,10 @@
 //! The audit trail over HTTP: `/api/history` (paged queries) and `/api/events`
 //! (Server-Sent Events, resumable by seq).
 //!
-//! A subscriber is a [`Subscription`] polled by its connection: it subscribes
-//! to the live broadcast *first*, then replays the journal after its cursor,
-//! then forwards live events, skipping any `seq <= last_sent`. If it falls
-//! behind the broadcast ring (`Lagged`) it is caught up from the journal
-//! again; it is never dropped silently, and writers never wait for it (the
-//! broadcast never blocks). Memory per subscriber is bounded by one journal
-//! chunk or one live batch (see `publisher`), each written as one chunk.
-//! A `:keep-alive` comment goes out every 15 s.
+//! What is delivered, and when, is the feed's (`crate::feed::Subscription`:
+//! log catch-up, then live, back to the log when lagging); this module frames
+//! it as SSE, one chunk per delivery, and adds a `:keep-alive` comment every
+//! 15 s and the end of the stream at shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,69 +17,28 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures_util::FutureExt;
 use serde::Deserialize;
-use tokio::sync::broadcast;
 
-use crate::event::{Event, EventType, Published};
+use crate::event::{Event, EventType};
+use crate::feed::{Batch, Delivery, EventFilter, Published, Subscription};
 use crate::http::{ApiError, AppState};
-use crate::index::AliasName;
-use crate::name::ModelName;
-use crate::publisher::Batch;
 
-/// Records read from the journal per blocking step of a catch-up.
-const CATCH_UP_CHUNK: usize = 128;
 /// A comment line is sent this often.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Default and maximum page sizes of `/api/history`.
 const HISTORY_DEFAULT_LIMIT: usize = 100;
 const HISTORY_MAX_LIMIT: usize = 10_000;
 
-/// Which events a reader wants.
-#[derive(Debug, Clone, Default)]
-pub struct EventFilter {
-    alias_key: Option<String>,
-    kind: Option<EventType>,
-}
-
-impl EventFilter {
-    fn new(alias: Option<&str>, kind: Option<&str>) -> Result<EventFilter, ApiError> {
-        let kind = match kind {
-            None => None,
-            Some(k) => Some(
-                EventType::parse(k)
-                    .ok_or_else(|| ApiError::bad_request(format!("unknown event type {k:?}")))?,
-            ),
-        };
-        Ok(EventFilter {
-            alias_key: alias.map(alias_key),
-            kind,
-        })
-    }
-
-    fn matches(&self, event: &Event) -> bool {
-        self.kind.is_none_or(|k| event.kind == k)
-            && self
-                .alias_key
-                .as_ref()
-                .is_none_or(|key| AliasName::of_event(event).is_ok_and(|a| a.key() == *key))
-    }
-
-    fn matches_published(&self, published: &Published) -> bool {
-        self.kind.is_none_or(|k| published.event.kind == k)
-            && self
-                .alias_key
-                .as_ref()
-                .is_none_or(|key| published.alias_key == *key)
-    }
-}
-
-/// The key an alias filter compares with: a name's key, or a lowercase prefix.
-fn alias_key(typed: &str) -> String {
-    match ModelName::parse(typed) {
-        Ok(name) => name.key(),
-        Err(_) => typed.to_lowercase(),
-    }
+/// The filter of a query: `alias` as typed, `type` by its wire name (400 if unknown).
+fn filter(alias: Option<&str>, kind: Option<&str>) -> Result<EventFilter, ApiError> {
+    let kind = match kind {
+        None => None,
+        Some(k) => Some(
+            EventType::parse(k)
+                .ok_or_else(|| ApiError::bad_request(format!("unknown event type {k:?}")))?,
+        ),
+    };
+    Ok(EventFilter::new(alias, kind))
 }
 
 /// Query of `/api/history`.
@@ -103,7 +58,7 @@ pub async fn history_list(
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(query) = query?;
-    let filter = EventFilter::new(query.alias.as_deref(), query.kind.as_deref())?;
+    let filter = filter(query.alias.as_deref(), query.kind.as_deref())?;
     let limit = query.limit.unwrap_or(HISTORY_DEFAULT_LIMIT);
     if limit == 0 || limit > HISTORY_MAX_LIMIT {
         return Err(ApiError::bad_request(format!(
@@ -112,39 +67,19 @@ pub async fn history_list(
     }
     let since = query.since.unwrap_or(0);
     let until = query.until.unwrap_or(u64::MAX);
-    let journal = state.registry.journal().clone();
-    let (events, more) =
-        tokio::task::spawn_blocking(move || -> Result<(Vec<Event>, bool), String> {
-            let mut events = Vec::new();
-            for record in journal
-                .read_from(journal::Seq(since.saturating_add(1)))
-                .map_err(|e| e.to_string())?
-            {
-                let (seq, payload) = record.map_err(|e| e.to_string())?;
-                if seq.0 > until {
-                    break;
-                }
-                let event =
-                    Event::decode(&payload).map_err(|e| format!("record {}: {e}", seq.0))?;
-                if !filter.matches(&event) {
-                    continue;
-                }
-                if events.len() == limit {
-                    return Ok((events, true));
-                }
-                events.push(event);
-            }
-            Ok((events, false))
-        })
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| {
-            tracing::error!("reading history failed: {e}");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "reading the journal failed",
-            )
-        })?;
+    let log = state.registry.log().clone();
+    let (events, more) = tokio::task::spawn_blocking(move || {
+        crate::feed::history(&*log, &filter, since, until, limit)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| {
+        tracing::error!("reading history failed: {e}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "reading the journal failed",
+        )
+    })?;
     let next = if more {
         events.last().map(|e| e.seq)
     } else {
@@ -167,7 +102,7 @@ pub async fn events_stream(
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
-    let filter = EventFilter::new(query.alias.as_deref(), None)?;
+    let filter = filter(query.alias.as_deref(), None)?;
     let last_event_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -192,29 +127,17 @@ pub async fn events_stream(
     }
     // Subscribe before reading anything, so no event falls between the two.
     let live = state.registry.subscribe();
-    let journal = state.registry.journal().clone();
-    let last_sent = cursor.unwrap_or_else(|| journal.last_seq().0);
-    let earliest = journal.first_seq().0;
-    let reset = (cursor.is_some() && last_sent.saturating_add(1) < earliest).then(|| {
-        Bytes::from(format!(
-            "event: reset\ndata: {}\n\n",
-            serde_json::json!({ "earliest": earliest })
-        ))
-    });
+    let subscription = Subscription::new(state.registry.log().clone(), live, filter, cursor);
     let shutdown = state.shutdown.clone();
-    let subscription = Subscription {
-        journal,
-        live,
-        filter,
-        last_sent,
-        phase: Phase::Reset(reset),
+    let stream = SseStream {
+        subscription,
         shutdown: Box::pin(async move { shutdown.fired().await }),
         keep_alive: Box::pin(tokio::time::sleep(KEEP_ALIVE)),
         _subscribed: Subscribed::new(metrics),
     };
-    let chunks = futures_util::stream::unfold(subscription, |mut subscription| async move {
-        let chunk = subscription.next_chunk().await?;
-        Some((Ok::<_, Infallible>(chunk), subscription))
+    let chunks = futures_util::stream::unfold(stream, |mut stream| async move {
+        let chunk = stream.next_chunk().await?;
+        Some((Ok::<_, Infallible>(chunk), stream))
     });
     Ok((
         [
@@ -242,157 +165,130 @@ impl Drop for Subscribed {
     }
 }
 
-/// One subscriber's position and source. Its connection polls it directly
-/// (no task in between): each poll yields the next chunk of whole SSE frames.
-struct Subscription {
-    journal: journal::Journal,
-    live: broadcast::Receiver<Arc<Batch>>,
-    filter: EventFilter,
-    /// Every event up to this seq has been sent (or filtered out).
-    last_sent: u64,
-    phase: Phase,
+/// A subscription as an SSE body: its connection polls it directly (no task
+/// in between), and each poll yields one chunk of whole frames.
+struct SseStream {
+    subscription: Subscription,
     shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
     keep_alive: Pin<Box<tokio::time::Sleep>>,
     _subscribed: Subscribed,
 }
 
-/// Where the next chunk of a subscription comes from.
-enum Phase {
-    /// First say that history before the cursor is gone, if it is.
-    Reset(Option<Bytes>),
-    /// Reading the journal after `last_sent` (the reader, once opened).
-    CatchUp(Option<journal::Reader>),
-    /// Forwarding live batches.
-    Live,
-}
-
-impl Subscription {
+impl SseStream {
     /// The next chunk to write, or `None` once the stream should end (the
-    /// server shuts down, the journal cannot be read).
+    /// server shuts down, the log cannot be read).
     async fn next_chunk(&mut self) -> Option<Bytes> {
-        loop {
-            match &mut self.phase {
-                Phase::Reset(reset) => {
-                    let reset = reset.take();
-                    self.phase = Phase::CatchUp(None);
-                    if reset.is_some() {
-                        return reset;
-                    }
-                }
-                Phase::CatchUp(reader) => {
-                    if (&mut self.shutdown).now_or_never().is_some() {
-                        return None;
-                    }
-                    let reader = reader.take();
-                    let (reader, chunk) = self.read_journal(reader).await?;
-                    if reader.is_none() {
-                        self.phase = Phase::Live;
-                    } else {
-                        self.phase = Phase::CatchUp(reader);
-                    }
-                    if chunk.is_some() {
-                        return chunk;
-                    }
-                }
-                Phase::Live => {
-                    let received = tokio::select! {
-                        biased;
-                        () = &mut self.shutdown => return None,
-                        () = &mut self.keep_alive => {
-                            self.keep_alive.as_mut().reset(tokio::time::Instant::now() + KEEP_ALIVE);
-                            return Some(Bytes::from_static(b":keep-alive\n\n"));
-                        }
-                        received = self.live.recv() => received,
-                    };
-                    match received {
-                        Ok(batch) => {
-                            let chunk = live_chunk(&batch, self.last_sent, &self.filter);
-                            if let Some(last) = batch.events.last() {
-                                self.last_sent = self.last_sent.max(last.event.seq);
-                            }
-                            if chunk.is_some() {
-                                return chunk;
-                            }
-                        }
-                        Err(broadcast::error::RecvError::Lagged(missed)) => {
-                            tracing::debug!(
-                                missed,
-                                last_sent = self.last_sent,
-                                "subscriber lagged; catching up from the journal"
-                            );
-                            self.phase = Phase::CatchUp(None);
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    }
-                }
+        let delivery = tokio::select! {
+            biased;
+            () = &mut self.shutdown => return None,
+            () = &mut self.keep_alive => {
+                self.keep_alive.as_mut().reset(tokio::time::Instant::now() + KEEP_ALIVE);
+                return Some(Bytes::from_static(b":keep-alive\n\n"));
             }
-        }
-    }
-
-    /// Reads the next records after `last_sent` (opening a reader if there is
-    /// none) and renders those the filter wants. Returns the reader to go on
-    /// with (`None` once the journal's end is reached) and the frames, if any;
-    /// `None` if the journal cannot be read.
-    async fn read_journal(
-        &mut self,
-        reader: Option<journal::Reader>,
-    ) -> Option<(Option<journal::Reader>, Option<Bytes>)> {
-        let journal = self.journal.clone();
-        let from = journal::Seq(self.last_sent.saturating_add(1));
-        let read = tokio::task::spawn_blocking(move || {
-            let mut reader = match reader {
-                Some(reader) => reader,
-                None => journal.read_from(from)?,
-            };
-            let records: Vec<_> = reader.by_ref().take(CATCH_UP_CHUNK).collect();
-            Ok::<_, journal::Error>((reader, records))
-        })
-        .await;
-        let (reader, records) = match read {
-            Ok(Ok(read)) => read,
-            Ok(Err(e)) => {
-                tracing::error!("subscriber catch-up failed: {e}");
-                return None;
-            }
-            Err(_) => return None,
+            delivery = self.subscription.next() => delivery.ok()?,
         };
-        if records.is_empty() {
-            return Some((None, None));
-        }
-        let mut frames = Vec::new();
-        for record in records {
-            let (seq, payload) = match record {
-                Ok(record) => record,
-                Err(e) => {
-                    tracing::error!("subscriber catch-up failed: {e}");
-                    return None;
+        Some(match delivery {
+            Delivery::Reset { earliest } => Bytes::from(format!(
+                "event: reset\ndata: {}\n\n",
+                serde_json::json!({ "earliest": earliest })
+            )),
+            Delivery::Logged(events) => {
+                let mut frames = Vec::new();
+                for event in &events {
+                    frames.extend_from_slice(&sse_frame(event));
                 }
-            };
-            self.last_sent = seq.0;
-            let Ok(event) = Event::decode(&payload) else {
-                continue;
-            };
-            if self.filter.matches(&event) {
-                frames.extend_from_slice(&event.sse_frame());
+                Bytes::from(frames)
             }
-        }
-        Some((
-            Some(reader),
-            (!frames.is_empty()).then(|| Bytes::from(frames)),
-        ))
+            Delivery::Whole(batch) => whole_batch(&batch),
+            Delivery::Part(batch, indexes) => {
+                let mut frames = Vec::new();
+                for i in indexes {
+                    write_frame(&mut frames, &batch.events[i]);
+                }
+                Bytes::from(frames)
+            }
+        })
     }
 }
 
-/// What a subscriber that has sent up to `last_sent` writes of a live batch:
-/// the batch's shared bytes when it wants all of it, else the frames it wants.
-fn live_chunk(batch: &Batch, last_sent: u64, filter: &EventFilter) -> Option<Bytes> {
-    let wanted = |p: &&Published| p.event.seq > last_sent && filter.matches_published(p);
-    if batch.events.iter().all(|p| wanted(&p)) {
-        return (!batch.events.is_empty()).then(|| batch.sse.clone());
+/// A whole live batch as SSE, rendered once and shared by every subscriber
+/// that wants all of it.
+fn whole_batch(batch: &Batch) -> Bytes {
+    batch
+        .rendered
+        .get_or_init(|| {
+            let mut frames =
+                Vec::with_capacity(batch.events.iter().map(|p| p.json.len() + 48).sum());
+            for published in &batch.events {
+                write_frame(&mut frames, published);
+            }
+            Bytes::from(frames)
+        })
+        .clone()
+}
+
+/// Appends a published event's SSE frame.
+fn write_frame(frames: &mut Vec<u8>, published: &Published) {
+    use std::io::Write;
+    let event = &published.event;
+    let _ = write!(
+        frames,
+        "id: {}\nevent: {}\ndata: ",
+        event.seq,
+        event.kind.as_str()
+    );
+    frames.extend_from_slice(&published.json);
+    frames.extend_from_slice(b"\n\n");
+}
+
+/// An event as one Server-Sent Events frame: `id` = seq, `event` = type,
+/// `data` = the JSON (one line: serde_json escapes every newline).
+pub fn sse_frame(event: &Event) -> Vec<u8> {
+    use std::io::Write;
+    let mut frame = Vec::with_capacity(400);
+    let _ = write!(
+        frame,
+        "id: {}\nevent: {}\ndata: ",
+        event.seq,
+        event.kind.as_str()
+    );
+    let _ = serde_json::to_writer(&mut frame, event);
+    frame.extend_from_slice(b"\n\n");
+    frame
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: u64, actor: &str) -> Event {
+        let mut event = crate::event::created_for_test(seq, "llama3");
+        event.kind = EventType::AliasUpdated;
+        event.actor = actor.into();
+        event
     }
-    let mut chunk = Vec::new();
-    for published in batch.events.iter().filter(wanted) {
-        chunk.extend_from_slice(&published.sse);
+
+    #[test]
+    fn sse_frame_is_three_lines_and_a_blank_one() {
+        let event = event(7, "line\nbreak\r\n");
+        let frame = String::from_utf8(sse_frame(&event)).unwrap();
+        let lines: Vec<&str> = frame.split('\n').collect();
+        assert_eq!(lines.len(), 5, "{frame:?}");
+        assert_eq!(lines[0], "id: 7");
+        assert_eq!(lines[1], "event: alias.updated");
+        let data: Event = serde_json::from_str(lines[2].strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(data, event);
+        assert_eq!(&lines[3..], ["", ""]);
     }
-    (!chunk.is_empty()).then(|| Bytes::from(chunk))
+
+    #[test]
+    fn a_published_frame_is_the_same_as_the_event_frame_and_batches_concatenate() {
+        let events: Vec<Published> = [1, 2].map(|seq| Published::new(event(seq, "a"))).into();
+        let batch = Batch::new(events);
+        let mut expected = sse_frame(&batch.events[0].event);
+        expected.extend(sse_frame(&batch.events[1].event));
+        assert_eq!(whole_batch(&batch), Bytes::from(expected));
+        // Rendered once: the second call shares the first's bytes.
+        assert_eq!(whole_batch(&batch).as_ptr(), whole_batch(&batch).as_ptr());
+    }
 }

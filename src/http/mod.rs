@@ -208,10 +208,10 @@ async fn metrics_get(axum::extract::State(state): axum::extract::State<AppState>
             journal_bytes: 0,
         }
     });
-    let journal = state.registry.journal();
+    let log = state.registry.log();
     let gauges = crate::metrics::Gauges {
-        journal_seq: journal.last_seq().0,
-        journal_bytes: journal.size_bytes(),
+        journal_seq: log.last_seq(),
+        journal_bytes: log.size_bytes(),
         ..gauges
     };
     let text = state.registry.metrics().render(&gauges);

@@ -5,8 +5,8 @@
 //! per event does not scale: 1,000 subscribers at 1,000 writes/s would be a
 //! million socket writes a second. Broadcasts are therefore spaced by a gap
 //! proportional to the number of subscribers (`GAP_PER_SUBSCRIBER`, at most
-//! `MAX_GAP`), and each carries every event committed meanwhile, already
-//! rendered as one SSE chunk. An event after a quiet spell goes out at once;
+//! `MAX_GAP`), and each carries every event committed meanwhile (rendered
+//! once per transport, see `Batch::rendered`). An event after a quiet spell goes out at once;
 //! under load, delivery waits at most `MAX_GAP` and the cost of a broadcast
 //! is shared by the events of that gap. The gap was chosen by measurement
 //! (benches/README.md, "Figures moved out of comments").
@@ -15,10 +15,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
 use tokio::sync::broadcast;
 
-use crate::event::Published;
+use crate::feed::{Batch, Published};
 
 /// Spacing of broadcasts per live subscriber.
 pub const GAP_PER_SUBSCRIBER: Duration = Duration::from_micros(40);
@@ -28,33 +27,6 @@ pub const MAX_GAP: Duration = Duration::from_millis(40);
 pub const MAX_BATCH: usize = 64;
 /// Batches kept for slow subscribers before they fall back to the journal.
 pub const BROADCAST_CAPACITY: usize = 256;
-
-/// Committed events broadcast together, in seq order.
-#[derive(Debug)]
-pub struct Batch {
-    /// The events.
-    pub events: Vec<Published>,
-    /// The SSE frames of all of them, concatenated: what an unfiltered
-    /// subscriber writes.
-    pub sse: Bytes,
-}
-
-impl Batch {
-    /// Wraps events (in seq order) into a batch.
-    pub fn new(events: Vec<Published>) -> Batch {
-        let sse = match events.as_slice() {
-            [one] => one.sse.clone(),
-            _ => {
-                let mut all = Vec::with_capacity(events.iter().map(|e| e.sse.len()).sum());
-                for event in &events {
-                    all.extend_from_slice(&event.sse);
-                }
-                Bytes::from(all)
-            }
-        };
-        Batch { events, sse }
-    }
-}
 
 /// The sending end, owned by the finisher. Dropping it flushes what is queued
 /// and stops the thread.
@@ -149,21 +121,19 @@ mod tests {
     }
 
     #[test]
+    fn a_published_event_carries_its_json_and_alias_key() {
+        let published = published(7);
+        let json: serde_json::Value = serde_json::from_slice(&published.json).unwrap();
+        assert_eq!(json["seq"], 7);
+        assert_eq!(published.alias_key, "registry.ollama.ai/library/a7:latest");
+    }
+
+    #[test]
     fn gap_grows_with_subscribers_up_to_the_cap() {
         assert_eq!(gap(0), Duration::ZERO);
         assert_eq!(gap(100), Duration::from_millis(4));
         assert_eq!(gap(1_000), MAX_GAP);
         assert_eq!(gap(usize::MAX), MAX_GAP);
-    }
-
-    #[test]
-    fn a_batch_concatenates_the_frames_in_order() {
-        let batch = Batch::new(vec![published(1), published(2)]);
-        let text = std::str::from_utf8(&batch.sse).unwrap();
-        let first = text.find("id: 1\n").unwrap();
-        let second = text.find("id: 2\n").unwrap();
-        assert!(first < second);
-        assert_eq!(text.matches("\n\n").count(), 2);
     }
 
     #[test]
