@@ -310,5 +310,23 @@ mod tests {
         };
         assert!(args.listen.ip().is_loopback());
         assert_eq!(args.listen.port(), 11435);
+        assert!(args.http_config().unwrap().check_host);
+    }
+
+    #[test]
+    fn host_is_checked_only_on_loopback_listeners() {
+        for (listen, checked) in [
+            ("127.0.0.1:1", true),
+            ("[::1]:1", true),
+            ("0.0.0.0:1", false),
+            ("[::]:1", false),
+            ("192.0.2.7:1", false),
+        ] {
+            let cli = Cli::try_parse_from(["aliasd", "serve", "--listen", listen]).unwrap();
+            let Commands::Serve(args) = cli.command else {
+                panic!("not serve")
+            };
+            assert_eq!(args.http_config().unwrap().check_host, checked, "{listen}");
+        }
     }
 }

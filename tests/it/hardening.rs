@@ -561,8 +561,9 @@ fn origins_are_checked_against_the_allow_list() {
     expect_preflight_refused(&daemon, "https://evil.example");
     expect_preflight_refused(&daemon, "http://localhost.evil.example");
     expect_preflight_refused(&daemon, "https://app.example");
-    // A real request from an allowed origin gets the allow header; from
-    // another origin it does not (the browser then hides the answer).
+    // A real request from an allowed origin gets the allow header; one from
+    // another origin is refused outright (issue 17: without tokens a page's
+    // simple POST needs no preflight, and a page must not read either).
     let ok = daemon.request(
         "GET",
         "/api/aliases",
@@ -586,7 +587,7 @@ fn origins_are_checked_against_the_allow_list() {
         ],
         None,
     );
-    evil.expect(200);
+    expect_error(&evil, 403, "not allowed");
     assert_eq!(evil.header("access-control-allow-origin"), None);
     drop(daemon);
 
@@ -594,7 +595,7 @@ fn origins_are_checked_against_the_allow_list() {
     let daemon = Daemon::start(
         &store.root(),
         journal.path(),
-        &["--origins", "https://app.example"],
+        &["--cors-origin", "https://app.example"],
         &[],
     );
     expect_preflight_ok(&daemon, "https://app.example");

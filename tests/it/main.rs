@@ -1,5 +1,6 @@
 mod aliases;
 mod cli;
+mod edge_security;
 mod events;
 mod hardening;
 mod proxy;
