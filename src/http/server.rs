@@ -270,50 +270,60 @@ struct HeadTimer {
 }
 
 impl hyper::rt::Timer for HeadTimer {
+    /// A plain sleep (hyper's HTTP/1 server only asks for [`Self::sleep_until`]).
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        self.sleep_until(Instant::now() + duration)
+        self.head_sleep(Instant::now() + duration, false)
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
         let fresh = self.heads.fetch_add(1, Ordering::Relaxed) == 0;
-        let (deadline, idle) = if fresh {
-            (deadline, false)
+        if fresh {
+            self.head_sleep(deadline, false)
         } else {
-            (Instant::now() + self.idle_timeout, true)
-        };
+            self.head_sleep(Instant::now() + self.idle_timeout, true)
+        }
+    }
+}
+
+impl HeadTimer {
+    fn head_sleep(&self, deadline: Instant, idle: bool) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        // One allocation per request head, as hyper's own timer makes.
         Box::pin(HeadSleep {
             reads: self.reads.clone(),
             reads_at_start: self.reads.load(Ordering::Relaxed),
             idle,
             header_timeout: self.header_timeout,
-            sleep: Box::pin(tokio::time::sleep_until(deadline.into())),
+            sleep: tokio::time::sleep_until(deadline.into()),
         })
     }
 }
 
-/// A [`HeadTimer`]'s wait for one request head.
-struct HeadSleep {
-    reads: Arc<AtomicU64>,
-    reads_at_start: u64,
-    /// Still waiting for the first byte after the connection went idle.
-    idle: bool,
-    header_timeout: Duration,
-    sleep: Pin<Box<tokio::time::Sleep>>,
+pin_project_lite::pin_project! {
+    /// A [`HeadTimer`]'s wait for one request head.
+    struct HeadSleep {
+        reads: Arc<AtomicU64>,
+        reads_at_start: u64,
+        // Still waiting for the first byte after the connection went idle.
+        idle: bool,
+        header_timeout: Duration,
+        #[pin]
+        sleep: tokio::time::Sleep,
+    }
 }
 
 impl Future for HeadSleep {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.get_mut();
+        let mut this = self.project();
         // hyper polls this each time a read leaves the head incomplete, so
         // the first byte of the next request is seen as it arrives.
-        if this.idle && this.reads.load(Ordering::Relaxed) != this.reads_at_start {
-            this.idle = false;
-            let deadline = tokio::time::Instant::now() + this.header_timeout;
+        if *this.idle && this.reads.load(Ordering::Relaxed) != *this.reads_at_start {
+            *this.idle = false;
+            let deadline = tokio::time::Instant::now() + *this.header_timeout;
             this.sleep.as_mut().reset(deadline);
         }
-        this.sleep.as_mut().poll(cx)
+        this.sleep.poll(cx)
     }
 }
 
@@ -459,7 +469,8 @@ fn json_error_head(buf: &[u8]) -> Option<Vec<u8>> {
             "the request's headers are too large (128 KiB and 100 headers at most); send fewer or smaller headers",
         ),
     ];
-    if buf.len() > 512 || !buf.ends_with(b"\r\n\r\n") {
+    // Every write passes here: the cheapest test first.
+    if !buf.starts_with(b"HTTP/1.1 4") || buf.len() > 512 || !buf.ends_with(b"\r\n\r\n") {
         return None;
     }
     let message = ANSWERS
