@@ -3,9 +3,9 @@
 //! clients, and hyper's own error answers (400, 414, 431) in the `{"error"}`
 //! shape.
 //!
-//! `axum::serve` had none of these: 1,100 idle sockets under a 1,024-fd limit
-//! made the server unreachable for good, and slowloris connections were never
-//! cut (issue 17). The pieces, each a small function or type so that they can
+//! `axum::serve` had none of these: more idle sockets than the open-file
+//! limit made the server unreachable for good, and slowloris connections were
+//! never cut (issue 17). The pieces, each a small function or type so that they can
 //! move onto another server loop:
 //! - [`serve`]: the accept loop; a semaphore permit per connection, taken
 //!   before `accept`, so past the cap new connections wait in the kernel's

@@ -19,9 +19,9 @@ use serde_json::{json, Value};
 
 use crate::support::{alias_path, aliasd_bin, parse_response, Resp, Server, TestStore};
 
-/// A generous bound for what should take about a second: it only guards
+/// A generous bound for what should take a second or a few: it only guards
 /// against a hang.
-const DEADLINE: Duration = Duration::from_secs(15);
+const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Sends `request` as given (any `Host`, or none) and reads the whole answer.
 fn raw(addr: SocketAddr, request: &[u8]) -> Resp {
@@ -491,7 +491,7 @@ fn issue17_a_write_slower_than_the_request_timeout_answers_its_outcome_not_408()
     let etag = format!("\"{}\"", coder["seq"]);
     // Enough work queued at the writer that the last of it waits longer than
     // the request timeout (each put writes an alias file into the store).
-    let n_batches = 8;
+    let n_batches = 6;
     let n_ops = 1000;
     let batches: Vec<_> = (0..n_batches)
         .map(|batch| {
@@ -501,13 +501,12 @@ fn issue17_a_write_slower_than_the_request_timeout_answers_its_outcome_not_408()
                     .map(|i| json!({ "op": "put", "alias": format!("b{batch}-{i}"), "target": "llama3" }))
                     .collect();
                 let body = json!({ "ops": ops }).to_string();
-                crate::support::http(
-                    addr,
-                    "POST",
-                    "/api/aliases",
-                    &[("Content-Type", "application/json")],
-                    Some(body.as_bytes()),
-                )
+                let request = format!(
+                    "POST /api/aliases HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                // `raw` waits long enough for a loaded machine.
+                raw(addr, request.as_bytes())
             })
         })
         .collect();
@@ -522,17 +521,12 @@ fn issue17_a_write_slower_than_the_request_timeout_answers_its_outcome_not_408()
         let resp = batch.join().expect("thread");
         statuses.push(resp.status);
     }
-    let aliases = server.aliases();
-    assert_eq!(
-        aliases.len(),
-        1 + n_batches * n_ops,
-        "batch statuses {statuses:?}"
-    );
-    // Every batch was committed, so every batch must say so.
+    // Every batch is committed, so every batch must say so.
     assert!(
         statuses.iter().all(|s| *s == 200),
-        "committed batches answered {statuses:?} (a 408 says retry)"
+        "batches the writer had answered {statuses:?} (a 408 says retry)"
     );
+    assert_eq!(server.aliases().len(), 1 + n_batches * n_ops);
     let resp = server.get(&alias_path("coder"));
     assert_eq!(resp.json["target"], "qwen", "{resp:?}");
     assert_eq!(put.status, 200, "the If-Match put was applied: {put:?}");
