@@ -38,8 +38,8 @@ pub struct PutAlias {
     pub target: String,
     /// Whether `alias` is a prefix.
     pub prefix_matching: bool,
-    /// `If-Match`: the alias's current seq must be this.
-    pub if_match: Option<u64>,
+    /// `If-Match`: the alias must exist (at this seq, if one is given).
+    pub if_match: Option<IfMatch>,
     /// `If-None-Match: *`: the alias must not exist.
     pub if_none_match: bool,
 }
@@ -49,8 +49,18 @@ pub struct PutAlias {
 pub struct DeleteAlias {
     /// The alias as typed.
     pub alias: String,
-    /// `If-Match`: the alias's current seq must be this.
-    pub if_match: Option<u64>,
+    /// `If-Match`: the alias must exist (at this seq, if one is given).
+    pub if_match: Option<IfMatch>,
+}
+
+/// An `If-Match` precondition (RFC 9110 §13.1.1): the alias must exist, and
+/// for a tag its current seq must be the tag's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfMatch {
+    /// `If-Match: *`: any current version will do.
+    Any,
+    /// `If-Match: "<seq>"`: only this version.
+    Seq(u64),
 }
 
 /// One operation of a batch.
@@ -128,7 +138,7 @@ fn parse_target(target: &str) -> Result<ModelName, CommandError> {
 
 fn check_precondition(
     existing: Option<&AliasEntry>,
-    if_match: Option<u64>,
+    if_match: Option<IfMatch>,
     if_none_match: bool,
     shown: &str,
 ) -> Result<(), CommandError> {
@@ -137,20 +147,25 @@ fn check_precondition(
             "alias {shown:?} already exists (If-None-Match: *)"
         )));
     }
-    if let Some(expected) = if_match {
-        match existing {
-            None => {
+    if let Some(if_match) = if_match {
+        match (existing, if_match) {
+            (None, IfMatch::Any) => {
+                return Err(CommandError::PreconditionFailed(format!(
+                    "alias {shown:?} does not exist (If-Match: *)"
+                )))
+            }
+            (None, IfMatch::Seq(expected)) => {
                 return Err(CommandError::PreconditionFailed(format!(
                     "alias {shown:?} does not exist (If-Match: \"{expected}\")"
                 )))
             }
-            Some(entry) if entry.seq != expected => {
+            (Some(entry), IfMatch::Seq(expected)) if entry.seq != expected => {
                 return Err(CommandError::PreconditionFailed(format!(
                     "alias {shown:?} is at seq {}, not {expected} (If-Match)",
                     entry.seq
                 )))
             }
-            Some(_) => {}
+            (Some(_), _) => {}
         }
     }
     Ok(())

@@ -36,7 +36,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Commands {
     /// Run the registry server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create an alias, or point an existing one at a new target.
     Create {
         /// The alias, e.g. `coder`.
@@ -135,7 +135,10 @@ pub struct ServeArgs {
     /// The journal directory.
     #[arg(long, env = "ALIASD_JOURNAL")]
     pub journal: Option<PathBuf>,
-    /// The address to listen on.
+    /// The address to listen on. On a loopback address (the default) only
+    /// requests whose Host names this machine (localhost, *.localhost, an IP
+    /// address) are served, a guard against DNS rebinding; on any other
+    /// address (0.0.0.0, say) Host is not checked, and --token should be set.
     #[arg(long, env = "ALIASD_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     /// An Ollama server (`http://host:port`) to forward every other route to,
@@ -163,16 +166,47 @@ pub struct ServeArgs {
     /// A read-only token, NAME=SECRET (repeatable; also $ALIASD_READ_TOKENS).
     #[arg(long = "read-token", value_name = "NAME=SECRET")]
     pub read_tokens: Vec<String>,
-    /// Browser origins allowed besides the local machine's, comma-separated
-    /// (like OLLAMA_ORIGINS; `*` allows any).
-    #[arg(long, env = "ALIASD_ORIGINS", value_delimiter = ',')]
+    /// A browser origin allowed to call the API besides this machine's own
+    /// pages, e.g. https://app.example (repeatable or comma-separated, like
+    /// OLLAMA_ORIGINS; `*` allows any, a trailing `*` matches a prefix).
+    /// Requests from any other origin get 403.
+    #[arg(
+        long = "cors-origin",
+        alias = "origins",
+        value_name = "ORIGIN",
+        env = "ALIASD_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
     pub origins: Vec<String>,
-    /// Event-stream subscribers allowed at once.
+    /// Event-stream subscribers allowed at once (at most three quarters of
+    /// the connections allowed).
     #[arg(long, default_value_t = 4096)]
     pub max_subscribers: u64,
-    /// Seconds a request (body included) may take.
+    /// Seconds a request's body may take to arrive.
     #[arg(long, default_value_t = 30)]
     pub request_timeout_secs: u64,
+    /// Connections open at once; past it new ones wait until one closes.
+    /// Default: the open-file limit (raised to the hard limit at start-up)
+    /// less a reserve, halved with --upstream.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Milliseconds a request's head may take to arrive, from the
+    /// connection's start or the head's first byte.
+    #[arg(
+        long,
+        hide = true,
+        env = "ALIASD_HEADER_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub header_timeout_ms: u64,
+    /// Milliseconds a keep-alive connection may stay idle between requests.
+    #[arg(
+        long,
+        hide = true,
+        env = "ALIASD_IDLE_TIMEOUT_MS",
+        default_value_t = 75_000
+    )]
+    pub idle_timeout_ms: u64,
 }
 
 /// The user's home directory, or the current directory if unknown.
@@ -222,9 +256,12 @@ impl ServeArgs {
                 .map(|o| o.trim().to_string())
                 .filter(|o| !o.is_empty())
                 .collect(),
+            check_host: self.listen.ip().is_loopback(),
             max_subscribers: self.max_subscribers,
             request_timeout: std::time::Duration::from_secs(self.request_timeout_secs.max(1)),
-            proxy: None,
+            header_timeout: std::time::Duration::from_millis(self.header_timeout_ms.max(1)),
+            idle_timeout: std::time::Duration::from_millis(self.idle_timeout_ms.max(1)),
+            ..crate::http::HttpConfig::default()
         })
     }
 
@@ -273,5 +310,23 @@ mod tests {
         };
         assert!(args.listen.ip().is_loopback());
         assert_eq!(args.listen.port(), 11435);
+        assert!(args.http_config().unwrap().check_host);
+    }
+
+    #[test]
+    fn host_is_checked_only_on_loopback_listeners() {
+        for (listen, checked) in [
+            ("127.0.0.1:1", true),
+            ("[::1]:1", true),
+            ("0.0.0.0:1", false),
+            ("[::]:1", false),
+            ("192.0.2.7:1", false),
+        ] {
+            let cli = Cli::try_parse_from(["aliasd", "serve", "--listen", listen]).unwrap();
+            let Commands::Serve(args) = cli.command else {
+                panic!("not serve")
+            };
+            assert_eq!(args.http_config().unwrap().check_host, checked, "{listen}");
+        }
     }
 }

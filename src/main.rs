@@ -13,7 +13,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let res = match cli.command {
-        Commands::Serve(args) => serve(args),
+        Commands::Serve(args) => serve(*args),
         Commands::Journal { action } => aliasd::offline::run(action, cli.json),
         command => {
             let client = Client::new(&cli.host, cli.auth.clone());
@@ -77,6 +77,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .map(aliasd::http::proxy::Proxy::new)
         .transpose()
         .map_err(anyhow::Error::msg)?;
+    limit_connections(&mut http, args.max_connections);
     if !http.tokens.is_empty() {
         tracing::info!(
             tokens = http.tokens.len(),
@@ -127,6 +128,39 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     writer.join();
     res
+}
+
+/// Sets the connection cap: `--max-connections`, or what the open-file limit
+/// allows once raised to the hard limit, and never more than that; and leaves
+/// room under it for requests besides event streams.
+fn limit_connections(http: &mut aliasd::http::HttpConfig, asked: Option<usize>) {
+    use aliasd::http::server;
+    let fd_limit = server::raise_fd_limit();
+    let budget = server::fd_budget(fd_limit, http.proxy.is_some());
+    http.max_connections = match asked {
+        Some(asked) if asked > budget => {
+            tracing::warn!(
+                "--max-connections {asked} is more than {fd_limit} open files allow; using {budget} \
+                 (raise the hard limit, `ulimit -Hn` or systemd's LimitNOFILE=, for more)"
+            );
+            budget
+        }
+        Some(asked) => asked.max(1),
+        None => budget,
+    };
+    let subscribers = server::subscriber_budget(http.max_connections);
+    if http.max_subscribers > subscribers {
+        tracing::info!(
+            "event-stream subscribers limited to {subscribers}, three quarters of the {} connections allowed",
+            http.max_connections
+        );
+        http.max_subscribers = subscribers;
+    }
+    tracing::debug!(
+        max_connections = http.max_connections,
+        fd_limit,
+        "connection cap"
+    );
 }
 
 /// Connections the kernel queues before aliasd accepts them (capped by

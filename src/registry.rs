@@ -123,6 +123,10 @@ pub enum RegistryError {
     /// The registry is shutting down.
     #[error("registry is shutting down")]
     Unavailable,
+    /// A reconcile could not read the model store (the cause chain, as text);
+    /// nothing was changed.
+    #[error("reading the model store failed: {0}")]
+    Store(String),
 }
 
 struct Request {
@@ -817,9 +821,10 @@ impl Writer {
                 .map(Reply::Reconciled)
                 .map_err(|e| {
                     tracing::error!("reconcile failed: {e:#}");
+                    // Not `Unavailable`: the registry is not shutting down.
                     match e.downcast::<crate::log::Error>() {
                         Ok(e) => RegistryError::Storage(e),
-                        Err(_) => RegistryError::Unavailable,
+                        Err(e) => RegistryError::Store(format!("{e:#}")),
                     }
                 });
             let _ = request.reply.send(res);

@@ -466,6 +466,9 @@ async fn run(
         };
         match registry.execute(command, Origin::system("watcher")).await {
             Ok(reply) => tracing::debug!(?reply, "watcher reconcile done"),
+            Err(crate::registry::RegistryError::Unavailable) => {
+                tracing::debug!("watcher reconcile not done: the registry is shutting down")
+            }
             Err(e) => tracing::error!("watcher reconcile failed: {e}"),
         }
     }

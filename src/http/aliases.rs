@@ -6,9 +6,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use crate::command::{BatchOp, DeleteAlias, PutAlias};
+use crate::command::{BatchOp, DeleteAlias, IfMatch, PutAlias};
 use crate::http::routing::PathName;
-use crate::http::{json_bytes_response, ApiError, AppJson, AppState, RequestOrigin};
+use crate::http::{json_bytes_response, ApiError, AppJson, AppState, JsonObject, RequestOrigin};
 use crate::index::{format_time, AliasEntry, AliasState, AliasView, ChainEnd, Index, Models};
 use crate::registry::{Command, Reply, Shared};
 
@@ -197,11 +197,33 @@ pub struct PutBody {
     prefix_matching: bool,
 }
 
-/// `If-Match: "<seq>"` as a seq; an unparsable tag matches nothing.
-fn if_match(headers: &HeaderMap) -> Option<u64> {
-    let value = headers.get(axum::http::header::IF_MATCH)?.to_str().ok()?;
-    let tag = value.trim().trim_start_matches("W/").trim_matches('"');
-    Some(tag.parse().unwrap_or(u64::MAX))
+/// `If-Match`: `*` (the alias must exist) or one tag `"<seq>"` as the ETag
+/// gives it; anything else is a 400 naming the header, rather than a
+/// precondition that silently matches nothing.
+fn if_match(headers: &HeaderMap) -> Result<Option<IfMatch>, ApiError> {
+    let Some(value) = headers.get(axum::http::header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::bad_request(format!(
+            "the If-Match header {value:?} is not * or one ETag of an alias; send the \"<seq>\" its ETag gave, or *"
+        ))
+    };
+    let value = value.to_str().map_err(|_| bad())?.trim();
+    if value == "*" {
+        return Ok(Some(IfMatch::Any));
+    }
+    let tag = value.strip_prefix("W/").unwrap_or(value);
+    let tag = tag
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(tag);
+    if tag.is_empty() || !tag.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    tag.parse()
+        .map(|seq| Some(IfMatch::Seq(seq)))
+        .map_err(|_| bad())
 }
 
 fn if_none_match_any(headers: &HeaderMap) -> bool {
@@ -223,7 +245,7 @@ pub async fn alias_put(
         alias: name,
         target: body.target,
         prefix_matching: body.prefix_matching,
-        if_match: if_match(&headers),
+        if_match: if_match(&headers)?,
         if_none_match: if_none_match_any(&headers),
     };
     match state.registry.execute(Command::Put(put), origin).await? {
@@ -248,7 +270,7 @@ pub async fn alias_delete(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let delete = DeleteAlias {
         alias: name,
-        if_match: if_match(&headers),
+        if_match: if_match(&headers)?,
     };
     state
         .registry
@@ -261,7 +283,7 @@ pub async fn alias_delete(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchBody {
-    ops: Vec<OpBody>,
+    ops: Vec<JsonObject<OpBody>>,
 }
 
 /// One op of a batch.
@@ -297,7 +319,7 @@ pub async fn aliases_batch(
     let ops = body
         .ops
         .into_iter()
-        .map(|op| match op {
+        .map(|JsonObject(op)| match op {
             OpBody::Put {
                 alias,
                 target,
@@ -471,6 +493,17 @@ mod tests {
             via: "alias",
             digest,
         }
+    }
+
+    #[test]
+    fn a_body_nests_objects_not_arrays() {
+        let nested = serde_json::from_str::<BatchBody>(r#"{"ops":[["put","b","llama3"]]}"#);
+        assert!(nested.is_err());
+        let batch = serde_json::from_str::<BatchBody>(
+            r#"{"ops":[{"op":"put","alias":"b","target":"llama3"},{"op":"delete","alias":"c"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(batch.ops.len(), 2);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! without early exit), and never logged.
 
 use axum::extract::Request;
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
@@ -92,6 +92,15 @@ fn find<'t>(tokens: &'t [Token], presented: &str) -> Option<&'t Token> {
     found
 }
 
+/// The credentials of `Bearer <token>`; the scheme is case-insensitive
+/// (RFC 9110 §11.1), so `bearer` and `BEARER` work too.
+fn bearer_credentials(authorization: &str) -> Option<&str> {
+    let (scheme, credentials) = authorization.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credentials.trim())
+}
+
 fn is_mutating(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
@@ -111,11 +120,7 @@ pub fn authorize(http: &HttpConfig, request: &Request) -> Result<Option<TokenNam
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
+        .and_then(bearer_credentials);
     let Some(token) = presented.and_then(|p| find(tokens, p)) else {
         let message = if presented.is_some() {
             "invalid token"
@@ -140,92 +145,204 @@ pub fn authorize(http: &HttpConfig, request: &Request) -> Result<Option<TokenNam
     Ok(Some(TokenName(token.name.clone())))
 }
 
-/// Origins allowed by default, as Ollama's `OLLAMA_ORIGINS` defaults do: the
-/// local machine and desktop-app schemes.
-const DEFAULT_ORIGINS: [&str; 8] = [
+/// Origins allowed by default, on any port, as Ollama's `OLLAMA_ORIGINS`
+/// defaults: pages served by this machine.
+const LOCAL_ORIGINS: [&str; 8] = [
     "http://localhost",
     "https://localhost",
     "http://127.0.0.1",
     "https://127.0.0.1",
+    "http://[::1]",
+    "https://[::1]",
     "http://0.0.0.0",
+    "https://0.0.0.0",
+];
+
+/// Schemes of desktop apps' pages (Electron, Tauri, VS Code webviews), allowed
+/// by default as Ollama allows them: a web page cannot send such an origin
+/// (browsers send `null` for a local file), and the apps that do run on this
+/// machine already.
+const APP_SCHEMES: [&str; 5] = [
     "app://",
     "file://",
     "tauri://",
+    "vscode-webview://",
+    "vscode-file://",
 ];
 
-/// Whether a browser origin may call the API: the defaults (any port), or an
-/// entry of the allow-list (`*` allows all; `https://x.example` exact; a
-/// trailing `*` matches a prefix).
+/// Whether a browser origin may call the API: the local defaults, or an entry
+/// of the allow-list (`*` allows all; `https://x.example` exact; a trailing
+/// `*` matches a prefix).
 pub fn origin_allowed(allow: &[String], origin: &str) -> bool {
-    let default = DEFAULT_ORIGINS.iter().any(|d| {
-        origin == *d
-            || (d.ends_with("://") && origin.starts_with(d))
-            || origin.strip_prefix(d).is_some_and(|rest| {
-                rest.starts_with(':') && rest[1..].chars().all(|c| c.is_ascii_digit())
-            })
+    let local = LOCAL_ORIGINS.iter().any(|local| {
+        origin.strip_prefix(local).is_some_and(|rest| {
+            rest.is_empty()
+                || rest.strip_prefix(':').is_some_and(|port| {
+                    !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
+                })
+        })
     });
-    default
+    local
+        || APP_SCHEMES.iter().any(|scheme| origin.starts_with(scheme))
         || allow.iter().any(|a| {
             a == "*" || a == origin || a.strip_suffix('*').is_some_and(|p| origin.starts_with(p))
         })
 }
 
-/// The browser origin of a request, if it has one.
-pub fn request_origin(request: &Request) -> Option<String> {
-    request
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .map(String::from)
+/// The browser origin of a request, if it sends one.
+pub fn request_origin(request: &Request) -> Option<HeaderValue> {
+    request.headers().get(header::ORIGIN).cloned()
 }
 
-/// The answer to a CORS preflight (`OPTIONS` with an `Origin`): 204 with the
-/// allow headers for an allowed origin, else 403.
-pub fn preflight(http: &HttpConfig, origin: &str) -> Response {
-    if !origin_allowed(&http.origins, origin) {
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("origin {origin:?} is not allowed"),
-        )
-        .into_response();
+/// Refuses (403) a request whose `Origin` is not allowed, whatever its route
+/// or method: without tokens, a page's "simple" POST (no preflight) would
+/// change aliases, and a page must not read the registry either.
+pub fn check_origin(http: &HttpConfig, origin: &HeaderValue) -> Result<(), Box<Response>> {
+    match origin.to_str() {
+        Ok(text) if origin_allowed(&http.origins, text) => Ok(()),
+        _ => Err(Box::new(
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "origin {origin:?} is not allowed; to let its pages call aliasd, start it with --cors-origin {}",
+                    String::from_utf8_lossy(origin.as_bytes())
+                ),
+            )
+            .into_response(),
+        )),
     }
+}
+
+/// Refuses (403) a request on a loopback listener whose `Host` does not name
+/// this machine: a DNS-rebinding page reaches loopback under its own name
+/// (`Host: attacker.example`), and as the page's own origin it sends no
+/// `Origin` on a GET. A request without `Host` (HTTP/1.0) passes; so does any
+/// on a listener the operator chose to expose (`http.check_host` false).
+pub fn check_host(http: &HttpConfig, request: &Request) -> Result<(), Box<Response>> {
+    if !http.check_host {
+        return Ok(());
+    }
+    let host = match request.headers().get(header::HOST) {
+        Some(host) => host.as_bytes(),
+        None => match request.uri().authority() {
+            Some(authority) => authority.as_str().as_bytes(),
+            None => return Ok(()),
+        },
+    };
+    if std::str::from_utf8(host).is_ok_and(host_is_local) {
+        return Ok(());
+    }
+    Err(Box::new(
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "host {:?} is not a name of this machine, and aliasd listens on loopback only (a guard against DNS rebinding); call it as localhost or 127.0.0.1, or listen on another address with --listen",
+                String::from_utf8_lossy(host)
+            ),
+        )
+        .into_response(),
+    ))
+}
+
+/// Whether a `Host` value (with or without a port) names this machine:
+/// `localhost` and `*.localhost` (RFC 6761: never sent to DNS, so an attacker
+/// cannot point them anywhere), or an IP address on a loopback, private or
+/// link-local network (an address literal cannot be rebound), as Ollama allows.
+pub fn host_is_local(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((ip, port)) if port_or_nothing(port) => ip,
+            _ => return false,
+        },
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+                name
+            }
+            Some(_) => return false,
+            None => host,
+        },
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.eq_ignore_ascii_case("localhost")
+        || name.len() > ".localhost".len()
+            && name[name.len() - ".localhost".len()..].eq_ignore_ascii_case(".localhost")
+    {
+        return true;
+    }
+    match name.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => {
+            ip.is_loopback() || ip.is_unspecified() || ip.is_private() || ip.is_link_local()
+        }
+        Ok(std::net::IpAddr::V6(ip)) => {
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || ip.is_unique_local()
+                || ip.is_unicast_link_local()
+        }
+        Err(_) => false,
+    }
+}
+
+/// `""` or `:<digits>`, after a host.
+fn port_or_nothing(rest: &str) -> bool {
+    rest.is_empty()
+        || rest
+            .strip_prefix(':')
+            .is_some_and(|port| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The answer to a CORS preflight (`OPTIONS` with an allowed `Origin`): 204
+/// allowing the methods of the API and the headers the browser asks for.
+pub fn preflight(request: &Request, origin: &HeaderValue) -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET, PUT, POST, DELETE, OPTIONS"),
+        HeaderValue::from_static("GET, HEAD, PUT, POST, DELETE, OPTIONS"),
     );
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static(
-            "authorization, content-type, if-match, if-none-match, last-event-id, x-request-id",
-        ),
-    );
+    // What the page asked for is allowed: the origin is trusted, and tokens,
+    // not headers, guard the routes (SPEC §7).
+    let asked = request
+        .headers()
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_static(
+                "authorization, content-type, if-match, if-none-match, last-event-id, x-request-id",
+            )
+        });
+    headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked);
+    // Chrome's Private Network Access asks before a public page calls loopback.
+    let private_network = HeaderName::from_static("access-control-request-private-network");
+    if request.headers().contains_key(&private_network) {
+        headers.insert(
+            HeaderName::from_static("access-control-allow-private-network"),
+            HeaderValue::from_static("true"),
+        );
+    }
     headers.insert(
         header::ACCESS_CONTROL_MAX_AGE,
         HeaderValue::from_static("600"),
     );
-    add_allow_origin(&mut response, origin);
+    allow_origin(&mut response, origin);
+    response.headers_mut().insert(
+        header::VARY,
+        HeaderValue::from_static(
+            "origin, access-control-request-method, access-control-request-headers",
+        ),
+    );
     response
 }
 
-/// Adds the CORS headers to a response for an allowed origin.
-pub fn allow_origin(http: &HttpConfig, response: &mut Response, origin: &str) {
-    if origin_allowed(&http.origins, origin) {
-        add_allow_origin(response, origin);
-    }
-}
-
-fn add_allow_origin(response: &mut Response, origin: &str) {
-    if let Ok(value) = HeaderValue::from_str(origin) {
-        let headers = response.headers_mut();
-        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
-        headers.insert(header::VARY, HeaderValue::from_static("Origin"));
-        headers.insert(
-            header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("etag, x-request-id"),
-        );
-    }
+/// Adds the CORS headers for an allowed origin to its response.
+pub fn allow_origin(response: &mut Response, origin: &HeaderValue) {
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+    headers.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("etag, x-request-id"),
+    );
 }
 
 #[cfg(test)]
@@ -260,5 +377,46 @@ mod tests {
         assert!(!origin_allowed(&list, "https://app.example.evil"));
         assert!(origin_allowed(&list, "https://dev-7.example"));
         assert!(origin_allowed(&["*".to_string()], "https://anything"));
+        assert!(origin_allowed(&none, "http://[::1]:8080"));
+        assert!(origin_allowed(&none, "vscode-webview://abc"));
+        assert!(!origin_allowed(&none, "null"));
+        assert!(!origin_allowed(&none, "http://localhost:"));
+        assert!(!origin_allowed(&none, "http://127.0.0.1.evil.example"));
+    }
+
+    #[test]
+    fn hosts() {
+        for local in [
+            "localhost",
+            "LOCALHOST:11435",
+            "localhost.",
+            "app.localhost:3000",
+            "127.0.0.1",
+            "127.0.1.1:80",
+            "[::1]:11435",
+            "[::1]",
+            "0.0.0.0:1",
+            "192.168.1.5:8080",
+            "10.0.0.1",
+            "[fe80::1]",
+        ] {
+            assert!(host_is_local(local), "{local}");
+        }
+        for foreign in [
+            "attacker.example",
+            "attacker.example:11435",
+            "localhost.attacker.example",
+            "evil-localhost",
+            ".localhost",
+            "8.8.8.8",
+            "[2001:db8::1]:80",
+            "::1",
+            "localhost:",
+            "localhost:x",
+            "[::1]x",
+            "",
+        ] {
+            assert!(!host_is_local(foreign), "{foreign}");
+        }
     }
 }

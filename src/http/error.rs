@@ -75,6 +75,13 @@ impl From<RegistryError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "aliasd is shutting down; retry against the next instance",
             ),
+            RegistryError::Store(cause) => {
+                tracing::error!("reading the model store failed: {cause}");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "aliasd could not read the model store: nothing was changed; see the server log and retry",
+                )
+            }
         }
     }
 }

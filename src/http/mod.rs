@@ -10,6 +10,7 @@ pub mod events;
 pub mod experimental;
 pub mod proxy;
 pub mod routing;
+pub mod server;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use routing::{Matched, Route, Routes};
 use crate::command::Origin;
 use crate::registry::Registry;
 pub use error::ApiError;
+pub use server::serve;
 
 /// Request bodies larger than this get 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -67,18 +69,33 @@ impl AppState {
     }
 }
 
-/// HTTP settings: who may call, from which browser origins, and limits.
+/// HTTP settings: who may call, from which browser origins and host names,
+/// and limits.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     /// Tokens; empty means no authentication (loopback use).
     pub tokens: Vec<auth::Token>,
-    /// Extra browser origins allowed (beyond the local defaults).
+    /// Extra browser origins allowed (beyond the local defaults); a request
+    /// with any other `Origin` gets 403.
     pub origins: Vec<String>,
+    /// Refuse a `Host` that does not name this machine: set when listening on
+    /// loopback, where only this machine's clients (and DNS-rebinding pages
+    /// in their browsers) can connect.
+    pub check_host: bool,
     /// Event-stream subscribers allowed at once; past it, 503.
     pub max_subscribers: u64,
-    /// A request (its body included) must complete within this; else 408.
-    /// Requests forwarded to the upstream only need their body in this time.
+    /// A request's body must arrive within this; else 408 (nothing was
+    /// changed). What the route does once it has the body is not timed: a
+    /// change sent to the registry's writer answers its real outcome.
     pub request_timeout: std::time::Duration,
+    /// Connections open at once; past it, new ones wait to be accepted.
+    pub max_connections: usize,
+    /// A request head (line and headers) must arrive within this, counted
+    /// from the connection's start or the head's first byte; else the
+    /// connection is closed.
+    pub header_timeout: std::time::Duration,
+    /// A keep-alive connection with no request in flight is closed after this.
+    pub idle_timeout: std::time::Duration,
     /// The Ollama server unknown routes are forwarded to (`--upstream`), if any.
     pub proxy: Option<proxy::Proxy>,
 }
@@ -88,8 +105,12 @@ impl Default for HttpConfig {
         HttpConfig {
             tokens: Vec::new(),
             origins: Vec::new(),
+            check_host: true,
             max_subscribers: 4096,
             request_timeout: std::time::Duration::from_secs(30),
+            max_connections: 1024 - server::FD_RESERVE as usize,
+            header_timeout: std::time::Duration::from_secs(10),
+            idle_timeout: std::time::Duration::from_secs(75),
             proxy: None,
         }
     }
@@ -228,12 +249,16 @@ async fn metrics_get(axum::extract::State(state): axum::extract::State<AppState>
 /// Everything every request goes through, around the routes (one boxed
 /// future per request instead of one per concern), in this order:
 /// 1. its request id: `X-Request-Id` if sane, else a new one, echoed back;
-/// 2. CORS: preflights answered here, allow headers added for allowed origins;
-/// 3. tokens (SPEC §5): 401/403, or the token's name for the event actor;
-/// 4. the route, within the request timeout (slow bodies included; not for
-///    event streams), with a panic turned into a logged 500;
-/// 5. the `{"error"}` shape for the framework's own errors;
-/// 6. the count for `/metrics`, by route template and status.
+/// 2. on a loopback listener, a `Host` that is not this machine: 403 (DNS
+///    rebinding);
+/// 3. an `Origin` that is not allowed: 403 on every route, before tokens and
+///    before any body is read; preflights of allowed origins answered here,
+///    allow headers added to their other responses;
+/// 4. tokens (SPEC §5): 401/403, or the token's name for the event actor;
+/// 5. the route, its body within the request timeout, with a panic turned
+///    into a logged 500;
+/// 6. the `{"error"}` shape for the framework's own errors;
+/// 7. the count for `/metrics`, by route template and status.
 async fn edge(app: App, mut request: Request) -> Response {
     let App { routes, state } = app;
     let id = request
@@ -251,21 +276,31 @@ async fn edge(app: App, mut request: Request) -> Response {
     // What no route matches goes to the upstream, when there is one.
     let proxied = route.is_none() && state.http.proxy.is_some();
     let origin = auth::request_origin(&request);
-    let response = match (&origin, request.method() == axum::http::Method::OPTIONS) {
-        (Some(origin), true) => auth::preflight(&state.http, origin),
-        _ => match auth::authorize(&state.http, &request) {
-            Err(refusal) => *refusal,
-            Ok(token) => {
-                if let Some(token) = token {
-                    request.extensions_mut().insert(token);
-                }
-                run_route(&state, request, &routes, matched, !proxied).await
+    let browser = auth::check_host(&state.http, &request).and_then(|()| match &origin {
+        Some(origin) => auth::check_origin(&state.http, origin),
+        None => Ok(()),
+    });
+    let allowed = browser.is_ok();
+    let response = match browser {
+        Err(refusal) => *refusal,
+        Ok(()) => match &origin {
+            Some(origin) if request.method() == Method::OPTIONS => {
+                auth::preflight(&request, origin)
             }
+            _ => match auth::authorize(&state.http, &request) {
+                Err(refusal) => *refusal,
+                Ok(token) => {
+                    if let Some(token) = token {
+                        request.extensions_mut().insert(token);
+                    }
+                    run_route(&state, request, &routes, matched, !proxied).await
+                }
+            },
         },
     };
     let mut response = error::ensure_json(response).await;
-    if let Some(origin) = &origin {
-        auth::allow_origin(&state.http, &mut response, origin);
+    if let (Some(origin), true) = (&origin, allowed) {
+        auth::allow_origin(&mut response, origin);
     }
     let route = match route {
         Some(template) => template,
@@ -281,10 +316,12 @@ async fn edge(app: App, mut request: Request) -> Response {
 }
 
 /// Runs the route, turning a panic into a logged 500 so the server stays up.
-/// A request with a body must complete within the request timeout (a slow
-/// body holds a connection and a task) when `timed`; one without a body is
-/// answered from memory at once, or is an event stream, which lasts. A request
-/// for the upstream is not timed here: a model can take minutes to load.
+/// When `timed`, a request's body must arrive within the request timeout (a
+/// slow body holds a connection and a task): reading it past that fails, and
+/// [`read_body`] answers 408. Only the body is timed: a change that reached
+/// the registry's writer is not cancelled into a "retry" it may have outlived
+/// (it answers what the writer did). A request for the upstream is not timed
+/// here: a model can take minutes to load.
 async fn run_route(
     state: &AppState,
     request: Request,
@@ -300,17 +337,19 @@ async fn run_route(
         || request
             .headers()
             .contains_key(axum::http::header::TRANSFER_ENCODING);
-    let run = std::panic::AssertUnwindSafe(routes.dispatch(matched, request, state.clone()))
-        .catch_unwind();
-    let outcome = if has_body && timed {
-        tokio::time::timeout(state.http.request_timeout, run).await
+    let request = if has_body && timed {
+        let timeout = state.http.request_timeout;
+        request.map(|body| axum::body::Body::new(TimedBody::new(body, timeout)))
     } else {
-        Ok(run.await)
+        request
     };
+    let outcome = std::panic::AssertUnwindSafe(routes.dispatch(matched, request, state.clone()))
+        .catch_unwind()
+        .await;
     let path = uri.path();
     match outcome {
-        Ok(Ok(response)) => response,
-        Ok(Err(panic)) => {
+        Ok(response) => response,
+        Err(panic) => {
             let message = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
@@ -323,13 +362,60 @@ async fn run_route(
             )
             .into_response()
         }
-        Err(_) => ApiError::new(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            "the request took too long (a slow body?); retry",
-        )
-        .into_response(),
     }
 }
+
+/// A request body that fails with [`BodyTimeout`] once its time is up.
+struct TimedBody {
+    body: axum::body::Body,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    timeout: std::time::Duration,
+}
+
+impl TimedBody {
+    fn new(body: axum::body::Body, timeout: std::time::Duration) -> TimedBody {
+        TimedBody {
+            body,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            timeout,
+        }
+    }
+}
+
+impl axum::body::HttpBody for TimedBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::future::Future;
+        let this = self.get_mut();
+        if let std::task::Poll::Ready(frame) = std::pin::Pin::new(&mut this.body).poll_frame(cx) {
+            return std::task::Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        match this.deadline.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => {
+                std::task::Poll::Ready(Some(Err(Box::new(BodyTimeout(this.timeout)))))
+            }
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A request body did not arrive within the request timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {} s", .0.as_secs())]
+struct BodyTimeout(std::time::Duration);
 
 /// The id of the current request: only visible ASCII, at most 200 bytes.
 #[derive(Debug, Clone)]
@@ -388,6 +474,14 @@ where
         if bytes.is_empty() {
             return Err(ApiError::bad_request("the request needs a JSON body"));
         }
+        // serde reads a struct from an array too, by field order (`["llama3"]`
+        // as `{"target": "llama3"}`); a body is an object, so say so instead.
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first.is_some_and(|b| *b != b'{') {
+            return Err(ApiError::bad_request(
+                "bad JSON body: send a JSON object, {...}, with the fields of this route",
+            ));
+        }
         let deserializer = &mut serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize(&mut *deserializer).map_err(|e| {
             let path = e.path().to_string();
@@ -403,6 +497,22 @@ where
             .end()
             .map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))?;
         Ok(AppJson(value))
+    }
+}
+
+/// An object nested in a request body (the ops of a batch), read only from
+/// a JSON object: serde reads a struct, or an internally tagged enum, from an
+/// array too, by position, and a body that does not say what it means is a 400.
+/// ([`AppJson`] holds the body itself to the same rule.)
+#[derive(Debug, Clone)]
+pub struct JsonObject<T>(pub T);
+
+impl<'de, T: serde::de::DeserializeOwned> serde::Deserialize<'de> for JsonObject<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let object = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+        T::deserialize(serde_json::Value::Object(object))
+            .map(JsonObject)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -430,10 +540,32 @@ async fn read_body(request: Request) -> Result<axum::body::Bytes, ApiError> {
                 .is_some_and(|cause| cause.is::<http_body_util::LengthLimitError>());
             if over {
                 too_large()
+            } else if let Some(timeout) = cause::<BodyTimeout>(&e) {
+                ApiError::new(
+                    axum::http::StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the request body took too long to arrive (over {} s): nothing was changed; retry",
+                        timeout.0.as_secs()
+                    ),
+                )
             } else {
                 ApiError::bad_request(format!("cannot read the request body: {e}"))
             }
         })
+}
+
+/// The first cause of type `T` in `error`'s chain of sources.
+fn cause<'e, T: std::error::Error + 'static>(
+    error: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e T> {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(found) = error.downcast_ref::<T>() {
+            return Some(found);
+        }
+        next = error.source();
+    }
+    None
 }
 
 /// A response of JSON already written, built directly (axum's tuple
@@ -446,37 +578,4 @@ pub fn json_bytes_response(status: axum::http::StatusCode, json: Vec<u8>) -> Res
         HeaderValue::from_static("application/json"),
     );
     response
-}
-
-/// Serves the app on `listener` until `shutdown` completes.
-///
-/// Every connection gets `TCP_NODELAY`: an event stream writes small chunks while
-/// earlier ones may still be unacknowledged, and Nagle's algorithm would hold each
-/// such chunk until the subscriber's (possibly delayed, up to 40 ms) ACK.
-///
-/// # Errors
-///
-/// The listener fails.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: AppState,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let signal = state.shutdown.clone();
-    let app = app(state);
-    let listener = listener.tap_io(|connection| {
-        if let Err(e) = connection.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY on a connection: {e}");
-        }
-    });
-    axum::serve(
-        listener,
-        axum::ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(app),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        signal.trigger();
-    })
-    .await
 }

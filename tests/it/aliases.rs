@@ -217,11 +217,14 @@ fn put_and_delete_honour_preconditions() {
     resp.expect_error(412, "does not exist");
     assert_eq!(server.store.read("b"), None);
 
-    // If-Match with a stale or garbled tag: 412, nothing changes.
-    for tag in ["\"7\"", "\"0\"", "nonsense"] {
+    // If-Match with a stale tag: 412; with a garbled one: 400 (issue 17);
+    // nothing changes.
+    for tag in ["\"7\"", "\"0\""] {
         let resp = server.send_json_with("PUT", &path, &[("If-Match", tag)], &target("m2"));
         resp.expect_error(412, "if-match");
     }
+    let resp = server.send_json_with("PUT", &path, &[("If-Match", "nonsense")], &target("m2"));
+    resp.expect_error(400, "if-match");
     assert_eq!(server.seq(), 1);
     assert_eq!(server.store.read("a"), server.store.read("m1"));
 

@@ -1,6 +1,7 @@
 mod aliases;
 mod cli;
 mod confinement;
+mod edge_security;
 mod events;
 mod hardening;
 mod journal_tamper;

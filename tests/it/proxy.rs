@@ -299,7 +299,7 @@ fn a_streamed_answer_reaches_the_client_as_it_comes() {
     stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
     let body = json!({"model": "coder", "messages": []}).to_string();
     let request = format!(
-        "POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).expect("send");

@@ -28,6 +28,9 @@ const ALIASD_ENV: &[&str] = &[
     "ALIASD_LISTEN",
     "ALIASD_JOURNAL",
     "ALIASD_POLL_MS",
+    "ALIASD_CORS_ORIGINS",
+    "ALIASD_HEADER_TIMEOUT_MS",
+    "ALIASD_IDLE_TIMEOUT_MS",
     "OLLAMA_MODELS",
 ];
 
@@ -329,7 +332,8 @@ pub fn http(
     })
 }
 
-fn parse_response(raw: &[u8]) -> Option<Resp> {
+/// Parses a whole HTTP/1.1 response as [`http`] reads it.
+pub fn parse_response(raw: &[u8]) -> Option<Resp> {
     let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&raw[..end]).ok()?;
     let mut lines = head.split("\r\n");
@@ -386,6 +390,8 @@ pub struct Server {
     starts: u32,
     /// Extra `serve` flags.
     args: Vec<String>,
+    /// Extra environment variables.
+    env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -401,6 +407,12 @@ impl Server {
 
     /// Starts a server on `store` with a new journal and extra `serve` flags.
     pub fn start_with_args(store: TestStore, args: &[&str]) -> Server {
+        Server::start_with_env(store, args, &[])
+    }
+
+    /// Starts a server on `store` with a new journal, extra `serve` flags and
+    /// extra environment variables.
+    pub fn start_with_env(store: TestStore, args: &[&str], env: &[(&str, &str)]) -> Server {
         let journal = tempfile::Builder::new()
             .prefix("aliasd-it-journal")
             .tempdir()
@@ -417,6 +429,10 @@ impl Server {
             child: None,
             starts: 0,
             args: args.iter().map(|a| a.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         server.spawn();
         server
@@ -469,6 +485,7 @@ impl Server {
                 .arg("--listen")
                 .arg(self.addr.to_string())
                 .args(&self.args)
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .env("ALIASD_LOG", "debug")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
