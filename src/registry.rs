@@ -86,6 +86,10 @@ pub enum Command {
     ReconcileNames(Vec<crate::name::ModelName>),
     /// Write a snapshot now.
     Snapshot,
+    /// Apply a commit another writer appended to the shared log (it is
+    /// durable already): the index, the store and subscribers follow it as
+    /// they follow this process's own commits.
+    ApplyRemote(crate::log::RemoteCommit),
 }
 
 /// The result of a command.
@@ -208,9 +212,25 @@ impl Registry {
                 opened.recovery.truncated_bytes
             );
         }
-        let log: SharedLog = Arc::new(opened.log);
+        Registry::start_on(store, &config, Arc::new(opened.log), opened.snapshot)
+    }
+
+    /// [`Registry::start`] on a log already open (the journal, or a shared
+    /// log), with the store made ready: rebuilds the index from `snapshot`
+    /// and the log, reconciles the store, and starts the writer.
+    ///
+    /// # Errors
+    ///
+    /// The log cannot be read, or the store cannot be reconciled.
+    pub fn start_on(
+        store: Store,
+        config: &RegistryConfig,
+        log: SharedLog,
+        snapshot: Option<Snapshot>,
+    ) -> anyhow::Result<(Registry, WriterThread)> {
+        use anyhow::Context;
         let started = std::time::Instant::now();
-        let index = load_index(&*log, opened.snapshot)?;
+        let index = load_index(&*log, snapshot)?;
         tracing::info!(
             aliases = index.len(),
             seq = index.last_seq(),
@@ -267,6 +287,13 @@ impl Registry {
                 config.models_dir.display(),
                 if aliases == 1 { "" } else { "es" }
             );
+        }
+        if let Some(remote) = log.remote_commits() {
+            let commands = commands.downgrade();
+            std::thread::Builder::new()
+                .name("aliasd-remote".into())
+                .spawn(move || forward_remote_commits(&remote, &commands))
+                .context("starting the thread that applies other writers' commits")?;
         }
         let thread = std::thread::Builder::new()
             .name("aliasd-writer".into())
@@ -326,6 +353,28 @@ impl Registry {
     /// The counters shared with the writer.
     pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
         &self.metrics
+    }
+}
+
+/// Hands each commit another writer appended to the shared log to the
+/// writer, in order, until the log or the registry stops.
+fn forward_remote_commits(
+    remote: &std::sync::mpsc::Receiver<crate::log::RemoteCommit>,
+    commands: &mpsc::WeakSender<Request>,
+) {
+    for commit in remote {
+        let Some(commands) = commands.upgrade() else {
+            return; // The registry stopped.
+        };
+        let (reply, _) = oneshot::channel();
+        let request = Request {
+            command: Command::ApplyRemote(commit),
+            origin: Origin::system("remote"),
+            reply,
+        };
+        if commands.blocking_send(request).is_err() {
+            return;
+        }
     }
 }
 
@@ -806,11 +855,18 @@ impl Writer {
 
     fn process(&mut self, group: Vec<Request>) {
         // A reconcile reads the whole store; it runs alone, after the rest.
-        let (others, reconciles): (Vec<Request>, Vec<Request>) = group
-            .into_iter()
-            .partition(|r| !matches!(r.command, Command::Reconcile | Command::ReconcileNames(_)));
+        let (others, reconciles): (Vec<Request>, Vec<Request>) = group.into_iter().partition(|r| {
+            !matches!(
+                r.command,
+                Command::Reconcile | Command::ReconcileNames(_) | Command::ApplyRemote(_)
+            )
+        });
         self.process_group(others);
         for request in reconciles {
+            if let Command::ApplyRemote(commit) = request.command {
+                let _ = request.reply.send(self.apply_remote(commit));
+                continue;
+            }
             let names = match &request.command {
                 Command::ReconcileNames(names) => Some(names.as_slice()),
                 _ => None,
@@ -955,9 +1011,7 @@ impl Writer {
         f(&guard)
     }
 
-    /// Makes events durable and applies them (with `models`, if given,
-    /// replacing the model set in the same step). Returns each event's alias
-    /// digest from before, for the finisher: files with it are still ours.
+    /// Makes events durable and applies them ([`Writer::apply`]).
     fn commit(
         &mut self,
         events: &[Event],
@@ -978,6 +1032,13 @@ impl Writer {
                 );
             }
         }
+        Ok(self.apply(events, models))
+    }
+
+    /// Applies durable events to the index (with `models`, if given,
+    /// replacing the model set in the same step). Returns each event's alias
+    /// digest from before, for the finisher: files with it are still ours.
+    fn apply(&mut self, events: &[Event], models: Option<Models>) -> Vec<Option<Arc<str>>> {
         let mut guard = self.shared.write().unwrap_or_else(|e| e.into_inner());
         let prior = events
             .iter()
@@ -997,7 +1058,7 @@ impl Writer {
         }
         drop(guard);
         self.since_snapshot += events.len() as u64;
-        Ok(prior)
+        prior
     }
 
     /// A snapshot costs time in proportion to the index, so it is taken at
@@ -1104,6 +1165,37 @@ impl Writer {
         }
     }
 
+    /// Applies a commit another writer made durable in the shared log, then
+    /// hands it to the finisher like one of this writer's own.
+    fn apply_remote(&mut self, commit: crate::log::RemoteCommit) -> Result<Reply, RegistryError> {
+        // Files of earlier groups first, as for a reconcile.
+        self.drain();
+        let expected = self.read(|s| s.index.last_seq()) + 1;
+        if commit.first_seq != expected {
+            tracing::error!(
+                expected,
+                got = commit.first_seq,
+                "a commit from the shared log is out of step with the index; not applied"
+            );
+            return Err(RegistryError::Unavailable);
+        }
+        let mut events = Vec::with_capacity(commit.payloads.len());
+        for (i, payload) in commit.payloads.iter().enumerate() {
+            match Event::decode(payload) {
+                Ok(event) => events.push(event),
+                Err(e) => tracing::warn!(
+                    seq = commit.first_seq + i as u64,
+                    "a record of the shared log is not an event: {e}; skipped"
+                ),
+            }
+        }
+        let prior = self.apply(&events, None);
+        let n_events = events.len();
+        self.finish(events, prior, Vec::new());
+        self.maybe_snapshot();
+        Ok(Reply::Reconciled(n_events))
+    }
+
     fn write_snapshot(&mut self) -> Result<u64, crate::log::Error> {
         let (seq, data) = self.read(|s| (s.index.last_seq(), crate::snapshot::encode(&s.index)));
         self.log.write_snapshot(seq, &data)?;
@@ -1131,7 +1223,9 @@ fn plan(
         }
         Command::Batch(ops) => plan_batch(draft, models, origin, time, ops).map(Planned::Batch),
         Command::Snapshot => Ok(Planned::Snapshot),
-        Command::Reconcile | Command::ReconcileNames(_) => Ok(Planned::Reconcile),
+        Command::Reconcile | Command::ReconcileNames(_) | Command::ApplyRemote(_) => {
+            Ok(Planned::Reconcile)
+        }
     }
 }
 
@@ -1172,6 +1266,81 @@ mod tests {
 
     fn created(seq: u64) -> Event {
         crate::event::created_for_test(seq, "m1")
+    }
+
+    /// A commit another writer appended to a shared log reaches the index,
+    /// the store and subscribers through the writer, as its own would.
+    #[test]
+    fn a_remote_commit_is_applied_materialized_and_published() {
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let model_dir = dir.path().join("manifests/registry.ollama.ai/library/m1");
+        std::fs::create_dir_all(&model_dir).unwrap();
+        std::fs::write(
+            model_dir.join("latest"),
+            br#"{"schemaVersion":2,"layers":[]}"#,
+        )
+        .unwrap();
+        let store = crate::store::Store::new(dir.path());
+        store.ensure_layout().unwrap();
+        let config = super::RegistryConfig {
+            models_dir: dir.path().to_path_buf(),
+            journal_dir: dir.path().join("unused"),
+            retain: None,
+            segment_bytes: 1 << 20,
+            snapshot_every: 1_000,
+            io: None,
+        };
+        let log = Arc::new(crate::log::memory::MemoryLog::shared());
+        let (registry, writer) =
+            super::Registry::start_on(store, &config, log.clone(), None).unwrap();
+        let mut live = registry.subscribe();
+
+        let digest = crate::digest::manifest_digest(br#"{"schemaVersion":2,"layers":[]}"#);
+        let active = |seq| {
+            let mut event = created(seq);
+            event.digest = Some(digest.clone());
+            event.encode()
+        };
+        log.remote_append(vec![active(1), active(2)]);
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let seqs: Vec<u64> = runtime.block_on(async {
+            let mut seqs = Vec::new();
+            while seqs.len() < 2 {
+                let batch = tokio::time::timeout(std::time::Duration::from_secs(10), live.recv())
+                    .await
+                    .expect("published in time")
+                    .unwrap();
+                seqs.extend(batch.events.iter().map(|p| p.event.seq));
+            }
+            seqs
+        });
+        assert_eq!(seqs, [1, 2]);
+        registry.read(|s| {
+            assert_eq!(s.index.last_seq(), 2);
+            assert_eq!(s.index.len(), 2);
+        });
+        for alias in ["a1", "a2"] {
+            let file = dir
+                .path()
+                .join("manifests/registry.ollama.ai/library")
+                .join(alias);
+            assert!(file.join("latest").is_file(), "{alias} materialized");
+        }
+        // An out-of-step commit is refused, not applied.
+        let out_of_step = super::Command::ApplyRemote(crate::log::RemoteCommit {
+            first_seq: 9,
+            payloads: vec![active(9)],
+        });
+        let res = runtime.block_on(registry.execute(out_of_step, super::Origin::system("test")));
+        assert!(res.is_err(), "{res:?}");
+        registry.read(|s| assert_eq!(s.index.last_seq(), 2));
+        drop(registry);
+        writer.join();
     }
 
     /// A snapshot that cannot be decoded is replaced by a full replay only

@@ -13,6 +13,8 @@
 //! gap-free seqs; it knows nothing of aliases.
 
 pub mod file;
+#[cfg(test)]
+pub mod memory;
 
 use std::sync::Arc;
 
@@ -58,7 +60,7 @@ pub struct Snapshot {
 }
 
 /// A commit another writer appended to a shared log, to be applied here.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RemoteCommit {
     /// The seq of its first payload; the rest follow without a gap.
     pub first_seq: u64,
