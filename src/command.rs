@@ -4,7 +4,7 @@
 //! Pure: planning reads a [`Draft`] and the model set and records events into
 //! the draft; nothing here does I/O. The registry commits what was planned.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 
 use crate::event::{new_id, Event, EventType};
 use crate::index::{AliasEntry, AliasName, AliasState, AliasView, ChainEnd, DepKey, Draft, Models};
@@ -196,9 +196,9 @@ fn new_event(
 /// Plans a put: validates in SPEC order, then records `alias.created` or
 /// `alias.updated` and the events of every alias whose chain runs through it.
 /// A put that changes nothing records nothing.
-pub fn plan_put(
-    draft: &mut Draft<'_>,
-    models: &Models,
+pub fn plan_put<'a>(
+    draft: &mut Draft<'a>,
+    models: &'a Models,
     origin: &Origin,
     time: &str,
     put: &PutAlias,
@@ -248,16 +248,18 @@ pub fn plan_put(
             target.display()
         )));
     }
-    if !dep.is_prefix() {
+    let unchanged = existing.as_ref().is_some_and(|existing| {
+        existing.target.key() == target_key && existing.target.display() == target.display()
+    });
+    // An alias already pointing at this target makes no new cycle.
+    if !dep.is_prefix() && !unchanged {
         check_cycle(draft, models, &key, &target, &shown)?;
     }
-    if let Some(existing) = &existing {
-        if existing.target.key() == target_key && existing.target.display() == target.display() {
-            return Ok(PutOutcome {
-                dep,
-                created: false,
-            });
-        }
+    if unchanged {
+        return Ok(PutOutcome {
+            dep,
+            created: false,
+        });
     }
     let kind = if existing.is_some() {
         EventType::AliasUpdated
@@ -267,7 +269,7 @@ pub fn plan_put(
     let mut event = new_event(kind, &alias, Some(&target), origin, time);
     event.previous_target = existing.as_ref().map(|e| e.target.display());
     if !dep.is_prefix() {
-        if let ChainEnd::Model(model) = draft.chain_end(models, &target) {
+        if let ChainEnd::Model(model) = draft.chain_end_cached(models, &target) {
             event.digest = Some(model.digest.to_string());
         }
     }
@@ -281,6 +283,13 @@ pub fn plan_put(
     })
 }
 
+/// Refuses `alias -> target` when the chain from `target` would come back to
+/// `alias`: when `target` is among the aliases whose chain runs through `alias`.
+///
+/// The walk goes up from `alias` through its dependents rather than down from
+/// `target`: a new alias has none (so building a chain of n costs n, not n
+/// squared), and re-pointing an alias walks no more aliases than the
+/// propagation that follows does.
 fn check_cycle(
     draft: &Draft<'_>,
     models: &Models,
@@ -288,26 +297,49 @@ fn check_cycle(
     target: &ModelName,
     shown: &str,
 ) -> Result<(), CommandError> {
-    let mut current = target.clone();
-    let mut path = vec![shown.to_string()];
-    let mut seen = HashSet::new();
-    loop {
-        let key = current.key();
-        path.push(current.display());
-        if key == alias_key {
-            return Err(CommandError::Cycle(format!(
-                "alias {shown:?} would make a cycle: {}",
-                path.join(" -> ")
-            )));
-        }
-        if models.contains(&key) || !seen.insert(key.clone()) {
-            return Ok(());
-        }
-        match draft.exact(&key) {
-            None => return Ok(()),
-            Some(entry) => current = entry.target.clone(),
+    let target_key = target.key_str();
+    // A chain stops at a model: through a model, or from one, nothing comes back.
+    if models.contains(target_key) {
+        return Ok(());
+    }
+    let mut seen: HashSet<std::sync::Arc<str>> = HashSet::new();
+    let mut queue: VecDeque<std::sync::Arc<str>> =
+        VecDeque::from([std::sync::Arc::from(alias_key)]);
+    let mut found = false;
+    'walk: while let Some(key) = queue.pop_front() {
+        for dep in draft.dependents(&key) {
+            if dep.is_prefix() || models.contains(dep.key()) {
+                continue;
+            }
+            if **dep.key() == *target_key {
+                found = true;
+                break 'walk;
+            }
+            if seen.insert(dep.key().clone()) {
+                queue.push_back(dep.key().clone());
+            }
         }
     }
+    if !found {
+        return Ok(());
+    }
+    // Spell the cycle out, from the target down its chain back to the alias.
+    let mut path = vec![shown.to_string()];
+    let mut current = target.clone();
+    loop {
+        path.push(current.display());
+        if current.key_str() == alias_key || path.len() > seen.len() + 3 {
+            break;
+        }
+        match draft.exact(current.key_str()) {
+            Some(entry) => current = entry.target.clone(),
+            None => break,
+        }
+    }
+    Err(CommandError::Cycle(format!(
+        "alias {shown:?} would make a cycle: {}",
+        path.join(" -> ")
+    )))
 }
 
 /// Plans a delete: 404 if absent, 412 on a failed `If-Match`, 409 if other
@@ -368,9 +400,9 @@ fn lookup(draft: &Draft<'_>, typed: &str) -> Result<Option<AliasEntry>, CommandE
 
 /// Plans a batch, all or nothing: each op is validated against the state the
 /// earlier ops leave; the first error rolls every op back.
-pub fn plan_batch(
-    draft: &mut Draft<'_>,
-    models: &Models,
+pub fn plan_batch<'a>(
+    draft: &mut Draft<'a>,
+    models: &'a Models,
     origin: &Origin,
     time: &str,
     ops: &[BatchOp],
@@ -428,9 +460,9 @@ pub enum PathState {
 
 /// Records the event that brings one exact alias in line with the store, if
 /// any: the one code path for start-up reconcile, the watcher and chains.
-pub fn reconcile_alias(
-    draft: &mut Draft<'_>,
-    models: &Models,
+pub fn reconcile_alias<'a>(
+    draft: &mut Draft<'a>,
+    models: &'a Models,
     origin: &Origin,
     time: &str,
     key: &str,
@@ -439,7 +471,7 @@ pub fn reconcile_alias(
     let Some(entry) = draft.exact(key).cloned() else {
         return;
     };
-    let end = draft.chain_end(models, &entry.target);
+    let end = draft.chain_end_cached(models, &entry.target);
     let resolved_digest = match &end {
         ChainEnd::Model(model) => Some(model.digest.clone()),
         _ => None,
@@ -473,7 +505,16 @@ pub fn reconcile_alias(
 
 /// Re-derives every alias whose chain runs through `key` after `key` changed.
 /// Their own files are untouched by the change, so they count as `Ours`.
-pub fn propagate(draft: &mut Draft<'_>, models: &Models, origin: &Origin, time: &str, key: &str) {
+///
+/// Each alias is visited once, and its chain's end is found from the draft's
+/// memo (its target's, already found), so this costs the aliases touched.
+pub fn propagate<'a>(
+    draft: &mut Draft<'a>,
+    models: &'a Models,
+    origin: &Origin,
+    time: &str,
+    key: &str,
+) {
     for dep in draft.transitive_dependents(key) {
         if dep.is_prefix() {
             continue;
@@ -698,5 +739,193 @@ mod tests {
             [EventType::TargetRemoved]
         );
         assert_eq!(kinds(&models(&["other", "m:latest"]), PathState::Ours), []);
+    }
+
+    /// Every exact alias of `names` in the draft says what its chain says:
+    /// active with the model's digest when it ends at a model, else dangling.
+    #[track_caller]
+    fn check_derived(draft: &mut Draft<'_>, ms: &Models, names: &[&str]) {
+        for name in names {
+            let key = ModelName::parse(name).unwrap().key();
+            let Some(entry) = draft.exact(&key).cloned() else {
+                continue;
+            };
+            let end = draft.chain_end(ms, &entry.target);
+            match &end {
+                ChainEnd::Model(model) => {
+                    assert_eq!(entry.state, AliasState::Active, "{name}");
+                    assert_eq!(entry.digest.as_ref(), Some(&model.digest), "{name}");
+                }
+                _ => {
+                    assert_eq!(entry.state, AliasState::Dangling, "{name}");
+                    assert_eq!(entry.digest, None, "{name}");
+                }
+            }
+        }
+    }
+
+    /// The down-the-chain walk the cycle check used to make: whether the chain
+    /// from `target` comes back to `alias`.
+    fn makes_cycle(draft: &Draft<'_>, ms: &Models, alias: &str, target: &str) -> bool {
+        let alias_key = ModelName::parse(alias).unwrap().key();
+        let mut current = ModelName::parse(target).unwrap();
+        let mut seen = HashSet::new();
+        loop {
+            let key = current.key();
+            if key == alias_key {
+                return true;
+            }
+            if ms.contains(&key) || !seen.insert(key.clone()) {
+                return false;
+            }
+            match draft.exact(&key) {
+                None => return false,
+                Some(entry) => current = entry.target.clone(),
+            }
+        }
+    }
+
+    #[test]
+    fn a_chain_built_and_repointed_in_one_draft_ends_right() {
+        let ms = models(&["m1", "m2"]);
+        let index = Index::default();
+        let mut draft = Draft::new(&index, 1);
+        let t = "2026-01-01T00:00:00Z";
+        let names: Vec<String> = (0..200).map(|i| format!("c{i}")).collect();
+        let ops: Vec<BatchOp> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let target = if i == 0 { "m1" } else { &names[i - 1] };
+                BatchOp::Put(put(name, target))
+            })
+            .collect();
+        plan_batch(&mut draft, &ms, &origin(), t, &ops).unwrap();
+        let all: Vec<&str> = names.iter().map(String::as_str).collect();
+        check_derived(&mut draft, &ms, &all);
+        // Re-pointed mid-chain and at the root, in the same draft: what was
+        // learnt of the chains before must not be reused.
+        plan_put(&mut draft, &ms, &origin(), t, &put("c100", "m2")).unwrap();
+        check_derived(&mut draft, &ms, &all);
+        plan_put(&mut draft, &ms, &origin(), t, &put("c0", "m2")).unwrap();
+        plan_put(&mut draft, &ms, &origin(), t, &put("c100", "c99")).unwrap();
+        check_derived(&mut draft, &ms, &all);
+        // A failed batch that re-pointed the root first is rolled back whole.
+        let failing = [
+            BatchOp::Put(put("c0", "m1")),
+            BatchOp::Put(put("new", "missing")),
+        ];
+        plan_batch(&mut draft, &ms, &origin(), t, &failing).unwrap_err();
+        check_derived(&mut draft, &ms, &all);
+        let deepest = ModelName::parse("c199").unwrap().key();
+        let m2 = ms.get(&ModelName::parse("m2").unwrap().key()).unwrap();
+        assert_eq!(
+            draft.exact(&deepest).unwrap().digest,
+            Some(m2.digest.clone())
+        );
+    }
+
+    #[test]
+    fn creating_the_name_dangling_aliases_point_at_restores_them() {
+        let t = "2026-01-01T00:00:00Z";
+        // `c -> b -> x`, made while `x` was a model; `x` has since gone.
+        let with_x = models(&["x"]);
+        let mut index = Index::default();
+        {
+            let mut draft = Draft::new(&index, 1);
+            plan_put(&mut draft, &with_x, &origin(), t, &put("b", "x")).unwrap();
+            plan_put(&mut draft, &with_x, &origin(), t, &put("c", "b")).unwrap();
+            for e in draft.into_events() {
+                index.apply(&e).unwrap();
+            }
+        }
+        let ms = models(&["m1"]);
+        let mut draft = Draft::new(&index, 3);
+        for name in ["b", "c"] {
+            let key = ModelName::parse(name).unwrap().key();
+            reconcile_alias(&mut draft, &ms, &origin(), t, &key, &PathState::Ours);
+        }
+        check_derived(&mut draft, &ms, &["b", "c"]);
+        // A cycle through the name that is not there: `x -> c -> b -> x`.
+        let err = plan_put(&mut draft, &ms, &origin(), t, &put("x", "c")).unwrap_err();
+        assert_eq!(
+            err,
+            CommandError::Cycle("alias \"x\" would make a cycle: x -> c -> b -> x".into())
+        );
+        // `x` made an alias of a model: both chains now end there.
+        plan_put(&mut draft, &ms, &origin(), t, &put("x", "m1")).unwrap();
+        check_derived(&mut draft, &ms, &["x", "b", "c"]);
+        let kinds: Vec<EventType> = draft.into_events().iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                EventType::TargetRemoved,
+                EventType::TargetRemoved,
+                EventType::AliasCreated,
+                EventType::TargetRestored,
+                EventType::TargetRestored
+            ]
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+        /// Any commands, single or in batches, planned on one draft (as a
+        /// group is): the cycle check refuses exactly what the chain walk
+        /// finds, and after each command every alias is what its chain says
+        /// (the draft's memo of chain ends never answers from a stale chain).
+        #[test]
+        fn chains_stay_derived_whatever_the_commands(
+            commands in proptest::collection::vec(
+                proptest::collection::vec((0u8..4, 0usize..6, 0usize..9), 1..4),
+                1..40,
+            ),
+        ) {
+            const ALIASES: [&str; 6] = ["a", "b", "c", "d", "e", "f"];
+            const TARGETS: [&str; 9] = ["a", "b", "c", "d", "e", "f", "m1", "m2", "x"];
+            let ms = models(&["m1", "m2"]);
+            let index = Index::default();
+            let mut draft = Draft::new(&index, 1);
+            let t = "2026-01-01T00:00:00Z";
+            for ops in commands {
+                let ops: Vec<BatchOp> = ops
+                    .into_iter()
+                    .map(|(kind, alias, target)| {
+                        let alias = ALIASES[alias];
+                        if kind == 0 {
+                            BatchOp::Delete(DeleteAlias { alias: alias.into(), if_match: None })
+                        } else {
+                            BatchOp::Put(put(alias, TARGETS[target]))
+                        }
+                    })
+                    .collect();
+                let checkpoint = draft.checkpoint();
+                let res = match ops.as_slice() {
+                    [BatchOp::Put(one)] => {
+                        let cycle = makes_cycle(&draft, &ms, &one.alias, &one.target);
+                        let res = plan_put(&mut draft, &ms, &origin(), t, one).map(|_| ());
+                        match &res {
+                            Err(CommandError::Cycle(_)) => proptest::prop_assert!(cycle),
+                            Ok(()) => proptest::prop_assert!(!cycle),
+                            Err(_) => {}
+                        }
+                        res
+                    }
+                    [BatchOp::Delete(one)] => plan_delete(&mut draft, &origin(), t, one),
+                    _ => plan_batch(&mut draft, &ms, &origin(), t, &ops).map(|_| ()),
+                };
+                if res.is_err() {
+                    draft.rollback(checkpoint);
+                }
+                for name in ALIASES {
+                    let key = ModelName::parse(name).unwrap().key();
+                    let Some(entry) = draft.exact(&key).cloned() else { continue };
+                    let cached = draft.chain_end_cached(&ms, &entry.target);
+                    proptest::prop_assert_eq!(cached, draft.chain_end(&ms, &entry.target));
+                }
+                check_derived(&mut draft, &ms, &ALIASES);
+            }
+        }
     }
 }

@@ -431,9 +431,14 @@ pub trait AliasView {
 
     /// Follows a chain from `start` until it reaches a model or a missing name.
     /// A model with the exact name wins over an alias at each step.
+    ///
+    /// One chain costs its length; to resolve many aliases, use [`ChainEnds`],
+    /// which walks each alias once for all of them.
     fn chain_end<'m>(&self, models: &'m Models, start: &ModelName) -> ChainEnd<'m> {
         let mut current = start.clone();
-        let mut seen: Vec<Arc<str>> = Vec::new();
+        // A set, not a list: a chain of thousands would otherwise cost its
+        // length squared.
+        let mut seen: HashSet<Arc<str>> = HashSet::default();
         loop {
             let key = current.key_arc();
             if let Some(model) = models.get(&key) {
@@ -442,33 +447,122 @@ pub trait AliasView {
             match self.exact(&key) {
                 None => return ChainEnd::Missing(current),
                 Some(entry) => {
-                    if seen.contains(&key) {
+                    if !seen.insert(key) {
                         return ChainEnd::Cycle;
                     }
-                    seen.push(key);
                     current = entry.target.clone();
                 }
             }
         }
     }
 
-    /// Every alias whose chain passes through `target_key`, nearest first.
+    /// Every alias whose chain passes through `target_key`, each once.
     fn transitive_dependents(&self, target_key: &str) -> Vec<DepKey> {
+        DependentsWalk::default().walk(self, target_key)
+    }
+}
+
+/// A walk up the reverse dependencies that visits each alias once, however
+/// many names it starts from: the dependents of several changed names cost
+/// the aliases they reach, not that times the number of names.
+#[derive(Debug, Default)]
+pub struct DependentsWalk {
+    seen: HashSet<DepKey>,
+}
+
+impl DependentsWalk {
+    /// The aliases whose chain passes through `target_key` that no earlier
+    /// walk of this one reached, in the order the walk meets them (each
+    /// target's dependents sorted, the last one found walked first).
+    pub fn walk<V: AliasView + ?Sized>(&mut self, view: &V, target_key: &str) -> Vec<DepKey> {
         let mut out: Vec<DepKey> = Vec::new();
-        let mut seen: HashSet<DepKey> = HashSet::default();
-        let mut queue: Vec<Arc<str>> = vec![Arc::from(target_key)];
-        while let Some(key) = queue.pop() {
-            for dep in self.dependents(&key) {
-                if !seen.insert(dep.clone()) {
+        let mut stack: Vec<Arc<str>> = vec![Arc::from(target_key)];
+        while let Some(key) = stack.pop() {
+            for dep in view.dependents(&key) {
+                if !self.seen.insert(dep.clone()) {
                     continue;
                 }
                 if !dep.prefix {
-                    queue.push(dep.key.clone());
+                    stack.push(dep.key.clone());
                 }
                 out.push(dep);
             }
         }
         out
+    }
+}
+
+/// Where each name's chain ends, each alias walked once: resolving every
+/// alias of a chain of n costs n steps, not n squared.
+///
+/// An answer stays right while no alias's target changes and the model set
+/// stays the one given (a model wins over an alias at each step); whoever
+/// changes a target [`ChainEnds::forget`]s that alias and its transitive
+/// dependents (what [`Draft`] does), or starts a new one.
+#[derive(Debug)]
+pub struct ChainEnds<'m> {
+    models: &'m Models,
+    /// Name key -> where its chain ends; `None` while its walk is under way
+    /// (met again, that is a cycle).
+    ends: HashMap<Arc<str>, Option<ChainEnd<'m>>>,
+}
+
+impl<'m> ChainEnds<'m> {
+    /// An empty memo for chains ending in `models`.
+    pub fn new(models: &'m Models) -> ChainEnds<'m> {
+        ChainEnds {
+            models,
+            ends: HashMap::default(),
+        }
+    }
+
+    /// The models its answers are about.
+    pub fn models(&self) -> &'m Models {
+        self.models
+    }
+
+    /// Where the chain from `start` ends, as [`AliasView::chain_end`] says,
+    /// remembering it for every alias walked on the way.
+    pub fn end_of<V: AliasView + ?Sized>(&mut self, view: &V, start: &ModelName) -> ChainEnd<'m> {
+        let mut walked: Vec<Arc<str>> = Vec::new();
+        let mut current = start.clone();
+        let end = loop {
+            let key = current.key_arc();
+            if let Some(known) = self.ends.get(&key) {
+                break known.clone().unwrap_or(ChainEnd::Cycle);
+            }
+            if let Some(model) = self.models.get(&key) {
+                break ChainEnd::Model(model);
+            }
+            match view.exact(&key) {
+                None => break ChainEnd::Missing(current),
+                Some(entry) => {
+                    self.ends.insert(key.clone(), None);
+                    walked.push(key);
+                    current = entry.target.clone();
+                }
+            }
+        };
+        for key in walked {
+            self.ends.insert(key, Some(end.clone()));
+        }
+        end
+    }
+
+    /// Forgets what is known of the chain from `key` (its target changed, or
+    /// one further down did).
+    pub fn forget(&mut self, key: &str) {
+        self.ends.remove(key);
+    }
+
+    /// Forgets everything.
+    pub fn clear(&mut self) {
+        self.ends.clear();
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
     }
 }
 
@@ -517,6 +611,11 @@ impl Index {
     /// Deleted aliases whose file may linger.
     pub fn tombstones(&self) -> impl Iterator<Item = &Tombstone> {
         self.tombstones.values()
+    }
+
+    /// The tombstone of the deleted alias with this key, if its file may linger.
+    pub fn tombstone(&self, key: &str) -> Option<&Tombstone> {
+        self.tombstones.get(key)
     }
 
     /// Looks an alias up by the name a user typed: exact first, then a prefix
@@ -923,6 +1022,15 @@ pub struct Draft<'a> {
     base: &'a Index,
     exact: HashMap<Arc<str>, Option<AliasEntry>>,
     prefixes: HashMap<Arc<str>, Option<AliasEntry>>,
+    /// Target key -> the overlay's aliases given that target: with the base's
+    /// reverse links, the dependents of a name without a scan of the overlay.
+    /// A member whose target has changed again (or was rolled back) is
+    /// filtered out on reading.
+    dependents: HashMap<Arc<str>, HashSet<DepKey>>,
+    /// Chain ends found while planning, kept across the commands of a group
+    /// (a batch building a chain of n resolves each alias once); an alias
+    /// whose target changes is forgotten with its transitive dependents.
+    ends: Option<ChainEnds<'a>>,
     undo: Vec<(DepKey, Option<Option<AliasEntry>>)>,
     events: Vec<Event>,
     next_seq: u64,
@@ -943,6 +1051,8 @@ impl<'a> Draft<'a> {
             base,
             exact: HashMap::default(),
             prefixes: HashMap::default(),
+            dependents: HashMap::default(),
+            ends: None,
             undo: Vec::new(),
             events: Vec::new(),
             next_seq,
@@ -963,8 +1073,27 @@ impl<'a> Draft<'a> {
         }
     }
 
+    /// Where the chain from `start` ends in this draft, as
+    /// [`AliasView::chain_end`] says; each alias is walked once per draft
+    /// (while its target stays), so planning a group costs the aliases it
+    /// touches, not those times the depth of their chains. A draft is planned
+    /// against one model set; given another, it starts over.
+    pub fn chain_end_cached(&mut self, models: &'a Models, start: &ModelName) -> ChainEnd<'a> {
+        let mut ends = match self.ends.take() {
+            Some(ends) if std::ptr::eq(ends.models(), models) => ends,
+            _ => ChainEnds::new(models),
+        };
+        let end = ends.end_of(&*self, start);
+        self.ends = Some(ends);
+        end
+    }
+
     /// Returns to a checkpoint, forgetting what was recorded after it.
     pub fn rollback(&mut self, checkpoint: Checkpoint) {
+        if self.undo.len() > checkpoint.undo_len {
+            // Targets go back to what they were: what was learnt of chains since may be wrong.
+            self.ends = None;
+        }
         while self.undo.len() > checkpoint.undo_len {
             let Some((dep, before)) = self.undo.pop() else {
                 break;
@@ -1004,17 +1133,46 @@ impl<'a> Draft<'a> {
             target: parse_target(&event)?,
             digest: event.digest.as_deref().map(Arc::from),
         };
-        let next = next_entry(self.entry(&dep), change);
+        let previous = self.entry(&dep);
+        let previous_target = previous.map(|e| e.target.key_arc());
+        let next = next_entry(previous, change);
+        let next_target = next.as_ref().map(|e| e.target.key_arc());
         let table = if dep.prefix {
             &mut self.prefixes
         } else {
             &mut self.exact
         };
         let before = table.insert(dep.key.clone(), next);
+        if previous_target != next_target {
+            if let Some(target) = next_target {
+                self.dependents
+                    .entry(target)
+                    .or_default()
+                    .insert(dep.clone());
+            }
+            if !dep.prefix {
+                self.forget_chains_through(&dep.key);
+            }
+        }
         self.undo.push((dep, before));
         self.next_seq += 1;
         self.events.push(event);
         Ok(self.events.last().expect("just pushed"))
+    }
+
+    /// Forgets the chain ends that ran through the exact alias `key`, whose
+    /// target just changed: its own and its transitive dependents'.
+    fn forget_chains_through(&mut self, key: &Arc<str>) {
+        let Some(mut ends) = self.ends.take() else {
+            return;
+        };
+        if !ends.is_empty() {
+            ends.forget(key);
+            for dep in self.transitive_dependents(key) {
+                ends.forget(&dep.key);
+            }
+        }
+        self.ends = Some(ends);
     }
 
     /// The events recorded since `checkpoint`.
@@ -1044,23 +1202,25 @@ impl AliasView for Draft<'_> {
     }
 
     fn dependents(&self, target_key: &str) -> Vec<DepKey> {
-        let mut out: Vec<DepKey> = self
-            .base
-            .dependents(target_key)
+        let points_here = |dep: &DepKey| {
+            self.entry(dep)
+                .is_some_and(|e| e.target.key_str() == target_key)
+        };
+        let base = self.base.dependents.get(target_key);
+        let mut out: Vec<DepKey> = base
             .into_iter()
-            .filter(|dep| {
-                self.entry(dep)
-                    .is_some_and(|e| e.target.key_str() == target_key)
-            })
+            .flatten()
+            .filter(|dep| points_here(dep))
+            .cloned()
             .collect();
-        for (prefix, table) in [(false, &self.exact), (true, &self.prefixes)] {
-            for (key, entry) in table {
-                let Some(entry) = entry else { continue };
-                let dep = DepKey::new(prefix, key.clone());
-                if entry.target.key_str() == target_key && !out.contains(&dep) {
-                    out.push(dep);
-                }
-            }
+        if let Some(added) = self.dependents.get(target_key) {
+            let in_base = |dep: &DepKey| base.is_some_and(|set| set.contains(dep));
+            out.extend(
+                added
+                    .iter()
+                    .filter(|dep| !in_base(dep) && points_here(dep))
+                    .cloned(),
+            );
         }
         out.sort();
         out

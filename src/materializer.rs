@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::command::PathState;
-use crate::index::{AliasEntry, AliasName, AliasState, AliasView, ChainEnd, Index, Models};
+use crate::index::{AliasEntry, AliasName, AliasState, AliasView, Index, ModelInfo};
 use crate::name::ModelName;
 use crate::store::beneath::{self, Lookup};
 use crate::store::Store;
@@ -78,16 +78,17 @@ impl Materializer {
 
     /// Makes the file of one alias what the index says: the resolved model's
     /// manifest bytes when active, no file when dangling; shadowed aliases and
-    /// foreign files are left alone.
+    /// foreign files are left alone. `resolved` is the model at the end of the
+    /// alias's chain, if it ends at one: the caller finds it, for many aliases
+    /// at once with [`crate::index::ChainEnds`] (each chain walked once).
     ///
     /// # Errors
     ///
     /// File system errors; the store is left as it was or with the new file.
     pub fn sync_alias(
         &self,
-        index: &Index,
-        models: &Models,
         entry: &AliasEntry,
+        resolved: Option<&ModelInfo>,
         also_ours: &[&str],
     ) -> std::io::Result<Outcome> {
         let AliasName::Exact(name) = &entry.alias else {
@@ -96,9 +97,8 @@ impl Materializer {
         if entry.state == AliasState::Shadowed {
             return Ok(Outcome::Unchanged);
         }
-        let desired: Option<Arc<[u8]>> = match (entry.state, index.chain_end(models, &entry.target))
-        {
-            (AliasState::Active, ChainEnd::Model(model)) => Some(model.bytes.clone()),
+        let desired: Option<Arc<[u8]>> = match (entry.state, resolved) {
+            (AliasState::Active, Some(model)) => Some(model.bytes.clone()),
             _ => None,
         };
         let current = match self.look(name)? {
@@ -174,7 +174,8 @@ impl Materializer {
     }
 
     /// Makes the file of `file.name` match `index`: [`Materializer::sync_alias`]
-    /// while the alias is there, [`Materializer::withdraw`] once it is gone.
+    /// while the alias is there (`resolved` as there), [`Materializer::withdraw`]
+    /// once it is gone.
     ///
     /// # Errors
     ///
@@ -182,12 +183,12 @@ impl Materializer {
     pub fn sync_file(
         &self,
         index: &Index,
-        models: &Models,
+        resolved: Option<&ModelInfo>,
         file: &AliasFile,
     ) -> std::io::Result<Outcome> {
         let ours: Vec<&str> = file.ours.iter().map(|digest| &**digest).collect();
         match index.exact(file.name.key_str()) {
-            Some(entry) => self.sync_alias(index, models, entry, &ours),
+            Some(entry) => self.sync_alias(entry, resolved, &ours),
             None => self.withdraw(&file.name, &ours),
         }
     }

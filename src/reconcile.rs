@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::command::{reconcile_alias, Origin, PathState};
-use crate::index::{AliasState, AliasView, Draft, Index, ModelInfo, Models};
+use crate::index::{AliasState, AliasView, DependentsWalk, Draft, Index, ModelInfo, Models};
 use crate::name::ModelName;
 use crate::store::beneath::Lookup;
 use crate::store::Store;
@@ -39,10 +39,6 @@ pub struct Observation {
 /// File system errors while scanning.
 pub fn observe(store: &Store, index: &Index, current: &Models) -> std::io::Result<Observation> {
     let mut observation = Observation::default();
-    let tombstones: HashMap<String, Arc<str>> = index
-        .tombstones()
-        .map(|t| (t.name.key(), t.digest.clone()))
-        .collect();
     let scan = store.scan_all(crate::materializer::TEMP_MARKER)?;
     observation.temp_files = scan.temp_files;
     for (name, _) in &scan.foreign {
@@ -68,9 +64,11 @@ pub fn observe(store: &Store, index: &Index, current: &Models) -> std::io::Resul
                 }
                 continue;
             }
-        } else if let Some(digest) = tombstones.get(&key) {
-            if **digest == *file.digest {
-                observation.stale.push((file.name.clone(), digest.clone()));
+        } else if let Some(tombstone) = index.tombstone(&key) {
+            if *tombstone.digest == *file.digest {
+                observation
+                    .stale
+                    .push((file.name.clone(), tombstone.digest.clone()));
                 continue;
             }
         }
@@ -115,7 +113,10 @@ pub fn model_info(file: &crate::store::ManifestFile) -> ModelInfo {
 }
 
 /// Records one event per alias that the observation shows out of line.
-pub fn plan(draft: &mut Draft<'_>, observation: &Observation, origin: &Origin, time: &str) {
+///
+/// Every alias's chain end comes from the draft's memo, so a store of n
+/// aliases in chains of any depth costs n steps.
+pub fn plan<'a>(draft: &mut Draft<'a>, observation: &'a Observation, origin: &Origin, time: &str) {
     let mut keys: Vec<&String> = observation.path_states.keys().collect();
     keys.sort();
     for key in keys {
@@ -141,10 +142,9 @@ pub fn observe_names(
         models: current.clone(),
         ..Observation::default()
     };
-    let tombstones: HashMap<String, Arc<str>> = index
-        .tombstones()
-        .map(|t| (t.name.key(), t.digest.clone()))
-        .collect();
+    // One walk for all the names: an alias depending on several of them (a
+    // chain whose files all changed) is visited once, not once per name.
+    let mut walk = DependentsWalk::default();
     for name in names {
         let key = name.key();
         let (file, foreign) = match store.read_manifest(name)? {
@@ -171,9 +171,11 @@ pub fn observe_names(
             };
             is_model = state == PathState::Foreign;
             observation.path_states.insert(key.clone(), state);
-        } else if let (Some(file), Some(digest)) = (&file, tombstones.get(&key)) {
-            if **digest == *file.digest {
-                observation.stale.push((file.name.clone(), digest.clone()));
+        } else if let (Some(file), Some(tombstone)) = (&file, index.tombstone(&key)) {
+            if *tombstone.digest == *file.digest {
+                observation
+                    .stale
+                    .push((file.name.clone(), tombstone.digest.clone()));
                 is_model = false;
             }
         }
@@ -183,7 +185,7 @@ pub fn observe_names(
                 observation.models.remove(&key);
             }
         }
-        for dep in index.transitive_dependents(&key) {
+        for dep in walk.walk(index, &key) {
             let Some(entry) = index.entry(&dep) else {
                 continue;
             };
@@ -215,7 +217,7 @@ pub fn expected_file(index: &Index, name: &ModelName) -> Option<Option<Arc<str>>
             AliasState::Dangling => Some(None),
             AliasState::Shadowed => None,
         },
-        None if index.tombstones().any(|t| t.name.key() == key) => Some(None),
+        None if index.tombstone(&key).is_some() => Some(None),
         None => None,
     }
 }

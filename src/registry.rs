@@ -31,7 +31,8 @@ use crate::event::{now_rfc3339, Event, EventType};
 use crate::feed::publisher::Publisher;
 use crate::feed::{Batch, Published};
 use crate::index::{
-    AliasEntry, AliasName, AliasView, DepKey, Draft, Index, Models, PreparedChange, Preparer,
+    AliasEntry, AliasName, AliasView, ChainEnd, ChainEnds, DepKey, Draft, Index, ModelInfo, Models,
+    PreparedChange, Preparer,
 };
 use crate::log::{EventLog, LogReader, SharedLog, Snapshot};
 use crate::materializer::{AliasFile, Materializer, Outcome, Retries};
@@ -729,11 +730,27 @@ fn materialize(
 /// are many.
 fn sync_files(materializer: &Materializer, shared: &RwLock<Shared>, work: &[AliasFile]) -> Synced {
     let guard = shared.read().unwrap_or_else(|e| e.into_inner());
+    // Each file's model, found before the files are spread over threads: one
+    // memo walks each chain once (a chain of n re-pointed costs n, not n squared).
+    let mut ends = ChainEnds::new(&guard.models);
+    let work: Vec<(&AliasFile, Option<&ModelInfo>)> = work
+        .iter()
+        .map(|file| {
+            let resolved = guard.index.exact(file.name.key_str()).and_then(|entry| {
+                match ends.end_of(&guard.index, &entry.target) {
+                    ChainEnd::Model(model) => Some(model),
+                    _ => None,
+                }
+            });
+            (file, resolved)
+        })
+        .collect();
+    drop(ends);
     let synced = AtomicUsize::new(0);
     let outcome = std::sync::Mutex::new(Synced::default());
-    let sync_one = |file: &AliasFile| {
+    let sync_one = |&(file, resolved): &(&AliasFile, Option<&ModelInfo>)| {
         synced.fetch_add(1, Ordering::Relaxed);
-        match materializer.sync_file(&guard.index, &guard.models, file) {
+        match materializer.sync_file(&guard.index, resolved, file) {
             Ok(Outcome::Foreign) => outcome
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -1139,6 +1156,7 @@ impl Writer {
         let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
         let mut progress = Progress::new("rewriting out-of-date alias files", keys.len());
         let mut failed = Vec::new();
+        let mut ends = ChainEnds::new(&guard.models);
         for key in keys {
             progress.advance(1);
             let Some(entry) = guard.index.exact(key) else {
@@ -1147,9 +1165,11 @@ impl Writer {
             let AliasName::Exact(name) = &entry.alias else {
                 continue;
             };
-            let res = self
-                .materializer
-                .sync_alias(&guard.index, &guard.models, entry, &[]);
+            let resolved = match ends.end_of(&guard.index, &entry.target) {
+                ChainEnd::Model(model) => Some(model),
+                _ => None,
+            };
+            let res = self.materializer.sync_alias(entry, resolved, &[]);
             if let Err(e) = res {
                 let file = AliasFile {
                     name: name.clone(),
@@ -1205,9 +1225,9 @@ impl Writer {
     }
 }
 
-fn plan(
-    draft: &mut Draft<'_>,
-    models: &Models,
+fn plan<'a>(
+    draft: &mut Draft<'a>,
+    models: &'a Models,
     request: &Request,
     time: &str,
 ) -> Result<Planned, CommandError> {

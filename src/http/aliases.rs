@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::command::{BatchOp, DeleteAlias, IfMatch, PutAlias};
 use crate::http::routing::PathName;
 use crate::http::{json_bytes_response, ApiError, AppJson, AppState, JsonObject, RequestOrigin};
-use crate::index::{format_time, AliasEntry, AliasState, AliasView, ChainEnd, Index, Models};
+use crate::index::{
+    format_time, AliasEntry, AliasState, AliasView, ChainEnd, ChainEnds, Index, Models,
+};
 use crate::registry::{Command, Reply, Shared};
 
 /// An alias on the wire (SPEC §5 "Alias").
@@ -36,9 +38,15 @@ pub struct AliasBody {
 }
 
 impl AliasBody {
-    /// The wire shape of an index entry.
+    /// The wire shape of an index entry (its chain walked to the end; for
+    /// many entries, [`AliasBody::from_resolved`] with [`ChainEnds`]).
     pub fn from_entry(index: &Index, models: &Models, entry: &AliasEntry) -> AliasBody {
-        let resolved = match index.chain_end(models, &entry.target) {
+        AliasBody::from_resolved(entry, &index.chain_end(models, &entry.target))
+    }
+
+    /// The wire shape of an index entry whose chain ends at `end`.
+    pub fn from_resolved(entry: &AliasEntry, end: &ChainEnd<'_>) -> AliasBody {
+        let resolved = match end {
             ChainEnd::Model(model) => Some(model.name.display()),
             _ => None,
         };
@@ -94,7 +102,9 @@ pub async fn aliases_list(
     };
     let keep = |e: &AliasEntry| {
         wanted_state.is_none_or(|s| e.state == s)
-            && wanted_target.as_ref().is_none_or(|t| e.target.key() == *t)
+            && wanted_target
+                .as_deref()
+                .is_none_or(|t| e.target.key_str() == t)
     };
     // At or after the index's last event, the past is the present: no replay.
     let live = state.registry.read(|s| {
@@ -113,12 +123,16 @@ pub async fn aliases_list(
     Ok(Json(serde_json::json!({ "aliases": aliases })))
 }
 
-fn list(index: &Index, models: &Models, keep: &impl Fn(&AliasEntry) -> bool) -> Vec<AliasBody> {
+/// The Alias bodies of the entries `keep` keeps, sorted by alias: what
+/// `GET /api/aliases` answers. Each chain is walked once for all of them
+/// ([`ChainEnds`]), so a chain of n costs n steps, not n squared.
+pub fn list(index: &Index, models: &Models, keep: &impl Fn(&AliasEntry) -> bool) -> Vec<AliasBody> {
+    let mut ends = ChainEnds::new(models);
     index
         .sorted()
         .into_iter()
         .filter(|e| keep(e))
-        .map(|e| AliasBody::from_entry(index, models, e))
+        .map(|e| AliasBody::from_resolved(e, &ends.end_of(index, &e.target)))
         .collect()
 }
 
@@ -339,7 +353,14 @@ pub async fn aliases_batch(
         .collect();
     match state.registry.execute(Command::Batch(ops), origin).await? {
         Reply::Batch(entries) => {
-            let aliases: Vec<AliasBody> = entries.iter().map(|e| body_of(&state, e)).collect();
+            // One memo for the whole batch: its puts may build a long chain.
+            let aliases: Vec<AliasBody> = state.registry.read(|s| {
+                let mut ends = ChainEnds::new(&s.models);
+                entries
+                    .iter()
+                    .map(|e| AliasBody::from_resolved(e, &ends.end_of(&s.index, &e.target)))
+                    .collect()
+            });
             Ok(Json(serde_json::json!({ "aliases": aliases })))
         }
         other => Err(unexpected(other)),

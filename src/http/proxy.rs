@@ -387,15 +387,19 @@ async fn forward_tags(
         return Ok(Response::from_parts(parts, Body::from(bytes)));
     };
     let aliases: Vec<(String, String)> = state.registry.read(|s| {
+        // One memo for every alias: each chain is walked once, not once per alias on it.
+        let mut ends = crate::index::ChainEnds::new(&s.models);
         s.index
             .sorted()
             .into_iter()
             .filter(|entry| entry.state == crate::index::AliasState::Active)
             .filter_map(|entry| match &entry.alias {
-                crate::index::AliasName::Exact(name) => {
-                    let resolved = s.index.resolve(&s.models, &name.display()).ok()?;
-                    Some((name.display(), resolved.resolved.display()))
-                }
+                crate::index::AliasName::Exact(name) => match ends.end_of(&s.index, name) {
+                    crate::index::ChainEnd::Model(model) => {
+                        Some((name.display(), model.name.display()))
+                    }
+                    _ => None,
+                },
                 crate::index::AliasName::Prefix(_) => None,
             })
             .collect()

@@ -1,4 +1,5 @@
 mod aliases;
+mod chains;
 mod cli;
 mod confinement;
 mod edge_security;
