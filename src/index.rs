@@ -284,6 +284,10 @@ pub struct Index {
     /// Parses the names of live events, each target spelling once.
     preparer: Preparer,
     last_seq: u64,
+    /// How many aliases (exact and prefix) are in each state, by
+    /// `AliasState as usize`: kept as entries come and go, so that
+    /// `/metrics` reads three numbers instead of walking every alias.
+    state_counts: [u64; 3],
 }
 
 /// A key in the reverse-dependency map: which table, and the key there.
@@ -577,6 +581,12 @@ impl Index {
         self.exact.len() + self.prefixes.len()
     }
 
+    /// How many aliases are active, dangling and shadowed (by
+    /// `AliasState as usize`).
+    pub fn state_counts(&self) -> [u64; 3] {
+        self.state_counts
+    }
+
     /// Whether there are no aliases.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -738,6 +748,7 @@ impl Index {
                     return;
                 };
                 let entry = intern_entry(&mut self.names, &mut self.digests, entry);
+                self.state_counts[entry.state as usize] += 1;
                 if !prefix && !self.tombstones.is_empty() {
                     self.tombstones.remove(&key);
                 }
@@ -749,6 +760,7 @@ impl Index {
                 return;
             }
         };
+        self.state_counts[previous.state as usize] -= 1;
         let dep = DepKey::new(prefix, key.clone());
         let next = next_entry(Some(&previous), change);
         self.unlink(&dep, previous.target.key_str());
@@ -769,6 +781,7 @@ impl Index {
     /// Adds an entry (interning its target and digests) and its reverse link.
     fn insert(&mut self, dep: DepKey, entry: AliasEntry) {
         let entry = intern_entry(&mut self.names, &mut self.digests, entry);
+        self.state_counts[entry.state as usize] += 1;
         self.dependents
             .entry(entry.target.key_arc())
             .or_default()

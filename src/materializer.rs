@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::command::PathState;
-use crate::index::{AliasEntry, AliasName, AliasState, AliasView, Index, ModelInfo};
+use crate::index::{AliasEntry, AliasName, AliasState};
 use crate::name::ModelName;
 use crate::store::beneath::{self, Lookup};
 use crate::store::Store;
@@ -88,7 +88,7 @@ impl Materializer {
     pub fn sync_alias(
         &self,
         entry: &AliasEntry,
-        resolved: Option<&ModelInfo>,
+        resolved: Option<&[u8]>,
         also_ours: &[&str],
     ) -> std::io::Result<Outcome> {
         let AliasName::Exact(name) = &entry.alias else {
@@ -97,8 +97,8 @@ impl Materializer {
         if entry.state == AliasState::Shadowed {
             return Ok(Outcome::Unchanged);
         }
-        let desired: Option<Arc<[u8]>> = match (entry.state, resolved) {
-            (AliasState::Active, Some(model)) => Some(model.bytes.clone()),
+        let desired: Option<&[u8]> = match (entry.state, resolved) {
+            (AliasState::Active, Some(bytes)) => Some(bytes),
             _ => None,
         };
         let current = match self.look(name)? {
@@ -107,7 +107,7 @@ impl Materializer {
             Lookup::Found(bytes) => Some(bytes),
         };
         if let Some(bytes) = &current {
-            if desired.as_deref() == Some(bytes.as_slice()) {
+            if desired == Some(bytes.as_slice()) {
                 return Ok(Outcome::Unchanged);
             }
             if classify(bytes, entry, also_ours) == PathState::Foreign {
@@ -115,7 +115,7 @@ impl Materializer {
             }
         }
         match desired {
-            Some(bytes) => self.write(name, &bytes),
+            Some(bytes) => self.write(name, bytes),
             None if current.is_some() => self.remove(name),
             None => Ok(Outcome::Unchanged),
         }
@@ -173,25 +173,33 @@ impl Materializer {
         self.remove(name)
     }
 
-    /// Makes the file of `file.name` match `index`: [`Materializer::sync_alias`]
-    /// while the alias is there (`resolved` as there), [`Materializer::withdraw`]
-    /// once it is gone.
+    /// Makes the file of `job.file.name` what the index said when the job
+    /// was made: [`Materializer::sync_alias`] while the alias is there,
+    /// [`Materializer::withdraw`] once it is gone. Needs no lock: the job
+    /// carries what the index said.
     ///
     /// # Errors
     ///
     /// File system errors.
-    pub fn sync_file(
-        &self,
-        index: &Index,
-        resolved: Option<&ModelInfo>,
-        file: &AliasFile,
-    ) -> std::io::Result<Outcome> {
-        let ours: Vec<&str> = file.ours.iter().map(|digest| &**digest).collect();
-        match index.exact(file.name.key_str()) {
-            Some(entry) => self.sync_alias(entry, resolved, &ours),
-            None => self.withdraw(&file.name, &ours),
+    pub fn sync_job(&self, job: &FileJob) -> std::io::Result<Outcome> {
+        let ours: Vec<&str> = job.file.ours.iter().map(|digest| &**digest).collect();
+        match &job.entry {
+            Some(entry) => self.sync_alias(entry, job.resolved.as_deref(), &ours),
+            None => self.withdraw(&job.file.name, &ours),
         }
     }
+}
+
+/// One alias file to make match the index, with what the index said of it
+/// copied out (so that files are written without holding the index's lock).
+#[derive(Debug, Clone)]
+pub struct FileJob {
+    /// The file, and the digests at its path that are aliasd's own.
+    pub file: AliasFile,
+    /// The alias as the index had it; `None` once it was deleted.
+    pub entry: Option<AliasEntry>,
+    /// The manifest bytes of the model its chain ends at, if any.
+    pub resolved: Option<Arc<[u8]>>,
 }
 
 /// An alias whose file is to be made to match the index, with the digests

@@ -31,11 +31,11 @@ use crate::event::{now_rfc3339, Event, EventType};
 use crate::feed::publisher::Publisher;
 use crate::feed::{Batch, Published};
 use crate::index::{
-    AliasEntry, AliasName, AliasView, ChainEnd, ChainEnds, DepKey, Draft, Index, ModelInfo, Models,
+    AliasEntry, AliasName, AliasView, ChainEnd, ChainEnds, DepKey, Draft, Index, Models,
     PreparedChange, Preparer,
 };
 use crate::log::{EventLog, LogReader, SharedLog, Snapshot};
-use crate::materializer::{AliasFile, Materializer, Outcome, Retries};
+use crate::materializer::{AliasFile, FileJob, Materializer, Outcome, Retries};
 use crate::progress::Progress;
 use crate::reconcile;
 use crate::store::Store;
@@ -729,28 +729,13 @@ fn materialize(
 /// Makes these alias files match the index, spread over threads when there
 /// are many.
 fn sync_files(materializer: &Materializer, shared: &RwLock<Shared>, work: &[AliasFile]) -> Synced {
-    let guard = shared.read().unwrap_or_else(|e| e.into_inner());
-    // Each file's model, found before the files are spread over threads: one
-    // memo walks each chain once (a chain of n re-pointed costs n, not n squared).
-    let mut ends = ChainEnds::new(&guard.models);
-    let work: Vec<(&AliasFile, Option<&ModelInfo>)> = work
-        .iter()
-        .map(|file| {
-            let resolved = guard.index.exact(file.name.key_str()).and_then(|entry| {
-                match ends.end_of(&guard.index, &entry.target) {
-                    ChainEnd::Model(model) => Some(model),
-                    _ => None,
-                }
-            });
-            (file, resolved)
-        })
-        .collect();
-    drop(ends);
+    let work = file_jobs(shared, work);
     let synced = AtomicUsize::new(0);
     let outcome = std::sync::Mutex::new(Synced::default());
-    let sync_one = |&(file, resolved): &(&AliasFile, Option<&ModelInfo>)| {
+    let sync_one = |job: &FileJob| {
+        let file = &job.file;
         synced.fetch_add(1, Ordering::Relaxed);
-        match materializer.sync_file(&guard.index, resolved, file) {
+        match materializer.sync_job(job) {
             Ok(Outcome::Foreign) => outcome
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -799,6 +784,30 @@ fn sync_files(materializer: &Materializer, shared: &RwLock<Shared>, work: &[Alia
         progress.finish();
     }
     outcome.into_inner().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What each of these alias files must become, copied out of the index
+/// under its read lock, which is let go before any file is touched: a
+/// writer waiting for the lock would otherwise make every reader wait for
+/// the file system. Each file's model is found with one memo that walks
+/// each chain once (a chain of n re-pointed costs n, not n squared).
+fn file_jobs(shared: &RwLock<Shared>, work: &[AliasFile]) -> Vec<FileJob> {
+    let guard = shared.read().unwrap_or_else(|e| e.into_inner());
+    let mut ends = ChainEnds::new(&guard.models);
+    work.iter()
+        .map(|file| {
+            let entry = guard.index.exact(file.name.key_str());
+            let resolved = entry.and_then(|entry| match ends.end_of(&guard.index, &entry.target) {
+                ChainEnd::Model(model) => Some(model.bytes.clone()),
+                _ => None,
+            });
+            FileJob {
+                file: file.clone(),
+                entry: entry.cloned(),
+                resolved,
+            }
+        })
+        .collect()
 }
 
 /// Alias files in one group from which their writing reports progress.
@@ -1153,33 +1162,27 @@ impl Writer {
     /// Makes the files of these exact aliases match the index; the finisher
     /// tries the ones that fail again.
     fn sync_aliases(&self, keys: &[String]) {
-        let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
-        let mut progress = Progress::new("rewriting out-of-date alias files", keys.len());
+        let files: Vec<AliasFile> = self.read(|s| {
+            keys.iter()
+                .filter_map(|key| match &s.index.exact(key)?.alias {
+                    AliasName::Exact(name) => Some(AliasFile {
+                        name: name.clone(),
+                        ours: Vec::new(),
+                    }),
+                    AliasName::Prefix(_) => None,
+                })
+                .collect()
+        });
+        let jobs = file_jobs(&self.shared, &files);
+        let mut progress = Progress::new("rewriting out-of-date alias files", jobs.len());
         let mut failed = Vec::new();
-        let mut ends = ChainEnds::new(&guard.models);
-        for key in keys {
+        for job in jobs {
             progress.advance(1);
-            let Some(entry) = guard.index.exact(key) else {
-                continue;
-            };
-            let AliasName::Exact(name) = &entry.alias else {
-                continue;
-            };
-            let resolved = match ends.end_of(&guard.index, &entry.target) {
-                ChainEnd::Model(model) => Some(model),
-                _ => None,
-            };
-            let res = self.materializer.sync_alias(entry, resolved, &[]);
-            if let Err(e) = res {
-                let file = AliasFile {
-                    name: name.clone(),
-                    ours: Vec::new(),
-                };
-                failed.push((file, e));
+            if let Err(e) = self.materializer.sync_job(&job) {
+                failed.push((job.file, e));
             }
         }
         progress.finish();
-        drop(guard);
         if !failed.is_empty() {
             let _ = self.finisher.send(Job::Retry(report_failures(failed)));
         }
@@ -1478,6 +1481,14 @@ mod tests {
 
             let replayed = load_index_in_chunks(&journal, None, chunk).unwrap();
             prop_assert_eq!(state(&replayed), state(&expected));
+            // The per-state counts kept as entries come and go match a walk.
+            for index in [&replayed, &expected] {
+                let mut walked = [0u64; 3];
+                for entry in index.sorted() {
+                    walked[entry.state as usize] += 1;
+                }
+                prop_assert_eq!(index.state_counts(), walked);
+            }
 
             if let Some(at_cut) = at_cut {
                 let snapshot = crate::log::Snapshot {
@@ -1486,6 +1497,7 @@ mod tests {
                 };
                 let resumed = load_index_in_chunks(&journal, Some(snapshot), chunk).unwrap();
                 prop_assert_eq!(state(&resumed), state(&expected));
+                prop_assert_eq!(resumed.state_counts(), expected.state_counts());
             }
         }
     }

@@ -109,10 +109,10 @@ pub async fn aliases_list(
     // At or after the index's last event, the past is the present: no replay.
     let live = state.registry.read(|s| {
         let current = query.at_seq.is_none_or(|seq| s.index.last_seq() <= seq);
-        current.then(|| list(&s.index, &s.models, &keep))
+        current.then(|| copy_list(&s.index, &s.models, &keep))
     });
     let aliases: Vec<AliasBody> = match live {
-        Some(aliases) => aliases,
+        Some(copied) => render_list(copied),
         None => {
             // Only reached with `at_seq` (without it the live index answers).
             let seq = query.at_seq.unwrap_or_default();
@@ -127,13 +127,44 @@ pub async fn aliases_list(
 /// `GET /api/aliases` answers. Each chain is walked once for all of them
 /// ([`ChainEnds`]), so a chain of n costs n steps, not n squared.
 pub fn list(index: &Index, models: &Models, keep: &impl Fn(&AliasEntry) -> bool) -> Vec<AliasBody> {
+    render_list(copy_list(index, models, keep))
+}
+
+/// What a listing needs of each alias kept: the entry and the model its
+/// chain ends at, copied out of the index (cheap: shared strings), so that
+/// the lock is held only for that, not for sorting and formatting.
+pub fn copy_list(
+    index: &Index,
+    models: &Models,
+    keep: &impl Fn(&AliasEntry) -> bool,
+) -> Vec<(AliasEntry, Option<crate::name::ModelName>)> {
     let mut ends = ChainEnds::new(models);
     index
-        .sorted()
-        .into_iter()
+        .entries()
         .filter(|e| keep(e))
-        .map(|e| AliasBody::from_resolved(e, &ends.end_of(index, &e.target)))
+        .map(|e| {
+            let resolved = match ends.end_of(index, &e.target) {
+                ChainEnd::Model(model) => Some(model.name.clone()),
+                _ => None,
+            };
+            (e.clone(), resolved)
+        })
         .collect()
+}
+
+/// The listing's wire shape, sorted by display name (case-insensitively),
+/// from what [`copy_list`] copied out; needs no lock.
+pub fn render_list(copied: Vec<(AliasEntry, Option<crate::name::ModelName>)>) -> Vec<AliasBody> {
+    let mut bodies: Vec<(String, AliasBody)> = copied
+        .into_iter()
+        .map(|(entry, resolved)| {
+            let mut body = AliasBody::from_resolved(&entry, &ChainEnd::Cycle);
+            body.resolved = resolved.map(|name| name.display());
+            (body.alias.to_lowercase(), body)
+        })
+        .collect();
+    bodies.sort_by(|a, b| a.0.cmp(&b.0));
+    bodies.into_iter().map(|(_, body)| body).collect()
 }
 
 /// The index as it was right after event `seq`, replayed from the journal.

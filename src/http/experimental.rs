@@ -19,17 +19,18 @@ pub struct ExperimentalAlias {
 
 /// `GET /api/experimental/aliases`.
 pub async fn aliases_list(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let aliases: Vec<ExperimentalAlias> = state.registry.read(|s| {
-        s.index
-            .sorted()
-            .into_iter()
-            .map(|e| ExperimentalAlias {
-                alias: e.alias.display(),
-                target: e.target.display(),
-                prefix_matching: e.alias.is_prefix(),
-            })
-            .collect()
-    });
+    // Copied out under the lock (shared strings); sorted and formatted after it.
+    let entries: Vec<crate::index::AliasEntry> =
+        state.registry.read(|s| s.index.entries().cloned().collect());
+    let mut aliases: Vec<ExperimentalAlias> = entries
+        .iter()
+        .map(|e| ExperimentalAlias {
+            alias: e.alias.display(),
+            target: e.target.display(),
+            prefix_matching: e.alias.is_prefix(),
+        })
+        .collect();
+    aliases.sort_by_cached_key(|a| a.alias.to_lowercase());
     Json(serde_json::json!({ "aliases": aliases }))
 }
 

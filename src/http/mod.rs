@@ -208,10 +208,7 @@ impl tower_service::Service<Request> for App {
 /// `GET /metrics`: Prometheus text.
 async fn metrics_get(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
     let gauges = state.registry.read(|s| {
-        let mut counts = [0u64; 3];
-        for entry in s.index.sorted() {
-            counts[entry.state as usize] += 1;
-        }
+        let counts = s.index.state_counts();
         crate::metrics::Gauges {
             aliases_by_state: vec![
                 ("active", counts[crate::index::AliasState::Active as usize]),

@@ -386,24 +386,17 @@ async fn forward_tags(
     let Ok(mut tags) = serde_json::from_slice::<Value>(&bytes) else {
         return Ok(Response::from_parts(parts, Body::from(bytes)));
     };
-    let aliases: Vec<(String, String)> = state.registry.read(|s| {
-        // One memo for every alias: each chain is walked once, not once per alias on it.
-        let mut ends = crate::index::ChainEnds::new(&s.models);
-        s.index
-            .sorted()
-            .into_iter()
-            .filter(|entry| entry.state == crate::index::AliasState::Active)
-            .filter_map(|entry| match &entry.alias {
-                crate::index::AliasName::Exact(name) => match ends.end_of(&s.index, name) {
-                    crate::index::ChainEnd::Model(model) => {
-                        Some((name.display(), model.name.display()))
-                    }
-                    _ => None,
-                },
-                crate::index::AliasName::Prefix(_) => None,
-            })
-            .collect()
+    // Copied out under the lock; sorted and formatted after it.
+    let copied = state.registry.read(|s| {
+        crate::http::aliases::copy_list(&s.index, &s.models, &|entry| {
+            entry.state == crate::index::AliasState::Active && !entry.alias.is_prefix()
+        })
     });
+    let mut aliases: Vec<(String, String)> = copied
+        .into_iter()
+        .filter_map(|(entry, resolved)| Some((entry.alias.display(), resolved?.display())))
+        .collect();
+    aliases.sort_by_cached_key(|(alias, _)| alias.to_lowercase());
     if let Some(models) = tags.get_mut("models").and_then(Value::as_array_mut) {
         add_aliases(models, &aliases);
     }
