@@ -9,6 +9,7 @@ use std::collections::{HashSet, VecDeque};
 use crate::event::{new_id, Event, EventType};
 use crate::index::{AliasEntry, AliasName, AliasState, AliasView, ChainEnd, DepKey, Draft, Models};
 use crate::name::ModelName;
+use crate::reconcile::{reconcile_alias, PathState};
 
 /// Who asked for a change: goes into every event it causes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,7 +172,9 @@ fn check_precondition(
     Ok(())
 }
 
-fn new_event(
+/// A new event of `kind` about `alias`, by `origin`, at `time`; the seq is
+/// the draft's to give.
+pub(crate) fn new_event(
     kind: EventType,
     alias: &AliasName,
     target: Option<&ModelName>,
@@ -445,62 +448,6 @@ pub fn plan_batch<'a>(
         }
     }
     Ok(outcomes)
-}
-
-/// What aliasd sees at an alias's own path in the store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PathState {
-    /// No file.
-    Absent,
-    /// A file aliasd wrote (or a torn write of its own).
-    Ours,
-    /// A file aliasd did not write: a model.
-    Foreign,
-}
-
-/// Records the event that brings one exact alias in line with the store, if
-/// any: the one code path for start-up reconcile, the watcher and chains.
-pub fn reconcile_alias<'a>(
-    draft: &mut Draft<'a>,
-    models: &'a Models,
-    origin: &Origin,
-    time: &str,
-    key: &str,
-    path_state: &PathState,
-) {
-    let Some(entry) = draft.exact(key).cloned() else {
-        return;
-    };
-    let end = draft.chain_end_cached(models, &entry.target);
-    let resolved_digest = match &end {
-        ChainEnd::Model(model) => Some(model.digest.clone()),
-        _ => None,
-    };
-    let kind = match (entry.state, path_state, &resolved_digest) {
-        (AliasState::Shadowed, PathState::Foreign, _) => None,
-        (_, PathState::Foreign, _) => Some(EventType::AliasShadowed),
-        (AliasState::Shadowed, _, Some(_)) => Some(EventType::AliasRepaired),
-        (AliasState::Shadowed, _, None) => Some(EventType::TargetRemoved),
-        (AliasState::Dangling, _, Some(_)) => Some(EventType::TargetRestored),
-        (AliasState::Dangling, _, None) => None,
-        (AliasState::Active, _, None) => Some(EventType::TargetRemoved),
-        (AliasState::Active, state, Some(digest)) => {
-            if entry.digest.as_ref() != Some(digest) {
-                Some(EventType::TargetChanged)
-            } else if *state == PathState::Absent {
-                Some(EventType::AliasRepaired)
-            } else {
-                None
-            }
-        }
-    };
-    let Some(kind) = kind else { return };
-    let mut event = new_event(kind, &entry.alias, Some(&entry.target), origin, time);
-    if !matches!(kind, EventType::AliasShadowed | EventType::TargetRemoved) {
-        event.digest = resolved_digest.map(|d| d.to_string());
-    }
-    // The names came from the index, so they parse.
-    let _ = draft.record(event);
 }
 
 /// Re-derives every alias whose chain runs through `key` after `key` changed.

@@ -113,7 +113,7 @@ pub struct Event {
 /// a journal payload where possible: replay decodes these, not whole events,
 /// which saves an allocation per field.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Change<'a> {
+pub struct StateChange<'a> {
     /// Position in the journal.
     pub seq: u64,
     /// When it was committed, RFC 3339 UTC.
@@ -135,13 +135,13 @@ pub struct Change<'a> {
     pub prefix_matching: bool,
 }
 
-impl<'a> Change<'a> {
+impl<'a> StateChange<'a> {
     /// Decodes the state-relevant fields of a journal payload.
     ///
     /// # Errors
     ///
     /// As [`Event::decode`].
-    pub fn decode(payload: &'a [u8]) -> Result<Change<'a>, DecodeError> {
+    pub fn decode(payload: &'a [u8]) -> Result<StateChange<'a>, DecodeError> {
         match payload.split_first() {
             None => Err(DecodeError::Empty),
             Some((&PAYLOAD_VERSION, json)) => match scan::change(json) {
@@ -188,8 +188,8 @@ impl Event {
     }
 
     /// The state-relevant fields, borrowed.
-    pub fn change(&self) -> Change<'_> {
-        Change {
+    pub fn change(&self) -> StateChange<'_> {
+        StateChange {
             seq: self.seq,
             time: Cow::Borrowed(&self.time),
             kind: self.kind,
@@ -325,7 +325,7 @@ mod tests {
     fn change_decodes_the_same_fields() {
         let event = sample();
         let payload = event.encode();
-        assert_eq!(Change::decode(&payload).unwrap(), event.change());
+        assert_eq!(StateChange::decode(&payload).unwrap(), event.change());
     }
 
     #[test]

@@ -6,13 +6,15 @@
 //! are never written over or removed. Every operation is idempotent, so running
 //! it again after a crash heals whatever was half done.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::command::PathState;
 use crate::index::{AliasEntry, AliasName, AliasState};
-use crate::name::ModelName;
+use crate::name::{ModelName, MANIFESTS_DIR};
+use crate::reconcile::PathState;
 use crate::store::beneath::{self, Lookup};
 use crate::store::Store;
 
@@ -35,12 +37,15 @@ pub enum Outcome {
 #[derive(Debug, Clone)]
 pub struct Materializer {
     store: Store,
+    /// Shared with the watcher (see [`FreshFiles`]).
+    fresh: Arc<FreshFiles>,
 }
 
 impl Materializer {
-    /// A materializer for `store`.
-    pub fn new(store: Store) -> Materializer {
-        Materializer { store }
+    /// A materializer for `store`, noting the files it writes into new
+    /// directories in `fresh`.
+    pub fn new(store: Store, fresh: Arc<FreshFiles>) -> Materializer {
+        Materializer { store, fresh }
     }
 
     /// The store it writes to.
@@ -133,7 +138,7 @@ impl Materializer {
         {
             Lookup::Found(made_dir) => {
                 if made_dir {
-                    self.store.fresh_files().note(name.clone());
+                    self.fresh.note(name.clone());
                 }
                 Ok(Outcome::Written)
             }
@@ -187,6 +192,52 @@ impl Materializer {
             Some(entry) => self.sync_alias(entry, job.resolved.as_deref(), &ours),
             None => self.withdraw(&job.file.name, &ours),
         }
+    }
+}
+
+/// The most [`FreshFiles`] remembered; the oldest go first.
+const MAX_FRESH_FILES: usize = 4096;
+
+/// Manifests this process wrote into directories it had just created, until
+/// the watcher has looked at those directories.
+///
+/// A file deleted before the watch on its new directory exists raises no
+/// event, and a listing of the directory no longer shows it; the watcher
+/// therefore checks these names too when it lists a new directory. Only the
+/// last 4,096 are kept (a batch of more new aliases than that,
+/// deleted at once, would leave its first ones to the next start-up).
+#[derive(Debug, Default)]
+pub struct FreshFiles {
+    names: Mutex<VecDeque<ModelName>>,
+}
+
+impl FreshFiles {
+    /// Remembers that `name`'s manifest was written into a new directory.
+    pub fn note(&self, name: ModelName) {
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        names.push_back(name);
+        while names.len() > MAX_FRESH_FILES {
+            names.pop_front();
+        }
+    }
+
+    /// Takes the names whose manifests lie under one of `dirs`, each a
+    /// directory relative to `manifests/` (`host`, `host/namespace`, ...).
+    pub fn take_under(&self, dirs: &[PathBuf]) -> Vec<ModelName> {
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        if names.is_empty() || dirs.is_empty() {
+            return Vec::new();
+        }
+        let dirs: std::collections::HashSet<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+        let under = |name: &ModelName| {
+            let rel = name.manifest_rel_path();
+            rel.strip_prefix(MANIFESTS_DIR)
+                .is_ok_and(|rel| rel.ancestors().any(|dir| dirs.contains(dir)))
+        };
+        let (taken, kept): (VecDeque<ModelName>, VecDeque<ModelName>) =
+            names.drain(..).partition(under);
+        *names = kept;
+        taken.into()
     }
 }
 
@@ -336,6 +387,37 @@ mod tests {
             name: ModelName::parse(name).unwrap(),
             ours: ours.iter().map(|d| Arc::from(*d)).collect(),
         }
+    }
+
+    #[test]
+    fn fresh_files_are_taken_by_directory_and_bounded() {
+        let fresh = FreshFiles::default();
+        let names = ["a:1", "a:2", "b", "example.com/ns/c", "example.com/other/d"];
+        for name in names {
+            fresh.note(ModelName::parse(name).unwrap());
+        }
+        let dir = |parts: &[&str]| parts.iter().collect::<PathBuf>();
+        let shown =
+            |taken: Vec<ModelName>| taken.iter().map(ModelName::display).collect::<Vec<_>>();
+        assert_eq!(
+            shown(fresh.take_under(&[dir(&["registry.ollama.ai", "library", "a"])])),
+            ["a:1", "a:2"]
+        );
+        assert!(fresh
+            .take_under(&[dir(&["registry.ollama.ai", "library", "a"])])
+            .is_empty());
+        assert_eq!(
+            shown(fresh.take_under(&[dir(&["example.com"]), dir(&["nowhere"])])),
+            ["example.com/ns/c", "example.com/other/d"]
+        );
+        assert!(fresh.take_under(&[]).is_empty());
+        assert_eq!(shown(fresh.take_under(&[dir(&[])])), ["b"]);
+        for i in 0..MAX_FRESH_FILES + 10 {
+            fresh.note(ModelName::parse(&format!("m{i}")).unwrap());
+        }
+        let kept = fresh.take_under(&[dir(&[])]);
+        assert_eq!(kept.len(), MAX_FRESH_FILES);
+        assert_eq!(kept[0].display(), "m10", "the oldest went first");
     }
 
     #[test]

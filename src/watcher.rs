@@ -38,7 +38,7 @@ pub const MAX_DELAY: Duration = Duration::from_millis(150);
 
 /// What the watcher saw for one batch of file-system events.
 #[derive(Debug)]
-enum Change {
+enum StoreChange {
     /// Manifests at these names changed, and directories appeared whose
     /// manifests must be listed.
     Names {
@@ -204,7 +204,7 @@ fn on_notify(
     inbox: &Inbox,
     fallback_poll: Duration,
     res: notify::Result<notify::Event>,
-) -> Option<Change> {
+) -> Option<StoreChange> {
     match res {
         Ok(event) if removes_root(root, &event) => {
             if !inbox.polling.swap(true, Ordering::SeqCst) {
@@ -215,7 +215,7 @@ fn on_notify(
                     root.display()
                 );
             }
-            Some(Change::Everything)
+            Some(StoreChange::Everything)
         }
         Ok(event) => translate(root, &event),
         Err(e) if is_watch_limit(&e) => {
@@ -232,11 +232,11 @@ fn on_notify(
                     fallback_poll
                 )
             );
-            Some(Change::Everything)
+            Some(StoreChange::Everything)
         }
         Err(e) => {
             tracing::warn!("watcher error: {e}; reconciling the whole store");
-            Some(Change::Everything)
+            Some(StoreChange::Everything)
         }
     }
 }
@@ -272,7 +272,7 @@ fn watch_limit_advice(unwatched: &str, poll: Duration) -> String {
 
 /// The names an event touches; `None` for events that cannot matter (reads,
 /// aliasd's temp files).
-fn translate(root: &Path, event: &notify::Event) -> Option<Change> {
+fn translate(root: &Path, event: &notify::Event) -> Option<StoreChange> {
     use notify::event::{AccessKind, AccessMode};
     use notify::EventKind;
     // Reads cannot matter; a writer closing a file can (an in-place write
@@ -282,7 +282,7 @@ fn translate(root: &Path, event: &notify::Event) -> Option<Change> {
         return None;
     }
     if event.need_rescan() {
-        return Some(Change::Everything);
+        return Some(StoreChange::Everything);
     }
     let mut names = Vec::new();
     let mut subtrees = Vec::new();
@@ -299,13 +299,13 @@ fn translate(root: &Path, event: &notify::Event) -> Option<Change> {
             // Its files were reported one by one before it went.
             PathKind::Directory if matches!(event.kind, EventKind::Remove(_)) => {}
             // A directory renamed or changed otherwise: read everything.
-            PathKind::Directory => return Some(Change::Everything),
+            PathKind::Directory => return Some(StoreChange::Everything),
         }
     }
     if names.is_empty() && subtrees.is_empty() {
         None
     } else {
-        Some(Change::Names { names, subtrees })
+        Some(StoreChange::Names { names, subtrees })
     }
 }
 
@@ -359,7 +359,7 @@ struct Inbox {
 
 #[derive(Default)]
 struct InboxState {
-    pending: Pending,
+    pending: ChangedNames,
     /// When the first and the latest pending change came; `None` when empty.
     /// Tokio's clock (the real one outside a runtime, as on the notify
     /// thread), so that tests can pause it.
@@ -371,14 +371,14 @@ struct InboxState {
 const MAX_PENDING_NAMES: usize = 100_000;
 
 impl Inbox {
-    fn add(&self, change: Change) {
+    fn add(&self, change: StoreChange) {
         let now = tokio::time::Instant::now();
         let was_empty = {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let was_empty = state.first.is_none();
             state.pending.add(change);
             if state.pending.names.len() > MAX_PENDING_NAMES {
-                state.pending = Pending::everything();
+                state.pending = ChangedNames::everything();
             }
             state.first.get_or_insert(now);
             state.last = Some(now);
@@ -393,7 +393,7 @@ impl Inbox {
     /// What is pending, once the store has been quiet for [`QUIET`] (or
     /// [`MAX_DELAY`] after the first change). Cancel-safe: changes stay in
     /// the inbox until taken.
-    async fn next_batch(&self) -> Pending {
+    async fn next_batch(&self) -> ChangedNames {
         loop {
             let (first, last) = {
                 let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -490,7 +490,7 @@ type Stamps = HashMap<Box<str>, (ModelName, FileStamp)>;
 /// reconcile the names whose stamp changed, appeared or went since `last`.
 /// The first poll has nothing to compare with and asks for a full reconcile,
 /// which also covers whatever changed before its stamps were taken.
-async fn poll_changes(registry: &Registry, last: &mut Option<Stamps>) -> Pending {
+async fn poll_changes(registry: &Registry, last: &mut Option<Stamps>) -> ChangedNames {
     let store = registry.store().clone();
     let scanned = tokio::task::spawn_blocking(move || store.stamp_scan().map(stamps))
         .await
@@ -501,15 +501,15 @@ async fn poll_changes(registry: &Registry, last: &mut Option<Stamps>) -> Pending
         Err(e) => {
             tracing::warn!("polling the store failed ({e}); reconciling the whole store");
             *last = None;
-            return Pending::everything();
+            return ChangedNames::everything();
         }
     };
     let changed = last.as_ref().map(|before| changed_names(before, &now));
     *last = Some(now);
     let Some(changed) = changed else {
-        return Pending::everything();
+        return ChangedNames::everything();
     };
-    let mut pending = Pending::default();
+    let mut pending = ChangedNames::default();
     for name in changed {
         pending.names.insert(name.key(), name);
     }
@@ -540,25 +540,25 @@ fn changed_names(before: &Stamps, now: &Stamps) -> Vec<ModelName> {
 }
 
 #[derive(Default)]
-struct Pending {
+struct ChangedNames {
     names: BTreeMap<String, ModelName>,
     subtrees: std::collections::BTreeSet<PathBuf>,
     everything: bool,
 }
 
-impl Pending {
+impl ChangedNames {
     /// A full reconcile.
-    fn everything() -> Pending {
-        Pending {
+    fn everything() -> ChangedNames {
+        ChangedNames {
             everything: true,
-            ..Pending::default()
+            ..ChangedNames::default()
         }
     }
 
-    fn add(&mut self, change: Change) {
+    fn add(&mut self, change: StoreChange) {
         match change {
-            Change::Everything => self.everything = true,
-            Change::Names { names, subtrees } => {
+            StoreChange::Everything => self.everything = true,
+            StoreChange::Names { names, subtrees } => {
                 for name in names {
                     self.names.insert(name.key(), name);
                 }
@@ -594,7 +594,7 @@ impl Pending {
                 .filter_map(|dir| dir.strip_prefix(&root).ok())
                 .map(Path::to_path_buf)
                 .collect();
-            for name in registry.store().fresh_files().take_under(&dirs) {
+            for name in registry.fresh_files().take_under(&dirs) {
                 names.insert(name.key(), name);
             }
             names
@@ -701,8 +701,8 @@ mod tests {
             .add_path(PathBuf::from("/store/manifests/h/ns/new")))
     }
 
-    fn is_everything(change: &Option<Change>) -> bool {
-        matches!(change, Some(Change::Everything))
+    fn is_everything(change: &Option<StoreChange>) -> bool {
+        matches!(change, Some(StoreChange::Everything))
     }
 
     #[test]
@@ -831,14 +831,14 @@ mod tests {
         );
     }
 
-    fn change(names: &[&str]) -> Change {
-        Change::Names {
+    fn change(names: &[&str]) -> StoreChange {
+        StoreChange::Names {
             names: names.iter().map(|n| ModelName::parse(n).unwrap()).collect(),
             subtrees: Vec::new(),
         }
     }
 
-    fn batch_names(pending: &Pending) -> Vec<String> {
+    fn batch_names(pending: &ChangedNames) -> Vec<String> {
         let mut names: Vec<String> = pending.names.values().map(ModelName::display).collect();
         names.sort();
         names

@@ -1,4 +1,4 @@
-//! A fast reader for the one JSON shape replay reads most: a [`Change`] in
+//! A fast reader for the one JSON shape replay reads most: a [`StateChange`] in
 //! the compact form [`Event::encode`](super::Event::encode) writes.
 //!
 //! It handles exactly that form (no whitespace, no escape or control
@@ -11,11 +11,11 @@
 
 use std::borrow::Cow;
 
-use super::{Change, EventType};
+use super::{EventType, StateChange};
 
-/// Reads `json` (the payload after its version byte) as a [`Change`], or
+/// Reads `json` (the payload after its version byte) as a [`StateChange`], or
 /// `None` when it is not in the simple form.
-pub(super) fn change(json: &[u8]) -> Option<Change<'_>> {
+pub(super) fn change(json: &[u8]) -> Option<StateChange<'_>> {
     // Validated once, so that every string sliced at a quote below is text.
     let text = std::str::from_utf8(json).ok()?;
     // No escape and no control character anywhere, so that in a string the
@@ -56,7 +56,7 @@ pub(super) fn change(json: &[u8]) -> Option<Change<'_>> {
     if scan.at != text.len() {
         return None;
     }
-    Some(Change {
+    Some(StateChange {
         seq: seq?,
         time: Cow::Borrowed(time?),
         kind: kind?,
@@ -166,7 +166,7 @@ mod tests {
     use crate::event::Event;
     use proptest::prelude::*;
 
-    fn serde_change(json: &[u8]) -> Option<Change<'_>> {
+    fn serde_change(json: &[u8]) -> Option<StateChange<'_>> {
         serde_json::from_slice(json).ok()
     }
 

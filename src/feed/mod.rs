@@ -12,7 +12,7 @@
 //! Memory per subscriber is bounded by one log chunk or one live batch.
 //!
 //! Layout: `publisher.rs` paces the broadcast; this file holds what is
-//! broadcast ([`Published`], [`Batch`]) and how it is read.
+//! broadcast ([`Published`], [`LiveBatch`]) and how it is read.
 
 pub mod publisher;
 
@@ -57,7 +57,7 @@ impl Published {
 
 /// Committed events broadcast together, in seq order.
 #[derive(Debug)]
-pub struct Batch {
+pub struct LiveBatch {
     /// The events.
     pub events: Vec<Published>,
     /// The whole batch as one transport renders it, made by its first reader
@@ -66,10 +66,10 @@ pub struct Batch {
     pub rendered: OnceLock<Bytes>,
 }
 
-impl Batch {
+impl LiveBatch {
     /// Wraps events (in seq order) into a batch.
-    pub fn new(events: Vec<Published>) -> Batch {
-        Batch {
+    pub fn new(events: Vec<Published>) -> LiveBatch {
+        LiveBatch {
             events,
             rendered: OnceLock::new(),
         }
@@ -127,9 +127,9 @@ pub enum Delivery {
     /// Events read back from the log, in seq order, each one wanted.
     Logged(Vec<Event>),
     /// A live batch: every event of it wanted.
-    Whole(Arc<Batch>),
+    Whole(Arc<LiveBatch>),
     /// A live batch of which only some events are wanted (by index).
-    Part(Arc<Batch>, Vec<usize>),
+    Part(Arc<LiveBatch>, Vec<usize>),
 }
 
 /// Why a subscription ended.
@@ -144,7 +144,7 @@ pub enum Ended {
 /// One reader's position and source (see the module docs).
 pub struct Subscription {
     log: SharedLog,
-    live: broadcast::Receiver<Arc<Batch>>,
+    live: broadcast::Receiver<Arc<LiveBatch>>,
     filter: EventFilter,
     /// Every event up to this seq has been delivered (or filtered out).
     last_sent: u64,
@@ -168,7 +168,7 @@ impl Subscription {
     /// called, so that nothing falls between the log and the broadcast.
     pub fn new(
         log: SharedLog,
-        live: broadcast::Receiver<Arc<Batch>>,
+        live: broadcast::Receiver<Arc<LiveBatch>>,
         filter: EventFilter,
         cursor: Option<u64>,
     ) -> Subscription {
@@ -239,7 +239,7 @@ impl Subscription {
     }
 
     /// What this reader wants of a live batch, moving its position past it.
-    fn wanted(&mut self, batch: Arc<Batch>) -> Option<Delivery> {
+    fn wanted(&mut self, batch: Arc<LiveBatch>) -> Option<Delivery> {
         let last_sent = self.last_sent;
         let wanted = |p: &Published| p.event.seq > last_sent && self.filter.matches_published(p);
         if let Some(last) = batch.events.last() {

@@ -6,7 +6,7 @@
 //! million socket writes a second. Broadcasts are therefore spaced by a gap
 //! proportional to the number of subscribers (`GAP_PER_SUBSCRIBER`, at most
 //! `MAX_GAP`), and each carries every event committed meanwhile (rendered
-//! once per transport, see `Batch::rendered`). An event after a quiet spell goes out at once;
+//! once per transport, see `LiveBatch::rendered`). An event after a quiet spell goes out at once;
 //! under load, delivery waits at most `MAX_GAP` and the cost of a broadcast
 //! is shared by the events of that gap. The gap was chosen by measurement
 //! (benches/README.md, "Figures moved out of comments").
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 
-use crate::feed::{Batch, Published};
+use crate::feed::{LiveBatch, Published};
 
 /// Spacing of broadcasts per live subscriber.
 pub const GAP_PER_SUBSCRIBER: Duration = Duration::from_micros(40);
@@ -41,7 +41,7 @@ impl Publisher {
     /// # Errors
     ///
     /// The thread could not be started.
-    pub fn start(broadcast: broadcast::Sender<Arc<Batch>>) -> std::io::Result<Publisher> {
+    pub fn start(broadcast: broadcast::Sender<Arc<LiveBatch>>) -> std::io::Result<Publisher> {
         let (queue, receiver) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("aliasd-publisher".into())
@@ -79,7 +79,7 @@ pub fn gap(subscribers: usize) -> Duration {
 
 fn run(
     queue: &std::sync::mpsc::Receiver<Vec<Published>>,
-    broadcast: &broadcast::Sender<Arc<Batch>>,
+    broadcast: &broadcast::Sender<Arc<LiveBatch>>,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
     let mut last: Option<Instant> = None;
@@ -106,7 +106,7 @@ fn run(
         while events.peek().is_some() {
             let batch: Vec<Published> = events.by_ref().take(MAX_BATCH).collect();
             // No subscriber is not an error.
-            let _ = broadcast.send(Arc::new(Batch::new(batch)));
+            let _ = broadcast.send(Arc::new(LiveBatch::new(batch)));
         }
         last = Some(Instant::now());
     }

@@ -12,7 +12,7 @@ use crate::http::{json_bytes_response, ApiError, AppJson, AppState, JsonObject, 
 use crate::index::{
     format_time, AliasEntry, AliasState, AliasView, ChainEnd, ChainEnds, Index, Models,
 };
-use crate::registry::{Command, Reply, Shared};
+use crate::registry::{Command, Reply, View};
 
 /// An alias on the wire (SPEC §5 "Alias").
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -200,7 +200,7 @@ pub async fn alias_get(
     State(state): State<AppState>,
     PathName(name): PathName,
 ) -> Result<Response, ApiError> {
-    let found = state.registry.read(|s: &Shared| {
+    let found = state.registry.read(|s: &View| {
         s.index
             .lookup(&name)
             .map(|e| AliasBody::from_entry(&s.index, &s.models, e))

@@ -20,7 +20,7 @@ use axum::Json;
 use serde::Deserialize;
 
 use crate::event::{Event, EventType};
-use crate::feed::{Batch, Delivery, EventFilter, Published, Subscription};
+use crate::feed::{Delivery, EventFilter, LiveBatch, Published, Subscription};
 use crate::http::{ApiError, AppState};
 
 /// A comment line is sent this often.
@@ -213,7 +213,7 @@ impl SseStream {
 
 /// A whole live batch as SSE, rendered once and shared by every subscriber
 /// that wants all of it.
-fn whole_batch(batch: &Batch) -> Bytes {
+fn whole_batch(batch: &LiveBatch) -> Bytes {
     batch
         .rendered
         .get_or_init(|| {
@@ -284,7 +284,7 @@ mod tests {
     #[test]
     fn a_published_frame_is_the_same_as_the_event_frame_and_batches_concatenate() {
         let events: Vec<Published> = [1, 2].map(|seq| Published::new(event(seq, "a"))).into();
-        let batch = Batch::new(events);
+        let batch = LiveBatch::new(events);
         let mut expected = sse_frame(&batch.events[0].event);
         expected.extend(sse_frame(&batch.events[1].event));
         assert_eq!(whole_batch(&batch), Bytes::from(expected));

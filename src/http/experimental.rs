@@ -20,8 +20,9 @@ pub struct ExperimentalAlias {
 /// `GET /api/experimental/aliases`.
 pub async fn aliases_list(State(state): State<AppState>) -> Json<serde_json::Value> {
     // Copied out under the lock (shared strings); sorted and formatted after it.
-    let entries: Vec<crate::index::AliasEntry> =
-        state.registry.read(|s| s.index.entries().cloned().collect());
+    let entries: Vec<crate::index::AliasEntry> = state
+        .registry
+        .read(|s| s.index.entries().cloned().collect());
     let mut aliases: Vec<ExperimentalAlias> = entries
         .iter()
         .map(|e| ExperimentalAlias {

@@ -22,7 +22,6 @@
 
 pub mod beneath;
 
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
@@ -44,61 +43,14 @@ const MANIFEST_DIR_DEPTH: usize = 3;
 /// The last second `humantime` can format (9999-12-31T23:59:59Z).
 const MAX_RFC3339_SECS: u64 = 253_402_300_799;
 
-/// An Ollama model store rooted at a directory. Clones share their
-/// [`FreshFiles`] and their handle on the root.
+/// An Ollama model store rooted at a directory. Clones share their handle
+/// on the root.
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
-    fresh: Arc<FreshFiles>,
     /// The root, opened at first use (after [`Store::ensure_layout`] made it);
     /// from then on the path is never resolved again.
     handle: Arc<OnceLock<beneath::Root>>,
-}
-
-/// The most [`FreshFiles`] remembered; the oldest go first.
-const MAX_FRESH_FILES: usize = 4096;
-
-/// Manifests this process wrote into directories it had just created, until
-/// the watcher has looked at those directories.
-///
-/// A file deleted before the watch on its new directory exists raises no
-/// event, and a listing of the directory no longer shows it; the watcher
-/// therefore checks these names too when it lists a new directory. Only the
-/// last 4,096 are kept (a batch of more new aliases than that,
-/// deleted at once, would leave its first ones to the next start-up).
-#[derive(Debug, Default)]
-pub struct FreshFiles {
-    names: Mutex<VecDeque<ModelName>>,
-}
-
-impl FreshFiles {
-    /// Remembers that `name`'s manifest was written into a new directory.
-    pub fn note(&self, name: ModelName) {
-        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        names.push_back(name);
-        while names.len() > MAX_FRESH_FILES {
-            names.pop_front();
-        }
-    }
-
-    /// Takes the names whose manifests lie under one of `dirs`, each a
-    /// directory relative to `manifests/` (`host`, `host/namespace`, ...).
-    pub fn take_under(&self, dirs: &[PathBuf]) -> Vec<ModelName> {
-        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        if names.is_empty() || dirs.is_empty() {
-            return Vec::new();
-        }
-        let dirs: std::collections::HashSet<&Path> = dirs.iter().map(PathBuf::as_path).collect();
-        let under = |name: &ModelName| {
-            let rel = name.manifest_rel_path();
-            rel.strip_prefix(MANIFESTS_DIR)
-                .is_ok_and(|rel| rel.ancestors().any(|dir| dirs.contains(dir)))
-        };
-        let (taken, kept): (VecDeque<ModelName>, VecDeque<ModelName>) =
-            names.drain(..).partition(under);
-        *names = kept;
-        taken.into()
-    }
 }
 
 impl Store {
@@ -107,7 +59,6 @@ impl Store {
     pub fn new(root: impl Into<PathBuf>) -> Store {
         Store {
             root: root.into(),
-            fresh: Arc::default(),
             handle: Arc::default(),
         }
     }
@@ -125,11 +76,6 @@ impl Store {
         // Two threads may race here; both opened the same directory.
         let _ = self.handle.set(root);
         Ok(self.handle.get().expect("set just above"))
-    }
-
-    /// Manifests written into new directories, not yet seen by the watcher.
-    pub fn fresh_files(&self) -> &FreshFiles {
-        &self.fresh
     }
 
     /// The store's root directory.
@@ -678,37 +624,6 @@ fn is_absent(err: &io::Error) -> bool {
 mod tests {
     use super::*;
     use std::fs;
-
-    #[test]
-    fn fresh_files_are_taken_by_directory_and_bounded() {
-        let fresh = FreshFiles::default();
-        let names = ["a:1", "a:2", "b", "example.com/ns/c", "example.com/other/d"];
-        for name in names {
-            fresh.note(ModelName::parse(name).unwrap());
-        }
-        let dir = |parts: &[&str]| parts.iter().collect::<PathBuf>();
-        let shown =
-            |taken: Vec<ModelName>| taken.iter().map(ModelName::display).collect::<Vec<_>>();
-        assert_eq!(
-            shown(fresh.take_under(&[dir(&["registry.ollama.ai", "library", "a"])])),
-            ["a:1", "a:2"]
-        );
-        assert!(fresh
-            .take_under(&[dir(&["registry.ollama.ai", "library", "a"])])
-            .is_empty());
-        assert_eq!(
-            shown(fresh.take_under(&[dir(&["example.com"]), dir(&["nowhere"])])),
-            ["example.com/ns/c", "example.com/other/d"]
-        );
-        assert!(fresh.take_under(&[]).is_empty());
-        assert_eq!(shown(fresh.take_under(&[dir(&[])])), ["b"]);
-        for i in 0..MAX_FRESH_FILES + 10 {
-            fresh.note(ModelName::parse(&format!("m{i}")).unwrap());
-        }
-        let kept = fresh.take_under(&[dir(&[])]);
-        assert_eq!(kept.len(), MAX_FRESH_FILES);
-        assert_eq!(kept[0].display(), "m10", "the oldest went first");
-    }
 
     /// A small manifest: config 10 bytes, layers 100 and 1000.
     const MANIFEST: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"sha256:aa","size":10},"layers":[{"mediaType":"application/vnd.ollama.image.model","digest":"sha256:bb","size":100},{"mediaType":"application/vnd.ollama.image.template","digest":"sha256:cc","size":1000}],"extra":true}"#;

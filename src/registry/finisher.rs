@@ -1,0 +1,313 @@
+//! The finisher thread, the pipeline's second stage: writes each group's
+//! alias files (without holding the index's lock), broadcasts its events and
+//! replies, in group order; retries the files the store refused.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::command::Origin;
+use crate::event::Event;
+use crate::feed::publisher::Publisher;
+use crate::feed::Published;
+use crate::index::{AliasName, AliasView, ChainEnd, ChainEnds};
+use crate::materializer::{AliasFile, FileJob, Materializer, Outcome, Retries};
+use crate::progress::Progress;
+
+use super::writer::ReplySender;
+use super::{Command, RegistryError, Reply, Request, View};
+
+/// Work for the finisher thread.
+pub(super) enum Job {
+    /// Materialize these applied events, broadcast them, then send the replies.
+    Finish {
+        events: Vec<Event>,
+        /// Each event's alias digest before the group (still aliasd's own).
+        prior: Vec<Option<Arc<str>>>,
+        replies: Vec<(ReplySender, Result<Reply, RegistryError>)>,
+    },
+    /// Try these alias files again until they match the index.
+    Retry(Vec<AliasFile>),
+    /// Answer once every job before this one is done.
+    Barrier(std::sync::mpsc::Sender<()>),
+}
+
+/// The second pipeline stage: files, broadcast, replies.
+pub(super) struct Finisher {
+    pub(super) metrics: Arc<crate::metrics::Metrics>,
+    pub(super) shared: Arc<RwLock<View>>,
+    pub(super) materializer: Materializer,
+    pub(super) publisher: Publisher,
+    /// To the writer: alias paths found foreign while writing are looked at
+    /// again as the watcher would (their aliases become `shadowed`). Weak, so
+    /// that the writer still stops once every handle is dropped.
+    pub(super) commands: mpsc::WeakSender<Request>,
+}
+
+impl Finisher {
+    pub(super) fn run(self, jobs: std::sync::mpsc::Receiver<Job>) {
+        use std::sync::mpsc::RecvTimeoutError;
+        let mut retries = Retries::default();
+        loop {
+            let job = match retries.due_in(Instant::now()) {
+                None => match jobs.recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                },
+                // Due: before the next job, so a steady stream of jobs
+                // cannot put retries off.
+                Some(wait) if wait.is_zero() => {
+                    self.retry(&mut retries);
+                    continue;
+                }
+                Some(wait) => match jobs.recv_timeout(wait) {
+                    Ok(job) => job,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.retry(&mut retries);
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+            };
+            match job {
+                Job::Finish {
+                    events,
+                    prior,
+                    replies,
+                } => {
+                    let synced = materialize(&self.materializer, &self.shared, &events, &prior);
+                    if !synced.failed.is_empty() {
+                        retries.add(report_failures(synced.failed), Instant::now());
+                        self.metrics.set_alias_files_pending(retries.len());
+                    }
+                    self.look_again(synced.foreign);
+                    for event in &events {
+                        self.metrics.observe_event(event.kind);
+                    }
+                    self.publisher
+                        .publish(events.into_iter().map(Published::new).collect());
+                    for (sender, reply) in replies {
+                        let _ = sender.send(reply);
+                    }
+                }
+                Job::Retry(files) => {
+                    retries.add(files, Instant::now());
+                    self.metrics.set_alias_files_pending(retries.len());
+                }
+                Job::Barrier(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+        if !retries.is_empty() {
+            tracing::warn!(
+                "{} alias files are still not as the journal says; the next start writes them",
+                retries.len()
+            );
+        }
+    }
+
+    /// Asks the writer to read the paths of these aliases again, as the
+    /// watcher would: a path found foreign while writing (a symlink, a file
+    /// where a directory should be) makes its alias `shadowed`. Never waits:
+    /// the writer may be waiting for this thread.
+    fn look_again(&self, names: Vec<crate::name::ModelName>) {
+        if names.is_empty() {
+            return;
+        }
+        let (reply, _) = oneshot::channel();
+        let request = Request {
+            command: Command::ReconcileNames(names),
+            origin: Origin::system("watcher"),
+            reply,
+        };
+        let Some(commands) = self.commands.upgrade() else {
+            return; // Shutting down: the next start-up looks at them.
+        };
+        if commands.try_send(request).is_err() {
+            tracing::warn!(
+                "could not queue a look at foreign alias paths; the next start-up looks at them"
+            );
+        }
+    }
+
+    /// Tries the waiting alias files again, and says how it went.
+    fn retry(&self, retries: &mut Retries) {
+        let files = retries.take();
+        let tried = files.len();
+        let synced = sync_files(&self.materializer, &self.shared, &files);
+        self.look_again(synced.foreign);
+        let failed = synced.failed;
+        let left = failed.len();
+        let why = failed
+            .first()
+            .map(|(_, e)| format!("{e}{}", crate::materializer::advice(e)))
+            .unwrap_or_default();
+        let failed = failed.into_iter().map(|(file, _)| file).collect();
+        let wait = retries.attempted(failed, Instant::now());
+        self.metrics.set_alias_files_pending(retries.len());
+        match wait {
+            None => tracing::info!("{tried} alias files written on a retry"),
+            Some(wait) => tracing::warn!(
+                "{left} alias files still not written ({why}); trying again in {} s",
+                wait.as_secs()
+            ),
+        }
+    }
+}
+
+/// Logs each alias file that could not be written, and returns them for a retry.
+pub(super) fn report_failures(failed: Vec<(AliasFile, std::io::Error)>) -> Vec<AliasFile> {
+    failed
+        .into_iter()
+        .map(|(file, e)| {
+            tracing::error!(
+                alias = %file.name,
+                "writing the alias file failed: {e}{}; trying again in {} s",
+                crate::materializer::advice(&e),
+                crate::materializer::FIRST_RETRY.as_secs()
+            );
+            file
+        })
+        .collect()
+}
+
+/// What making alias files match the index left to do.
+#[derive(Debug, Default)]
+pub(super) struct Synced {
+    /// The files that could not be written or removed, with why.
+    failed: Vec<(AliasFile, std::io::Error)>,
+    /// Aliases whose path turned out foreign (see `beneath::Foreign`).
+    foreign: Vec<crate::name::ModelName>,
+}
+
+/// Makes the files of the aliases these events touched match the index.
+pub(super) fn materialize(
+    materializer: &Materializer,
+    shared: &RwLock<View>,
+    events: &[Event],
+    prior: &[Option<Arc<str>>],
+) -> Synced {
+    // The last event of each alias in the group (the index holds its final state).
+    let mut done = HashSet::new();
+    let mut work: Vec<AliasFile> = Vec::new();
+    for (event, prior) in events.iter().zip(prior).rev() {
+        let Ok(AliasName::Exact(name)) = AliasName::of_event(event) else {
+            continue;
+        };
+        if done.insert(name.key()) {
+            let recorded = event.digest.as_deref().map(Arc::<str>::from);
+            let ours = prior.iter().cloned().chain(recorded).collect();
+            work.push(AliasFile { name, ours });
+        }
+    }
+    sync_files(materializer, shared, &work)
+}
+
+/// Makes these alias files match the index, spread over threads when there
+/// are many.
+pub(super) fn sync_files(
+    materializer: &Materializer,
+    shared: &RwLock<View>,
+    work: &[AliasFile],
+) -> Synced {
+    let work = file_jobs(shared, work);
+    let synced = AtomicUsize::new(0);
+    let outcome = std::sync::Mutex::new(Synced::default());
+    let sync_one = |job: &FileJob| {
+        let file = &job.file;
+        synced.fetch_add(1, Ordering::Relaxed);
+        match materializer.sync_job(job) {
+            Ok(Outcome::Foreign) => outcome
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .foreign
+                .push(file.name.clone()),
+            Ok(done) => tracing::debug!(alias = %file.name, ?done, "materialized"),
+            Err(e) => outcome
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .failed
+                .push((file.clone(), e)),
+        }
+    };
+    // Each alias has its own file, so a large group is spread over the cores:
+    // most of a file's cost is the kernel creating its directory and inode.
+    let threads = materialize_threads(work.len());
+    if threads <= 1 {
+        work.iter().for_each(sync_one);
+        return outcome.into_inner().unwrap_or_else(|e| e.into_inner());
+    }
+    // A group this large is a start-up restoring many files: say how far it is.
+    let mut progress = (work.len() >= PROGRESS_FROM_FILES)
+        .then(|| Progress::new("writing alias files", work.len()));
+    let share = work.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let mut shares = work.chunks(share);
+        let own = shares.next().unwrap_or_default();
+        for other in shares {
+            let spawned = std::thread::Builder::new()
+                .name("aliasd-files".into())
+                .spawn_scoped(scope, move || other.iter().for_each(sync_one));
+            if spawned.is_err() {
+                // No thread to spare (a process limit): this one does it.
+                other.iter().for_each(sync_one);
+            }
+        }
+        for one in own {
+            sync_one(one);
+            if let Some(progress) = &mut progress {
+                progress.reached(synced.load(Ordering::Relaxed));
+            }
+        }
+    });
+    if let Some(mut progress) = progress {
+        progress.reached(synced.load(Ordering::Relaxed));
+        progress.finish();
+    }
+    outcome.into_inner().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What each of these alias files must become, copied out of the index
+/// under its read lock, which is let go before any file is touched: a
+/// writer waiting for the lock would otherwise make every reader wait for
+/// the file system. Each file's model is found with one memo that walks
+/// each chain once (a chain of n re-pointed costs n, not n squared).
+pub(super) fn file_jobs(shared: &RwLock<View>, work: &[AliasFile]) -> Vec<FileJob> {
+    let guard = shared.read().unwrap_or_else(|e| e.into_inner());
+    let mut ends = ChainEnds::new(&guard.models);
+    work.iter()
+        .map(|file| {
+            let entry = guard.index.exact(file.name.key_str());
+            let resolved = entry.and_then(|entry| match ends.end_of(&guard.index, &entry.target) {
+                ChainEnd::Model(model) => Some(model.bytes.clone()),
+                _ => None,
+            });
+            FileJob {
+                file: file.clone(),
+                entry: entry.cloned(),
+                resolved,
+            }
+        })
+        .collect()
+}
+
+/// Alias files in one group from which their writing reports progress.
+pub(super) const PROGRESS_FROM_FILES: usize = 10_000;
+
+/// Aliases per thread below which a group's files are written by the
+/// finisher alone (a thread costs more than a few files).
+pub(super) const FILES_PER_THREAD: usize = 8;
+
+/// How many threads write a group of `files` alias files.
+pub(super) fn materialize_threads(files: usize) -> usize {
+    // Asked once: on Linux `available_parallelism` opens and reads cgroup files
+    // on every call, which had cost 12% of the finisher's time per group.
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES
+        .get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
+    (files / FILES_PER_THREAD).clamp(1, cores.min(4))
+}

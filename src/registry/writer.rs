@@ -1,0 +1,488 @@
+//! The writer thread: takes every waiting command as one group, plans it
+//! against a draft of the index, appends it to the log, applies it, and
+//! hands it to the finisher.
+
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::command::{plan_batch, plan_delete, plan_put, CommandError, Origin, PutOutcome};
+use crate::event::{now_rfc3339, Event};
+use crate::index::{AliasName, AliasView, DepKey, Draft, Models};
+use crate::log::SharedLog;
+use crate::materializer::{AliasFile, Materializer};
+use crate::progress::Progress;
+use crate::reconcile;
+
+use super::finisher::{file_jobs, report_failures, Job};
+use super::{Command, RegistryError, Reply, Request, View, MAX_GROUP};
+
+/// Hands each commit another writer appended to the shared log to the
+/// writer, in order, until the log or the registry stops.
+pub(super) fn forward_remote_commits(
+    remote: &std::sync::mpsc::Receiver<crate::log::RemoteCommit>,
+    commands: &mpsc::WeakSender<Request>,
+) {
+    for commit in remote {
+        let Some(commands) = commands.upgrade() else {
+            return; // The registry stopped.
+        };
+        let (reply, _) = oneshot::channel();
+        let request = Request {
+            command: Command::ApplyRemote(commit),
+            origin: Origin::system("remote"),
+            reply,
+        };
+        if commands.blocking_send(request).is_err() {
+            return;
+        }
+    }
+}
+
+/// The state owned by the writer thread.
+pub(super) struct Writer {
+    pub(super) metrics: Arc<crate::metrics::Metrics>,
+    pub(super) log: SharedLog,
+    /// Written only by this thread, and only with durable events.
+    pub(super) shared: Arc<RwLock<View>>,
+    /// For start-up and reconcile work done on this thread itself.
+    pub(super) materializer: Materializer,
+    /// Durable, applied groups go to the finisher thread, which writes their
+    /// files, broadcasts their events and replies, in order; meanwhile this
+    /// thread plans and fsyncs the next group (a two-stage pipeline).
+    pub(super) finisher: std::sync::mpsc::SyncSender<Job>,
+    pub(super) finisher_thread: Option<JoinHandle<()>>,
+    pub(super) snapshot_every: u64,
+    pub(super) since_snapshot: u64,
+    /// The journal was found changed under the server ([`journal::Error::Tampered`])
+    /// and that was logged: later refusals are not logged again at error level.
+    pub(super) tamper_reported: bool,
+}
+
+pub(super) type ReplySender = oneshot::Sender<Result<Reply, RegistryError>>;
+
+/// A planned request waiting for the group's commit.
+pub(super) struct AwaitingCommit {
+    reply: oneshot::Sender<Result<Reply, RegistryError>>,
+    outcome: Result<Planned, RegistryError>,
+}
+
+pub(super) enum Planned {
+    Put(PutOutcome, bool),
+    Deleted,
+    Batch(Vec<PutOutcome>),
+    Reconcile,
+    Snapshot,
+}
+
+impl Writer {
+    pub(super) fn run(mut self, mut receiver: mpsc::Receiver<Request>) {
+        while let Some(first) = receiver.blocking_recv() {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match receiver.try_recv() {
+                    Ok(request) => group.push(request),
+                    Err(_) => break,
+                }
+            }
+            self.process(group);
+        }
+        self.drain();
+        if self.since_snapshot > 0 {
+            if let Err(e) = self.write_snapshot() {
+                tracing::error!("snapshot at shutdown failed: {e}");
+            }
+        }
+        let Writer {
+            finisher,
+            finisher_thread,
+            ..
+        } = self;
+        drop(finisher);
+        if let Some(thread) = finisher_thread {
+            let _ = thread.join();
+        }
+        tracing::info!("writer stopped");
+    }
+
+    /// Waits until the finisher has done every job sent so far.
+    pub(super) fn drain(&self) {
+        let (done, wait) = std::sync::mpsc::channel();
+        if self.finisher.send(Job::Barrier(done)).is_ok() {
+            let _ = wait.recv();
+        }
+    }
+
+    fn process(&mut self, group: Vec<Request>) {
+        // A reconcile reads the whole store; it runs alone, after the rest.
+        let (others, reconciles): (Vec<Request>, Vec<Request>) = group.into_iter().partition(|r| {
+            !matches!(
+                r.command,
+                Command::Reconcile | Command::ReconcileNames(_) | Command::ApplyRemote(_)
+            )
+        });
+        self.process_group(others);
+        for request in reconciles {
+            if let Command::ApplyRemote(commit) = request.command {
+                let _ = request.reply.send(self.apply_remote(commit));
+                continue;
+            }
+            let names = match &request.command {
+                Command::ReconcileNames(names) => Some(names.as_slice()),
+                _ => None,
+            };
+            let res = self
+                .reconcile_scoped(&request.origin, names)
+                .inspect(|_| self.drain())
+                .map(Reply::Reconciled)
+                .map_err(|e| {
+                    tracing::error!("reconcile failed: {e:#}");
+                    // Not `Unavailable`: the registry is not shutting down.
+                    match e.downcast::<crate::log::Error>() {
+                        Ok(e) => RegistryError::Storage(e),
+                        Err(e) => RegistryError::Store(format!("{e:#}")),
+                    }
+                });
+            let _ = request.reply.send(res);
+        }
+    }
+
+    fn process_group(&mut self, group: Vec<Request>) {
+        if group.is_empty() {
+            return;
+        }
+        let time = now_rfc3339();
+        let mut pending = Vec::with_capacity(group.len());
+        let events = {
+            let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
+            let mut draft = Draft::new(&guard.index, self.log.last_seq() + 1);
+            for request in group {
+                let checkpoint = draft.checkpoint();
+                let outcome = plan(&mut draft, &guard.models, &request, &time);
+                if outcome.is_err() {
+                    draft.rollback(checkpoint);
+                }
+                pending.push(AwaitingCommit {
+                    reply: request.reply,
+                    outcome: outcome.map_err(RegistryError::from),
+                });
+            }
+            draft.into_events()
+        };
+        let prior = match self.commit(&events, None) {
+            Ok(prior) => prior,
+            Err(e) => {
+                self.fail_group(e, pending, events.len());
+                return;
+            }
+        };
+        let replies = pending
+            .into_iter()
+            .map(|p| {
+                let reply = match p.outcome {
+                    Err(e) => Err(e),
+                    Ok(planned) => self.reply_for(planned),
+                };
+                (p.reply, reply)
+            })
+            .collect();
+        self.finish(events, prior, replies);
+        self.maybe_snapshot();
+    }
+
+    /// Hands an applied group to the finisher.
+    fn finish(
+        &self,
+        events: Vec<Event>,
+        prior: Vec<Option<Arc<str>>>,
+        replies: Vec<(ReplySender, Result<Reply, RegistryError>)>,
+    ) {
+        let job = Job::Finish {
+            events,
+            prior,
+            replies,
+        };
+        if self.finisher.send(job).is_err() {
+            tracing::error!("the finisher thread is gone; replies are lost");
+        }
+    }
+
+    /// Answers every request of a group whose append failed.
+    fn fail_group(&mut self, e: crate::log::Error, pending: Vec<AwaitingCommit>, n_events: usize) {
+        let tampered = matches!(e.as_journal(), Some(journal::Error::Tampered { .. }));
+        match () {
+            () if tampered && self.tamper_reported => {
+                tracing::debug!("write refused, {n_events} events not applied: {e}");
+            }
+            () if tampered => {
+                self.tamper_reported = true;
+                tracing::error!(
+                    "THE JOURNAL WAS REMOVED OR DAMAGED UNDER THE RUNNING SERVER: {n_events} \
+                     events not applied, and every write is refused from now on (reads go on \
+                     from memory): {e}"
+                );
+            }
+            () => tracing::error!("journal append failed, {n_events} events not applied: {e}"),
+        }
+        // Every request of the group gets the same error, its OS error code
+        // included, so that each one's status (507 for ENOSPC) is right.
+        for p in pending {
+            let res = match p.outcome {
+                Ok(_) => Err(RegistryError::Storage(e.copy())),
+                Err(e) => Err(e),
+            };
+            let _ = p.reply.send(res);
+        }
+    }
+
+    fn reply_for(&mut self, planned: Planned) -> Result<Reply, RegistryError> {
+        let entry_of = |shared: &View, dep: &DepKey| shared.index.entry(dep).cloned();
+        match planned {
+            Planned::Put(outcome, changed) => {
+                let entry = self
+                    .read(|s| entry_of(s, &outcome.dep))
+                    .ok_or(RegistryError::Unavailable)?;
+                Ok(Reply::Put {
+                    entry: Box::new(entry),
+                    created: outcome.created,
+                    changed,
+                })
+            }
+            Planned::Deleted => Ok(Reply::Deleted),
+            Planned::Batch(outcomes) => {
+                let entries = self.read(|s| {
+                    outcomes
+                        .iter()
+                        .filter_map(|o| entry_of(s, &o.dep))
+                        .collect()
+                });
+                Ok(Reply::Batch(entries))
+            }
+            Planned::Snapshot => self
+                .write_snapshot()
+                .map(Reply::Snapshot)
+                .map_err(RegistryError::from),
+            Planned::Reconcile => Ok(Reply::Reconciled(0)),
+        }
+    }
+
+    pub(super) fn read<T>(&self, f: impl FnOnce(&View) -> T) -> T {
+        let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
+        f(&guard)
+    }
+
+    /// Makes events durable and applies them ([`Writer::apply`]).
+    fn commit(
+        &mut self,
+        events: &[Event],
+        models: Option<Models>,
+    ) -> Result<Vec<Option<Arc<str>>>, crate::log::Error> {
+        if !events.is_empty() {
+            let payloads = events.iter().map(Event::encode).collect();
+            let started = std::time::Instant::now();
+            let first = self.log.append(payloads).inspect_err(|_| {
+                self.metrics.observe_commit_failure();
+            })?;
+            self.metrics.observe_commit(started.elapsed());
+            if first != events[0].seq {
+                tracing::error!(
+                    expected = events[0].seq,
+                    got = first,
+                    "journal seq out of step with the index"
+                );
+            }
+        }
+        Ok(self.apply(events, models))
+    }
+
+    /// Applies durable events to the index (with `models`, if given,
+    /// replacing the model set in the same step). Returns each event's alias
+    /// digest from before, for the finisher: files with it are still ours.
+    fn apply(&mut self, events: &[Event], models: Option<Models>) -> Vec<Option<Arc<str>>> {
+        let mut guard = self.shared.write().unwrap_or_else(|e| e.into_inner());
+        let prior = events
+            .iter()
+            .map(|e| {
+                AliasName::of_event(e)
+                    .ok()
+                    .and_then(|a| guard.index.exact(&a.key()).and_then(|x| x.digest.clone()))
+            })
+            .collect();
+        for event in events {
+            if let Err(e) = guard.index.apply(event) {
+                tracing::error!(seq = event.seq, "event not applied: {e}");
+            }
+        }
+        if let Some(models) = models {
+            guard.models = models;
+        }
+        drop(guard);
+        self.since_snapshot += events.len() as u64;
+        prior
+    }
+
+    /// A snapshot costs time in proportion to the index, so it is taken at
+    /// most once per index-size worth of events: amortized O(1) per event.
+    fn maybe_snapshot(&mut self) {
+        let index_len = self.read(|s| s.index.len() as u64);
+        if self.since_snapshot >= self.snapshot_every.max(index_len) {
+            if let Err(e) = self.write_snapshot() {
+                tracing::error!("periodic snapshot failed: {e}");
+            }
+        }
+    }
+
+    /// Reads the store, journals what changed behind aliasd's back, and
+    /// materializes. Returns the number of events written.
+    /// With `names`, only the files at those names are read.
+    pub(super) fn reconcile_scoped(
+        &mut self,
+        origin: &Origin,
+        names: Option<&[crate::name::ModelName]>,
+    ) -> anyhow::Result<usize> {
+        // Files of groups still in the finisher must be there before reading.
+        self.drain();
+        let observation = {
+            let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
+            let store = self.materializer.store();
+            match names {
+                None => reconcile::observe(store, &guard.index, &guard.models)?,
+                Some(names) => reconcile::observe_names(store, &guard.index, &guard.models, names)?,
+            }
+        };
+        for path in &observation.temp_files {
+            // Only aliasd names files so; the finisher is drained, so none is in use.
+            match self.materializer.store().remove_temp_file(path) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "removed a temp file left by a crash")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "could not remove a leftover temp file: {e}")
+                }
+            }
+        }
+        for (name, digest) in &observation.stale {
+            match self.materializer.withdraw(name, &[digest]) {
+                Ok(_) => tracing::info!(alias = %name, "withdrew the file of a deleted alias"),
+                Err(e) => {
+                    tracing::warn!(alias = %name, "could not withdraw a deleted alias's file: {e}")
+                }
+            }
+        }
+        let time = now_rfc3339();
+        let events = {
+            let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
+            let mut draft = Draft::new(&guard.index, self.log.last_seq() + 1);
+            reconcile::plan(&mut draft, &observation, origin, &time);
+            draft.into_events()
+        };
+        if !observation.stale.is_empty() {
+            let mut guard = self.shared.write().unwrap_or_else(|e| e.into_inner());
+            for (name, _) in &observation.stale {
+                guard.index.clear_tombstone(&name.key());
+            }
+        }
+        let prior = self.commit(&events, Some(observation.models))?;
+        let n_events = events.len();
+        self.finish(events, prior, Vec::new());
+        if !observation.out_of_date.is_empty() {
+            self.drain();
+            self.sync_aliases(&observation.out_of_date);
+        }
+        self.maybe_snapshot();
+        Ok(n_events)
+    }
+
+    /// Makes the files of these exact aliases match the index; the finisher
+    /// tries the ones that fail again.
+    fn sync_aliases(&self, keys: &[String]) {
+        let files: Vec<AliasFile> = self.read(|s| {
+            keys.iter()
+                .filter_map(|key| match &s.index.exact(key)?.alias {
+                    AliasName::Exact(name) => Some(AliasFile {
+                        name: name.clone(),
+                        ours: Vec::new(),
+                    }),
+                    AliasName::Prefix(_) => None,
+                })
+                .collect()
+        });
+        let jobs = file_jobs(&self.shared, &files);
+        let mut progress = Progress::new("rewriting out-of-date alias files", jobs.len());
+        let mut failed = Vec::new();
+        for job in jobs {
+            progress.advance(1);
+            if let Err(e) = self.materializer.sync_job(&job) {
+                failed.push((job.file, e));
+            }
+        }
+        progress.finish();
+        if !failed.is_empty() {
+            let _ = self.finisher.send(Job::Retry(report_failures(failed)));
+        }
+    }
+
+    /// Applies a commit another writer made durable in the shared log, then
+    /// hands it to the finisher like one of this writer's own.
+    fn apply_remote(&mut self, commit: crate::log::RemoteCommit) -> Result<Reply, RegistryError> {
+        // Files of earlier groups first, as for a reconcile.
+        self.drain();
+        let expected = self.read(|s| s.index.last_seq()) + 1;
+        if commit.first_seq != expected {
+            tracing::error!(
+                expected,
+                got = commit.first_seq,
+                "a commit from the shared log is out of step with the index; not applied"
+            );
+            return Err(RegistryError::Unavailable);
+        }
+        let mut events = Vec::with_capacity(commit.payloads.len());
+        for (i, payload) in commit.payloads.iter().enumerate() {
+            match Event::decode(payload) {
+                Ok(event) => events.push(event),
+                Err(e) => tracing::warn!(
+                    seq = commit.first_seq + i as u64,
+                    "a record of the shared log is not an event: {e}; skipped"
+                ),
+            }
+        }
+        let prior = self.apply(&events, None);
+        let n_events = events.len();
+        self.finish(events, prior, Vec::new());
+        self.maybe_snapshot();
+        Ok(Reply::Reconciled(n_events))
+    }
+
+    fn write_snapshot(&mut self) -> Result<u64, crate::log::Error> {
+        let (seq, data) = self.read(|s| (s.index.last_seq(), crate::snapshot::encode(&s.index)));
+        self.log.write_snapshot(seq, &data)?;
+        self.since_snapshot = 0;
+        tracing::info!(seq, bytes = data.len(), "snapshot written");
+        Ok(seq)
+    }
+}
+
+pub(super) fn plan<'a>(
+    draft: &mut Draft<'a>,
+    models: &'a Models,
+    request: &Request,
+    time: &str,
+) -> Result<Planned, CommandError> {
+    let origin = &request.origin;
+    match &request.command {
+        Command::Put(put) => {
+            let before = draft.next_seq();
+            let outcome = plan_put(draft, models, origin, time, put)?;
+            Ok(Planned::Put(outcome, draft.next_seq() != before))
+        }
+        Command::Delete(delete) => {
+            plan_delete(draft, origin, time, delete).map(|()| Planned::Deleted)
+        }
+        Command::Batch(ops) => plan_batch(draft, models, origin, time, ops).map(Planned::Batch),
+        Command::Snapshot => Ok(Planned::Snapshot),
+        Command::Reconcile | Command::ReconcileNames(_) | Command::ApplyRemote(_) => {
+            Ok(Planned::Reconcile)
+        }
+    }
+}
