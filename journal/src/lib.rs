@@ -151,7 +151,8 @@ pub struct Options {
     /// Zeros written ahead of the end of the active segment (default 1 MiB, at most
     /// `segment_bytes`; 0 turns it off). A commit that overwrites zeros leaves the
     /// file's length alone, so its `fdatasync` writes the data and no inode: on ext4
-    /// that made a one-record commit 1.5x faster. Readers and recovery stop at the zeros.
+    /// that makes a small commit faster (figures: the project's benches/README.md).
+    /// Readers and recovery stop at the zeros.
     pub preallocate_bytes: u64,
     /// Keep at least this many most recent records; None keeps all.
     /// Older segments are deleted after [`Journal::write_snapshot`] once the snapshot covers them.

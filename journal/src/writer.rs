@@ -46,7 +46,7 @@ const MAX_KEPT_BUFFER: usize = 16 << 20;
 /// a small batch (whoever was back first) and a large one. One appender in a loop
 /// never waits; the first append after a burst of many can wait that long (at most
 /// `MAX_GATHER`) for appenders that are not coming back. Skipping the wait after a
-/// quiet spell measured no better (async 21.7-31.7x against 21.2-33.3x raw).
+/// quiet spell measured no better (benches/README.md).
 const GATHER_FRACTION: u32 = 4;
 /// How long the writer naps between looks at the queue while it gathers.
 const GATHER_NAP: Duration = Duration::from_micros(20);
@@ -88,8 +88,9 @@ fn gather(
 }
 
 /// Asks the kernel to end this thread's naps on time: by default Linux lets a
-/// sleep run up to 50 µs late (timer slack, to batch wake-ups), which made each
-/// 20 µs gathering nap last ~70 µs. Best effort: without it naps are only longer.
+/// sleep run late (timer slack, to batch wake-ups), which made each short
+/// gathering nap last several times its length. Best effort: without it naps
+/// are only longer.
 fn precise_naps() {
     #[cfg(target_os = "linux")]
     #[allow(unsafe_code)]
@@ -357,8 +358,8 @@ impl Writer {
 
     /// Writes zeros after `end`, the end of the batch being committed, so that the next
     /// commits overwrite zeros instead of growing the file: their `fdatasync` then has
-    /// no file size to write (on ext4, 175 µs instead of 265 µs for one 200-byte record;
-    /// 200 µs instead of 340 µs for 64). This commit's sync covers the zeros. A failure
+    /// no file size to write (faster on ext4; benches/README.md). This commit's sync
+    /// covers the zeros. A failure
     /// (a full disk) gives back what it wrote and stops preallocation for this segment.
     fn preallocate(&mut self, end: u64) {
         let ahead = self

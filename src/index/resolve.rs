@@ -12,7 +12,7 @@ use super::*;
 /// be padding): the sets of a target's dependents grow to hundreds of thousands
 /// at a million aliases, and growing a set rehashes every member, which then
 /// reads this number instead of following the pointer to the string and
-/// hashing it (that was 6% of a 1M-event replay).
+/// hashing it (a visible share of a large replay; benches/README.md).
 #[derive(Debug, Clone)]
 pub struct DepKey {
     pub(super) prefix: bool,

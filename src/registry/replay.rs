@@ -98,8 +98,9 @@ pub fn index_at(log: &dyn EventLog, seq: u64) -> Result<Index, String> {
     Ok(index)
 }
 
-/// The most aliases room is made for before a replay (a map of 25 bytes a
-/// slot, 50-100 MB at this many); past it, the map grows as it goes.
+/// The most aliases room is made for before a replay (a map slot is a few
+/// dozen bytes, so this bounds what is reserved up front); past it, the map
+/// grows as it goes.
 pub(super) const MAX_REPLAY_RESERVE: usize = 2_000_000;
 
 /// Replayed records, each with its seq: the parsed change, or why its names
