@@ -1,13 +1,15 @@
 //! Request bodies and journal payloads: the HTTP body types, events and
-//! snapshots decode or fail cleanly; a batch that plans applies cleanly.
+//! snapshots decode or fail cleanly; a batch body the server's own
+//! `batch_ops` reads, and that plans, applies cleanly.
 
 #![no_main]
 
 use std::sync::Arc;
 
-use aliasd::command::{plan_batch, BatchOp, DeleteAlias, Origin, PutAlias};
-use aliasd::http::aliases::{BatchBody, OpBody, PutBody};
+use aliasd::command::{plan_batch, BatchOp, Origin, PutAlias};
+use aliasd::http::aliases::{batch_ops, PutBody};
 use aliasd::http::experimental::ExperimentalAlias;
+use aliasd::http::json_body;
 use aliasd::index::{Draft, Index, ModelInfo, Models};
 use aliasd::name::ModelName;
 use libfuzzer_sys::fuzz_target;
@@ -60,32 +62,13 @@ fn index(models: &Models) -> Index {
 fuzz_target!(|data: &[u8]| {
     let _ = aliasd::event::Event::decode(data);
     let _ = aliasd::snapshot::decode(data);
-    let _ = serde_json::from_slice::<PutBody>(data);
-    let _ = serde_json::from_slice::<BatchBody>(data);
-    let _ = serde_json::from_slice::<ExperimentalAlias>(data);
-    let Ok(ops) = serde_json::from_slice::<Vec<OpBody>>(data) else {
+    // Bodies read by the rules every route applies, and the batch route's own
+    // reading of its body: bytes to ops, as the server does.
+    let _ = json_body::<PutBody>(data);
+    let _ = json_body::<ExperimentalAlias>(data);
+    let Ok(ops) = batch_ops(data) else {
         return;
     };
-    let ops: Vec<BatchOp> = ops
-        .into_iter()
-        .map(|op| match op {
-            OpBody::Put {
-                alias,
-                target,
-                prefix_matching,
-            } => BatchOp::Put(PutAlias {
-                alias,
-                target,
-                prefix_matching,
-                if_match: None,
-                if_none_match: false,
-            }),
-            OpBody::Delete { alias } => BatchOp::Delete(DeleteAlias {
-                alias,
-                if_match: None,
-            }),
-        })
-        .collect();
     let models = models();
     let mut index = index(&models);
     let origin = Origin::system("fuzz");

@@ -1,6 +1,6 @@
 //! The resource API: `/api/aliases`, `/api/resolve`, `/api/models`, `/healthz`.
 
-use axum::extract::{Query, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::{BatchOp, DeleteAlias, IfMatch, PutAlias};
 use crate::http::routing::PathName;
-use crate::http::{json_bytes_response, ApiError, AppJson, AppState, JsonObject, RequestOrigin};
+use crate::http::{
+    json_body, json_bytes_response, read_body, ApiError, AppJson, AppState, JsonObject,
+    RequestOrigin,
+};
 use crate::index::{
     format_time, AliasEntry, AliasState, AliasView, ChainEnd, ChainEnds, Index, Models,
 };
@@ -352,17 +355,20 @@ pub enum OpBody {
     },
 }
 
-/// `POST /api/aliases`: a batch, all or nothing.
-pub async fn aliases_batch(
-    State(state): State<AppState>,
-    RequestOrigin(origin): RequestOrigin,
-    AppJson(body): AppJson<BatchBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    if body.ops.is_empty() {
+/// The ops of a `POST /api/aliases` body, read from its bytes exactly as the
+/// route reads them: [`json_body`]'s rules (one JSON object), each op a JSON
+/// object, at least one op. The fuzz target calls this too, so that what it
+/// plans is what the server would.
+///
+/// # Errors
+///
+/// A 400 saying what is wrong with the body.
+pub fn batch_ops(body: &[u8]) -> Result<Vec<BatchOp>, ApiError> {
+    let BatchBody { ops } = json_body(body)?;
+    if ops.is_empty() {
         return Err(ApiError::bad_request("a batch needs at least one op"));
     }
-    let ops = body
-        .ops
+    Ok(ops
         .into_iter()
         .map(|JsonObject(op)| match op {
             OpBody::Put {
@@ -381,7 +387,16 @@ pub async fn aliases_batch(
                 if_match: None,
             }),
         })
-        .collect();
+        .collect())
+}
+
+/// `POST /api/aliases`: a batch, all or nothing.
+pub async fn aliases_batch(
+    State(state): State<AppState>,
+    RequestOrigin(origin): RequestOrigin,
+    request: Request,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let ops = batch_ops(&read_body(request).await?)?;
     match state.registry.execute(Command::Batch(ops), origin).await? {
         Reply::Batch(entries) => {
             // One memo for the whole batch: its puts may build a long chain.
@@ -556,6 +571,40 @@ mod tests {
         )
         .unwrap();
         assert_eq!(batch.ops.len(), 2);
+    }
+
+    #[test]
+    fn batch_ops_reads_a_body_by_the_routes_rules() {
+        let ops = batch_ops(
+            br#" {"ops":[{"op":"put","alias":"b","target":"m","prefix_matching":true},{"op":"delete","alias":"c"}]} "#,
+        )
+        .unwrap();
+        assert!(matches!(
+            &ops[..],
+            [BatchOp::Put(PutAlias { alias, target, prefix_matching: true, .. }), BatchOp::Delete(DeleteAlias { alias: deleted, .. })]
+                if alias == "b" && target == "m" && deleted == "c"
+        ));
+        // Each is a 400 the route gives: not an object, ops by position,
+        // no ops, a second document, an unknown field.
+        for (body, fragment) in [
+            (&br#"[{"op":"delete","alias":"c"}]"#[..], "json object"),
+            (br#"{"ops":[["delete","c"]]}"#, "ops[0]"),
+            (br#"{"ops":[]}"#, "at least one op"),
+            (br#"{"ops":[{"op":"delete","alias":"c"}]} {}"#, "trailing"),
+            (
+                br#"{"ops":[{"op":"delete","alias":"c","x":1}]}"#,
+                "unknown field",
+            ),
+            (b"", "needs a json body"),
+        ] {
+            let error = batch_ops(body).unwrap_err();
+            assert_eq!(error.status, StatusCode::BAD_REQUEST, "{error:?}");
+            assert!(
+                error.message.to_lowercase().contains(fragment),
+                "{:?}: {error:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 
     #[test]

@@ -468,33 +468,45 @@ where
 
     async fn from_request(request: Request, _state: &S) -> Result<Self, Self::Rejection> {
         let bytes = read_body(request).await?;
-        if bytes.is_empty() {
-            return Err(ApiError::bad_request("the request needs a JSON body"));
-        }
-        // serde reads a struct from an array too, by field order (`["llama3"]`
-        // as `{"target": "llama3"}`); a body is an object, so say so instead.
-        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-        if first.is_some_and(|b| *b != b'{') {
-            return Err(ApiError::bad_request(
-                "bad JSON body: send a JSON object, {...}, with the fields of this route",
-            ));
-        }
-        let deserializer = &mut serde_json::Deserializer::from_slice(&bytes);
-        let value = serde_path_to_error::deserialize(&mut *deserializer).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            if path == "." {
-                ApiError::bad_request(format!("bad JSON body: {inner}"))
-            } else {
-                ApiError::bad_request(format!("bad JSON body: {path}: {inner}"))
-            }
-        })?;
-        // One JSON document and nothing after it but whitespace.
-        deserializer
-            .end()
-            .map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))?;
-        Ok(AppJson(value))
+        json_body(&bytes).map(AppJson)
     }
+}
+
+/// A request body's bytes read as JSON by the rules of every route (see
+/// [`AppJson`]): one JSON object, nothing after it but whitespace, each
+/// failure a 400 saying what is wrong. Public so that a fuzz target reads
+/// bodies exactly as the server does.
+///
+/// # Errors
+///
+/// An empty body, a body that is not a JSON object, or one that does not fit `T`.
+pub fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request("the request needs a JSON body"));
+    }
+    // serde reads a struct from an array too, by field order (`["llama3"]`
+    // as `{"target": "llama3"}`); a body is an object, so say so instead.
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|b| *b != b'{') {
+        return Err(ApiError::bad_request(
+            "bad JSON body: send a JSON object, {...}, with the fields of this route",
+        ));
+    }
+    let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut *deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            ApiError::bad_request(format!("bad JSON body: {inner}"))
+        } else {
+            ApiError::bad_request(format!("bad JSON body: {path}: {inner}"))
+        }
+    })?;
+    // One JSON document and nothing after it but whitespace.
+    deserializer
+        .end()
+        .map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))?;
+    Ok(value)
 }
 
 /// An object nested in a request body (the ops of a batch), read only from
@@ -515,7 +527,7 @@ impl<'de, T: serde::de::DeserializeOwned> serde::Deserialize<'de> for JsonObject
 
 /// Reads a request body of at most [`MAX_BODY_BYTES`]: 413 past it (at once
 /// when its `Content-Length` says so), 400 when the connection fails first.
-async fn read_body(request: Request) -> Result<axum::body::Bytes, ApiError> {
+pub(crate) async fn read_body(request: Request) -> Result<axum::body::Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             axum::http::StatusCode::PAYLOAD_TOO_LARGE,

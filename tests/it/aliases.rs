@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::support::{alias_path, Server, TestStore};
+use crate::support::{alias_path, digest, Server, TestStore};
 
 /// The keys of an Alias body (SPEC §5).
 const ALIAS_KEYS: [&str; 9] = [
@@ -27,11 +27,6 @@ fn keys(value: &Value) -> Vec<&str> {
         .collect();
     keys.sort_unstable();
     keys
-}
-
-/// `sha256:<hex>` of a manifest's bytes.
-fn digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", aliasd::digest::sha256_hex(bytes))
 }
 
 fn names(aliases: &[Value]) -> Vec<&str> {

@@ -1,9 +1,14 @@
 //! The client commands (SPEC §6) against a running server: tables for people,
-//! the API's JSON with `--json`, exit code 1 with the server's message on errors.
+//! the API's JSON with `--json`, exit code 1 with the server's message on
+//! errors; `aliasd watch` and `aliasd history` (issue 5).
 
-use serde_json::json;
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::sync::mpsc;
 
-use crate::support::{alias_path, aliasd, run_cli, Server};
+use serde_json::{json, Value};
+
+use crate::support::{alias_path, aliasd, run_cli, seqs_of, Server, WAIT};
 
 /// The whitespace-separated cells of each line after the header.
 fn rows(table: &str) -> Vec<Vec<&str>> {
@@ -170,4 +175,140 @@ fn client_without_a_server_exits_1() {
             "{args:?}: {out:?}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// `aliasd watch` and `aliasd history`.
+// ---------------------------------------------------------------------------
+
+/// A child process whose stdout lines arrive on a channel; killed on drop.
+struct Watching {
+    child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Watching {
+    fn start(server: &Server, args: &[&str]) -> Watching {
+        let mut child = aliasd()
+            .args(["--host", &server.host()])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn aliasd watch");
+        let stdout = child.stdout.take().unwrap();
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Watching { child, lines }
+    }
+
+    #[track_caller]
+    fn line(&self) -> String {
+        self.lines
+            .recv_timeout(WAIT)
+            .expect("aliasd watch printed nothing in time")
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn cli_watch_prints_events_as_they_come() {
+    let server = Server::with_models(&["llama3", "qwen"]);
+    server.create("coder", "llama3");
+    server.create("chat", "qwen");
+    let history = server.all_events();
+
+    let json_watch = Watching::start(&server, &["watch", "--json", "--since", "0"]);
+    let table_watch = Watching::start(&server, &["watch", "--since", "1"]);
+    let printed: Vec<Value> = (0..2)
+        .map(|_| serde_json::from_str(&json_watch.line()).expect("a JSON line"))
+        .collect();
+    assert_eq!(printed, history);
+    let line = table_watch.line();
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cells[0], "2", "{line}");
+    assert_eq!(cells[2..5], ["alias.created", "chat", "qwen"], "{line}");
+
+    // Live events follow.
+    server.create("coder", "qwen");
+    let live: Value = serde_json::from_str(&json_watch.line()).unwrap();
+    assert_eq!(live["seq"], json!(3));
+    assert_eq!(live["type"], json!("alias.updated"));
+    assert_eq!(live["previous_target"], json!("llama3"));
+    let line = table_watch.line();
+    assert!(
+        line.starts_with("3 ") && line.contains("alias.updated"),
+        "{line}"
+    );
+}
+
+#[test]
+fn cli_history_table_and_json() {
+    let server = Server::with_models(&["llama3", "qwen"]);
+    server.create("coder", "llama3");
+    server.create("chat", "qwen");
+    server.create("coder", "qwen");
+    server.delete(&alias_path("coder")).expect(200);
+
+    let out = server.cli(&["history", "coder"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let mut lines = out.stdout.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["SEQ", "TIME", "TYPE", "ALIAS", "TARGET", "ACTOR"]);
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows.len(), 3, "{out:?}");
+    let cells: Vec<(&str, &str, &str)> = rows.iter().map(|r| (r[0], r[2], r[3])).collect();
+    assert_eq!(
+        cells,
+        [
+            ("1", "alias.created", "coder"),
+            ("3", "alias.updated", "coder"),
+            ("4", "alias.deleted", "coder"),
+        ]
+    );
+    assert!(rows[0][5].starts_with("anonymous@127.0.0.1:"), "{out:?}");
+
+    let out = server.cli(&["--json", "history", "coder"]);
+    let resp = server.get("/api/history?alias=coder");
+    assert_eq!(out.json(), *resp.expect(200));
+    let out = server.cli(&["history", "--json"]);
+    assert_eq!(out.json()["events"].as_array().unwrap().len(), 4);
+
+    // `--limit N` keeps the latest N, oldest first, with or without a filter.
+    let out = server.cli(&["--json", "history", "--limit", "2"]);
+    assert_eq!(
+        seqs_of(out.json()["events"].as_array().unwrap()),
+        [3, 4],
+        "{out:?}"
+    );
+    let out = server.cli(&["--json", "history", "coder", "--limit", "2"]);
+    assert_eq!(
+        seqs_of(out.json()["events"].as_array().unwrap()),
+        [3, 4],
+        "{out:?}"
+    );
+    let out = server.cli(&["--json", "history", "chat", "--limit", "5"]);
+    assert_eq!(
+        seqs_of(out.json()["events"].as_array().unwrap()),
+        [2],
+        "{out:?}"
+    );
+
+    // An error from the server: exit 1 and its message.
+    let down = run_cli(&["--host", "127.0.0.1:1"], &["history"]);
+    assert_eq!(down.code, Some(1), "{down:?}");
 }

@@ -11,26 +11,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{alias_path, files_under, Server, TestStore};
+use crate::support::{alias_path, assert_root, files_under, wait_for, Server, TestStore};
 
 /// How long a change may take to show.
 const WAIT: Duration = Duration::from_secs(10);
-
-/// Polls `f` every 10 ms until it returns `Some`, for at most [`WAIT`].
-#[track_caller]
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(value) = f() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {WAIT:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// A directory beside the store, standing for a root-only one like `/etc`,
 /// holding one secret file.
@@ -56,7 +40,7 @@ fn state_of(server: &Server, alias: &str) -> Option<String> {
 }
 
 fn wait_state(server: &Server, alias: &str, state: &str) {
-    wait_for(&format!("{alias} {state}"), || {
+    wait_for(&format!("{alias} {state}"), WAIT, || {
         (state_of(server, alias).as_deref() == Some(state)).then_some(())
     });
 }
@@ -114,7 +98,7 @@ fn issue17_symlinked_directories_on_an_alias_path_are_never_written_or_removed_t
         }
         assert_untouched(&outside);
     }
-    let log = wait_for("the log names the link", || {
+    let log = wait_for("the log names the link", WAIT, || {
         let log = server.stderr();
         log.contains("evil is a symbolic link").then_some(log)
     });
@@ -261,22 +245,9 @@ fn rss_bytes(server: &Server) -> u64 {
 fn issue17_new_directories_are_chowned_by_handle_never_through_a_swapped_symlink() {
     use std::os::unix::fs::MetadataExt;
     let store = TestStore::with_models(&["llama3", "mistral"]);
-    let probe = store.base().join("probe");
-    std::fs::write(&probe, b"").unwrap();
-    assert_eq!(
-        std::fs::metadata(&probe).unwrap().uid(),
-        0,
-        "this test needs root: the attack is on aliasd run as root (CI runs as root)"
-    );
+    assert_root("the attack is on aliasd run as root");
     const NOBODY: u32 = 65534;
-    for dir in [
-        "",
-        "manifests",
-        "manifests/registry.ollama.ai",
-        "manifests/registry.ollama.ai/library",
-    ] {
-        std::os::unix::fs::chown(store.root().join(dir), Some(NOBODY), Some(NOBODY)).unwrap();
-    }
+    store.give_to(NOBODY);
     let target = store.base().join("root-only");
     std::fs::write(&target, b"root's\n").unwrap();
     let server = Server::start(store);

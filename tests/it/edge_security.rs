@@ -11,13 +11,11 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{alias_path, aliasd_bin, parse_response, Resp, Server, TestStore};
+use crate::support::{alias_path, parse_response, Resp, Server, TestStore};
 
 /// A generous bound for what should take a second or a few: it only guards
 /// against a hang.
@@ -311,11 +309,9 @@ fn issue17_a_foreign_host_on_the_loopback_listener_is_refused() {
 
 #[test]
 fn issue17_slow_request_heads_are_cut_after_the_header_timeout() {
-    let server = Server::start_with_env(
-        TestStore::with_models(&["llama3"]),
-        &[],
-        &[("ALIASD_HEADER_TIMEOUT_MS", "1000")],
-    );
+    let server = Server::builder(TestStore::with_models(&["llama3"]))
+        .env("ALIASD_HEADER_TIMEOUT_MS", "1000")
+        .start();
     // Slowloris: many connections, each sending its head a byte at a time
     // and never finishing it.
     let handles: Vec<_> = (0..20)
@@ -345,14 +341,10 @@ fn issue17_slow_request_heads_are_cut_after_the_header_timeout() {
 
 #[test]
 fn issue17_idle_keep_alive_connections_close_after_the_idle_timeout() {
-    let server = Server::start_with_env(
-        TestStore::with_models(&["llama3"]),
-        &[],
-        &[
-            ("ALIASD_HEADER_TIMEOUT_MS", "1000"),
-            ("ALIASD_IDLE_TIMEOUT_MS", "4000"),
-        ],
-    );
+    let server = Server::builder(TestStore::with_models(&["llama3"]))
+        .env("ALIASD_HEADER_TIMEOUT_MS", "1000")
+        .env("ALIASD_IDLE_TIMEOUT_MS", "4000")
+        .start();
     let mut stream = TcpStream::connect(server.addr()).expect("connect");
     stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
     let request = format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr());
@@ -369,97 +361,25 @@ fn issue17_idle_keep_alive_connections_close_after_the_idle_timeout() {
     );
 }
 
-/// `aliasd serve` under an open-file limit of `fd_limit` (soft and hard, so
-/// that it cannot raise it), with these environment variables; killed on drop.
-struct LimitedServer {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-    _store: TestStore,
-    _dirs: tempfile::TempDir,
-}
-
-impl LimitedServer {
-    fn start(fd_limit: u32, env: &[(&str, &str)]) -> LimitedServer {
-        let store = TestStore::with_models(&["llama3"]);
-        let dirs = tempfile::Builder::new()
-            .prefix("aliasd-it-limited")
-            .tempdir()
-            .expect("tempdir");
-        let log = dirs.path().join("stderr.log");
-        let addr = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            probe.local_addr().expect("addr")
-        };
-        let child = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("ulimit -n {fd_limit} && exec \"$0\" \"$@\""))
-            .arg(aliasd_bin())
-            .arg("serve")
-            .arg("--models")
-            .arg(store.root())
-            .arg("--journal")
-            .arg(dirs.path().join("journal"))
-            .arg("--listen")
-            .arg(addr.to_string())
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", dirs.path())
-            .env("ALIASD_LOG", "debug")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("spawn sh");
-        let server = LimitedServer {
-            child,
-            addr,
-            log,
-            _store: store,
-            _dirs: dirs,
-        };
-        let started = Instant::now();
-        while !server.stderr().contains("listening on http://") {
-            assert!(
-                started.elapsed() < DEADLINE,
-                "not ready:\n{}",
-                server.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        server
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for LimitedServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- aliasd stderr ---\n{}", self.stderr());
-        }
-    }
-}
-
 #[test]
 fn issue17_idle_connections_past_the_fd_limit_do_not_lock_out_new_clients() {
-    let server = LimitedServer::start(128, &[("ALIASD_HEADER_TIMEOUT_MS", "1000")]);
+    // Under an open-file limit it cannot raise.
+    let server = Server::builder(TestStore::with_models(&["llama3"]))
+        .env("ALIASD_HEADER_TIMEOUT_MS", "1000")
+        .fd_limit(128)
+        .start();
+    let addr = server.addr();
     // More idle sockets than the server has file descriptors.
     let idle: Vec<TcpStream> = (0..200)
-        .map(|_| TcpStream::connect(server.addr).expect("connect"))
+        .map(|_| TcpStream::connect(addr).expect("connect"))
         .collect();
     // A new client behind them is answered once the idle ones time out.
     let started = Instant::now();
-    let mut client = TcpStream::connect(server.addr).expect("connect");
+    let mut client = TcpStream::connect(addr).expect("connect");
     client.set_read_timeout(Some(DEADLINE)).expect("timeout");
     let request = format!(
         "GET /healthz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-        server.addr
+        addr
     );
     client.write_all(request.as_bytes()).expect("write");
     let mut answer = Vec::new();

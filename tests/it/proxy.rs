@@ -449,24 +449,9 @@ fn an_unreachable_upstream_is_a_502_that_says_what_to_do() {
 
 #[test]
 fn a_bad_upstream_address_stops_start_up() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = aliasd()
-        .args([
-            "serve",
-            "--upstream",
-            "https://example.com",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--models")
-        .arg(dir.path().join("models"))
-        .arg("--journal")
-        .arg(dir.path().join("journal"))
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("only http://"),
-        "{out:?}"
-    );
+    let refused = Server::builder(TestStore::new())
+        .args(&["--upstream", "https://example.com"])
+        .start_refused();
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert!(refused.stderr.contains("only http://"), "{refused:?}");
 }

@@ -1,6 +1,10 @@
 //! Test support: a temporary Ollama model store, the real `aliasd` binary
-//! serving it on a free loopback port, and a tiny HTTP/1.1 client that can send
-//! any header and body and returns status, headers and JSON.
+//! serving it on a free loopback port ([`Server`]; [`Server::builder`] for
+//! flags, environment, a journal directory of the test's or an open-file
+//! limit, restarts after a stop or a `kill -9`, starts that must be refused),
+//! a tiny HTTP/1.1 client that can send any header and body and returns
+//! status, headers and JSON, an SSE client ([`sse`]), a tmpfs to fill, and
+//! the journal's files and commands.
 //!
 //! Every test builds its own store, journal and server; nothing is shared.
 
@@ -11,13 +15,34 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tempfile::TempDir;
 
+pub mod sse;
+
 /// How long a server may take to start or stop.
 const DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long any single expected thing may take (an event, a refusal to
+/// start): a generous bound that only guards against a hang.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The fields every event carries (SPEC §4); `prefix_matching` is an extra.
+pub const EVENT_FIELDS: [&str; 10] = [
+    "seq",
+    "id",
+    "time",
+    "type",
+    "alias",
+    "target",
+    "previous_target",
+    "digest",
+    "actor",
+    "request_id",
+];
 
 /// Environment variables that would change what the binary does.
 const ALIASD_ENV: &[&str] = &[
@@ -46,6 +71,27 @@ pub fn aliasd() -> Command {
         command.env_remove(var);
     }
     command
+}
+
+/// Polls `f` every 10 ms until it returns `Some`, for at most `within`.
+#[track_caller]
+pub fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = f() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `sha256:<hex>` of a manifest's bytes.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", aliasd::digest::sha256_hex(bytes))
 }
 
 /// `manifests/registry.ollama.ai/<namespace>/<model>/<tag>` for `[namespace/]model[:tag]`.
@@ -92,9 +138,11 @@ pub fn files_under(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 /// A model store laid out like Ollama's, in a temporary directory.
 ///
 /// The store is `<base>/models`, so that tests can check nothing was written
-/// next to it either.
+/// next to it either. Clones share the directory (for servers started one
+/// after another on the same store); it goes with the last of them.
+#[derive(Clone)]
 pub struct TestStore {
-    base: TempDir,
+    base: Arc<TempDir>,
 }
 
 impl Default for TestStore {
@@ -115,7 +163,9 @@ impl TestStore {
             .prefix("aliasd-it-store")
             .tempdir_in(parent)
             .expect("tempdir");
-        let store = TestStore { base };
+        let store = TestStore {
+            base: Arc::new(base),
+        };
         std::fs::create_dir_all(store.root().join("manifests")).expect("mkdir manifests");
         std::fs::create_dir_all(store.root().join("blobs")).expect("mkdir blobs");
         store
@@ -215,6 +265,33 @@ impl TestStore {
     pub fn snapshot_base(&self) -> BTreeMap<PathBuf, Vec<u8>> {
         files_under(self.base())
     }
+
+    /// Gives the store's root and its directories down to
+    /// `manifests/registry.ollama.ai/library` to `uid` (user and group), as
+    /// Ollama's store belongs to `ollama`. Needs root.
+    #[cfg(unix)]
+    pub fn give_to(&self, uid: u32) {
+        for dir in [
+            "",
+            "manifests",
+            "manifests/registry.ollama.ai",
+            "manifests/registry.ollama.ai/library",
+        ] {
+            std::os::unix::fs::chown(self.root().join(dir), Some(uid), Some(uid)).expect("chown");
+        }
+    }
+}
+
+/// Asserts that this process runs as root: a test of what aliasd does as
+/// root, or one that mounts a file system, needs it (CI runs as root).
+#[cfg(unix)]
+#[track_caller]
+pub fn assert_root(why: &str) {
+    // A file this process makes belongs to its effective user.
+    use std::os::unix::fs::MetadataExt;
+    let probe = tempfile::NamedTempFile::new().expect("tempfile");
+    let uid = probe.as_file().metadata().expect("stat").uid();
+    assert_eq!(uid, 0, "this test needs root: {why} (CI runs as root)");
 }
 
 /// A response as the tests see it.
@@ -379,22 +456,192 @@ fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
-/// The real `aliasd serve`, on its own store, journal and port; killed on drop.
-pub struct Server {
-    /// The model store it serves.
-    pub store: TestStore,
-    journal: TempDir,
-    logs: TempDir,
-    addr: SocketAddr,
-    child: Option<Child>,
-    starts: u32,
+/// What every start of a server is given besides its store and journal.
+#[derive(Debug, Default)]
+struct Launch {
     /// Extra `serve` flags.
     args: Vec<String>,
     /// Extra environment variables.
     env: Vec<(String, String)>,
+    /// An open-file limit, soft and hard.
+    fd_limit: Option<u32>,
+}
+
+impl Launch {
+    /// `aliasd serve` on this store and journal, listening on `listen`, its
+    /// stderr into `log`.
+    fn command(&self, store: &Path, journal: &Path, listen: &str, log: &Path) -> Command {
+        let mut command = match self.fd_limit {
+            None => Command::new(aliasd_bin()),
+            Some(limit) => {
+                // The shell sets the limit, soft and hard so that aliasd
+                // cannot raise it, then becomes aliasd.
+                let mut shell = Command::new("sh");
+                shell
+                    .arg("-c")
+                    .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                    .arg(aliasd_bin());
+                shell
+            }
+        };
+        for var in ALIASD_ENV {
+            command.env_remove(var);
+        }
+        command
+            .arg("serve")
+            .arg("--models")
+            .arg(store)
+            .arg("--journal")
+            .arg(journal)
+            .arg("--listen")
+            .arg(listen)
+            .args(&self.args)
+            .env("ALIASD_LOG", "debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).expect("create log"));
+        command
+    }
+}
+
+/// A new temporary directory.
+pub fn tempdir(prefix: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("tempdir")
+}
+
+/// What an `aliasd serve` that refused to start said.
+#[derive(Debug)]
+pub struct Refused {
+    /// Its exit code.
+    pub code: Option<i32>,
+    /// What it wrote to stderr.
+    pub stderr: String,
+}
+
+/// Runs `command`, which must exit on its own in time; returns its exit code
+/// and what it wrote into `log`.
+fn run_refused(mut command: Command, log: &Path) -> Refused {
+    let mut child = command.spawn().expect("spawn aliasd serve");
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "aliasd serve was still running after {WAIT:?}; it should have refused to start:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Refused {
+        code: status.code(),
+        stderr: std::fs::read_to_string(log).expect("read log"),
+    }
+}
+
+/// How a [`Server`] starts: `Server::builder(store).args(..).env(..).journal(dir).start()`.
+pub struct ServerBuilder {
+    store: TestStore,
+    journal: Option<PathBuf>,
+    launch: Launch,
+}
+
+impl ServerBuilder {
+    /// Extra `serve` flags.
+    pub fn args(mut self, args: &[&str]) -> ServerBuilder {
+        self.launch.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// An environment variable for the server.
+    pub fn env(mut self, key: &str, value: &str) -> ServerBuilder {
+        self.launch.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// The journal in `dir`, which the test owns (it need not exist yet);
+    /// without this, a new temporary directory.
+    pub fn journal(mut self, dir: &Path) -> ServerBuilder {
+        self.journal = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Runs the server under this open-file limit (soft and hard).
+    pub fn fd_limit(mut self, limit: u32) -> ServerBuilder {
+        self.launch.fd_limit = Some(limit);
+        self
+    }
+
+    /// Starts the server and waits until it answers.
+    pub fn start(self) -> Server {
+        let (journal, journal_tmp) = match self.journal {
+            Some(dir) => (dir, None),
+            None => {
+                let tmp = tempdir("aliasd-it-journal");
+                (tmp.path().to_path_buf(), Some(tmp))
+            }
+        };
+        let mut server = Server {
+            store: self.store,
+            journal,
+            _journal_tmp: journal_tmp,
+            logs: tempdir("aliasd-it-logs"),
+            launch: self.launch,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            child: None,
+            starts: 0,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Runs the server expecting it to refuse to start (exit on its own,
+    /// before it is ready); returns what it said.
+    pub fn start_refused(self) -> Refused {
+        let journal_tmp = tempdir("aliasd-it-journal");
+        let journal = self.journal.unwrap_or_else(|| journal_tmp.path().into());
+        let logs = tempdir("aliasd-it-logs");
+        let log = logs.path().join("stderr.log");
+        let command = self
+            .launch
+            .command(&self.store.root(), &journal, "127.0.0.1:0", &log);
+        run_refused(command, &log)
+    }
+}
+
+/// The real `aliasd serve`, on its own store, journal and port; killed on drop.
+pub struct Server {
+    /// The model store it serves.
+    pub store: TestStore,
+    journal: PathBuf,
+    /// The journal's directory when the test chose none.
+    _journal_tmp: Option<TempDir>,
+    logs: TempDir,
+    launch: Launch,
+    addr: SocketAddr,
+    child: Option<Child>,
+    starts: u32,
 }
 
 impl Server {
+    /// How to start a server on `store` with flags, environment, a journal
+    /// directory of the test's or an open-file limit.
+    pub fn builder(store: TestStore) -> ServerBuilder {
+        ServerBuilder {
+            store,
+            journal: None,
+            launch: Launch::default(),
+        }
+    }
+
     /// Starts a server on a store holding these models.
     pub fn with_models(names: &[&str]) -> Server {
         Server::start(TestStore::with_models(names))
@@ -402,45 +649,17 @@ impl Server {
 
     /// Starts a server on `store` with a new journal.
     pub fn start(store: TestStore) -> Server {
-        Server::start_with_args(store, &[])
+        Server::builder(store).start()
     }
 
     /// Starts a server on `store` with a new journal and extra `serve` flags.
     pub fn start_with_args(store: TestStore, args: &[&str]) -> Server {
-        Server::start_with_env(store, args, &[])
-    }
-
-    /// Starts a server on `store` with a new journal, extra `serve` flags and
-    /// extra environment variables.
-    pub fn start_with_env(store: TestStore, args: &[&str], env: &[(&str, &str)]) -> Server {
-        let journal = tempfile::Builder::new()
-            .prefix("aliasd-it-journal")
-            .tempdir()
-            .expect("tempdir");
-        let logs = tempfile::Builder::new()
-            .prefix("aliasd-it-logs")
-            .tempdir()
-            .expect("tempdir");
-        let mut server = Server {
-            store,
-            journal,
-            logs,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            child: None,
-            starts: 0,
-            args: args.iter().map(|a| a.to_string()).collect(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        };
-        server.spawn();
-        server
+        Server::builder(store).args(args).start()
     }
 
     /// The journal directory.
     pub fn journal_dir(&self) -> &Path {
-        self.journal.path()
+        &self.journal
     }
 
     /// The server's process id.
@@ -458,13 +677,21 @@ impl Server {
         self.addr.to_string()
     }
 
-    fn log_path(&self) -> PathBuf {
-        self.logs.path().join(format!("stderr-{}.log", self.starts))
+    fn log_path(&self, start: u32) -> PathBuf {
+        self.logs.path().join(format!("stderr-{start}.log"))
     }
 
     /// What the server has written to stderr since its last start.
     pub fn stderr(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+        std::fs::read_to_string(self.log_path(self.starts)).unwrap_or_default()
+    }
+
+    /// What every start of the server has written to stderr.
+    pub fn all_stderr(&self) -> String {
+        (1..=self.starts)
+            .map(|start| std::fs::read_to_string(self.log_path(start)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Spawns the binary on a free port and waits until `/healthz` answers;
@@ -473,26 +700,14 @@ impl Server {
         assert!(self.child.is_none(), "already running");
         for _attempt in 0..5 {
             self.starts += 1;
-            let port = free_port();
-            self.addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let log = std::fs::File::create(self.log_path()).expect("create log");
-            let child = aliasd()
-                .arg("serve")
-                .arg("--models")
-                .arg(self.store.root())
-                .arg("--journal")
-                .arg(self.journal.path())
-                .arg("--listen")
-                .arg(self.addr.to_string())
-                .args(&self.args)
-                .envs(self.env.iter().map(|(k, v)| (k, v)))
-                .env("ALIASD_LOG", "debug")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("spawn aliasd serve");
-            self.child = Some(child);
+            self.addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let mut command = self.launch.command(
+                &self.store.root(),
+                &self.journal,
+                &self.addr.to_string(),
+                &self.log_path(self.starts),
+            );
+            self.child = Some(command.spawn().expect("spawn aliasd serve"));
             match self.wait_ready() {
                 Ok(()) => return,
                 Err(status) => {
@@ -511,13 +726,13 @@ impl Server {
     /// Polls `/healthz` until it answers 200; `Err` if the process exited first.
     fn wait_ready(&mut self) -> Result<(), std::process::ExitStatus> {
         let deadline = Instant::now() + DEADLINE;
+        // The log line proves this child, not another process, holds the port.
+        let listening = format!("listening on http://{}", self.addr);
         loop {
             let child = self.child.as_mut().expect("running");
             if let Some(status) = child.try_wait().expect("try_wait") {
                 return Err(status);
             }
-            // The log line proves this child, not another process, holds the port.
-            let listening = format!("listening on http://{}", self.addr);
             if self.stderr().contains(&listening) && self.get("/healthz").status == 200 {
                 return Ok(());
             }
@@ -526,7 +741,7 @@ impl Server {
                 "aliasd serve not ready after {DEADLINE:?}:\n{}",
                 self.stderr()
             );
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -561,7 +776,15 @@ impl Server {
         }
     }
 
-    /// Starts the server again on the same store and journal (after [`Server::stop`]).
+    /// Kills the server with SIGKILL: no chance to clean up, as in a crash.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("kill -9");
+        child.wait().expect("wait");
+    }
+
+    /// Starts the server again on the same store and journal (after
+    /// [`Server::stop`] or [`Server::kill9`]).
     pub fn start_again(&mut self) {
         self.spawn();
     }
@@ -570,6 +793,17 @@ impl Server {
     pub fn restart(&mut self) {
         self.stop();
         self.start_again();
+    }
+
+    /// Runs another `aliasd serve` on this server's store and journal, with
+    /// its flags, expecting it to refuse to start (a journal in use or
+    /// damaged); returns what it said.
+    pub fn refused_start(&self) -> Refused {
+        let log = self.logs.path().join("refused.log");
+        let command = self
+            .launch
+            .command(&self.store.root(), &self.journal, "127.0.0.1:0", &log);
+        run_refused(command, &log)
     }
 
     /// Any request.
@@ -632,10 +866,13 @@ impl Server {
     #[track_caller]
     pub fn aliases(&self) -> Vec<Value> {
         let resp = self.get("/api/aliases");
-        resp.expect(200)["aliases"]
-            .as_array()
-            .unwrap_or_else(|| panic!("{resp:?}"))
-            .clone()
+        aliases_of(&resp)
+    }
+
+    /// `GET /api/aliases`'s list as alias name -> Alias body.
+    #[track_caller]
+    pub fn aliases_by_name(&self) -> BTreeMap<String, Value> {
+        by_name(self.aliases())
     }
 
     /// The seq `/healthz` reports.
@@ -645,6 +882,62 @@ impl Server {
         resp.expect(200)["seq"]
             .as_u64()
             .unwrap_or_else(|| panic!("{resp:?}"))
+    }
+
+    /// Polls until `/healthz` reports at least `seq`.
+    #[track_caller]
+    pub fn wait_seq(&self, seq: u64) {
+        wait_for(&format!("seq {seq}"), WAIT, || {
+            (self.seq() >= seq).then_some(())
+        });
+    }
+
+    /// `/api/history?{query}`: the events and `next` (asserting there is
+    /// nothing else in the body).
+    #[track_caller]
+    pub fn history(&self, query: &str) -> (Vec<Value>, Option<u64>) {
+        let resp = self.get(&format!("/api/history?{query}"));
+        let body = resp.expect(200);
+        let object = body.as_object().expect("an object");
+        assert_eq!(object.len(), 2, "{resp:?}");
+        (
+            body["events"].as_array().expect("events").clone(),
+            body["next"].as_u64(),
+        )
+    }
+
+    /// Every event in the journal, walked in pages of 10,000.
+    #[track_caller]
+    pub fn all_events(&self) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut since = 0;
+        loop {
+            let (page, next) = self.history(&format!("since={since}&limit=10000"));
+            events.extend(page);
+            match next {
+                Some(next) => since = next,
+                None => return events,
+            }
+        }
+    }
+
+    /// One batch of prefix-alias puts (no manifest to write, so it is quick):
+    /// `<stem><i>-` -> `target` for `i` in `range`. Each op is one event.
+    #[track_caller]
+    pub fn batch_prefix_puts(&self, stem: &str, range: std::ops::Range<usize>, target: &str) {
+        let ops: Vec<Value> = range
+            .map(|i| {
+                serde_json::json!({ "op": "put", "alias": format!("{stem}{i:05}-"), "target": target, "prefix_matching": true })
+            })
+            .collect();
+        let n_ops = ops.len();
+        let resp = self.send_json("POST", "/api/aliases", &serde_json::json!({ "ops": ops }));
+        let body = resp.expect(200);
+        assert_eq!(
+            body["aliases"].as_array().map(Vec::len),
+            Some(n_ops),
+            "{resp:?}"
+        );
     }
 
     /// Runs a client command against this server.
@@ -663,6 +956,31 @@ impl Drop for Server {
             eprintln!("--- aliasd stderr ---\n{}", self.stderr());
         }
     }
+}
+
+/// The `aliases` list of a `GET /api/aliases` response.
+#[track_caller]
+pub fn aliases_of(resp: &Resp) -> Vec<Value> {
+    resp.expect(200)["aliases"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{resp:?}"))
+        .clone()
+}
+
+/// The seqs of these events.
+pub fn seqs_of(events: &[Value]) -> Vec<u64> {
+    events
+        .iter()
+        .map(|e| e["seq"].as_u64().expect("seq"))
+        .collect()
+}
+
+/// Alias bodies by their `alias`.
+pub fn by_name(aliases: Vec<Value>) -> BTreeMap<String, Value> {
+    aliases
+        .into_iter()
+        .map(|a| (a["alias"].as_str().expect("alias").to_string(), a))
+        .collect()
 }
 
 /// The path of an alias resource.
@@ -706,5 +1024,121 @@ pub fn run_cli(global: &[&str], args: &[&str]) -> CliOutput {
         code: status.code(),
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// The files of a journal directory with this extension (`seg`, `snap`), sorted.
+pub fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("read journal dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Runs `aliasd journal <args> --journal dir`.
+pub fn journal_cmd(dir: &Path, args: &[&str]) -> CliOutput {
+    let dir = dir.to_str().expect("utf-8 path");
+    let mut all = vec!["journal"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--journal", dir]);
+    run_cli(&[], &all)
+}
+
+/// Runs `aliasd journal repair` without `--yes` on `dir`: it must exit 1 and
+/// change no file. Returns what it said (what it would do).
+#[track_caller]
+pub fn journal_repair_dry_run(dir: &Path) -> CliOutput {
+    let before = files_under(dir);
+    let out = journal_cmd(dir, &["repair"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert_eq!(
+        files_under(dir),
+        before,
+        "repair without --yes changed files"
+    );
+    out
+}
+
+/// Where each record of a segment starts: (seq, offset, length with header).
+/// The writer may have written zeros ahead of the last record: they are not records.
+pub fn record_offsets(segment: &[u8]) -> Vec<(u64, usize, usize)> {
+    let mut offsets = Vec::new();
+    let mut at = 24; // The segment header.
+    while at + 20 <= segment.len() && segment[at..].iter().any(|&b| b != 0) {
+        let len = u32::from_le_bytes(segment[at + 4..at + 8].try_into().unwrap()) as usize;
+        let seq = u64::from_le_bytes(segment[at + 8..at + 16].try_into().unwrap());
+        offsets.push((seq, at, 20 + len));
+        at += 20 + len;
+    }
+    assert!(at <= segment.len(), "the last record runs past the file");
+    offsets
+}
+
+/// Bytes of a segment up to the end of its last record.
+pub fn segment_data_len(segment: &[u8]) -> usize {
+    record_offsets(segment)
+        .last()
+        .map_or(24, |(_, offset, len)| offset + len)
+}
+
+/// A tmpfs mounted for one test (a small disk to fill, or one to make
+/// read-only); unmounted on drop. Mounting needs root (CI runs as root).
+pub struct TmpfsMount {
+    dir: TempDir,
+}
+
+impl TmpfsMount {
+    /// Mounts a tmpfs of `size` (e.g. `1m`); panics saying why where it cannot.
+    #[track_caller]
+    pub fn new(size: &str) -> TmpfsMount {
+        assert_root("it mounts a small file system");
+        let dir = tempdir("aliasd-tmpfs");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mount -t tmpfs failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        TmpfsMount { dir }
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Remounts it read-only: then even root cannot write in it.
+    #[track_caller]
+    pub fn make_read_only(&self) {
+        let status = Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(self.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "cannot remount read-only: {status}");
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(self.dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
     }
 }

@@ -11,15 +11,12 @@
 //! every earlier change has been handled too.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{alias_path, http, Server, TestStore};
+use crate::support::{alias_path, digest, http, wait_for, Server, TestStore, EVENT_FIELDS};
 
 /// How long an external change may take to show.
 const WAIT: Duration = Duration::from_secs(2);
@@ -27,27 +24,6 @@ const WAIT: Duration = Duration::from_secs(2);
 const PROBE_MODEL: &str = "probe-model";
 /// The barrier alias.
 const PROBE: &str = "probe";
-
-/// `sha256:<hex>` of a manifest's bytes.
-fn digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", aliasd::digest::sha256_hex(bytes))
-}
-
-/// Polls `f` every 10 ms until it returns `Some`, for at most [`WAIT`].
-#[track_caller]
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(value) = f() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {WAIT:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// Every event of `/api/history` after `since`.
 fn events_after(addr: SocketAddr, since: u64) -> Vec<Value> {
@@ -150,18 +126,7 @@ fn the_event<'a>(events: &'a [Value], kind: &str, alias: &str) -> &'a Value {
 /// Asserts a system event: its actor, no request id, this digest, every field present.
 #[track_caller]
 fn check_system(event: &Value, actor: &str, target: &str, digest: Option<&str>) {
-    for key in [
-        "seq",
-        "id",
-        "time",
-        "type",
-        "alias",
-        "target",
-        "previous_target",
-        "digest",
-        "actor",
-        "request_id",
-    ] {
+    for key in EVENT_FIELDS {
         assert!(event.get(key).is_some(), "no {key}: {event}");
     }
     assert_eq!(event["actor"], actor, "{event}");
@@ -247,7 +212,7 @@ impl Fixture {
             .add_model_version(PROBE_MODEL, self.probe_version);
         let want = digest(&bytes);
         let addr = self.addr();
-        wait_for("the probe's target.changed (barrier)", || {
+        wait_for("the probe's target.changed (barrier)", WAIT, || {
             events_after(addr, since)
                 .iter()
                 .any(|e| {
@@ -738,7 +703,7 @@ fn a_burst_of_changes_settles_without_duplicate_events() {
     for name in ["a", "b"] {
         wait_file(fx.store(), name, Some(&v2));
     }
-    wait_for("a and b active at v2", || {
+    wait_for("a and b active at v2", WAIT, || {
         ["a", "b"]
             .iter()
             .all(|name| {
@@ -790,91 +755,9 @@ fn a_burst_of_changes_settles_without_duplicate_events() {
     );
 }
 
-/// `aliasd serve` with extra flags, killed on drop.
-struct RawServer {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-    _logs: tempfile::TempDir,
-}
-
-impl RawServer {
-    fn start(store: &Path, journal: &Path, extra: &[&str]) -> RawServer {
-        let logs = tempfile::tempdir().expect("tempdir");
-        let log = logs.path().join("stderr.log");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let child = crate::support::aliasd()
-            .arg("serve")
-            .arg("--models")
-            .arg(store)
-            .arg("--journal")
-            .arg(journal)
-            .arg("--listen")
-            .arg(addr.to_string())
-            .args(extra)
-            .env("ALIASD_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("spawn aliasd serve");
-        let mut server = RawServer {
-            child,
-            addr,
-            log,
-            _logs: logs,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let listening = format!("listening on http://{addr}");
-        loop {
-            if let Some(status) = server.child.try_wait().expect("try_wait") {
-                panic!("aliasd exited with {status}:\n{}", server.stderr());
-            }
-            if server.stderr().contains(&listening) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "not ready:\n{}", server.stderr());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        server
-    }
-
-    fn stderr(&self) -> String {
-        let Ok(file) = std::fs::File::open(&self.log) else {
-            return String::new();
-        };
-        BufReader::new(file)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-impl Drop for RawServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- aliasd stderr ---\n{}", self.stderr());
-        }
-    }
-}
-
-/// Creates `coder -> qwen` on a raw server; returns its seq.
-fn put_coder_to_qwen(addr: SocketAddr) -> u64 {
-    let resp = http(
-        addr,
-        "PUT",
-        &alias_path("coder"),
-        &[("Content-Type", "application/json")],
-        Some(br#"{"target":"qwen"}"#),
-    );
+/// Creates `coder -> qwen`; returns its seq.
+fn put_coder_to_qwen(server: &Server) -> u64 {
+    let resp = server.put_alias("coder", "qwen");
     resp.expect(201);
     resp.json["seq"].as_u64().expect("seq")
 }
@@ -882,26 +765,25 @@ fn put_coder_to_qwen(addr: SocketAddr) -> u64 {
 #[test]
 fn a_removed_manifests_directory_is_followed_by_polling() {
     let store = TestStore::with_models(&["qwen"]);
-    let journal = tempfile::tempdir().expect("tempdir");
-    let server = RawServer::start(&store.root(), journal.path(), &[]);
-    let since = put_coder_to_qwen(server.addr);
+    let server = Server::start(store.clone());
+    let since = put_coder_to_qwen(&server);
     let v1 = store.read("qwen").expect("qwen");
     let polled = |addr| {
         let metrics = http(addr, "GET", "/metrics", &[], None).body;
         let metrics = String::from_utf8_lossy(&metrics).into_owned();
         metrics.contains("\naliasd_store_polled 1\n")
     };
-    assert!(!polled(server.addr), "watched, not polled, at first");
+    assert!(!polled(server.addr()), "watched, not polled, at first");
 
     // `rm -rf` of the whole manifests directory takes its watch with it.
     std::fs::remove_dir_all(store.root().join("manifests")).expect("rm -rf manifests");
-    wait_events(server.addr, since, &[("target.removed", "coder")]);
+    wait_events(server.addr(), since, &[("target.removed", "coder")]);
     // Ollama pulls the model again, into a new manifests directory; a poll
     // (every 2 s) finds it.
     store.add_model("qwen");
     let events = wait_events_for(
         Duration::from_secs(10),
-        server.addr,
+        server.addr(),
         since,
         &[("target.removed", "coder"), ("target.restored", "coder")],
     );
@@ -914,23 +796,22 @@ fn a_removed_manifests_directory_is_followed_by_polling() {
     wait_file(&store, "coder", Some(&v1));
     let stderr = server.stderr();
     assert!(stderr.contains("was removed or moved away"), "{stderr}");
-    assert!(polled(server.addr));
+    assert!(polled(server.addr()));
 }
 
 #[test]
 fn polling_notices_a_removed_target() {
     let store = TestStore::with_models(&["qwen"]);
-    let journal = tempfile::tempdir().expect("tempdir");
-    let server = RawServer::start(&store.root(), journal.path(), &["--poll-ms", "100"]);
+    let server = Server::start_with_args(store.clone(), &["--poll-ms", "100"]);
     let stderr = server.stderr();
     assert!(stderr.contains("polling"), "{stderr}");
     assert!(stderr.contains("100ms"), "{stderr}");
-    let since = put_coder_to_qwen(server.addr);
+    let since = put_coder_to_qwen(&server);
     let qwen = store.read("qwen").expect("qwen");
     assert_eq!(store.read("coder").as_deref(), Some(&qwen[..]));
 
     store.remove_model("qwen");
-    let events = wait_events(server.addr, since, &[("target.removed", "coder")]);
+    let events = wait_events(server.addr(), since, &[("target.removed", "coder")]);
     check_system(
         the_event(&events, "target.removed", "coder"),
         "watcher",
@@ -938,11 +819,11 @@ fn polling_notices_a_removed_target() {
         None,
     );
     wait_file(&store, "coder", None);
-    let body = http(server.addr, "GET", &alias_path("coder"), &[], None);
+    let body = http(server.addr(), "GET", &alias_path("coder"), &[], None);
     assert_eq!(body.expect(200)["state"], "dangling");
 
     let v2 = store.add_model_version("qwen", 2);
-    let events = wait_events(server.addr, since, &[("target.restored", "coder")]);
+    let events = wait_events(server.addr(), since, &[("target.restored", "coder")]);
     check_system(
         the_event(&events, "target.restored", "coder"),
         "watcher",
@@ -951,7 +832,7 @@ fn polling_notices_a_removed_target() {
     );
     wait_file(&store, "coder", Some(&v2));
     assert_eq!(
-        kind_set(&events_after(server.addr, since)),
+        kind_set(&events_after(server.addr(), since)),
         sorted(&[("target.removed", "coder"), ("target.restored", "coder")])
     );
 }
