@@ -15,10 +15,8 @@ fn main() -> ExitCode {
     let res = match cli.command {
         Commands::Serve(args) => serve(args),
         Commands::Journal { action } => aliasd::offline::run(action, cli.json),
-        command => {
-            let client = Client::new(&cli.host, cli.auth.clone());
-            run_client(&client, cli.json, command)
-        }
+        command => Client::new(&cli.host, cli.auth.clone())
+            .and_then(|client| run_client(&client, cli.json, command)),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

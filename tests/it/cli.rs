@@ -1,9 +1,14 @@
 //! The client commands (SPEC §6) against a running server: tables for people,
 //! the API's JSON with `--json`, exit code 1 with the server's message on errors.
 
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
 use serde_json::json;
 
-use crate::support::{alias_path, aliasd, run_cli, Server};
+use crate::support::{alias_path, aliasd, run_cli, CliOutput, Server};
 
 /// The whitespace-separated cells of each line after the header.
 fn rows(table: &str) -> Vec<Vec<&str>> {
@@ -170,4 +175,152 @@ fn client_without_a_server_exits_1() {
             "{args:?}: {out:?}"
         );
     }
+}
+
+/// Runs `command` to its end with its output captured; fails the test if it
+/// is still running after `limit` (it would otherwise hang the suite).
+fn output_within(mut command: std::process::Command, limit: Duration) -> CliOutput {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn aliasd");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let err = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "aliasd still running after {limit:?}: {:?}",
+                err.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    CliOutput {
+        code: status.code(),
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// Issue 18: `--host https://...` speaks TLS. To a plain-HTTP aliasd it fails
+/// at once, saying the TLS handshake failed and what to do, instead of hanging
+/// or blaming a server that is running.
+#[test]
+fn https_host_to_a_plain_http_server_fails_with_a_tls_error() {
+    let server = Server::with_models(&["llama3"]);
+    for args in [&["ls"][..], &["watch"]] {
+        let mut command = aliasd();
+        command
+            .args(["--host", &format!("https://{}", server.host())])
+            .args(args);
+        let out = output_within(command, Duration::from_secs(30));
+        assert_eq!(out.code, Some(1), "{args:?}: {out:?}");
+        assert_eq!(out.stdout, "", "{args:?}: {out:?}");
+        assert!(
+            out.stderr.starts_with("aliasd: ")
+                && out.stderr.contains("TLS handshake failed")
+                && out.stderr.contains("use http://")
+                && out.stderr.contains(&server.host()),
+            "{args:?}: {out:?}"
+        );
+    }
+    // The same server over plain HTTP, named by URL or by host:port.
+    for host in [format!("http://{}", server.host()), server.host()] {
+        let out = run_cli(&["--host", &host], &["resolve", "llama3"]);
+        assert_eq!(out.code, Some(0), "{host}: {out:?}");
+    }
+}
+
+/// Issue 18: `aliasd watch` decodes UTF-8 only on whole lines. A server (or a
+/// proxy) may cut its chunks anywhere; a character split between two chunks
+/// used to print as two U+FFFD.
+#[test]
+fn watch_keeps_a_character_split_between_chunks() {
+    let event = json!({
+        "seq": 1,
+        "id": "7d0c2b1e-9a43-4c1e-8f0e-2b6b0b9f6a11",
+        "time": "2026-12-01T00:00:00.000000Z",
+        "type": "alias.created",
+        "alias": "coder",
+        "target": "llama3",
+        "previous_target": null,
+        "digest": null,
+        "prefix_matching": false,
+        "actor": "josé@proxy 🦀",
+        "request_id": null
+    });
+    let frame = format!("id: 1\nevent: alias.created\ndata: {event}\n\n").into_bytes();
+    let cut = frame
+        .windows(2)
+        .position(|w| w == "é".as_bytes())
+        .expect("é in the frame")
+        + 1;
+    assert!(std::str::from_utf8(&frame[..cut]).is_err(), "cut inside é");
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let server = std::thread::spawn(move || {
+        // One stream per `watch` below, each in two chunks cut inside `é`.
+        for _ in 0..2 {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                assert_eq!(stream.read(&mut byte).unwrap(), 1, "request head");
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8(head).unwrap();
+            assert!(head.starts_with("GET /api/events "), "{head}");
+            stream
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                      transfer-encoding: chunked\r\n\r\n",
+                )
+                .unwrap();
+            for chunk in [&frame[..cut], &frame[cut..]] {
+                write!(stream, "{:x}\r\n", chunk.len()).unwrap();
+                stream.write_all(chunk).unwrap();
+                stream.write_all(b"\r\n").unwrap();
+                stream.flush().unwrap();
+                // Two reads for the client, not one.
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            stream.write_all(b"0\r\n\r\n").unwrap();
+        }
+    });
+
+    let mut json_watch = aliasd();
+    json_watch.args(["--host", &host, "watch", "--json"]);
+    let out = output_within(json_watch, Duration::from_secs(30));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let printed: serde_json::Value = serde_json::from_str(out.stdout.trim_end()).unwrap();
+    assert_eq!(printed, event, "{out:?}");
+
+    let mut table_watch = aliasd();
+    table_watch.args(["--host", &host, "watch"]);
+    let out = output_within(table_watch, Duration::from_secs(30));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout.contains("josé@proxy 🦀") && !out.stdout.contains('\u{fffd}'),
+        "{out:?}"
+    );
+    server.join().unwrap();
 }
