@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::{alias_path, aliasd, run_cli, CliOutput, Server};
+use crate::support::{alias_path, aliasd, run_cli, CliOutput, Server, TestStore};
 
 /// The whitespace-separated cells of each line after the header.
 fn rows(table: &str) -> Vec<Vec<&str>> {
@@ -323,4 +323,51 @@ fn watch_keeps_a_character_split_between_chunks() {
         "{out:?}"
     );
     server.join().unwrap();
+}
+
+/// Issue 18: logs are filtered by `ALIASD_LOG`, else `RUST_LOG` (tracing's
+/// `EnvFilter` syntax). A filter that does not parse stops aliasd at start-up
+/// with a message naming the variable, instead of being ignored.
+#[test]
+fn an_invalid_log_filter_stops_start_up_naming_the_variable() {
+    let store = TestStore::with_models(&["llama3"]);
+    let journal = tempfile::tempdir().unwrap();
+    for (var, other) in [("ALIASD_LOG", "RUST_LOG"), ("RUST_LOG", "ALIASD_LOG")] {
+        let mut serve = aliasd();
+        serve
+            .env(var, "not[valid")
+            .env_remove(other)
+            .arg("serve")
+            .arg("--models")
+            .arg(store.root())
+            .arg("--journal")
+            .arg(journal.path())
+            .args(["--listen", "127.0.0.1:0"]);
+        let out = output_within(serve, Duration::from_secs(30));
+        assert_eq!(out.code, Some(1), "{var}: {out:?}");
+        assert!(
+            out.stderr.starts_with("aliasd: ")
+                && out.stderr.contains(var)
+                && out.stderr.contains("not[valid")
+                && !out.stderr.contains(other),
+            "{var}: {out:?}"
+        );
+    }
+    // ALIASD_LOG comes first: a good one makes a bad RUST_LOG irrelevant.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut client = aliasd();
+    client
+        .env("ALIASD_LOG", "aliasd=debug,warn")
+        .env("RUST_LOG", "not[valid")
+        .args(["--host", &format!("127.0.0.1:{port}"), "ls"]);
+    let out = output_within(client, Duration::from_secs(30));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("cannot reach aliasd") && !out.stderr.contains("RUST_LOG"),
+        "{out:?}"
+    );
 }
