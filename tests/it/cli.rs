@@ -249,6 +249,133 @@ fn https_host_to_a_plain_http_server_fails_with_a_tls_error() {
     }
 }
 
+/// A TLS-terminating reverse proxy in front of `upstream` under the path
+/// prefix `/aliasd`, with the certificate in `tests/it/tls/` (for 127.0.0.1,
+/// signed by `ca.pem`): one request per connection, like a minimal nginx.
+fn tls_proxy(upstream: std::net::SocketAddr) -> String {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/tls");
+    let certs = CertificateDer::pem_file_iter(dir.join("cert.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("key.pem")).unwrap();
+    let config = std::sync::Arc::new(
+        rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Serves until the test binary exits.
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let conn = rustls::ServerConnection::new(config).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, stream);
+                // A client that refuses the certificate ends here.
+                let Some(request) = read_request(&mut tls) else {
+                    return;
+                };
+                let request = String::from_utf8(request).unwrap();
+                let (line, rest) = request.split_once("\r\n").unwrap();
+                let line = line.replacen(" /aliasd/", " /", 1);
+                let mut upstream = std::net::TcpStream::connect(upstream).unwrap();
+                write!(upstream, "{line}\r\nconnection: close\r\n{rest}").unwrap();
+                let mut response = Vec::new();
+                upstream.read_to_end(&mut response).unwrap();
+                tls.write_all(&response).unwrap();
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            });
+        }
+    });
+    format!("https://{addr}/aliasd")
+}
+
+/// One HTTP/1.1 request (head and `content-length` body) from `stream`, or
+/// `None` if the connection fails first.
+fn read_request(stream: &mut impl Read) -> Option<Vec<u8>> {
+    let mut request = Vec::new();
+    let mut byte = [0u8; 1];
+    while !request.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => request.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let head = String::from_utf8_lossy(&request).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |n| n.trim().parse().unwrap());
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).ok()?;
+    request.extend_from_slice(&body);
+    Some(request)
+}
+
+/// Issue 18: `--host https://...` reaches an aliasd behind a TLS proxy (at a
+/// path prefix), trusting the proxy's certificate as the system does
+/// (`SSL_CERT_FILE` here); a certificate the system does not trust is a TLS
+/// error that says so.
+#[test]
+fn https_host_reaches_aliasd_behind_a_tls_proxy() {
+    let server = Server::with_models(&["llama3"]);
+    let host = tls_proxy(server.addr());
+    let ca = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/tls/ca.pem");
+    let cli = |trust: bool, args: &[&str]| {
+        let mut command = aliasd();
+        command
+            .env_remove("SSL_CERT_DIR")
+            .args(["--host", &host])
+            .args(args);
+        if trust {
+            command.env("SSL_CERT_FILE", &ca);
+        } else {
+            command.env_remove("SSL_CERT_FILE");
+        }
+        output_within(command, Duration::from_secs(30))
+    };
+
+    let out = cli(true, &["create", "coder", "llama3"]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "created coder -> llama3 (active)\n"),
+        "{out:?}"
+    );
+    let out = cli(true, &["resolve", "coder"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout
+            .starts_with("coder -> llama3  (via alias, sha256:"),
+        "{out:?}"
+    );
+    assert_eq!(
+        cli(true, &["--json", "ls"]).json(),
+        server.get("/api/aliases").json
+    );
+    // An error from aliasd comes through the proxy as it would directly.
+    let out = cli(true, &["rm", "nobody"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("nobody") && out.stderr.contains("404"),
+        "{out:?}"
+    );
+
+    let out = cli(false, &["ls"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("TLS handshake failed") && out.stderr.contains("trust the certificate"),
+        "{out:?}"
+    );
+}
+
 /// Issue 18: `aliasd watch` decodes UTF-8 only on whole lines. A server (or a
 /// proxy) may cut its chunks anywhere; a character split between two chunks
 /// used to print as two U+FFFD.
