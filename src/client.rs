@@ -290,19 +290,12 @@ fn tls_error(error: &reqwest::Error) -> Option<&rustls::Error> {
 }
 
 /// Whether `error` is the connection ending before the response did (the
-/// server stopped or was killed), rather than a failure to report.
+/// server stopped or was killed), which ends a stream as a clean end does.
 fn cut_short(error: &reqwest::Error) -> bool {
     (error.is_body() || error.is_decode())
         && causes(error).any(|err| {
-            err.downcast_ref::<std::io::Error>().is_some_and(|io| {
-                matches!(
-                    io.kind(),
-                    std::io::ErrorKind::UnexpectedEof
-                        | std::io::ErrorKind::ConnectionReset
-                        | std::io::ErrorKind::ConnectionAborted
-                        | std::io::ErrorKind::BrokenPipe
-                )
-            })
+            err.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
         })
 }
 
