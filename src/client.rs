@@ -1,21 +1,50 @@
 //! The client commands: talk HTTP to a running aliasd and print tables for
 //! people or the API's JSON for scripts.
 //!
-//! A minimal HTTP/1.1 client over `std::net::TcpStream` (one request per
-//! connection) keeps the binary lean; aliasd speaks plain HTTP on loopback.
+//! Requests go through reqwest (rustls, with the system's trust store) on a
+//! current-thread tokio runtime the [`Client`] owns, so `--host https://...`
+//! reaches an aliasd behind a TLS proxy; the commands themselves stay
+//! synchronous.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use serde_json::Value;
 
+/// The port of a `--host` given without a scheme or port (aliasd's default).
+const DEFAULT_PORT: u16 = 11435;
+
+/// How long connecting (TCP and, for `https://`, the TLS handshake) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one read may wait. The event stream sends a comment every 15 s,
+/// so this also ends a `watch` whose connection silently died.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What [`encode_path`] leaves as is: unreserved characters, and `/` and `:`,
+/// which the routes expect inside names.
+const PATH_SAFE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/')
+    .remove(b':');
+
 /// Where and how to reach the server.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Client {
-    authority: String,
+    /// The server's URL without a trailing `/`, e.g. `http://127.0.0.1:11435`
+    /// or `https://proxy.example/aliasd`; request paths are appended to it.
+    base: String,
+    /// The path part of `base` (empty, or `/aliasd` behind a proxy's prefix).
+    base_path: String,
     token: Option<String>,
+    http: reqwest::Client,
+    /// Runs the requests, on the caller's thread.
+    runtime: tokio::runtime::Runtime,
 }
 
 /// A response: status and body.
@@ -59,46 +88,89 @@ impl Response {
 }
 
 impl Client {
-    /// A client for `host` (`host:port`, or a URL like `http://host:port`).
-    pub fn new(host: &str, token: Option<String>) -> Client {
-        let trimmed = host
-            .trim()
-            .trim_start_matches("http://")
-            .trim_end_matches('/');
-        let authority = if trimmed.contains(':') {
-            trimmed.to_string()
-        } else {
-            format!("{trimmed}:11435")
+    /// A client for `host`: `host:port` (or a bare host, port 11435), or a URL
+    /// like `http://host:port` or `https://host[:port][/prefix]`, as
+    /// `OLLAMA_HOST` takes them (a URL without a port uses its scheme's).
+    ///
+    /// # Errors
+    ///
+    /// `host` is neither, or the HTTP client or its runtime cannot be set up.
+    pub fn new(host: &str, token: Option<String>) -> anyhow::Result<Client> {
+        let base = base_url(host)?;
+        let base_path = base.path().trim_end_matches('/').to_string();
+        let base = base.as_str().trim_end_matches('/').to_string();
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("aliasd-cli/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            // Straight to the server, as before: an `http_proxy` meant for the
+            // internet must not catch requests to a loopback aliasd.
+            .no_proxy()
+            .build()
+            .context("setting up the HTTP client")?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        Ok(Client {
+            base,
+            base_path,
+            token,
+            http,
+            runtime,
+        })
+    }
+
+    /// The URL of `path_and_query` (which starts with `/`) on the server.
+    fn url(&self, path_and_query: &str) -> anyhow::Result<reqwest::Url> {
+        let url = reqwest::Url::parse(&format!("{}{path_and_query}", self.base))
+            .with_context(|| format!("cannot make a URL of {}{path_and_query}", self.base))?;
+        // A URL reads `.` and `..` segments as directories: `rm x/../y` must
+        // not become `DELETE /api/aliases/y`.
+        let path = path_and_query.split('?').next().unwrap_or_default();
+        if url.path() != format!("{}{path}", self.base_path) {
+            bail!(
+                "{path} would reach the server as {}: a name cannot have `.` or `..` parts; check the name",
+                url.path()
+            );
+        }
+        Ok(url)
+    }
+
+    /// Sends a request (with the token, if any) and waits for the head of
+    /// the response.
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
         };
-        Client { authority, token }
+        request.send().await.map_err(|e| self.failure(&e))
     }
 
-    fn connect(&self) -> anyhow::Result<TcpStream> {
-        let stream = TcpStream::connect(&self.authority).with_context(|| {
-            format!(
-                "cannot reach aliasd at {}; is `aliasd serve` running? (set --host or ALIASD_HOST)",
-                self.authority
+    /// A reqwest error as a message that says what went wrong and what to
+    /// do, without reqwest's layers of wrapping.
+    fn failure(&self, error: &reqwest::Error) -> anyhow::Error {
+        let base = &self.base;
+        if let Some(tls) = tls_error(error) {
+            anyhow!(
+                "cannot reach aliasd at {base}: the TLS handshake failed ({tls}); use http:// if nothing in front of aliasd speaks TLS, or make this system trust the certificate of the proxy in front of it"
             )
-        })?;
-        Ok(stream)
-    }
-
-    fn head(&self, method: &str, path: &str, body: Option<&[u8]>) -> String {
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nUser-Agent: aliasd-cli\r\n",
-            self.authority
-        );
-        if let Some(token) = &self.token {
-            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        } else if error.is_connect() {
+            anyhow!(
+                "cannot reach aliasd at {base} ({}); is `aliasd serve` running? (set --host or ALIASD_HOST)",
+                root_cause(error)
+            )
+        } else if error.is_timeout() {
+            anyhow!(
+                "aliasd at {base} did not answer in time ({}); is it overloaded, or is something in between holding the connection?",
+                root_cause(error)
+            )
+        } else {
+            anyhow!(
+                "the exchange with aliasd at {base} failed ({}); try again, and check what is between here and the server",
+                root_cause(error)
+            )
         }
-        if let Some(body) = body {
-            head.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                body.len()
-            ));
-        }
-        head.push_str("\r\n");
-        head
     }
 
     /// Sends one request and reads the whole response.
@@ -112,22 +184,27 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<Response> {
-        let body = body.map(|b| b.to_string().into_bytes());
-        let mut stream = self.connect()?;
-        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-        stream.write_all(self.head(method, path, body.as_deref()).as_bytes())?;
-        if let Some(body) = &body {
-            stream.write_all(body)?;
+        let method = reqwest::Method::from_bytes(method.as_bytes())
+            .with_context(|| format!("{method} is not an HTTP method"))?;
+        let mut request = self.http.request(method, self.url(path)?);
+        if let Some(body) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_string());
         }
-        let mut reader = BufReader::new(stream);
-        let (status, chunked) = read_head(&mut reader)?;
-        let mut raw = Vec::new();
-        reader.read_to_end(&mut raw)?;
-        let body = if chunked { dechunk(&raw)? } else { raw };
-        Ok(Response { status, body })
+        self.runtime.block_on(async {
+            let response = self.send(request).await?;
+            let status = response.status().as_u16();
+            let body = response.bytes().await.map_err(|e| self.failure(&e))?;
+            Ok(Response {
+                status,
+                body: body.to_vec(),
+            })
+        })
     }
 
-    /// Opens an event stream and calls `on_line` for each line as it comes.
+    /// Opens an event stream and calls `on_line` for each line as it comes,
+    /// until the server ends the stream.
     ///
     /// # Errors
     ///
@@ -137,99 +214,130 @@ impl Client {
         path: &str,
         mut on_line: impl FnMut(&str) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
-        let mut stream = self.connect()?;
-        stream.write_all(self.head("GET", path, None).as_bytes())?;
-        let mut reader = BufReader::new(stream);
-        let (status, chunked) = read_head(&mut reader)?;
-        if status != 200 {
-            let mut raw = Vec::new();
-            reader.read_to_end(&mut raw)?;
-            let body = if chunked { dechunk(&raw)? } else { raw };
-            return Response { status, body }.ok_json().map(|_| ());
-        }
-        let mut pending = String::new();
-        loop {
-            let data = if chunked {
-                match read_chunk(&mut reader)? {
-                    Some(data) => data,
-                    None => return Ok(()),
+        let request = self.http.get(self.url(path)?);
+        self.runtime.block_on(async {
+            let mut response = self.send(request).await?;
+            let status = response.status().as_u16();
+            if status != 200 {
+                let body = response.bytes().await.map_err(|e| self.failure(&e))?;
+                return Response {
+                    status,
+                    body: body.to_vec(),
                 }
-            } else {
-                let mut buf = vec![0u8; 8192];
-                let n = reader.read(&mut buf)?;
-                if n == 0 {
-                    return Ok(());
-                }
-                buf.truncate(n);
-                buf
-            };
-            pending.push_str(&String::from_utf8_lossy(&data));
-            while let Some(pos) = pending.find('\n') {
-                let line: String = pending.drain(..=pos).collect();
-                on_line(line.trim_end_matches(['\r', '\n']))?;
+                .ok_json()
+                .map(|_| ());
             }
-        }
+            let mut lines = Lines::default();
+            loop {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => lines.push(&chunk, &mut on_line)?,
+                    Ok(None) => return Ok(()),
+                    // The server went away mid-stream (stopped or killed):
+                    // the stream is over, as when it ends it cleanly.
+                    Err(e) if cut_short(&e) => return Ok(()),
+                    Err(e) => return Err(self.failure(&e)),
+                }
+            }
+        })
     }
 }
 
-fn read_head(reader: &mut impl BufRead) -> anyhow::Result<(u16, bool)> {
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("not an HTTP response: {line:?}"))?;
-    let mut chunked = false;
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
-            break;
-        }
-        let lower = line.to_ascii_lowercase();
-        if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
-            chunked = true;
-        }
+/// The URL a `--host` value means (see [`Client::new`]).
+fn base_url(host: &str) -> anyhow::Result<reqwest::Url> {
+    let host = host.trim();
+    let explicit_scheme = host.contains("://");
+    let invalid = || {
+        anyhow!(
+            "--host {host:?} is neither host:port nor an http:// or https:// URL; give one like 127.0.0.1:11435 or https://aliasd.example"
+        )
+    };
+    let url = if explicit_scheme {
+        host.to_string()
+    } else {
+        format!("http://{host}")
+    };
+    let mut url = reqwest::Url::parse(&url).map_err(|_| invalid())?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid());
     }
-    Ok((status, chunked))
+    if !explicit_scheme && url.port().is_none() {
+        url.set_port(Some(DEFAULT_PORT)).map_err(|()| invalid())?;
+    }
+    url.set_query(None);
+    url.set_fragment(None);
+    Ok(url)
 }
 
-fn read_chunk(reader: &mut impl BufRead) -> anyhow::Result<Option<Vec<u8>>> {
-    let mut size_line = String::new();
-    if reader.read_line(&mut size_line)? == 0 {
-        return Ok(None);
-    }
-    let size = usize::from_str_radix(size_line.trim().split(';').next().unwrap_or(""), 16)
-        .with_context(|| format!("bad chunk size {size_line:?}"))?;
-    if size == 0 {
-        return Ok(None);
-    }
-    let mut data = vec![0u8; size + 2];
-    reader.read_exact(&mut data)?;
-    data.truncate(size);
-    Ok(Some(data))
+/// `error` and its causes, innermost last. Unlike `Error::source`, this
+/// looks inside an `io::Error` at the error it wraps (whose own `source` an
+/// `io::Error` passes on instead), since rustls' errors come wrapped in one.
+fn causes<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |err| {
+        match err.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        }
+    })
 }
 
-fn dechunk(raw: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut reader = BufReader::new(raw);
-    let mut out = Vec::new();
-    while let Some(chunk) = read_chunk(&mut reader)? {
-        out.extend_from_slice(&chunk);
+/// The TLS error behind `error`, if there is one.
+fn tls_error(error: &reqwest::Error) -> Option<&rustls::Error> {
+    causes(error).find_map(|err| err.downcast_ref::<rustls::Error>())
+}
+
+/// Whether `error` is the connection ending before the response did (the
+/// server stopped or was killed), which ends a stream as a clean end does.
+fn cut_short(error: &reqwest::Error) -> bool {
+    (error.is_body() || error.is_decode())
+        && causes(error).any(|err| {
+            err.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
+        })
+}
+
+/// The innermost cause of `error`: the one that says what happened.
+fn root_cause(error: &reqwest::Error) -> String {
+    causes(error)
+        .last()
+        .map_or_else(|| error.to_string(), ToString::to_string)
+}
+
+/// Splits a byte stream into lines and decodes each only once it is whole, so
+/// that a multi-byte character split between two chunks arrives intact.
+#[derive(Debug, Default)]
+struct Lines {
+    /// The start of a line whose end has not come yet.
+    pending: Vec<u8>,
+}
+
+impl Lines {
+    /// Adds `chunk` and calls `on_line` with each line it completes, without
+    /// its `\n` or `\r\n`.
+    fn push(
+        &mut self,
+        chunk: &[u8],
+        mut on_line: impl FnMut(&str) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        self.pending.extend_from_slice(chunk);
+        let mut start = 0;
+        while let Some(len) = memchr::memchr(b'\n', &self.pending[start..]) {
+            let line = &self.pending[start..start + len];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            on_line(&String::from_utf8_lossy(line))?;
+            start += len + 1;
+        }
+        self.pending.drain(..start);
+        Ok(())
     }
-    Ok(out)
 }
 
 /// Percent-encodes a name for a path (keeps `/` and `:`, which routes expect).
 pub fn encode_path(name: &str) -> String {
-    let mut out = String::new();
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/:".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(name, PATH_SAFE).to_string()
 }
 
 /// Prints rows as a left-aligned table with a header.
@@ -512,27 +620,95 @@ pub fn watch(
 mod tests {
     use super::*;
 
-    #[test]
-    fn host_forms() {
-        assert_eq!(Client::new("127.0.0.1:1", None).authority, "127.0.0.1:1");
+    fn check_host(host: &str, base: &str, base_path: &str) {
+        let client = Client::new(host, None).unwrap();
         assert_eq!(
-            Client::new("http://localhost:9/", None).authority,
-            "localhost:9"
+            (client.base.as_str(), client.base_path.as_str()),
+            (base, base_path),
+            "{host}"
         );
-        assert_eq!(Client::new("example", None).authority, "example:11435");
     }
 
     #[test]
-    fn dechunks() {
-        assert_eq!(
-            dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(),
-            b"abcde"
+    fn host_forms() {
+        check_host("127.0.0.1:1", "http://127.0.0.1:1", "");
+        check_host(" example ", "http://example:11435", "");
+        check_host("[::1]:9", "http://[::1]:9", "");
+        check_host("[::1]", "http://[::1]:11435", "");
+        check_host("http://localhost:9/", "http://localhost:9", "");
+        // A URL without a port means its scheme's, as in OLLAMA_HOST.
+        check_host("http://localhost", "http://localhost", "");
+        check_host("https://aliasd.example", "https://aliasd.example", "");
+        check_host(
+            "HTTPS://Proxy.Example:8443/aliasd/",
+            "https://proxy.example:8443/aliasd",
+            "/aliasd",
         );
+        for bad in ["", "http://", "ftp://example", "a b:1", "example:port"] {
+            let err = Client::new(bad, None).unwrap_err().to_string();
+            assert!(
+                err.contains("--host") && err.contains("https://"),
+                "{bad:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn urls_keep_the_path_as_sent() {
+        let client = Client::new("https://proxy.example/aliasd", None).unwrap();
+        let url = client.url("/api/aliases/ns/m:t?x=a%20b").unwrap();
+        assert_eq!(
+            url.as_str(),
+            "https://proxy.example/aliasd/api/aliases/ns/m:t?x=a%20b"
+        );
+        // A URL would read `..` as the directory above: refused, not sent.
+        for name in ["x/../y", "..", "x/."] {
+            let path = format!("/api/aliases/{}", encode_path(name));
+            let err = client.url(&path).unwrap_err().to_string();
+            assert!(err.contains("`.` or `..`"), "{name}: {err}");
+        }
+        // A `%` in a name is itself encoded, so `%2e` is not a dot to the URL.
+        let path = format!("/api/aliases/{}", encode_path("x/%2e%2E/y"));
+        assert_eq!(
+            client.url(&path).unwrap().path(),
+            "/aliasd/api/aliases/x/%252e%252E/y"
+        );
+    }
+
+    fn lines_of(chunks: &[&[u8]]) -> Vec<String> {
+        let mut lines = Lines::default();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            lines
+                .push(chunk, |line| {
+                    out.push(line.to_string());
+                    Ok(())
+                })
+                .unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn lines_decode_a_character_split_between_chunks() {
+        let frame = "data: {\"actor\":\"josé 🦀\"}\n\n".as_bytes();
+        let expected = ["data: {\"actor\":\"josé 🦀\"}", ""];
+        // Every split point, the ones inside `é` and inside the crab included.
+        for split in 0..=frame.len() {
+            let (first, second) = frame.split_at(split);
+            assert_eq!(lines_of(&[first, second]), expected, "split at {split}");
+        }
+        // One byte at a time.
+        let bytes: Vec<&[u8]> = frame.chunks(1).collect();
+        assert_eq!(lines_of(&bytes), expected);
+        // CRLF line ends; a line not yet ended is held back.
+        assert_eq!(lines_of(&[b"a\r\nb\n", b"c"]), ["a", "b"]);
     }
 
     #[test]
     fn encodes_paths() {
         assert_eq!(encode_path("ns/m:tag"), "ns/m:tag");
         assert_eq!(encode_path("a b?"), "a%20b%3F");
+        assert_eq!(encode_path("é~_-.%"), "%C3%A9~_-.%25");
     }
 }

@@ -9,18 +9,9 @@ use sha2::{Digest as _, Sha256};
 /// The prefix of every digest string this module returns from [`manifest_digest`].
 pub const SHA256_PREFIX: &str = "sha256:";
 
-/// Lowercase hex digits, indexed by nibble.
-const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
-
 /// Returns the SHA-256 of `bytes` as 64 lowercase hex characters.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    let hash = Sha256::digest(bytes);
-    let mut hex = String::with_capacity(hash.len() * 2);
-    for byte in hash {
-        hex.push(char::from(HEX_DIGITS[usize::from(byte >> 4)]));
-        hex.push(char::from(HEX_DIGITS[usize::from(byte & 0x0f)]));
-    }
-    hex
+    format!("{:x}", Sha256::digest(bytes))
 }
 
 /// Returns the digest of a manifest file's bytes, `sha256:<64 hex>`.
@@ -28,7 +19,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// Hash the bytes exactly as they are on disk: two manifests with the same
 /// JSON content but different formatting have different digests, as in Ollama.
 pub fn manifest_digest(bytes: &[u8]) -> String {
-    format!("{SHA256_PREFIX}{}", sha256_hex(bytes))
+    format!("{SHA256_PREFIX}{:x}", Sha256::digest(bytes))
 }
 
 #[cfg(test)]

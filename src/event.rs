@@ -211,10 +211,11 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
 }
 
-/// A fresh UUID v4 as a string.
+/// A fresh UUID v4 as a string. Its random bits come from uuid's `fast-rng`
+/// (a per-thread generator seeded from the OS), not a system call per id.
 pub fn new_id() -> String {
     let mut buffer = uuid::Uuid::encode_buffer();
-    new_uuid()
+    uuid::Uuid::new_v4()
         .hyphenated()
         .encode_lower(&mut buffer)
         .to_string()
@@ -224,36 +225,9 @@ pub fn new_id() -> String {
 /// came without one).
 pub fn new_id_header() -> axum::http::HeaderValue {
     let mut buffer = uuid::Uuid::encode_buffer();
-    let id = new_uuid().hyphenated().encode_lower(&mut buffer);
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
     // Hex digits and hyphens are valid header bytes.
     axum::http::HeaderValue::from_str(id).expect("a UUID is a valid header value")
-}
-
-/// A fresh UUID v4.
-///
-/// The random bits come from a per-thread generator seeded once from the OS
-/// (splitmix64), not a system call per id: ids need to be unique, not secret.
-fn new_uuid() -> uuid::Uuid {
-    use std::cell::Cell;
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(seed());
-    }
-    fn seed() -> u64 {
-        let bytes = *uuid::Uuid::new_v4().as_bytes();
-        u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default())
-    }
-    fn next(state: &Cell<u64>) -> u64 {
-        let mut z = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
-        state.set(z);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    let (high, low) = STATE.with(|state| (next(state), next(state)));
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&high.to_le_bytes());
-    bytes[8..].copy_from_slice(&low.to_le_bytes());
-    uuid::Builder::from_random_bytes(bytes).into_uuid()
 }
 
 /// An `alias.created` event of alias `a<seq>` pointing at `target`, for tests.

@@ -11,14 +11,15 @@ use aliasd::config::{Cli, Commands, ServeArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    if let Err(e) = init_tracing() {
+        eprintln!("aliasd: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let res = match cli.command {
         Commands::Serve(args) => serve(*args),
         Commands::Journal { action } => aliasd::offline::run(action, cli.json),
-        command => {
-            let client = Client::new(&cli.host, cli.auth.clone());
-            run_client(&client, cli.json, command)
-        }
+        command => Client::new(&cli.host, cli.auth.clone())
+            .and_then(|client| run_client(&client, cli.json, command)),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -29,21 +30,45 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
-    let level = match std::env::var("ALIASD_LOG").as_deref() {
-        Ok("debug") => tracing::Level::DEBUG,
-        Ok("trace") => tracing::Level::TRACE,
-        Ok("warn") => tracing::Level::WARN,
-        Ok("error") => tracing::Level::ERROR,
-        _ => tracing::Level::INFO,
-    };
+/// The variables that filter the logs, the first one set winning.
+const LOG_FILTER_VARS: [&str; 2] = ["ALIASD_LOG", "RUST_LOG"];
+
+/// Logs to stderr, filtered by `ALIASD_LOG`, else `RUST_LOG`, else `info`
+/// (tracing's `EnvFilter` directives: `debug`, `aliasd=debug,info`, ...).
+///
+/// # Errors
+///
+/// The filter does not parse: it is refused rather than ignored, since logs
+/// silently missing are found only when they are needed.
+fn init_tracing() -> anyhow::Result<()> {
+    let mut filter = None;
+    for var in LOG_FILTER_VARS {
+        let value = match std::env::var(var) {
+            Ok(value) if !value.trim().is_empty() => value,
+            Ok(_) | Err(std::env::VarError::NotPresent) => continue,
+            Err(std::env::VarError::NotUnicode(_)) => {
+                anyhow::bail!(
+                    "{var} is not UTF-8; set it to a log filter such as info or aliasd=debug,info"
+                )
+            }
+        };
+        let parsed = tracing_subscriber::EnvFilter::builder()
+            .parse(&value)
+            .map_err(|e| {
+                anyhow::anyhow!("{var}={value:?} is not a log filter ({e}); use a level such as info or debug, or directives such as aliasd=debug,info")
+            })?;
+        filter = Some(parsed);
+        break;
+    }
+    let filter = filter.unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     // Colours only for a person at a terminal, not in a log file or journald.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
-        .with_max_level(level)
+        .with_env_filter(filter)
         .with_ansi(colour)
         .with_writer(std::io::stderr)
         .init();
+    Ok(())
 }
 
 fn run_client(client: &Client, json: bool, command: Commands) -> anyhow::Result<()> {

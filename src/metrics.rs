@@ -1,164 +1,212 @@
-//! Counters for `/metrics` (Prometheus text format): lock-free atomics bumped
-//! on the hot paths, rendered on scrape.
+//! The metrics `/metrics` serves, kept in `prometheus-client`'s counters,
+//! gauges and histogram (atomics bumped on the hot paths) and rendered on
+//! scrape in the Prometheus text format.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::RwLock;
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
 use crate::event::EventType;
+
+/// The `Content-Type` of what [`Metrics::render`] writes: Prometheus' text
+/// format, version 0.0.4.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// The prefix of every metric's name.
+const PREFIX: &str = "aliasd";
 
 /// Upper bounds (seconds) of the commit latency histogram buckets.
 const COMMIT_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024,
 ];
 
-/// Every metric aliasd keeps.
-#[derive(Debug, Default)]
+/// The labels of `aliasd_http_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    /// The matched route template (or `proxy`, `unmatched`): `'static`, so a
+    /// path from a request can never become a label and grow the family.
+    route: &'static str,
+    status: u16,
+}
+
+/// The labels of `aliasd_events_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    r#type: &'static str,
+}
+
+/// The labels of `aliasd_aliases`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+/// Every metric aliasd keeps between scrapes (the registry holds handles to
+/// the same atomics as the fields).
+#[derive(Debug)]
 pub struct Metrics {
-    commit_buckets: [AtomicU64; COMMIT_BUCKETS.len()],
-    commit_count: AtomicU64,
-    commit_micros: AtomicU64,
-    commit_failures: AtomicU64,
-    events: [AtomicU64; EventType::ALL.len()],
-    subscribers: AtomicU64,
+    registry: Registry,
+    commit_seconds: Histogram,
+    commit_failures: Counter,
+    /// One counter per `EventType::ALL`, in that order.
+    events: Vec<Counter>,
+    subscribers: Gauge,
     /// Alias files the store refused, waiting for a retry.
-    alias_files_pending: AtomicU64,
+    alias_files_pending: Gauge,
     /// 1 while the store is followed by polling, not the platform's watcher.
-    store_polled: AtomicU64,
-    /// (route, status) -> count; routes are the matched templates, so bounded.
-    requests: RwLock<BTreeMap<String, BTreeMap<u16, AtomicU64>>>,
+    store_polled: Gauge,
+    /// By route template and status.
+    requests: Family<RequestLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let mut registry = Registry::with_prefix(PREFIX);
+        let commit_seconds = Histogram::new(COMMIT_BUCKETS);
+        registry.register(
+            "journal_commit_seconds",
+            "Journal commit (write + fdatasync) latency",
+            commit_seconds.clone(),
+        );
+        let commit_failures = Counter::default();
+        registry.register(
+            "journal_commit_failures",
+            "Commits that could not be made durable",
+            commit_failures.clone(),
+        );
+        let by_type = Family::<EventLabels, Counter>::default();
+        // Every type from the start, so that a type not seen yet reads 0.
+        let events = EventType::ALL
+            .iter()
+            .map(|kind| {
+                by_type.get_or_create_owned(&EventLabels {
+                    r#type: kind.as_str(),
+                })
+            })
+            .collect();
+        registry.register("events", "Events committed, by type", by_type);
+        let alias_files_pending = Gauge::default();
+        registry.register(
+            "alias_files_pending",
+            "Alias files the store refused (its disk full, say), waiting to be written again",
+            alias_files_pending.clone(),
+        );
+        let store_polled = Gauge::default();
+        registry.register(
+            "store_polled",
+            "1 while the store is followed by polling instead of the platform's file watcher",
+            store_polled.clone(),
+        );
+        let subscribers = Gauge::default();
+        registry.register(
+            "subscribers",
+            "Connected event-stream subscribers",
+            subscribers.clone(),
+        );
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP responses by route and status",
+            requests.clone(),
+        );
+        Metrics {
+            registry,
+            commit_seconds,
+            commit_failures,
+            events,
+            subscribers,
+            alias_files_pending,
+            store_polled,
+            requests,
+        }
+    }
 }
 
 impl Metrics {
     /// Records one journal commit (append + fdatasync) and how long it took.
     pub fn observe_commit(&self, took: Duration) {
-        let seconds = took.as_secs_f64();
-        for (bucket, bound) in self.commit_buckets.iter().zip(COMMIT_BUCKETS) {
-            if seconds <= bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.commit_count.fetch_add(1, Ordering::Relaxed);
-        self.commit_micros
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.commit_seconds.observe(took.as_secs_f64());
     }
 
     /// How many alias files the store refused and wait for a retry.
     pub fn set_alias_files_pending(&self, files: usize) {
         self.alias_files_pending
-            .store(files as u64, Ordering::Relaxed);
+            .set(i64::try_from(files).unwrap_or(i64::MAX));
     }
 
     /// Whether the store is followed by polling rather than the platform's watcher.
     pub fn set_store_polled(&self, polled: bool) {
-        self.store_polled
-            .store(u64::from(polled), Ordering::Relaxed);
+        self.store_polled.set(i64::from(polled));
     }
 
     /// Records a failed commit.
     pub fn observe_commit_failure(&self) {
-        self.commit_failures.fetch_add(1, Ordering::Relaxed);
+        self.commit_failures.inc();
     }
 
     /// Counts a committed event.
     pub fn observe_event(&self, kind: EventType) {
         if let Some(idx) = EventType::ALL.iter().position(|k| *k == kind) {
-            self.events[idx].fetch_add(1, Ordering::Relaxed);
+            self.events[idx].inc();
         }
     }
 
     /// A subscriber connected (+1) or left (-1).
     pub fn subscriber_delta(&self, connected: bool) {
         if connected {
-            self.subscribers.fetch_add(1, Ordering::Relaxed);
+            self.subscribers.inc();
         } else {
-            self.subscribers.fetch_sub(1, Ordering::Relaxed);
+            self.subscribers.dec();
         }
     }
 
     /// Subscribers connected now.
     pub fn subscribers(&self) -> u64 {
-        self.subscribers.load(Ordering::Relaxed)
+        u64::try_from(self.subscribers.get()).unwrap_or(0)
     }
 
-    /// Counts an HTTP response.
-    pub fn observe_request(&self, route: &str, status: u16) {
-        {
-            // The common case: a counter that exists, bumped under a read lock.
-            let requests = self.requests.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(counter) = requests
-                .get(route)
-                .and_then(|by_status| by_status.get(&status))
-            {
-                counter.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        }
-        let mut requests = self.requests.write().unwrap_or_else(|e| e.into_inner());
-        requests
-            .entry(route.to_string())
-            .or_default()
-            .entry(status)
-            .or_default()
-            .fetch_add(1, Ordering::Relaxed);
+    /// Counts an HTTP response. `route` is a route template (or another fixed
+    /// name), never a request's path: every distinct value is a series kept
+    /// for good.
+    pub fn observe_request(&self, route: &'static str, status: u16) {
+        self.requests
+            .get_or_create(&RequestLabels { route, status })
+            .inc();
     }
 
-    /// Renders everything, plus the gauges passed in, as Prometheus text.
+    /// Renders everything, plus the gauges passed in, as Prometheus text
+    /// ([`CONTENT_TYPE`]).
     pub fn render(&self, gauges: &Gauges) -> String {
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP aliasd_aliases Aliases by state.\n# TYPE aliasd_aliases gauge"
-        );
+        // The values read at scrape time go into a registry of their own,
+        // made for this scrape, so that concurrent scrapes share nothing.
+        let mut scraped = Registry::with_prefix(PREFIX);
+        let aliases = Family::<StateLabels, Gauge<u64, std::sync::atomic::AtomicU64>>::default();
         for (state, n) in &gauges.aliases_by_state {
-            let _ = writeln!(out, "aliasd_aliases{{state=\"{state}\"}} {n}");
+            aliases.get_or_create(&StateLabels { state }).set(*n);
         }
-        let _ = writeln!(out, "# HELP aliasd_models Models in the store.\n# TYPE aliasd_models gauge\naliasd_models {}", gauges.models);
-        let _ = writeln!(out, "# HELP aliasd_journal_seq Last durable seq.\n# TYPE aliasd_journal_seq gauge\naliasd_journal_seq {}", gauges.journal_seq);
-        let _ = writeln!(out, "# HELP aliasd_journal_bytes Bytes of journal segments (headers and records; not the zeros written ahead).\n# TYPE aliasd_journal_bytes gauge\naliasd_journal_bytes {}", gauges.journal_bytes);
-        let _ = writeln!(out, "# HELP aliasd_journal_commit_seconds Journal commit (write + fdatasync) latency.\n# TYPE aliasd_journal_commit_seconds histogram");
-        for (bucket, bound) in self.commit_buckets.iter().zip(COMMIT_BUCKETS) {
-            let _ = writeln!(
-                out,
-                "aliasd_journal_commit_seconds_bucket{{le=\"{bound}\"}} {}",
-                bucket.load(Ordering::Relaxed)
-            );
+        scraped.register("aliases", "Aliases by state", aliases);
+        for (name, help, value) in [
+            ("models", "Models in the store", gauges.models),
+            ("journal_seq", "Last durable seq", gauges.journal_seq),
+            (
+                "journal_bytes",
+                "Bytes of journal segments (headers and records; not the zeros written ahead)",
+                gauges.journal_bytes,
+            ),
+        ] {
+            let gauge = Gauge::<u64, std::sync::atomic::AtomicU64>::default();
+            gauge.set(value);
+            scraped.register(name, help, gauge);
         }
-        let count = self.commit_count.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "aliasd_journal_commit_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            out,
-            "aliasd_journal_commit_seconds_sum {}",
-            self.commit_micros.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "aliasd_journal_commit_seconds_count {count}");
-        let _ = writeln!(out, "# HELP aliasd_journal_commit_failures_total Commits that could not be made durable.\n# TYPE aliasd_journal_commit_failures_total counter\naliasd_journal_commit_failures_total {}", self.commit_failures.load(Ordering::Relaxed));
-        let _ = writeln!(out, "# HELP aliasd_events_total Events committed, by type.\n# TYPE aliasd_events_total counter");
-        for (kind, n) in EventType::ALL.iter().zip(&self.events) {
-            let _ = writeln!(
-                out,
-                "aliasd_events_total{{type=\"{kind}\"}} {}",
-                n.load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(out, "# HELP aliasd_alias_files_pending Alias files the store refused (its disk full, say), waiting to be written again.\n# TYPE aliasd_alias_files_pending gauge\naliasd_alias_files_pending {}", self.alias_files_pending.load(Ordering::Relaxed));
-        let _ = writeln!(out, "# HELP aliasd_store_polled 1 while the store is followed by polling instead of the platform's file watcher.\n# TYPE aliasd_store_polled gauge\naliasd_store_polled {}", self.store_polled.load(Ordering::Relaxed));
-        let _ = writeln!(out, "# HELP aliasd_subscribers Connected event-stream subscribers.\n# TYPE aliasd_subscribers gauge\naliasd_subscribers {}", self.subscribers());
-        let _ = writeln!(out, "# HELP aliasd_http_requests_total HTTP responses by route and status.\n# TYPE aliasd_http_requests_total counter");
-        let requests = self.requests.read().unwrap_or_else(|e| e.into_inner());
-        for (route, statuses) in requests.iter() {
-            for (status, n) in statuses {
-                let n = n.load(Ordering::Relaxed);
-                let _ = writeln!(
-                    out,
-                    "aliasd_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-                );
-            }
+        let mut out = String::new();
+        for registry in [&scraped, &self.registry] {
+            // Writing into a `String` cannot fail.
+            let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, registry);
         }
         out
     }

@@ -2,13 +2,15 @@
 //! the API's JSON with `--json`, exit code 1 with the server's message on
 //! errors; `aliasd watch` and `aliasd history` (issue 5).
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
 use std::process::Stdio;
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{alias_path, aliasd, run_cli, seqs_of, Server, WAIT};
+use crate::support::{alias_path, aliasd, run_cli, seqs_of, CliOutput, Server, TestStore, WAIT};
 
 /// The whitespace-separated cells of each line after the header.
 fn rows(table: &str) -> Vec<Vec<&str>> {
@@ -311,4 +313,326 @@ fn cli_history_table_and_json() {
     // An error from the server: exit 1 and its message.
     let down = run_cli(&["--host", "127.0.0.1:1"], &["history"]);
     assert_eq!(down.code, Some(1), "{down:?}");
+}
+
+/// Runs `command` to its end with its output captured; fails the test if it
+/// is still running after `limit` (it would otherwise hang the suite).
+fn output_within(mut command: std::process::Command, limit: Duration) -> CliOutput {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn aliasd");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let err = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "aliasd still running after {limit:?}: {:?}",
+                err.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    CliOutput {
+        code: status.code(),
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// Issue 18: `--host https://...` speaks TLS. To a plain-HTTP aliasd it fails
+/// at once, saying the TLS handshake failed and what to do, instead of hanging
+/// or blaming a server that is running.
+#[test]
+fn https_host_to_a_plain_http_server_fails_with_a_tls_error() {
+    let server = Server::with_models(&["llama3"]);
+    for args in [&["ls"][..], &["watch"]] {
+        let mut command = aliasd();
+        command
+            .args(["--host", &format!("https://{}", server.host())])
+            .args(args);
+        let out = output_within(command, Duration::from_secs(30));
+        assert_eq!(out.code, Some(1), "{args:?}: {out:?}");
+        assert_eq!(out.stdout, "", "{args:?}: {out:?}");
+        assert!(
+            out.stderr.starts_with("aliasd: ")
+                && out.stderr.contains("TLS handshake failed")
+                && out.stderr.contains("use http://")
+                && out.stderr.contains(&server.host()),
+            "{args:?}: {out:?}"
+        );
+    }
+    // The same server over plain HTTP, named by URL or by host:port.
+    for host in [format!("http://{}", server.host()), server.host()] {
+        let out = run_cli(&["--host", &host], &["resolve", "llama3"]);
+        assert_eq!(out.code, Some(0), "{host}: {out:?}");
+    }
+}
+
+/// A TLS-terminating reverse proxy in front of `upstream` under the path
+/// prefix `/aliasd`, with the certificate in `tests/it/tls/` (for 127.0.0.1,
+/// signed by `ca.pem`): one request per connection, like a minimal nginx.
+fn tls_proxy(upstream: std::net::SocketAddr) -> String {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/tls");
+    let certs = CertificateDer::pem_file_iter(dir.join("cert.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("key.pem")).unwrap();
+    let config = std::sync::Arc::new(
+        rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Serves until the test binary exits.
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let conn = rustls::ServerConnection::new(config).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, stream);
+                // A client that refuses the certificate ends here.
+                let Some(request) = read_request(&mut tls) else {
+                    return;
+                };
+                let request = String::from_utf8(request).unwrap();
+                let (line, rest) = request.split_once("\r\n").unwrap();
+                let line = line.replacen(" /aliasd/", " /", 1);
+                let mut upstream = std::net::TcpStream::connect(upstream).unwrap();
+                write!(upstream, "{line}\r\nconnection: close\r\n{rest}").unwrap();
+                let mut response = Vec::new();
+                upstream.read_to_end(&mut response).unwrap();
+                tls.write_all(&response).unwrap();
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            });
+        }
+    });
+    format!("https://{addr}/aliasd")
+}
+
+/// One HTTP/1.1 request (head and `content-length` body) from `stream`, or
+/// `None` if the connection fails first.
+fn read_request(stream: &mut impl Read) -> Option<Vec<u8>> {
+    let mut request = Vec::new();
+    let mut byte = [0u8; 1];
+    while !request.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => request.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let head = String::from_utf8_lossy(&request).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |n| n.trim().parse().unwrap());
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).ok()?;
+    request.extend_from_slice(&body);
+    Some(request)
+}
+
+/// Issue 18: `--host https://...` reaches an aliasd behind a TLS proxy (at a
+/// path prefix), trusting the proxy's certificate as the system does
+/// (`SSL_CERT_FILE` here); a certificate the system does not trust is a TLS
+/// error that says so.
+#[test]
+fn https_host_reaches_aliasd_behind_a_tls_proxy() {
+    let server = Server::with_models(&["llama3"]);
+    let host = tls_proxy(server.addr());
+    let ca = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/tls/ca.pem");
+    let cli = |trust: bool, args: &[&str]| {
+        let mut command = aliasd();
+        command
+            .env_remove("SSL_CERT_DIR")
+            .args(["--host", &host])
+            .args(args);
+        if trust {
+            command.env("SSL_CERT_FILE", &ca);
+        } else {
+            command.env_remove("SSL_CERT_FILE");
+        }
+        output_within(command, Duration::from_secs(30))
+    };
+
+    let out = cli(true, &["create", "coder", "llama3"]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "created coder -> llama3 (active)\n"),
+        "{out:?}"
+    );
+    let out = cli(true, &["resolve", "coder"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout
+            .starts_with("coder -> llama3  (via alias, sha256:"),
+        "{out:?}"
+    );
+    assert_eq!(
+        cli(true, &["--json", "ls"]).json(),
+        server.get("/api/aliases").json
+    );
+    // An error from aliasd comes through the proxy as it would directly.
+    let out = cli(true, &["rm", "nobody"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("nobody") && out.stderr.contains("404"),
+        "{out:?}"
+    );
+
+    let out = cli(false, &["ls"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("TLS handshake failed") && out.stderr.contains("trust the certificate"),
+        "{out:?}"
+    );
+}
+
+/// Issue 18: `aliasd watch` decodes UTF-8 only on whole lines. A server (or a
+/// proxy) may cut its chunks anywhere; a character split between two chunks
+/// used to print as two U+FFFD.
+#[test]
+fn watch_keeps_a_character_split_between_chunks() {
+    let event = json!({
+        "seq": 1,
+        "id": "7d0c2b1e-9a43-4c1e-8f0e-2b6b0b9f6a11",
+        "time": "2026-12-01T00:00:00.000000Z",
+        "type": "alias.created",
+        "alias": "coder",
+        "target": "llama3",
+        "previous_target": null,
+        "digest": null,
+        "prefix_matching": false,
+        "actor": "josé@proxy 🦀",
+        "request_id": null
+    });
+    let frame = format!("id: 1\nevent: alias.created\ndata: {event}\n\n").into_bytes();
+    let cut = frame
+        .windows(2)
+        .position(|w| w == "é".as_bytes())
+        .expect("é in the frame")
+        + 1;
+    assert!(std::str::from_utf8(&frame[..cut]).is_err(), "cut inside é");
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let server = std::thread::spawn(move || {
+        // One stream per `watch` below, each in two chunks cut inside `é`.
+        for _ in 0..2 {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                assert_eq!(stream.read(&mut byte).unwrap(), 1, "request head");
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8(head).unwrap();
+            assert!(head.starts_with("GET /api/events "), "{head}");
+            stream
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                      transfer-encoding: chunked\r\n\r\n",
+                )
+                .unwrap();
+            for chunk in [&frame[..cut], &frame[cut..]] {
+                write!(stream, "{:x}\r\n", chunk.len()).unwrap();
+                stream.write_all(chunk).unwrap();
+                stream.write_all(b"\r\n").unwrap();
+                stream.flush().unwrap();
+                // Two reads for the client, not one.
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            stream.write_all(b"0\r\n\r\n").unwrap();
+        }
+    });
+
+    let mut json_watch = aliasd();
+    json_watch.args(["--host", &host, "watch", "--json"]);
+    let out = output_within(json_watch, Duration::from_secs(30));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let printed: serde_json::Value = serde_json::from_str(out.stdout.trim_end()).unwrap();
+    assert_eq!(printed, event, "{out:?}");
+
+    let mut table_watch = aliasd();
+    table_watch.args(["--host", &host, "watch"]);
+    let out = output_within(table_watch, Duration::from_secs(30));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout.contains("josé@proxy 🦀") && !out.stdout.contains('\u{fffd}'),
+        "{out:?}"
+    );
+    server.join().unwrap();
+}
+
+/// Issue 18: logs are filtered by `ALIASD_LOG`, else `RUST_LOG` (tracing's
+/// `EnvFilter` syntax). A filter that does not parse stops aliasd at start-up
+/// with a message naming the variable, instead of being ignored.
+#[test]
+fn an_invalid_log_filter_stops_start_up_naming_the_variable() {
+    let store = TestStore::with_models(&["llama3"]);
+    let journal = tempfile::tempdir().unwrap();
+    for (var, other) in [("ALIASD_LOG", "RUST_LOG"), ("RUST_LOG", "ALIASD_LOG")] {
+        let mut serve = aliasd();
+        serve
+            .env(var, "not[valid")
+            .env_remove(other)
+            .arg("serve")
+            .arg("--models")
+            .arg(store.root())
+            .arg("--journal")
+            .arg(journal.path())
+            .args(["--listen", "127.0.0.1:0"]);
+        let out = output_within(serve, Duration::from_secs(30));
+        assert_eq!(out.code, Some(1), "{var}: {out:?}");
+        assert!(
+            out.stderr.starts_with("aliasd: ")
+                && out.stderr.contains(var)
+                && out.stderr.contains("not[valid")
+                && !out.stderr.contains(other),
+            "{var}: {out:?}"
+        );
+    }
+    // ALIASD_LOG comes first: a good one makes a bad RUST_LOG irrelevant.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut client = aliasd();
+    client
+        .env("ALIASD_LOG", "aliasd=debug,warn")
+        .env("RUST_LOG", "not[valid")
+        .args(["--host", &format!("127.0.0.1:{port}"), "ls"]);
+    let out = output_within(client, Duration::from_secs(30));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("cannot reach aliasd") && !out.stderr.contains("RUST_LOG"),
+        "{out:?}"
+    );
 }
