@@ -555,11 +555,6 @@ impl<'m> ChainEnds<'m> {
         self.ends.remove(key);
     }
 
-    /// Forgets everything.
-    pub fn clear(&mut self) {
-        self.ends.clear();
-    }
-
     /// Whether nothing is remembered.
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
@@ -1562,6 +1557,48 @@ mod tests {
         assert!(draft.exact(&ModelName::parse("b").unwrap().key()).is_none());
         assert_eq!(draft.next_seq(), 2);
         assert!(draft.into_events().is_empty());
+    }
+
+    #[test]
+    fn remembered_chain_ends_are_the_walked_ones() {
+        let ms = models(&["m"]);
+        let mut index = Index::default();
+        let links = [
+            ("x", "y"),
+            ("y", "x"),
+            ("a", "x"),
+            ("b", "missing"),
+            ("c", "b"),
+            ("d", "m"),
+            ("e", "d"),
+        ];
+        for (seq, (alias, target)) in links.iter().enumerate() {
+            let create = event(
+                seq as u64 + 1,
+                EventType::AliasCreated,
+                alias,
+                Some(target),
+                None,
+            );
+            index.apply(&create).unwrap();
+        }
+        let names: Vec<ModelName> = ["e", "a", "c", "x", "y", "b", "d", "m", "missing"]
+            .iter()
+            .map(|n| ModelName::parse(n).unwrap())
+            .collect();
+        // In two orders: answers found on the way must not differ from a fresh walk.
+        for order in [names.clone(), names.iter().rev().cloned().collect()] {
+            let mut ends = ChainEnds::new(&ms);
+            for name in &order {
+                assert_eq!(
+                    ends.end_of(&index, name),
+                    index.chain_end(&ms, name),
+                    "{name}"
+                );
+            }
+        }
+        let a = ModelName::parse("a").unwrap();
+        assert_eq!(ChainEnds::new(&ms).end_of(&index, &a), ChainEnd::Cycle);
     }
 
     #[test]
