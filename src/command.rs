@@ -326,17 +326,18 @@ fn check_cycle(
     if !found {
         return Ok(());
     }
-    // Spell the cycle out, from the target down its chain back to the alias.
-    let mut path = vec![shown.to_string()];
+    // Spell the cycle out, from the target down its chain back to the alias:
+    // through the aliases the walk went up, so in at most that many steps.
+    let mut path = vec![shown.to_string(), target.display()];
     let mut current = target.clone();
-    loop {
-        path.push(current.display());
-        if current.key_str() == alias_key || path.len() > seen.len() + 3 {
-            break;
-        }
+    for _ in 0..=seen.len() {
         match draft.exact(current.key_str()) {
             Some(entry) => current = entry.target.clone(),
             None => break,
+        }
+        path.push(current.display());
+        if current.key_str() == alias_key {
+            break;
         }
     }
     Err(CommandError::Cycle(format!(

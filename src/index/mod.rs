@@ -469,7 +469,9 @@ mod tests {
 
     proptest::proptest! {
         /// The written form reads back to the same microsecond, as humantime reads it.
-        #[test]
+
+
+    #[test]
         fn times_read_back_as_written(micros in 0u64..8_000_000_000_000_000) {
             let written = format_time(micros);
             proptest::prop_assert_eq!(parse_micros_form(&written), Some(micros), "{}", written);
@@ -812,5 +814,47 @@ mod tests {
         let set: HashSet<DepKey> = [a.clone(), same].into_iter().collect();
         assert_eq!(set.len(), 1);
         assert!(set.contains(&a));
+    }
+
+    #[test]
+    fn remembered_chain_ends_are_the_walked_ones() {
+        let ms = models(&["m"]);
+        let mut index = Index::default();
+        let links = [
+            ("x", "y"),
+            ("y", "x"),
+            ("a", "x"),
+            ("b", "missing"),
+            ("c", "b"),
+            ("d", "m"),
+            ("e", "d"),
+        ];
+        for (seq, (alias, target)) in links.iter().enumerate() {
+            let create = event(
+                seq as u64 + 1,
+                EventType::AliasCreated,
+                alias,
+                Some(target),
+                None,
+            );
+            index.apply(&create).unwrap();
+        }
+        let names: Vec<ModelName> = ["e", "a", "c", "x", "y", "b", "d", "m", "missing"]
+            .iter()
+            .map(|n| ModelName::parse(n).unwrap())
+            .collect();
+        // In two orders: answers found on the way must not differ from a fresh walk.
+        for order in [names.clone(), names.iter().rev().cloned().collect()] {
+            let mut ends = ChainEnds::new(&ms);
+            for name in &order {
+                assert_eq!(
+                    ends.end_of(&index, name),
+                    index.chain_end(&ms, name),
+                    "{name}"
+                );
+            }
+        }
+        let a = ModelName::parse("a").unwrap();
+        assert_eq!(ChainEnds::new(&ms).end_of(&index, &a), ChainEnd::Cycle);
     }
 }

@@ -275,11 +275,6 @@ impl<'m> ChainEnds<'m> {
         self.ends.remove(key);
     }
 
-    /// Forgets everything.
-    pub fn clear(&mut self) {
-        self.ends.clear();
-    }
-
     /// Whether nothing is remembered.
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()

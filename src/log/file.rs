@@ -41,6 +41,13 @@ impl FileLog {
     }
 }
 
+impl FileLog {
+    /// Stops the journal's writer thread (waits for queued appends).
+    pub fn close(&self) {
+        self.journal.close();
+    }
+}
+
 impl From<journal::Journal> for FileLog {
     fn from(journal: journal::Journal) -> FileLog {
         FileLog { journal }
