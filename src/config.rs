@@ -89,6 +89,14 @@ pub enum Commands {
         #[command(subcommand)]
         action: JournalAction,
     },
+    /// Print a shell completion script (e.g. `aliasd completions bash >
+    /// /etc/bash_completion.d/aliasd`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `aliasd man > /usr/local/share/man/man1/aliasd.1`.
+    Man,
 }
 
 /// `aliasd journal ...`.

@@ -18,6 +18,17 @@ fn main() -> ExitCode {
     let res = match cli.command {
         Commands::Serve(args) => serve(*args),
         Commands::Journal { action } => aliasd::offline::run(action, cli.json),
+        Commands::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "aliasd", &mut std::io::stdout());
+            Ok(())
+        }
+        Commands::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command)
+                .render(&mut std::io::stdout())
+                .context("writing the man page")
+        }
         command => Client::new(&cli.host, cli.auth.clone())
             .and_then(|client| run_client(&client, cli.json, command)),
     };
@@ -87,7 +98,10 @@ fn run_client(client: &Client, json: bool, command: Commands) -> anyhow::Result<
             client::history(client, json, alias.as_deref(), limit)
         }
         Commands::Watch { since, alias } => client::watch(client, json, since, alias.as_deref()),
-        Commands::Serve(_) | Commands::Journal { .. } => unreachable!("dispatched in main"),
+        Commands::Serve(_)
+        | Commands::Journal { .. }
+        | Commands::Completions { .. }
+        | Commands::Man => unreachable!("dispatched in main"),
     }
 }
 

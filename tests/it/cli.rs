@@ -636,3 +636,24 @@ fn an_invalid_log_filter_stops_start_up_naming_the_variable() {
         "{out:?}"
     );
 }
+
+/// Issue 22: shell completions and a man page come from the binary itself.
+#[test]
+fn completions_and_the_man_page_are_printed() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run_cli(&[], &["completions", shell]);
+        assert_eq!(out.code, Some(0), "{shell}: {out:?}");
+        assert!(out.stdout.contains("aliasd"), "{shell}: {}", out.stdout);
+        assert!(out.stdout.contains("serve"), "{shell}: subcommands listed");
+    }
+    let out = run_cli(&[], &["completions", "powershell-or-not"]);
+    assert_ne!(out.code, Some(0), "an unknown shell is refused");
+    let out = run_cli(&[], &["man"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout.starts_with(".ie") || out.stdout.contains(".TH"),
+        "{}",
+        &out.stdout[..200.min(out.stdout.len())]
+    );
+    assert!(out.stdout.contains("aliasd"));
+}
