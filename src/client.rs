@@ -391,17 +391,27 @@ pub fn create(
     prefix: bool,
 ) -> anyhow::Result<()> {
     let body = serde_json::json!({ "target": target, "prefix_matching": prefix });
-    let response = client.request(
-        "PUT",
-        &format!("/api/aliases/{}", encode_path(alias)),
-        Some(&body),
-    )?;
+    let path = format!("/api/aliases/{}", encode_path(alias));
+    // The alias's seq before: a put that wrote no event leaves it as it was,
+    // which is how "unchanged" is told from "updated" (both answer 200).
+    let before = match json {
+        true => None,
+        false => client
+            .request("GET", &path, None)
+            .ok()
+            .filter(|r| r.status == 200)
+            .and_then(|r| r.json().ok())
+            .and_then(|v| v["seq"].as_u64()),
+    };
+    let response = client.request("PUT", &path, Some(&body))?;
     let value = response.ok_json()?;
     if json {
         print_json(&value);
     } else {
         let verb = if response.status == 201 {
             "created"
+        } else if before.is_some() && before == value["seq"].as_u64() {
+            "unchanged"
         } else {
             "updated"
         };

@@ -111,9 +111,15 @@ pub async fn aliases_list(
     };
     // At or after the index's last event, the past is the present: no replay.
     let live = state.registry.read(|s| {
-        let current = query.at_seq.is_none_or(|seq| s.index.last_seq() <= seq);
-        current.then(|| copy_list(&s.index, &s.models, &keep))
-    });
+        let latest = s.index.last_seq();
+        match query.at_seq {
+            Some(seq) if seq > latest => Err(ApiError::bad_request(format!(
+                "at_seq {seq} is beyond the latest event, seq {latest}"
+            ))),
+            Some(seq) if seq < latest => Ok(None),
+            _ => Ok(Some(copy_list(&s.index, &s.models, &keep))),
+        }
+    })?;
     let aliases: Vec<AliasBody> = match live {
         Some(copied) => render_list(copied),
         None => {
@@ -170,6 +176,11 @@ pub fn render_list(copied: Vec<(AliasEntry, Option<crate::name::ModelName>)>) ->
     bodies.into_iter().map(|(_, body)| body).collect()
 }
 
+/// Time-travel replays answered at once; past it, 503.
+const TIME_TRAVEL_AT_ONCE: usize = 2;
+/// The permits of [`TIME_TRAVEL_AT_ONCE`].
+static TIME_TRAVEL: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(TIME_TRAVEL_AT_ONCE);
+
 /// The index as it was right after event `seq`, replayed from the journal.
 async fn index_at(state: &AppState, seq: u64) -> Result<(Index, Models), ApiError> {
     let log = state.registry.log().clone();
@@ -184,6 +195,15 @@ async fn index_at(state: &AppState, seq: u64) -> Result<(Index, Models), ApiErro
             ),
         ));
     }
+    // Each replay builds a whole index: only a few at once, whoever asks.
+    let Ok(_permit) = TIME_TRAVEL.try_acquire() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{TIME_TRAVEL_AT_ONCE} time-travel requests (?at_seq=) are being answered already; retry in a moment"
+            ),
+        ));
+    };
     let models = state.registry.read(|s| s.models.clone());
     let index = tokio::task::spawn_blocking(move || crate::registry::index_at(&*log, seq))
         .await
@@ -487,6 +507,8 @@ pub async fn resolve_get(
     PathName(name): PathName,
 ) -> Result<Response, ApiError> {
     let name = name.as_str();
+    // A bad name is a 400 here as on every route (SPEC §5), not a 404.
+    crate::name::ModelName::parse(name).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let resolution = state.registry.read(|s| s.index.resolve(&s.models, name))?;
     let resolved = resolution.resolved.display();
     let body = ResolveBody {

@@ -1257,3 +1257,37 @@ fn concurrent_puts_each_apply_once_in_one_gap_free_order() {
     }
     assert_eq!(server.aliases().len(), 17);
 }
+
+/// Issue 22: a bad name on the resolve route is a 400, as on every route.
+#[test]
+fn resolving_a_bad_name_is_a_400() {
+    let server = Server::with_models(&["llama3"]);
+    server.create("coder", "llama3");
+    server
+        .get("/api/resolve/bad%20name")
+        .expect_error(400, "bad name");
+    server
+        .get("/api/resolve/nothing-here")
+        .expect_error(404, "");
+    server.get("/api/resolve/coder").expect(200);
+}
+
+/// Issue 22: `?at_seq=` beyond the latest event is a 400 naming the latest,
+/// not the present state.
+#[test]
+fn time_travel_beyond_the_latest_event_is_a_400_naming_it() {
+    let server = Server::with_models(&["llama3"]);
+    server.create("a", "llama3");
+    server.create("b", "llama3");
+    let message = server
+        .get("/api/aliases?at_seq=3")
+        .expect_error(400, "beyond the latest event");
+    assert!(message.contains("seq 2"), "{message}");
+    let at_latest = server.get("/api/aliases?at_seq=2");
+    assert_eq!(
+        at_latest.expect(200)["aliases"].as_array().unwrap().len(),
+        2
+    );
+    let at_one = server.get("/api/aliases?at_seq=1");
+    assert_eq!(at_one.expect(200)["aliases"].as_array().unwrap().len(), 1);
+}

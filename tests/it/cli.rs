@@ -657,3 +657,19 @@ fn completions_and_the_man_page_are_printed() {
     );
     assert!(out.stdout.contains("aliasd"));
 }
+
+/// Issue 22: re-creating an alias with the target it has (spelt in any case)
+/// says "unchanged" and writes no event.
+#[test]
+fn creating_an_alias_again_with_its_target_says_unchanged() {
+    let server = Server::with_models(&["llama3", "qwen"]);
+    let out = server.cli(&["create", "upper", "llama3"]);
+    assert!(out.stdout.starts_with("created"), "{out:?}");
+    let seq = server.seq();
+    let out = server.cli(&["create", "UPPER", "llama3"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.starts_with("unchanged"), "{out:?}");
+    assert_eq!(server.seq(), seq, "no event");
+    let out = server.cli(&["create", "UPPER", "qwen"]);
+    assert!(out.stdout.starts_with("updated"), "{out:?}");
+}
