@@ -150,7 +150,7 @@ pub struct ServeArgs {
     #[arg(long, env = "ALIASD_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     /// An Ollama server (`http://host:port`) to forward every other route to,
-    /// with aliases resolved in inference requests (SPEC §7).
+    /// with aliases resolved in inference requests (docs/API.md).
     #[arg(long)]
     pub upstream: Option<String>,
     /// Keep at least the last N events (older segments go once a snapshot covers them).
