@@ -107,12 +107,13 @@ fn is_mutating(method: &Method) -> bool {
 
 /// Checks the request's token: `Ok(Some(name))` for a valid token,
 /// `Ok(None)` when no token is needed (none configured, `/healthz`, a CORS
-/// preflight), or the 401/403 response to send instead.
+/// preflight, the dashboard's files), or the 401/403 response to send instead.
 pub fn authorize(http: &HttpConfig, request: &Request) -> Result<Option<TokenName>, Box<Response>> {
     let tokens = &http.tokens;
     if tokens.is_empty()
         || request.uri().path() == "/healthz"
         || request.method() == Method::OPTIONS
+        || crate::http::ui::is_public(http, request)
     {
         return Ok(None);
     }
