@@ -1,7 +1,7 @@
 //! Bearer tokens (SPEC §5 "Security") and the browser origin allow-list.
 //!
-//! Once any token is configured every route but `/healthz` needs
-//! `Authorization: Bearer SECRET`: 401 without one or with a wrong one, 403 for
+//! Once any token is configured every route but `/healthz` (and the
+//! dashboard's files, which hold no data) needs `Authorization: Bearer SECRET`: 401 without one or with a wrong one, 403 for
 //! a read-only token on a mutating route. The token's NAME (never its secret)
 //! goes into the request's extensions, and from there into event actors.
 //! Secrets are compared in constant time (both sides hashed, then compared

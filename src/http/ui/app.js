@@ -119,6 +119,8 @@ function flash(node) {
   // Reading the layout restarts the animation for a node flashed again.
   void node.offsetWidth;
   node.classList.add('flash');
+  // Gone once played: a row moved by the sort or the filter would play it again.
+  node.addEventListener('animationend', () => node.classList.remove('flash'), { once: true });
 }
 
 function showMessage(node, kind, message) {
