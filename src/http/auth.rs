@@ -1,7 +1,7 @@
 //! Bearer tokens (SPEC §5 "Security") and the browser origin allow-list.
 //!
-//! Once any token is configured every route but `/healthz` needs
-//! `Authorization: Bearer SECRET`: 401 without one or with a wrong one, 403 for
+//! Once any token is configured every route but `/healthz` (and the
+//! dashboard's files, which hold no data) needs `Authorization: Bearer SECRET`: 401 without one or with a wrong one, 403 for
 //! a read-only token on a mutating route. The token's NAME (never its secret)
 //! goes into the request's extensions, and from there into event actors.
 //! Secrets are compared in constant time (both sides hashed, then compared
@@ -107,12 +107,13 @@ fn is_mutating(method: &Method) -> bool {
 
 /// Checks the request's token: `Ok(Some(name))` for a valid token,
 /// `Ok(None)` when no token is needed (none configured, `/healthz`, a CORS
-/// preflight), or the 401/403 response to send instead.
+/// preflight, the dashboard's files), or the 401/403 response to send instead.
 pub fn authorize(http: &HttpConfig, request: &Request) -> Result<Option<TokenName>, Box<Response>> {
     let tokens = &http.tokens;
     if tokens.is_empty()
         || request.uri().path() == "/healthz"
         || request.method() == Method::OPTIONS
+        || crate::http::ui::is_public(http, request)
     {
         return Ok(None);
     }

@@ -11,6 +11,7 @@ pub mod experimental;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -160,6 +161,8 @@ fn routes() -> Vec<Route> {
         Route::new("/api/events").on(Method::GET, events::events_stream),
         Route::new("/healthz").on(Method::GET, aliases::healthz),
         Route::new("/metrics").on(Method::GET, metrics_get),
+        Route::new("/").on(Method::GET, ui::dashboard_get),
+        Route::new("/ui/{*name}").on(Method::GET, ui::asset_get),
     ]
 }
 

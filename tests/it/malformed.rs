@@ -161,7 +161,8 @@ fn bad_cases() -> Vec<BadCase> {
         with_header(case("Last-Event-ID abc", "GET", "/api/events", None, 400), "Last-Event-ID", "abc"),
         with_header(case("Last-Event-ID -1", "GET", "/api/events", None, 400), "Last-Event-ID", "-1"),
         with_header(case("Last-Event-ID 2^64", "GET", "/api/events", None, 400), "Last-Event-ID", "18446744073709551616"),
-        case("resolve ../../etc", "GET", "/api/resolve/..%2F..%2Fetc", None, 404),
+        // A bad name is a 400 on every route (issue 22), resolve included.
+        case("resolve ../../etc", "GET", "/api/resolve/..%2F..%2Fetc", None, 400),
     ]
 }
 
@@ -177,12 +178,13 @@ fn edge_cases() -> Vec<BadCase> {
             200,
         ),
         case("?until=0", "GET", "/api/history?until=0", None, 200),
+        // Beyond the latest event: 400 naming it (issue 22).
         case(
             "?at_seq=u64::MAX",
             "GET",
             "/api/aliases?at_seq=18446744073709551615",
             None,
-            200,
+            400,
         ),
         case("?at_seq=0", "GET", "/api/aliases?at_seq=0", None, 200),
         with_header(
@@ -195,7 +197,7 @@ fn edge_cases() -> Vec<BadCase> {
             "GET",
             "/api/resolve/caf%C3%A9",
             None,
-            404,
+            400,
         ),
         case("GET unknown alias", "GET", "/api/aliases/nosuch", None, 404),
     ]
