@@ -17,3 +17,4 @@ mod sse;
 mod store_access;
 mod support;
 mod watcher;
+mod webhooks;
