@@ -38,6 +38,8 @@ struct Inbox {
     bad_signatures: AtomicUsize,
     /// The status to answer (200 unless a test says otherwise).
     status: AtomicU16,
+    /// Milliseconds to wait before answering.
+    delay_ms: std::sync::atomic::AtomicU64,
 }
 
 /// A webhook receiver on 127.0.0.1, on its own thread and runtime.
@@ -191,6 +193,10 @@ async fn receive(
             at: Instant::now(),
         },
     ));
+    let delay = inbox.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     axum::http::StatusCode::from_u16(inbox.status.load(Ordering::SeqCst))
         .unwrap_or(axum::http::StatusCode::OK)
 }
@@ -401,14 +407,17 @@ fn kill_9_under_load_loses_nothing() {
     let (_, secret) = add_webhook(&server, json!({ "url": receiver.url("k") }));
     receiver.expect_secret("k", &secret);
     let first = server.seq() + 1;
-    // Kill while events are being delivered.
+    // Kill while events are being delivered, after cursor writes (a slow
+    // receiver makes the deliveries outlast several of them).
+    receiver.inbox.delay_ms.store(5, Ordering::SeqCst);
     write_events(&server, "x", 200);
     wait_for("some deliveries", WAIT, || {
-        (receiver.got("k").len() >= 20).then_some(())
+        (receiver.got("k").len() >= 120).then_some(())
     });
     server.kill9();
     server.start_again();
     let last = write_events(&server, "y", 100);
+    receiver.inbox.delay_ms.store(0, Ordering::SeqCst);
     let got = wait_all(&receiver, "k", first..=last);
     assert_eq!(receiver.inbox.bad_signatures.load(Ordering::SeqCst), 0);
     let duplicates = assert_in_order(&got, first);
