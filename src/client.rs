@@ -626,6 +626,90 @@ pub fn watch(
     })
 }
 
+/// `aliasd webhook add|ls|rm`.
+///
+/// # Errors
+///
+/// The server refuses or cannot be reached.
+pub fn webhook(
+    client: &Client,
+    json: bool,
+    action: crate::config::WebhookAction,
+) -> anyhow::Result<()> {
+    use crate::config::WebhookAction;
+    match action {
+        WebhookAction::Add { url, types, alias } => {
+            let mut body = serde_json::json!({ "url": url });
+            if !types.is_empty() {
+                body["types"] = serde_json::json!(types);
+            }
+            if let Some(alias) = alias {
+                body["alias"] = Value::String(alias);
+            }
+            let value = client
+                .request("POST", "/api/webhooks", Some(&body))?
+                .ok_json()?;
+            if json {
+                print_json(&value);
+            } else {
+                println!(
+                    "added webhook {} -> {}",
+                    text(&value["id"]),
+                    text(&value["url"])
+                );
+                println!(
+                    "secret (shown once; receivers verify signatures with it): {}",
+                    text(&value["secret"])
+                );
+            }
+        }
+        WebhookAction::Ls => {
+            let value = client.request("GET", "/api/webhooks", None)?.ok_json()?;
+            if json {
+                print_json(&value);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = value["webhooks"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|w| {
+                    let types = w["types"]
+                        .as_array()
+                        .filter(|t| !t.is_empty())
+                        .map(|t| t.iter().map(text).collect::<Vec<_>>().join(","))
+                        .unwrap_or_else(|| "*".to_string());
+                    vec![
+                        text(&w["id"]),
+                        text(&w["url"]),
+                        types,
+                        text(&w["alias"]),
+                        text(&w["state"]),
+                        text(&w["cursor"]),
+                    ]
+                })
+                .collect();
+            print_table(&["ID", "URL", "TYPES", "ALIAS", "STATE", "CURSOR"], &rows);
+        }
+        WebhookAction::Rm { id } => {
+            let value = client
+                .request(
+                    "DELETE",
+                    &format!("/api/webhooks/{}", encode_path(&id)),
+                    None,
+                )?
+                .ok_json()?;
+            if json {
+                print_json(&value);
+            } else {
+                println!("deleted webhook {id}");
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -83,6 +83,12 @@ pub enum Commands {
         #[arg(long)]
         alias: Option<String>,
     },
+    /// Manage webhooks: signed POSTs of every matching event to a URL.
+    Webhook {
+        /// The action.
+        #[command(subcommand)]
+        action: WebhookAction,
+    },
     /// Offline journal maintenance (the server must not be running).
     Journal {
         /// The action.
@@ -97,6 +103,29 @@ pub enum Commands {
     },
     /// Print the man page (roff), e.g. `aliasd man > /usr/local/share/man/man1/aliasd.1`.
     Man,
+}
+
+/// `aliasd webhook ...`.
+#[derive(Debug, Subcommand)]
+pub enum WebhookAction {
+    /// Add a webhook; prints its secret, which is shown this once.
+    Add {
+        /// Where to POST events (http:// or https://).
+        url: String,
+        /// Only events of this type (repeatable), e.g. alias.updated.
+        #[arg(long = "type", value_name = "TYPE")]
+        types: Vec<String>,
+        /// Only events about this alias.
+        #[arg(long)]
+        alias: Option<String>,
+    },
+    /// List webhooks.
+    Ls,
+    /// Delete a webhook; its deliveries stop at once.
+    Rm {
+        /// The webhook's id.
+        id: String,
+    },
 }
 
 /// `aliasd journal ...`.
@@ -215,6 +244,32 @@ pub struct ServeArgs {
         default_value_t = 75_000
     )]
     pub idle_timeout_ms: u64,
+    /// Milliseconds before the first retry of a failed webhook delivery
+    /// (doubling after each failure); tests shorten it.
+    #[arg(
+        long,
+        hide = true,
+        env = "ALIASD_WEBHOOK_FIRST_RETRY_MS",
+        default_value_t = 1_000
+    )]
+    pub webhook_first_retry_ms: u64,
+    /// Milliseconds of failures after which a webhook is `failing` (and
+    /// retried at the failing interval); tests shorten it.
+    #[arg(
+        long,
+        hide = true,
+        env = "ALIASD_WEBHOOK_FAILING_AFTER_MS",
+        default_value_t = 24 * 3600 * 1000
+    )]
+    pub webhook_failing_after_ms: u64,
+    /// Milliseconds between retries of a `failing` webhook; tests shorten it.
+    #[arg(
+        long,
+        hide = true,
+        env = "ALIASD_WEBHOOK_FAILING_RETRY_MS",
+        default_value_t = 3600 * 1000
+    )]
+    pub webhook_failing_retry_ms: u64,
 }
 
 /// The user's home directory, or the current directory if unknown.
@@ -282,6 +337,19 @@ impl ServeArgs {
             None => crate::watcher::WatchMode::Notify {
                 fallback_poll: std::time::Duration::from_secs(2),
             },
+        }
+    }
+
+    /// When webhook deliveries are retried (SPEC §9; shorter in tests).
+    pub fn webhook_retry(&self) -> crate::webhooks::RetryPolicy {
+        let defaults = crate::webhooks::RetryPolicy::default();
+        let ms = |ms: u64| std::time::Duration::from_millis(ms.max(1));
+        crate::webhooks::RetryPolicy {
+            first: ms(self.webhook_first_retry_ms),
+            max: defaults.max.max(ms(self.webhook_first_retry_ms)),
+            failing_after: ms(self.webhook_failing_after_ms),
+            failing_every: ms(self.webhook_failing_retry_ms),
+            timeout: defaults.timeout,
         }
     }
 

@@ -14,6 +14,7 @@
 //! - `feed`: committed events for readers: the paced broadcast, resumable
 //!   subscriptions (catch up from the log, then live), history queries.
 //! - `progress`: progress lines for long start-up work.
+//! - `webhooks`: signed, durable deliveries of events to URLs, from the log.
 //! - `http`: the axum routes; the only module that knows status codes.
 //! - `config`, `client`: the command line.
 
@@ -36,6 +37,7 @@ pub mod registry;
 pub mod snapshot;
 pub mod store;
 pub mod watcher;
+pub mod webhooks;
 
 pub use http::app;
 

@@ -98,6 +98,7 @@ fn run_client(client: &Client, json: bool, command: Commands) -> anyhow::Result<
             client::history(client, json, alias.as_deref(), limit)
         }
         Commands::Watch { since, alias } => client::watch(client, json, since, alias.as_deref()),
+        Commands::Webhook { action } => client::webhook(client, json, action),
         Commands::Serve(_)
         | Commands::Journal { .. }
         | Commands::Completions { .. }
@@ -145,6 +146,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         store.warm_directories();
     }
     let watching = aliasd::watcher::Watching::start(manifests_dir, watch_mode);
+    let journal_dir = config.journal_dir.clone();
+    let webhook_retry = args.webhook_retry();
     let (registry, writer) = aliasd::registry::Registry::start(config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -160,8 +163,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if let Some(proxy) = &http.proxy {
             tracing::info!("forwarding other routes to Ollama at {}", proxy.base());
         }
+        let webhooks = aliasd::webhooks::Webhooks::start(
+            aliasd::webhooks::WebhooksConfig {
+                journal_dir,
+                listen: listener.local_addr()?,
+                retry: webhook_retry,
+            },
+            &registry,
+        )?;
+        registry.install_webhooks(webhooks.clone());
         let state = aliasd::http::AppState::new(registry, http);
         aliasd::http::serve(listener, state, shutdown_signal()).await?;
+        webhooks.shutdown().await;
         anyhow::Ok(())
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));

@@ -46,6 +46,20 @@ struct StateLabels {
     state: &'static str,
 }
 
+/// The labels of `aliasd_webhook_deliveries_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    /// `delivered` (2xx), `rejected` (another status), `failed` (no answer).
+    result: &'static str,
+}
+
+/// The labels of `aliasd_webhook_lag`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLabels {
+    /// The webhook's id; removed with the webhook.
+    webhook: String,
+}
+
 /// Every metric aliasd keeps between scrapes (the registry holds handles to
 /// the same atomics as the fields).
 #[derive(Debug)]
@@ -62,6 +76,10 @@ pub struct Metrics {
     store_polled: Gauge,
     /// By route template and status.
     requests: Family<RequestLabels, Counter>,
+    /// Webhook delivery attempts by result.
+    webhook_deliveries: Family<DeliveryLabels, Counter>,
+    /// Per webhook: events committed that it has not had yet (seq behind head).
+    webhook_lag: Family<WebhookLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -114,6 +132,18 @@ impl Default for Metrics {
             "HTTP responses by route and status",
             requests.clone(),
         );
+        let webhook_deliveries = Family::<DeliveryLabels, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook delivery attempts by result (delivered, rejected, failed)",
+            webhook_deliveries.clone(),
+        );
+        let webhook_lag = Family::<WebhookLabels, Gauge>::default();
+        registry.register(
+            "webhook_lag",
+            "Events a webhook is behind the head of the journal (seq behind head)",
+            webhook_lag.clone(),
+        );
         Metrics {
             registry,
             commit_seconds,
@@ -123,6 +153,8 @@ impl Default for Metrics {
             alias_files_pending,
             store_polled,
             requests,
+            webhook_deliveries,
+            webhook_lag,
         }
     }
 }
@@ -177,6 +209,29 @@ impl Metrics {
         self.requests
             .get_or_create(&RequestLabels { route, status })
             .inc();
+    }
+
+    /// Counts a webhook delivery attempt: `delivered`, `rejected` or `failed`.
+    pub fn observe_webhook_delivery(&self, result: &'static str) {
+        self.webhook_deliveries
+            .get_or_create(&DeliveryLabels { result })
+            .inc();
+    }
+
+    /// Sets how far webhook `id` is behind the head of the journal.
+    pub fn set_webhook_lag(&self, id: &str, lag: u64) {
+        self.webhook_lag
+            .get_or_create(&WebhookLabels {
+                webhook: id.to_string(),
+            })
+            .set(i64::try_from(lag).unwrap_or(i64::MAX));
+    }
+
+    /// Drops a deleted webhook's series.
+    pub fn forget_webhook(&self, id: &str) {
+        self.webhook_lag.remove(&WebhookLabels {
+            webhook: id.to_string(),
+        });
     }
 
     /// Renders everything, plus the gauges passed in, as Prometheus text

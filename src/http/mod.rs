@@ -12,6 +12,7 @@ pub mod proxy;
 pub mod routing;
 pub mod server;
 pub mod ui;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -159,6 +160,13 @@ fn routes() -> Vec<Route> {
         Route::new("/api/models").on(Method::GET, aliases::models_list),
         Route::new("/api/history").on(Method::GET, events::history_list),
         Route::new("/api/events").on(Method::GET, events::events_stream),
+        Route::new("/api/webhooks")
+            .on(Method::GET, webhooks::webhooks_list)
+            .on(Method::POST, webhooks::webhooks_create),
+        Route::new("/api/webhooks/{id}")
+            .on(Method::GET, webhooks::webhook_get)
+            .on(Method::DELETE, webhooks::webhook_delete),
+        Route::new("/api/webhooks/{id}/deliveries").on(Method::GET, webhooks::webhook_deliveries),
         Route::new("/healthz").on(Method::GET, aliases::healthz),
         Route::new("/metrics").on(Method::GET, metrics_get),
         Route::new("/").on(Method::GET, ui::dashboard_get),

@@ -148,6 +148,8 @@ pub struct Registry {
     log: SharedLog,
     metrics: Arc<crate::metrics::Metrics>,
     store: Store,
+    /// The webhook manager, installed once the server knows its address.
+    webhooks: Arc<std::sync::OnceLock<crate::webhooks::Webhooks>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -308,6 +310,7 @@ impl Registry {
             log,
             metrics,
             store,
+            webhooks: Arc::default(),
         };
         Ok((registry, WriterThread(thread)))
     }
@@ -355,6 +358,16 @@ impl Registry {
     /// The model store (for reading only; the writer alone writes to it).
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The webhook manager, if this server runs one.
+    pub fn webhooks(&self) -> Option<&crate::webhooks::Webhooks> {
+        self.webhooks.get()
+    }
+
+    /// Installs the webhook manager (once; a second one is ignored).
+    pub fn install_webhooks(&self, webhooks: crate::webhooks::Webhooks) {
+        let _ = self.webhooks.set(webhooks);
     }
 
     /// The counters shared with the writer.

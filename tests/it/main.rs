@@ -18,3 +18,4 @@ mod sse;
 mod store_access;
 mod support;
 mod watcher;
+mod webhooks;
