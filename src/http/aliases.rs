@@ -7,8 +7,9 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{BatchOp, DeleteAlias, IfMatch, PutAlias};
-use crate::http::routing::PathName;
-use crate::http::{json_bytes_response, ApiError, AppJson, AppState, JsonObject, RequestOrigin};
+use crate::http::{
+    json_bytes_response, ApiError, AppJson, AppState, JsonObject, PathName, RequestOrigin,
+};
 use crate::index::{format_time, AliasEntry, AliasState, AliasView, ChainEnd, Index, Models};
 use crate::registry::{Command, Reply, Shared};
 

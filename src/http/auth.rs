@@ -4,15 +4,20 @@
 //! `Authorization: Bearer SECRET`: 401 without one or with a wrong one, 403 for
 //! a read-only token on a mutating route. The token's NAME (never its secret)
 //! goes into the request's extensions, and from there into event actors.
+//! Also the browser's side: which origins and host names may call, and CORS
+//! for them. The middleware here ([`refuse_foreign_pages`], [`cors`],
+//! [`require_token`]) is layered by [`crate::http::app`].
 //! Secrets are compared in constant time (both sides hashed, then compared
 //! without early exit), and never logged.
 
-use axum::extract::Request;
-use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
-use crate::http::{ApiError, HttpConfig, TokenName};
+use crate::http::{ApiError, AppState, HttpConfig, TokenName};
 
 /// One configured token.
 #[derive(Clone)]
@@ -189,11 +194,6 @@ pub fn origin_allowed(allow: &[String], origin: &str) -> bool {
         })
 }
 
-/// The browser origin of a request, if it sends one.
-pub fn request_origin(request: &Request) -> Option<HeaderValue> {
-    request.headers().get(header::ORIGIN).cloned()
-}
-
 /// Refuses (403) a request whose `Origin` is not allowed, whatever its route
 /// or method: without tokens, a page's "simple" POST (no preflight) would
 /// change aliases, and a page must not read the registry either.
@@ -291,58 +291,85 @@ fn port_or_nothing(rest: &str) -> bool {
             .is_some_and(|port| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// The answer to a CORS preflight (`OPTIONS` with an allowed `Origin`): 204
-/// allowing the methods of the API and the headers the browser asks for.
-pub fn preflight(request: &Request, origin: &HeaderValue) -> Response {
-    let mut response = StatusCode::NO_CONTENT.into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET, HEAD, PUT, POST, DELETE, OPTIONS"),
-    );
-    // What the page asked for is allowed: the origin is trusted, and tokens,
-    // not headers, guard the routes (SPEC §7).
-    let asked = request
-        .headers()
-        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
-        .cloned()
-        .unwrap_or_else(|| {
-            HeaderValue::from_static(
-                "authorization, content-type, if-match, if-none-match, last-event-id, x-request-id",
-            )
-        });
-    headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked);
-    // Chrome's Private Network Access asks before a public page calls loopback.
-    let private_network = HeaderName::from_static("access-control-request-private-network");
-    if request.headers().contains_key(&private_network) {
-        headers.insert(
-            HeaderName::from_static("access-control-allow-private-network"),
-            HeaderValue::from_static("true"),
-        );
+/// Middleware: refuses (403) a request from a page that must not call aliasd,
+/// before tokens and before any body is read: on a loopback listener a `Host`
+/// that is not this machine ([`check_host`]), and an `Origin` that is not
+/// allowed ([`check_origin`]). It sits outside [`cors`], so a refused origin's
+/// preflight is a 403 too, and gets no CORS headers.
+///
+/// An allowed origin's preflight is answered by [`cors`] with 200; it goes
+/// out as 204 No Content, as Ollama answers preflights (and as aliasd did).
+pub async fn refuse_foreign_pages(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Err(refusal) = check_host(&state.http, &request) {
+        return *refusal;
     }
-    headers.insert(
-        header::ACCESS_CONTROL_MAX_AGE,
-        HeaderValue::from_static("600"),
-    );
-    allow_origin(&mut response, origin);
-    response.headers_mut().insert(
-        header::VARY,
-        HeaderValue::from_static(
-            "origin, access-control-request-method, access-control-request-headers",
-        ),
-    );
+    let origin = request.headers().get(header::ORIGIN);
+    if let Some(origin) = origin {
+        if let Err(refusal) = check_origin(&state.http, origin) {
+            return *refusal;
+        }
+    }
+    let preflight = origin.is_some() && request.method() == Method::OPTIONS;
+    let mut response = next.run(request).await;
+    if preflight && response.status() == StatusCode::OK {
+        *response.status_mut() = StatusCode::NO_CONTENT;
+    }
     response
 }
 
-/// Adds the CORS headers for an allowed origin to its response.
-pub fn allow_origin(response: &mut Response, origin: &HeaderValue) {
-    let headers = response.headers_mut();
-    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-    headers.insert(header::VARY, HeaderValue::from_static("Origin"));
-    headers.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("etag, x-request-id"),
-    );
+/// The CORS rules for the origins `http` allows (tower-http's `CorsLayer`):
+/// preflights allow the methods of the API and whatever headers the browser
+/// asks for (the origin is trusted, and tokens, not headers, guard the
+/// routes; SPEC §7), Chrome's Private Network Access included; other answers
+/// expose `ETag` and `X-Request-Id` to the page.
+///
+/// Origins that are not allowed never get here ([`refuse_foreign_pages`]
+/// answers them first); the same test is made here anyway, so that no
+/// origin is ever echoed that the allow-list does not name.
+pub fn cors(http: &HttpConfig) -> CorsLayer {
+    let origins = http.origins.clone();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin, _| {
+            origin
+                .to_str()
+                .is_ok_and(|origin| origin_allowed(&origins, origin))
+        }))
+        .allow_methods([
+            Method::GET,
+            Method::HEAD,
+            Method::PUT,
+            Method::POST,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers(AllowHeaders::mirror_request())
+        .allow_private_network(true)
+        .max_age(std::time::Duration::from_secs(600))
+        .expose_headers([header::ETAG, crate::http::REQUEST_ID.clone()])
+}
+
+/// Middleware: checks the request's token ([`authorize`]) and refuses it
+/// (401/403), or lets it through with the token's name in its extensions (for
+/// event actors) and in its answer's (for the access log).
+pub async fn require_token(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    match authorize(&state.http, &request) {
+        Err(refusal) => *refusal,
+        Ok(None) => next.run(request).await,
+        Ok(Some(token)) => {
+            request.extensions_mut().insert(token.clone());
+            let mut response = next.run(request).await;
+            response.extensions_mut().insert(token);
+            response
+        }
+    }
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use axum::response::Response;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::http::{App, AppState};
+use crate::http::{AppState, Shutdown};
 
 /// The most a request's head (request line and headers) may take in hyper's
 /// buffer; past it hyper answers 431. It also bounds what a connection that
@@ -151,6 +151,7 @@ pub async fn serve(
             stream,
             remote,
             app.clone(),
+            signal.clone(),
             limits,
             permit,
         ));
@@ -204,7 +205,8 @@ async fn serve_connection(
     mut builder: hyper::server::conn::http1::Builder,
     stream: tokio::net::TcpStream,
     remote: SocketAddr,
-    app: App,
+    app: axum::Router,
+    shutdown: Shutdown,
     limits: Limits,
     _permit: OwnedSemaphorePermit,
 ) {
@@ -215,7 +217,6 @@ async fn serve_connection(
         header_timeout: limits.header_timeout,
         idle_timeout: limits.idle_timeout,
     });
-    let shutdown = app.state.shutdown.clone();
     let io = hyper_util::rt::TokioIo::new(ConnIo::new(stream, reads));
     let connection = builder.serve_connection(io, ConnService { app, remote });
     let mut connection = std::pin::pin!(connection);
@@ -233,23 +234,24 @@ async fn serve_connection(
 }
 
 /// One connection's service: the app, with the peer's address as axum's
-/// `ConnectInfo` (event actors name it).
+/// `ConnectInfo` (event actors and the access log name it), as
+/// `Router::into_make_service_with_connect_info` would give it.
 #[derive(Clone)]
 struct ConnService {
-    app: App,
+    app: axum::Router,
     remote: SocketAddr,
 }
 
 impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for ConnService {
     type Response = Response;
     type Error = std::convert::Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Self::Error>> + Send>>;
+    type Future = axum::routing::future::RouteFuture<std::convert::Infallible>;
 
-    fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
-        let mut request = request.map(axum::body::Body::new);
+    fn call(&self, mut request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        use tower::Service;
         request.extensions_mut().insert(ConnectInfo(self.remote));
-        let app = self.app.clone();
-        Box::pin(async move { Ok(crate::http::edge(app, request).await) })
+        // A `Router` is always ready, and a clone of it is one `Arc`.
+        self.app.clone().call(request)
     }
 }
 
@@ -336,8 +338,8 @@ impl hyper::rt::Sleep for HeadSleep {}
 ///
 /// hyper writes such an answer as one head of `content-length: 0` and `date`,
 /// at the start of a write, and closes the connection after it. Every answer
-/// of the app's own has a `content-type` (the edge gives each error a JSON
-/// body), so a head without one, of those statuses, is hyper's. Should hyper
+/// of the app's own has a `content-type` (`middleware::observe` gives each
+/// error a JSON body), so a head without one, of those statuses, is hyper's. Should hyper
 /// ever write it differently, it goes out unchanged, as before.
 struct ConnIo {
     stream: tokio::net::TcpStream,

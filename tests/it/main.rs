@@ -6,5 +6,6 @@ mod events;
 mod hardening;
 mod journal_tamper;
 mod proxy;
+mod router;
 mod support;
 mod watcher;
