@@ -10,13 +10,13 @@
 //! Secrets are compared in constant time (both sides hashed, then compared
 //! without early exit), and never logged.
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
+use crate::http::middleware::RequestNotes;
 use crate::http::{ApiError, AppState, HttpConfig, TokenName};
 
 /// One configured token.
@@ -291,34 +291,23 @@ fn port_or_nothing(rest: &str) -> bool {
             .is_some_and(|port| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// Middleware: refuses (403) a request from a page that must not call aliasd,
-/// before tokens and before any body is read: on a loopback listener a `Host`
-/// that is not this machine ([`check_host`]), and an `Origin` that is not
-/// allowed ([`check_origin`]). It sits outside [`cors`], so a refused origin's
-/// preflight is a 403 too, and gets no CORS headers.
-///
-/// An allowed origin's preflight is answered by [`cors`] with 200; it goes
-/// out as 204 No Content, as Ollama answers preflights (and as aliasd did).
-pub async fn refuse_foreign_pages(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if let Err(refusal) = check_host(&state.http, &request) {
-        return *refusal;
-    }
-    let origin = request.headers().get(header::ORIGIN);
-    if let Some(origin) = origin {
-        if let Err(refusal) = check_origin(&state.http, origin) {
-            return *refusal;
+/// For tower-http's `ValidateRequestHeaderLayer`: refuses (403) a request
+/// from a page that must not call aliasd, before tokens and before any body
+/// is read: on a loopback listener a `Host` that is not this machine
+/// ([`check_host`]), and an `Origin` that is not allowed ([`check_origin`]).
+/// It sits outside [`cors`], so a refused origin's preflight is a 403 too,
+/// and gets no CORS headers.
+#[allow(clippy::result_large_err)] // The answer, as `ValidateRequest` has it.
+pub fn refuse_foreign_pages(
+    state: AppState,
+) -> impl FnMut(&mut Request) -> Result<(), Response> + Clone + Send + Sync + 'static {
+    move |request: &mut Request| {
+        check_host(&state.http, request).map_err(|refusal| *refusal)?;
+        match request.headers().get(header::ORIGIN) {
+            Some(origin) => check_origin(&state.http, origin).map_err(|refusal| *refusal),
+            None => Ok(()),
         }
     }
-    let preflight = origin.is_some() && request.method() == Method::OPTIONS;
-    let mut response = next.run(request).await;
-    if preflight && response.status() == StatusCode::OK {
-        *response.status_mut() = StatusCode::NO_CONTENT;
-    }
-    response
 }
 
 /// The CORS rules for the origins `http` allows (tower-http's `CorsLayer`):
@@ -329,9 +318,11 @@ pub async fn refuse_foreign_pages(
 ///
 /// Origins that are not allowed never get here ([`refuse_foreign_pages`]
 /// answers them first); the same test is made here anyway, so that no
-/// origin is ever echoed that the allow-list does not name.
+/// origin is ever echoed that the allow-list does not name. `CorsLayer`
+/// answers every `OPTIONS` itself, one without `Origin` too (with the
+/// route's `Allow`), so none reaches a route or the upstream.
 pub fn cors(http: &HttpConfig) -> CorsLayer {
-    let origins = http.origins.clone();
+    let origins = std::sync::Arc::new(http.origins.clone());
     CorsLayer::new()
         .allow_origin(AllowOrigin::predicate(move |origin, _| {
             origin
@@ -352,23 +343,37 @@ pub fn cors(http: &HttpConfig) -> CorsLayer {
         .expose_headers([header::ETAG, crate::http::REQUEST_ID.clone()])
 }
 
-/// Middleware: checks the request's token ([`authorize`]) and refuses it
-/// (401/403), or lets it through with the token's name in its extensions (for
-/// event actors) and in its answer's (for the access log).
-pub async fn require_token(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    match authorize(&state.http, &request) {
-        Err(refusal) => *refusal,
-        Ok(None) => next.run(request).await,
-        Ok(Some(token)) => {
-            request.extensions_mut().insert(token.clone());
-            let mut response = next.run(request).await;
-            response.extensions_mut().insert(token);
-            response
+/// A preflight answered by [`cors`] (its 200 is the only answer with
+/// `Access-Control-Allow-Methods`) goes out as 204 No Content, as Ollama
+/// answers preflights (and as aliasd did before `CorsLayer`).
+pub fn preflight_no_content(mut response: Response) -> Response {
+    if response.status() == StatusCode::OK
+        && response
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_ALLOW_METHODS)
+    {
+        *response.status_mut() = StatusCode::NO_CONTENT;
+    }
+    response
+}
+
+/// For tower-http's `ValidateRequestHeaderLayer`: checks the request's token
+/// ([`authorize`]) and refuses it (401/403), or lets it through with the
+/// token's name in its extensions (for event actors) and in its
+/// [`RequestNotes`] (for the access log).
+#[allow(clippy::result_large_err)] // The answer, as `ValidateRequest` has it.
+pub fn require_token(
+    state: AppState,
+) -> impl FnMut(&mut Request) -> Result<(), Response> + Clone + Send + Sync + 'static {
+    move |request: &mut Request| {
+        let token = authorize(&state.http, request).map_err(|refusal| *refusal)?;
+        if let Some(token) = token {
+            if let Some(notes) = request.extensions().get::<RequestNotes>() {
+                notes.set_actor(&token);
+            }
+            request.extensions_mut().insert(token);
         }
+        Ok(())
     }
 }
 

@@ -4,17 +4,19 @@
 //! - [`drop_unusable_request_id`] and [`NewRequestId`]: the rules of a request
 //!   id, for tower-http's `SetRequestIdLayer`;
 //! - [`observe`]: JSON errors, the `/metrics` count and the access log, once
-//!   a request's answer is known;
+//!   a request's answer is known, with what [`note_route`] and the token
+//!   check noted of it ([`RequestNotes`]);
 //! - [`panic_response`]: what tower-http's `CatchPanicLayer` answers;
 //! - [`body_deadline`]: a request body must arrive within the request
 //!   timeout, counted where the body is read, not around the handler.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -57,51 +59,81 @@ impl MakeRequestId for NewRequestId {
     }
 }
 
+/// What the layers inside [`observe`] learn of a request, for its log line:
+/// the route template (noted by [`note_route`] once the router matched it)
+/// and the token's name (noted by `auth::require_token`). One per request,
+/// in its extensions, shared with `observe`.
+#[derive(Debug, Clone, Default)]
+pub struct RequestNotes(Arc<Notes>);
+
+#[derive(Debug, Default)]
+struct Notes {
+    route: OnceLock<MatchedPath>,
+    actor: OnceLock<TokenName>,
+}
+
+impl RequestNotes {
+    /// Notes the token the request was authorized with.
+    pub fn set_actor(&self, token: &TokenName) {
+        let _ = self.0.actor.set(token.clone());
+    }
+}
+
+/// For `tower::util::MapRequestLayer` inside the router: notes the route the
+/// request matched (axum's `MatchedPath`) in its [`RequestNotes`]. A
+/// request for the fallback matched none.
+pub fn note_route(request: Request) -> Request {
+    if let (Some(notes), Some(route)) = (
+        request.extensions().get::<RequestNotes>(),
+        request.extensions().get::<MatchedPath>(),
+    ) {
+        let _ = notes.0.route.set(route.clone());
+    }
+    request
+}
+
 /// Once a request is answered: gives an error answer without a JSON body
 /// (the framework's own 404, 405, 413...) the `{"error"}` shape, counts it
 /// for `/metrics` by route template and status, and writes the access log
 /// line (target `aliasd::access`, at info): method, route, status, duration,
-/// actor (the token's name, never its secret), request id and peer.
+/// actor (the token's name, never its secret) and request id.
 ///
 /// The route is the matched template (`/api/aliases/{*name}`), never the
 /// path, so that the metric's labels stay few; what no route matches is
 /// `proxy` when there is an upstream, else `unmatched`. The duration runs to
 /// the response's head: an event stream or a proxied answer goes on after.
-pub async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
-    let matched = request.extensions().get::<MatchedPath>().cloned();
     let request_id = request.extensions().get::<RequestId>().cloned();
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0);
+    let notes = RequestNotes::default();
+    request.extensions_mut().insert(notes.clone());
     let response = error::ensure_json(next.run(request).await).await;
-    let route = match &matched {
+    let route = match notes.0.route.get() {
         Some(matched) => matched.as_str(),
         None if state.http.proxy.is_some() => "proxy",
         None => "unmatched",
     };
     let status = response.status().as_u16();
     state.registry.metrics().observe_request(route, status);
-    let actor = response
-        .extensions()
-        .get::<TokenName>()
-        .map_or("anonymous", |token| token.0.as_str());
-    let request_id = request_id
-        .as_ref()
-        .and_then(|id| id.header_value().to_str().ok())
-        .unwrap_or("");
-    tracing::info!(
-        target: "aliasd::access",
-        method = method.as_str(),
-        route,
-        status,
-        duration_us = started.elapsed().as_micros() as u64,
-        actor,
-        request_id,
-        peer = peer.map(tracing::field::display),
-    );
+    if tracing::enabled!(target: "aliasd::access", tracing::Level::INFO) {
+        let actor = notes.0.actor.get().map_or("anonymous", |t| t.0.as_str());
+        let request_id = request_id
+            .as_ref()
+            .and_then(|id| id.header_value().to_str().ok())
+            .unwrap_or("");
+        // Display, not Debug: every value is plain visible ASCII already
+        // (a method, a template, a token name, a checked request id).
+        tracing::info!(
+            target: "aliasd::access",
+            method = %method,
+            route = %route,
+            status,
+            duration_us = started.elapsed().as_micros() as u64,
+            actor = %actor,
+            request_id = %request_id,
+        );
+    }
     response
 }
 

@@ -138,32 +138,61 @@ impl Shutdown {
     }
 }
 
-/// Builds the app: every route of SPEC §5, what no route matches to the
-/// upstream (or 404), behind the layers every request passes, outermost
+/// Builds the app: every route of SPEC §5 and what no route matches to the
+/// upstream (or 404) in axum's `Router`, which answers `HEAD` from `GET` and
+/// a missing method with 405 and `Allow`, behind these layers, outermost
 /// first:
 /// 1. its request id: `X-Request-Id` if sane (visible ASCII, at most 200
 ///    bytes), else a new one, echoed back (tower-http's request id layers);
 /// 2. [`middleware::observe`]: the `{"error"}` shape for the framework's own
 ///    errors, the count for `/metrics` by route template, the access log;
 /// 3. a panic turned into a logged 500 (tower-http's `CatchPanicLayer`);
-/// 4. [`auth::refuse_foreign_pages`]: on a loopback listener, a `Host` that
+/// 4. the router; then, on every route, its 405s and the fallback alike:
+/// 5. the route's template noted for step 2 ([`middleware::note_route`]);
+/// 6. [`auth::refuse_foreign_pages`]: on a loopback listener, a `Host` that
 ///    is not this machine is a 403 (DNS rebinding); an `Origin` that is not
 ///    allowed is a 403 on every route, before tokens and before any body is
 ///    read;
-/// 5. CORS for the allowed origins (tower-http's `CorsLayer`): preflights
-///    answered, allow headers added to other responses;
-/// 6. [`auth::require_token`]: tokens (SPEC §5), 401/403, or the token's
+/// 7. CORS for the allowed origins (tower-http's `CorsLayer`): preflights
+///    answered (204), allow headers added to other responses;
+/// 8. [`auth::require_token`]: tokens (SPEC §5), 401/403, or the token's
 ///    name for the event actor;
-/// 7. on the routes aliasd serves (not the upstream's), the body must arrive
-///    within the request timeout ([`middleware::body_deadline`]).
+/// 9. on the routes aliasd serves (not the upstream's fallback, where a
+///    model can take minutes to load), the request body's deadline
+///    ([`middleware::body_deadline`]).
 ///
-/// These are `Router::layer`s, so they run once the path is matched, and
-/// [`axum::extract::MatchedPath`] names the route for `/metrics` and the log
-/// (axum's `Router` gives every route and the fallback the layers, and answers
-/// `HEAD` from `GET` and a missing method with 405 and `Allow`).
-pub fn app(state: AppState) -> axum::Router {
+/// Steps 5-8 run after the path is matched, so that every answer, their
+/// refusals included, is counted under its route template. They box nothing
+/// (`ValidateRequestHeaderLayer` and plain maps, not `from_fn`): a layer on
+/// each route is cloned with the route on every request. Steps 1-3 wrap the
+/// router once.
+pub fn app(
+    state: AppState,
+) -> impl tower::Service<
+    Request,
+    Response = Response,
+    Error = std::convert::Infallible,
+    Future: Send + 'static,
+> + Clone
+       + Send
+       + Sync
+       + 'static {
     use axum::routing::get;
-    let routes = axum::Router::new()
+    let on_every_route = tower::ServiceBuilder::new()
+        .map_request(middleware::note_route)
+        .layer(
+            tower_http::validate_request::ValidateRequestHeaderLayer::custom(
+                auth::refuse_foreign_pages(state.clone()),
+            ),
+        )
+        .map_response(auth::preflight_no_content)
+        .layer(auth::cors(&state.http))
+        .layer(
+            tower_http::validate_request::ValidateRequestHeaderLayer::custom(auth::require_token(
+                state.clone(),
+            )),
+        );
+    let router = axum::Router::new()
         .route(
             "/api/experimental/aliases",
             get(experimental::aliases_list)
@@ -186,13 +215,13 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/api/events", get(events::events_stream))
         .route("/healthz", get(aliases::healthz))
         .route("/metrics", get(metrics_get))
-        // Not on the fallback: a request for the upstream is not timed here
-        // (a model can take minutes to load).
         .route_layer(tower::util::MapRequestLayer::new(
             middleware::body_deadline(state.http.request_timeout),
         ))
-        .fallback(proxy::forward);
-    let layers = tower::ServiceBuilder::new()
+        .fallback(proxy::forward)
+        .layer(on_every_route)
+        .with_state(state.clone());
+    tower::ServiceBuilder::new()
         .map_request(middleware::drop_unusable_request_id)
         .layer(tower_http::request_id::SetRequestIdLayer::new(
             REQUEST_ID.clone(),
@@ -202,22 +231,13 @@ pub fn app(state: AppState) -> axum::Router {
             REQUEST_ID.clone(),
         ))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            state,
             middleware::observe,
         ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             middleware::panic_response,
         ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::refuse_foreign_pages,
-        ))
-        .layer(auth::cors(&state.http))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_token,
-        ));
-    routes.layer(layers).with_state(state)
+        .service(router)
 }
 
 /// `GET /metrics`: Prometheus text.

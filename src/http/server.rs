@@ -201,11 +201,11 @@ async fn accept_failed(e: std::io::Error) {
 
 /// Serves one connection until it closes, or until shutdown and then its
 /// request in flight is done; `_permit` frees its place under the cap.
-async fn serve_connection(
+async fn serve_connection<A: App>(
     mut builder: hyper::server::conn::http1::Builder,
     stream: tokio::net::TcpStream,
     remote: SocketAddr,
-    app: axum::Router,
+    app: A,
     shutdown: Shutdown,
     limits: Limits,
     _permit: OwnedSemaphorePermit,
@@ -233,25 +233,53 @@ async fn serve_connection(
     }
 }
 
+/// What [`crate::http::app`] builds: the service every request enters.
+trait App:
+    tower::Service<
+        axum::extract::Request,
+        Response = Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<A> App for A where
+    A: tower::Service<
+            axum::extract::Request,
+            Response = Response,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// One connection's service: the app, with the peer's address as axum's
-/// `ConnectInfo` (event actors and the access log name it), as
+/// `ConnectInfo` (event actors name it), as
 /// `Router::into_make_service_with_connect_info` would give it.
 #[derive(Clone)]
-struct ConnService {
-    app: axum::Router,
+struct ConnService<A> {
+    app: A,
     remote: SocketAddr,
 }
 
-impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for ConnService {
+impl<A: App> hyper::service::Service<hyper::Request<hyper::body::Incoming>> for ConnService<A> {
     type Response = Response;
     type Error = std::convert::Infallible;
-    type Future = axum::routing::future::RouteFuture<std::convert::Infallible>;
+    type Future = A::Future;
 
-    fn call(&self, mut request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
-        use tower::Service;
+    fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        let mut request = request.map(axum::body::Body::new);
         request.extensions_mut().insert(ConnectInfo(self.remote));
-        // A `Router` is always ready, and a clone of it is one `Arc`.
-        self.app.clone().call(request)
+        // The app is always ready (no layer applies backpressure), so it is
+        // called without `poll_ready`, on a clone as tower asks.
+        tower::Service::call(&mut self.app.clone(), request)
     }
 }
 
