@@ -310,7 +310,8 @@ pub fn refuse_foreign_pages(
     }
 }
 
-/// The CORS rules for the origins `http` allows (tower-http's `CorsLayer`):
+/// The CORS rules for the origins `http` allows (tower-http's `CorsLayer`),
+/// applied to the requests that carry an `Origin` ([`BrowserCors`]):
 /// preflights allow the methods of the API and whatever headers the browser
 /// asks for (the origin is trusted, and tokens, not headers, guard the
 /// routes; SPEC §7), Chrome's Private Network Access included; other answers
@@ -318,29 +319,78 @@ pub fn refuse_foreign_pages(
 ///
 /// Origins that are not allowed never get here ([`refuse_foreign_pages`]
 /// answers them first); the same test is made here anyway, so that no
-/// origin is ever echoed that the allow-list does not name. `CorsLayer`
-/// answers every `OPTIONS` itself, one without `Origin` too (with the
-/// route's `Allow`), so none reaches a route or the upstream.
-pub fn cors(http: &HttpConfig) -> CorsLayer {
+/// origin is ever echoed that the allow-list does not name.
+pub fn cors(http: &HttpConfig) -> CorsForBrowsers {
     let origins = std::sync::Arc::new(http.origins.clone());
-    CorsLayer::new()
-        .allow_origin(AllowOrigin::predicate(move |origin, _| {
-            origin
-                .to_str()
-                .is_ok_and(|origin| origin_allowed(&origins, origin))
-        }))
-        .allow_methods([
-            Method::GET,
-            Method::HEAD,
-            Method::PUT,
-            Method::POST,
-            Method::DELETE,
-            Method::OPTIONS,
-        ])
-        .allow_headers(AllowHeaders::mirror_request())
-        .allow_private_network(true)
-        .max_age(std::time::Duration::from_secs(600))
-        .expose_headers([header::ETAG, crate::http::REQUEST_ID.clone()])
+    CorsForBrowsers(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::predicate(move |origin, _| {
+                origin
+                    .to_str()
+                    .is_ok_and(|origin| origin_allowed(&origins, origin))
+            }))
+            .allow_methods([
+                Method::GET,
+                Method::HEAD,
+                Method::PUT,
+                Method::POST,
+                Method::DELETE,
+                Method::OPTIONS,
+            ])
+            .allow_headers(AllowHeaders::mirror_request())
+            .allow_private_network(true)
+            .max_age(std::time::Duration::from_secs(600))
+            .expose_headers([header::ETAG, crate::http::REQUEST_ID.clone()]),
+    )
+}
+
+/// A `CorsLayer` for the requests that carry an `Origin`, the only ones a
+/// browser's CORS rules apply to; the others pass it by. `CorsLayer` alone
+/// would answer every `OPTIONS` as a preflight (one from a client that is no
+/// browser belongs to the route, or to the upstream), and would build its
+/// headers for every request, which cost as much as the rest of the layers
+/// together on a request that needs none of them.
+#[derive(Debug, Clone)]
+pub struct CorsForBrowsers(CorsLayer);
+
+impl<S> tower::Layer<S> for CorsForBrowsers {
+    type Service = BrowserCors<S>;
+
+    fn layer(&self, inner: S) -> BrowserCors<S> {
+        BrowserCors(self.0.layer(inner))
+    }
+}
+
+/// The service of [`CorsForBrowsers`].
+#[derive(Debug, Clone)]
+pub struct BrowserCors<S>(tower_http::cors::Cors<S>);
+
+impl<S, ResBody> tower::Service<Request> for BrowserCors<S>
+where
+    S: tower::Service<Request, Response = axum::http::Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = axum::http::Response<ResBody>;
+    type Error = S::Error;
+    type Future = futures_util::future::Either<
+        <tower_http::cors::Cors<S> as tower::Service<Request>>::Future,
+        S::Future,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        if request.headers().contains_key(header::ORIGIN) {
+            futures_util::future::Either::Left(self.0.call(request))
+        } else {
+            futures_util::future::Either::Right(self.0.get_mut().call(request))
+        }
+    }
 }
 
 /// A preflight answered by [`cors`] (its 200 is the only answer with

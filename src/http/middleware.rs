@@ -92,11 +92,17 @@ pub fn note_route(request: Request) -> Request {
     request
 }
 
-/// Once a request is answered: gives an error answer without a JSON body
-/// (the framework's own 404, 405, 413...) the `{"error"}` shape, counts it
-/// for `/metrics` by route template and status, and writes the access log
-/// line (target `aliasd::access`, at info): method, route, status, duration,
-/// actor (the token's name, never its secret) and request id.
+/// Once a request is answered: puts its request id on the answer (the
+/// client's, or the one `SetRequestIdLayer` made; an upstream's own is
+/// replaced), gives an error answer without a JSON body (the framework's own
+/// 404, 405, 413...) the `{"error"}` shape, counts it for `/metrics` by
+/// route template and status, and writes the access log line (target
+/// `aliasd::access`, at info): method, route, status, duration, actor (the
+/// token's name, never its secret) and request id.
+///
+/// The id is set here rather than by tower-http's `PropagateRequestIdLayer`,
+/// which also puts it in the answer's extensions (two allocations a request
+/// that nothing reads), since this function holds it already.
 ///
 /// The route is the matched template (`/api/aliases/{*name}`), never the
 /// path, so that the metric's labels stay few; what no route matches is
@@ -108,7 +114,12 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     let request_id = request.extensions().get::<RequestId>().cloned();
     let notes = RequestNotes::default();
     request.extensions_mut().insert(notes.clone());
-    let response = error::ensure_json(next.run(request).await).await;
+    let mut response = error::ensure_json(next.run(request).await).await;
+    if let Some(id) = &request_id {
+        response
+            .headers_mut()
+            .insert(REQUEST_ID.clone(), id.header_value().clone());
+    }
     let route = match notes.0.route.get() {
         Some(matched) => matched.as_str(),
         None if state.http.proxy.is_some() => "proxy",

@@ -143,9 +143,10 @@ impl Shutdown {
 /// a missing method with 405 and `Allow`, behind these layers, outermost
 /// first:
 /// 1. its request id: `X-Request-Id` if sane (visible ASCII, at most 200
-///    bytes), else a new one, echoed back (tower-http's request id layers);
-/// 2. [`middleware::observe`]: the `{"error"}` shape for the framework's own
-///    errors, the count for `/metrics` by route template, the access log;
+///    bytes), else a new one (tower-http's `SetRequestIdLayer`);
+/// 2. [`middleware::observe`]: the request id on the answer, the `{"error"}`
+///    shape for the framework's own errors, the count for `/metrics` by route
+///    template, the access log;
 /// 3. a panic turned into a logged 500 (tower-http's `CatchPanicLayer`);
 /// 4. the router; then, on every route, its 405s and the fallback alike:
 /// 5. the route's template noted for step 2 ([`middleware::note_route`]);
@@ -163,9 +164,10 @@ impl Shutdown {
 ///
 /// Steps 5-8 run after the path is matched, so that every answer, their
 /// refusals included, is counted under its route template. They box nothing
-/// (`ValidateRequestHeaderLayer` and plain maps, not `from_fn`): a layer on
-/// each route is cloned with the route on every request. Steps 1-3 wrap the
-/// router once.
+/// (`ValidateRequestHeaderLayer` and plain maps, not `from_fn`, which boxes a
+/// future and the rest of the stack on every request), and CORS is skipped
+/// for a request without `Origin` ([`auth::CorsForBrowsers`]). Steps 1-3 wrap
+/// the router once. (benches/README.md has what each piece costs.)
 pub fn app(
     state: AppState,
 ) -> impl tower::Service<
@@ -226,9 +228,6 @@ pub fn app(
         .layer(tower_http::request_id::SetRequestIdLayer::new(
             REQUEST_ID.clone(),
             middleware::NewRequestId,
-        ))
-        .layer(tower_http::request_id::PropagateRequestIdLayer::new(
-            REQUEST_ID.clone(),
         ))
         .layer(axum::middleware::from_fn_with_state(
             state,

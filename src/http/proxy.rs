@@ -133,9 +133,6 @@ impl Proxy {
         let (parts, incoming) = response.into_parts();
         let mut response = Response::from_parts(parts, Body::new(incoming));
         strip_hop_by_hop(response.headers_mut());
-        // The client is answered with its request's id (the layers add it
-        // only to an answer without one), not with one the upstream made.
-        response.headers_mut().remove(&crate::http::REQUEST_ID);
         Ok(response)
     }
 }

@@ -305,3 +305,45 @@ fn issue18_a_proxied_answer_carries_the_clients_request_id() {
         &["route=proxy", "status=200"],
     );
 }
+
+#[test]
+fn issue18_cors_is_for_browsers_only() {
+    let server = Server::with_models(&["llama3"]);
+    // An OPTIONS without `Origin` is no preflight: the route answers it.
+    let resp = server.request("OPTIONS", &alias_path("coder"), &[], None);
+    resp.expect_error(405, "");
+    assert_eq!(
+        resp.header("allow"),
+        Some("GET,HEAD,PUT,DELETE"),
+        "{resp:?}"
+    );
+    // No CORS headers for a client that sends no `Origin`.
+    let resp = server.get("/api/aliases");
+    resp.expect(200);
+    assert!(
+        resp.headers
+            .iter()
+            .all(|(name, _)| !name.starts_with("access-control-")),
+        "{resp:?}"
+    );
+    // A page's preflight is answered; its request gets the CORS headers.
+    let origin = [("Origin", "http://localhost:5173")];
+    let preflight = server.request(
+        "OPTIONS",
+        &alias_path("coder"),
+        &[origin[0], ("Access-Control-Request-Method", "DELETE")],
+        None,
+    );
+    assert_eq!(preflight.status, 204, "{preflight:?}");
+    let resp = server.request("GET", "/api/aliases", &origin, None);
+    resp.expect(200);
+    assert_eq!(
+        resp.header("access-control-allow-origin"),
+        Some(origin[0].1)
+    );
+    assert_eq!(
+        resp.header("access-control-expose-headers"),
+        Some("etag,x-request-id"),
+        "{resp:?}"
+    );
+}
