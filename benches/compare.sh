@@ -1,33 +1,49 @@
 #!/usr/bin/env bash
 # Whole-system benchmarks of aliasd beside its anchors, in one run on this machine:
-#   - durable creates over HTTP at 1, 16 and 64 clients (wrk), aliasd vs etcd 3.4
+#   - creates: durable creates over HTTP at 1, 16 and 64 clients (wrk), aliasd vs etcd 3.4
 #     (Debian's etcd-server, POST /v3/kv/put on its JSON gateway, data dir on the same disk);
-#   - GET /api/resolve vs an axum hello-world route (examples/hello.rs), same machine, same load,
-#     in ROUNDS rounds of hello, resolve, resolve, hello (the machine drifts within a run, and
-#     one pair of runs can differ by half); the ratio is the median of the rounds.
-# Prints a markdown table. Installs wrk and etcd-server from Debian if missing, starts every
-# server on loopback, and stops only what it started.
+#   - resolve: GET /api/resolve vs an axum hello-world route (examples/hello.rs), same machine, same
+#     load, in ROUNDS rounds of hello, resolve, resolve, hello (the machine drifts within a run, and
+#     one pair of runs can differ by half); the ratio is the median of the rounds;
+#   - mixed: GET /api/resolve at 32 connections alone, then while 16 clients create aliases
+#     (benches/wrk/aliasd_put.lua), then alone again; resolve's p99 under writes vs alone.
+# Prints a markdown table per part. Installs wrk (and etcd-server, for creates) from Debian if
+# missing, starts every server on loopback, and stops only what it started.
 #
-#   benches/compare.sh            # DURATION=10 seconds per load
+#   benches/compare.sh            # every part; DURATION=10 seconds per load, ROUNDS=3
 #   DURATION=5 ROUNDS=5 benches/compare.sh
+#   PARTS=resolve benches/compare.sh                       # only the resolve vs hello-world part
+#   PARTS="resolve mixed" ALIASD_BIN=/tmp/old/aliasd benches/compare.sh   # another aliasd build
+#   HELLO_BIN=/tmp/old/hello benches/compare.sh            # another hello-world build (the anchor)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
+PARTS=${PARTS:-creates resolve mixed}
+ALIASD_BIN=${ALIASD_BIN:-}
+HELLO_BIN=${HELLO_BIN:-}
 WORK=$ROOT/target/compare
 AL_PORT=19600 HELLO_PORT=19601 ETCD_PORT=23790 ETCD_PEER=23800
 
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 need() { command -v "$1" >/dev/null 2>&1; }
-if ! need wrk || ! need etcd; then
-  echo "installing wrk and etcd-server from Debian's packages..." >&2
+PACKAGES=()
+need wrk || PACKAGES+=(wrk)
+if part creates && ! need etcd; then PACKAGES+=(etcd-server); fi
+if [ ${#PACKAGES[@]} -gt 0 ]; then
+  echo "installing ${PACKAGES[*]} from Debian's packages..." >&2
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq >/dev/null
-  $SUDO apt-get install -y -qq wrk etcd-server >/dev/null
+  $SUDO apt-get install -y -qq "${PACKAGES[@]}" >/dev/null
 fi
 
-echo "building release binaries..." >&2
-cargo build --release --quiet --bin aliasd --example hello
+if [ -z "$ALIASD_BIN" ] || [ -z "$HELLO_BIN" ]; then
+  echo "building release binaries..." >&2
+  cargo build --release --quiet --bin aliasd --example hello
+fi
+ALIASD_BIN=${ALIASD_BIN:-$ROOT/target/release/aliasd}
+HELLO_BIN=${HELLO_BIN:-$ROOT/target/release/examples/hello}
 
 # The previous run's store (100k+ alias directories) is deleted only after this run has
 # measured: right after deleting that many inodes, ext4 spends most of each mkdir/create
@@ -48,28 +64,25 @@ MODEL_DIR=$WORK/models/manifests/registry.ollama.ai/library/m
 mkdir -p "$MODEL_DIR" "$WORK/models/blobs"
 printf '%s' '{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"sha256:aa","size":1},"layers":[]}' > "$MODEL_DIR/latest"
 
-"$ROOT/target/release/aliasd" serve --models "$WORK/models" --journal "$WORK/journal" \
+"$ALIASD_BIN" serve --models "$WORK/models" --journal "$WORK/journal" \
   --listen 127.0.0.1:$AL_PORT 2> "$WORK/aliasd.log" & PIDS+=($!)
-"$ROOT/target/release/examples/hello" 127.0.0.1:$HELLO_PORT & PIDS+=($!)
+"$HELLO_BIN" 127.0.0.1:$HELLO_PORT & PIDS+=($!)
+if part creates; then
 etcd --name bench --data-dir "$WORK/etcd" \
   --listen-client-urls http://127.0.0.1:$ETCD_PORT --advertise-client-urls http://127.0.0.1:$ETCD_PORT \
   --listen-peer-urls http://127.0.0.1:$ETCD_PEER --initial-advertise-peer-urls http://127.0.0.1:$ETCD_PEER \
   --initial-cluster bench=http://127.0.0.1:$ETCD_PEER > "$WORK/etcd.log" 2>&1 & PIDS+=($!)
+fi
 
 wait_for() { for _ in $(seq 100); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "not ready: $1" >&2; exit 1; }
 wait_for http://127.0.0.1:$AL_PORT/healthz
 wait_for http://127.0.0.1:$HELLO_PORT/
-wait_for http://127.0.0.1:$ETCD_PORT/health
+if part creates; then wait_for http://127.0.0.1:$ETCD_PORT/health; fi
 curl -sf -X PUT http://127.0.0.1:$AL_PORT/api/aliases/coder -d '{"target":"m"}' >/dev/null
 
-# run_wrk CONNECTIONS URL [LUA] -> "req/s p50_ms p99_ms errors"
-run_wrk() {
-  local c=$1 url=$2 script=${3:-} threads=2
-  [ "$c" -lt 2 ] && threads=1
-  local out
-  out=$(wrk -t$threads -c"$c" -d"${DURATION}s" --latency ${script:+-s "$script"} "$url")
-  echo "$out" >> "$WORK/wrk.log"
-  python3 - "$out" <<'PY'
+# parse_wrk WRK_OUTPUT -> "req/s p50_ms p99_ms errors"
+parse_wrk() {
+  python3 - "$1" <<'PY'
 import re, sys
 out = sys.argv[1]
 def ms(label):
@@ -85,6 +98,17 @@ print(f"{rps:.0f} {ms('50%'):.2f} {ms('99%'):.2f} {errors}")
 PY
 }
 
+# run_wrk CONNECTIONS URL [LUA] -> "req/s p50_ms p99_ms errors"
+run_wrk() {
+  local c=$1 url=$2 script=${3:-} threads=2
+  [ "$c" -lt 2 ] && threads=1
+  local out
+  out=$(wrk -t$threads -c"$c" -d"${DURATION}s" --latency ${script:+-s "$script"} "$url")
+  echo "$out" >> "$WORK/wrk.log"
+  parse_wrk "$out"
+}
+
+if part creates; then
 echo
 echo "## Durable creates over HTTP (${DURATION}s each; every response after fsync)"
 echo
@@ -96,7 +120,9 @@ for c in 1 16 64; do
   ratio=$(python3 -c "print(f'{$a_rps/$e_rps:.2f}x')")
   echo "| $c | $a_rps | $a_p50 | $a_p99 | $e_rps | $e_p50 | $e_p99 | $ratio | $a_err, $e_err |"
 done
+fi
 
+if part resolve; then
 echo
 echo "## Resolve vs hello-world (32 connections, ${DURATION}s each, $ROUNDS rounds of hello, resolve, resolve, hello)"
 echo
@@ -116,5 +142,31 @@ for round in $(seq "$ROUNDS"); do
 done
 echo
 echo "resolve / hello-world, median of $ROUNDS rounds = $(python3 -c "import statistics, sys; print(f'{statistics.median(map(float, sys.argv[1:])):.2f}x')" "${RATIOS[@]}")"
+fi
+
+if part mixed; then
+echo
+echo "## Resolve under writes (32 resolve connections, ${DURATION}s each: alone, beside 16 clients creating aliases, alone)"
+echo
+# The creates start a second before the resolves and end a second after, so that every
+# resolve of the mixed run meets them.
+read -r s1_rps _ s1_p99 s1_err < <(run_wrk 32 http://127.0.0.1:$AL_PORT/api/resolve/coder)
+wrk -t1 -c16 -d"$((DURATION + 2))s" --latency -s benches/wrk/aliasd_put.lua \
+  http://127.0.0.1:$AL_PORT > "$WORK/mixed-creates.txt" & CREATES=$!
+sleep 1
+read -r m_rps _ m_p99 m_err < <(run_wrk 32 http://127.0.0.1:$AL_PORT/api/resolve/coder)
+wait "$CREATES"
+cat "$WORK/mixed-creates.txt" >> "$WORK/wrk.log"
+read -r c_rps _ c_p99 c_err < <(parse_wrk "$(cat "$WORK/mixed-creates.txt")")
+read -r s2_rps _ s2_p99 s2_err < <(run_wrk 32 http://127.0.0.1:$AL_PORT/api/resolve/coder)
+echo "| run | resolve req/s | resolve p99 ms | creates/s (16 clients) | create p99 ms |"
+echo "|---|---:|---:|---:|---:|"
+echo "| alone | $s1_rps | $s1_p99 | | |"
+echo "| beside creates | $m_rps | $m_p99 | $c_rps | $c_p99 |"
+echo "| alone, after | $s2_rps | $s2_p99 | | |"
+echo
+echo "resolve p99 beside creates / alone (mean of the two) = $(python3 -c "print(f'{$m_p99 / (($s1_p99 + $s2_p99) / 2):.2f}x')")"
+[ "$s1_err$m_err$s2_err$c_err" = 0000 ] || echo "errors: resolve $s1_err, $m_err, $s2_err; creates $c_err" >&2
+fi
 echo
 echo "aliases created in this run: $(curl -s http://127.0.0.1:$AL_PORT/healthz)"

@@ -7,9 +7,8 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{BatchOp, DeleteAlias, IfMatch, PutAlias};
-use crate::http::routing::PathName;
 use crate::http::{
-    json_body, json_bytes_response, read_body, ApiError, AppJson, AppState, JsonObject,
+    json_body, json_bytes_response, read_body, ApiError, AppJson, AppState, JsonObject, PathName,
     RequestOrigin,
 };
 use crate::index::{

@@ -4,15 +4,20 @@
 //! dashboard's files, which hold no data) needs `Authorization: Bearer SECRET`: 401 without one or with a wrong one, 403 for
 //! a read-only token on a mutating route. The token's NAME (never its secret)
 //! goes into the request's extensions, and from there into event actors.
+//! Also the browser's side: which origins and host names may call, and CORS
+//! for them. The middleware here ([`refuse_foreign_pages`], [`cors`],
+//! [`require_token`]) is layered by [`crate::http::app`].
 //! Secrets are compared in constant time (both sides hashed, then compared
 //! without early exit), and never logged.
 
 use axum::extract::Request;
-use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
-use crate::http::{ApiError, HttpConfig, TokenName};
+use crate::http::middleware::RequestNotes;
+use crate::http::{ApiError, AppState, HttpConfig, TokenName};
 
 /// One configured token.
 #[derive(Clone)]
@@ -190,11 +195,6 @@ pub fn origin_allowed(allow: &[String], origin: &str) -> bool {
         })
 }
 
-/// The browser origin of a request, if it sends one.
-pub fn request_origin(request: &Request) -> Option<HeaderValue> {
-    request.headers().get(header::ORIGIN).cloned()
-}
-
 /// Refuses (403) a request whose `Origin` is not allowed, whatever its route
 /// or method: without tokens, a page's "simple" POST (no preflight) would
 /// change aliases, and a page must not read the registry either.
@@ -292,58 +292,140 @@ fn port_or_nothing(rest: &str) -> bool {
             .is_some_and(|port| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// The answer to a CORS preflight (`OPTIONS` with an allowed `Origin`): 204
-/// allowing the methods of the API and the headers the browser asks for.
-pub fn preflight(request: &Request, origin: &HeaderValue) -> Response {
-    let mut response = StatusCode::NO_CONTENT.into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET, HEAD, PUT, POST, DELETE, OPTIONS"),
-    );
-    // What the page asked for is allowed: the origin is trusted, and tokens,
-    // not headers, guard the routes (SPEC §7).
-    let asked = request
-        .headers()
-        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
-        .cloned()
-        .unwrap_or_else(|| {
-            HeaderValue::from_static(
-                "authorization, content-type, if-match, if-none-match, last-event-id, x-request-id",
-            )
-        });
-    headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked);
-    // Chrome's Private Network Access asks before a public page calls loopback.
-    let private_network = HeaderName::from_static("access-control-request-private-network");
-    if request.headers().contains_key(&private_network) {
-        headers.insert(
-            HeaderName::from_static("access-control-allow-private-network"),
-            HeaderValue::from_static("true"),
-        );
+/// For tower-http's `ValidateRequestHeaderLayer`: refuses (403) a request
+/// from a page that must not call aliasd, before tokens and before any body
+/// is read: on a loopback listener a `Host` that is not this machine
+/// ([`check_host`]), and an `Origin` that is not allowed ([`check_origin`]).
+/// It sits outside [`cors`], so a refused origin's preflight is a 403 too,
+/// and gets no CORS headers.
+#[allow(clippy::result_large_err)] // The answer, as `ValidateRequest` has it.
+pub fn refuse_foreign_pages(
+    state: AppState,
+) -> impl FnMut(&mut Request) -> Result<(), Response> + Clone + Send + Sync + 'static {
+    move |request: &mut Request| {
+        check_host(&state.http, request).map_err(|refusal| *refusal)?;
+        match request.headers().get(header::ORIGIN) {
+            Some(origin) => check_origin(&state.http, origin).map_err(|refusal| *refusal),
+            None => Ok(()),
+        }
     }
-    headers.insert(
-        header::ACCESS_CONTROL_MAX_AGE,
-        HeaderValue::from_static("600"),
-    );
-    allow_origin(&mut response, origin);
-    response.headers_mut().insert(
-        header::VARY,
-        HeaderValue::from_static(
-            "origin, access-control-request-method, access-control-request-headers",
-        ),
-    );
+}
+
+/// The CORS rules for the origins `http` allows (tower-http's `CorsLayer`),
+/// applied to the requests that carry an `Origin` ([`BrowserCors`]):
+/// preflights allow the methods of the API and whatever headers the browser
+/// asks for (the origin is trusted, and tokens, not headers, guard the
+/// routes; SPEC §7), Chrome's Private Network Access included; other answers
+/// expose `ETag` and `X-Request-Id` to the page.
+///
+/// Origins that are not allowed never get here ([`refuse_foreign_pages`]
+/// answers them first); the same test is made here anyway, so that no
+/// origin is ever echoed that the allow-list does not name.
+pub fn cors(http: &HttpConfig) -> CorsForBrowsers {
+    let origins = std::sync::Arc::new(http.origins.clone());
+    CorsForBrowsers(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::predicate(move |origin, _| {
+                origin
+                    .to_str()
+                    .is_ok_and(|origin| origin_allowed(&origins, origin))
+            }))
+            .allow_methods([
+                Method::GET,
+                Method::HEAD,
+                Method::PUT,
+                Method::POST,
+                Method::DELETE,
+                Method::OPTIONS,
+            ])
+            .allow_headers(AllowHeaders::mirror_request())
+            .allow_private_network(true)
+            .max_age(std::time::Duration::from_secs(600))
+            .expose_headers([header::ETAG, crate::http::REQUEST_ID.clone()]),
+    )
+}
+
+/// A `CorsLayer` for the requests that carry an `Origin`, the only ones a
+/// browser's CORS rules apply to; the others pass it by. `CorsLayer` alone
+/// would answer every `OPTIONS` as a preflight (one from a client that is no
+/// browser belongs to the route, or to the upstream), and would build its
+/// headers for every request, which cost as much as the rest of the layers
+/// together on a request that needs none of them.
+#[derive(Debug, Clone)]
+pub struct CorsForBrowsers(CorsLayer);
+
+impl<S> tower::Layer<S> for CorsForBrowsers {
+    type Service = BrowserCors<S>;
+
+    fn layer(&self, inner: S) -> BrowserCors<S> {
+        BrowserCors(self.0.layer(inner))
+    }
+}
+
+/// The service of [`CorsForBrowsers`].
+#[derive(Debug, Clone)]
+pub struct BrowserCors<S>(tower_http::cors::Cors<S>);
+
+impl<S, ResBody> tower::Service<Request> for BrowserCors<S>
+where
+    S: tower::Service<Request, Response = axum::http::Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = axum::http::Response<ResBody>;
+    type Error = S::Error;
+    type Future = futures_util::future::Either<
+        <tower_http::cors::Cors<S> as tower::Service<Request>>::Future,
+        S::Future,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        if request.headers().contains_key(header::ORIGIN) {
+            futures_util::future::Either::Left(self.0.call(request))
+        } else {
+            futures_util::future::Either::Right(self.0.get_mut().call(request))
+        }
+    }
+}
+
+/// A preflight answered by [`cors`] (its 200 is the only answer with
+/// `Access-Control-Allow-Methods`) goes out as 204 No Content, as Ollama
+/// answers preflights (and as aliasd did before `CorsLayer`).
+pub fn preflight_no_content(mut response: Response) -> Response {
+    if response.status() == StatusCode::OK
+        && response
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_ALLOW_METHODS)
+    {
+        *response.status_mut() = StatusCode::NO_CONTENT;
+    }
     response
 }
 
-/// Adds the CORS headers for an allowed origin to its response.
-pub fn allow_origin(response: &mut Response, origin: &HeaderValue) {
-    let headers = response.headers_mut();
-    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-    headers.insert(header::VARY, HeaderValue::from_static("Origin"));
-    headers.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("etag, x-request-id"),
-    );
+/// For tower-http's `ValidateRequestHeaderLayer`: checks the request's token
+/// ([`authorize`]) and refuses it (401/403), or lets it through with the
+/// token's name in its extensions (for event actors) and in its
+/// [`RequestNotes`] (for the access log).
+#[allow(clippy::result_large_err)] // The answer, as `ValidateRequest` has it.
+pub fn require_token(
+    state: AppState,
+) -> impl FnMut(&mut Request) -> Result<(), Response> + Clone + Send + Sync + 'static {
+    move |request: &mut Request| {
+        let token = authorize(&state.http, request).map_err(|refusal| *refusal)?;
+        if let Some(token) = token {
+            if let Some(notes) = request.extensions().get::<RequestNotes>() {
+                notes.set_actor(&token);
+            }
+            request.extensions_mut().insert(token);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

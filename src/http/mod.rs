@@ -1,5 +1,6 @@
-//! The HTTP API (SPEC §5): the router, shared state, and the request plumbing
-//! every route uses (request ids, origins, JSON bodies and errors).
+//! The HTTP API (SPEC §5): the router and its layers, shared state, and the
+//! request plumbing every route uses (request ids, origins, JSON bodies and
+//! errors).
 //!
 //! Only this module knows about axum and status codes.
 
@@ -8,8 +9,8 @@ pub mod auth;
 pub mod error;
 pub mod events;
 pub mod experimental;
+pub mod middleware;
 pub mod proxy;
-pub mod routing;
 pub mod server;
 pub mod ui;
 pub mod webhooks;
@@ -19,11 +20,8 @@ use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::Method;
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
-
-use routing::{Matched, Route, Routes};
 
 use crate::command::Origin;
 use crate::registry::Registry;
@@ -142,78 +140,148 @@ impl Shutdown {
     }
 }
 
-/// The routes of SPEC §5, by path template.
-fn routes() -> Vec<Route> {
-    vec![
-        Route::new("/api/experimental/aliases")
-            .on(Method::GET, experimental::aliases_list)
-            .on(Method::POST, experimental::alias_create)
-            .on(Method::DELETE, experimental::alias_delete),
-        Route::new("/api/aliases")
-            .on(Method::GET, aliases::aliases_list)
-            .on(Method::POST, aliases::aliases_batch),
-        Route::new("/api/aliases/{*name}")
-            .on(Method::GET, aliases::alias_get)
-            .on(Method::PUT, aliases::alias_put)
-            .on(Method::DELETE, aliases::alias_delete),
-        Route::new("/api/resolve/{*name}").on(Method::GET, aliases::resolve_get),
-        Route::new("/api/models").on(Method::GET, aliases::models_list),
-        Route::new("/api/history").on(Method::GET, events::history_list),
-        Route::new("/api/events").on(Method::GET, events::events_stream),
-        Route::new("/api/webhooks")
-            .on(Method::GET, webhooks::webhooks_list)
-            .on(Method::POST, webhooks::webhooks_create),
-        Route::new("/api/webhooks/{id}")
-            .on(Method::GET, webhooks::webhook_get)
-            .on(Method::DELETE, webhooks::webhook_delete),
-        Route::new("/api/webhooks/{id}/deliveries").on(Method::GET, webhooks::webhook_deliveries),
-        Route::new("/healthz").on(Method::GET, aliases::healthz),
-        Route::new("/metrics").on(Method::GET, metrics_get),
-        Route::new("/").on(Method::GET, ui::dashboard_get),
-        Route::new("/ui/{*name}").on(Method::GET, ui::asset_get),
-    ]
-}
-
-/// Builds the app: every route of SPEC §5, what no route matches to the
-/// upstream (or 404), all behind the [`edge`].
-pub fn app(state: AppState) -> App {
-    App {
-        routes: Arc::new(Routes::new(routes(), proxy::forward)),
-        state,
-    }
-}
-
-/// The service every request enters: the [`edge`] around the routes.
+/// Builds the app: every route of SPEC §5 and what no route matches to the
+/// upstream (or 404) in axum's `Router`, which answers `HEAD` from `GET` and
+/// a missing method with 405 and `Allow`, behind these layers, outermost
+/// first:
+/// 1. its request id: `X-Request-Id` if sane (visible ASCII, at most 200
+///    bytes), else a new one (tower-http's `SetRequestIdLayer`);
+/// 2. [`middleware::observe`]: the request id on the answer, the `{"error"}`
+///    shape for the framework's own errors, the count for `/metrics` by route
+///    template, the access log;
+/// 3. a panic turned into a logged 500 (tower-http's `CatchPanicLayer`);
+/// 4. the router; then, on every route, its 405s and the fallback alike:
+/// 5. the route's template noted for step 2 ([`middleware::note_route`]);
+/// 6. [`auth::refuse_foreign_pages`]: on a loopback listener, a `Host` that
+///    is not this machine is a 403 (DNS rebinding); an `Origin` that is not
+///    allowed is a 403 on every route, before tokens and before any body is
+///    read;
+/// 7. CORS for the allowed origins (tower-http's `CorsLayer`): preflights
+///    answered (204), allow headers added to other responses;
+/// 8. [`auth::require_token`]: tokens (SPEC §5), 401/403, or the token's
+///    name for the event actor;
+/// 9. on the routes aliasd serves (not the upstream's fallback, where a
+///    model can take minutes to load), the request body's deadline
+///    ([`middleware::body_deadline`]).
 ///
-/// The edge wraps the whole route table once, rather than being layered onto
-/// each route, which cost a clone of the route's boxed service, a boxed `Next`
-/// and a request taken apart and put back together per request (~4,600
-/// instructions a request with the layer vs ~2,400 of edge work, callgrind).
-/// Its one match of the path gives the route template (for `/metrics`, and
-/// for knowing what goes to the upstream) and the handler.
-#[derive(Clone, Debug)]
-pub struct App {
-    routes: Arc<Routes>,
+/// Steps 5-8 run after the path is matched, so that every answer, their
+/// refusals included, is counted under its route template. They box nothing
+/// (`ValidateRequestHeaderLayer` and plain maps, not `from_fn`, which boxes a
+/// future and the rest of the stack on every request), and CORS is skipped
+/// for a request without `Origin` ([`auth::CorsForBrowsers`]). Steps 1-3 wrap
+/// the router once. (benches/README.md has what each piece costs.)
+pub fn app(
     state: AppState,
+) -> impl tower::Service<
+    Request,
+    Response = Response,
+    Error = std::convert::Infallible,
+    Future: Send + 'static,
+> + Clone
+       + Send
+       + Sync
+       + 'static {
+    use axum::routing::get;
+    let on_every_route = tower::ServiceBuilder::new()
+        .map_request(middleware::note_route)
+        .layer(
+            tower_http::validate_request::ValidateRequestHeaderLayer::custom(
+                auth::refuse_foreign_pages(state.clone()),
+            ),
+        )
+        .map_response(auth::preflight_no_content)
+        .layer(auth::cors(&state.http))
+        .layer(
+            tower_http::validate_request::ValidateRequestHeaderLayer::custom(auth::require_token(
+                state.clone(),
+            )),
+        );
+    let router = axum::Router::new()
+        .route(
+            "/api/experimental/aliases",
+            get(experimental::aliases_list)
+                .post(experimental::alias_create)
+                .delete(experimental::alias_delete),
+        )
+        .route(
+            "/api/aliases",
+            get(aliases::aliases_list).post(aliases::aliases_batch),
+        )
+        .route(
+            "/api/aliases/{*name}",
+            get(aliases::alias_get)
+                .put(aliases::alias_put)
+                .delete(aliases::alias_delete),
+        )
+        .route("/api/resolve/{*name}", get(aliases::resolve_get))
+        .route("/api/models", get(aliases::models_list))
+        .route("/api/history", get(events::history_list))
+        .route("/api/events", get(events::events_stream))
+        .route(
+            "/api/webhooks",
+            get(webhooks::webhooks_list).post(webhooks::webhooks_create),
+        )
+        .route(
+            "/api/webhooks/{id}",
+            get(webhooks::webhook_get).delete(webhooks::webhook_delete),
+        )
+        .route(
+            "/api/webhooks/{id}/deliveries",
+            get(webhooks::webhook_deliveries),
+        )
+        .route("/healthz", get(aliases::healthz))
+        .route("/metrics", get(metrics_get))
+        .route("/", get(ui::dashboard_get))
+        .route("/ui/{*name}", get(ui::asset_get))
+        .route_layer(tower::util::MapRequestLayer::new(
+            middleware::body_deadline(state.http.request_timeout),
+        ))
+        .fallback(proxy::forward)
+        .layer(on_every_route)
+        .with_state(state.clone());
+    tower::ServiceBuilder::new()
+        .map_request(middleware::drop_unusable_request_id)
+        .layer(tower_http::request_id::SetRequestIdLayer::new(
+            REQUEST_ID.clone(),
+            middleware::NewRequestId,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            middleware::observe,
+        ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            middleware::panic_response,
+        ))
+        .service(router)
 }
 
-impl tower_service::Service<Request> for App {
-    type Response = Response;
-    type Error = std::convert::Infallible;
-    type Future =
-        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Self::Error>> + Send>>;
+/// Every route template `app` serves, as the `/metrics` label: a label is
+/// `'static` (no allocation per request), and the set stays small. Keep it
+/// in step with [`app`]; a template missing here is counted as `other`.
+const ROUTE_TEMPLATES: &[&str] = &[
+    "/api/experimental/aliases",
+    "/api/aliases",
+    "/api/aliases/{*name}",
+    "/api/resolve/{*name}",
+    "/api/models",
+    "/api/history",
+    "/api/events",
+    "/api/webhooks",
+    "/api/webhooks/{id}",
+    "/api/webhooks/{id}/deliveries",
+    "/healthz",
+    "/metrics",
+    "/",
+    "/ui/{*name}",
+];
 
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let app = self.clone();
-        Box::pin(async move { Ok(edge(app, request).await) })
-    }
+/// The `/metrics` label of a matched route template.
+pub fn route_label(matched: &str) -> &'static str {
+    ROUTE_TEMPLATES
+        .iter()
+        .find(|template| **template == matched)
+        .copied()
+        .unwrap_or("other")
 }
 
 /// `GET /metrics`: Prometheus text.
@@ -254,181 +322,6 @@ async fn metrics_get(axum::extract::State(state): axum::extract::State<AppState>
         .into_response()
 }
 
-/// Everything every request goes through, around the routes (one boxed
-/// future per request instead of one per concern), in this order:
-/// 1. its request id: `X-Request-Id` if sane, else a new one, echoed back;
-/// 2. on a loopback listener, a `Host` that is not this machine: 403 (DNS
-///    rebinding);
-/// 3. an `Origin` that is not allowed: 403 on every route, before tokens and
-///    before any body is read; preflights of allowed origins answered here,
-///    allow headers added to their other responses;
-/// 4. tokens (SPEC §5): 401/403, or the token's name for the event actor;
-/// 5. the route, its body within the request timeout, with a panic turned
-///    into a logged 500;
-/// 6. the `{"error"}` shape for the framework's own errors;
-/// 7. the count for `/metrics`, by route template and status.
-async fn edge(app: App, mut request: Request) -> Response {
-    let App { routes, state } = app;
-    let id = request
-        .headers()
-        .get(&REQUEST_ID)
-        .filter(|v| {
-            let v = v.as_bytes();
-            !v.is_empty() && v.len() <= 200 && v.iter().all(u8::is_ascii_graphic)
-        })
-        .cloned()
-        .unwrap_or_else(crate::event::new_id_header);
-    request.extensions_mut().insert(RequestId(id.clone()));
-    let matched = routes.find(request.uri().path());
-    let route = matched.as_ref().map(|m| m.template);
-    // What no route matches goes to the upstream, when there is one.
-    let proxied = route.is_none() && state.http.proxy.is_some();
-    let origin = auth::request_origin(&request);
-    let browser = auth::check_host(&state.http, &request).and_then(|()| match &origin {
-        Some(origin) => auth::check_origin(&state.http, origin),
-        None => Ok(()),
-    });
-    let allowed = browser.is_ok();
-    let response = match browser {
-        Err(refusal) => *refusal,
-        Ok(()) => match &origin {
-            Some(origin) if request.method() == Method::OPTIONS => {
-                auth::preflight(&request, origin)
-            }
-            _ => match auth::authorize(&state.http, &request) {
-                Err(refusal) => *refusal,
-                Ok(token) => {
-                    if let Some(token) = token {
-                        request.extensions_mut().insert(token);
-                    }
-                    run_route(&state, request, &routes, matched, !proxied).await
-                }
-            },
-        },
-    };
-    let mut response = error::ensure_json(response).await;
-    if let (Some(origin), true) = (&origin, allowed) {
-        auth::allow_origin(&mut response, origin);
-    }
-    let route = match route {
-        Some(template) => template,
-        None if proxied => "proxy",
-        None => "unmatched",
-    };
-    state
-        .registry
-        .metrics()
-        .observe_request(route, response.status().as_u16());
-    response.headers_mut().insert(REQUEST_ID.clone(), id);
-    response
-}
-
-/// Runs the route, turning a panic into a logged 500 so the server stays up.
-/// When `timed`, a request's body must arrive within the request timeout (a
-/// slow body holds a connection and a task): reading it past that fails, and
-/// [`read_body`] answers 408. Only the body is timed: a change that reached
-/// the registry's writer is not cancelled into a "retry" it may have outlived
-/// (it answers what the writer did). A request for the upstream is not timed
-/// here: a model can take minutes to load.
-async fn run_route(
-    state: &AppState,
-    request: Request,
-    routes: &Routes,
-    matched: Option<Matched>,
-    timed: bool,
-) -> Response {
-    use futures_util::FutureExt;
-    let uri = request.uri().clone();
-    let has_body = request
-        .headers()
-        .contains_key(axum::http::header::CONTENT_LENGTH)
-        || request
-            .headers()
-            .contains_key(axum::http::header::TRANSFER_ENCODING);
-    let request = if has_body && timed {
-        let timeout = state.http.request_timeout;
-        request.map(|body| axum::body::Body::new(TimedBody::new(body, timeout)))
-    } else {
-        request
-    };
-    let outcome = std::panic::AssertUnwindSafe(routes.dispatch(matched, request, state.clone()))
-        .catch_unwind()
-        .await;
-    let path = uri.path();
-    match outcome {
-        Ok(response) => response,
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            tracing::error!(path, "handler panicked: {message}");
-            ApiError::new(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "internal error",
-            )
-            .into_response()
-        }
-    }
-}
-
-/// A request body that fails with [`BodyTimeout`] once its time is up.
-struct TimedBody {
-    body: axum::body::Body,
-    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
-    timeout: std::time::Duration,
-}
-
-impl TimedBody {
-    fn new(body: axum::body::Body, timeout: std::time::Duration) -> TimedBody {
-        TimedBody {
-            body,
-            deadline: Box::pin(tokio::time::sleep(timeout)),
-            timeout,
-        }
-    }
-}
-
-impl axum::body::HttpBody for TimedBody {
-    type Data = axum::body::Bytes;
-    type Error = axum::BoxError;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        use std::future::Future;
-        let this = self.get_mut();
-        if let std::task::Poll::Ready(frame) = std::pin::Pin::new(&mut this.body).poll_frame(cx) {
-            return std::task::Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
-        }
-        match this.deadline.as_mut().poll(cx) {
-            std::task::Poll::Ready(()) => {
-                std::task::Poll::Ready(Some(Err(Box::new(BodyTimeout(this.timeout)))))
-            }
-            std::task::Poll::Pending => std::task::Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// A request body did not arrive within the request timeout.
-#[derive(Debug, thiserror::Error)]
-#[error("the request body did not arrive within {} s", .0.as_secs())]
-struct BodyTimeout(std::time::Duration);
-
-/// The id of the current request: only visible ASCII, at most 200 bytes.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub HeaderValue);
-
 /// The name of the token a request was authorized with.
 #[derive(Debug, Clone)]
 pub struct TokenName(pub String);
@@ -453,13 +346,37 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestOrigin {
             .unwrap_or_else(|| "anonymous".to_string());
         let request_id = parts
             .extensions
-            .get::<RequestId>()
-            .and_then(|r| r.0.to_str().ok())
+            .get::<tower_http::request_id::RequestId>()
+            .and_then(|r| r.header_value().to_str().ok())
             .map(String::from);
         Ok(RequestOrigin(Origin {
             actor: format!("{who}@{addr}"),
             request_id,
         }))
+    }
+}
+
+/// A route's `{*name}`, percent-decoded (names contain `/` and `:`).
+#[derive(Debug, Clone)]
+pub struct PathName(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathName {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        use axum::extract::path::ErrorKind;
+        use axum::extract::rejection::PathRejection;
+        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(name)) => Ok(PathName(name)),
+            Err(PathRejection::FailedToDeserializePathParams(e))
+                if matches!(e.kind(), ErrorKind::InvalidUtf8InPathParam { .. }) =>
+            {
+                Err(ApiError::bad_request(
+                    "the name in the path is not UTF-8 once percent-decoded",
+                ))
+            }
+            Err(rejection) => Err(rejection.into()),
+        }
     }
 }
 
@@ -560,12 +477,12 @@ pub(crate) async fn read_body(request: Request) -> Result<axum::body::Bytes, Api
                 .is_some_and(|cause| cause.is::<http_body_util::LengthLimitError>());
             if over {
                 too_large()
-            } else if let Some(timeout) = cause::<BodyTimeout>(&e) {
+            } else if let Some(timeout) = cause::<middleware::BodyTimeout>(&e) {
                 ApiError::new(
                     axum::http::StatusCode::REQUEST_TIMEOUT,
                     format!(
                         "the request body took too long to arrive (over {} s): nothing was changed; retry",
-                        timeout.0.as_secs()
+                        timeout.timeout().as_secs()
                     ),
                 )
             } else {

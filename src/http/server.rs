@@ -30,7 +30,7 @@ use axum::response::Response;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::http::{App, AppState};
+use crate::http::{AppState, Shutdown};
 
 /// The most a request's head (request line and headers) may take in hyper's
 /// buffer; past it hyper answers 431. It also bounds what a connection that
@@ -151,6 +151,7 @@ pub async fn serve(
             stream,
             remote,
             app.clone(),
+            signal.clone(),
             limits,
             permit,
         ));
@@ -200,11 +201,12 @@ async fn accept_failed(e: std::io::Error) {
 
 /// Serves one connection until it closes, or until shutdown and then its
 /// request in flight is done; `_permit` frees its place under the cap.
-async fn serve_connection(
+async fn serve_connection<A: App>(
     mut builder: hyper::server::conn::http1::Builder,
     stream: tokio::net::TcpStream,
     remote: SocketAddr,
-    app: App,
+    app: A,
+    shutdown: Shutdown,
     limits: Limits,
     _permit: OwnedSemaphorePermit,
 ) {
@@ -215,7 +217,6 @@ async fn serve_connection(
         header_timeout: limits.header_timeout,
         idle_timeout: limits.idle_timeout,
     });
-    let shutdown = app.state.shutdown.clone();
     let io = hyper_util::rt::TokioIo::new(ConnIo::new(stream, reads));
     let connection = builder.serve_connection(io, ConnService { app, remote });
     let mut connection = std::pin::pin!(connection);
@@ -232,24 +233,53 @@ async fn serve_connection(
     }
 }
 
+/// What [`crate::http::app`] builds: the service every request enters.
+trait App:
+    tower::Service<
+        axum::extract::Request,
+        Response = Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<A> App for A where
+    A: tower::Service<
+            axum::extract::Request,
+            Response = Response,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// One connection's service: the app, with the peer's address as axum's
-/// `ConnectInfo` (event actors name it).
+/// `ConnectInfo` (event actors name it), as
+/// `Router::into_make_service_with_connect_info` would give it.
 #[derive(Clone)]
-struct ConnService {
-    app: App,
+struct ConnService<A> {
+    app: A,
     remote: SocketAddr,
 }
 
-impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for ConnService {
+impl<A: App> hyper::service::Service<hyper::Request<hyper::body::Incoming>> for ConnService<A> {
     type Response = Response;
     type Error = std::convert::Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Self::Error>> + Send>>;
+    type Future = A::Future;
 
     fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
         let mut request = request.map(axum::body::Body::new);
         request.extensions_mut().insert(ConnectInfo(self.remote));
-        let app = self.app.clone();
-        Box::pin(async move { Ok(crate::http::edge(app, request).await) })
+        // The app is always ready (no layer applies backpressure), so it is
+        // called without `poll_ready`, on a clone as tower asks.
+        tower::Service::call(&mut self.app.clone(), request)
     }
 }
 
@@ -336,8 +366,8 @@ impl hyper::rt::Sleep for HeadSleep {}
 ///
 /// hyper writes such an answer as one head of `content-length: 0` and `date`,
 /// at the start of a write, and closes the connection after it. Every answer
-/// of the app's own has a `content-type` (the edge gives each error a JSON
-/// body), so a head without one, of those statuses, is hyper's. Should hyper
+/// of the app's own has a `content-type` (`middleware::observe` gives each
+/// error a JSON body), so a head without one, of those statuses, is hyper's. Should hyper
 /// ever write it differently, it goes out unchanged, as before.
 struct ConnIo {
     stream: tokio::net::TcpStream,

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
-use crate::http::routing::PathName;
+use crate::http::PathName;
 use crate::http::{ApiError, AppJson, AppState};
 use crate::webhooks::{NewWebhook, WebhookError, Webhooks};
 

@@ -14,6 +14,7 @@ mod limits;
 mod malformed;
 mod metrics;
 mod proxy;
+mod router;
 mod sse;
 mod store_access;
 mod support;
