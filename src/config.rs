@@ -272,11 +272,17 @@ pub struct ServeArgs {
     pub webhook_failing_retry_ms: u64,
 }
 
-/// The user's home directory, or the current directory if unknown.
+/// The user's home directory, or the current directory if unknown (start-up
+/// refuses to use that: see [`ServeArgs::check_defaults`]).
 fn home() -> PathBuf {
     std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Whether `$HOME` is set to something.
+fn has_home() -> bool {
+    std::env::var_os("HOME").is_some_and(|home| !home.is_empty())
 }
 
 /// `~/.ollama/models`.
@@ -290,6 +296,32 @@ pub fn default_journal_dir() -> PathBuf {
 }
 
 impl ServeArgs {
+    /// Refuses to fall back to the working directory: with no `$HOME`, the
+    /// store and the journal must be given.
+    ///
+    /// # Errors
+    ///
+    /// `$HOME` is unset and `--models` or `--journal` is missing.
+    pub fn check_defaults(&self) -> Result<(), String> {
+        if has_home() {
+            return Ok(());
+        }
+        let mut missing = Vec::new();
+        if self.models.is_none() {
+            missing.push("--models DIR (or $OLLAMA_MODELS)");
+        }
+        if self.journal.is_none() {
+            missing.push("--journal DIR (or $ALIASD_JOURNAL)");
+        }
+        match missing.is_empty() {
+            true => Ok(()),
+            false => Err(format!(
+                "$HOME is not set, so there is no default store or journal (~/.ollama/...); give {}",
+                missing.join(" and ")
+            )),
+        }
+    }
+
     /// The HTTP settings these flags (and `$ALIASD_TOKENS`, `$ALIASD_READ_TOKENS`) mean.
     ///
     /// # Errors

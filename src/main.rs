@@ -107,6 +107,7 @@ fn run_client(client: &Client, json: bool, command: Commands) -> anyhow::Result<
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    args.check_defaults().map_err(anyhow::Error::msg)?;
     let config = args.registry_config();
     let mut http = args
         .http_config()
@@ -126,6 +127,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else if !args.listen.ip().is_loopback() {
         tracing::warn!("listening on {} without tokens: anyone who can reach it can change aliases (set --token)", args.listen);
     }
+    // The address first: a port in use is said at once, before the journal
+    // is opened and the store reconciled.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let listen = args.listen;
+    let listener = {
+        let _entered = runtime.enter();
+        bind(listen).with_context(|| {
+            format!("cannot listen on {listen}; is another aliasd running? (use --listen)")
+        })?
+    };
     tracing::info!(
         models = %config.models_dir.display(),
         journal = %config.journal_dir.display(),
@@ -149,16 +163,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let journal_dir = config.journal_dir.clone();
     let webhook_retry = args.webhook_retry();
     let (registry, writer) = aliasd::registry::Registry::start(config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let listen = args.listen;
     let res = runtime.block_on(async move {
         let _watcher = watching.run(registry.clone());
-        let listener = bind(listen).with_context(|| {
-            format!("cannot listen on {listen}; is another aliasd running? (use --listen)")
-        })?;
         tracing::info!("listening on http://{}", listener.local_addr()?);
         if let Some(proxy) = &http.proxy {
             tracing::info!("forwarding other routes to Ollama at {}", proxy.base());

@@ -673,3 +673,50 @@ fn creating_an_alias_again_with_its_target_says_unchanged() {
     let out = server.cli(&["create", "UPPER", "qwen"]);
     assert!(out.stdout.starts_with("updated"), "{out:?}");
 }
+
+/// Issue 22: a port in use is said before the journal is opened or the store
+/// touched (nothing is created), and the process exits at once.
+#[test]
+fn a_port_in_use_stops_start_up_before_the_journal_is_opened() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = aliasd()
+        .args(["serve", "--listen", &addr.to_string(), "--models"])
+        .arg(dir.path().join("models"))
+        .arg("--journal")
+        .arg(dir.path().join("journal"))
+        .output()
+        .expect("run aliasd serve");
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot listen on"), "{stderr}");
+    assert!(!dir.path().join("journal").exists(), "journal opened first");
+    assert!(!dir.path().join("models").exists(), "store created first");
+}
+
+/// Issue 22: with no `$HOME` and no `--models`/`--journal`, start-up stops
+/// with a clear error instead of using the working directory.
+#[test]
+fn no_home_and_no_paths_is_an_error_not_the_working_directory() {
+    let cwd = tempfile::tempdir().unwrap();
+    let out = aliasd()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("HOME")
+        .env_remove("OLLAMA_MODELS")
+        .current_dir(cwd.path())
+        .output()
+        .expect("run aliasd serve");
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("$HOME is not set"), "{stderr}");
+    assert!(
+        stderr.contains("--models") && stderr.contains("--journal"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_dir(cwd.path()).unwrap().count(),
+        0,
+        "nothing made in the working directory"
+    );
+}
