@@ -81,6 +81,13 @@ impl Response {
         let json = self.json()?;
         if !(200..300).contains(&self.status) {
             let message = json["error"].as_str().unwrap_or("unknown error");
+            if self.status == 401 {
+                bail!(
+                    "{message} (HTTP 401): give the client a token with --auth SECRET or \
+                     $ALIASD_TOKEN: only the SECRET part of one of the server's \
+                     --token/--read-token NAME=SECRET, without NAME="
+                );
+            }
             bail!("{message} (HTTP {})", self.status);
         }
         Ok(json)

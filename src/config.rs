@@ -32,6 +32,15 @@ pub struct Cli {
     pub command: Commands,
 }
 
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line of text each (colours at a terminal).
+    Text,
+    /// One JSON object each: time, level, target, message and fields.
+    Json,
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Commands {
@@ -178,6 +187,10 @@ pub struct ServeArgs {
     /// address (0.0.0.0, say) Host is not checked, and --token should be set.
     #[arg(long, env = "ALIASD_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
+    /// Log lines as text for people, or as one JSON object per line for a
+    /// log collector.
+    #[arg(long, env = "ALIASD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// An Ollama server (`http://host:port`) to forward every other route to,
     /// with aliases resolved in inference requests (docs/API.md).
     #[arg(long)]

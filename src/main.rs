@@ -11,7 +11,8 @@ use aliasd::config::{Cli, Commands, ServeArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = init_tracing() {
+    let json_logs = matches!(&cli.command, Commands::Serve(args) if args.log_format == aliasd::config::LogFormat::Json);
+    if let Err(e) = init_tracing(json_logs) {
         eprintln!("aliasd: {e:#}");
         return ExitCode::FAILURE;
     }
@@ -51,7 +52,7 @@ const LOG_FILTER_VARS: [&str; 2] = ["ALIASD_LOG", "RUST_LOG"];
 ///
 /// The filter does not parse: it is refused rather than ignored, since logs
 /// silently missing are found only when they are needed.
-fn init_tracing() -> anyhow::Result<()> {
+fn init_tracing(json: bool) -> anyhow::Result<()> {
     let mut filter = None;
     for var in LOG_FILTER_VARS {
         let value = match std::env::var(var) {
@@ -74,11 +75,14 @@ fn init_tracing() -> anyhow::Result<()> {
     let filter = filter.unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     // Colours only for a person at a terminal, not in a log file or journald.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(colour)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().init();
+    } else {
+        logs.with_ansi(colour).init();
+    }
     Ok(())
 }
 

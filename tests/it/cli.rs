@@ -720,3 +720,40 @@ fn no_home_and_no_paths_is_an_error_not_the_working_directory() {
         "nothing made in the working directory"
     );
 }
+
+/// Issue 22: `--log-format json` writes one JSON object per log line.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let server = Server::start_with_args(
+        TestStore::with_models(&["llama3"]),
+        &["--log-format", "json"],
+    );
+    server.create("coder", "llama3");
+    let log = server.stderr();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 3, "{log}");
+    for line in &lines {
+        let value: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            value["level"].is_string() && value["timestamp"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(log.contains("listening on"), "{log}");
+}
+
+/// Issue 22: a 401 from the CLI names the client flag and the form it takes.
+#[test]
+fn a_refused_token_names_the_client_flag() {
+    let server = Server::start_with_args(
+        TestStore::with_models(&["llama3"]),
+        &["--token", "admin=s3cret"],
+    );
+    let out = server.cli(&["ls"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("--auth SECRET"), "{out:?}");
+    let out = server.cli(&["--auth", "admin=s3cret", "ls"]);
+    assert!(out.stderr.contains("without NAME="), "{out:?}");
+    let out = server.cli(&["--auth", "s3cret", "ls"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+}
