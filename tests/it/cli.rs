@@ -6,11 +6,13 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::process::Stdio;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{alias_path, aliasd, run_cli, seqs_of, CliOutput, Server, TestStore, WAIT};
+use crate::support::{
+    alias_path, aliasd, run_cli, seqs_of, wait_or_kill, CliOutput, Server, TestStore, WAIT,
+};
 
 /// The whitespace-separated cells of each line after the header.
 fn rows(table: &str) -> Vec<Vec<&str>> {
@@ -336,20 +338,11 @@ fn output_within(mut command: std::process::Command, limit: Duration) -> CliOutp
         let _ = stderr.read_to_string(&mut text);
         text
     });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "aliasd still running after {limit:?}: {:?}",
-                err.join().unwrap()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(status) = wait_or_kill(child, limit) else {
+        panic!(
+            "aliasd still running after {limit:?}: {:?}",
+            err.join().unwrap()
+        );
     };
     CliOutput {
         code: status.code(),
@@ -681,15 +674,15 @@ fn a_port_in_use_stops_start_up_before_the_journal_is_opened() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let out = aliasd()
+    let mut command = aliasd();
+    command
         .args(["serve", "--listen", &addr.to_string(), "--models"])
         .arg(dir.path().join("models"))
         .arg("--journal")
-        .arg(dir.path().join("journal"))
-        .output()
-        .expect("run aliasd serve");
-    assert_ne!(out.status.code(), Some(0));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        .arg(dir.path().join("journal"));
+    let out = output_within(command, WAIT);
+    assert_ne!(out.code, Some(0));
+    let stderr = &out.stderr;
     assert!(stderr.contains("cannot listen on"), "{stderr}");
     assert!(!dir.path().join("journal").exists(), "journal opened first");
     assert!(!dir.path().join("models").exists(), "store created first");
@@ -700,15 +693,15 @@ fn a_port_in_use_stops_start_up_before_the_journal_is_opened() {
 #[test]
 fn no_home_and_no_paths_is_an_error_not_the_working_directory() {
     let cwd = tempfile::tempdir().unwrap();
-    let out = aliasd()
+    let mut command = aliasd();
+    command
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env_remove("HOME")
         .env_remove("OLLAMA_MODELS")
-        .current_dir(cwd.path())
-        .output()
-        .expect("run aliasd serve");
-    assert_ne!(out.status.code(), Some(0));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        .current_dir(cwd.path());
+    let out = output_within(command, WAIT);
+    assert_ne!(out.code, Some(0));
+    let stderr = &out.stderr;
     assert!(stderr.contains("$HOME is not set"), "{stderr}");
     assert!(
         stderr.contains("--models") && stderr.contains("--journal"),

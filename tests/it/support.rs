@@ -525,25 +525,36 @@ pub struct Refused {
 /// Runs `command`, which must exit on its own in time; returns its exit code
 /// and what it wrote into `log`.
 fn run_refused(mut command: Command, log: &Path) -> Refused {
-    let mut child = command.spawn().expect("spawn aliasd serve");
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "aliasd serve was still running after {WAIT:?}; it should have refused to start:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let child = command.spawn().expect("spawn aliasd serve");
+    let Some(status) = wait_or_kill(child, WAIT) else {
+        panic!(
+            "aliasd serve was still running after {WAIT:?}; it should have refused to start:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
     };
     Refused {
         code: status.code(),
         stderr: std::fs::read_to_string(log).expect("read log"),
+    }
+}
+
+/// Waits for `child` to exit for at most `limit`; kills it and returns
+/// `None` if it is still running then (a test must fail, not hang).
+pub fn wait_or_kill(
+    mut child: std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
