@@ -257,6 +257,33 @@ pub struct ServeArgs {
         default_value_t = 75_000
     )]
     pub idle_timeout_ms: u64,
+    /// Join a fleet: NATS server URLs (comma-separated), whose JetStream
+    /// holds the log every node shares (SPEC §8). Without it aliasd serves
+    /// this host alone.
+    #[arg(
+        long,
+        env = "ALIASD_NATS",
+        value_name = "URL[,URL...]",
+        value_delimiter = ','
+    )]
+    pub nats: Vec<String>,
+    /// The fleet's name: its stream is <FLEET>_LOG, its buckets <FLEET>_NODES
+    /// and <FLEET>_SNAPSHOTS.
+    #[arg(long, env = "ALIASD_FLEET", default_value = "aliasd")]
+    pub fleet: String,
+    /// This node's name in the fleet [default: the host name].
+    #[arg(long, env = "ALIASD_NODE")]
+    pub node: Option<String>,
+    /// Replicas of the fleet's stream and buckets when this node creates them
+    /// (3 on a NATS cluster).
+    #[arg(long, default_value_t = 1)]
+    pub nats_replicas: usize,
+    /// A NATS credentials file.
+    #[arg(long, value_name = "FILE")]
+    pub nats_creds: Option<PathBuf>,
+    /// A NATS token.
+    #[arg(long, env = "ALIASD_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
     /// Milliseconds before the first retry of a failed webhook delivery
     /// (doubling after each failure); tests shorten it.
     #[arg(
@@ -396,6 +423,40 @@ impl ServeArgs {
             failing_every: ms(self.webhook_failing_retry_ms),
             timeout: defaults.timeout,
         }
+    }
+
+    /// The fleet this node joins, if `--nats` is given.
+    ///
+    /// # Errors
+    ///
+    /// A fleet or node name NATS cannot use, or no replicas.
+    pub fn fleet_config(&self) -> Result<Option<crate::fleet::FleetConfig>, String> {
+        let urls: Vec<String> = self
+            .nats
+            .iter()
+            .map(|u| u.trim().to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if urls.is_empty() {
+            return Ok(None);
+        }
+        let node = self
+            .node
+            .clone()
+            .unwrap_or_else(crate::fleet::default_node_name);
+        crate::fleet::check_name("--fleet", &self.fleet)?;
+        crate::fleet::check_name("--node", &node)?;
+        if self.nats_replicas == 0 {
+            return Err("--nats-replicas must be at least 1".into());
+        }
+        Ok(Some(crate::fleet::FleetConfig {
+            urls,
+            fleet: self.fleet.clone(),
+            node,
+            replicas: self.nats_replicas,
+            creds: self.nats_creds.clone(),
+            token: self.nats_token.clone(),
+        }))
     }
 
     /// The registry settings these flags mean.

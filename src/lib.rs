@@ -13,6 +13,7 @@
 //! - `registry`: the single writer that owns the log, index and materializer.
 //! - `feed`: committed events for readers: the paced broadcast, resumable
 //!   subscriptions (catch up from the log, then live), history queries.
+//! - `fleet`: fleet mode's settings and NATS connection (SPEC §8).
 //! - `progress`: progress lines for long start-up work.
 //! - `webhooks`: signed, durable deliveries of events to URLs, from the log.
 //! - `http`: the axum routes; the only module that knows status codes.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod digest;
 pub mod event;
 pub mod feed;
+pub mod fleet;
 pub mod http;
 pub mod index;
 pub mod log;

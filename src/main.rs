@@ -113,6 +113,13 @@ fn run_client(client: &Client, json: bool, command: Commands) -> anyhow::Result<
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     args.check_defaults().map_err(anyhow::Error::msg)?;
     let config = args.registry_config();
+    let fleet = args.fleet_config().map_err(anyhow::Error::msg)?;
+    if let Some(fleet) = &fleet {
+        anyhow::bail!(
+            "fleet mode (--nats {}) is not wired into the server yet",
+            fleet.urls_display()
+        );
+    }
     let mut http = args
         .http_config()
         .map_err(|e| anyhow::anyhow!("bad token: {e}"))?;

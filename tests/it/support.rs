@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
+pub mod nats;
 pub mod sse;
 
 /// How long a server may take to start or stop.
@@ -56,6 +57,10 @@ const ALIASD_ENV: &[&str] = &[
     "ALIASD_CORS_ORIGINS",
     "ALIASD_HEADER_TIMEOUT_MS",
     "ALIASD_IDLE_TIMEOUT_MS",
+    "ALIASD_NATS",
+    "ALIASD_FLEET",
+    "ALIASD_NODE",
+    "ALIASD_NATS_TOKEN",
     "OLLAMA_MODELS",
 ];
 
