@@ -2,9 +2,10 @@
 //! Ollama's `/api/tags` with every name in `name:tag` form, OpenAI's
 //! `GET /v1/models` and `GET /v1/models/{name}` with the aliases, aliasd's
 //! own errors on `/v1/*` in OpenAI's shape, browsers' preflights from those
-//! libraries; then the Python `ollama` and `openai` packages themselves
-//! (`tests/python/clients.py`) against aliasd in front of a stand-in Ollama
-//! that answers as Ollama does, streams included.
+//! libraries; then the official clients themselves, Python's `ollama` and
+//! `openai` (`tests/python/clients.py`) and JavaScript's (`tests/js/clients.cjs`),
+//! against aliasd in front of a stand-in Ollama that answers as Ollama does,
+//! streams included.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -665,6 +666,27 @@ fn run_setup(command: &mut Command, what: &str) {
 #[test]
 fn issue_22_the_python_ollama_and_openai_clients_see_aliases_as_models() {
     let python = python_with_clients();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/clients.py");
+    let mut command = Command::new(&python);
+    command.arg(script);
+    run_client_script(command, "tests/python/clients.py");
+}
+
+#[test]
+fn issue_22_the_javascript_ollama_and_openai_clients_see_aliases_as_models() {
+    let modules = node_modules_with_clients();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/js/clients.cjs");
+    let mut command = Command::new("node");
+    command.arg(script).env("NODE_PATH", &modules);
+    run_client_script(command, "tests/js/clients.cjs");
+}
+
+/// Runs a client script (`command`) against a proxying aliasd
+/// (`ALIASD_URL`, see [`proxied`]) and one that needs a token
+/// (`ALIASD_GUARDED_URL`, `ALIASD_GUARDED_TOKEN`; `coder -> qwen`), both in
+/// front of one stand-in; asserts it passed all its checks and that what it
+/// asked went upstream resolved.
+fn run_client_script(mut command: Command, script: &str) {
     let (server, upstream) = proxied(&[]);
     let guarded = Server::start_with_args(
         TestStore::with_models(&["qwen"]),
@@ -678,16 +700,14 @@ fn issue_22_the_python_ollama_and_openai_clients_see_aliases_as_models() {
             &json!({"target": "qwen"}),
         )
         .expect(201);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/clients.py");
-    let logs = tempdir("pyclients");
+    let logs = tempdir("clients");
     let (stdout_path, stderr_path) = (logs.path().join("stdout"), logs.path().join("stderr"));
-    let mut command = Command::new(&python);
     command
-        .arg(script)
         .env("ALIASD_URL", format!("http://{}", server.addr()))
         .env("ALIASD_GUARDED_URL", format!("http://{}", guarded.addr()))
         .env("ALIASD_GUARDED_TOKEN", "s3cret")
         .env("NO_PROXY", "127.0.0.1,localhost")
+        .stdin(Stdio::null())
         .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
         .stderr(std::fs::File::create(&stderr_path).expect("stderr file"));
     for var in [
@@ -703,14 +723,16 @@ fn issue_22_the_python_ollama_and_openai_clients_see_aliases_as_models() {
     ] {
         command.env_remove(var);
     }
-    let child = command.spawn().expect("run tests/python/clients.py");
+    let child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
     let status = wait_or_kill(child, Duration::from_secs(120));
     let stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
     let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-    let status = status.unwrap_or_else(|| panic!("clients.py hung:\n{stdout}\n{stderr}"));
+    let status = status.unwrap_or_else(|| panic!("{script} hung:\n{stdout}\n{stderr}"));
     assert!(
         status.success(),
-        "clients.py failed ({status}):\n{stdout}\n{stderr}"
+        "{script} failed ({status}):\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("all checks passed"), "{stdout}\n{stderr}");
     println!("{stdout}");
@@ -748,4 +770,65 @@ fn issue_22_the_python_ollama_and_openai_clients_see_aliases_as_models() {
         sent.iter().any(|(_, path, _)| path == "/v1/models/qwen"),
         "{sent:?}"
     );
+}
+
+/// The pinned JavaScript clients (`tests/js/package.json` and its lock file).
+const JS_PACKAGE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/js/package.json");
+
+/// A `node_modules` with the `ollama` and `openai` packages, for `NODE_PATH`:
+/// `$ALIASD_JS_CLIENTS` (made by `.ci/run`), else one installed here, once,
+/// in `target/jsclients` (kept between runs) with `npm ci` from
+/// `tests/js/`. A failure to make it fails the test: it never passes by
+/// skipping.
+fn node_modules_with_clients() -> PathBuf {
+    static MADE: Mutex<Option<PathBuf>> = Mutex::new(None);
+    if let Some(modules) = std::env::var_os("ALIASD_JS_CLIENTS") {
+        let modules = PathBuf::from(modules);
+        assert!(
+            has_js_clients(&modules),
+            "ALIASD_JS_CLIENTS={} lacks the packages of tests/js/package.json: set it to a node_modules with them, or unset it to have the test install them",
+            modules.display()
+        );
+        return modules;
+    }
+    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(modules) = made.as_ref() {
+        return modules.clone();
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/jsclients");
+    let modules = dir.join("node_modules");
+    if !has_js_clients(&modules) {
+        std::fs::create_dir_all(&dir).expect("target/jsclients");
+        for file in ["package.json", "package-lock.json"] {
+            let from = Path::new(JS_PACKAGE).with_file_name(file);
+            std::fs::copy(&from, dir.join(file)).expect("copy tests/js/package*.json");
+        }
+        run_setup(
+            Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+                .arg(&dir),
+            "npm ci for tests/js/package.json (needs node, npm and the npm registry)",
+        );
+        assert!(
+            has_js_clients(&modules),
+            "{} still lacks the client packages",
+            modules.display()
+        );
+    }
+    *made = Some(modules.clone());
+    modules
+}
+
+/// Whether `modules` holds the pinned versions of the clients.
+fn has_js_clients(modules: &Path) -> bool {
+    let package: Value =
+        serde_json::from_str(&std::fs::read_to_string(JS_PACKAGE).expect("tests/js/package.json"))
+            .expect("tests/js/package.json is JSON");
+    let wanted = package["dependencies"].as_object().expect("dependencies");
+    wanted.iter().all(|(name, version)| {
+        std::fs::read_to_string(modules.join(name).join("package.json"))
+            .ok()
+            .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+            .is_some_and(|installed| installed["version"] == *version)
+    })
 }
