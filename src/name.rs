@@ -154,6 +154,18 @@ impl ModelName {
         out
     }
 
+    /// The form Ollama's `/api/tags` lists, [`display`](Self::display) with
+    /// the tag always written (`llama3:latest`, `me/coder:q4`), so that a
+    /// client comparing listed names sees an alias as it sees a model.
+    pub fn display_tagged(&self) -> String {
+        let mut out = self.display();
+        if self.tag().eq_ignore_ascii_case(DEFAULT_TAG) {
+            out.push(':');
+            out.push_str(self.tag());
+        }
+        out
+    }
+
     /// The normalized fully qualified form, lowercase, e.g.
     /// `registry.ollama.ai/library/llama3:latest`: the identity of the name,
     /// for maps and comparison.
@@ -688,6 +700,18 @@ mod tests {
         check(
             "Me/Coder:Q4",
             "registry.ollama.ai/Me/Coder:Q4 | Me/Coder:Q4",
+        );
+    }
+
+    #[test]
+    fn display_tagged_always_writes_the_tag() {
+        let tagged = |s: &str| ModelName::parse(s).unwrap().display_tagged();
+        assert_eq!(tagged("coder"), "coder:latest");
+        assert_eq!(tagged("Coder:LATEST"), "Coder:LATEST");
+        assert_eq!(tagged("me/coder:q4"), "me/coder:q4");
+        assert_eq!(
+            tagged("example.com/library/m"),
+            "example.com/library/m:latest"
         );
     }
 

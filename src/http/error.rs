@@ -1,5 +1,8 @@
-//! `ApiError`: the one error type of the HTTP layer, always sent as
-//! `{"error": "<message>"}` with the status SPEC §5 gives.
+//! `ApiError`: the one error type of the HTTP layer, sent as
+//! `{"error": "<message>"}` with the status SPEC §5 gives, or, on the
+//! OpenAI-compatible routes (`/v1/*`), in OpenAI's shape
+//! `{"error": {"message", "type", "param", "code"}}` (SPEC §7), which
+//! OpenAI's client libraries read ([`openai_shape`]).
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
@@ -39,10 +42,65 @@ impl ApiError {
 }
 
 impl IntoResponse for ApiError {
+    /// The `{"error"}` answer, with the error itself in the response's
+    /// extensions, so that [`openai_shape`] can answer it again in OpenAI's
+    /// shape on a `/v1/*` route (the token check and the framework do not
+    /// know the route they answer for).
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.message });
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        response.extensions_mut().insert(self);
+        response
     }
+}
+
+/// Whether a path is one of the OpenAI-compatible routes, whose errors take
+/// OpenAI's shape.
+pub fn is_openai_route(path: &str) -> bool {
+    path == "/v1" || path.starts_with("/v1/")
+}
+
+/// An error aliasd answered itself (an [`ApiError`], whatever layer made it)
+/// sent again in OpenAI's shape, `{"error": {"message", "type", "param",
+/// "code"}}`, with its status and headers (`WWW-Authenticate`, CORS); any
+/// other response, an upstream's included, passes unchanged.
+///
+/// `type` uses the names Ollama's OpenAI layer uses
+/// (`invalid_request_error`, `not_found_error`, `api_error`) and OpenAI's for
+/// what Ollama never answers (`authentication_error`, `permission_error`);
+/// `code` is OpenAI's `invalid_api_key` for a 401, else the status's reason
+/// in snake case (`not_found`, `bad_gateway`).
+pub fn openai_shape(response: Response) -> Response {
+    let Some(error) = response.extensions().get::<ApiError>().cloned() else {
+        return response;
+    };
+    let status = error.status;
+    let kind = match status.as_u16() {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        400..=499 => "invalid_request_error",
+        _ => "api_error",
+    };
+    let code = match status {
+        StatusCode::UNAUTHORIZED => "invalid_api_key".to_string(),
+        _ => status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_lowercase()
+            .replace([' ', '-'], "_"),
+    };
+    let body = serde_json::json!({
+        "error": {"message": error.message, "type": kind, "param": null, "code": code}
+    });
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    parts.headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 impl From<CommandError> for ApiError {

@@ -95,7 +95,8 @@ pub fn note_route(request: Request) -> Request {
 /// Once a request is answered: puts its request id on the answer (the
 /// client's, or the one `SetRequestIdLayer` made; an upstream's own is
 /// replaced), gives an error answer without a JSON body (the framework's own
-/// 404, 405, 413...) the `{"error"}` shape, counts it for `/metrics` by
+/// 404, 405, 413...) the `{"error"}` shape, and aliasd's own errors on a
+/// `/v1/*` route OpenAI's shape ([`error::openai_shape`]), counts it for `/metrics` by
 /// route template and status, and writes the access log line (target
 /// `aliasd::access`, at info): method, route, status, duration, actor (the
 /// token's name, never its secret) and request id.
@@ -112,9 +113,13 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     let started = Instant::now();
     let method = request.method().clone();
     let request_id = request.extensions().get::<RequestId>().cloned();
+    let openai = error::is_openai_route(request.uri().path());
     let notes = RequestNotes::default();
     request.extensions_mut().insert(notes.clone());
     let mut response = error::ensure_json(next.run(request).await).await;
+    if openai {
+        response = error::openai_shape(response);
+    }
     if let Some(id) = &request_id {
         response
             .headers_mut()

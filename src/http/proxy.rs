@@ -3,8 +3,9 @@
 //! both ways. In the JSON body of an inference route the `model` is resolved
 //! first (a model of that name, else an exact alias and its chain, else the
 //! longest prefix alias), and the `model` of the response, streamed or not,
-//! is turned back into the name the client asked for. `/api/tags` lists the
-//! aliases beside the models.
+//! is turned back into the name the client asked for. `/api/tags` and
+//! `GET /v1/models` list the aliases beside the models, and
+//! `GET /v1/models/{name}` resolves the name.
 
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use hyper_util::client::legacy::Client;
 use serde_json::Value;
 
 use crate::http::{ApiError, AppState};
-use crate::index::ResolveError;
+use crate::index::{AliasName, AliasState, ResolveError, Via};
 
 /// Routes whose JSON body names a `model` that is resolved before forwarding.
 pub const MODEL_ROUTES: [&str; 8] = [
@@ -181,11 +182,15 @@ pub async fn forward(State(state): State<AppState>, mut request: Request) -> Res
         // aliasd's own token is not the upstream's business.
         request.headers_mut().remove(header::AUTHORIZATION);
     }
-    let result = if request.method() == Method::POST && MODEL_ROUTES.contains(&request.uri().path())
-    {
+    let path = request.uri().path();
+    let result = if request.method() == Method::POST && MODEL_ROUTES.contains(&path) {
         forward_inference(&state, proxy, request).await
-    } else if request.method() == Method::GET && request.uri().path() == "/api/tags" {
+    } else if request.method() == Method::GET && path == "/api/tags" {
         forward_tags(&state, proxy, request).await
+    } else if request.method() == Method::GET && path == "/v1/models" {
+        forward_models_list(&state, proxy, request).await
+    } else if request.method() == Method::GET && path.starts_with(MODEL_GET_ROUTE) {
+        forward_model_get(&state, proxy, request).await
     } else {
         let (parts, body) = request.into_parts();
         proxy
@@ -360,58 +365,120 @@ fn rename_in_lines(text: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     out
 }
 
-/// `GET /api/tags`: the upstream's list, plus every active alias it does not
-/// show (an alias is listed as its model is, under its own name).
-async fn forward_tags(
-    state: &AppState,
-    proxy: &Proxy,
-    request: Request,
-) -> Result<Response, ApiError> {
-    let (parts, body) = request.into_parts();
-    let response = proxy
-        .send(
-            parts.method,
-            path_and_query(&parts.uri),
-            &parts.headers,
-            body,
-        )
-        .await?;
-    if response.status() != StatusCode::OK {
-        return Ok(response);
-    }
-    let (mut parts, body) = response.into_parts();
-    let bytes = axum::body::to_bytes(body, MAX_INFERENCE_BODY)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("reading /api/tags: {e}")))?;
-    let Ok(mut tags) = serde_json::from_slice::<Value>(&bytes) else {
-        return Ok(Response::from_parts(parts, Body::from(bytes)));
-    };
-    // Copied out under the lock; sorted and formatted after it.
+/// The route of `GET /v1/models/{name}`, up to the name.
+const MODEL_GET_ROUTE: &str = "/v1/models/";
+
+/// An active exact alias as the model lists show it, copied out of the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ListedAlias {
+    /// Its name in Ollama's `name:tag` form (`coder:latest`).
+    name: String,
+    /// The namespace of its name (OpenAI's `owned_by`, as Ollama fills it).
+    namespace: String,
+    /// The model at the end of its chain, in the same form.
+    model: String,
+    /// Its creation, microseconds since the Unix epoch.
+    created_at: u64,
+    /// Its last change (its file's last write), microseconds since the Unix epoch.
+    updated_at: u64,
+}
+
+/// Every active exact alias (prefix aliases name no model), sorted by name.
+fn listed_aliases(state: &AppState) -> Vec<ListedAlias> {
+    // Copied out under the lock; formatted and sorted after it.
     let copied = state.registry.read(|s| {
         crate::http::aliases::copy_list(&s.index, &s.models, &|entry| {
-            entry.state == crate::index::AliasState::Active && !entry.alias.is_prefix()
+            entry.state == AliasState::Active && !entry.alias.is_prefix()
         })
     });
-    let mut aliases: Vec<(String, String)> = copied
+    let mut aliases: Vec<ListedAlias> = copied
         .into_iter()
-        .filter_map(|(entry, resolved)| Some((entry.alias.display(), resolved?.display())))
+        .filter_map(|(entry, resolved)| {
+            let AliasName::Exact(name) = &entry.alias else {
+                return None;
+            };
+            Some(ListedAlias {
+                name: name.display_tagged(),
+                namespace: name.namespace().to_string(),
+                model: resolved?.display_tagged(),
+                created_at: entry.created_at,
+                updated_at: entry.updated_at,
+            })
+        })
         .collect();
-    aliases.sort_by_cached_key(|(alias, _)| alias.to_lowercase());
-    if let Some(models) = tags.get_mut("models").and_then(Value::as_array_mut) {
-        add_aliases(models, &aliases);
+    aliases.sort_by_cached_key(|alias| alias.name.to_lowercase());
+    aliases
+}
+
+/// Sends a `GET` upstream and reads its JSON answer: `Ok(Err(response))` to
+/// pass on as it is (not a 200, or not JSON).
+async fn upstream_json(
+    proxy: &Proxy,
+    path_and_query: &str,
+    request: Request,
+) -> Result<Result<(axum::http::response::Parts, Value), Response>, ApiError> {
+    let (parts, body) = request.into_parts();
+    let response = proxy
+        .send(parts.method, path_and_query, &parts.headers, body)
+        .await?;
+    if response.status() != StatusCode::OK {
+        return Ok(Err(response));
     }
-    let merged = serde_json::to_vec(&tags).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_INFERENCE_BODY)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "reading {path_and_query} from Ollama at {}: {e}; retry",
+                    proxy.base
+                ),
+            )
+        })?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(value) => Ok(Ok((parts, value))),
+        Err(_) => Ok(Err(Response::from_parts(parts, Body::from(bytes)))),
+    }
+}
+
+/// An upstream's answer with its JSON body changed.
+fn json_answer(
+    mut parts: axum::http::response::Parts,
+    value: &Value,
+) -> Result<Response, ApiError> {
+    let bytes = serde_json::to_vec(value).map_err(|e| ApiError::bad_request(e.to_string()))?;
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json; charset=utf-8"),
     );
-    Ok(Response::from_parts(parts, Body::from(merged)))
+    Ok(Response::from_parts(parts, Body::from(bytes)))
 }
 
-/// Adds an entry for each `(alias, model)` whose alias is not listed yet,
-/// copied from the model's entry with the alias's name.
-fn add_aliases(models: &mut Vec<Value>, aliases: &[(String, String)]) {
+/// `GET /api/tags`: the upstream's list, plus every active alias it does not
+/// show, listed as its model is, under its own `name:tag` and with its own
+/// `modified_at`.
+async fn forward_tags(
+    state: &AppState,
+    proxy: &Proxy,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let path = path_and_query(request.uri()).to_string();
+    let (parts, mut tags) = match upstream_json(proxy, &path, request).await? {
+        Ok(answer) => answer,
+        Err(response) => return Ok(response),
+    };
+    let aliases = listed_aliases(state);
+    if let Some(models) = tags.get_mut("models").and_then(Value::as_array_mut) {
+        add_aliases(models, &aliases);
+    }
+    json_answer(parts, &tags)
+}
+
+/// Adds an entry for each alias not listed yet, copied from its model's
+/// entry with the alias's name and `modified_at`.
+fn add_aliases(models: &mut Vec<Value>, aliases: &[ListedAlias]) {
     let listed = |models: &[Value], name: &str| {
         models.iter().position(|m| {
             ["name", "model"].iter().any(|field| {
@@ -421,20 +488,115 @@ fn add_aliases(models: &mut Vec<Value>, aliases: &[(String, String)]) {
             })
         })
     };
-    for (alias, model) in aliases {
-        if listed(models, alias).is_some() {
+    for alias in aliases {
+        if listed(models, &alias.name).is_some() {
             continue;
         }
-        let Some(at) = listed(models, model) else {
+        let Some(at) = listed(models, &alias.model) else {
             continue;
         };
         let mut entry = models[at].clone();
         if let Some(object) = entry.as_object_mut() {
-            object.insert("name".into(), Value::String(alias.clone()));
-            object.insert("model".into(), Value::String(alias.clone()));
+            object.insert("name".into(), Value::String(alias.name.clone()));
+            object.insert("model".into(), Value::String(alias.name.clone()));
+            object.insert(
+                "modified_at".into(),
+                Value::String(crate::index::format_time(alias.updated_at)),
+            );
         }
         models.push(entry);
     }
+}
+
+/// `GET /v1/models`: the upstream's list (OpenAI's shape), plus every active
+/// alias it does not show, `{"id","object":"model","created","owned_by"}`
+/// with the alias's own creation time.
+async fn forward_models_list(
+    state: &AppState,
+    proxy: &Proxy,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let path = path_and_query(request.uri()).to_string();
+    let (parts, mut list) = match upstream_json(proxy, &path, request).await? {
+        Ok(answer) => answer,
+        Err(response) => return Ok(response),
+    };
+    let aliases = listed_aliases(state);
+    if let Some(data) = list.get_mut("data").and_then(Value::as_array_mut) {
+        add_openai_models(data, &aliases);
+    }
+    json_answer(parts, &list)
+}
+
+/// Adds an OpenAI model object for each alias `data` does not list yet.
+fn add_openai_models(data: &mut Vec<Value>, aliases: &[ListedAlias]) {
+    for alias in aliases {
+        let listed = data.iter().any(|m| {
+            m.get("id")
+                .and_then(Value::as_str)
+                .is_some_and(|id| same_model(id, &alias.name))
+        });
+        if !listed {
+            data.push(serde_json::json!({
+                "id": alias.name,
+                "object": "model",
+                "created": alias.created_at / 1_000_000,
+                "owned_by": alias.namespace,
+            }));
+        }
+    }
+}
+
+/// `GET /v1/models/{name}`: a model, or a name nothing in aliasd matches, is
+/// the upstream's to answer; an alias (exact or prefix) is resolved, its
+/// model fetched from the upstream and answered under the asked name, with
+/// the alias's own creation time; a dangling alias is a 404.
+async fn forward_model_get(
+    state: &AppState,
+    proxy: &Proxy,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let raw = &request.uri().path()[MODEL_GET_ROUTE.len()..];
+    let asked = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map(|name| name.into_owned())
+        .unwrap_or_default();
+    let found = match asked.as_str() {
+        "" => Ok(None),
+        asked => state.registry.read(|s| {
+            s.index.resolve(&s.models, asked).map(|resolution| {
+                let alias = match resolution.via {
+                    Via::Model => None,
+                    Via::Alias => s.index.lookup(asked),
+                    Via::Prefix => s.index.longest_prefix(asked),
+                };
+                alias.map(|alias| (resolution.resolved, alias.created_at))
+            })
+        }),
+    };
+    let (resolved, created_at) = match found {
+        Ok(Some(found)) => found,
+        Ok(None) | Err(ResolveError::NotFound(_)) => {
+            let path = path_and_query(request.uri()).to_string();
+            let (parts, body) = request.into_parts();
+            return proxy.send(parts.method, &path, &parts.headers, body).await;
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // A valid name is safe in a path as it is: `[A-Za-z0-9_.:/-]`.
+    let path = format!("{MODEL_GET_ROUTE}{}", resolved.display());
+    let (parts, mut model) = match upstream_json(proxy, &path, request).await? {
+        Ok(answer) => answer,
+        Err(response) => return Ok(response),
+    };
+    if let Some(object) = model.as_object_mut() {
+        object.insert("id".into(), Value::String(asked.clone()));
+        object.insert("created".into(), Value::from(created_at / 1_000_000));
+        if let Ok(name) = crate::name::ModelName::parse(&asked) {
+            object.insert("owned_by".into(), Value::String(name.namespace().into()));
+        }
+    }
+    json_answer(parts, &model)
 }
 
 /// Whether two names Ollama shows mean the same model (`llama3` is
@@ -488,15 +650,29 @@ mod tests {
             serde_json::json!({"name": "llama3:latest", "model": "llama3:latest", "digest": "d1", "size": 5}),
             serde_json::json!({"name": "coder:latest", "model": "coder:latest", "digest": "d1", "size": 5}),
         ];
+        let alias = |name: &str, model: &str| ListedAlias {
+            name: name.into(),
+            namespace: "library".into(),
+            model: model.into(),
+            created_at: 1_000_000,
+            updated_at: 2_000_000,
+        };
         let aliases = [
-            ("coder".to_string(), "llama3".to_string()),
-            ("chat".to_string(), "llama3".to_string()),
-            ("orphan".to_string(), "gone".to_string()),
+            alias("coder:latest", "llama3:latest"),
+            alias("chat:latest", "llama3:latest"),
+            alias("orphan:latest", "gone:latest"),
         ];
         add_aliases(&mut models, &aliases);
         let names: Vec<&str> = models.iter().map(|m| m["name"].as_str().unwrap()).collect();
-        assert_eq!(names, ["llama3:latest", "coder:latest", "chat"]);
+        assert_eq!(names, ["llama3:latest", "coder:latest", "chat:latest"]);
         assert_eq!(models[2]["digest"], "d1");
-        assert_eq!(models[2]["model"], "chat");
+        assert_eq!(models[2]["model"], "chat:latest");
+        assert_eq!(models[2]["modified_at"], "1970-01-01T00:00:02.000000Z");
+        let mut data = vec![serde_json::json!({"id": "coder:latest", "object": "model"})];
+        add_openai_models(&mut data, &aliases);
+        let ids: Vec<&str> = data.iter().map(|m| m["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["coder:latest", "chat:latest", "orphan:latest"]);
+        assert_eq!(data[1]["created"], 1);
+        assert_eq!(data[1]["owned_by"], "library");
     }
 }

@@ -14,6 +14,7 @@ mod limits;
 mod malformed;
 mod metrics;
 mod proxy;
+mod proxy_clients;
 mod router;
 mod sse;
 mod store_access;

@@ -383,7 +383,11 @@ fn tags_list_the_aliases_beside_the_models() {
         .map(|m| m["name"].as_str().unwrap())
         .collect();
     // `coder` was listed already; `c2` is added; the prefix alias cannot be.
-    assert_eq!(names, ["qwen:latest", "coder:latest", "c2"], "{resp:?}");
+    assert_eq!(
+        names,
+        ["qwen:latest", "coder:latest", "c2:latest"],
+        "{resp:?}"
+    );
     assert_eq!(resp.json["models"][2]["digest"], "d-qwen");
 }
 
