@@ -20,3 +20,4 @@ mod store_access;
 mod support;
 mod watcher;
 mod webhooks;
+mod webhooks_gaps;

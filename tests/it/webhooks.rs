@@ -22,40 +22,40 @@ const N_EVENTS: usize = 300;
 
 /// One POST the receiver got.
 #[derive(Debug, Clone)]
-struct Got {
-    seq: u64,
-    kind: String,
-    alias: String,
-    at: Instant,
+pub(crate) struct Got {
+    pub(crate) seq: u64,
+    pub(crate) kind: String,
+    pub(crate) alias: String,
+    pub(crate) at: Instant,
 }
 
 /// What the receiver shares with its handler.
 #[derive(Default)]
-struct Inbox {
+pub(crate) struct Inbox {
     /// The key to verify with (the base64 after `whsec_`, decoded), by path.
     keys: Mutex<Vec<(String, Vec<u8>)>>,
-    got: Mutex<Vec<(String, Got)>>,
-    bad_signatures: AtomicUsize,
+    pub(crate) got: Mutex<Vec<(String, Got)>>,
+    pub(crate) bad_signatures: AtomicUsize,
     /// The status to answer (200 unless a test says otherwise).
-    status: AtomicU16,
+    pub(crate) status: AtomicU16,
     /// Milliseconds to wait before answering.
-    delay_ms: std::sync::atomic::AtomicU64,
+    pub(crate) delay_ms: std::sync::atomic::AtomicU64,
 }
 
 /// A webhook receiver on 127.0.0.1, on its own thread and runtime.
-struct Receiver {
-    addr: SocketAddr,
-    inbox: Arc<Inbox>,
+pub(crate) struct Receiver {
+    pub(crate) addr: SocketAddr,
+    pub(crate) inbox: Arc<Inbox>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Receiver {
-    fn start() -> Receiver {
+    pub(crate) fn start() -> Receiver {
         Receiver::start_on(0, Arc::new(Inbox::default()))
     }
 
-    fn start_on(port: u16, inbox: Arc<Inbox>) -> Receiver {
+    pub(crate) fn start_on(port: u16, inbox: Arc<Inbox>) -> Receiver {
         inbox
             .status
             .compare_exchange(0, 200, Ordering::SeqCst, Ordering::SeqCst)
@@ -92,12 +92,12 @@ impl Receiver {
     }
 
     /// The URL of `path` on this receiver.
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}/{path}", self.addr)
     }
 
     /// Verify what comes to `path` with `secret`.
-    fn expect_secret(&self, path: &str, secret: &str) {
+    pub(crate) fn expect_secret(&self, path: &str, secret: &str) {
         let key = base64::engine::general_purpose::STANDARD
             .decode(secret.strip_prefix("whsec_").expect("whsec_ prefix"))
             .expect("base64 secret");
@@ -108,7 +108,7 @@ impl Receiver {
             .push((format!("/{path}"), key));
     }
 
-    fn got(&self, path: &str) -> Vec<Got> {
+    pub(crate) fn got(&self, path: &str) -> Vec<Got> {
         let path = format!("/{path}");
         self.inbox
             .got
@@ -120,7 +120,7 @@ impl Receiver {
             .collect()
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -202,7 +202,7 @@ async fn receive(
 }
 
 /// A server with short retries, on a store with model `m1`.
-fn server() -> Server {
+pub(crate) fn server() -> Server {
     Server::builder(TestStore::with_models(&["m1"]))
         .env("ALIASD_WEBHOOK_FIRST_RETRY_MS", "50")
         .start()
@@ -210,7 +210,7 @@ fn server() -> Server {
 
 /// Creates a webhook; returns its id and secret.
 #[track_caller]
-fn add_webhook(server: &Server, body: Value) -> (String, String) {
+pub(crate) fn add_webhook(server: &Server, body: Value) -> (String, String) {
     let resp = server.send_json("POST", "/api/webhooks", &body);
     let created = resp.expect(201);
     for field in [
@@ -235,7 +235,7 @@ fn add_webhook(server: &Server, body: Value) -> (String, String) {
 }
 
 /// Writes `n` events (prefix-alias puts, in batches); returns the last seq.
-fn write_events(server: &Server, stem: &str, n: usize) -> u64 {
+pub(crate) fn write_events(server: &Server, stem: &str, n: usize) -> u64 {
     let mut start = 0;
     while start < n {
         let end = (start + 100).min(n);
@@ -247,7 +247,11 @@ fn write_events(server: &Server, stem: &str, n: usize) -> u64 {
 
 /// Waits until `path` has had every seq in `seqs` (duplicates allowed).
 #[track_caller]
-fn wait_all(receiver: &Receiver, path: &str, seqs: std::ops::RangeInclusive<u64>) -> Vec<Got> {
+pub(crate) fn wait_all(
+    receiver: &Receiver,
+    path: &str,
+    seqs: std::ops::RangeInclusive<u64>,
+) -> Vec<Got> {
     let want = seqs.clone().count();
     wait_for(&format!("{want} deliveries to {path}"), WAIT * 3, || {
         let got = receiver.got(path);
@@ -260,7 +264,7 @@ fn wait_all(receiver: &Receiver, path: &str, seqs: std::ops::RangeInclusive<u64>
 /// past the highest seen so far (a re-delivery after a crash goes back, never
 /// forward past a gap); returns how many were duplicates.
 #[track_caller]
-fn assert_in_order(got: &[Got], first: u64) -> usize {
+pub(crate) fn assert_in_order(got: &[Got], first: u64) -> usize {
     let mut highest = first - 1;
     let mut duplicates = 0;
     for g in got {
@@ -279,7 +283,7 @@ fn assert_in_order(got: &[Got], first: u64) -> usize {
     duplicates
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
