@@ -64,7 +64,15 @@ async fn persister(shared: Arc<Shared>, hook: Arc<Hook>) {
             () = hook.stopped() => return,
             () = hook.persist_wanted.notified() => {}
         }
-        shared.persist(&hook).await;
+        if shared.persist(&hook).await.is_none() {
+            // The write failed (and was logged) or the webhook is deleted:
+            // try again a little later, unless it is stopped meanwhile.
+            tokio::select! {
+                biased;
+                () = hook.stopped() => return,
+                () = tokio::time::sleep(PERSIST_EVERY) => hook.persist_soon(),
+            }
+        }
     }
 }
 
