@@ -763,6 +763,10 @@ fn cli_adds_lists_and_removes_webhooks() {
     );
     let out = server.cli(&["webhook", "rm", id]);
     assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout.contains(&format!("deleted webhook {id}")) && out.stdout.contains("up to seq"),
+        "{out:?}"
+    );
     let out = server.cli(&["webhook", "rm", id]);
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stderr.contains("no webhook"), "{out:?}");

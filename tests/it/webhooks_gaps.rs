@@ -131,9 +131,10 @@ fn delete_disabled(server: &Server, id: &str) {
 
 #[test]
 fn a_webhook_deleted_while_it_retries_stops_at_once() {
-    // Retries after 200 ms, then 400, 800: the delete falls in a wait.
+    // Retries after 400 ms, then 800 (each +-25%): the delete, sent as the
+    // second attempt is seen, falls in a wait.
     let server = Server::builder(TestStore::with_models(&["m1"]))
-        .env("ALIASD_WEBHOOK_FIRST_RETRY_MS", "200")
+        .env("ALIASD_WEBHOOK_FIRST_RETRY_MS", "400")
         .start();
     let broken = Receiver::start();
     broken.inbox.status.store(500, Ordering::SeqCst);
@@ -144,7 +145,7 @@ fn a_webhook_deleted_while_it_retries_stops_at_once() {
     });
     delete_disabled(&server, &id);
     let at_delete = broken.got("retrying").len();
-    // Past the next retry's time (at most 1.25 x 800 ms).
+    // Past the next retry's time (at most 1.25 x 800 ms after the second).
     std::thread::sleep(Duration::from_millis(1_500));
     assert_eq!(
         broken.got("retrying").len(),
