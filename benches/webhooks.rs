@@ -6,7 +6,12 @@
 //!    to the receiver and to the subscriber, from the first create sent to
 //!    the last event received;
 //! 2. latency at 100 events/s: `PACED` creates 10 ms apart; each event's time
-//!    from its create being sent to its arrival, p50/p99, webhook and SSE.
+//!    from its create being sent to its arrival, p50/p99, webhook and SSE;
+//! 3. the same beside a failing webhook (its receiver answers 500; retried
+//!    every 20 ms, the shortened retry times below), then again once it is
+//!    deleted, so the healthy webhook's latency is compared in one run; and
+//!    how much later than the SSE subscriber the webhook got each event (the
+//!    write path, shared by both, left out).
 //!
 //! `cargo bench --bench webhooks` (release build). Figures: benches/README.md.
 
@@ -50,6 +55,10 @@ async fn run() {
         .arg("--journal")
         .arg(dir.path().join("journal"))
         .env("ALIASD_LOG", "warn")
+        // Phase 3's failing webhook retries often (phases 1 and 2 see no failure).
+        .env("ALIASD_WEBHOOK_FIRST_RETRY_MS", "20")
+        .env("ALIASD_WEBHOOK_FAILING_AFTER_MS", "200")
+        .env("ALIASD_WEBHOOK_FAILING_RETRY_MS", "20")
         .spawn()
         .expect("start aliasd");
     let base = format!("http://127.0.0.1:{port}");
@@ -67,19 +76,32 @@ async fn run() {
         .await
         .expect("bind");
     let receiver_addr = receiver.local_addr().expect("addr");
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post({
-            let hooked = hooked.clone();
-            move |body: axum::body::Bytes| async move {
-                let event: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                if let Some(seq) = event["seq"].as_u64() {
-                    hooked.lock().unwrap().insert(seq, Instant::now());
+    let failed_attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post({
+                let hooked = hooked.clone();
+                move |body: axum::body::Bytes| async move {
+                    let event: serde_json::Value =
+                        serde_json::from_slice(&body).unwrap_or_default();
+                    if let Some(seq) = event["seq"].as_u64() {
+                        hooked.lock().unwrap().insert(seq, Instant::now());
+                    }
+                    "ok"
                 }
-                "ok"
-            }
-        }),
-    );
+            }),
+        )
+        .route(
+            "/fail",
+            axum::routing::post({
+                let failed_attempts = failed_attempts.clone();
+                move || async move {
+                    failed_attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                }
+            }),
+        );
     tokio::spawn(async move { axum::serve(receiver, app).await });
     let created = client
         .post(format!("{base}/api/webhooks"))
@@ -147,14 +169,65 @@ async fn run() {
         rate(sse_last)
     );
 
-    // 2. Latency at 100 events/s.
+    // 2. Latency at 100 events/s; 3. beside a failing webhook, then without
+    // it again.
+    let mut next_seq = BURST as u64 + 1;
+    let mut paced = |label: &'static str| {
+        let (client, base, hooked, streamed) = (
+            client.clone(),
+            base.clone(),
+            hooked.clone(),
+            streamed.clone(),
+        );
+        let first = next_seq;
+        next_seq += PACED as u64;
+        async move { paced_latency(&client, &base, &hooked, &streamed, first, label).await }
+    };
+    paced("alone").await;
+    let failing = client
+        .post(format!("{base}/api/webhooks"))
+        .body(serde_json::json!({ "url": format!("http://{receiver_addr}/fail") }).to_string())
+        .send()
+        .await
+        .expect("create webhook");
+    assert_eq!(failing.status(), 201);
+    let failing: serde_json::Value =
+        serde_json::from_slice(&failing.bytes().await.expect("body")).expect("json");
+    let before = failed_attempts.load(std::sync::atomic::Ordering::Relaxed);
+    paced("beside a failing webhook").await;
+    let attempts = failed_attempts.load(std::sync::atomic::Ordering::Relaxed) - before;
+    println!("(the failing webhook was attempted {attempts} times meanwhile)");
+    let deleted = client
+        .delete(format!(
+            "{base}/api/webhooks/{}",
+            failing["id"].as_str().expect("id")
+        ))
+        .send()
+        .await
+        .expect("delete webhook");
+    assert_eq!(deleted.status(), 200);
+    paced("alone again").await;
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// `PACED` creates at 100/s, whose events are `first..`; prints the time
+/// from each create being sent to its arrival, p50/p99, webhook and SSE.
+async fn paced_latency(
+    client: &reqwest::Client,
+    base: &str,
+    hooked: &Arrivals,
+    streamed: &Arrivals,
+    first: u64,
+    label: &str,
+) {
     let mut sent = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     for i in 0..PACED {
         tick.tick().await;
         let at = Instant::now();
         let resp = client
-            .put(format!("{base}/api/aliases/paced{i}"))
+            .put(format!("{base}/api/aliases/paced-{first}-{i}"))
             .body(r#"{"target":"llama3"}"#)
             .send()
             .await
@@ -163,11 +236,10 @@ async fn run() {
             serde_json::from_slice(&resp.bytes().await.expect("body")).expect("json");
         sent.insert(alias["seq"].as_u64().expect("seq"), at);
     }
-    let first = BURST as u64 + 1;
-    let last = BURST as u64 + PACED as u64;
-    wait_all(&hooked, first..=last).await;
-    wait_all(&streamed, first..=last).await;
-    for (name, arrivals) in [("webhook", &hooked), ("SSE", &streamed)] {
+    let last = first + PACED as u64 - 1;
+    wait_all(hooked, first..=last).await;
+    wait_all(streamed, first..=last).await;
+    for (name, arrivals) in [("webhook", hooked), ("SSE", streamed)] {
         let arrivals = arrivals.lock().unwrap();
         let mut latencies: Vec<Duration> = sent
             .iter()
@@ -176,13 +248,26 @@ async fn run() {
         latencies.sort();
         let pick = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
         println!(
-            "{PACED} creates at 100/s, create sent -> {name} delivered: p50 {:.1} ms, p99 {:.1} ms",
+            "{PACED} creates at 100/s, {label}, create sent -> {name} delivered: p50 {:.1} ms, p99 {:.1} ms",
             pick(0.5).as_secs_f64() * 1e3,
             pick(0.99).as_secs_f64() * 1e3
         );
     }
-    let _ = server.kill();
-    let _ = server.wait();
+    // Without the write path (shared by both): how much later than the SSE
+    // subscriber the webhook's receiver got each event.
+    let (hooked, streamed) = (hooked.lock().unwrap(), streamed.lock().unwrap());
+    let mut behind: Vec<Duration> = sent
+        .keys()
+        .map(|seq| hooked[seq].saturating_duration_since(streamed[seq]))
+        .collect();
+    behind.sort();
+    let pick = |q: f64| behind[((behind.len() - 1) as f64 * q) as usize];
+    println!(
+        "{PACED} creates at 100/s, {label}, webhook delivered after SSE by: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        pick(0.5).as_secs_f64() * 1e3,
+        pick(0.99).as_secs_f64() * 1e3,
+        pick(1.0).as_secs_f64() * 1e3
+    );
 }
 
 /// Waits until every seq in `seqs` has arrived; returns the latest arrival.

@@ -710,7 +710,13 @@ pub fn webhook(
             if json {
                 print_json(&value);
             } else {
-                println!("deleted webhook {id}");
+                // The cursor it reached: where a replacement would pick up.
+                match value["webhook"]["cursor"].as_u64() {
+                    Some(cursor) => println!(
+                        "deleted webhook {id} (it had delivered every event up to seq {cursor})"
+                    ),
+                    None => println!("deleted webhook {id}"),
+                }
             }
         }
     }

@@ -84,13 +84,15 @@ pub async fn webhook_get(
     Ok(Json(webhook).into_response())
 }
 
-/// `DELETE /api/webhooks/{id}` → `{"deleted":true}`; deliveries stop at once.
+/// `DELETE /api/webhooks/{id}` → `{"deleted":true,"webhook":{...}}`, the
+/// webhook as it was left (`"state":"disabled"`, the cursor it reached);
+/// deliveries have stopped when it answers, and later requests for it are 404.
 pub async fn webhook_delete(
     State(state): State<AppState>,
     PathName(id): PathName,
 ) -> Result<Response, ApiError> {
-    manager(&state)?.delete(&id).await?;
-    Ok(Json(serde_json::json!({ "deleted": true })).into_response())
+    let webhook = manager(&state)?.delete(&id).await?;
+    Ok(Json(serde_json::json!({ "deleted": true, "webhook": webhook })).into_response())
 }
 
 /// `GET /api/webhooks/{id}/deliveries` → `{"deliveries":[...]}`, the last

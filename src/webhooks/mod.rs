@@ -13,7 +13,11 @@
 //! writes it only after the deliveries it covers (at least once, never a
 //! skip); each webhook has its own task, so a slow or dead receiver delays
 //! no other webhook, no writer and no SSE subscriber (the feed's broadcast
-//! never waits for a reader); no lock is held across an `.await`. The
+//! never waits for a reader); no lock is held across an `.await`, and no
+//! delivery waits on a file write (a webhook's cursor is written by a task
+//! of its own). A URL that would reach this aliasd's own listener is refused
+//! at creation and again before each connection (a name may come to
+//! resolve to it, a restart may move the listener onto its port). The
 //! delivery log (the last [`ATTEMPTS_KEPT`] attempts) is kept in memory
 //! only: it starts empty after a restart.
 
@@ -45,6 +49,10 @@ const MAX_WEBHOOKS: usize = 1000;
 
 /// The longest URL accepted.
 const MAX_URL_LEN: usize = 2048;
+
+/// How long a deletion waits for the webhook's worker to stop (it stops at
+/// its next poll; this only bounds a worker that hangs).
+const WORKER_STOP: Duration = Duration::from_secs(5);
 
 /// How often the queue-lag gauges are refreshed.
 const LAG_REFRESH: Duration = Duration::from_secs(1);
@@ -198,17 +206,47 @@ pub(crate) struct Shared {
     /// unread receiver never slows the sender).
     live: Mutex<broadcast::Receiver<Arc<LiveBatch>>>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
-    pub(crate) client: reqwest::Client,
+    /// The client for URLs on another port than the listener's (no address
+    /// they resolve to can be this aliasd).
+    client: reqwest::Client,
+    /// The client for names on the listener's port: its resolver refuses a
+    /// name that resolves to the listener ([`LoopGuard`]).
+    guarded: reqwest::Client,
     /// Webhooks by id. Locked only to look up, insert or remove.
     hooks: Mutex<HashMap<String, Arc<Hook>>>,
     /// Worker tasks, for a clean stop at shutdown.
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
+/// Where a webhook's URL connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// An address in the URL: fixed, checked as it is.
+    Addr(SocketAddr),
+    /// A name, on this port: what it resolves to is checked when connecting
+    /// if the port is the listener's.
+    Name(u16),
+}
+
+impl Target {
+    fn of(url: &reqwest::Url) -> Target {
+        let port = url.port_or_known_default().unwrap_or(80);
+        let host = url.host_str().unwrap_or_default();
+        // An IPv6 host comes in brackets.
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        match bare.parse::<IpAddr>() {
+            Ok(ip) => Target::Addr(SocketAddr::new(ip, port)),
+            Err(_) => Target::Name(port),
+        }
+    }
+}
+
 /// One webhook at run time.
 pub(crate) struct Hook {
     pub(crate) id: String,
     pub(crate) url: String,
+    /// Where `url` connects: checked against the listener before each attempt.
+    target: Target,
     pub(crate) key: SigningKey,
     pub(crate) types: Vec<EventType>,
     alias: Option<String>,
@@ -217,6 +255,11 @@ pub(crate) struct Hook {
     status: Mutex<HookStatus>,
     /// Set to stop the worker (delete, shutdown).
     stop: watch::Sender<bool>,
+    /// Set once the worker has returned: after it, no POST is made.
+    ended: watch::Sender<bool>,
+    /// Asks the hook's persister task to write the file (cursor, state);
+    /// requests made while it writes come down to one more write.
+    pub(crate) persist_wanted: tokio::sync::Notify,
     /// Held while the file is written or removed; `true` once deleted, so a
     /// late cursor write cannot bring a deleted webhook's file back.
     file: Mutex<bool>,
@@ -246,14 +289,23 @@ impl Webhooks {
             )
         })?;
         let stored = dir.load().context("reading the webhook definitions")?;
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("aliasd-webhooks/", env!("CARGO_PKG_VERSION")))
-            .timeout(config.retry.timeout)
-            .connect_timeout(config.retry.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            // Deliveries go straight to the receiver: an `http_proxy` set for
-            // something else must not see them (or their signatures).
-            .no_proxy()
+        let builder = || {
+            reqwest::Client::builder()
+                .user_agent(concat!("aliasd-webhooks/", env!("CARGO_PKG_VERSION")))
+                .timeout(config.retry.timeout)
+                .connect_timeout(config.retry.timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                // Deliveries go straight to the receiver: an `http_proxy` set for
+                // something else must not see them (or their signatures).
+                .no_proxy()
+        };
+        let client = builder()
+            .build()
+            .context("setting up the webhook HTTP client")?;
+        let guarded = builder()
+            .dns_resolver(Arc::new(LoopGuard {
+                listen: config.listen,
+            }))
             .build()
             .context("setting up the webhook HTTP client")?;
         let webhooks = Webhooks(Arc::new(Shared {
@@ -264,6 +316,7 @@ impl Webhooks {
             live: Mutex::new(registry.subscribe()),
             metrics: registry.metrics().clone(),
             client,
+            guarded,
             hooks: Mutex::default(),
             tasks: Mutex::default(),
         }));
@@ -368,12 +421,15 @@ impl Webhooks {
     }
 
     /// Deletes a webhook: its worker stops at once (an attempt in flight is
-    /// abandoned, a retry not made), and its file is removed.
+    /// abandoned, its connection closed; a retry is not made), and its file
+    /// is removed. Returns the webhook as it was left: `disabled`, with the
+    /// cursor it reached. When this returns, the worker has ended: no POST
+    /// follows.
     ///
     /// # Errors
     ///
     /// No such webhook, or its file could not be removed.
-    pub async fn delete(&self, id: &str) -> Result<(), WebhookError> {
+    pub async fn delete(&self, id: &str) -> Result<WebhookView, WebhookError> {
         let hook = self
             .0
             .hooks
@@ -394,8 +450,18 @@ impl Webhooks {
         .await
         .map_err(|e| WebhookError::Storage(e.to_string()))?
         .map_err(|e| WebhookError::Storage(e.to_string()))?;
+        // The worker stops at its next poll (an attempt in flight is dropped,
+        // a wait cut short); wait for that, so that nothing is sent after
+        // the answer. The bound only guards against a worker that hangs.
+        let mut ended = hook.ended.subscribe();
+        if tokio::time::timeout(WORKER_STOP, ended.wait_for(|ended| *ended))
+            .await
+            .is_err()
+        {
+            tracing::error!(webhook = %hook.id, "webhook worker did not stop within {WORKER_STOP:?} of its deletion");
+        }
         tracing::info!(webhook = %hook.id, "webhook deleted");
-        Ok(())
+        Ok(hook.view())
     }
 
     /// Stops every worker, each writing its cursor, waiting a few seconds at
@@ -438,6 +504,8 @@ impl Webhooks {
 impl Hook {
     fn from_stored(record: StoredWebhook) -> Result<Hook, String> {
         let key = SigningKey::parse(&record.secret)?;
+        let target =
+            Target::of(&reqwest::Url::parse(&record.url).map_err(|e| format!("bad url ({e})"))?);
         let types = record
             .types
             .iter()
@@ -451,6 +519,7 @@ impl Hook {
         Ok(Hook {
             id: record.id,
             url: record.url,
+            target,
             key,
             types,
             alias: record.alias,
@@ -462,6 +531,8 @@ impl Hook {
                 attempts: VecDeque::new(),
             }),
             stop: watch::channel(false).0,
+            ended: watch::channel(false).0,
+            persist_wanted: tokio::sync::Notify::new(),
             file: Mutex::new(false),
         })
     }
@@ -503,6 +574,17 @@ impl Hook {
 
     pub(crate) fn is_stopped(&self) -> bool {
         *self.stop.borrow()
+    }
+
+    /// Marks the worker as ended (no POST follows); see [`Webhooks::delete`].
+    pub(crate) fn mark_ended(&self) {
+        self.ended.send_replace(true);
+    }
+
+    /// Asks for the file to be written soon, by the persister task, without
+    /// waiting for it.
+    pub(crate) fn persist_soon(&self) {
+        self.persist_wanted.notify_one();
     }
 
     /// Adds an attempt to the delivery log, dropping the oldest past
@@ -573,6 +655,18 @@ impl Hook {
 }
 
 impl Shared {
+    /// The client to deliver `hook`'s events with, or why none may be made:
+    /// its URL reaches this aliasd's own listener (a loop).
+    pub(crate) fn client_for(&self, hook: &Hook) -> Result<&reqwest::Client, String> {
+        match hook.target {
+            Target::Addr(addr) if reaches_listener(addr, self.listen) => {
+                Err(loop_error(&addr.to_string(), addr, self.listen))
+            }
+            Target::Name(port) if port == self.listen.port() => Ok(&self.guarded),
+            Target::Addr(_) | Target::Name(_) => Ok(&self.client),
+        }
+    }
+
     /// Writes `hook`'s file (cursor and state) unless it was deleted; on a
     /// blocking thread. Returns the cursor written.
     pub(crate) async fn persist(&self, hook: &Arc<Hook>) -> Option<u64> {
@@ -670,6 +764,47 @@ async fn refuse_loop(url: &reqwest::Url, listen: SocketAddr) -> Result<(), Webho
     }
 }
 
+/// Why a delivery to `host` (reaching `addr`) is not made.
+fn loop_error(host: &str, addr: SocketAddr, listen: SocketAddr) -> String {
+    format!(
+        "{host} reaches this aliasd itself ({addr}, listening on {listen}): the delivery would loop back into it; point the webhook at the receiver (delete it and add it again)"
+    )
+}
+
+/// The resolver of the client for names on the listener's port: it resolves
+/// as the system does and refuses a name any of whose addresses is the
+/// listener's, before a connection is made.
+struct LoopGuard {
+    listen: SocketAddr,
+}
+
+impl reqwest::dns::Resolve for LoopGuard {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let listen = self.listen;
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), listen.port()))
+                .await?
+                .collect();
+            let addrs = refuse_listener(&host, addrs, listen)?;
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// `addrs`, which `host` resolved to on the listener's port, unless one of
+/// them reaches the listener.
+fn refuse_listener(
+    host: &str,
+    addrs: Vec<SocketAddr>,
+    listen: SocketAddr,
+) -> Result<Vec<SocketAddr>, String> {
+    match addrs.iter().find(|addr| reaches_listener(**addr, listen)) {
+        Some(addr) => Err(loop_error(host, *addr, listen)),
+        None => Ok(addrs),
+    }
+}
+
 /// Whether connecting to `addr` reaches a listener on `listen`: same port,
 /// and the same address, or a loopback (or unspecified) address when
 /// listening on loopback, or any address of this machine when listening on
@@ -716,6 +851,54 @@ mod tests {
         check("127.0.0.1:8080", "127.0.0.1:11435", false);
         check("192.0.2.7:11435", "127.0.0.1:11435", false);
         check("192.0.2.7:11435", "0.0.0.0:11435", false);
+    }
+
+    #[test]
+    fn names_resolving_to_the_listener_are_refused_when_connecting() {
+        let listen: SocketAddr = "127.0.0.1:11435".parse().unwrap();
+        let addrs = |list: &[&str]| -> Vec<SocketAddr> {
+            list.iter().map(|a| a.parse().unwrap()).collect()
+        };
+        // A name that has come to resolve to the listener (among others).
+        let refused = refuse_listener(
+            "hooks.example",
+            addrs(&["192.0.2.7:11435", "127.0.0.1:11435"]),
+            listen,
+        )
+        .unwrap_err();
+        assert!(
+            refused.contains("hooks.example reaches this aliasd itself"),
+            "{refused}"
+        );
+        assert!(refused.contains("127.0.0.1:11435"), "{refused}");
+        assert_eq!(
+            refuse_listener("hooks.example", addrs(&["192.0.2.7:11435"]), listen).unwrap(),
+            addrs(&["192.0.2.7:11435"])
+        );
+        // Which client a URL takes: the guarded one only on the listener's port.
+        let target = |url: &str| Target::of(&reqwest::Url::parse(url).unwrap());
+        assert_eq!(target("http://hooks.example/x"), Target::Name(80));
+        assert_eq!(target("https://hooks.example/x"), Target::Name(443));
+        assert_eq!(
+            target("http://[::1]:9/"),
+            Target::Addr("[::1]:9".parse().unwrap())
+        );
+    }
+
+    #[tokio::test]
+    async fn the_guarded_resolver_refuses_localhost_on_a_loopback_listener() {
+        use reqwest::dns::Resolve;
+        let guard = LoopGuard {
+            listen: "127.0.0.1:11435".parse().unwrap(),
+        };
+        let error = match guard.resolve("localhost".parse().unwrap()).await {
+            Ok(addrs) => panic!("resolved: {:?}", addrs.collect::<Vec<_>>()),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            error.contains("localhost reaches this aliasd itself"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -4,14 +4,16 @@
 //!
 //! The cursor's file is written when deliveries pause, and at least every
 //! [`PERSIST_EVERY`] while they flow: a crash re-delivers what came after the
-//! last write (at least once), and never skips.
+//! last write (at least once), and never skips. The writes (a rename and two
+//! fsyncs each) are made by a persister task beside the worker, so that no
+//! delivery waits for the disk: the worker only asks for one.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
-use crate::feed::{Delivery, Ended, Subscription};
+use crate::feed::{self, Delivery, Subscription};
 use crate::webhooks::{Attempt, Hook, Shared};
 
 /// While events flow, the cursor is written at least this often.
@@ -32,18 +34,61 @@ struct Message {
     body: Bytes,
 }
 
+/// Marks the worker ended when it returns (or unwinds).
+struct Ended(Arc<Hook>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.mark_ended();
+    }
+}
+
 /// Runs until the webhook is deleted or the server stops.
-pub(crate) async fn run(shared: Arc<Shared>, hook: Arc<Hook>, mut subscription: Subscription) {
-    let mut persisted = hook.cursor();
+pub(crate) async fn run(shared: Arc<Shared>, hook: Arc<Hook>, subscription: Subscription) {
+    let _ended = Ended(hook.clone());
+    let persister = tokio::spawn(persister(shared.clone(), hook.clone()));
+    deliver_all(&shared, &hook, subscription).await;
+    // The last write is the worker's own (a write the persister has begun
+    // finishes first: both hold the file's lock).
+    persister.abort();
+    let _ = persister.await;
+    shared.persist(&hook).await;
+    tracing::debug!(webhook = %hook.id, cursor = hook.cursor(), "webhook worker stopped");
+}
+
+/// Writes the webhook's file whenever the worker asks, until it stops.
+async fn persister(shared: Arc<Shared>, hook: Arc<Hook>) {
+    loop {
+        tokio::select! {
+            biased;
+            () = hook.stopped() => return,
+            () = hook.persist_wanted.notified() => {}
+        }
+        if shared.persist(&hook).await.is_none() {
+            // The write failed (and was logged) or the webhook is deleted:
+            // try again a little later, unless it is stopped meanwhile.
+            tokio::select! {
+                biased;
+                () = hook.stopped() => return,
+                () = tokio::time::sleep(PERSIST_EVERY) => hook.persist_soon(),
+            }
+        }
+    }
+}
+
+/// The delivery loop; returns when the webhook is stopped.
+async fn deliver_all(shared: &Arc<Shared>, hook: &Arc<Hook>, mut subscription: Subscription) {
+    // The cursor last handed to the persister, and when.
+    let mut requested = hook.cursor();
     let mut last_persist = Instant::now();
     loop {
         if hook.is_stopped() {
-            break;
+            return;
         }
-        let dirty = hook.cursor() > persisted;
+        let dirty = hook.cursor() > requested;
         let next = tokio::select! {
             biased;
-            () = hook.stopped() => break,
+            () = hook.stopped() => return,
             next = subscription.next() => Some(next),
             // `next` is cancel-safe: an interrupted catch-up reads again
             // from the same position.
@@ -51,17 +96,16 @@ pub(crate) async fn run(shared: Arc<Shared>, hook: Arc<Hook>, mut subscription: 
         };
         let delivery = match next {
             None => {
-                if let Some(cursor) = shared.persist(&hook).await {
-                    persisted = cursor;
-                    last_persist = Instant::now();
-                }
+                requested = hook.cursor();
+                last_persist = Instant::now();
+                hook.persist_soon();
                 continue;
             }
             Some(Ok(delivery)) => delivery,
-            Some(Err(Ended::Closed)) => break,
-            Some(Err(Ended::LogFailed)) => {
+            Some(Err(feed::Ended::Closed)) => return,
+            Some(Err(feed::Ended::LogFailed)) => {
                 tracing::error!(webhook = %hook.id, "webhook stopped: the event log cannot be read; restart aliasd after fixing the journal");
-                break;
+                return;
             }
         };
         let messages: Vec<Message> = match delivery {
@@ -105,27 +149,19 @@ pub(crate) async fn run(shared: Arc<Shared>, hook: Arc<Hook>, mut subscription: 
                 .collect(),
         };
         for message in messages.iter().filter(|m| hook.wants(m.kind)) {
-            if !deliver(&shared, &hook, message).await {
-                return finish(&shared, &hook).await;
+            if !deliver(shared, hook, message).await {
+                return;
             }
             hook.set_cursor(message.seq);
             if last_persist.elapsed() >= PERSIST_EVERY {
-                if let Some(cursor) = shared.persist(&hook).await {
-                    persisted = cursor;
-                }
+                requested = hook.cursor();
                 last_persist = Instant::now();
+                hook.persist_soon();
             }
         }
         // Everything up to here was delivered or not wanted.
         hook.set_cursor(subscription.last_sent());
     }
-    finish(&shared, &hook).await;
-}
-
-/// Writes the cursor a last time (a deleted webhook's file stays gone).
-async fn finish(shared: &Shared, hook: &Arc<Hook>) {
-    shared.persist(hook).await;
-    tracing::debug!(webhook = %hook.id, cursor = hook.cursor(), "webhook worker stopped");
 }
 
 /// Delivers one message, retrying until a 2xx. Returns `false` when the
@@ -166,14 +202,14 @@ async fn deliver(shared: &Arc<Shared>, hook: &Arc<Hook>, message: &Message) -> b
         let Some(error) = error else {
             if hook.succeeded() {
                 tracing::info!(webhook = %hook.id, seq = message.seq, "webhook delivers again");
-                shared.persist(hook).await;
+                hook.persist_soon();
             }
             return true;
         };
         let now_ms = unix_ms();
         let (failing_since, first) = hook.failed(now_ms);
         if first {
-            shared.persist(hook).await;
+            hook.persist_soon();
         }
         let wait = if Duration::from_millis(now_ms.saturating_sub(failing_since))
             >= retry.failing_after
@@ -181,7 +217,7 @@ async fn deliver(shared: &Arc<Shared>, hook: &Arc<Hook>, message: &Message) -> b
             if hook.mark_failing() {
                 tracing::warn!(webhook = %hook.id, url = %hook.url, "webhook is failing: no delivery succeeded for {}; retrying every {}",
                     humantime::format_duration(retry.failing_after), humantime::format_duration(retry.failing_every));
-                shared.persist(hook).await;
+                hook.persist_soon();
             }
             retry.failing_every
         } else {
@@ -211,9 +247,9 @@ async fn send(shared: &Shared, hook: &Hook, message: &Message) -> Result<u16, St
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
+    let client = shared.client_for(hook)?;
     let signature = hook.key.sign(&message.id, timestamp, &message.body);
-    let response = shared
-        .client
+    let response = client
         .post(&hook.url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header("webhook-id", &message.id)

@@ -21,3 +21,4 @@ mod store_access;
 mod support;
 mod watcher;
 mod webhooks;
+mod webhooks_gaps;
