@@ -13,6 +13,7 @@ mod journal_tamper;
 mod limits;
 mod malformed;
 mod metrics;
+mod ops;
 mod proxy;
 mod router;
 mod sse;
