@@ -372,9 +372,7 @@ impl Shared {
     /// Where the active segment's last mark is, if it has one.
     pub(crate) fn last_mark_offset(&self) -> Option<u64> {
         let segments = self.segments.read().unwrap();
-        segments
-            .last()
-            .map(|active| active.marks.last_offset())
+        segments.last().map(|active| active.marks.last_offset())
     }
 
     /// Publishes a new, empty active segment.
@@ -563,9 +561,9 @@ impl Journal {
                 .map(|(idx, meta)| meta.to_read((idx == 0).then_some(from)))
                 .collect()
         };
-        let next_seq = remaining
-            .front()
-            .map_or(from, |read| read.start.map_or(read.first_seq, |mark| mark.seq));
+        let next_seq = remaining.front().map_or(from, |read| {
+            read.start.map_or(read.first_seq, |mark| mark.seq)
+        });
         Ok(Reader {
             io: Arc::clone(&shared.options.io),
             segments: remaining,
@@ -1271,7 +1269,10 @@ mod tests {
         assert!(segment_files(dir.path()).len() > 2, "several segments");
         let check = |journal: &Journal| {
             let segments = journal.inner.shared.segments.read().unwrap().clone();
-            assert!(segments.iter().all(|meta| meta.marks.len() > 3), "marks made");
+            assert!(
+                segments.iter().all(|meta| meta.marks.len() > 3),
+                "marks made"
+            );
             for from in (1..=last).step_by(11).chain([last]) {
                 let reader = journal.read_from(Seq(from)).unwrap();
                 let start = reader.segments.front().unwrap().clone();
@@ -1280,8 +1281,7 @@ mod tests {
                     assert_eq!(start.start, Some(mark), "seq {from}");
                     assert!(mark.seq <= from);
                 }
-                let read: Vec<(Seq, Vec<u8>)> =
-                    reader.take(5).collect::<Result<_>>().unwrap();
+                let read: Vec<(Seq, Vec<u8>)> = reader.take(5).collect::<Result<_>>().unwrap();
                 let want: Vec<(Seq, Vec<u8>)> = (from..=last.min(from + 4))
                     .map(|seq| (Seq(seq), expected[seq as usize - 1].clone()))
                     .collect();

@@ -48,7 +48,9 @@ pub(crate) struct Marks(Vec<Mark>);
 impl Marks {
     /// The offset after which the next mark may go.
     pub(crate) fn last_offset(&self) -> u64 {
-        self.0.last().map_or(SEGMENT_HEADER_LEN as u64, |mark| mark.offset)
+        self.0
+            .last()
+            .map_or(SEGMENT_HEADER_LEN as u64, |mark| mark.offset)
     }
 
     /// Marks the record `seq` at `offset` if it is far enough from the last mark.

@@ -68,7 +68,19 @@ pub async fn history_list(
     let since = query.since.unwrap_or(0);
     let until = query.until.unwrap_or(u64::MAX);
     let log = state.registry.log().clone();
+    let registry = state.registry.clone();
     let (events, more) = tokio::task::spawn_blocking(move || {
+        // One alias: only its records, by the index's seqs (each page
+        // copied out under the lock); else, or while that index is still
+        // being built after start-up, the log from `since` on.
+        if let Some(key) = filter.alias_key().map(str::to_string) {
+            let seqs = |after: u64, max: usize| {
+                registry.read(|s| s.index.alias_seqs(&key, after, until, max))
+            };
+            if let Some(page) = crate::feed::history_by_seqs(&*log, &filter, since, limit, seqs)? {
+                return Ok(page);
+            }
+        }
         crate::feed::history(&*log, &filter, since, until, limit)
     })
     .await

@@ -1,7 +1,7 @@
 //! Rebuilding the index from the log: snapshot, then every event after it,
 //! decoded on one thread and applied on another; and time travel.
 
-use crate::index::{Index, PreparedChange, Preparer};
+use crate::index::{AliasSeqs, Index, PreparedChange, Preparer};
 use crate::log::{EventLog, LogReader, Snapshot};
 use crate::progress::Progress;
 
@@ -78,24 +78,107 @@ pub(super) fn load_index_in_chunks(
     })
 }
 
-/// The index as it was right after event `seq`, replayed from the log's
-/// first event (time travel).
+/// Why time travel could not answer.
+#[derive(Debug)]
+pub enum TimeTravelError {
+    /// The events needed are no longer held (`--retain` dropped them): the
+    /// oldest the log holds is this seq.
+    Gone {
+        /// The log's first seq.
+        first: u64,
+    },
+    /// The log could not be read, or holds a record that is not an event.
+    Failed(String),
+}
+
+/// The index as it was right after event `seq` (time travel): the newest
+/// snapshot at or below `seq`, then the events after it up to `seq`, so the
+/// work is bounded by the snapshot interval (the journal keeps
+/// `journal::KEPT_SNAPSHOTS`), not by the journal's length. The index keeps
+/// no seqs per alias (it answers one request).
 ///
 /// # Errors
 ///
-/// The log cannot be read, or holds a record that is not an event.
-pub fn index_at(log: &dyn EventLog, seq: u64) -> Result<Index, String> {
-    let mut index = Index::default();
-    let mut reader = log.read_from(1).map_err(|e| e.to_string())?;
+/// [`TimeTravelError::Gone`] when the events after the snapshot (or, with
+/// none, from the first) up to `seq` are no longer all in the log.
+pub fn index_at(log: &dyn EventLog, seq: u64) -> Result<Index, TimeTravelError> {
+    let failed = |e: &dyn std::fmt::Display| TimeTravelError::Failed(e.to_string());
+    let snapshot = log.snapshot_at_or_below(seq).map_err(|e| failed(&e))?;
+    let mut index = match snapshot {
+        Some(snapshot) => match crate::snapshot::decode(&snapshot.data) {
+            Ok(index) => index,
+            Err(e) => {
+                tracing::warn!(
+                    "time travel: ignoring snapshot at seq {}: {e}; replaying from the start",
+                    snapshot.seq
+                );
+                Index::default()
+            }
+        },
+        None => Index::default(),
+    }
+    .without_history();
+    let from = index.last_seq() + 1;
+    let first = log.first_seq();
+    if from < first && from <= seq {
+        return Err(TimeTravelError::Gone { first });
+    }
+    let mut reader = log.read_from(from).map_err(|e| failed(&e))?;
     while let Some(record) = reader.next_borrowed() {
-        let (record_seq, payload) = record.map_err(|e| e.to_string())?;
+        let (record_seq, payload) = record.map_err(|e| failed(&e))?;
         if record_seq > seq {
             break;
         }
-        let change = crate::event::StateChange::decode(payload).map_err(|e| e.to_string())?;
-        index.apply_change(&change)?;
+        let change = crate::event::StateChange::decode(payload).map_err(|e| failed(&e))?;
+        index
+            .apply_change(&change)
+            .map_err(|e| TimeTravelError::Failed(e.to_string()))?;
     }
     Ok(index)
+}
+
+/// The seqs per alias of the log's events up to `upto` (those a snapshot
+/// covered at start-up), read on a thread of its own after start-up and then
+/// installed with [`Index::install_history_base`]. Records that are not
+/// events, or name no alias, are passed over (replay skips them too).
+///
+/// # Errors
+///
+/// The log cannot be read.
+pub fn gather_alias_seqs(log: &dyn EventLog, upto: u64) -> anyhow::Result<AliasSeqs> {
+    let mut seqs = AliasSeqs::default();
+    let mut reader = log.read_from(1)?;
+    // One key allocation per alias, whatever its number of events; exact
+    // and prefix aliases spelt alike are different aliases.
+    let mut exact_keys: std::collections::HashMap<String, std::sync::Arc<str>> =
+        std::collections::HashMap::new();
+    let mut prefix_keys = exact_keys.clone();
+    while let Some(record) = reader.next_borrowed() {
+        let (seq, payload) = record?;
+        if seq > upto {
+            break;
+        }
+        let Ok(change) = crate::event::StateChange::decode(payload) else {
+            continue;
+        };
+        let keys = match change.prefix_matching {
+            true => &mut prefix_keys,
+            false => &mut exact_keys,
+        };
+        let key = match keys.get(change.alias.as_ref()) {
+            Some(key) => key.clone(),
+            None => {
+                let Ok(alias) = crate::index::AliasName::of_change(&change) else {
+                    continue;
+                };
+                let key = alias.key_arc();
+                keys.insert(change.alias.to_string(), key.clone());
+                key
+            }
+        };
+        seqs.record(&key, seq);
+    }
+    Ok(seqs)
 }
 
 /// The most aliases room is made for before a replay (a map slot is a few
@@ -263,7 +346,44 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(48))]
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// Time travel to every seq, starting from the newest snapshot at or
+        /// below it (snapshots written at random seqs, the journal keeping
+        /// the newest few, segments small), gives the index that replaying
+        /// the events from scratch up to that seq gives.
+        #[test]
+        fn time_travel_from_snapshots_equals_replay_from_scratch(
+            events in events(),
+            mut cuts in proptest::collection::vec(1usize..120, 0..7),
+        ) {
+            let mut at = vec![Index::default()];
+            let mut expected = Index::default();
+            for event in &events {
+                let _ = expected.apply(event);
+                at.push(expected.clone());
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let options = journal::Options {
+                segment_bytes: 2048,
+                preallocate_bytes: 0,
+                ..journal::Options::default()
+            };
+            let journal = journal::Journal::open(dir.path(), options).unwrap().journal;
+            journal.append(events.iter().map(Event::encode).collect()).unwrap();
+            // The server writes snapshots in seq order.
+            cuts.sort_unstable();
+            for cut in cuts.iter().map(|cut| (*cut).min(events.len())) {
+                let data = crate::snapshot::encode(&at[cut]);
+                journal.write_snapshot(journal::Seq(cut as u64), &data).unwrap();
+            }
+            let log = crate::log::file::FileLog::from(journal);
+            for (seq, expected) in at.iter().enumerate().skip(1) {
+                let travelled = super::index_at(&log, seq as u64).unwrap();
+                prop_assert_eq!(state(&travelled), state(expected), "at seq {}", seq);
+                prop_assert_eq!(travelled.state_counts(), expected.state_counts());
+            }
+        }
 
         /// Replaying a journal (from the start, and from a snapshot taken part
         /// way; decoded on one thread and applied on another, in chunks of any

@@ -1,5 +1,6 @@
 mod aliases;
 mod auth;
+mod bounded_history;
 mod chains;
 mod cli;
 mod confinement;

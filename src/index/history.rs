@@ -1,0 +1,148 @@
+//! The seqs of each alias's events: what `GET /api/history?alias=` reads
+//! instead of the whole journal (SPEC §5: history's work bounded by an index).
+//!
+//! One list per alias key (exact and prefix aliases share the key space, as
+//! the history filter does), each a run of LEB128-encoded gaps between
+//! consecutive seqs, so an event costs a byte or two rather than eight.
+
+use std::sync::Arc;
+
+use super::HashMap;
+
+/// The seqs of one alias's events, ascending, as LEB128 gaps.
+#[derive(Debug, Clone, Default)]
+struct SeqList {
+    /// The last seq pushed (0 before the first).
+    last: u64,
+    /// Each seq less the one before it (the first less 0), 7 bits a byte.
+    gaps: Vec<u8>,
+}
+
+impl SeqList {
+    fn push(&mut self, seq: u64) {
+        let mut gap = seq - self.last;
+        loop {
+            let byte = (gap & 0x7f) as u8;
+            gap >>= 7;
+            if gap == 0 {
+                self.gaps.push(byte);
+                break;
+            }
+            self.gaps.push(byte | 0x80);
+        }
+        self.last = seq;
+    }
+
+    fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        let mut bytes = self.gaps.iter();
+        let mut seq = 0u64;
+        std::iter::from_fn(move || {
+            let mut gap = 0u64;
+            let mut shift = 0;
+            loop {
+                let byte = *bytes.next()?;
+                gap |= u64::from(byte & 0x7f) << shift;
+                shift += 7;
+                if byte & 0x80 == 0 {
+                    break;
+                }
+            }
+            seq += gap;
+            Some(seq)
+        })
+    }
+}
+
+/// The seqs of every alias's events (a part of the journal's, see
+/// [`super::Index::alias_seqs`]).
+#[derive(Debug, Clone, Default)]
+pub struct AliasSeqs {
+    lists: HashMap<Arc<str>, SeqList>,
+    events: u64,
+}
+
+impl AliasSeqs {
+    /// Notes event `seq` about the alias with this key; seqs of one alias
+    /// come in increasing order (a repeated or older one is ignored).
+    pub fn record(&mut self, key: &Arc<str>, seq: u64) {
+        let list = match self.lists.get_mut(&**key) {
+            Some(list) => list,
+            None => self.lists.entry(key.clone()).or_default(),
+        };
+        if seq > list.last {
+            list.push(seq);
+            self.events += 1;
+        }
+    }
+
+    /// The seqs of `key`'s events after `after` and up to `until`, at most `max`.
+    pub fn page(&self, key: &str, after: u64, until: u64, max: usize) -> Vec<u64> {
+        let Some(list) = self.lists.get(key) else {
+            return Vec::new();
+        };
+        if list.last <= after {
+            return Vec::new();
+        }
+        list.iter()
+            .skip_while(|seq| *seq <= after)
+            .take_while(|seq| *seq <= until)
+            .take(max)
+            .collect()
+    }
+
+    /// How many events are recorded.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// How many aliases have events recorded.
+    pub fn aliases(&self) -> usize {
+        self.lists.len()
+    }
+
+    /// The heap this takes, roughly: the gaps' buffers and the map's slots
+    /// (keys are shared with the index where it holds the alias).
+    pub fn heap_bytes(&self) -> usize {
+        let slot = std::mem::size_of::<(Arc<str>, SeqList)>() + 1;
+        self.lists.capacity() * slot
+            + self
+                .lists
+                .values()
+                .map(|list| list.gaps.capacity())
+                .sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_of_one_aliases_seqs() {
+        let mut seqs = AliasSeqs::default();
+        let a: Arc<str> = Arc::from("a");
+        let b: Arc<str> = Arc::from("b");
+        let mut of_a = Vec::new();
+        for seq in 1..=3000u64 {
+            if seq % 7 == 0 || seq > 2990 {
+                seqs.record(&a, seq);
+                of_a.push(seq);
+            } else {
+                seqs.record(&b, seq);
+            }
+        }
+        seqs.record(&a, 5); // older: ignored
+        seqs.record(&a, 1 << 40);
+        of_a.push(1 << 40);
+        assert_eq!(seqs.page("a", 0, u64::MAX, usize::MAX), of_a);
+        assert_eq!(seqs.page("a", 7, 28, 10), [14, 21, 28]);
+        assert_eq!(seqs.page("a", 6, u64::MAX, 2), [7, 14]);
+        assert_eq!(seqs.page("a", 1 << 40, u64::MAX, 2), Vec::<u64>::new());
+        assert_eq!(seqs.page("c", 0, u64::MAX, 2), Vec::<u64>::new());
+        assert_eq!(seqs.events(), 3001);
+        assert_eq!(seqs.aliases(), 2);
+        // Gaps under 128 take a byte each.
+        let gap_bytes: usize = seqs.lists.values().map(|l| l.gaps.len()).sum();
+        assert!(gap_bytes < 3001 + 10, "{gap_bytes}");
+    }
+}
