@@ -371,6 +371,8 @@ pub fn history_by_seqs(
     let mut events = Vec::new();
     let mut after = since;
     let mut reader: Option<(Box<dyn LogReader>, u64)> = None;
+    // Seqs before it were dropped by retention (the index still lists them).
+    let first = log.first_seq();
     loop {
         let want = limit + 1 - events.len();
         let Some(page) = seqs(after, want) else {
@@ -379,6 +381,9 @@ pub fn history_by_seqs(
         let full = page.len() == want;
         for seq in page {
             after = seq;
+            if seq < first {
+                continue;
+            }
             let Some(payload) = read_seq(log, &mut reader, seq)? else {
                 // Dropped by retention: history starts later now.
                 continue;
