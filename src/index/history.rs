@@ -145,4 +145,47 @@ mod tests {
         let gap_bytes: usize = seqs.lists.values().map(|l| l.gaps.len()).sum();
         assert!(gap_bytes < 3001 + 10, "{gap_bytes}");
     }
+
+    /// An index loaded from a snapshot at seq 100 knows the seqs of later
+    /// events at once, and answers `alias_seqs` only once the seqs up to 100
+    /// are installed; then a page spans both parts.
+    #[test]
+    fn an_index_from_a_snapshot_answers_once_its_base_is_installed() {
+        let mut index = crate::index::Index::for_snapshot(100, 0);
+        assert_eq!(index.history_gap(), Some(100));
+        for seq in [103, 150] {
+            let mut event = crate::event::created_for_test(seq, "m1");
+            event.alias = "x".into();
+            index.apply(&event).unwrap();
+        }
+        let key = crate::name::ModelName::parse("x").unwrap().key();
+        assert_eq!(index.alias_seqs(&key, 0, u64::MAX, 10), None);
+        let mut base = AliasSeqs::default();
+        let key_arc: Arc<str> = Arc::from(key.as_str());
+        for seq in [2, 40, 100] {
+            base.record(&key_arc, seq);
+        }
+        index.install_history_base(Arc::new(base.clone()), 99);
+        assert_eq!(
+            index.history_gap(),
+            Some(100),
+            "a base for other seqs is refused"
+        );
+        index.install_history_base(Arc::new(base), 100);
+        assert_eq!(index.history_gap(), None);
+        let page = |after, until, max| index.alias_seqs(&key, after, until, max).unwrap();
+        assert_eq!(page(0, u64::MAX, 10), [2, 40, 100, 103, 150]);
+        assert_eq!(page(2, u64::MAX, 3), [40, 100, 103]);
+        assert_eq!(page(40, 103, 10), [100, 103]);
+        assert_eq!(page(100, u64::MAX, 10), [103, 150]);
+        assert_eq!(page(0, 50, 10), [2, 40]);
+        // A time-travel index keeps none.
+        assert_eq!(
+            index
+                .clone()
+                .without_history()
+                .alias_seqs(&key, 0, u64::MAX, 1),
+            None
+        );
+    }
 }

@@ -30,7 +30,7 @@ fn history_of_one_alias_among_twenty_thousand_events() {
         }
     }
     assert!(server.seq() >= 20_000);
-    let check = |server: &Server| {
+    let check = |server: &Server, needle: &[u64]| {
         let mut seqs = Vec::new();
         let mut since = 0;
         loop {
@@ -45,7 +45,7 @@ fn history_of_one_alias_among_twenty_thousand_events() {
             }
         }
         assert_eq!(seqs, needle);
-        let (updated, next) = server.history("alias=needle&type=alias.updated&limit=100");
+        let (updated, next) = server.history("alias=NEEDLE&type=alias.updated&limit=100");
         let updated: Vec<u64> = updated.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
         assert_eq!(updated, needle[1..], "{next:?}");
         let (until, _) = server.history(&format!("alias=needle&until={}", needle[3]));
@@ -53,7 +53,7 @@ fn history_of_one_alias_among_twenty_thousand_events() {
         let (none, next) = server.history("alias=no-such-alias");
         assert!(none.is_empty() && next.is_none());
     };
-    check(&server);
+    check(&server, &needle);
     server.restart();
     assert!(!files_with_ext(server.journal_dir(), "snap").is_empty());
     // The seqs of the events the snapshot covers are gathered after start-up.
@@ -63,7 +63,22 @@ fn history_of_one_alias_among_twenty_thousand_events() {
             .contains("history index built")
             .then_some(())
     });
-    check(&server);
+    check(&server, &needle);
+    // Events after the restart join those the snapshot covered.
+    for round in 0..3 {
+        server.batch_prefix_puts(&format!("s{round}-"), 0..100, "m");
+        // The last target before the restart was n.
+        let target = if round % 2 == 0 { "m" } else { "n" };
+        let body = server.put_alias("needle", target).expect(200).clone();
+        needle.push(body["seq"].as_u64().unwrap());
+    }
+    check(&server, &needle);
+    let (across, next) = server.history(&format!("alias=needle&since={}&limit=3", needle[18]));
+    let across: Vec<u64> = across.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        (across.as_slice(), next),
+        (&needle[19..22], Some(needle[21]))
+    );
 }
 
 /// Time travel after `--retain` dropped the oldest events: the state at a
