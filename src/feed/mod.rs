@@ -101,6 +101,11 @@ impl EventFilter {
         self.alias_key.as_deref()
     }
 
+    /// The type asked for, if any.
+    pub fn kind(&self) -> Option<EventType> {
+        self.kind
+    }
+
     /// Whether the reader wants `event`.
     pub fn matches(&self, event: &Event) -> bool {
         self.kind.is_none_or(|k| event.kind == k)
@@ -350,13 +355,13 @@ pub fn history(
 /// the next seq wanted (the journal starts at a mark near it).
 const SKIP_AHEAD: u64 = 32;
 
-/// One page of one alias's history read by seq: `seqs(after, max)` gives
-/// the seqs of the alias's events after `after` (up to the page's `until`),
-/// at most `max`, from the index ([`crate::index::Index::alias_seqs`]), or
-/// `None` if the index does not know them all; only those records are read
-/// and decoded (SPEC §5: history's work bounded by an index). The rest of
-/// `filter` (the type) is applied to them. `Ok(None)`: read it with
-/// [`history`] instead.
+/// One page of one alias's (or one type's) history read by seq:
+/// `seqs(after, max)` gives the seqs of the alias's events after `after` (up
+/// to the page's `until`), at most `max`, from the index
+/// ([`crate::index::Index::alias_seqs`], [`crate::index::Index::kind_seqs`]),
+/// or `None` if the index does not know them all; only those records are
+/// read and decoded (SPEC §5: history's work bounded by an index), and
+/// `filter` is applied to them. `Ok(None)`: read it with [`history`] instead.
 ///
 /// # Errors
 ///
@@ -512,7 +517,7 @@ mod tests {
 
     /// `history?alias=x` among 20,000 events of other aliases reads only
     /// x's records (by the index's seqs), pages as the scan does, and gives
-    /// what the scan gives.
+    /// what the scan gives; `history?type=` reads only that type's records.
     #[test]
     fn history_of_one_alias_reads_only_its_records() {
         let dir = tempfile::tempdir().unwrap();
@@ -583,6 +588,16 @@ mod tests {
             .unwrap();
         assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), of_x[1..6]);
         assert!(more);
+        // One type, any alias: only the records of that type are read.
+        records.store(0, Ordering::Relaxed);
+        let kind_seqs = |after, max| index.kind_seqs(EventType::AliasUpdated, after, u64::MAX, max);
+        let any_alias = EventFilter::new(None, Some(EventType::AliasUpdated));
+        let (page, more) = history_by_seqs(&log, &any_alias, 0, 100, kind_seqs)
+            .unwrap()
+            .unwrap();
+        assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), of_x[1..]);
+        assert!(!more);
+        assert_eq!(records.load(Ordering::Relaxed), of_x.len() as u64 - 1);
         // An index that does not know every seq: the caller scans instead.
         assert!(history_by_seqs(&log, &filter, 0, 10, |_, _| None)
             .unwrap()

@@ -1,13 +1,16 @@
-//! The seqs of each alias's events: what `GET /api/history?alias=` reads
-//! instead of the whole journal (SPEC §5: history's work bounded by an index).
+//! The seqs of each alias's events, and of each type's: what
+//! `GET /api/history?alias=` (or `?type=`) reads instead of the whole
+//! journal (SPEC §5: history's work bounded by an index).
 //!
 //! One list per alias key (exact and prefix aliases share the key space, as
-//! the history filter does), each a run of LEB128-encoded gaps between
-//! consecutive seqs, so an event costs a byte or two rather than eight.
+//! the history filter does) and one per event type, each a run of
+//! LEB128-encoded gaps between consecutive seqs, so an event costs a byte or
+//! two in each rather than eight.
 
 use std::sync::Arc;
 
 use super::HashMap;
+use crate::event::EventType;
 
 /// The seqs of one alias's events, ascending, as LEB128 gaps.
 #[derive(Debug, Clone, Default)]
@@ -53,18 +56,34 @@ impl SeqList {
     }
 }
 
-/// The seqs of every alias's events (a part of the journal's, see
-/// [`super::Index::alias_seqs`]).
+impl SeqList {
+    /// The seqs after `after` and up to `until`, at most `max`.
+    fn page(&self, after: u64, until: u64, max: usize) -> Vec<u64> {
+        if self.last <= after {
+            return Vec::new();
+        }
+        self.iter()
+            .skip_while(|seq| *seq <= after)
+            .take_while(|seq| *seq <= until)
+            .take(max)
+            .collect()
+    }
+}
+
+/// The seqs of every alias's events, and of every type's (a part of the
+/// journal's, see [`super::Index::alias_seqs`]).
 #[derive(Debug, Clone, Default)]
 pub struct AliasSeqs {
     lists: HashMap<Arc<str>, SeqList>,
+    /// By `EventType as usize`.
+    kinds: [SeqList; EventType::ALL.len()],
     events: u64,
 }
 
 impl AliasSeqs {
-    /// Notes event `seq` about the alias with this key; seqs of one alias
-    /// come in increasing order (a repeated or older one is ignored).
-    pub fn record(&mut self, key: &Arc<str>, seq: u64) {
+    /// Notes event `seq`, of type `kind`, about the alias with this key;
+    /// seqs come in increasing order (a repeated or older one is ignored).
+    pub fn record(&mut self, key: &Arc<str>, kind: EventType, seq: u64) {
         let list = match self.lists.get_mut(&**key) {
             Some(list) => list,
             None => self.lists.entry(key.clone()).or_default(),
@@ -73,21 +92,23 @@ impl AliasSeqs {
             list.push(seq);
             self.events += 1;
         }
+        let of_kind = &mut self.kinds[kind as usize];
+        if seq > of_kind.last {
+            of_kind.push(seq);
+        }
     }
 
     /// The seqs of `key`'s events after `after` and up to `until`, at most `max`.
     pub fn page(&self, key: &str, after: u64, until: u64, max: usize) -> Vec<u64> {
-        let Some(list) = self.lists.get(key) else {
-            return Vec::new();
-        };
-        if list.last <= after {
-            return Vec::new();
-        }
-        list.iter()
-            .skip_while(|seq| *seq <= after)
-            .take_while(|seq| *seq <= until)
-            .take(max)
-            .collect()
+        self.lists
+            .get(key)
+            .map_or_else(Vec::new, |list| list.page(after, until, max))
+    }
+
+    /// The seqs of the events of type `kind` after `after` and up to
+    /// `until`, at most `max`.
+    pub fn kind_page(&self, kind: EventType, after: u64, until: u64, max: usize) -> Vec<u64> {
+        self.kinds[kind as usize].page(after, until, max)
     }
 
     /// How many events are recorded.
@@ -108,6 +129,7 @@ impl AliasSeqs {
             + self
                 .lists
                 .values()
+                .chain(self.kinds.iter())
                 .map(|list| list.gaps.capacity())
                 .sum::<usize>()
     }
@@ -125,14 +147,14 @@ mod tests {
         let mut of_a = Vec::new();
         for seq in 1..=3000u64 {
             if seq % 7 == 0 || seq > 2990 {
-                seqs.record(&a, seq);
+                seqs.record(&a, EventType::AliasUpdated, seq);
                 of_a.push(seq);
             } else {
-                seqs.record(&b, seq);
+                seqs.record(&b, EventType::AliasCreated, seq);
             }
         }
-        seqs.record(&a, 5); // older: ignored
-        seqs.record(&a, 1 << 40);
+        seqs.record(&a, EventType::AliasUpdated, 5); // older: ignored
+        seqs.record(&a, EventType::AliasDeleted, 1 << 40);
         of_a.push(1 << 40);
         assert_eq!(seqs.page("a", 0, u64::MAX, usize::MAX), of_a);
         assert_eq!(seqs.page("a", 7, 28, 10), [14, 21, 28]);
@@ -140,6 +162,15 @@ mod tests {
         assert_eq!(seqs.page("a", 1 << 40, u64::MAX, 2), Vec::<u64>::new());
         assert_eq!(seqs.page("c", 0, u64::MAX, 2), Vec::<u64>::new());
         assert_eq!(seqs.events(), 3001);
+        assert_eq!(
+            seqs.kind_page(EventType::AliasUpdated, 0, u64::MAX, usize::MAX),
+            of_a[..of_a.len() - 1]
+        );
+        assert_eq!(
+            seqs.kind_page(EventType::AliasDeleted, 0, u64::MAX, 9),
+            [1 << 40]
+        );
+        assert_eq!(seqs.kind_page(EventType::AliasCreated, 0, 3, 9), [1, 2, 3]);
         assert_eq!(seqs.aliases(), 2);
         // Gaps under 128 take a byte each.
         let gap_bytes: usize = seqs.lists.values().map(|l| l.gaps.len()).sum();
@@ -163,7 +194,7 @@ mod tests {
         let mut base = AliasSeqs::default();
         let key_arc: Arc<str> = Arc::from(key.as_str());
         for seq in [2, 40, 100] {
-            base.record(&key_arc, seq);
+            base.record(&key_arc, EventType::AliasCreated, seq);
         }
         index.install_history_base(Arc::new(base.clone()), 99);
         assert_eq!(
@@ -179,6 +210,8 @@ mod tests {
         assert_eq!(page(40, 103, 10), [100, 103]);
         assert_eq!(page(100, u64::MAX, 10), [103, 150]);
         assert_eq!(page(0, 50, 10), [2, 40]);
+        let created = index.kind_seqs(EventType::AliasCreated, 0, u64::MAX, 10);
+        assert_eq!(created.unwrap(), [2, 40, 100, 103, 150]);
         // A time-travel index keeps none.
         assert_eq!(
             index

@@ -103,15 +103,42 @@ impl Index {
     /// does not know them all (the seqs of a snapshot's events are not yet
     /// gathered, or this index keeps none).
     pub fn alias_seqs(&self, key: &str, after: u64, until: u64, max: usize) -> Option<Vec<u64>> {
+        self.seqs_of(after, until, max, |seqs, after, until, max| {
+            seqs.page(key, after, until, max)
+        })
+    }
+
+    /// [`Index::alias_seqs`] for the events of type `kind`.
+    pub fn kind_seqs(
+        &self,
+        kind: EventType,
+        after: u64,
+        until: u64,
+        max: usize,
+    ) -> Option<Vec<u64>> {
+        self.seqs_of(after, until, max, |seqs, after, until, max| {
+            seqs.kind_page(kind, after, until, max)
+        })
+    }
+
+    /// A page of seqs from `page` of the base (the events up to
+    /// `history_from`), then of the seqs applied since.
+    fn seqs_of(
+        &self,
+        after: u64,
+        until: u64,
+        max: usize,
+        page: impl Fn(&AliasSeqs, u64, u64, usize) -> Vec<u64>,
+    ) -> Option<Vec<u64>> {
         let live = self.history.as_ref()?;
         let mut seqs = Vec::new();
         if self.history_from > 0 && after < self.history_from {
             let base = self.history_base.as_ref()?;
-            seqs = base.page(key, after, until.min(self.history_from), max);
+            seqs = page(base, after, until.min(self.history_from), max);
         }
         if seqs.len() < max && until > self.history_from {
             let after = seqs.last().copied().unwrap_or(after).max(after);
-            seqs.extend(live.page(key, after, until, max - seqs.len()));
+            seqs.extend(page(live, after, until, max - seqs.len()));
         }
         Some(seqs)
     }
@@ -305,7 +332,7 @@ impl Index {
         let seq = change.seq;
         self.last_seq = self.last_seq.max(seq);
         if let Some(history) = &mut self.history {
-            history.record(&key, seq);
+            history.record(&key, change.kind, seq);
         }
         // One lookup for an alias seen for the first time (most of a replay):
         // its slot is filled in place, without hashing its key again.

@@ -137,7 +137,7 @@ pub fn index_at(log: &dyn EventLog, seq: u64) -> Result<Index, TimeTravelError> 
     Ok(index)
 }
 
-/// The seqs per alias of the log's events up to `upto` (those a snapshot
+/// The seqs per alias and per type of the log's events up to `upto` (those a snapshot
 /// covered at start-up), read on a thread of its own after start-up and then
 /// installed with [`Index::install_history_base`]. Records that are not
 /// events, or name no alias, are passed over (replay skips them too).
@@ -176,7 +176,7 @@ pub fn gather_alias_seqs(log: &dyn EventLog, upto: u64) -> anyhow::Result<AliasS
                 key
             }
         };
-        seqs.record(&key, seq);
+        seqs.record(&key, change.kind, seq);
     }
     Ok(seqs)
 }
