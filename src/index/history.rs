@@ -70,39 +70,72 @@ impl SeqList {
     }
 }
 
-/// The seqs of every alias's events, and of every type's (a part of the
-/// journal's, see [`super::Index::alias_seqs`]).
+/// Seqs of events by alias and by type (a part of the journal's, see
+/// [`super::Index::alias_seqs`]).
+///
+/// In the index's own part, an alias's list holds its past events only: the
+/// seq of its latest one is its entry's `seq`, so an alias with one event
+/// (most of a large registry) costs nothing here. A part gathered from the
+/// log ([`super::Index::install_history_base`]) holds every seq.
 #[derive(Debug, Clone, Default)]
 pub struct AliasSeqs {
-    lists: HashMap<Arc<str>, SeqList>,
+    exact: HashMap<Arc<str>, SeqList>,
+    prefixes: HashMap<Arc<str>, SeqList>,
     /// By `EventType as usize`.
     kinds: [SeqList; EventType::ALL.len()],
     events: u64,
 }
 
 impl AliasSeqs {
-    /// Notes event `seq`, of type `kind`, about the alias with this key;
-    /// seqs come in increasing order (a repeated or older one is ignored).
-    pub fn record(&mut self, key: &Arc<str>, kind: EventType, seq: u64) {
-        let list = match self.lists.get_mut(&**key) {
+    /// Notes event `seq` about the alias with this key (exact or prefix);
+    /// seqs of one alias come in increasing order (a repeated or older one
+    /// is ignored).
+    pub fn record_alias(&mut self, prefix: bool, key: &Arc<str>, seq: u64) {
+        let lists = match prefix {
+            true => &mut self.prefixes,
+            false => &mut self.exact,
+        };
+        let list = match lists.get_mut(&**key) {
             Some(list) => list,
-            None => self.lists.entry(key.clone()).or_default(),
+            None => lists.entry(key.clone()).or_default(),
         };
         if seq > list.last {
             list.push(seq);
-            self.events += 1;
-        }
-        let of_kind = &mut self.kinds[kind as usize];
-        if seq > of_kind.last {
-            of_kind.push(seq);
         }
     }
 
-    /// The seqs of `key`'s events after `after` and up to `until`, at most `max`.
+    /// Notes event `seq` of type `kind` (in increasing order).
+    pub fn record_kind(&mut self, kind: EventType, seq: u64) {
+        let of_kind = &mut self.kinds[kind as usize];
+        if seq > of_kind.last {
+            of_kind.push(seq);
+            self.events += 1;
+        }
+    }
+
+    /// Both: [`AliasSeqs::record_alias`] and [`AliasSeqs::record_kind`].
+    pub fn record(&mut self, prefix: bool, key: &Arc<str>, kind: EventType, seq: u64) {
+        self.record_alias(prefix, key, seq);
+        self.record_kind(kind, seq);
+    }
+
+    /// The seqs recorded for the alias key `key` (the exact alias's and the
+    /// prefix alias's with that key, as the history filter reads a key)
+    /// after `after` and up to `until`, at most `max`, ascending.
     pub fn page(&self, key: &str, after: u64, until: u64, max: usize) -> Vec<u64> {
-        self.lists
-            .get(key)
-            .map_or_else(Vec::new, |list| list.page(after, until, max))
+        let page = |lists: &HashMap<Arc<str>, SeqList>| {
+            lists
+                .get(key)
+                .map_or_else(Vec::new, |list| list.page(after, until, max))
+        };
+        let mut seqs = page(&self.exact);
+        let prefix = page(&self.prefixes);
+        if !prefix.is_empty() {
+            seqs.extend(prefix);
+            seqs.sort_unstable();
+            seqs.truncate(max);
+        }
+        seqs
     }
 
     /// The seqs of the events of type `kind` after `after` and up to
@@ -111,24 +144,25 @@ impl AliasSeqs {
         self.kinds[kind as usize].page(after, until, max)
     }
 
-    /// How many events are recorded.
+    /// How many events are recorded (by type).
     pub fn events(&self) -> u64 {
         self.events
     }
 
-    /// How many aliases have events recorded.
+    /// How many aliases have a list.
     pub fn aliases(&self) -> usize {
-        self.lists.len()
+        self.exact.len() + self.prefixes.len()
     }
 
-    /// The heap this takes, roughly: the gaps' buffers and the map's slots
+    /// The heap this takes, roughly: the gaps' buffers and the maps' slots
     /// (keys are shared with the index where it holds the alias).
     pub fn heap_bytes(&self) -> usize {
         let slot = std::mem::size_of::<(Arc<str>, SeqList)>() + 1;
-        self.lists.capacity() * slot
+        (self.exact.capacity() + self.prefixes.capacity()) * slot
             + self
-                .lists
+                .exact
                 .values()
+                .chain(self.prefixes.values())
                 .chain(self.kinds.iter())
                 .map(|list| list.gaps.capacity())
                 .sum::<usize>()
@@ -147,14 +181,14 @@ mod tests {
         let mut of_a = Vec::new();
         for seq in 1..=3000u64 {
             if seq % 7 == 0 || seq > 2990 {
-                seqs.record(&a, EventType::AliasUpdated, seq);
+                seqs.record(false, &a, EventType::AliasUpdated, seq);
                 of_a.push(seq);
             } else {
-                seqs.record(&b, EventType::AliasCreated, seq);
+                seqs.record(false, &b, EventType::AliasCreated, seq);
             }
         }
-        seqs.record(&a, EventType::AliasUpdated, 5); // older: ignored
-        seqs.record(&a, EventType::AliasDeleted, 1 << 40);
+        seqs.record(false, &a, EventType::AliasUpdated, 5); // older: ignored
+        seqs.record(false, &a, EventType::AliasDeleted, 1 << 40);
         of_a.push(1 << 40);
         assert_eq!(seqs.page("a", 0, u64::MAX, usize::MAX), of_a);
         assert_eq!(seqs.page("a", 7, 28, 10), [14, 21, 28]);
@@ -162,6 +196,9 @@ mod tests {
         assert_eq!(seqs.page("a", 1 << 40, u64::MAX, 2), Vec::<u64>::new());
         assert_eq!(seqs.page("c", 0, u64::MAX, 2), Vec::<u64>::new());
         assert_eq!(seqs.events(), 3001);
+        // A prefix alias with the same key: both, in order.
+        seqs.record_alias(true, &a, 8);
+        assert_eq!(seqs.page("a", 0, 30, 4), [7, 8, 14, 21]);
         assert_eq!(
             seqs.kind_page(EventType::AliasUpdated, 0, u64::MAX, usize::MAX),
             of_a[..of_a.len() - 1]
@@ -171,9 +208,9 @@ mod tests {
             [1 << 40]
         );
         assert_eq!(seqs.kind_page(EventType::AliasCreated, 0, 3, 9), [1, 2, 3]);
-        assert_eq!(seqs.aliases(), 2);
+        assert_eq!(seqs.aliases(), 3, "a, b and the prefix a");
         // Gaps under 128 take a byte each.
-        let gap_bytes: usize = seqs.lists.values().map(|l| l.gaps.len()).sum();
+        let gap_bytes: usize = seqs.exact.values().map(|l| l.gaps.len()).sum();
         assert!(gap_bytes < 3001 + 10, "{gap_bytes}");
     }
 
@@ -194,7 +231,7 @@ mod tests {
         let mut base = AliasSeqs::default();
         let key_arc: Arc<str> = Arc::from(key.as_str());
         for seq in [2, 40, 100] {
-            base.record(&key_arc, EventType::AliasCreated, seq);
+            base.record(false, &key_arc, EventType::AliasCreated, seq);
         }
         index.install_history_base(Arc::new(base.clone()), 99);
         assert_eq!(

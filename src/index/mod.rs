@@ -103,9 +103,31 @@ impl Index {
     /// does not know them all (the seqs of a snapshot's events are not yet
     /// gathered, or this index keeps none).
     pub fn alias_seqs(&self, key: &str, after: u64, until: u64, max: usize) -> Option<Vec<u64>> {
-        self.seqs_of(after, until, max, |seqs, after, until, max| {
-            seqs.page(key, after, until, max)
-        })
+        let live = self.history.as_ref()?;
+        let mut seqs = Vec::new();
+        if self.history_from > 0 && after < self.history_from {
+            let base = self.history_base.as_ref()?;
+            seqs = base.page(key, after, until.min(self.history_from), max);
+        }
+        if seqs.len() < max && until > self.history_from {
+            // Past the base: the lists hold past events only; the latest
+            // event of a live alias is its entry's seq (see `AliasSeqs`).
+            let after = after.max(self.history_from);
+            let rest = max - seqs.len();
+            let mut more = live.page(key, after, until, rest);
+            more.extend(
+                [self.exact.get(key), self.prefixes.get(key)]
+                    .into_iter()
+                    .flatten()
+                    .map(|entry| entry.seq)
+                    .filter(|seq| *seq > after && *seq <= until),
+            );
+            more.sort_unstable();
+            more.dedup();
+            more.truncate(rest);
+            seqs.extend(more);
+        }
+        Some(seqs)
     }
 
     /// [`Index::alias_seqs`] for the events of type `kind`.
@@ -332,7 +354,7 @@ impl Index {
         let seq = change.seq;
         self.last_seq = self.last_seq.max(seq);
         if let Some(history) = &mut self.history {
-            history.record(&key, change.kind, seq);
+            history.record_kind(change.kind, seq);
         }
         // One lookup for an alias seen for the first time (most of a replay):
         // its slot is filled in place, without hashing its key again.
@@ -345,6 +367,10 @@ impl Index {
             std::collections::hash_map::Entry::Occupied(occupied) => *occupied.remove(),
             std::collections::hash_map::Entry::Vacant(vacant) => {
                 let Some(entry) = next_entry(None, change) else {
+                    // No entry holds this event's seq: the list does.
+                    if let Some(history) = &mut self.history {
+                        history.record_alias(prefix, &key, seq);
+                    }
                     return;
                 };
                 let entry = intern_entry(&mut self.names, &mut self.digests, entry);
@@ -363,6 +389,16 @@ impl Index {
         self.state_counts[previous.state as usize] -= 1;
         let dep = DepKey::new(prefix, key.clone());
         let next = next_entry(Some(&previous), change);
+        if let Some(history) = &mut self.history {
+            // The previous latest event is now a past one (a snapshot's are
+            // in the base); a deleting event has no entry to hold it.
+            if previous.seq > self.history_from {
+                history.record_alias(prefix, &key, previous.seq);
+            }
+            if next.is_none() {
+                history.record_alias(prefix, &key, seq);
+            }
+        }
         self.unlink(&dep, previous.target.key_str());
         if next.is_none() {
             if let (AliasName::Exact(name), Some(digest)) = (&previous.alias, &previous.digest) {

@@ -176,7 +176,7 @@ pub fn gather_alias_seqs(log: &dyn EventLog, upto: u64) -> anyhow::Result<AliasS
                 key
             }
         };
-        seqs.record(&key, change.kind, seq);
+        seqs.record(change.prefix_matching, &key, change.kind, seq);
     }
     Ok(seqs)
 }
@@ -347,6 +347,63 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// The seqs per alias and per type an index answers (replayed from
+        /// scratch, or from a snapshot with the seqs before it gathered from
+        /// the log) are those of the events with that alias key and type.
+        #[test]
+        fn seqs_per_alias_and_type_are_those_of_the_events(
+            events in events(),
+            cut in 0usize..120,
+        ) {
+            let cut = cut.min(events.len());
+            let mut at_cut = Index::default();
+            for event in &events[..cut] {
+                let _ = at_cut.apply(event);
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let journal = journal::Journal::open(dir.path(), journal::Options::default())
+                .unwrap()
+                .journal;
+            journal.append(events.iter().map(Event::encode).collect()).unwrap();
+            let log = crate::log::file::FileLog::from(journal);
+            let whole = load_index_in_chunks(&log, None, 7).unwrap();
+            let snapshot = crate::log::Snapshot {
+                seq: cut as u64,
+                data: crate::snapshot::encode(&at_cut),
+            };
+            let mut resumed = load_index_in_chunks(&log, Some(snapshot), 7).unwrap();
+            if let Some(upto) = resumed.history_gap() {
+                prop_assert_eq!(upto, cut as u64);
+                prop_assert!(resumed.alias_seqs("a", 0, u64::MAX, 1).is_none());
+                let base = super::gather_alias_seqs(&log, upto).unwrap();
+                resumed.install_history_base(std::sync::Arc::new(base), upto);
+            }
+            let keyed: Vec<(String, EventType, u64)> = events
+                .iter()
+                .map(|e| (crate::index::AliasName::of_event(e).unwrap().key(), e.kind, e.seq))
+                .collect();
+            for index in [&whole, &resumed] {
+                for (key, _, _) in &keyed {
+                    let expected: Vec<u64> =
+                        keyed.iter().filter(|k| k.0 == *key).map(|k| k.2).collect();
+                    let all = index.alias_seqs(key, 0, u64::MAX, usize::MAX).unwrap();
+                    prop_assert_eq!(&all, &expected, "alias {}", key);
+                    // Pages of three, from every position.
+                    for (idx, after) in std::iter::once(0).chain(expected.iter().copied()).enumerate() {
+                        let page = index.alias_seqs(key, after, u64::MAX, 3).unwrap();
+                        let end = (idx + 3).min(expected.len());
+                        prop_assert_eq!(page.as_slice(), &expected[idx..end]);
+                    }
+                }
+                for kind in EventType::ALL {
+                    let expected: Vec<u64> =
+                        keyed.iter().filter(|k| k.1 == kind).map(|k| k.2).collect();
+                    let all = index.kind_seqs(kind, 0, u64::MAX, usize::MAX).unwrap();
+                    prop_assert_eq!(all, expected);
+                }
+            }
+        }
 
         /// Time travel to every seq, starting from the newest snapshot at or
         /// below it (snapshots written at random seqs, the journal keeping
