@@ -103,30 +103,26 @@ impl Index {
     /// does not know them all (the seqs of a snapshot's events are not yet
     /// gathered, or this index keeps none).
     pub fn alias_seqs(&self, key: &str, after: u64, until: u64, max: usize) -> Option<Vec<u64>> {
+        // Three sources, each sorted, merged: the lists of past events
+        // applied here, the base gathered from the log for the events up to
+        // `history_from` (but those its entries held), and the latest event
+        // of a live alias, which is its entry's seq (see `AliasSeqs`).
         let live = self.history.as_ref()?;
-        let mut seqs = Vec::new();
+        let mut seqs = live.page(key, after, until, max);
         if self.history_from > 0 && after < self.history_from {
             let base = self.history_base.as_ref()?;
-            seqs = base.page(key, after, until.min(self.history_from), max);
+            seqs.extend(base.page(key, after, until.min(self.history_from), max));
         }
-        if seqs.len() < max && until > self.history_from {
-            // Past the base: the lists hold past events only; the latest
-            // event of a live alias is its entry's seq (see `AliasSeqs`).
-            let after = after.max(self.history_from);
-            let rest = max - seqs.len();
-            let mut more = live.page(key, after, until, rest);
-            more.extend(
-                [self.exact.get(key), self.prefixes.get(key)]
-                    .into_iter()
-                    .flatten()
-                    .map(|entry| entry.seq)
-                    .filter(|seq| *seq > after && *seq <= until),
-            );
-            more.sort_unstable();
-            more.dedup();
-            more.truncate(rest);
-            seqs.extend(more);
-        }
+        seqs.extend(
+            [self.exact.get(key), self.prefixes.get(key)]
+                .into_iter()
+                .flatten()
+                .map(|entry| entry.seq)
+                .filter(|seq| *seq > after && *seq <= until),
+        );
+        seqs.sort_unstable();
+        seqs.dedup();
+        seqs.truncate(max);
         Some(seqs)
     }
 
@@ -390,11 +386,10 @@ impl Index {
         let dep = DepKey::new(prefix, key.clone());
         let next = next_entry(Some(&previous), change);
         if let Some(history) = &mut self.history {
-            // The previous latest event is now a past one (a snapshot's are
-            // in the base); a deleting event has no entry to hold it.
-            if previous.seq > self.history_from {
-                history.record_alias(prefix, &key, previous.seq);
-            }
+            // The previous latest event is now a past one (even one a
+            // snapshot covered: the base leaves out the seqs its entries
+            // held); a deleting event has no entry to hold it.
+            history.record_alias(prefix, &key, previous.seq);
             if next.is_none() {
                 history.record_alias(prefix, &key, seq);
             }

@@ -1,6 +1,7 @@
 //! Rebuilding the index from the log: snapshot, then every event after it,
 //! decoded on one thread and applied on another; and time travel.
 
+use crate::event::EventType;
 use crate::index::{AliasSeqs, Index, PreparedChange, Preparer};
 use crate::log::{EventLog, LogReader, Snapshot};
 use crate::progress::Progress;
@@ -137,22 +138,35 @@ pub fn index_at(log: &dyn EventLog, seq: u64) -> Result<Index, TimeTravelError> 
     Ok(index)
 }
 
-/// The seqs per alias and per type of the log's events up to `upto` (those a snapshot
-/// covered at start-up), read on a thread of its own after start-up and then
-/// installed with [`Index::install_history_base`]. Records that are not
-/// events, or name no alias, are passed over (replay skips them too).
+/// The seqs per alias and per type of the log's events up to `upto` (those a
+/// snapshot covered at start-up), read on a thread of its own after start-up
+/// and then installed with [`Index::install_history_base`]. Like the index's
+/// own lists, an alias's list leaves out the seq of its latest event when the
+/// alias still exists at `upto` (its entry holds it), so an alias with one
+/// event costs nothing here either. Records that are not events, or name no
+/// alias, are passed over (replay skips them too).
 ///
 /// # Errors
 ///
 /// The log cannot be read.
 pub fn gather_alias_seqs(log: &dyn EventLog, upto: u64) -> anyhow::Result<AliasSeqs> {
+    /// An alias's latest event so far, and whether it exists after it.
+    #[derive(Default)]
+    struct Latest {
+        seq: u64,
+        exists: bool,
+    }
+    type Map<K, V> = std::collections::HashMap<K, V>;
     let mut seqs = AliasSeqs::default();
     let mut reader = log.read_from(1)?;
-    // One key allocation per alias, whatever its number of events; exact
-    // and prefix aliases spelt alike are different aliases.
-    let mut exact_keys: std::collections::HashMap<String, std::sync::Arc<str>> =
-        std::collections::HashMap::new();
-    let mut prefix_keys = exact_keys.clone();
+    // Each spelling's key, allocated once (spellings that differ in case
+    // are one alias); exact and prefix aliases spelt alike are different
+    // aliases.
+    let mut spellings: [Map<String, std::sync::Arc<str>>; 2] = Default::default();
+    let mut latests: [Map<std::sync::Arc<str>, Latest>; 2] = Default::default();
+    // Whether each target spelling parses (an event whose target does not is
+    // not applied by replay, so it makes no entry).
+    let mut targets: Map<String, bool> = Map::new();
     while let Some(record) = reader.next_borrowed() {
         let (seq, payload) = record?;
         if seq > upto {
@@ -161,22 +175,51 @@ pub fn gather_alias_seqs(log: &dyn EventLog, upto: u64) -> anyhow::Result<AliasS
         let Ok(change) = crate::event::StateChange::decode(payload) else {
             continue;
         };
-        let keys = match change.prefix_matching {
-            true => &mut prefix_keys,
-            false => &mut exact_keys,
-        };
-        let key = match keys.get(change.alias.as_ref()) {
+        let table = usize::from(change.prefix_matching);
+        let key = match spellings[table].get(change.alias.as_ref()) {
             Some(key) => key.clone(),
             None => {
                 let Ok(alias) = crate::index::AliasName::of_change(&change) else {
                     continue;
                 };
                 let key = alias.key_arc();
-                keys.insert(change.alias.to_string(), key.clone());
+                spellings[table].insert(change.alias.to_string(), key.clone());
                 key
             }
         };
-        seqs.record(change.prefix_matching, &key, change.kind, seq);
+        let target_parses = change
+            .target
+            .as_deref()
+            .map(|text| match targets.get(text) {
+                Some(parses) => *parses,
+                None => {
+                    let parses = crate::name::ModelName::parse(text).is_ok();
+                    targets.insert(text.to_string(), parses);
+                    parses
+                }
+            });
+        if target_parses == Some(false) {
+            continue;
+        }
+        let latest = latests[table].entry(key.clone()).or_default();
+        if latest.seq > 0 {
+            seqs.record_alias(change.prefix_matching, &key, latest.seq);
+        }
+        latest.seq = seq;
+        // Whether the alias exists after this event, as `Index::apply` decides.
+        latest.exists = match change.kind {
+            EventType::AliasDeleted => false,
+            EventType::AliasCreated | EventType::AliasUpdated => {
+                target_parses.is_some() || latest.exists
+            }
+            _ => latest.exists,
+        };
+        seqs.record_kind(change.kind, seq);
+    }
+    for (table, latests) in latests.iter().enumerate() {
+        for (key, latest) in latests.iter().filter(|(_, l)| !l.exists && l.seq > 0) {
+            seqs.record_alias(table == 1, key, latest.seq);
+        }
     }
     Ok(seqs)
 }
