@@ -41,7 +41,9 @@ pub struct Client {
     base: String,
     /// The path part of `base` (empty, or `/aliasd` behind a proxy's prefix).
     base_path: String,
-    token: Option<String>,
+    /// The bearer token; replaced by its SECRET part once the server
+    /// accepted that instead of a whole `NAME=SECRET` (see [`Client::send`]).
+    token: std::sync::Mutex<Option<String>>,
     http: reqwest::Client,
     /// Runs the requests, on the caller's thread.
     runtime: tokio::runtime::Runtime,
@@ -122,7 +124,7 @@ impl Client {
         Ok(Client {
             base,
             base_path,
-            token,
+            token: std::sync::Mutex::new(token),
             http,
             runtime,
         })
@@ -146,12 +148,44 @@ impl Client {
 
     /// Sends a request (with the token, if any) and waits for the head of
     /// the response.
+    ///
+    /// A token given in the server's `NAME=SECRET` form is sent as given
+    /// first; on a 401 (which changed nothing) the request is sent once more
+    /// with only its SECRET, and if that is accepted, one line on stderr says
+    /// to pass only SECRET, and the SECRET is used from then on.
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
-        let request = match &self.token {
-            Some(token) => request.bearer_auth(token),
-            None => request,
+        let token = self.token.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(token) = token else {
+            return request.send().await.map_err(|e| self.failure(&e));
         };
-        request.send().await.map_err(|e| self.failure(&e))
+        let again = request.try_clone();
+        let response = request
+            .bearer_auth(&token)
+            .send()
+            .await
+            .map_err(|e| self.failure(&e))?;
+        let secret = crate::http::auth::secret_of_spec(&token);
+        let (Some(secret), Some(again)) = (secret, again) else {
+            return Ok(response);
+        };
+        if response.status() != reqwest::StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        let retried = again
+            .bearer_auth(secret)
+            .send()
+            .await
+            .map_err(|e| self.failure(&e))?;
+        if retried.status() == reqwest::StatusCode::UNAUTHORIZED {
+            // Neither form is a token of this server: the first answer stands.
+            return Ok(response);
+        }
+        eprintln!(
+            "aliasd: --auth (or $ALIASD_TOKEN) was given as NAME=SECRET; the server took its \
+             SECRET part: pass only SECRET"
+        );
+        *self.token.lock().unwrap_or_else(|e| e.into_inner()) = Some(secret.to_string());
+        Ok(retried)
     }
 
     /// A reqwest error as a message that says what went wrong and what to

@@ -45,6 +45,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Commands {
     /// Run the registry server.
+    #[command(after_help = SERVE_ENV_HELP)]
     Serve(Box<ServeArgs>),
     /// Create an alias, or point an existing one at a new target.
     Create {
@@ -172,14 +173,53 @@ impl JournalDir {
     }
 }
 
+/// The environment `aliasd serve` reads, listed after its flags in
+/// `serve --help` (the variables of flags are also named beside each flag).
+const SERVE_ENV_HELP: &str = "\
+Environment:
+  OLLAMA_MODELS        the model store (--models)
+  ALIASD_JOURNAL       the journal directory (--journal)
+  ALIASD_LISTEN        the listen address (--listen)
+  ALIASD_TOKENS        read-write tokens, NAME=SECRET,NAME=SECRET (--token)
+  ALIASD_READ_TOKENS   read-only tokens, NAME=SECRET,... (--read-token)
+  ALIASD_CORS_ORIGINS  browser origins allowed (--cors-origin)
+  ALIASD_POLL_MS       poll the store instead of watching it (--poll-ms)
+  ALIASD_LOG_FORMAT    text or json (--log-format)
+  ALIASD_LOG           the log filter, e.g. info or aliasd=debug,info (else RUST_LOG, else info)";
+
+/// The help of `--models`, with the default it resolves to here.
+fn models_help() -> String {
+    format!(
+        "The Ollama model store [default: {}]",
+        default_shown(default_models_dir())
+    )
+}
+
+/// The help of `--journal` (of `serve`), with the default it resolves to here.
+fn journal_help() -> String {
+    format!(
+        "The journal directory [default: {}]",
+        default_shown(default_journal_dir())
+    )
+}
+
+/// A default directory under `$HOME` as help shows it; without `$HOME`
+/// there is none, and the flag must be given.
+fn default_shown(dir: PathBuf) -> String {
+    match has_home() {
+        true => dir.display().to_string(),
+        false => "none: $HOME is not set, so give this flag".to_string(),
+    }
+}
+
 /// `aliasd serve` flags.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// The Ollama model store.
-    #[arg(long, env = "OLLAMA_MODELS")]
+    /// The Ollama model store (default `~/.ollama/models`).
+    #[arg(long, env = "OLLAMA_MODELS", value_name = "DIR", help = models_help())]
     pub models: Option<PathBuf>,
-    /// The journal directory.
-    #[arg(long, env = "ALIASD_JOURNAL")]
+    /// The journal directory (default `~/.ollama/aliasd/journal`).
+    #[arg(long, env = "ALIASD_JOURNAL", value_name = "DIR", help = journal_help())]
     pub journal: Option<PathBuf>,
     /// The address to listen on. On a loopback address (the default) only
     /// requests whose Host names this machine (localhost, *.localhost, an IP
@@ -310,6 +350,18 @@ pub struct ServeArgs {
         default_value_t = 3600 * 1000
     )]
     pub webhook_failing_retry_ms: u64,
+    /// The client's global `--host`, declared here hidden so that clap does
+    /// not list the global one in `serve --help`; the server ignores it (it
+    /// listens on `--listen`). clap fills it from the global flag's value.
+    #[arg(long = "host", id = "host", hide = true, value_name = "HOST")]
+    pub client_host: Option<String>,
+    /// The client's global `--json`, hidden here likewise; ignored.
+    #[arg(long = "json", id = "json", hide = true)]
+    pub client_json: bool,
+    /// The client's global `--auth`, hidden here likewise; ignored (the
+    /// server's tokens are `--token`).
+    #[arg(long = "auth", id = "auth", hide = true, value_name = "SECRET")]
+    pub client_auth: Option<String>,
 }
 
 /// The user's home directory, or the current directory if unknown (start-up

@@ -4,8 +4,12 @@
 //! [`Journal::append`] writes one atomic transaction of one or more records and returns
 //! once it is on disk; many threads may append at once, and a single writer thread turns
 //! their appends into batches with one `fdatasync` each (group commit).
-//! [`Journal::read_from`] replays durable records in order, [`Journal::write_snapshot`]
-//! stores a snapshot blob so that start-up need not replay everything, and
+//! [`Journal::read_from`] replays durable records in order from any seq (starting at an
+//! in-memory mark near it: one mark per 16 KiB of records, made by the writer and by
+//! recovery's scan, so reading from a seq deep in a segment reads little before it),
+//! [`Journal::write_snapshot`] stores a snapshot blob so that start-up need not replay
+//! everything ([`KEPT_SNAPSHOTS`] are kept; [`Journal::snapshot_at_or_below`] finds the
+//! one to rebuild an older state from), and
 //! [`verify`] checks a journal directory without touching it.
 //! The journal knows nothing of what the payloads mean.
 //!
@@ -92,6 +96,9 @@
 //! they are to a directory inside the journal's ([`Recovery::set_aside`]).
 //! A damaged snapshot ahead of the recovered log is deleted, since the seqs it names
 //! will be reused.
+//! Only [`Journal::write_snapshot`] deletes valid snapshots: after writing one, it keeps
+//! it and the three newest before it ([`KEPT_SNAPSHOTS`] in all) and deletes the older
+//! ones (and any ahead of it).
 //!
 //! # Example
 //!
@@ -128,7 +135,7 @@ pub use crate::error::{Error, Result};
 pub use crate::io::{is_disk_full, FaultyIo, FileStatus, Io, IoFile, RealIo};
 pub use crate::record::MAX_PAYLOAD_BYTES;
 pub use crate::segment::{SEGMENT_MAGIC, SEGMENT_VERSION};
-pub use crate::snapshot::{SNAPSHOT_MAGIC, SNAPSHOT_VERSION};
+pub use crate::snapshot::{KEPT_SNAPSHOTS, SNAPSHOT_MAGIC, SNAPSHOT_VERSION};
 
 /// A record's sequence number: gap-free, starting at 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -318,23 +325,54 @@ pub(crate) struct Shared {
     tampered: OnceLock<Error>,
 }
 
-/// A segment as the handles and readers know it.
+/// A segment as the handles know it.
 #[derive(Debug, Clone)]
 pub(crate) struct SegmentMeta {
     pub(crate) first_seq: u64,
     pub(crate) path: PathBuf,
     /// Durable length: readers never read past it.
     pub(crate) len: u64,
+    /// Where records start, every [`segment::MARK_EVERY_BYTES`] or so, all within `len`.
+    pub(crate) marks: segment::Marks,
+}
+
+impl SegmentMeta {
+    /// A segment as a reader starting at seq `from` (or at its first record) reads it.
+    fn to_read(&self, from: Option<u64>) -> ReadSegment {
+        ReadSegment {
+            first_seq: self.first_seq,
+            path: self.path.clone(),
+            len: self.len,
+            start: from.and_then(|seq| self.marks.at_or_before(seq)),
+        }
+    }
+}
+
+/// A segment a [`Reader`] has yet to read: where it is, how much of it is durable, and
+/// the mark to start at (none: at its first record).
+#[derive(Debug, Clone)]
+struct ReadSegment {
+    first_seq: u64,
+    path: PathBuf,
+    len: u64,
+    start: Option<segment::Mark>,
 }
 
 impl Shared {
-    /// Publishes the durable end after a batch is synced.
-    pub(crate) fn publish(&self, len: u64, last_seq: u64) {
+    /// Publishes the durable end after a batch is synced, with the marks of its records.
+    pub(crate) fn publish(&self, len: u64, last_seq: u64, marks: &[segment::Mark]) {
         let mut segments = self.segments.write().unwrap();
         if let Some(active) = segments.last_mut() {
             active.len = len;
+            active.marks.extend(marks);
         }
         self.last_seq.store(last_seq, Ordering::Release);
+    }
+
+    /// Where the active segment's last mark is, if it has one.
+    pub(crate) fn last_mark_offset(&self) -> Option<u64> {
+        let segments = self.segments.read().unwrap();
+        segments.last().map(|active| active.marks.last_offset())
     }
 
     /// Publishes a new, empty active segment.
@@ -513,12 +551,19 @@ impl Journal {
         let start_idx = segments
             .partition_point(|meta| meta.first_seq <= from)
             .saturating_sub(1);
-        let remaining: VecDeque<SegmentMeta> = if from > end_seq {
+        let remaining: VecDeque<ReadSegment> = if from > end_seq {
             VecDeque::new()
         } else {
-            segments[start_idx..].iter().cloned().collect()
+            // The first segment from its mark nearest before `from`.
+            segments[start_idx..]
+                .iter()
+                .enumerate()
+                .map(|(idx, meta)| meta.to_read((idx == 0).then_some(from)))
+                .collect()
         };
-        let next_seq = remaining.front().map_or(from, |meta| meta.first_seq);
+        let next_seq = remaining.front().map_or(from, |read| {
+            read.start.map_or(read.first_seq, |mark| mark.seq)
+        });
         Ok(Reader {
             io: Arc::clone(&shared.options.io),
             segments: remaining,
@@ -530,9 +575,35 @@ impl Journal {
         })
     }
 
+    /// The newest valid snapshot covering records up to `seq` or fewer: where a
+    /// reader rebuilding the state as of `seq` starts (then reading the records after
+    /// it). Damaged snapshots, and any deleted meanwhile by a newer snapshot's
+    /// retention, are passed over for older ones; `None` if there is none.
+    ///
+    /// # Errors
+    ///
+    /// The directory cannot be listed.
+    pub fn snapshot_at_or_below(&self, seq: Seq) -> Result<Option<Snapshot>> {
+        let shared = &self.inner.shared;
+        let io = &*shared.options.io;
+        let snapshots = snapshot::list(io, &shared.dir)?;
+        for (snap_seq, path) in snapshots.iter().rev().filter(|(s, _)| *s <= seq.0) {
+            // An unreadable file (removed by retention since the listing, say) is
+            // passed over like a damaged one: an older snapshot is as right, only slower.
+            if let Ok(Ok(data)) = snapshot::load(io, path, *snap_seq) {
+                return Ok(Some(Snapshot {
+                    seq: Seq(*snap_seq),
+                    data,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
     /// Stores a snapshot covering every record up to `seq`, durably.
     ///
-    /// The new snapshot and the newest one before it are kept; older ones are deleted.
+    /// The new snapshot and the [`KEPT_SNAPSHOTS`]` - 1` newest before it are kept (for
+    /// [`Journal::snapshot_at_or_below`]); older ones, and any ahead of `seq`, are deleted.
     /// With [`Options::retain`] set to `Some(n)`, whole segments whose records are all
     /// covered by this snapshot and older than the last `n` records are deleted afterwards
     /// (never the active segment).
@@ -667,7 +738,7 @@ impl Drop for Inner {
 pub struct Reader {
     io: Arc<dyn Io>,
     /// Segments still to open, with their durable lengths when the reader was made.
-    segments: VecDeque<SegmentMeta>,
+    segments: VecDeque<ReadSegment>,
     cursor: Option<segment::Cursor>,
     /// The seq the next record must carry.
     next_seq: u64,
@@ -714,20 +785,28 @@ impl Reader {
             let cursor = match &mut self.cursor {
                 Some(cursor) => cursor,
                 None => {
-                    let Some(meta) = self.segments.pop_front() else {
+                    let Some(read) = self.segments.pop_front() else {
                         return Ok(None);
                     };
-                    if meta.first_seq != self.next_seq {
+                    let starts_at = read.start.map_or(read.first_seq, |mark| mark.seq);
+                    if starts_at != self.next_seq {
                         let reason =
                             format!("expected a segment starting at seq {}", self.next_seq);
-                        return Err(Error::corrupt(&meta.path, 0, reason));
+                        return Err(Error::corrupt(&read.path, 0, reason));
                     }
-                    self.cursor.insert(segment::Cursor::open(
-                        &*self.io,
-                        &meta.path,
-                        meta.first_seq,
-                        meta.len,
-                    )?)
+                    let cursor = match read.start {
+                        None => {
+                            segment::Cursor::open(&*self.io, &read.path, read.first_seq, read.len)?
+                        }
+                        Some(mark) => segment::Cursor::open_at(
+                            &*self.io,
+                            &read.path,
+                            read.first_seq,
+                            read.len,
+                            mark,
+                        )?,
+                    };
+                    self.cursor.insert(cursor)
                 }
             };
             let Some(rec) = cursor.next_record()? else {
@@ -1003,7 +1082,7 @@ mod tests {
     }
 
     #[test]
-    fn snapshots_keep_the_newest_two_and_retention_drops_covered_segments() {
+    fn snapshots_keep_the_newest_four_and_retention_drops_covered_segments() {
         let dir = tempfile::tempdir().unwrap();
         let options = Options {
             segment_bytes: 256,
@@ -1020,10 +1099,23 @@ mod tests {
             journal.write_snapshot(Seq(101), b"x"),
             Err(Error::SeqOutOfRange { .. })
         ));
+        journal.write_snapshot(Seq(10), b"state@10").unwrap();
         journal.write_snapshot(Seq(20), b"state@20").unwrap();
         journal.write_snapshot(Seq(40), b"state@40").unwrap();
+        journal.write_snapshot(Seq(60), b"state@60").unwrap();
         journal.write_snapshot(Seq(95), b"state@95").unwrap();
-        assert_eq!(snapshot_files(dir.path()).len(), 2);
+        // The one just written and the three newest before it: 10 went.
+        assert_eq!(snapshot_files(dir.path()).len(), KEPT_SNAPSHOTS);
+        let at_or_below = |seq| {
+            journal
+                .snapshot_at_or_below(Seq(seq))
+                .unwrap()
+                .map(|snap| (snap.seq.0, snap.data))
+        };
+        assert_eq!(at_or_below(19), None);
+        assert_eq!(at_or_below(20), Some((20, b"state@20".to_vec())));
+        assert_eq!(at_or_below(59), Some((40, b"state@40".to_vec())));
+        assert_eq!(at_or_below(100), Some((95, b"state@95".to_vec())));
         let first = journal.first_seq().0;
         // Records 91..=100 are the last 10: they and anything in their segments stay.
         assert!(first > 1 && first <= 91, "first seq {first}");
@@ -1132,5 +1224,77 @@ mod tests {
         ));
         assert_eq!(records(&other, 1), vec![(1, b"a".to_vec())]);
         other.close();
+    }
+
+    /// A damaged snapshot is passed over by `snapshot_at_or_below` for an older one.
+    #[test]
+    fn snapshot_at_or_below_passes_over_a_damaged_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open(dir.path(), Options::default()).journal;
+        journal.append(vec![payload(1, 10); 9]).unwrap();
+        journal.write_snapshot(Seq(3), b"three").unwrap();
+        journal.write_snapshot(Seq(6), b"six").unwrap();
+        let six = snapshot_files(dir.path()).pop().unwrap();
+        let mut bytes = std::fs::read(&six).unwrap();
+        *bytes.last_mut().unwrap() ^= 1;
+        std::fs::write(&six, bytes).unwrap();
+        let found = journal.snapshot_at_or_below(Seq(8)).unwrap().unwrap();
+        assert_eq!((found.seq, found.data.as_slice()), (Seq(3), &b"three"[..]));
+    }
+
+    /// Reading from any seq gives the records from there, whether the segments' marks
+    /// were made by the writer or by recovery's scan, and a reader that starts deep in
+    /// a segment starts at a mark near it rather than at the segment's first record.
+    #[test]
+    fn reading_from_any_seq_starts_at_a_mark_near_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options {
+            segment_bytes: 100 << 10,
+            ..Options::default()
+        };
+        let journal = open(dir.path(), options.clone()).journal;
+        let mut expected = Vec::new();
+        let mut tag = 0u64;
+        for txn in 0..1500u64 {
+            let payloads: Vec<Vec<u8>> = (0..1 + txn % 3)
+                .map(|idx| {
+                    tag += 1;
+                    payload(tag, 40 + ((txn * 7 + idx * 13) % 200) as usize)
+                })
+                .collect();
+            expected.extend(payloads.iter().cloned());
+            journal.append(payloads).unwrap();
+        }
+        let last = expected.len() as u64;
+        assert!(segment_files(dir.path()).len() > 2, "several segments");
+        let check = |journal: &Journal| {
+            let segments = journal.inner.shared.segments.read().unwrap().clone();
+            assert!(
+                segments.iter().all(|meta| meta.marks.len() > 3),
+                "marks made"
+            );
+            for from in (1..=last).step_by(11).chain([last]) {
+                let reader = journal.read_from(Seq(from)).unwrap();
+                let start = reader.segments.front().unwrap().clone();
+                let meta = segments.iter().rfind(|m| m.first_seq <= from).unwrap();
+                if let Some(mark) = meta.marks.at_or_before(from) {
+                    assert_eq!(start.start, Some(mark), "seq {from}");
+                    assert!(mark.seq <= from);
+                }
+                let read: Vec<(Seq, Vec<u8>)> = reader.take(5).collect::<Result<_>>().unwrap();
+                let want: Vec<(Seq, Vec<u8>)> = (from..=last.min(from + 4))
+                    .map(|seq| (Seq(seq), expected[seq as usize - 1].clone()))
+                    .collect();
+                assert_eq!(read, want, "from seq {from}");
+            }
+        };
+        check(&journal);
+        drop(journal);
+        let reopened = open(dir.path(), options).journal;
+        check(&reopened);
+        // Appends after recovery go on marking the active segment.
+        reopened.append(vec![payload(9, 100); 400]).unwrap();
+        let records = records(&reopened, last - 3);
+        assert_eq!(records.len(), 404);
     }
 }

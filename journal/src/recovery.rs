@@ -102,11 +102,13 @@ pub(crate) fn recover(dir: &Path, options: &Options) -> Result<Recovered> {
                 scan.last_seq = last_seq;
             }
         }
+        scan.marks.cut(scan.committed_end);
         let Some(damage) = scan.damage.clone() else {
             segments.push(SegmentMeta {
                 first_seq: *name_seq,
                 path: path.clone(),
                 len: scan.committed_end,
+                marks: scan.marks,
             });
             last_seq = scan.last_seq;
             continue;
@@ -164,6 +166,7 @@ pub(crate) fn recover(dir: &Path, options: &Options) -> Result<Recovered> {
                 first_seq: *name_seq,
                 path: path.clone(),
                 len: scan.committed_end,
+                marks: scan.marks,
             });
             last_seq = scan.last_seq;
         } else if segments.is_empty() {
@@ -173,6 +176,7 @@ pub(crate) fn recover(dir: &Path, options: &Options) -> Result<Recovered> {
                 first_seq: *name_seq,
                 path: path.clone(),
                 len: SEGMENT_HEADER_LEN as u64,
+                marks: segment::Marks::default(),
             });
             last_seq = name_seq.saturating_sub(1);
         } else {
@@ -256,6 +260,7 @@ pub(crate) fn recover(dir: &Path, options: &Options) -> Result<Recovered> {
                 first_seq,
                 path: path.clone(),
                 len: SEGMENT_HEADER_LEN as u64,
+                marks: segment::Marks::default(),
             });
             last_seq = first_seq - 1;
             path

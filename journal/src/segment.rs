@@ -21,6 +21,67 @@ pub(crate) const SEGMENT_HEADER_LEN: usize = 24;
 const SEGMENT_EXT: &str = ".seg";
 /// Bytes a reader asks the file for at once.
 const READ_CHUNK: usize = 1 << 20;
+/// A cursor's first read: small, so that a reader that starts at a mark to read a few
+/// records reads little; each later read doubles, up to [`READ_CHUNK`].
+const FIRST_READ_CHUNK: usize = 32 << 10;
+
+/// Bytes of records between two [`Mark`]s of a segment (at least): a reader starting at
+/// a seq reads at most about this much before it, at a cost of one mark (16 bytes) per
+/// this many bytes of journal held in memory.
+pub(crate) const MARK_EVERY_BYTES: u64 = 16 << 10;
+
+/// Where a record starts in its segment: readers start at the nearest mark at or
+/// before the seq they want instead of at the segment's first record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Mark {
+    /// The record's seq.
+    pub(crate) seq: u64,
+    /// Its offset in the segment file.
+    pub(crate) offset: u64,
+}
+
+/// The marks of a segment, oldest first: a mark for a record that starts at least
+/// [`MARK_EVERY_BYTES`] after the previous mark (or after the header).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Marks(Vec<Mark>);
+
+impl Marks {
+    /// The offset after which the next mark may go.
+    pub(crate) fn last_offset(&self) -> u64 {
+        self.0
+            .last()
+            .map_or(SEGMENT_HEADER_LEN as u64, |mark| mark.offset)
+    }
+
+    /// Marks the record `seq` at `offset` if it is far enough from the last mark.
+    pub(crate) fn offer(&mut self, seq: u64, offset: u64) {
+        if offset >= self.last_offset() + MARK_EVERY_BYTES {
+            self.0.push(Mark { seq, offset });
+        }
+    }
+
+    /// Adds marks made for records now durable (in order, after these).
+    pub(crate) fn extend(&mut self, more: &[Mark]) {
+        self.0.extend_from_slice(more);
+    }
+
+    /// Drops the marks at or past `end` (records cut off by recovery).
+    pub(crate) fn cut(&mut self, end: u64) {
+        self.0.retain(|mark| mark.offset < end);
+    }
+
+    /// The last mark at or before `seq`, if any.
+    pub(crate) fn at_or_before(&self, seq: u64) -> Option<Mark> {
+        let idx = self.0.partition_point(|mark| mark.seq <= seq);
+        idx.checked_sub(1).map(|idx| self.0[idx])
+    }
+
+    /// How many marks there are.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+}
 
 /// The file name of the segment whose first record has seq `first_seq`.
 pub(crate) fn file_name(first_seq: u64) -> String {
@@ -130,6 +191,8 @@ pub(crate) struct Damage {
 /// What [`scan`] found in a segment.
 #[derive(Debug, Clone)]
 pub(crate) struct Scan {
+    /// Marks of the records scanned (cut to `committed_end` by the caller).
+    pub(crate) marks: Marks,
     /// Byte offset just after the last whole transaction (0 if the header is bad).
     pub(crate) committed_end: u64,
     /// The seq of the last record of the last whole transaction (`first_seq - 1` if none).
@@ -152,6 +215,7 @@ pub(crate) fn is_preallocated(rest: &[u8]) -> bool {
 /// seq continuity, whole transactions.
 pub(crate) fn scan(buf: &[u8], name_seq: u64) -> Scan {
     let mut out = Scan {
+        marks: Marks::default(),
         committed_end: 0,
         last_seq: name_seq.saturating_sub(1),
         records: 0,
@@ -211,6 +275,7 @@ pub(crate) fn scan(buf: &[u8], name_seq: u64) -> Scan {
                 }
                 expected += 1;
                 n_records += 1;
+                out.marks.offer(rec.seq, pos as u64);
                 pos += rec.encoded_len();
                 if rec.is_txn_end() {
                     out.committed_end = pos as u64;
@@ -329,6 +394,8 @@ pub(crate) struct Cursor {
     record_offset: u64,
     /// Payload length of the record last returned: its bytes end at `start`.
     last_payload_len: usize,
+    /// How much the next read asks for (see [`FIRST_READ_CHUNK`]).
+    chunk: usize,
 }
 
 impl Cursor {
@@ -345,6 +412,7 @@ impl Cursor {
             filled: 0,
             record_offset: 0,
             last_payload_len: 0,
+            chunk: FIRST_READ_CHUNK,
         };
         cursor.fill(SEGMENT_HEADER_LEN)?;
         match decode_header(&cursor.buf[..cursor.filled]) {
@@ -357,6 +425,27 @@ impl Cursor {
             Err(reason) => return Err(Error::corrupt(path, 0, reason)),
         }
         cursor.start = SEGMENT_HEADER_LEN;
+        Ok(cursor)
+    }
+
+    /// [`Cursor::open`], then goes to `mark`, a record start recorded when the
+    /// segment was written or scanned, dropping what was read before it.
+    pub(crate) fn open_at(
+        io: &dyn Io,
+        path: &Path,
+        first_seq: u64,
+        end: u64,
+        mark: Mark,
+    ) -> Result<Cursor> {
+        let mut cursor = Cursor::open(io, path, first_seq, end)?;
+        let buffered_to = cursor.next_read;
+        if mark.offset <= buffered_to {
+            cursor.start = mark.offset as usize;
+        } else {
+            cursor.start = 0;
+            cursor.filled = 0;
+            cursor.next_read = mark.offset;
+        }
         Ok(cursor)
     }
 
@@ -418,7 +507,8 @@ impl Cursor {
             self.filled -= self.start;
             self.start = 0;
         }
-        let want = need.max(READ_CHUNK);
+        let want = need.max(self.chunk);
+        self.chunk = (self.chunk * 2).min(READ_CHUNK);
         if self.buf.len() < want {
             self.buf.resize(want, 0);
         }

@@ -2,7 +2,8 @@
 //!
 //! A snapshot is written to a temporary file, synced, renamed into place and the
 //! directory synced, so a crash leaves either the old set of snapshots or the new one.
-//! The snapshot just written and the newest one before it are kept; older ones go.
+//! The snapshot just written and the [`KEPT_SNAPSHOTS`]` - 1` newest before it are kept
+//! (time travel starts from the newest one at or below the seq it wants); older ones go.
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +17,9 @@ pub const SNAPSHOT_MAGIC: [u8; 8] = *b"aliasdSN";
 pub const SNAPSHOT_VERSION: u32 = 1;
 /// Bytes of a snapshot header: magic (8), version (4), seq (8), data length (8), CRC32C (4).
 const SNAPSHOT_HEADER_LEN: usize = 32;
+/// How many snapshots [`prune`] keeps: the one just written and the newest ones before
+/// it. A few older states to start time travel from, at the disk cost of as many copies.
+pub const KEPT_SNAPSHOTS: usize = 4;
 /// The file name extension of snapshots.
 const SNAPSHOT_EXT: &str = ".snap";
 /// The extension of a snapshot being written.
@@ -137,17 +141,20 @@ pub(crate) fn write(io: &dyn Io, dir: &Path, seq: u64, data: &[u8]) -> Result<Pa
     res.map(|()| path)
 }
 
-/// Removes every snapshot but the one for `keep_seq` and the newest one before it.
+/// Removes every snapshot but the one for `keep_seq` and the [`KEPT_SNAPSHOTS`]` - 1`
+/// newest before it (older ones, and any ahead of `keep_seq`, go).
 pub(crate) fn prune(io: &dyn Io, dir: &Path, keep_seq: u64) -> Result<()> {
     let snapshots = list(io, dir)?;
-    let previous = snapshots
+    let kept: Vec<u64> = snapshots
         .iter()
+        .rev()
         .map(|(seq, _)| *seq)
-        .filter(|seq| *seq < keep_seq)
-        .max();
+        .filter(|seq| *seq <= keep_seq)
+        .take(KEPT_SNAPSHOTS)
+        .collect();
     let mut removed = false;
     for (seq, path) in &snapshots {
-        if *seq != keep_seq && Some(*seq) != previous {
+        if !kept.contains(seq) {
             io.remove_file(path)
                 .map_err(|e| Error::io("remove", path, e))?;
             removed = true;

@@ -219,6 +219,10 @@ pub(crate) struct Writer {
     dirty: bool,
     /// Encoding buffer, reused across batches.
     buf: Vec<u8>,
+    /// Offset of the active segment's last mark (its header's end if none).
+    last_mark: u64,
+    /// Marks of the batch being written, published once it is durable.
+    marks: Vec<crate::segment::Mark>,
 }
 
 impl Writer {
@@ -232,6 +236,9 @@ impl Writer {
         // Unknown length: assume no zeros ahead; writing zeros over zeros is harmless.
         let allocated_len = file.file_len().unwrap_or(durable_len).max(durable_len);
         let file_id = file.status().ok().and_then(|status| status.id);
+        let last_mark = shared
+            .last_mark_offset()
+            .unwrap_or(SEGMENT_HEADER_LEN as u64);
         Writer {
             shared,
             path,
@@ -243,6 +250,8 @@ impl Writer {
             next_seq,
             dirty: false,
             buf: Vec::new(),
+            last_mark,
+            marks: Vec::new(),
         }
     }
 
@@ -313,6 +322,8 @@ impl Writer {
             self.roll_over()?;
         }
         self.buf.clear();
+        self.marks.clear();
+        let mut last_mark = self.last_mark;
         let mut seq = self.next_seq;
         for (txn_idx, request) in batch.iter().enumerate() {
             for (record_idx, payload) in request.payloads.iter().enumerate() {
@@ -325,6 +336,11 @@ impl Writer {
                     if txn_idx + 1 == batch.len() {
                         flags |= FLAG_BATCH_END;
                     }
+                }
+                let offset = self.durable_len + self.buf.len() as u64;
+                if offset >= last_mark + crate::segment::MARK_EVERY_BYTES {
+                    self.marks.push(crate::segment::Mark { seq, offset });
+                    last_mark = offset;
                 }
                 record::encode(&mut self.buf, seq, flags, payload);
                 seq += 1;
@@ -352,7 +368,8 @@ impl Writer {
         self.dirty = false;
         self.durable_len = end;
         self.next_seq = seq;
-        self.shared.publish(self.durable_len, seq - 1);
+        self.last_mark = last_mark;
+        self.shared.publish(self.durable_len, seq - 1, &self.marks);
         Ok(())
     }
 
@@ -462,11 +479,13 @@ impl Writer {
             first_seq: self.next_seq,
             path: path.clone(),
             len: SEGMENT_HEADER_LEN as u64,
+            marks: crate::segment::Marks::default(),
         });
         self.path = path;
         self.file_id = file.status().ok().and_then(|status| status.id);
         self.file = file;
         self.durable_len = SEGMENT_HEADER_LEN as u64;
+        self.last_mark = self.durable_len;
         self.allocated_len = self.durable_len;
         self.preallocation_failed = false;
         Ok(())

@@ -180,20 +180,10 @@ const TIME_TRAVEL_AT_ONCE: usize = 2;
 /// The permits of [`TIME_TRAVEL_AT_ONCE`].
 static TIME_TRAVEL: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(TIME_TRAVEL_AT_ONCE);
 
-/// The index as it was right after event `seq`, replayed from the journal.
+/// The index as it was right after event `seq`, rebuilt from the newest
+/// snapshot at or below it and the events after that.
 async fn index_at(state: &AppState, seq: u64) -> Result<(Index, Models), ApiError> {
     let log = state.registry.log().clone();
-    let first = log.first_seq();
-    // Replay needs every event from seq 1: once retention has dropped the
-    // oldest, only the present can be answered.
-    if first > 1 {
-        return Err(ApiError::new(
-            StatusCode::GONE,
-            format!(
-                "history before seq {first} is no longer retained (--retain), so the registry as of seq {seq} cannot be rebuilt"
-            ),
-        ));
-    }
     // Each replay builds a whole index: only a few at once, whoever asks.
     let Ok(_permit) = TIME_TRAVEL.try_acquire() else {
         return Err(ApiError::new(
@@ -207,12 +197,22 @@ async fn index_at(state: &AppState, seq: u64) -> Result<(Index, Models), ApiErro
     let index = tokio::task::spawn_blocking(move || crate::registry::index_at(&*log, seq))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| {
-            tracing::error!("time travel replay failed: {e}");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "replaying the journal failed",
-            )
+        .map_err(|e| match e {
+            // Without a snapshot at or below `seq` whose later events are
+            // all held, the state at `seq` cannot be rebuilt.
+            crate::registry::TimeTravelError::Gone { first } => ApiError::new(
+                StatusCode::GONE,
+                format!(
+                    "history before seq {first} is no longer retained (--retain), so the registry as of seq {seq} cannot be rebuilt; ask for a later seq"
+                ),
+            ),
+            crate::registry::TimeTravelError::Failed(e) => {
+                tracing::error!("time travel replay failed: {e}");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "replaying the journal failed",
+                )
+            }
         })?;
     Ok((index, models))
 }

@@ -52,10 +52,7 @@ impl Token {
         if name.is_empty() || secret.is_empty() {
             return Err("a token must be NAME=SECRET with both parts non-empty".into());
         }
-        if !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
+        if !is_token_name(name) {
             return Err(format!(
                 "token name {name:?} may only use letters, digits, '-', '_' and '.'"
             ));
@@ -78,6 +75,21 @@ impl Token {
             .map(|s| Token::parse(s.trim(), read_only))
             .collect()
     }
+}
+
+/// Whether `name` may name a token: letters, digits, `-`, `_` and `.`.
+pub fn is_token_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// The SECRET of a value in the servers' `NAME=SECRET` form (NAME a valid
+/// token name, SECRET not empty), for a client given the whole spec.
+pub fn secret_of_spec(spec: &str) -> Option<&str> {
+    let (name, secret) = spec.split_once('=')?;
+    (is_token_name(name.trim()) && !secret.is_empty()).then_some(secret)
 }
 
 /// Finds the token whose secret matches, looking at every token every time.

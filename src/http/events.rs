@@ -68,7 +68,25 @@ pub async fn history_list(
     let since = query.since.unwrap_or(0);
     let until = query.until.unwrap_or(u64::MAX);
     let log = state.registry.log().clone();
+    let registry = state.registry.clone();
     let (events, more) = tokio::task::spawn_blocking(move || {
+        // One alias (or one type): only its records, by the index's seqs
+        // (each page copied out under the lock); else, or while that index
+        // is still being built after start-up, the log from `since` on.
+        let key = filter.alias_key().map(str::to_string);
+        let kind = filter.kind();
+        if key.is_some() || kind.is_some() {
+            let seqs = |after: u64, max: usize| {
+                registry.read(|s| match (&key, kind) {
+                    (Some(key), _) => s.index.alias_seqs(key, after, until, max),
+                    (None, Some(kind)) => s.index.kind_seqs(kind, after, until, max),
+                    (None, None) => None,
+                })
+            };
+            if let Some(page) = crate::feed::history_by_seqs(&*log, &filter, since, limit, seqs)? {
+                return Ok(page);
+            }
+        }
         crate::feed::history(&*log, &filter, since, until, limit)
     })
     .await

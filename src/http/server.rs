@@ -14,13 +14,17 @@
 //! - [`HeadTimer`]: hyper's header read timer, made to tell a new request's
 //!   head (the header timeout) from an idle keep-alive connection (the idle
 //!   timeout);
-//! - [`ConnIo`]: the socket, counting reads for the timer and rewriting
-//!   hyper's empty-bodied error answers.
+//! - [`ConnIo`]: the socket, counting reads for the timer, rewriting
+//!   hyper's empty-bodied error answers, and closing as nginx's lingering
+//!   close does when a request body was left unread (a 413, say): the answer
+//!   is sent and the write side shut, then what the client still sends is
+//!   read and discarded, up to [`LINGER_MAX_BYTES`] or [`LINGER_MAX_TIME`],
+//!   so that its kernel does not reset the connection and drop the answer.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -40,6 +44,14 @@ pub const MAX_HEAD_BYTES: usize = 128 * 1024;
 /// File descriptors kept back from connections for the journal, the store's
 /// scans, the watcher and the runtime (at most half the limit).
 pub const FD_RESERVE: u64 = 128;
+
+/// The most a lingering close reads and discards of a request body the
+/// server did not read (SPEC §5): past it the connection is closed anyway.
+pub const LINGER_MAX_BYTES: u64 = 8 << 20;
+
+/// The longest a lingering close waits for the client to finish sending
+/// and close its side.
+pub const LINGER_MAX_TIME: Duration = Duration::from_secs(3);
 
 /// How often, at most, the log says the connection cap was hit.
 const CAP_WARNING_EVERY: Duration = Duration::from_secs(10);
@@ -211,14 +223,20 @@ async fn serve_connection<A: App>(
     _permit: OwnedSemaphorePermit,
 ) {
     let reads = Arc::new(AtomicU64::new(0));
+    let body_open = Arc::new(AtomicBool::new(false));
     builder.timer(HeadTimer {
         reads: reads.clone(),
         heads: AtomicU64::new(0),
         header_timeout: limits.header_timeout,
         idle_timeout: limits.idle_timeout,
     });
-    let io = hyper_util::rt::TokioIo::new(ConnIo::new(stream, reads));
-    let connection = builder.serve_connection(io, ConnService { app, remote });
+    let io = hyper_util::rt::TokioIo::new(ConnIo::new(stream, reads, body_open.clone()));
+    let service = ConnService {
+        app,
+        remote,
+        body_open,
+    };
+    let connection = builder.serve_connection(io, service);
     let mut connection = std::pin::pin!(connection);
     let res = tokio::select! {
         res = connection.as_mut() => res,
@@ -262,11 +280,14 @@ impl<A> App for A where
 
 /// One connection's service: the app, with the peer's address as axum's
 /// `ConnectInfo` (event actors name it), as
-/// `Router::into_make_service_with_connect_info` would give it.
+/// `Router::into_make_service_with_connect_info` would give it; and it marks
+/// whether the request's body is still unread, for [`ConnIo`]'s lingering close.
 #[derive(Clone)]
 struct ConnService<A> {
     app: A,
     remote: SocketAddr,
+    /// Set while the current request has a body not yet read to its end.
+    body_open: Arc<AtomicBool>,
 }
 
 impl<A: App> hyper::service::Service<hyper::Request<hyper::body::Incoming>> for ConnService<A> {
@@ -275,11 +296,63 @@ impl<A: App> hyper::service::Service<hyper::Request<hyper::body::Incoming>> for 
     type Future = A::Future;
 
     fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
-        let mut request = request.map(axum::body::Body::new);
+        use hyper::body::Body as _;
+        // HTTP/1 serves one request at a time: the flag is this request's.
+        let open = !request.body().is_end_stream();
+        self.body_open.store(open, Ordering::Relaxed);
+        let mut request = match open {
+            true => request.map(|inner| {
+                axum::body::Body::new(TrackedBody {
+                    inner,
+                    open: self.body_open.clone(),
+                })
+            }),
+            false => request.map(axum::body::Body::new),
+        };
         request.extensions_mut().insert(ConnectInfo(self.remote));
         // The app is always ready (no layer applies backpressure), so it is
         // called without `poll_ready`, on a clone as tower asks.
         tower::Service::call(&mut self.app.clone(), request)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that clears its connection's `body_open` flag once it
+    /// has been read to its end (or failed), so that only a connection
+    /// whose last body was left unread closes lingering.
+    struct TrackedBody {
+        #[pin]
+        inner: hyper::body::Incoming,
+        open: Arc<AtomicBool>,
+    }
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let frame = std::task::ready!(this.inner.as_mut().poll_frame(cx));
+        let ended = match &frame {
+            None | Some(Err(_)) => true,
+            Some(Ok(_)) => this.inner.is_end_stream(),
+        };
+        if ended {
+            this.open.store(false, Ordering::Relaxed);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -374,14 +447,57 @@ struct ConnIo {
     reads: Arc<AtomicU64>,
     /// The JSON answer that replaces hyper's, and how much of it is written.
     replacement: Option<(Vec<u8>, usize)>,
+    /// Set by [`ConnService`] while a request body is unread: closing then lingers.
+    body_open: Arc<AtomicBool>,
+    /// The lingering close under way (the write side already shut).
+    linger: Option<Linger>,
+}
+
+/// A lingering close: what is left of its budget.
+struct Linger {
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    discarded: u64,
+}
+
+impl Linger {
+    fn new() -> Linger {
+        Linger {
+            deadline: Box::pin(tokio::time::sleep(LINGER_MAX_TIME)),
+            discarded: 0,
+        }
+    }
+
+    /// Reads and discards until the client closes its side, fails, or the
+    /// budget is spent; then the connection may close.
+    fn poll_drain(&mut self, stream: &mut tokio::net::TcpStream, cx: &mut Context<'_>) -> Poll<()> {
+        let mut scratch = [0u8; 16 * 1024];
+        loop {
+            if self.deadline.as_mut().poll(cx).is_ready() || self.discarded >= LINGER_MAX_BYTES {
+                return Poll::Ready(());
+            }
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(()),
+                Poll::Ready(Ok(())) => self.discarded += buf.filled().len() as u64,
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
 }
 
 impl ConnIo {
-    fn new(stream: tokio::net::TcpStream, reads: Arc<AtomicU64>) -> ConnIo {
+    fn new(
+        stream: tokio::net::TcpStream,
+        reads: Arc<AtomicU64>,
+        body_open: Arc<AtomicBool>,
+    ) -> ConnIo {
         ConnIo {
             stream,
             reads,
             replacement: None,
+            body_open,
+            linger: None,
         }
     }
 
@@ -474,10 +590,22 @@ impl AsyncWrite for ConnIo {
         Pin::new(&mut this.stream).poll_flush(cx)
     }
 
+    /// Shuts the write side; when a request body was left unread, then
+    /// drains what the client still sends, within the linger budget.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         std::task::ready!(this.poll_replacement(cx))?;
-        Pin::new(&mut this.stream).poll_shutdown(cx)
+        if this.linger.is_none() {
+            std::task::ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
+            if !this.body_open.load(Ordering::Relaxed) {
+                return Poll::Ready(Ok(()));
+            }
+            this.linger = Some(Linger::new());
+        }
+        match &mut this.linger {
+            Some(linger) => linger.poll_drain(&mut this.stream, cx).map(Ok),
+            None => Poll::Ready(Ok(())),
+        }
     }
 }
 

@@ -10,15 +10,18 @@
 //! Layout: `types.rs` (entries, names, models), `prepare.rs` (parsing an
 //! event's names and time once), `resolve.rs` (chains, reverse
 //! dependencies, resolution), `draft.rs` (pending changes over the index),
-//! `time.rs` (event times); this file, the index and `Index::apply`.
+//! `time.rs` (event times), `history.rs` (the seqs of each alias's events);
+//! this file, the index and `Index::apply`.
 
 mod draft;
+mod history;
 mod prepare;
 mod resolve;
 mod time;
 mod types;
 
 pub use draft::*;
+pub use history::AliasSeqs;
 pub use prepare::*;
 pub use resolve::*;
 pub use time::*;
@@ -40,7 +43,7 @@ type HashSet<K> = StdHashSet<K, foldhash::fast::RandomState>;
 /// Keys are shared strings: the key of an exact alias is the same allocation
 /// as its name's key, and targets and digests are interned, so an alias costs
 /// its entry and one name allocation.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Index {
     /// Entries are boxed: a map's spare capacity then costs a pointer, not an entry.
     exact: HashMap<Arc<str>, Box<AliasEntry>>,
@@ -59,12 +62,133 @@ pub struct Index {
     /// `AliasState as usize`: kept as entries come and go, so that
     /// `/metrics` reads three numbers instead of walking every alias.
     state_counts: [u64; 3],
+    /// The seqs of each alias's events applied here (after `history_from`);
+    /// `None` when not kept (a time-travel index).
+    history: Option<AliasSeqs>,
+    /// Events up to this seq came from a snapshot, not through `apply`:
+    /// their seqs are in `history_base` once that is installed.
+    history_from: u64,
+    /// The seqs of the events up to `history_from`, gathered from the log
+    /// after start-up ([`Index::install_history_base`]).
+    history_base: Option<Arc<AliasSeqs>>,
+}
+
+impl Default for Index {
+    fn default() -> Index {
+        Index {
+            exact: HashMap::default(),
+            prefixes: HashMap::default(),
+            dependents: HashMap::default(),
+            tombstones: HashMap::default(),
+            names: HashMap::default(),
+            digests: HashSet::default(),
+            preparer: Preparer::default(),
+            last_seq: 0,
+            state_counts: [0; 3],
+            history: Some(AliasSeqs::default()),
+            history_from: 0,
+            history_base: None,
+        }
+    }
 }
 
 impl Index {
     /// The seq of the last applied event.
     pub fn last_seq(&self) -> u64 {
         self.last_seq
+    }
+
+    /// The seqs of the events about the alias with key `key` after `after`
+    /// and up to `until`, at most `max`, ascending; `None` while the index
+    /// does not know them all (the seqs of a snapshot's events are not yet
+    /// gathered, or this index keeps none).
+    pub fn alias_seqs(&self, key: &str, after: u64, until: u64, max: usize) -> Option<Vec<u64>> {
+        // Three sources, each sorted, merged: the lists of past events
+        // applied here, the base gathered from the log for the events up to
+        // `history_from` (but those its entries held), and the latest event
+        // of a live alias, which is its entry's seq (see `AliasSeqs`).
+        let live = self.history.as_ref()?;
+        let mut seqs = live.page(key, after, until, max);
+        if self.history_from > 0 && after < self.history_from {
+            let base = self.history_base.as_ref()?;
+            seqs.extend(base.page(key, after, until.min(self.history_from), max));
+        }
+        seqs.extend(
+            [self.exact.get(key), self.prefixes.get(key)]
+                .into_iter()
+                .flatten()
+                .map(|entry| entry.seq)
+                .filter(|seq| *seq > after && *seq <= until),
+        );
+        seqs.sort_unstable();
+        seqs.dedup();
+        seqs.truncate(max);
+        Some(seqs)
+    }
+
+    /// [`Index::alias_seqs`] for the events of type `kind`.
+    pub fn kind_seqs(
+        &self,
+        kind: EventType,
+        after: u64,
+        until: u64,
+        max: usize,
+    ) -> Option<Vec<u64>> {
+        self.seqs_of(after, until, max, |seqs, after, until, max| {
+            seqs.kind_page(kind, after, until, max)
+        })
+    }
+
+    /// A page of seqs from `page` of the base (the events up to
+    /// `history_from`), then of the seqs applied since.
+    fn seqs_of(
+        &self,
+        after: u64,
+        until: u64,
+        max: usize,
+        page: impl Fn(&AliasSeqs, u64, u64, usize) -> Vec<u64>,
+    ) -> Option<Vec<u64>> {
+        let live = self.history.as_ref()?;
+        let mut seqs = Vec::new();
+        if self.history_from > 0 && after < self.history_from {
+            let base = self.history_base.as_ref()?;
+            seqs = page(base, after, until.min(self.history_from), max);
+        }
+        if seqs.len() < max && until > self.history_from {
+            let after = seqs.last().copied().unwrap_or(after).max(after);
+            seqs.extend(page(live, after, until, max - seqs.len()));
+        }
+        Some(seqs)
+    }
+
+    /// The seq up to which the events' seqs per alias are still to be
+    /// gathered from the log (those a snapshot covered), if any are.
+    pub fn history_gap(&self) -> Option<u64> {
+        (self.history.is_some() && self.history_from > 0 && self.history_base.is_none())
+            .then_some(self.history_from)
+    }
+
+    /// Installs the seqs per alias of the events up to `upto`, gathered
+    /// from the log, if they are the ones missing ([`Index::history_gap`]).
+    pub fn install_history_base(&mut self, base: Arc<AliasSeqs>, upto: u64) {
+        if self.history_gap() == Some(upto) {
+            self.history_base = Some(base);
+        }
+    }
+
+    /// Stops keeping the seqs of each alias's events (an index that
+    /// answers one time-travel request needs none).
+    pub fn without_history(mut self) -> Index {
+        self.history = None;
+        self
+    }
+
+    /// What the seqs per alias take: the events and aliases recorded since
+    /// start-up (or the snapshot), and their heap bytes.
+    pub fn history_size(&self) -> (u64, usize, usize) {
+        self.history
+            .as_ref()
+            .map_or((0, 0, 0), |h| (h.events(), h.aliases(), h.heap_bytes()))
     }
 
     /// Number of aliases, exact and prefix.
@@ -225,6 +349,9 @@ impl Index {
         let prefix = change.alias.is_prefix();
         let seq = change.seq;
         self.last_seq = self.last_seq.max(seq);
+        if let Some(history) = &mut self.history {
+            history.record_kind(change.kind, seq);
+        }
         // One lookup for an alias seen for the first time (most of a replay):
         // its slot is filled in place, without hashing its key again.
         let table = if prefix {
@@ -236,6 +363,10 @@ impl Index {
             std::collections::hash_map::Entry::Occupied(occupied) => *occupied.remove(),
             std::collections::hash_map::Entry::Vacant(vacant) => {
                 let Some(entry) = next_entry(None, change) else {
+                    // No entry holds this event's seq: the list does.
+                    if let Some(history) = &mut self.history {
+                        history.record_alias(prefix, &key, seq);
+                    }
                     return;
                 };
                 let entry = intern_entry(&mut self.names, &mut self.digests, entry);
@@ -254,6 +385,15 @@ impl Index {
         self.state_counts[previous.state as usize] -= 1;
         let dep = DepKey::new(prefix, key.clone());
         let next = next_entry(Some(&previous), change);
+        if let Some(history) = &mut self.history {
+            // The previous latest event is now a past one (even one a
+            // snapshot covered: the base leaves out the seqs its entries
+            // held); a deleting event has no entry to hold it.
+            history.record_alias(prefix, &key, previous.seq);
+            if next.is_none() {
+                history.record_alias(prefix, &key, seq);
+            }
+        }
         self.unlink(&dep, previous.target.key_str());
         if next.is_none() {
             if let (AliasName::Exact(name), Some(digest)) = (&previous.alias, &previous.digest) {
@@ -311,6 +451,7 @@ impl Index {
     pub fn for_snapshot(last_seq: u64, aliases: usize) -> Index {
         let mut index = Index {
             last_seq,
+            history_from: last_seq,
             ..Index::default()
         };
         index.exact.reserve(aliases);

@@ -86,6 +86,13 @@ impl EventLog for FileLog {
         Ok(self.journal.write_snapshot(journal::Seq(seq), data)?)
     }
 
+    fn snapshot_at_or_below(&self, seq: u64) -> Result<Option<Snapshot>, Error> {
+        Ok(self
+            .journal
+            .snapshot_at_or_below(journal::Seq(seq))?
+            .map(Snapshot::from))
+    }
+
     fn size_bytes(&self) -> u64 {
         self.journal.size_bytes()
     }

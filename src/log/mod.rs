@@ -114,6 +114,18 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
     /// It could not be made durable.
     fn write_snapshot(&self, seq: u64, data: &[u8]) -> Result<(), Error>;
 
+    /// The newest snapshot covering events up to `seq` or fewer, if the log
+    /// keeps one (time travel starts there); `None` means replay from the
+    /// log's start.
+    ///
+    /// # Errors
+    ///
+    /// The snapshots cannot be listed.
+    fn snapshot_at_or_below(&self, seq: u64) -> Result<Option<Snapshot>, Error> {
+        let _ = seq;
+        Ok(None)
+    }
+
     /// What the log takes on disk, in bytes.
     fn size_bytes(&self) -> u64;
 

@@ -19,7 +19,7 @@ mod replay;
 mod writer;
 
 use finisher::Finisher;
-pub use replay::{index_at, load_index};
+pub use replay::{gather_alias_seqs, index_at, load_index, TimeTravelError};
 use writer::{forward_remote_commits, Writer};
 
 use std::path::PathBuf;
@@ -158,6 +158,44 @@ impl std::fmt::Debug for Registry {
     }
 }
 
+/// Gathers, on a thread of its own, the seqs per alias of the events up to
+/// `upto` (those the start-up snapshot covered, which replay did not apply)
+/// and installs them in the index; until then `history?alias=` reads the
+/// whole journal, as it would without them.
+fn gather_history_in_background(
+    log: SharedLog,
+    shared: Arc<RwLock<View>>,
+    upto: u64,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::thread::Builder::new()
+        .name("aliasd-history".into())
+        .spawn(move || {
+            let started = std::time::Instant::now();
+            match gather_alias_seqs(&*log, upto) {
+                Ok(seqs) => {
+                    tracing::info!(
+                        events = seqs.events(),
+                        aliases = seqs.aliases(),
+                        seconds = %format!("{:.2}", started.elapsed().as_secs_f64()),
+                        "history index built"
+                    );
+                    let seqs = Arc::new(seqs);
+                    shared
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .index
+                        .install_history_base(seqs, upto);
+                }
+                Err(e) => tracing::warn!(
+                    "cannot index the history of each alias ({e:#}); history by alias reads the whole journal"
+                ),
+            }
+        })
+        .context("starting the thread that indexes history")?;
+    Ok(())
+}
+
 /// The writer thread; join it after dropping every [`Registry`] handle.
 pub struct WriterThread(JoinHandle<()>);
 
@@ -240,10 +278,14 @@ impl Registry {
             "index loaded"
         );
         let (events, _) = broadcast::channel(crate::feed::publisher::BROADCAST_CAPACITY);
+        let history_gap = index.history_gap();
         let shared = Arc::new(RwLock::new(View {
             index,
             models: Models::default(),
         }));
+        if let Some(upto) = history_gap {
+            gather_history_in_background(log.clone(), shared.clone(), upto)?;
+        }
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let (commands, receiver) = mpsc::channel(1024);
         let fresh = Arc::new(FreshFiles::default());

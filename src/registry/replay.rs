@@ -1,7 +1,8 @@
 //! Rebuilding the index from the log: snapshot, then every event after it,
 //! decoded on one thread and applied on another; and time travel.
 
-use crate::index::{Index, PreparedChange, Preparer};
+use crate::event::EventType;
+use crate::index::{AliasSeqs, Index, PreparedChange, Preparer};
 use crate::log::{EventLog, LogReader, Snapshot};
 use crate::progress::Progress;
 
@@ -78,24 +79,149 @@ pub(super) fn load_index_in_chunks(
     })
 }
 
-/// The index as it was right after event `seq`, replayed from the log's
-/// first event (time travel).
+/// Why time travel could not answer.
+#[derive(Debug)]
+pub enum TimeTravelError {
+    /// The events needed are no longer held (`--retain` dropped them): the
+    /// oldest the log holds is this seq.
+    Gone {
+        /// The log's first seq.
+        first: u64,
+    },
+    /// The log could not be read, or holds a record that is not an event.
+    Failed(String),
+}
+
+/// The index as it was right after event `seq` (time travel): the newest
+/// snapshot at or below `seq`, then the events after it up to `seq`, so the
+/// work is bounded by the snapshot interval (the journal keeps
+/// `journal::KEPT_SNAPSHOTS`), not by the journal's length. The index keeps
+/// no seqs per alias (it answers one request).
 ///
 /// # Errors
 ///
-/// The log cannot be read, or holds a record that is not an event.
-pub fn index_at(log: &dyn EventLog, seq: u64) -> Result<Index, String> {
-    let mut index = Index::default();
-    let mut reader = log.read_from(1).map_err(|e| e.to_string())?;
+/// [`TimeTravelError::Gone`] when the events after the snapshot (or, with
+/// none, from the first) up to `seq` are no longer all in the log.
+pub fn index_at(log: &dyn EventLog, seq: u64) -> Result<Index, TimeTravelError> {
+    let failed = |e: &dyn std::fmt::Display| TimeTravelError::Failed(e.to_string());
+    let snapshot = log.snapshot_at_or_below(seq).map_err(|e| failed(&e))?;
+    let mut index = match snapshot {
+        Some(snapshot) => match crate::snapshot::decode(&snapshot.data) {
+            Ok(index) => index,
+            Err(e) => {
+                tracing::warn!(
+                    "time travel: ignoring snapshot at seq {}: {e}; replaying from the start",
+                    snapshot.seq
+                );
+                Index::default()
+            }
+        },
+        None => Index::default(),
+    }
+    .without_history();
+    let from = index.last_seq() + 1;
+    let first = log.first_seq();
+    if from < first && from <= seq {
+        return Err(TimeTravelError::Gone { first });
+    }
+    let mut reader = log.read_from(from).map_err(|e| failed(&e))?;
     while let Some(record) = reader.next_borrowed() {
-        let (record_seq, payload) = record.map_err(|e| e.to_string())?;
+        let (record_seq, payload) = record.map_err(|e| failed(&e))?;
         if record_seq > seq {
             break;
         }
-        let change = crate::event::StateChange::decode(payload).map_err(|e| e.to_string())?;
-        index.apply_change(&change)?;
+        let change = crate::event::StateChange::decode(payload).map_err(|e| failed(&e))?;
+        index
+            .apply_change(&change)
+            .map_err(|e| TimeTravelError::Failed(e.to_string()))?;
     }
     Ok(index)
+}
+
+/// The seqs per alias and per type of the log's events up to `upto` (those a
+/// snapshot covered at start-up), read on a thread of its own after start-up
+/// and then installed with [`Index::install_history_base`]. Like the index's
+/// own lists, an alias's list leaves out the seq of its latest event when the
+/// alias still exists at `upto` (its entry holds it), so an alias with one
+/// event costs nothing here either. Records that are not events, or name no
+/// alias, are passed over (replay skips them too).
+///
+/// # Errors
+///
+/// The log cannot be read.
+pub fn gather_alias_seqs(log: &dyn EventLog, upto: u64) -> anyhow::Result<AliasSeqs> {
+    /// An alias's latest event so far, and whether it exists after it.
+    #[derive(Default)]
+    struct Latest {
+        seq: u64,
+        exists: bool,
+    }
+    type Map<K, V> = std::collections::HashMap<K, V>;
+    let mut seqs = AliasSeqs::default();
+    let mut reader = log.read_from(1)?;
+    // Each spelling's key, allocated once (spellings that differ in case
+    // are one alias); exact and prefix aliases spelt alike are different
+    // aliases.
+    let mut spellings: [Map<String, std::sync::Arc<str>>; 2] = Default::default();
+    let mut latests: [Map<std::sync::Arc<str>, Latest>; 2] = Default::default();
+    // Whether each target spelling parses (an event whose target does not is
+    // not applied by replay, so it makes no entry).
+    let mut targets: Map<String, bool> = Map::new();
+    while let Some(record) = reader.next_borrowed() {
+        let (seq, payload) = record?;
+        if seq > upto {
+            break;
+        }
+        let Ok(change) = crate::event::StateChange::decode(payload) else {
+            continue;
+        };
+        let table = usize::from(change.prefix_matching);
+        let key = match spellings[table].get(change.alias.as_ref()) {
+            Some(key) => key.clone(),
+            None => {
+                let Ok(alias) = crate::index::AliasName::of_change(&change) else {
+                    continue;
+                };
+                let key = alias.key_arc();
+                spellings[table].insert(change.alias.to_string(), key.clone());
+                key
+            }
+        };
+        let target_parses = change
+            .target
+            .as_deref()
+            .map(|text| match targets.get(text) {
+                Some(parses) => *parses,
+                None => {
+                    let parses = crate::name::ModelName::parse(text).is_ok();
+                    targets.insert(text.to_string(), parses);
+                    parses
+                }
+            });
+        if target_parses == Some(false) {
+            continue;
+        }
+        let latest = latests[table].entry(key.clone()).or_default();
+        if latest.seq > 0 {
+            seqs.record_alias(change.prefix_matching, &key, latest.seq);
+        }
+        latest.seq = seq;
+        // Whether the alias exists after this event, as `Index::apply` decides.
+        latest.exists = match change.kind {
+            EventType::AliasDeleted => false,
+            EventType::AliasCreated | EventType::AliasUpdated => {
+                target_parses.is_some() || latest.exists
+            }
+            _ => latest.exists,
+        };
+        seqs.record_kind(change.kind, seq);
+    }
+    for (table, latests) in latests.iter().enumerate() {
+        for (key, latest) in latests.iter().filter(|(_, l)| !l.exists && l.seq > 0) {
+            seqs.record_alias(table == 1, key, latest.seq);
+        }
+    }
+    Ok(seqs)
 }
 
 /// The most aliases room is made for before a replay (a map slot is a few
@@ -263,7 +389,101 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(48))]
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// The seqs per alias and per type an index answers (replayed from
+        /// scratch, or from a snapshot with the seqs before it gathered from
+        /// the log) are those of the events with that alias key and type.
+        #[test]
+        fn seqs_per_alias_and_type_are_those_of_the_events(
+            events in events(),
+            cut in 0usize..120,
+        ) {
+            let cut = cut.min(events.len());
+            let mut at_cut = Index::default();
+            for event in &events[..cut] {
+                let _ = at_cut.apply(event);
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let journal = journal::Journal::open(dir.path(), journal::Options::default())
+                .unwrap()
+                .journal;
+            journal.append(events.iter().map(Event::encode).collect()).unwrap();
+            let log = crate::log::file::FileLog::from(journal);
+            let whole = load_index_in_chunks(&log, None, 7).unwrap();
+            let snapshot = crate::log::Snapshot {
+                seq: cut as u64,
+                data: crate::snapshot::encode(&at_cut),
+            };
+            let mut resumed = load_index_in_chunks(&log, Some(snapshot), 7).unwrap();
+            if let Some(upto) = resumed.history_gap() {
+                prop_assert_eq!(upto, cut as u64);
+                prop_assert!(resumed.alias_seqs("a", 0, u64::MAX, 1).is_none());
+                let base = super::gather_alias_seqs(&log, upto).unwrap();
+                resumed.install_history_base(std::sync::Arc::new(base), upto);
+            }
+            let keyed: Vec<(String, EventType, u64)> = events
+                .iter()
+                .map(|e| (crate::index::AliasName::of_event(e).unwrap().key(), e.kind, e.seq))
+                .collect();
+            for index in [&whole, &resumed] {
+                for (key, _, _) in &keyed {
+                    let expected: Vec<u64> =
+                        keyed.iter().filter(|k| k.0 == *key).map(|k| k.2).collect();
+                    let all = index.alias_seqs(key, 0, u64::MAX, usize::MAX).unwrap();
+                    prop_assert_eq!(&all, &expected, "alias {}", key);
+                    // Pages of three, from every position.
+                    for (idx, after) in std::iter::once(0).chain(expected.iter().copied()).enumerate() {
+                        let page = index.alias_seqs(key, after, u64::MAX, 3).unwrap();
+                        let end = (idx + 3).min(expected.len());
+                        prop_assert_eq!(page.as_slice(), &expected[idx..end]);
+                    }
+                }
+                for kind in EventType::ALL {
+                    let expected: Vec<u64> =
+                        keyed.iter().filter(|k| k.1 == kind).map(|k| k.2).collect();
+                    let all = index.kind_seqs(kind, 0, u64::MAX, usize::MAX).unwrap();
+                    prop_assert_eq!(all, expected);
+                }
+            }
+        }
+
+        /// Time travel to every seq, starting from the newest snapshot at or
+        /// below it (snapshots written at random seqs, the journal keeping
+        /// the newest few, segments small), gives the index that replaying
+        /// the events from scratch up to that seq gives.
+        #[test]
+        fn time_travel_from_snapshots_equals_replay_from_scratch(
+            events in events(),
+            mut cuts in proptest::collection::vec(1usize..120, 0..7),
+        ) {
+            let mut at = vec![Index::default()];
+            let mut expected = Index::default();
+            for event in &events {
+                let _ = expected.apply(event);
+                at.push(expected.clone());
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let options = journal::Options {
+                segment_bytes: 2048,
+                preallocate_bytes: 0,
+                ..journal::Options::default()
+            };
+            let journal = journal::Journal::open(dir.path(), options).unwrap().journal;
+            journal.append(events.iter().map(Event::encode).collect()).unwrap();
+            // The server writes snapshots in seq order.
+            cuts.sort_unstable();
+            for cut in cuts.iter().map(|cut| (*cut).min(events.len())) {
+                let data = crate::snapshot::encode(&at[cut]);
+                journal.write_snapshot(journal::Seq(cut as u64), &data).unwrap();
+            }
+            let log = crate::log::file::FileLog::from(journal);
+            for (seq, expected) in at.iter().enumerate().skip(1) {
+                let travelled = super::index_at(&log, seq as u64).unwrap();
+                prop_assert_eq!(state(&travelled), state(expected), "at seq {}", seq);
+                prop_assert_eq!(travelled.state_counts(), expected.state_counts());
+            }
+        }
 
         /// Replaying a journal (from the start, and from a snapshot taken part
         /// way; decoded on one thread and applied on another, in chunks of any

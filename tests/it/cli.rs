@@ -745,7 +745,7 @@ fn a_refused_token_names_the_client_flag() {
     let out = server.cli(&["ls"]);
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stderr.contains("--auth SECRET"), "{out:?}");
-    let out = server.cli(&["--auth", "admin=s3cret", "ls"]);
+    let out = server.cli(&["--auth", "admin=wrong", "ls"]);
     assert!(out.stderr.contains("without NAME="), "{out:?}");
     let out = server.cli(&["--auth", "s3cret", "ls"]);
     assert_eq!(out.code, Some(0), "{out:?}");

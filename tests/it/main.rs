@@ -1,5 +1,6 @@
 mod aliases;
 mod auth;
+mod bounded_history;
 mod chains;
 mod cli;
 mod confinement;
@@ -13,6 +14,7 @@ mod journal_tamper;
 mod limits;
 mod malformed;
 mod metrics;
+mod ops;
 mod proxy;
 mod proxy_clients;
 mod router;
