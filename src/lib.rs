@@ -14,6 +14,7 @@
 //! - `feed`: committed events for readers: the paced broadcast, resumable
 //!   subscriptions (catch up from the log, then live), history queries.
 //! - `progress`: progress lines for long start-up work.
+//! - `logging`: where the server's log lines go, and the access line's format.
 //! - `webhooks`: signed, durable deliveries of events to URLs, from the log.
 //! - `http`: the axum routes; the only module that knows status codes.
 //! - `config`, `client`: the command line.
@@ -27,6 +28,7 @@ pub mod feed;
 pub mod http;
 pub mod index;
 pub mod log;
+pub mod logging;
 pub mod materializer;
 pub mod metrics;
 pub mod name;

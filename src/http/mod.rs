@@ -144,11 +144,11 @@ impl Shutdown {
 /// upstream (or 404) in axum's `Router`, which answers `HEAD` from `GET` and
 /// a missing method with 405 and `Allow`, behind these layers, outermost
 /// first:
-/// 1. its request id: `X-Request-Id` if sane (visible ASCII, at most 200
-///    bytes), else a new one (tower-http's `SetRequestIdLayer`);
-/// 2. [`middleware::observe`]: the request id on the answer, the `{"error"}`
-///    shape for the framework's own errors, the count for `/metrics` by route
-///    template, the access log;
+/// 1. [`middleware::ObserveLayer`]: its request id, `X-Request-Id` if sane
+///    (visible ASCII, at most 200 bytes), else a new one;
+/// 2. once answered ([`middleware::ObserveLayer`] still): the request id on
+///    the answer, the `{"error"}` shape for the framework's own errors, the
+///    count for `/metrics` by route template, the access log;
 /// 3. a panic turned into a logged 500 (tower-http's `CatchPanicLayer`);
 /// 4. the router; then, on every route, its 405s and the fallback alike:
 /// 5. the route's template noted for step 2 ([`middleware::note_route`]);
@@ -240,15 +240,7 @@ pub fn app(
         .layer(on_every_route)
         .with_state(state.clone());
     tower::ServiceBuilder::new()
-        .map_request(middleware::drop_unusable_request_id)
-        .layer(tower_http::request_id::SetRequestIdLayer::new(
-            REQUEST_ID.clone(),
-            middleware::NewRequestId,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state,
-            middleware::observe,
-        ))
+        .layer(middleware::ObserveLayer::new(state))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             middleware::panic_response,
         ))
@@ -344,10 +336,12 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestOrigin {
             .get::<TokenName>()
             .map(|t| t.0.clone())
             .unwrap_or_else(|| "anonymous".to_string());
+        // `middleware::ObserveLayer` left a usable id in the header, the
+        // client's or a new one.
         let request_id = parts
-            .extensions
-            .get::<tower_http::request_id::RequestId>()
-            .and_then(|r| r.header_value().to_str().ok())
+            .headers
+            .get(&REQUEST_ID)
+            .and_then(|id| id.to_str().ok())
             .map(String::from);
         Ok(RequestOrigin(Origin {
             actor: format!("{who}@{addr}"),

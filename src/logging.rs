@@ -1,0 +1,358 @@
+//! Where `aliasd serve`'s log lines go and how the access line is written.
+//!
+//! Every line goes to stderr through one non-blocking writer
+//! ([`stderr_writer`], tracing-appender's): the task that logs hands the
+//! line to a worker thread, which writes whatever lines have queued in one
+//! `write(2)`. And the access line, one per request (target
+//! [`ACCESS_TARGET`], SPEC §11), is written by a short path of its own
+//! ([`TextFormat`]) in the same shape as tracing-subscriber's default
+//! format, which every other line keeps.
+//!
+//! Why: the access line through the default formatter (its `write!` of each
+//! part) and an unbuffered `write(2)` to stderr under its lock, on the
+//! runtime's threads, cost more than every HTTP layer together
+//! (benches/README.md, "HTTP layers on axum's Router and tower-http").
+
+use std::cell::RefCell;
+use std::fmt;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields, Writer};
+use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::registry::LookupSpan;
+
+/// The target of the access line, one per request at info.
+pub const ACCESS_TARGET: &str = "aliasd::access";
+
+/// The bytes the log's worker gathers before a `write(2)`; it writes sooner
+/// whenever no line is waiting.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// A writer to stderr for tracing-subscriber that never blocks on stderr
+/// itself: lines are queued, in the order they were logged, for a worker
+/// thread, which writes each batch that has queued (everything waiting when
+/// it looks) in one `write(2)`, and at once when it finds the queue empty,
+/// so that an error is on stderr a moment after it is logged.
+///
+/// Not lossy: when the queue is full (stderr slower than the lines, for a
+/// long while) the task that logs waits, as it did when it wrote itself,
+/// rather than dropping access lines without a trace.
+///
+/// Dropping the [`WorkerGuard`] writes what is queued and stops the worker:
+/// `main` holds it until the server has stopped, and drops it before it
+/// prints its own last error, so that the lines come in order.
+pub fn stderr_writer() -> (NonBlocking, WorkerGuard) {
+    NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("aliasd-log")
+        .finish(std::io::BufWriter::with_capacity(
+            WRITE_BUFFER_BYTES,
+            std::io::stderr(),
+        ))
+}
+
+/// tracing-subscriber's default text format (`Format<Full>`), except for
+/// the access line, which it writes field by field itself: the same
+/// timestamp, level, target and `name=value` fields, without a `write!` per
+/// part, with the timestamp's date and time of day formatted once a second
+/// per thread, and every value written as it is (the access line's values
+/// are plain visible ASCII, checked where they are made; any other value is
+/// written as the default would, by `Debug`). Spans are not shown on the
+/// access line: none is entered where it is logged.
+#[derive(Debug, Default)]
+pub struct TextFormat {
+    default: format::Format<format::Full>,
+}
+
+impl<S, N> FormatEvent<S, N> for TextFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        if meta.target() != ACCESS_TARGET {
+            return self.default.format_event(ctx, writer, event);
+        }
+        let ansi = writer.has_ansi_escapes();
+        if ansi {
+            writer.write_str(DIMMED)?;
+        }
+        write_timestamp(&mut writer)?;
+        writer.write_str(if ansi { RESET_SPACE } else { " " })?;
+        writer.write_str(level(*meta.level(), ansi))?;
+        if ansi {
+            writer.write_str("\x1b[2maliasd::access\x1b[0m\x1b[2m:\x1b[0m ")?;
+        } else {
+            writer.write_str("aliasd::access: ")?;
+        }
+        let mut fields = AccessFields {
+            writer: writer.by_ref(),
+            ansi,
+            first: true,
+            result: Ok(()),
+        };
+        event.record(&mut fields);
+        fields.result?;
+        writer.write_char('\n')
+    }
+}
+
+/// nu-ansi-term's dimmed style, as the default format writes it.
+const DIMMED: &str = "\x1b[2m";
+/// The end of a style and the space after the timestamp.
+const RESET_SPACE: &str = "\x1b[0m ";
+
+/// The level and the space after it, as the default format writes it.
+fn level(level: Level, ansi: bool) -> &'static str {
+    match (level, ansi) {
+        (Level::TRACE, false) => "TRACE ",
+        (Level::DEBUG, false) => "DEBUG ",
+        (Level::INFO, false) => " INFO ",
+        (Level::WARN, false) => " WARN ",
+        (Level::ERROR, false) => "ERROR ",
+        (Level::TRACE, true) => "\x1b[35mTRACE\x1b[0m ",
+        (Level::DEBUG, true) => "\x1b[34mDEBUG\x1b[0m ",
+        (Level::INFO, true) => "\x1b[32m INFO\x1b[0m ",
+        (Level::WARN, true) => "\x1b[33m WARN\x1b[0m ",
+        (Level::ERROR, true) => "\x1b[31mERROR\x1b[0m ",
+    }
+}
+
+/// The current time in the default format's RFC 3339 shape, UTC, to the
+/// microsecond (`2026-12-05T01:29:48.123456Z`).
+fn write_timestamp(writer: &mut Writer<'_>) -> fmt::Result {
+    /// Per thread: the last second seen and its `YYYY-MM-DDTHH:MM:SS.`.
+    struct Second {
+        unix: i64,
+        text: [u8; 20],
+    }
+    thread_local! {
+        static SECOND: RefCell<Option<Second>> = const { RefCell::new(None) };
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let unix = now.as_secs() as i64;
+    let mut text = [0u8; 27];
+    SECOND.with(|second| {
+        let mut second = second.borrow_mut();
+        if second.as_ref().is_none_or(|second| second.unix != unix) {
+            *second = Some(Second {
+                unix,
+                text: second_text(unix),
+            });
+        }
+        if let Some(second) = second.as_ref() {
+            text[..20].copy_from_slice(&second.text);
+        }
+    });
+    let mut micros = now.subsec_micros();
+    for digit in text[20..26].iter_mut().rev() {
+        *digit = b'0' + (micros % 10) as u8;
+        micros /= 10;
+    }
+    text[26] = b'Z';
+    writer.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` of a Unix time, UTC (years 0-9999; the epoch's
+/// for a time `time` cannot represent).
+fn second_text(unix: i64) -> [u8; 20] {
+    let at =
+        time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let mut text = *b"0000-00-00T00:00:00.";
+    let mut put = |at: usize, width: usize, mut n: u32| {
+        for digit in text[at..at + width].iter_mut().rev() {
+            *digit = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    put(0, 4, at.year().clamp(0, 9999) as u32);
+    put(5, 2, u8::from(at.month()).into());
+    put(8, 2, at.day().into());
+    put(11, 2, at.hour().into());
+    put(14, 2, at.minute().into());
+    put(17, 2, at.second().into());
+    text
+}
+
+/// Writes the access line's fields as `name=value`, separated by spaces.
+struct AccessFields<'w> {
+    writer: Writer<'w>,
+    ansi: bool,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl AccessFields<'_> {
+    /// The separator and `name=`.
+    fn name(&mut self, field: &Field) -> fmt::Result {
+        if !self.first {
+            self.writer.write_char(' ')?;
+        }
+        self.first = false;
+        if self.ansi {
+            self.writer.write_str("\x1b[3m")?;
+            self.writer.write_str(field.name())?;
+            self.writer.write_str("\x1b[0m\x1b[2m=\x1b[0m")
+        } else {
+            self.writer.write_str(field.name())?;
+            self.writer.write_char('=')
+        }
+    }
+}
+
+impl Visit for AccessFields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if !value.bytes().all(|b| b.is_ascii_graphic()) {
+            // Not what the access line is made of: written as the default
+            // would, quoted and escaped, so that it cannot break the line.
+            return self.record_debug(field, &value);
+        }
+        if self.result.is_ok() {
+            self.result = self.name(field).and_then(|()| self.writer.write_str(value));
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if self.result.is_ok() {
+            self.result = self
+                .name(field)
+                .and_then(|()| write_u64(&mut self.writer, value));
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if self.result.is_ok() {
+            self.result = self
+                .name(field)
+                .and_then(|()| write!(self.writer, "{value:?}"));
+        }
+    }
+}
+
+/// `n` in decimal.
+fn write_u64(writer: &mut Writer<'_>, mut n: u64) -> fmt::Result {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    writer.write_str(std::str::from_utf8(&digits[at..]).map_err(|_| fmt::Error)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_is_written_as_the_default_format_writes_it() {
+        assert_eq!(&second_text(0), b"1970-01-01T00:00:00.");
+        // 2026-12-05T01:29:48Z
+        assert_eq!(&second_text(1_796_434_188), b"2026-12-05T01:29:48.");
+    }
+
+    /// Lines written through `format` (with colours or not), one string each.
+    fn lines_of(
+        ansi: bool,
+        format: impl FormatEvent<tracing_subscriber::Registry, format::DefaultFields>
+            + Send
+            + Sync
+            + 'static,
+        log: &dyn Fn(),
+    ) -> Vec<String> {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(ansi)
+            .event_format(format)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, log);
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(String::from).collect()
+    }
+
+    /// The access line through [`TextFormat`] is what the default format
+    /// writes for the same values given as `Display`, but for the time; a
+    /// value that is not plain visible ASCII is written as the default
+    /// writes it; other lines are the default's. With colours too.
+    #[test]
+    fn the_access_line_is_the_default_formats_line() {
+        for ansi in [false, true] {
+            same_lines(ansi);
+        }
+    }
+
+    fn same_lines(ansi: bool) {
+        let ours = lines_of(ansi, TextFormat::default(), &|| {
+            tracing::info!(
+                target: "aliasd::access",
+                method = "GET",
+                route = "/api/resolve/{*name}",
+                status = 200u16,
+                duration_us = 1234u64,
+                actor = "anonymous",
+                request_id = "id-1",
+            );
+            tracing::info!(target: "aliasd::access", request_id = "id with space");
+            tracing::info!(target: "aliasd::other", "hello");
+        });
+        let default = lines_of(ansi, format::Format::default(), &|| {
+            tracing::info!(
+                target: "aliasd::access",
+                method = %"GET",
+                route = %"/api/resolve/{*name}",
+                status = 200u16,
+                duration_us = 1234u64,
+                actor = %"anonymous",
+                request_id = %"id-1",
+            );
+            tracing::info!(target: "aliasd::access", request_id = "id with space");
+            tracing::info!(target: "aliasd::other", "hello");
+        });
+        assert_eq!(ours.len(), 3, "{ours:?}");
+        assert_eq!(default.len(), 3, "{default:?}");
+        for (ours, default) in ours.iter().zip(&default) {
+            let (time, rest) = ours.split_once(' ').unwrap();
+            let (default_time, default_rest) = default.split_once(' ').unwrap();
+            assert_eq!(time.len(), default_time.len(), "{ours}");
+            assert_eq!(rest, default_rest);
+        }
+        if ansi {
+            return;
+        }
+        let time = ours[0].split_once(' ').unwrap().0;
+        assert!(time.ends_with('Z') && time.as_bytes()[19] == b'.', "{time}");
+        assert_eq!(
+            ours[0].split_once(' ').unwrap().1,
+            " INFO aliasd::access: method=GET route=/api/resolve/{*name} status=200 \
+             duration_us=1234 actor=anonymous request_id=id-1"
+        );
+    }
+}
