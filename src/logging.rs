@@ -2,8 +2,8 @@
 //!
 //! Every line goes to stderr through one non-blocking writer
 //! ([`stderr_writer`], tracing-appender's): the task that logs hands the
-//! line to a worker thread, which writes whatever lines have queued in one
-//! `write(2)`. And the access line, one per request (target
+//! line to a worker thread, which writes the lines that have queued
+//! together, a moment apart while they keep coming. And the access line, one per request (target
 //! [`ACCESS_TARGET`], SPEC §11), is written by a short path of its own
 //! ([`TextFormat`]) in the same shape as tracing-subscriber's default
 //! format, which every other line keeps.
@@ -26,41 +26,77 @@ use tracing_subscriber::registry::LookupSpan;
 /// The target of the access line, one per request at info.
 pub const ACCESS_TARGET: &str = "aliasd::access";
 
-/// The bytes the log's worker gathers before a `write(2)`; it writes sooner
-/// whenever no line is waiting.
+/// The most the log's worker gathers before a `write(2)`.
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
 /// A writer to stderr for tracing-subscriber that never blocks on stderr
 /// itself: lines are queued, in the order they were logged, for a worker
-/// thread, which writes each batch that has queued (everything waiting when
-/// it looks) in one `write(2)`, and at once when it finds the queue empty,
-/// so that an error is on stderr a moment after it is logged.
+/// thread, which writes them in batches ([`Paced`]): a line logged after a
+/// quiet spell at once, and while lines keep coming, whatever has queued
+/// every [`WRITE_EVERY`], in one `write(2)` (or a few, past
+/// [`WRITE_BUFFER_BYTES`]). So an error is on stderr within a moment of being
+/// logged, and a crash loses at most the lines of that moment.
 ///
 /// Not lossy: when the queue is full (stderr slower than the lines, for a
 /// long while) the task that logs waits, as it did when it wrote itself,
 /// rather than dropping access lines without a trace.
 ///
-/// Dropping the [`WorkerGuard`] writes what is queued and stops the worker:
-/// `main` holds it until the server has stopped, and drops it before it
-/// prints its own last error, so that the lines come in order.
+/// Dropping the [`WorkerGuard`] writes what is queued and stops the worker
+/// (it waits up to a second): `main` holds it until the server has stopped,
+/// and drops it before it prints its own last error, so that the lines come
+/// in order.
 pub fn stderr_writer() -> (NonBlocking, WorkerGuard) {
     NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("aliasd-log")
-        .finish(std::io::BufWriter::with_capacity(
-            WRITE_BUFFER_BYTES,
-            std::io::stderr(),
-        ))
+        .finish(Paced {
+            out: std::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, std::io::stderr()),
+            every: WRITE_EVERY,
+        })
+}
+
+/// How long the log's worker waits, after a write, for more lines to write
+/// together: the most a line waits for its write while lines keep coming.
+pub const WRITE_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The log's output as tracing-appender's worker uses it: it writes each
+/// line it takes off the queue, then, once the queue is empty, flushes.
+/// Here a line goes into a buffer, and a flush writes the buffer out and then
+/// waits `every` before the worker looks at the queue again, so that a busy
+/// server's lines are written in a few large writes instead of one or two
+/// each (and the worker neither spins nor sleeps and wakes per line). After
+/// a quiet spell the worker is asleep on the empty queue, and the next line
+/// is written at once.
+struct Paced<W: std::io::Write> {
+    out: std::io::BufWriter<W>,
+    every: std::time::Duration,
+}
+
+impl<W: std::io::Write> std::io::Write for Paced<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.out.write(buf)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let flushed = self.out.flush();
+        std::thread::sleep(self.every);
+        flushed
+    }
 }
 
 /// tracing-subscriber's default text format (`Format<Full>`), except for
-/// the access line, which it writes field by field itself: the same
-/// timestamp, level, target and `name=value` fields, without a `write!` per
-/// part, with the timestamp's date and time of day formatted once a second
-/// per thread, and every value written as it is (the access line's values
-/// are plain visible ASCII, checked where they are made; any other value is
-/// written as the default would, by `Debug`). Spans are not shown on the
-/// access line: none is entered where it is logged.
+/// the access line, which it writes itself: the same timestamp, level,
+/// target and `name=value` fields, put together in a buffer on the stack
+/// and handed to the writer in one piece, without a `write!` per part; the
+/// timestamp's date and time of day formatted once a second per thread; and
+/// every value written as it is (the access line's values are plain
+/// visible ASCII, checked where they are made; any other value is written
+/// as the default would, by `Debug`). Spans are not shown on the access
+/// line: none is entered where it is logged.
 #[derive(Debug, Default)]
 pub struct TextFormat {
     default: format::Format<format::Full>,
@@ -82,26 +118,31 @@ where
             return self.default.format_event(ctx, writer, event);
         }
         let ansi = writer.has_ansi_escapes();
+        let mut line = Line::default();
         if ansi {
-            writer.write_str(DIMMED)?;
+            line.push(DIMMED);
         }
-        write_timestamp(&mut writer)?;
-        writer.write_str(if ansi { RESET_SPACE } else { " " })?;
-        writer.write_str(level(*meta.level(), ansi))?;
-        if ansi {
-            writer.write_str("\x1b[2maliasd::access\x1b[0m\x1b[2m:\x1b[0m ")?;
+        line.timestamp();
+        line.push(if ansi { RESET_SPACE } else { " " });
+        line.push(level(*meta.level(), ansi));
+        line.push(if ansi {
+            "\x1b[2maliasd::access\x1b[0m\x1b[2m:\x1b[0m "
         } else {
-            writer.write_str("aliasd::access: ")?;
-        }
+            "aliasd::access: "
+        });
         let mut fields = AccessFields {
-            writer: writer.by_ref(),
+            line: &mut line,
             ansi,
             first: true,
-            result: Ok(()),
         };
         event.record(&mut fields);
-        fields.result?;
-        writer.write_char('\n')
+        line.push("\n");
+        match line.as_str() {
+            Some(text) => writer.write_str(text),
+            // Longer than the buffer (a token name of hundreds of bytes):
+            // the default format, values quoted.
+            None => self.default.format_event(ctx, writer, event),
+        }
     }
 }
 
@@ -126,41 +167,100 @@ fn level(level: Level, ansi: bool) -> &'static str {
     }
 }
 
-/// The current time in the default format's RFC 3339 shape, UTC, to the
-/// microsecond (`2026-12-05T01:29:48.123456Z`).
-fn write_timestamp(writer: &mut Writer<'_>) -> fmt::Result {
-    /// Per thread: the last second seen and its `YYYY-MM-DDTHH:MM:SS.`.
-    struct Second {
-        unix: i64,
-        text: [u8; 20],
-    }
-    thread_local! {
-        static SECOND: RefCell<Option<Second>> = const { RefCell::new(None) };
-    }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let unix = now.as_secs() as i64;
-    let mut text = [0u8; 27];
-    SECOND.with(|second| {
-        let mut second = second.borrow_mut();
-        if second.as_ref().is_none_or(|second| second.unix != unix) {
-            *second = Some(Second {
-                unix,
-                text: second_text(unix),
-            });
+/// An access line being put together: room for any line of usual values
+/// (a request id of up to 200 bytes among them).
+struct Line {
+    bytes: [u8; 512],
+    len: usize,
+    /// A piece did not fit; the line is not used.
+    overflow: bool,
+}
+
+impl Default for Line {
+    fn default() -> Line {
+        Line {
+            bytes: [0; 512],
+            len: 0,
+            overflow: false,
         }
-        if let Some(second) = second.as_ref() {
-            text[..20].copy_from_slice(&second.text);
-        }
-    });
-    let mut micros = now.subsec_micros();
-    for digit in text[20..26].iter_mut().rev() {
-        *digit = b'0' + (micros % 10) as u8;
-        micros /= 10;
     }
-    text[26] = b'Z';
-    writer.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
+}
+
+impl Line {
+    fn push(&mut self, text: &str) {
+        self.push_bytes(text.as_bytes());
+    }
+
+    fn push_bytes(&mut self, bytes: &[u8]) {
+        match self.bytes.get_mut(self.len..self.len + bytes.len()) {
+            Some(room) => {
+                room.copy_from_slice(bytes);
+                self.len += bytes.len();
+            }
+            None => self.overflow = true,
+        }
+    }
+
+    /// `n` in decimal.
+    fn push_u64(&mut self, mut n: u64) {
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.push_bytes(&digits[at..]);
+    }
+
+    /// The current time in the default format's RFC 3339 shape, UTC, to
+    /// the microsecond (`2026-12-05T01:29:48.123456Z`).
+    fn timestamp(&mut self) {
+        /// Per thread: the last second seen and its `YYYY-MM-DDTHH:MM:SS.`.
+        struct Second {
+            unix: i64,
+            text: [u8; 20],
+        }
+        thread_local! {
+            static SECOND: RefCell<Option<Second>> = const { RefCell::new(None) };
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let unix = now.as_secs() as i64;
+        let mut text = [0u8; 27];
+        SECOND.with(|second| {
+            let mut second = second.borrow_mut();
+            if second.as_ref().is_none_or(|second| second.unix != unix) {
+                *second = Some(Second {
+                    unix,
+                    text: second_text(unix),
+                });
+            }
+            if let Some(second) = second.as_ref() {
+                text[..20].copy_from_slice(&second.text);
+            }
+        });
+        let mut micros = now.subsec_micros();
+        for digit in text[20..26].iter_mut().rev() {
+            *digit = b'0' + (micros % 10) as u8;
+            micros /= 10;
+        }
+        text[26] = b'Z';
+        self.push_bytes(&text);
+    }
+
+    /// The line, unless a piece did not fit. (Every piece is UTF-8, so the
+    /// whole is: the check is made once, here.)
+    fn as_str(&self) -> Option<&str> {
+        if self.overflow {
+            return None;
+        }
+        std::str::from_utf8(&self.bytes[..self.len]).ok()
+    }
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.` of a Unix time, UTC (years 0-9999; the epoch's
@@ -184,79 +284,80 @@ fn second_text(unix: i64) -> [u8; 20] {
     text
 }
 
-/// Writes the access line's fields as `name=value`, separated by spaces.
-struct AccessFields<'w> {
-    writer: Writer<'w>,
+/// Puts the access line's fields in a [`Line`] as `name=value`, separated
+/// by spaces.
+struct AccessFields<'l> {
+    line: &'l mut Line,
     ansi: bool,
     first: bool,
-    result: fmt::Result,
 }
 
 impl AccessFields<'_> {
     /// The separator and `name=`.
-    fn name(&mut self, field: &Field) -> fmt::Result {
+    fn name(&mut self, field: &Field) {
         if !self.first {
-            self.writer.write_char(' ')?;
+            self.line.push(" ");
         }
         self.first = false;
         if self.ansi {
-            self.writer.write_str("\x1b[3m")?;
-            self.writer.write_str(field.name())?;
-            self.writer.write_str("\x1b[0m\x1b[2m=\x1b[0m")
+            self.line.push("\x1b[3m");
+            self.line.push(field.name());
+            self.line.push("\x1b[0m\x1b[2m=\x1b[0m");
         } else {
-            self.writer.write_str(field.name())?;
-            self.writer.write_char('=')
+            self.line.push(field.name());
+            self.line.push("=");
         }
     }
 }
 
 impl Visit for AccessFields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        // A fold, not `all`: no early exit, so the compiler checks many
+        // bytes at a time.
+        let plain = value
+            .bytes()
+            .fold(true, |plain, b| plain & b.is_ascii_graphic());
+        if !plain {
             // Not what the access line is made of: written as the default
             // would, quoted and escaped, so that it cannot break the line.
             return self.record_debug(field, &value);
         }
-        if self.result.is_ok() {
-            self.result = self.name(field).and_then(|()| self.writer.write_str(value));
-        }
+        self.name(field);
+        self.line.push(value);
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        if self.result.is_ok() {
-            self.result = self
-                .name(field)
-                .and_then(|()| write_u64(&mut self.writer, value));
-        }
+        self.name(field);
+        self.line.push_u64(value);
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if self.result.is_ok() {
-            self.result = self
-                .name(field)
-                .and_then(|()| write!(self.writer, "{value:?}"));
-        }
+        self.name(field);
+        let mut text = String::new();
+        let _ = fmt::Write::write_fmt(&mut text, format_args!("{value:?}"));
+        self.line.push(&text);
     }
-}
-
-/// `n` in decimal.
-fn write_u64(writer: &mut Writer<'_>, mut n: u64) -> fmt::Result {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    writer.write_str(std::str::from_utf8(&digits[at..]).map_err(|_| fmt::Error)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `Paced` writes what it was given on a flush, not before (the
+    /// worker flushes once it has taken every queued line).
+    #[test]
+    fn paced_output_is_written_on_flush() {
+        use std::io::Write;
+        let mut paced = Paced {
+            out: std::io::BufWriter::with_capacity(1024, Vec::new()),
+            every: std::time::Duration::from_millis(1),
+        };
+        paced.write_all(b"one\n").unwrap();
+        paced.write_all(b"two\n").unwrap();
+        assert!(paced.out.get_ref().is_empty());
+        paced.flush().unwrap();
+        assert_eq!(paced.out.get_ref().as_slice(), b"one\ntwo\n");
+    }
 
     #[test]
     fn a_second_is_written_as_the_default_format_writes_it() {
@@ -301,7 +402,8 @@ mod tests {
     /// The access line through [`TextFormat`] is what the default format
     /// writes for the same values given as `Display`, but for the time; a
     /// value that is not plain visible ASCII is written as the default
-    /// writes it; other lines are the default's. With colours too.
+    /// writes it, and so is a line too long for the buffer; other lines are
+    /// the default's. With colours too.
     #[test]
     fn the_access_line_is_the_default_formats_line() {
         for ansi in [false, true] {
@@ -310,6 +412,8 @@ mod tests {
     }
 
     fn same_lines(ansi: bool) {
+        // Longer than a `Line`: the default format writes it.
+        let long = "a".repeat(600);
         let ours = lines_of(ansi, TextFormat::default(), &|| {
             tracing::info!(
                 target: "aliasd::access",
@@ -321,6 +425,7 @@ mod tests {
                 request_id = "id-1",
             );
             tracing::info!(target: "aliasd::access", request_id = "id with space");
+            tracing::info!(target: "aliasd::access", actor = long.as_str());
             tracing::info!(target: "aliasd::other", "hello");
         });
         let default = lines_of(ansi, format::Format::default(), &|| {
@@ -334,10 +439,11 @@ mod tests {
                 request_id = %"id-1",
             );
             tracing::info!(target: "aliasd::access", request_id = "id with space");
+            tracing::info!(target: "aliasd::access", actor = long.as_str());
             tracing::info!(target: "aliasd::other", "hello");
         });
-        assert_eq!(ours.len(), 3, "{ours:?}");
-        assert_eq!(default.len(), 3, "{default:?}");
+        assert_eq!(ours.len(), 4, "{ours:?}");
+        assert_eq!(default.len(), 4, "{default:?}");
         for (ours, default) in ours.iter().zip(&default) {
             let (time, rest) = ours.split_once(' ').unwrap();
             let (default_time, default_rest) = default.split_once(' ').unwrap();
