@@ -1,12 +1,14 @@
 //! Where `aliasd serve`'s log lines go and how the access line is written.
 //!
-//! Every line goes to stderr through one non-blocking writer
-//! ([`stderr_writer`], tracing-appender's): the task that logs hands the
-//! line to a worker thread, which writes the lines that have queued
-//! together, a moment apart while they keep coming. And the access line, one per request (target
-//! [`ACCESS_TARGET`], SPEC §11), is written by a short path of its own
-//! ([`TextFormat`]) in the same shape as tracing-subscriber's default
-//! format, which every other line keeps.
+//! The access line, one per request (target [`ACCESS_TARGET`], SPEC §11),
+//! goes to stderr through a non-blocking writer (tracing-appender's): the
+//! task that logs it hands it to a worker thread, which writes the lines
+//! that have queued together, a moment apart while they keep coming
+//! ([`LogWriter`]). Every other line (start-up, changes, warnings, errors)
+//! is written to stderr at once by the thread that logs it, as before. And
+//! the access line is put together by a short path of its own
+//! ([`TextFormat`]), in the shape of tracing-subscriber's default format,
+//! which every other line keeps.
 //!
 //! Why: the access line through the default formatter (its `write!` of each
 //! part) and an unbuffered `write(2)` to stderr under its lock, on the
@@ -15,76 +17,126 @@
 
 use std::cell::RefCell;
 use std::fmt;
+use std::io::Write;
 
 use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
+use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields, Writer};
+use tracing_subscriber::fmt::writer::{EitherWriter, MakeWriter};
 use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::registry::LookupSpan;
 
 /// The target of the access line, one per request at info.
 pub const ACCESS_TARGET: &str = "aliasd::access";
 
-/// The most the log's worker gathers before a `write(2)`.
+/// The most access lines the log's worker gathers before a `write(2)`, in
+/// bytes.
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
-/// A writer to stderr for tracing-subscriber that never blocks on stderr
-/// itself: lines are queued, in the order they were logged, for a worker
-/// thread, which writes them in batches ([`Paced`]): a line logged after a
-/// quiet spell at once, and while lines keep coming, whatever has queued
-/// every [`WRITE_EVERY`], in one `write(2)` (or a few, past
-/// [`WRITE_BUFFER_BYTES`]). So an error is on stderr within a moment of being
-/// logged, and a crash loses at most the lines of that moment.
-///
-/// Not lossy: when the queue is full (stderr slower than the lines, for a
-/// long while) the task that logs waits, as it did when it wrote itself,
-/// rather than dropping access lines without a trace.
-///
-/// Dropping the [`WorkerGuard`] writes what is queued and stops the worker
-/// (it waits up to a second): `main` holds it until the server has stopped,
-/// and drops it before it prints its own last error, so that the lines come
-/// in order.
-pub fn stderr_writer() -> (NonBlocking, WorkerGuard) {
-    NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("aliasd-log")
-        .finish(Paced {
-            out: std::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, std::io::stderr()),
-            every: WRITE_EVERY,
-        })
-}
-
-/// How long the log's worker waits, after a write, for more lines to write
-/// together: the most a line waits for its write while lines keep coming.
+/// How long the log's worker waits, after a write, for more access lines
+/// to write together: the most an access line waits for its write while
+/// lines keep coming.
 pub const WRITE_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 
-/// The log's output as tracing-appender's worker uses it: it writes each
-/// line it takes off the queue, then, once the queue is empty, flushes.
-/// Here a line goes into a buffer, and a flush writes the buffer out and then
-/// waits `every` before the worker looks at the queue again, so that a busy
-/// server's lines are written in a few large writes instead of one or two
-/// each (and the worker neither spins nor sleeps and wakes per line). After
-/// a quiet spell the worker is asleep on the empty queue, and the next line
-/// is written at once.
-struct Paced<W: std::io::Write> {
-    out: std::io::BufWriter<W>,
+/// The server's log output, for tracing-subscriber: access lines through
+/// the non-blocking, paced writer, every other line straight to stderr.
+///
+/// Access lines are queued, in the order they were logged, for a worker
+/// thread ([`Paced`]): one logged after a quiet spell is written at once;
+/// while they keep coming, whatever has queued is written every
+/// [`WRITE_EVERY`], in one `write(2)` (or a few, past
+/// [`WRITE_BUFFER_BYTES`]). So a request never waits on stderr while the
+/// queue has room (a reader that stopped reading, a terminal paused with
+/// Ctrl-S), and a crash loses at most the access lines of that moment. Not
+/// lossy: when the queue is full (stderr slower than the requests for a long
+/// while) the task that logs waits, as it did when it wrote itself, rather
+/// than dropping access lines without a trace.
+///
+/// Warnings, errors and the rest are few, and are written by the thread that
+/// logs them before it goes on, so that none is lost in a crash; they may
+/// come up to [`WRITE_EVERY`] ahead of the access lines of requests answered
+/// just before them. A write holds stderr's lock, so lines never mix.
+#[derive(Clone, Debug)]
+pub struct LogWriter {
+    access: NonBlocking,
+}
+
+impl LogWriter {
+    /// The writer, and the guard of its worker: dropping the guard writes
+    /// what is queued and stops the worker (it waits up to a second). `main`
+    /// holds it until the server has stopped, and drops it before it prints
+    /// its own last error.
+    pub fn stderr() -> (LogWriter, WorkerGuard) {
+        let (access, guard) = NonBlockingBuilder::default()
+            .lossy(false)
+            .thread_name("aliasd-log")
+            .finish(Paced {
+                out: std::io::stderr(),
+                buffer: Vec::with_capacity(WRITE_BUFFER_BYTES),
+                every: WRITE_EVERY,
+            });
+        (LogWriter { access }, guard)
+    }
+}
+
+impl<'a> MakeWriter<'a> for LogWriter {
+    type Writer = EitherWriter<NonBlocking, std::io::Stderr>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        EitherWriter::B(std::io::stderr())
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Self::Writer {
+        if meta.target() == ACCESS_TARGET {
+            EitherWriter::A(self.access.clone())
+        } else {
+            EitherWriter::B(std::io::stderr())
+        }
+    }
+}
+
+/// The access lines' output as tracing-appender's worker uses it: it writes
+/// each line it takes off the queue, then, once the queue is empty,
+/// flushes. Here a line goes into a buffer, and a flush writes the buffer
+/// out in one `write_all` (under stderr's lock, so that no other line lands
+/// inside it) and then waits `every` before the worker looks at the queue
+/// again, so that a busy server's lines are written in a few large writes
+/// instead of one or two each (and the worker neither spins nor sleeps and
+/// wakes per line). After a quiet spell the worker is asleep on the empty
+/// queue, and the next line is written at once.
+struct Paced<W: Write> {
+    out: W,
+    buffer: Vec<u8>,
     every: std::time::Duration,
 }
 
-impl<W: std::io::Write> std::io::Write for Paced<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.out.write(buf)
+impl<W: Write> Paced<W> {
+    /// Writes the buffer out; it is emptied even when the write fails (a
+    /// closed stderr), so that it does not grow without bound.
+    fn write_out(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let written = self.out.write_all(&self.buffer);
+        self.buffer.clear();
+        written
     }
+}
 
-    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.out.write_all(buf)
+impl<W: Write> Write for Paced<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(buf);
+        if self.buffer.len() >= WRITE_BUFFER_BYTES {
+            self.write_out()?;
+        }
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        let flushed = self.out.flush();
+        let written = self.write_out();
         std::thread::sleep(self.every);
-        flushed
+        written
     }
 }
 
@@ -347,16 +399,21 @@ mod tests {
     /// worker flushes once it has taken every queued line).
     #[test]
     fn paced_output_is_written_on_flush() {
-        use std::io::Write;
         let mut paced = Paced {
-            out: std::io::BufWriter::with_capacity(1024, Vec::new()),
+            out: Vec::new(),
+            buffer: Vec::new(),
             every: std::time::Duration::from_millis(1),
         };
         paced.write_all(b"one\n").unwrap();
         paced.write_all(b"two\n").unwrap();
-        assert!(paced.out.get_ref().is_empty());
+        assert!(paced.out.is_empty());
         paced.flush().unwrap();
-        assert_eq!(paced.out.get_ref().as_slice(), b"one\ntwo\n");
+        assert_eq!(paced.out, b"one\ntwo\n");
+        // Past the buffer's size it is written without waiting for a flush.
+        let long = vec![b'x'; WRITE_BUFFER_BYTES];
+        paced.write_all(&long).unwrap();
+        assert_eq!(paced.out.len(), 8 + WRITE_BUFFER_BYTES);
+        assert!(paced.buffer.is_empty());
     }
 
     #[test]

@@ -56,11 +56,11 @@ const LOG_FILTER_VARS: [&str; 2] = ["ALIASD_LOG", "RUST_LOG"];
 /// Logs to stderr, filtered by `ALIASD_LOG`, else `RUST_LOG`, else `info`
 /// (tracing's `EnvFilter` directives: `debug`, `aliasd=debug,info`, ...).
 ///
-/// The server (`serving`) logs through a worker thread
-/// (`aliasd::logging::stderr_writer`: an access line per request, written
-/// in batches, off the runtime's threads) and returns its guard, which must
-/// live until the server has stopped; the other commands, which log little,
-/// write to stderr directly.
+/// The server (`serving`) writes its access lines, one per request,
+/// through a worker thread (`aliasd::logging::LogWriter`: in batches, off
+/// the runtime's threads) and returns its guard, which must live until the
+/// server has stopped; every other line, and every line of the other
+/// commands, is written to stderr directly.
 ///
 /// # Errors
 ///
@@ -93,7 +93,7 @@ fn init_tracing(
     // Colours only for a person at a terminal, not in a log file or journald.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     if serving {
-        let (writer, guard) = aliasd::logging::stderr_writer();
+        let (writer, guard) = aliasd::logging::LogWriter::stderr();
         install_logs(filter, json, colour, writer);
         Ok(Some(guard))
     } else {

@@ -1,8 +1,8 @@
-//! The server's log writer (issue 18, item 3's budget): lines go to stderr
-//! through a worker thread, so that a request never waits on stderr while
-//! the queue has room; no line is dropped, a stopped server has written
-//! every line, and a killed one every line of the requests it answered a
-//! moment before.
+//! The server's access log writer (issue 18, item 3's budget): access lines
+//! go to stderr through a worker thread, so that a request never waits on
+//! stderr while the queue has room; no line is dropped, a stopped server has
+//! written every line, and a killed one every line of the requests it
+//! answered a moment before.
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
@@ -103,7 +103,8 @@ fn requests_are_answered_while_nobody_reads_stderr() {
 }
 
 /// A server stopped with SIGTERM right after answering has written every
-/// access line, and its own last lines after them.
+/// access line (the log's worker writes what is queued before the process
+/// ends).
 #[test]
 fn a_stopped_server_has_written_every_line() {
     let mut server = Server::with_models(&["llama3"]);
@@ -115,9 +116,7 @@ fn a_stopped_server_has_written_every_line() {
     server.stop();
     let log = server.stderr();
     assert_eq!(access_ids(&log, "stopped-"), wanted, "{log}");
-    let last_access = log.rfind("request_id=stopped-199").expect("last line");
-    let shutting_down = log.rfind("shutting down").expect("shutting down");
-    assert!(last_access < shutting_down, "{log}");
+    assert!(log.contains("shutting down"), "{log}");
 }
 
 /// A server killed with SIGKILL (a crash: nothing flushed on the way out)
