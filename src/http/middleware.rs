@@ -93,7 +93,7 @@ fn hex16(n: u64) -> [u8; 16] {
 
 /// What the layers inside [`Observe`] learn of a request, for its log line:
 /// the route template (noted by [`note_route`] once the router matched it)
-/// and the token's name (noted by `auth::require_token`). One per request,
+/// and the token's name (noted by `auth::RouteChecks`). One per request,
 /// in its extensions, shared with `Observe`.
 #[derive(Debug, Clone, Default)]
 pub struct RequestNotes(Arc<Notes>);
@@ -111,17 +111,16 @@ impl RequestNotes {
     }
 }
 
-/// For `tower::util::MapRequestLayer` inside the router: notes the route the
-/// request matched (axum's `MatchedPath`) in its [`RequestNotes`]. A
-/// request for the fallback matched none.
-pub fn note_route(request: Request) -> Request {
+/// Inside the router (`auth::RouteChecks`): notes the route the request
+/// matched (axum's `MatchedPath`) in its [`RequestNotes`]. A request for the
+/// fallback matched none.
+pub fn note_route(request: &Request) {
     if let (Some(notes), Some(route)) = (
         request.extensions().get::<RequestNotes>(),
         request.extensions().get::<MatchedPath>(),
     ) {
         let _ = notes.0.route.set(route.clone());
     }
-    request
 }
 
 /// The outermost layer of [`crate::http::app`]: gives every request its id
