@@ -279,6 +279,10 @@ pub fn host_is_local(host: &str) -> bool {
             None => host,
         },
     };
+    // The names nearly every local client sends, without parsing an address.
+    if name == "127.0.0.1" || name == "localhost" {
+        return true;
+    }
     let name = name.strip_suffix('.').unwrap_or(name);
     if name.eq_ignore_ascii_case("localhost")
         || name.len() > ".localhost".len()
