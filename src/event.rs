@@ -221,15 +221,6 @@ pub fn new_id() -> String {
         .to_string()
 }
 
-/// A fresh UUID v4 as an HTTP header value (the request id of a request that
-/// came without one).
-pub fn new_id_header() -> axum::http::HeaderValue {
-    let mut buffer = uuid::Uuid::encode_buffer();
-    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
-    // Hex digits and hyphens are valid header bytes.
-    axum::http::HeaderValue::from_str(id).expect("a UUID is a valid header value")
-}
-
 /// An `alias.created` event of alias `a<seq>` pointing at `target`, for tests.
 #[cfg(test)]
 pub(crate) fn created_for_test(seq: u64, target: &str) -> Event {

@@ -15,6 +15,7 @@
 //!   subscriptions (catch up from the log, then live), history queries.
 //! - `fleet`: fleet mode's settings and NATS connection (SPEC §8).
 //! - `progress`: progress lines for long start-up work.
+//! - `logging`: where the server's log lines go, and the access line's format.
 //! - `webhooks`: signed, durable deliveries of events to URLs, from the log.
 //! - `http`: the axum routes; the only module that knows status codes.
 //! - `config`, `client`: the command line.
@@ -29,6 +30,7 @@ pub mod fleet;
 pub mod http;
 pub mod index;
 pub mod log;
+pub mod logging;
 pub mod materializer;
 pub mod metrics;
 pub mod name;

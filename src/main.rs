@@ -12,10 +12,16 @@ use aliasd::config::{Cli, Commands, ServeArgs};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let json_logs = matches!(&cli.command, Commands::Serve(args) if args.log_format == aliasd::config::LogFormat::Json);
-    if let Err(e) = init_tracing(json_logs) {
-        eprintln!("aliasd: {e:#}");
-        return ExitCode::FAILURE;
-    }
+    let serving = matches!(&cli.command, Commands::Serve(_));
+    // Held until the command is done: dropping it writes the log lines still
+    // queued (the server's; see `init_tracing`).
+    let log_writer = match init_tracing(json_logs, serving) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("aliasd: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let res = match cli.command {
         Commands::Serve(args) => serve(*args),
         Commands::Journal { action } => aliasd::offline::run(action, cli.json),
@@ -33,6 +39,8 @@ fn main() -> ExitCode {
         command => Client::new(&cli.host, cli.auth.clone())
             .and_then(|client| run_client(&client, cli.json, command)),
     };
+    // The queued lines first, so that the last error comes after them.
+    drop(log_writer);
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -48,11 +56,20 @@ const LOG_FILTER_VARS: [&str; 2] = ["ALIASD_LOG", "RUST_LOG"];
 /// Logs to stderr, filtered by `ALIASD_LOG`, else `RUST_LOG`, else `info`
 /// (tracing's `EnvFilter` directives: `debug`, `aliasd=debug,info`, ...).
 ///
+/// The server (`serving`) writes its access lines, one per request,
+/// through a worker thread (`aliasd::logging::LogWriter`: in batches, off
+/// the runtime's threads) and returns its guard, which must live until the
+/// server has stopped; every other line, and every line of the other
+/// commands, is written to stderr directly.
+///
 /// # Errors
 ///
 /// The filter does not parse: it is refused rather than ignored, since logs
 /// silently missing are found only when they are needed.
-fn init_tracing(json: bool) -> anyhow::Result<()> {
+fn init_tracing(
+    json: bool,
+    serving: bool,
+) -> anyhow::Result<Option<tracing_appender::non_blocking::WorkerGuard>> {
     let mut filter = None;
     for var in LOG_FILTER_VARS {
         let value = match std::env::var(var) {
@@ -75,15 +92,32 @@ fn init_tracing(json: bool) -> anyhow::Result<()> {
     let filter = filter.unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     // Colours only for a person at a terminal, not in a log file or journald.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if serving {
+        let (writer, guard) = aliasd::logging::LogWriter::stderr();
+        install_logs(filter, json, colour, writer);
+        Ok(Some(guard))
+    } else {
+        install_logs(filter, json, colour, std::io::stderr);
+        Ok(None)
+    }
+}
+
+/// Installs the global subscriber: `filter`, to `writer`, as JSON or as text
+/// (the access line by `aliasd::logging::TextFormat`).
+fn install_logs<W>(filter: tracing_subscriber::EnvFilter, json: bool, colour: bool, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     if json {
         logs.json().init();
     } else {
-        logs.with_ansi(colour).init();
+        logs.with_ansi(colour)
+            .event_format(aliasd::logging::TextFormat::default())
+            .init();
     }
-    Ok(())
 }
 
 fn run_client(client: &Client, json: bool, command: Commands) -> anyhow::Result<()> {

@@ -5,16 +5,23 @@
 //! a read-only token on a mutating route. The token's NAME (never its secret)
 //! goes into the request's extensions, and from there into event actors.
 //! Also the browser's side: which origins and host names may call, and CORS
-//! for them. The middleware here ([`refuse_foreign_pages`], [`cors`],
-//! [`require_token`]) is layered by [`crate::http::app`].
+//! for them. The middleware here ([`RouteChecksLayer`]: Host and Origin,
+//! [`cors`], tokens) is layered by [`crate::http::app`].
 //! Secrets are compared in constant time (both sides hashed, then compared
 //! without early exit), and never logged.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+use tower_http::validate_request::ValidateRequestHeaderLayer;
 
 use crate::http::middleware::RequestNotes;
 use crate::http::{ApiError, AppState, HttpConfig, TokenName};
@@ -232,12 +239,21 @@ pub fn check_origin(http: &HttpConfig, origin: &HeaderValue) -> Result<(), Box<R
 /// `Origin` on a GET. A request without `Host` (HTTP/1.0) passes; so does any
 /// on a listener the operator chose to expose (`http.check_host` false).
 pub fn check_host(http: &HttpConfig, request: &Request) -> Result<(), Box<Response>> {
+    check_host_header(http, request.headers().get(header::HOST), request.uri())
+}
+
+/// [`check_host`] of a request whose `Host` header (its first) is `host`.
+fn check_host_header(
+    http: &HttpConfig,
+    host: Option<&HeaderValue>,
+    uri: &axum::http::Uri,
+) -> Result<(), Box<Response>> {
     if !http.check_host {
         return Ok(());
     }
-    let host = match request.headers().get(header::HOST) {
+    let host = match host {
         Some(host) => host.as_bytes(),
-        None => match request.uri().authority() {
+        None => match uri.authority() {
             Some(authority) => authority.as_str().as_bytes(),
             None => return Ok(()),
         },
@@ -275,6 +291,10 @@ pub fn host_is_local(host: &str) -> bool {
             None => host,
         },
     };
+    // The names nearly every local client sends, without parsing an address.
+    if name == "127.0.0.1" || name == "localhost" {
+        return true;
+    }
     let name = name.strip_suffix('.').unwrap_or(name);
     if name.eq_ignore_ascii_case("localhost")
         || name.len() > ".localhost".len()
@@ -304,106 +324,36 @@ fn port_or_nothing(rest: &str) -> bool {
             .is_some_and(|port| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// For tower-http's `ValidateRequestHeaderLayer`: refuses (403) a request
-/// from a page that must not call aliasd, before tokens and before any body
-/// is read: on a loopback listener a `Host` that is not this machine
-/// ([`check_host`]), and an `Origin` that is not allowed ([`check_origin`]).
-/// It sits outside [`cors`], so a refused origin's preflight is a 403 too,
-/// and gets no CORS headers.
-#[allow(clippy::result_large_err)] // The answer, as `ValidateRequest` has it.
-pub fn refuse_foreign_pages(
-    state: AppState,
-) -> impl FnMut(&mut Request) -> Result<(), Response> + Clone + Send + Sync + 'static {
-    move |request: &mut Request| {
-        check_host(&state.http, request).map_err(|refusal| *refusal)?;
-        match request.headers().get(header::ORIGIN) {
-            Some(origin) => check_origin(&state.http, origin).map_err(|refusal| *refusal),
-            None => Ok(()),
-        }
-    }
-}
-
 /// The CORS rules for the origins `http` allows (tower-http's `CorsLayer`),
-/// applied to the requests that carry an `Origin` ([`BrowserCors`]):
+/// applied to the requests that carry an `Origin` ([`RouteChecks`]):
 /// preflights allow the methods of the API and whatever headers the browser
 /// asks for (the origin is trusted, and tokens, not headers, guard the
 /// routes; SPEC §7), Chrome's Private Network Access included; other answers
 /// expose `ETag` and `X-Request-Id` to the page.
 ///
-/// Origins that are not allowed never get here ([`refuse_foreign_pages`]
-/// answers them first); the same test is made here anyway, so that no
-/// origin is ever echoed that the allow-list does not name.
-pub fn cors(http: &HttpConfig) -> CorsForBrowsers {
+/// Origins that are not allowed never get here ([`RouteChecks`] answers
+/// them first); the same test is made here anyway, so that no origin is
+/// ever echoed that the allow-list does not name.
+pub fn cors(http: &HttpConfig) -> CorsLayer {
     let origins = std::sync::Arc::new(http.origins.clone());
-    CorsForBrowsers(
-        CorsLayer::new()
-            .allow_origin(AllowOrigin::predicate(move |origin, _| {
-                origin
-                    .to_str()
-                    .is_ok_and(|origin| origin_allowed(&origins, origin))
-            }))
-            .allow_methods([
-                Method::GET,
-                Method::HEAD,
-                Method::PUT,
-                Method::POST,
-                Method::DELETE,
-                Method::OPTIONS,
-            ])
-            .allow_headers(AllowHeaders::mirror_request())
-            .allow_private_network(true)
-            .max_age(std::time::Duration::from_secs(600))
-            .expose_headers([header::ETAG, crate::http::REQUEST_ID.clone()]),
-    )
-}
-
-/// A `CorsLayer` for the requests that carry an `Origin`, the only ones a
-/// browser's CORS rules apply to; the others pass it by. `CorsLayer` alone
-/// would answer every `OPTIONS` as a preflight (one from a client that is no
-/// browser belongs to the route, or to the upstream), and would build its
-/// headers for every request, which cost as much as the rest of the layers
-/// together on a request that needs none of them.
-#[derive(Debug, Clone)]
-pub struct CorsForBrowsers(CorsLayer);
-
-impl<S> tower::Layer<S> for CorsForBrowsers {
-    type Service = BrowserCors<S>;
-
-    fn layer(&self, inner: S) -> BrowserCors<S> {
-        BrowserCors(self.0.layer(inner))
-    }
-}
-
-/// The service of [`CorsForBrowsers`].
-#[derive(Debug, Clone)]
-pub struct BrowserCors<S>(tower_http::cors::Cors<S>);
-
-impl<S, ResBody> tower::Service<Request> for BrowserCors<S>
-where
-    S: tower::Service<Request, Response = axum::http::Response<ResBody>>,
-    ResBody: Default,
-{
-    type Response = axum::http::Response<ResBody>;
-    type Error = S::Error;
-    type Future = futures_util::future::Either<
-        <tower_http::cors::Cors<S> as tower::Service<Request>>::Future,
-        S::Future,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        if request.headers().contains_key(header::ORIGIN) {
-            futures_util::future::Either::Left(self.0.call(request))
-        } else {
-            futures_util::future::Either::Right(self.0.get_mut().call(request))
-        }
-    }
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin, _| {
+            origin
+                .to_str()
+                .is_ok_and(|origin| origin_allowed(&origins, origin))
+        }))
+        .allow_methods([
+            Method::GET,
+            Method::HEAD,
+            Method::PUT,
+            Method::POST,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers(AllowHeaders::mirror_request())
+        .allow_private_network(true)
+        .max_age(std::time::Duration::from_secs(600))
+        .expose_headers([header::ETAG, crate::http::REQUEST_ID.clone()])
 }
 
 /// A preflight answered by [`cors`] (its 200 is the only answer with
@@ -420,23 +370,176 @@ pub fn preflight_no_content(mut response: Response) -> Response {
     response
 }
 
-/// For tower-http's `ValidateRequestHeaderLayer`: checks the request's token
-/// ([`authorize`]) and refuses it (401/403), or lets it through with the
-/// token's name in its extensions (for event actors) and in its
-/// [`RequestNotes`] (for the access log).
+/// Checks the request's token ([`authorize`]) and refuses it (401/403), or
+/// lets it through with the token's name in its extensions (for event
+/// actors) and in its [`RequestNotes`] (for the access log).
+fn check_token(http: &HttpConfig, request: &mut Request) -> Result<(), Box<Response>> {
+    if let Some(token) = authorize(http, request)? {
+        if let Some(notes) = request.extensions().get::<RequestNotes>() {
+            notes.set_actor(&token);
+        }
+        request.extensions_mut().insert(token);
+    }
+    Ok(())
+}
+
+/// [`check_token`] for tower-http's `ValidateRequestHeaderLayer`, inside
+/// CORS on a browser's request ([`RouteChecks`]).
 #[allow(clippy::result_large_err)] // The answer, as `ValidateRequest` has it.
-pub fn require_token(
+fn require_token(
     state: AppState,
 ) -> impl FnMut(&mut Request) -> Result<(), Response> + Clone + Send + Sync + 'static {
-    move |request: &mut Request| {
-        let token = authorize(&state.http, request).map_err(|refusal| *refusal)?;
-        if let Some(token) = token {
-            if let Some(notes) = request.extensions().get::<RequestNotes>() {
-                notes.set_actor(&token);
-            }
-            request.extensions_mut().insert(token);
+    move |request: &mut Request| check_token(&state.http, request).map_err(|refusal| *refusal)
+}
+
+/// The checks on every route, in one layer, after the route is matched (so
+/// that every answer, refusals included, is counted under its template):
+/// 1. the route's template noted for the access log and `/metrics`
+///    ([`crate::http::middleware::note_route`]);
+/// 2. on a loopback listener, a `Host` that is not this machine is a 403
+///    (DNS rebinding, [`check_host`]); an `Origin` that is not allowed is a
+///    403 on every route ([`check_origin`]), before tokens and before any
+///    body is read, and without CORS headers (a refused origin's preflight
+///    too);
+/// 3. for a request with an `Origin`, the only kind a browser's CORS rules
+///    apply to, CORS for the allowed origins ([`cors`], tower-http's
+///    `CorsLayer`): preflights answered (204, [`preflight_no_content`]),
+///    allow headers added to the other answers, the token check's refusals
+///    included. A request without one passes CORS by: `CorsLayer` would
+///    answer any `OPTIONS` as a preflight (one from a client that is no
+///    browser belongs to the route, or to the upstream), and build its
+///    headers for every request;
+/// 4. tokens (SPEC §5): 401/403, or the token's name for the event actor
+///    ([`check_token`]).
+///
+/// One pass over the headers finds `Host` and `Origin`; the layer keeps
+/// one `Arc` (axum clones a route's layers for every request), and its
+/// future boxes nothing except on a browser's request.
+#[derive(Clone, Debug)]
+pub struct RouteChecksLayer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: AppState,
+    cors: CorsLayer,
+}
+
+impl RouteChecksLayer {
+    /// The checks of the app serving `state`.
+    pub fn new(state: AppState) -> RouteChecksLayer {
+        let cors = cors(&state.http);
+        RouteChecksLayer {
+            shared: Arc::new(Shared { state, cors }),
         }
-        Ok(())
+    }
+}
+
+impl<S> tower::Layer<S> for RouteChecksLayer {
+    type Service = RouteChecks<S>;
+
+    fn layer(&self, inner: S) -> RouteChecks<S> {
+        RouteChecks {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service of [`RouteChecksLayer`].
+#[derive(Clone, Debug)]
+pub struct RouteChecks<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+/// The future of a browser's request: CORS around the token check and the
+/// route.
+type BrowserFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl<S> tower::Service<Request> for RouteChecks<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = RouteChecksFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        crate::http::middleware::note_route(&request);
+        let http = &self.shared.state.http;
+        let (mut host, mut origin) = (None, None);
+        for (name, value) in request.headers() {
+            if *name == header::HOST {
+                host = host.or(Some(value));
+            } else if *name == header::ORIGIN {
+                origin = origin.or(Some(value));
+            }
+        }
+        let checked = check_host_header(http, host, request.uri())
+            .and_then(|()| origin.map_or(Ok(()), |origin| check_origin(http, origin)));
+        if let Err(refusal) = checked {
+            return RouteChecksFuture::Refused {
+                response: Some(*refusal),
+            };
+        }
+        if origin.is_some() {
+            let route = tower::ServiceBuilder::new()
+                .map_response(preflight_no_content)
+                .layer(self.shared.cors.clone())
+                .layer(ValidateRequestHeaderLayer::custom(require_token(
+                    self.shared.state.clone(),
+                )))
+                .service(self.inner.clone());
+            return RouteChecksFuture::Browser {
+                future: Box::pin(tower::ServiceExt::oneshot(route, request)),
+            };
+        }
+        match check_token(http, &mut request) {
+            Ok(()) => RouteChecksFuture::Route {
+                future: self.inner.call(request),
+            },
+            Err(refusal) => RouteChecksFuture::Refused {
+                response: Some(*refusal),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`RouteChecks`]: a refusal, the route's answer, or (on
+    /// a browser's request) the answer through CORS.
+    #[project = RouteChecksProjection]
+    pub enum RouteChecksFuture<F> {
+        /// Refused by a check.
+        Refused { response: Option<Response> },
+        /// The route.
+        Route { #[pin] future: F },
+        /// A browser's request.
+        Browser { future: BrowserFuture },
+    }
+}
+
+impl<F> Future for RouteChecksFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            RouteChecksProjection::Refused { response } => {
+                Poll::Ready(Ok(response.take().expect("polled after it was ready")))
+            }
+            RouteChecksProjection::Route { future } => future.poll(cx),
+            RouteChecksProjection::Browser { future } => future.as_mut().poll(cx),
+        }
     }
 }
 

@@ -210,21 +210,28 @@ impl From<PathRejection> for ApiError {
     }
 }
 
-/// Gives an error response without a JSON body (the framework's own 404,
-/// 405, 413...) the `{"error"}` shape; other responses pass unchanged.
-pub async fn ensure_json(response: Response) -> Response {
+/// Whether `response` is an error answer without a JSON body (the
+/// framework's own 404, 405, 413...), which [`ensure_json`] would rewrite.
+pub fn needs_json(response: &Response) -> bool {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
-        return response;
+        return false;
     }
     let is_json = response
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    if is_json {
+    !is_json
+}
+
+/// Gives an error response without a JSON body (the framework's own 404,
+/// 405, 413...) the `{"error"}` shape; other responses pass unchanged.
+pub async fn ensure_json(response: Response) -> Response {
+    if !needs_json(&response) {
         return response;
     }
+    let status = response.status();
     let (parts, body) = response.into_parts();
     let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
     let text = String::from_utf8_lossy(&text).trim().to_lowercase();

@@ -1,68 +1,100 @@
 //! The pieces of the layer stack that [`crate::http::app`] puts around every
 //! route which are aliasd's own: what tower-http and axum do not provide.
 //!
-//! - [`drop_unusable_request_id`] and [`NewRequestId`]: the rules of a request
-//!   id, for tower-http's `SetRequestIdLayer`;
-//! - [`observe`]: JSON errors, the `/metrics` count and the access log, once
-//!   a request's answer is known, with what [`note_route`] and the token
-//!   check noted of it ([`RequestNotes`]);
+//! - [`ObserveLayer`]: the request id (the client's `X-Request-Id` when it
+//!   is sane, else a new one), then, once a request's answer is known, JSON
+//!   errors, the `/metrics` count and the access log, with what
+//!   [`note_route`] and the token check noted of it ([`RequestNotes`]);
 //! - [`panic_response`]: what tower-http's `CatchPanicLayer` answers;
 //! - [`body_deadline`]: a request body must arrive within the request
 //!   timeout, counted where the body is read, not around the handler.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::StatusCode;
-use axum::middleware::Next;
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use tower_http::request_id::{MakeRequestId, RequestId};
 
 use crate::http::{error, ApiError, AppState, TokenName, REQUEST_ID};
 
 /// The longest `X-Request-Id` a client may set; a longer one is replaced.
 const MAX_REQUEST_ID_BYTES: usize = 200;
 
-/// Removes an `X-Request-Id` that cannot be echoed as it is (empty, over
-/// [`MAX_REQUEST_ID_BYTES`], or with bytes other than visible ASCII), so
-/// that `SetRequestIdLayer`, which keeps whatever header it finds, makes a
-/// new one instead. The id goes into events and the log, where a control
-/// character or a megabyte would do harm.
-pub fn drop_unusable_request_id(mut request: Request) -> Request {
-    let usable = match request.headers().get(&REQUEST_ID) {
-        None => return request,
-        Some(id) => {
-            let id = id.as_bytes();
-            !id.is_empty()
-                && id.len() <= MAX_REQUEST_ID_BYTES
-                && id.iter().all(u8::is_ascii_graphic)
+/// Whether a client's `X-Request-Id` can be echoed as it is: not empty, at
+/// most [`MAX_REQUEST_ID_BYTES`], only visible ASCII. The id goes into
+/// events and the log, where a control character or a megabyte would do harm.
+fn usable_request_id(id: &HeaderValue) -> bool {
+    let id = id.as_bytes();
+    !id.is_empty() && id.len() <= MAX_REQUEST_ID_BYTES && id.iter().all(u8::is_ascii_graphic)
+}
+
+/// The request's id: its `X-Request-Id` when usable, else a new one
+/// ([`new_request_id`]), which then replaces whatever the header held, so
+/// that the handlers (events' `request_id`) and the upstream (`--upstream`)
+/// see the id the answer carries.
+fn request_id(request: &mut Request) -> HeaderValue {
+    if let Some(id) = request.headers().get(&REQUEST_ID) {
+        if usable_request_id(id) {
+            return id.clone();
         }
-    };
-    if !usable {
-        request.headers_mut().remove(&REQUEST_ID);
     }
-    request
+    let id = new_request_id();
+    request.headers_mut().insert(REQUEST_ID.clone(), id.clone());
+    id
 }
 
-/// Makes the id of a request that came without a usable one: a UUID v4 from
-/// [`crate::event::new_id_header`] (a per-thread generator, no system call).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NewRequestId;
-
-impl MakeRequestId for NewRequestId {
-    fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
-        Some(RequestId::new(crate::event::new_id_header()))
-    }
+/// A new request id, in the shape of a UUID v4 (as clients may expect):
+/// its first half this process's random prefix (60 random bits and the
+/// version), its second half a counter (62 bits and the variant), so
+/// `1f0c9a1e-5b7d-4468-8000-00000000002a`. Unique within the process by the
+/// counter, and across processes by the prefix (SPEC §4 asks only "from
+/// `X-Request-Id` or generated"); cheaper than drawing 122 random bits for
+/// every request.
+pub fn new_request_id() -> HeaderValue {
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        // Without the OS's randomness the time of start-up still tells
+        // this process's ids from another's.
+        let random = getrandom::u64().unwrap_or_else(|_| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |t| t.as_nanos() as u64)
+        });
+        (random & !0xf000) | 0x4000
+    });
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let count = (count & (u64::MAX >> 2)) | (1 << 63);
+    let (high, low) = (hex16(prefix), hex16(count));
+    let mut id = [b'-'; 36];
+    id[..8].copy_from_slice(&high[..8]);
+    id[9..13].copy_from_slice(&high[8..12]);
+    id[14..18].copy_from_slice(&high[12..]);
+    id[19..23].copy_from_slice(&low[..4]);
+    id[24..].copy_from_slice(&low[4..]);
+    HeaderValue::from_bytes(&id).expect("hex digits and hyphens are a valid header value")
 }
 
-/// What the layers inside [`observe`] learn of a request, for its log line:
+/// `n` as 16 lowercase hex digits.
+fn hex16(n: u64) -> [u8; 16] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0; 16];
+    for (i, digit) in out.iter_mut().enumerate() {
+        *digit = DIGITS[(n >> (60 - 4 * i)) as usize & 0xf];
+    }
+    out
+}
+
+/// What the layers inside [`Observe`] learn of a request, for its log line:
 /// the route template (noted by [`note_route`] once the router matched it)
-/// and the token's name (noted by `auth::require_token`). One per request,
-/// in its extensions, shared with `observe`.
+/// and the token's name (noted by `auth::RouteChecks`). One per request,
+/// in its extensions, shared with `Observe`.
 #[derive(Debug, Clone, Default)]
 pub struct RequestNotes(Arc<Notes>);
 
@@ -79,78 +111,204 @@ impl RequestNotes {
     }
 }
 
-/// For `tower::util::MapRequestLayer` inside the router: notes the route the
-/// request matched (axum's `MatchedPath`) in its [`RequestNotes`]. A
-/// request for the fallback matched none.
-pub fn note_route(request: Request) -> Request {
+/// Inside the router (`auth::RouteChecks`): notes the route the request
+/// matched (axum's `MatchedPath`) in its [`RequestNotes`]. A request for the
+/// fallback matched none.
+pub fn note_route(request: &Request) {
     if let (Some(notes), Some(route)) = (
         request.extensions().get::<RequestNotes>(),
         request.extensions().get::<MatchedPath>(),
     ) {
         let _ = notes.0.route.set(route.clone());
     }
-    request
 }
 
-/// Once a request is answered: puts its request id on the answer (the
-/// client's, or the one `SetRequestIdLayer` made; an upstream's own is
+/// The outermost layer of [`crate::http::app`]: gives every request its id
+/// and, once it is answered, puts the id on the answer (an upstream's own is
 /// replaced), gives an error answer without a JSON body (the framework's own
 /// 404, 405, 413...) the `{"error"}` shape, and aliasd's own errors on a
 /// `/v1/*` route OpenAI's shape ([`error::openai_shape`]), counts it for `/metrics` by
 /// route template and status, and writes the access log line (target
-/// `aliasd::access`, at info): method, route, status, duration, actor (the
-/// token's name, never its secret) and request id.
-///
-/// The id is set here rather than by tower-http's `PropagateRequestIdLayer`,
-/// which also puts it in the answer's extensions (two allocations a request
-/// that nothing reads), since this function holds it already.
+/// [`crate::logging::ACCESS_TARGET`], at info): method, route, status,
+/// duration, actor (the token's name, never its secret) and request id.
 ///
 /// The route is the matched template (`/api/aliases/{*name}`), never the
 /// path, so that the metric's labels stay few; what no route matches is
 /// `proxy` when there is an upstream, else `unmatched`. The duration runs to
 /// the response's head: an event stream or a proxied answer goes on after.
-pub async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().clone();
-    let request_id = request.extensions().get::<RequestId>().cloned();
-    let openai = error::is_openai_route(request.uri().path());
-    let notes = RequestNotes::default();
-    request.extensions_mut().insert(notes.clone());
-    let mut response = error::ensure_json(next.run(request).await).await;
-    if openai {
-        response = error::openai_shape(response);
+///
+/// A `Layer` of its own rather than axum's `from_fn` (which boxes a future,
+/// and the rest of the stack as its `Next`, on every request) and
+/// tower-http's `SetRequestIdLayer` (which also copies the id into the
+/// request's extensions): its future is a plain struct, and nothing is boxed
+/// but the rare error answer that needs its body read.
+#[derive(Debug, Clone)]
+pub struct ObserveLayer {
+    state: AppState,
+}
+
+impl ObserveLayer {
+    /// The layer for the app serving `state`.
+    pub fn new(state: AppState) -> ObserveLayer {
+        ObserveLayer { state }
     }
-    if let Some(id) = &request_id {
+}
+
+impl<S> tower::Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// The service of [`ObserveLayer`].
+#[derive(Debug, Clone)]
+pub struct Observe<S> {
+    inner: S,
+    state: AppState,
+}
+
+impl<S, B> tower::Service<Request> for Observe<S>
+where
+    S: tower::Service<Request, Response = axum::http::Response<B>, Error = Infallible>,
+    B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = ObserveFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let started = Instant::now();
+        let request_id = request_id(&mut request);
+        let openai = error::is_openai_route(request.uri().path());
+        let notes = RequestNotes::default();
+        request.extensions_mut().insert(notes.clone());
+        let seen = Seen {
+            started,
+            method: request.method().clone(),
+            request_id,
+            openai,
+            notes,
+            state: self.state.clone(),
+        };
+        ObserveFuture {
+            step: Step::Route {
+                future: self.inner.call(request),
+            },
+            seen: Some(seen),
+        }
+    }
+}
+
+/// What [`Observe`] keeps of a request until its answer.
+struct Seen {
+    started: Instant,
+    method: Method,
+    request_id: HeaderValue,
+    /// A `/v1/*` route: aliasd's own errors take OpenAI's shape.
+    openai: bool,
+    notes: RequestNotes,
+    state: AppState,
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Observe`]: the route's answer, then (for an error
+    /// answer that is not JSON yet) its body made JSON, then the answer
+    /// observed.
+    pub struct ObserveFuture<F> {
+        #[pin]
+        step: Step<F>,
+        seen: Option<Seen>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StepProjection]
+    enum Step<F> {
+        Route { #[pin] future: F },
+        Json { future: Pin<Box<dyn Future<Output = Response> + Send>> },
+    }
+}
+
+impl<F, B> Future for ObserveFuture<F>
+where
+    F: Future<Output = Result<axum::http::Response<B>, Infallible>>,
+    B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let response = loop {
+            match this.step.as_mut().project() {
+                StepProjection::Route { future } => {
+                    let Ok(response) = ready!(future.poll(cx));
+                    let response = response.map(axum::body::Body::new);
+                    if error::needs_json(&response) {
+                        this.step.set(Step::Json {
+                            future: Box::pin(error::ensure_json(response)),
+                        });
+                        continue;
+                    }
+                    break response;
+                }
+                StepProjection::Json { future } => break ready!(future.as_mut().poll(cx)),
+            }
+        };
+        let seen = this.seen.take().expect("an answer is observed once");
+        Poll::Ready(Ok(seen.observe(response)))
+    }
+}
+
+impl Seen {
+    /// Puts the request id on `response`, counts it and logs it.
+    fn observe(self, mut response: Response) -> Response {
+        if self.openai {
+            response = error::openai_shape(response);
+        }
+        let route = match self.notes.0.route.get() {
+            Some(matched) => crate::http::route_label(matched.as_str()),
+            None if self.state.http.proxy.is_some() => "proxy",
+            None => "unmatched",
+        };
+        let status = response.status().as_u16();
+        self.state.registry.metrics().observe_request(route, status);
+        if tracing::enabled!(target: "aliasd::access", tracing::Level::INFO) {
+            let actor = self
+                .notes
+                .0
+                .actor
+                .get()
+                .map_or("anonymous", |t| t.0.as_str());
+            // Every value is plain visible ASCII already (a method, a
+            // template, a token name, a checked request id), which the
+            // access line's formatter writes as it is (`crate::logging`).
+            let request_id = self.request_id.to_str().unwrap_or("");
+            tracing::info!(
+                target: "aliasd::access",
+                method = self.method.as_str(),
+                route,
+                status,
+                duration_us = self.started.elapsed().as_micros() as u64,
+                actor,
+                request_id,
+            );
+        }
         response
             .headers_mut()
-            .insert(REQUEST_ID.clone(), id.header_value().clone());
+            .insert(REQUEST_ID.clone(), self.request_id);
+        response
     }
-    let route = match notes.0.route.get() {
-        Some(matched) => crate::http::route_label(matched.as_str()),
-        None if state.http.proxy.is_some() => "proxy",
-        None => "unmatched",
-    };
-    let status = response.status().as_u16();
-    state.registry.metrics().observe_request(route, status);
-    if tracing::enabled!(target: "aliasd::access", tracing::Level::INFO) {
-        let actor = notes.0.actor.get().map_or("anonymous", |t| t.0.as_str());
-        let request_id = request_id
-            .as_ref()
-            .and_then(|id| id.header_value().to_str().ok())
-            .unwrap_or("");
-        // Display, not Debug: every value is plain visible ASCII already
-        // (a method, a template, a token name, a checked request id).
-        tracing::info!(
-            target: "aliasd::access",
-            method = %method,
-            route = %route,
-            status,
-            duration_us = started.elapsed().as_micros() as u64,
-            actor = %actor,
-            request_id = %request_id,
-        );
-    }
-    response
 }
 
 /// The answer to a route that panicked (tower-http's `CatchPanicLayer` calls
@@ -246,5 +404,24 @@ impl BodyTimeout {
     /// The request timeout that passed.
     pub fn timeout(&self) -> Duration {
         self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_request_ids_are_distinct_uuids_of_version_4() {
+        let first = new_request_id();
+        let second = new_request_id();
+        assert_ne!(first, second);
+        for id in [first, second] {
+            let text = id.to_str().unwrap();
+            let uuid = uuid::Uuid::parse_str(text).unwrap();
+            assert_eq!(uuid.get_version_num(), 4, "{text}");
+            assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122, "{text}");
+            assert_eq!(uuid.hyphenated().to_string(), text);
+        }
     }
 }

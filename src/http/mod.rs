@@ -144,32 +144,32 @@ impl Shutdown {
 /// upstream (or 404) in axum's `Router`, which answers `HEAD` from `GET` and
 /// a missing method with 405 and `Allow`, behind these layers, outermost
 /// first:
-/// 1. its request id: `X-Request-Id` if sane (visible ASCII, at most 200
-///    bytes), else a new one (tower-http's `SetRequestIdLayer`);
-/// 2. [`middleware::observe`]: the request id on the answer, the `{"error"}`
-///    shape for the framework's own errors, the count for `/metrics` by route
-///    template, the access log;
+/// 1. [`middleware::ObserveLayer`]: its request id, `X-Request-Id` if sane
+///    (visible ASCII, at most 200 bytes), else a new one;
+/// 2. once answered ([`middleware::ObserveLayer`] still): the request id on
+///    the answer, the `{"error"}` shape for the framework's own errors, the
+///    count for `/metrics` by route template, the access log;
 /// 3. a panic turned into a logged 500 (tower-http's `CatchPanicLayer`);
 /// 4. the router; then, on every route, its 405s and the fallback alike:
-/// 5. the route's template noted for step 2 ([`middleware::note_route`]);
-/// 6. [`auth::refuse_foreign_pages`]: on a loopback listener, a `Host` that
-///    is not this machine is a 403 (DNS rebinding); an `Origin` that is not
-///    allowed is a 403 on every route, before tokens and before any body is
-///    read;
-/// 7. CORS for the allowed origins (tower-http's `CorsLayer`): preflights
-///    answered (204), allow headers added to other responses;
-/// 8. [`auth::require_token`]: tokens (SPEC §5), 401/403, or the token's
+/// 5. [`auth::RouteChecksLayer`], in one layer: the route's template noted
+///    for step 2; on a loopback listener, a `Host` that is not this machine
+///    is a 403 (DNS rebinding); an `Origin` that is not allowed is a 403 on
+///    every route, before tokens and before any body is read;
+/// 6. for a request with an `Origin` (`RouteChecksLayer` still), CORS for
+///    the allowed origins (tower-http's `CorsLayer`): preflights answered
+///    (204), allow headers added to other responses;
+/// 7. tokens (SPEC §5, `RouteChecksLayer` still): 401/403, or the token's
 ///    name for the event actor;
-/// 9. on the routes aliasd serves (not the upstream's fallback, where a
+/// 8. on the routes aliasd serves (not the upstream's fallback, where a
 ///    model can take minutes to load), the request body's deadline
 ///    ([`middleware::body_deadline`]).
 ///
-/// Steps 5-8 run after the path is matched, so that every answer, their
-/// refusals included, is counted under its route template. They box nothing
-/// (`ValidateRequestHeaderLayer` and plain maps, not `from_fn`, which boxes a
-/// future and the rest of the stack on every request), and CORS is skipped
-/// for a request without `Origin` ([`auth::CorsForBrowsers`]). Steps 1-3 wrap
-/// the router once. (benches/README.md has what each piece costs.)
+/// Steps 5-7 run after the path is matched, so that every answer, their
+/// refusals included, is counted under its route template. Nothing is boxed
+/// on a request without `Origin` (not `from_fn`, which boxes a future and the
+/// rest of the stack on every request), and the layers are few: each one
+/// moves the request and adds a future. Steps 1-3 wrap the router once.
+/// (benches/README.md has what each piece costs.)
 pub fn app(
     state: AppState,
 ) -> impl tower::Service<
@@ -182,20 +182,7 @@ pub fn app(
        + Sync
        + 'static {
     use axum::routing::get;
-    let on_every_route = tower::ServiceBuilder::new()
-        .map_request(middleware::note_route)
-        .layer(
-            tower_http::validate_request::ValidateRequestHeaderLayer::custom(
-                auth::refuse_foreign_pages(state.clone()),
-            ),
-        )
-        .map_response(auth::preflight_no_content)
-        .layer(auth::cors(&state.http))
-        .layer(
-            tower_http::validate_request::ValidateRequestHeaderLayer::custom(auth::require_token(
-                state.clone(),
-            )),
-        );
+    let on_every_route = auth::RouteChecksLayer::new(state.clone());
     let router = axum::Router::new()
         .route(
             "/api/experimental/aliases",
@@ -240,15 +227,7 @@ pub fn app(
         .layer(on_every_route)
         .with_state(state.clone());
     tower::ServiceBuilder::new()
-        .map_request(middleware::drop_unusable_request_id)
-        .layer(tower_http::request_id::SetRequestIdLayer::new(
-            REQUEST_ID.clone(),
-            middleware::NewRequestId,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state,
-            middleware::observe,
-        ))
+        .layer(middleware::ObserveLayer::new(state))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             middleware::panic_response,
         ))
@@ -344,10 +323,12 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestOrigin {
             .get::<TokenName>()
             .map(|t| t.0.clone())
             .unwrap_or_else(|| "anonymous".to_string());
+        // `middleware::ObserveLayer` left a usable id in the header, the
+        // client's or a new one.
         let request_id = parts
-            .extensions
-            .get::<tower_http::request_id::RequestId>()
-            .and_then(|r| r.header_value().to_str().ok())
+            .headers
+            .get(&REQUEST_ID)
+            .and_then(|id| id.to_str().ok())
             .map(String::from);
         Ok(RequestOrigin(Origin {
             actor: format!("{who}@{addr}"),

@@ -439,7 +439,7 @@ impl hyper::rt::Sleep for HeadSleep {}
 ///
 /// hyper writes such an answer as one head of `content-length: 0` and `date`,
 /// at the start of a write, and closes the connection after it. Every answer
-/// of the app's own has a `content-type` (`middleware::observe` gives each
+/// of the app's own has a `content-type` (`middleware::ObserveLayer` gives each
 /// error a JSON body), so a head without one, of those statuses, is hyper's. Should hyper
 /// ever write it differently, it goes out unchanged, as before.
 struct ConnIo {

@@ -1,3 +1,4 @@
+mod access_log;
 mod aliases;
 mod auth;
 mod bounded_history;
