@@ -45,6 +45,11 @@ fn main() -> ExitCode {
 /// The variables that filter the logs, the first one set winning.
 const LOG_FILTER_VARS: [&str; 2] = ["ALIASD_LOG", "RUST_LOG"];
 
+/// The filter when no variable sets one: `info`, but the NATS client's own
+/// lines only from `warn` (it logs every reconnect attempt at `info`; aliasd
+/// says once that NATS is lost and once that it is back).
+const DEFAULT_LOG_FILTER: &str = "info,async_nats=warn";
+
 /// Logs to stderr, filtered by `ALIASD_LOG`, else `RUST_LOG`, else `info`
 /// (tracing's `EnvFilter` directives: `debug`, `aliasd=debug,info`, ...).
 ///
@@ -72,7 +77,7 @@ fn init_tracing(json: bool) -> anyhow::Result<()> {
         filter = Some(parsed);
         break;
     }
-    let filter = filter.unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    let filter = filter.unwrap_or_else(|| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     // Colours only for a person at a terminal, not in a log file or journald.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let logs = tracing_subscriber::fmt()
