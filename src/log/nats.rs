@@ -355,9 +355,18 @@ impl Inner {
             )));
         }
         self.local.append(fetched.commit.payloads.clone())?;
-        *lock(&self.position) = Some(fetched.stream_seq);
-        lock(&self.fetched).remove(&fetched.commit.first_seq);
+        self.applied(fetched.stream_seq);
         Ok(())
+    }
+
+    /// Moves the position to `stream_seq`, just written to the local
+    /// journal, and forgets the commits read before that are now applied
+    /// (this node's own among them, which the writer skips).
+    fn applied(&self, stream_seq: u64) {
+        *lock(&self.position) = Some(stream_seq);
+        let next = self.local.last_seq() + 1;
+        let mut fetched = lock(&self.fetched);
+        *fetched = fetched.split_off(&next);
     }
 
     async fn publish(
@@ -476,7 +485,7 @@ impl EventLog for NatsLog {
         // Stored in the stream: now the replica. Another node's commit
         // cannot come between (the stream refused any other position).
         let local_first = inner.local.append(payloads)?;
-        *lock(&inner.position) = Some(stream_seq);
+        inner.applied(stream_seq);
         Ok(local_first)
     }
 
