@@ -82,6 +82,9 @@ struct Inner {
     connected: AtomicBool,
     /// Woken each time the connection comes back.
     reconnected: tokio::sync::Notify,
+    /// Why the stream refuses or does not answer while the connection is up
+    /// (JetStream without a quorum, say), since the last failure.
+    trouble: Mutex<Option<String>>,
 }
 
 /// A commit as read from the stream.
@@ -118,6 +121,7 @@ impl NatsLog {
             fetched: Mutex::new(BTreeMap::new()),
             connected: AtomicBool::new(connected),
             reconnected: tokio::sync::Notify::new(),
+            trouble: Mutex::new(None),
         });
         let (sender, receiver) = std::sync::mpsc::channel();
         runtime.spawn(follow(inner.clone(), sender));
@@ -183,6 +187,20 @@ impl Inner {
 
     fn unavailable(&self, why: impl std::fmt::Display) -> Error {
         Error::Unavailable(format!("NATS at {} {why}", self.config.urls_display()))
+    }
+
+    /// Records whether the stream answered (`None`) or why not, and says
+    /// so in the log when that changes, not at each request.
+    fn note(&self, trouble: Option<&Error>) {
+        let mut current = lock(&self.trouble);
+        match (current.is_some(), trouble) {
+            (false, Some(e)) => tracing::warn!(
+                "the fleet log does not answer: {e}; writes answer 503 until it does"
+            ),
+            (true, None) => tracing::info!("the fleet log answers again"),
+            _ => {}
+        }
+        *current = trouble.map(ToString::to_string);
     }
 
     fn check_connected(&self) -> Result<(), Error> {
@@ -391,11 +409,21 @@ impl Inner {
             Err(e) => Err(e),
         };
         match ack {
-            Ok(ack) => Ok(ack.sequence),
+            Ok(ack) => {
+                self.note(None);
+                Ok(ack.sequence)
+            }
             Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                self.note(None);
                 Err(Error::Conflict)
             }
-            Err(e) => Err(self.unavailable(format_args!("did not store the commit: {e}"))),
+            Err(e) => {
+                let e = self.unavailable(format_args!("did not store the commit: {e}"));
+                if self.client.connection_state() == async_nats::connection::State::Connected {
+                    self.note(Some(&e));
+                }
+                Err(e)
+            }
         }
     }
 }
@@ -442,7 +470,7 @@ async fn follow(inner: Arc<Inner>, sender: std::sync::mpsc::Sender<RemoteCommit>
         let position = match inner.position().await {
             Ok(position) => position,
             Err(e) => {
-                tracing::debug!("the fleet log cannot be followed now: {e}");
+                inner.note(Some(&e));
                 continue;
             }
         };
@@ -453,6 +481,7 @@ async fn follow(inner: Arc<Inner>, sender: std::sync::mpsc::Sender<RemoteCommit>
         while tries > 0 {
             match inner.fetch_after(sent, READ_AHEAD).await {
                 Ok(batch) if batch.is_empty() => {
+                    inner.note(None);
                     tries -= 1;
                     if tries > 0 {
                         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -468,7 +497,7 @@ async fn follow(inner: Arc<Inner>, sender: std::sync::mpsc::Sender<RemoteCommit>
                     tries = 1;
                 }
                 Err(e) => {
-                    tracing::debug!("reading the fleet log failed: {e}");
+                    inner.note(Some(&e));
                     break;
                 }
             }
@@ -550,16 +579,22 @@ impl EventLog for NatsLog {
     }
 
     fn health(&self) -> Option<String> {
-        match self.inner.connected.load(Ordering::Relaxed)
-            && self.inner.client.connection_state() == async_nats::connection::State::Connected
-        {
-            true => None,
-            false => Some(format!(
+        let inner = &self.inner;
+        let connected = inner.connected.load(Ordering::Relaxed)
+            && inner.client.connection_state() == async_nats::connection::State::Connected;
+        if !connected {
+            return Some(format!(
                 "NATS at {} is unreachable: writes answer 503 until it is back; reads, resolve \
                  and the proxy go on from the local journal",
-                self.inner.config.urls_display()
-            )),
+                inner.config.urls_display()
+            ));
         }
+        lock(&inner.trouble).as_ref().map(|why| {
+            format!(
+                "{why}: writes answer 503 until the fleet log answers; reads, resolve and the \
+                 proxy go on from the local journal"
+            )
+        })
     }
 }
 

@@ -283,6 +283,8 @@ impl Registry {
             snapshot_every: config.snapshot_every.max(1),
             since_snapshot: 0,
             tamper_reported: false,
+            reconcile_owed: false,
+            log_worked: false,
         };
         let started = std::time::Instant::now();
         let n_events = writer

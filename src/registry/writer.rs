@@ -58,6 +58,12 @@ pub(super) struct Writer {
     /// The journal was found changed under the server ([`journal::Error::Tampered`])
     /// and that was logged: later refusals are not logged again at error level.
     pub(super) tamper_reported: bool,
+    /// A reconcile's events could not be appended (the shared log was
+    /// unavailable): the store is reconciled again after the next commit
+    /// that succeeds, so that no observation is lost.
+    pub(super) reconcile_owed: bool,
+    /// The log took or delivered a commit while this group was processed.
+    pub(super) log_worked: bool,
 }
 
 pub(super) type ReplySender = oneshot::Sender<Result<Reply, RegistryError>>;
@@ -134,6 +140,7 @@ impl Writer {
     }
 
     fn process(&mut self, group: Vec<Request>) {
+        self.log_worked = false;
         // A reconcile reads the whole store; it runs alone, after the rest.
         let (others, reconciles): (Vec<Request>, Vec<Request>) = group.into_iter().partition(|r| {
             !matches!(
@@ -142,7 +149,9 @@ impl Writer {
             )
         });
         self.process_group(others);
+        let mut reconciled = false;
         for request in reconciles {
+            reconciled |= matches!(request.command, Command::Reconcile);
             if let Command::ApplyRemote(commit) = request.command {
                 let _ = request.reply.send(self.apply_remote(commit));
                 continue;
@@ -164,6 +173,13 @@ impl Writer {
                     }
                 });
             let _ = request.reply.send(res);
+        }
+        if self.reconcile_owed && !reconciled && self.log_worked {
+            self.reconcile_owed = false;
+            tracing::info!("the event log is back: reconciling the store with it");
+            if let Err(e) = self.reconcile_scoped(&Origin::system("reconcile"), None) {
+                tracing::warn!("reconcile failed: {e:#}");
+            }
         }
     }
 
@@ -322,6 +338,7 @@ impl Writer {
             }
         })?;
         self.metrics.observe_commit(started.elapsed());
+        self.log_worked = true;
         if first != events[0].seq {
             tracing::error!(
                 expected = events[0].seq,
@@ -436,6 +453,7 @@ impl Writer {
                         "observations wait for the event log: {why}"
                     );
                     self.apply(&[], Some(observation.models));
+                    self.reconcile_owed = true;
                     return Ok(0);
                 }
                 Err(e) => return Err(e.into()),
@@ -530,6 +548,7 @@ impl Writer {
             )));
         }
         self.log.accept_remote(&commit)?;
+        self.log_worked = true;
         let mut events = Vec::with_capacity(commit.payloads.len());
         for (i, payload) in commit.payloads.iter().enumerate() {
             match Event::decode(payload) {
