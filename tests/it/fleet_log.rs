@@ -374,3 +374,57 @@ fn a_node_started_while_nats_is_down_serves_its_replica_and_catches_up_later() {
     assert_eq!(history(&b), history(&a));
     assert_eq!(b.get("/healthz").json["status"], "ok");
 }
+
+/// Not a test: the figures for `benches/README.md` ("Fleet log"), run by
+/// hand on a quiet machine:
+/// `cargo test --test it fleet_log::measure -- --ignored --nocapture`.
+/// Create latency (sequential, one client) through a fleet node on a local
+/// NATS against a single-host server on the same machine, then creates/s at
+/// 16 clients on each.
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn measure_fleet_create_latency_and_throughput() {
+    let nats = NatsServer::start();
+    let single = Server::with_models(&["llama3"]);
+    let fleet = node(&nats.url(), "a", &["llama3"]);
+    for (what, server) in [("single-host", &single), ("fleet node", &fleet)] {
+        let mut latencies = Vec::new();
+        for i in 0..500 {
+            let started = Instant::now();
+            server.put_alias(&format!("lat-{i}"), "llama3").expect(201);
+            latencies.push(started.elapsed());
+        }
+        latencies.sort_unstable();
+        let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+        println!(
+            "{what}: create latency p50 {:?} p90 {:?} p99 {:?} (500 sequential creates)",
+            at(0.5),
+            at(0.9),
+            at(0.99)
+        );
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let run = Duration::from_secs(5);
+        let started = Instant::now();
+        std::thread::scope(|scope| {
+            for client in 0..16 {
+                let done = &done;
+                scope.spawn(move || {
+                    let mut i = 0;
+                    while started.elapsed() < run {
+                        server
+                            .put_alias(&format!("tp-{client}-{i}"), "llama3")
+                            .expect(201);
+                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        i += 1;
+                    }
+                });
+            }
+        });
+        let n = done.into_inner();
+        println!(
+            "{what}: {n} creates in {:.1} s at 16 clients: {:.0} creates/s",
+            started.elapsed().as_secs_f64(),
+            n as f64 / started.elapsed().as_secs_f64()
+        );
+    }
+}
