@@ -21,6 +21,14 @@
 //! search over the messages' `Aliasd-First-Seq` headers the first time NATS
 //! answers (a few requests), so it cannot disagree with the journal.
 //!
+//! Snapshots (SPEC §8): each snapshot the writer takes is also put in the
+//! key-value bucket `<FLEET>_SNAPSHOTS` (in chunks under NATS's message size
+//! limit, then the key `latest` naming them), unless a newer one is there. A
+//! new node (no journal yet) starts from it ([`seed_journal`]) and reads the
+//! stream after it. With `--retain N`, once a snapshot is in the bucket the
+//! stream is purged below the commit holding the N-th last event (never past
+//! the snapshot).
+//!
 //! A task follows the stream: woken by each message published on the log's
 //! subject (and by a timer, for what was missed while disconnected), it reads
 //! the messages after the node's position and hands them to the writer
@@ -47,6 +55,27 @@ const EVENTS: &str = "Aliasd-Events";
 const POLL: Duration = Duration::from_millis(500);
 /// Messages read ahead at once while catching up.
 const READ_AHEAD: usize = 64;
+/// Bytes of a snapshot per key of the bucket (NATS refuses messages over
+/// 1 MiB by default).
+const SNAPSHOT_CHUNK: usize = 256 << 10;
+/// The bucket key naming the newest snapshot.
+const LATEST: &str = "latest";
+
+/// What the bucket's `latest` key holds: where the newest snapshot is.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SnapshotPointer {
+    /// The last event the snapshot reflects.
+    seq: u64,
+    /// The stream message holding that event.
+    position: u64,
+    /// Its keys are `chunk.<seq>.<i>` for `i` in `0..chunks`.
+    chunks: usize,
+    /// Its length and SHA-256 (hex), checked when it is read.
+    bytes: usize,
+    sha256: String,
+    /// The node that put it.
+    node: String,
+}
 
 /// [`EventLog`] on a JetStream stream, with the local journal as replica
 /// (see the module docs).
@@ -85,6 +114,8 @@ struct Inner {
     /// Why the stream refuses or does not answer while the connection is up
     /// (JetStream without a quorum, say), since the last failure.
     trouble: Mutex<Option<String>>,
+    /// `--retain N`: the stream keeps at least the last N events.
+    retain: Option<u64>,
 }
 
 /// A commit as read from the stream.
@@ -96,12 +127,14 @@ struct Fetched {
 impl NatsLog {
     /// Wraps the local journal `local` as the replica of the fleet's stream,
     /// and starts the task that follows the stream (on `runtime`). Nothing
-    /// is asked of NATS yet: the node starts while NATS is down.
+    /// is asked of NATS yet: the node starts while NATS is down. `retain`
+    /// is `--retain`: how many events the stream keeps below a snapshot.
     pub fn new(
         local: FileLog,
         client: async_nats::Client,
         config: FleetConfig,
         runtime: tokio::runtime::Handle,
+        retain: Option<u64>,
     ) -> NatsLog {
         // The context spawns its acker task on the runtime.
         let entered = runtime.enter();
@@ -122,6 +155,7 @@ impl NatsLog {
             connected: AtomicBool::new(connected),
             reconnected: tokio::sync::Notify::new(),
             trouble: Mutex::new(None),
+            retain,
         });
         let (sender, receiver) = std::sync::mpsc::channel();
         runtime.spawn(follow(inner.clone(), sender));
@@ -272,19 +306,43 @@ impl Inner {
         Ok(*position.get_or_insert(found))
     }
 
-    /// The stream seq of the message holding event `local_last`, by binary
-    /// search over `first..=last`.
+    /// The stream seq of the message holding event `local_last` (0 for an
+    /// empty journal), or of the message before the first when the
+    /// journal ends just before it (a journal seeded from a snapshot).
     async fn locate(&self, local_last: u64, first: u64, last: u64) -> Result<u64, Error> {
-        if local_last == 0 {
-            if first > 1 {
-                return Err(Error::Unavailable(format!(
-                    "the fleet log {} was purged below message {first} and this node's journal is \
-                     empty: start it from a copy of another node's journal",
-                    self.config.log_stream()
-                )));
-            }
+        if local_last == 0 && first <= 1 {
             return Ok(0);
         }
+        let first = first.max(1);
+        if let Some(oldest) = self.get(first).await? {
+            if oldest.commit.first_seq == local_last + 1 {
+                return Ok(first - 1);
+            }
+            if oldest.commit.first_seq > local_last + 1 {
+                return Err(Error::Unavailable(format!(
+                    "the fleet log {} was purged past this node's journal (it ends at seq \
+                     {local_last}, the log starts at {}): move the journal aside and start again \
+                     to begin from the newest snapshot",
+                    self.config.log_stream(),
+                    oldest.commit.first_seq
+                )));
+            }
+        }
+        match self.find(local_last, first, last).await? {
+            Some((seq, commit_last)) if commit_last == local_last => Ok(seq),
+            _ => Err(Error::Unavailable(format!(
+                "this node's journal (last seq {local_last}) does not match the fleet log {} \
+                 at {}: it ends inside a commit, or past the log's end; move the journal aside \
+                 and start again to replay the fleet",
+                self.config.log_stream(),
+                self.config.urls_display()
+            ))),
+        }
+    }
+
+    /// The stream seq of the message holding event `event` and that
+    /// message's last event, by binary search over `first..=last`.
+    async fn find(&self, event: u64, first: u64, last: u64) -> Result<Option<(u64, u64)>, Error> {
         let (mut lo, mut hi) = (first.max(1), last);
         while lo <= hi {
             let mid = lo + (hi - lo) / 2;
@@ -293,23 +351,89 @@ impl Inner {
             };
             let commit_first = fetched.commit.first_seq;
             let commit_last = commit_first + fetched.commit.payloads.len() as u64 - 1;
-            if local_last < commit_first {
+            if event < commit_first {
                 hi = mid - 1;
-            } else if local_last > commit_last {
+            } else if event > commit_last {
                 lo = mid + 1;
-            } else if local_last == commit_last {
-                return Ok(mid);
             } else {
-                break;
+                return Ok(Some((mid, commit_last)));
             }
         }
-        Err(Error::Unavailable(format!(
-            "this node's journal (last seq {local_last}) does not match the fleet log {} at {}: \
-             it ends inside a commit, or past the log's end; move the journal aside and start \
-             again to replay the fleet",
-            self.config.log_stream(),
-            self.config.urls_display()
-        )))
+        Ok(None)
+    }
+
+    /// The snapshots bucket, found or created.
+    async fn snapshots(&self) -> Result<jetstream::kv::Store, Error> {
+        let description = format!("aliasd fleet {}: snapshots", self.config.fleet);
+        open_bucket(
+            &self.jetstream,
+            &self.config.snapshots_bucket(),
+            &description,
+            self.config.replicas,
+            Duration::ZERO,
+        )
+        .await
+        .map_err(|e| self.unavailable(format_args!("refused the snapshots bucket: {e}")))
+    }
+
+    /// Puts the snapshot at `seq` (stream message `position`) in the bucket,
+    /// unless one as new is there; then drops the older one's chunks.
+    async fn upload_snapshot(&self, seq: u64, position: u64, data: &[u8]) -> Result<bool, Error> {
+        let kv = self.snapshots().await?;
+        let failed =
+            |e: &dyn std::fmt::Display| self.unavailable(format_args!("refused a snapshot: {e}"));
+        let old = read_pointer(&kv).await.map_err(|e| failed(&e))?;
+        if old.as_ref().is_some_and(|old| old.seq >= seq) {
+            return Ok(false);
+        }
+        let chunks: Vec<&[u8]> = data.chunks(SNAPSHOT_CHUNK).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            kv.put(
+                format!("chunk.{seq}.{i}"),
+                bytes::Bytes::copy_from_slice(chunk),
+            )
+            .await
+            .map_err(|e| failed(&e))?;
+        }
+        let pointer = SnapshotPointer {
+            seq,
+            position,
+            chunks: chunks.len(),
+            bytes: data.len(),
+            sha256: crate::digest::sha256_hex(data),
+            node: self.config.node.clone(),
+        };
+        let json = serde_json::to_vec(&pointer).map_err(|e| failed(&e))?;
+        kv.put(LATEST, json.into()).await.map_err(|e| failed(&e))?;
+        if let Some(old) = old {
+            for i in 0..old.chunks {
+                let _ = kv.purge(format!("chunk.{}.{i}", old.seq)).await;
+            }
+        }
+        Ok(true)
+    }
+
+    /// `--retain N` after a snapshot at `seq` is in the bucket: purges the
+    /// stream below the message holding event `min(seq, last - N) + 1`.
+    async fn purge_below_snapshot(&self, seq: u64, retain: u64) -> Result<u64, Error> {
+        let keep_from = seq.min(self.local.last_seq().saturating_sub(retain)) + 1;
+        let stream = self.stream().await?;
+        let info = stream
+            .get_info()
+            .await
+            .map_err(|e| self.unavailable(format_args!("did not answer: {e}")))?;
+        let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+        let Some((message, _)) = self.find(keep_from, first, last).await? else {
+            return Ok(0);
+        };
+        if message <= first {
+            return Ok(0);
+        }
+        let purged =
+            stream.purge().sequence(message).await.map_err(|e| {
+                self.unavailable(format_args!("refused to purge the fleet log: {e}"))
+            })?;
+        Ok(purged.purged)
     }
 
     /// The message at `seq`, or `None` past the end.
@@ -531,7 +655,42 @@ impl EventLog for NatsLog {
     }
 
     fn write_snapshot(&self, seq: u64, data: &[u8]) -> Result<(), Error> {
-        self.inner.local.write_snapshot(seq, data)
+        self.inner.local.write_snapshot(seq, data)?;
+        // The bucket's copy is for new nodes: put it in the background, so
+        // that the writer does not wait on NATS for it.
+        let Some(position) = *lock(&self.inner.position) else {
+            return Ok(());
+        };
+        if self.inner.client.connection_state() != async_nats::connection::State::Connected {
+            return Ok(());
+        }
+        let inner = self.inner.clone();
+        let data = data.to_vec();
+        self.inner.runtime.spawn(async move {
+            match inner.upload_snapshot(seq, position, &data).await {
+                Ok(false) => return,
+                Ok(true) => tracing::info!(
+                    seq,
+                    bucket = %inner.config.snapshots_bucket(),
+                    "snapshot put in the fleet's bucket"
+                ),
+                Err(e) => {
+                    tracing::warn!("the snapshot at seq {seq} is not in the fleet's bucket: {e}");
+                    return;
+                }
+            }
+            if let Some(retain) = inner.retain {
+                match inner.purge_below_snapshot(seq, retain).await {
+                    Ok(0) => {}
+                    Ok(purged) => tracing::info!(
+                        purged,
+                        "purged the fleet log below the snapshot at seq {seq} (--retain {retain})"
+                    ),
+                    Err(e) => tracing::warn!("purging the fleet log failed: {e}"),
+                }
+            }
+        });
+        Ok(())
     }
 
     fn size_bytes(&self) -> u64 {
@@ -596,6 +755,128 @@ impl EventLog for NatsLog {
             )
         })
     }
+}
+
+/// Opens the key-value bucket `bucket`, creating it (one value per key,
+/// `max_age` for each, `Duration::ZERO` for none) if missing.
+///
+/// Not `create_key_value`: async-nats 0.52 first reads the account's info,
+/// and fails to parse what nats-server 2.9 answers (it lacks the reserved
+/// memory and storage fields), so the bucket's stream is created here with
+/// the settings `create_key_value` gives it.
+///
+/// # Errors
+///
+/// NATS refused or did not answer.
+pub async fn open_bucket(
+    jetstream: &jetstream::Context,
+    bucket: &str,
+    description: &str,
+    replicas: usize,
+    max_age: Duration,
+) -> Result<jetstream::kv::Store, String> {
+    if let Ok(store) = jetstream.get_key_value(bucket).await {
+        return Ok(store);
+    }
+    let config = jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some(description.to_string()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        storage: jetstream::stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        num_replicas: replicas.max(1),
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    jetstream
+        .get_or_create_stream(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    jetstream
+        .get_key_value(bucket)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The bucket's `latest` pointer, if there is one.
+async fn read_pointer(kv: &jetstream::kv::Store) -> Result<Option<SnapshotPointer>, String> {
+    match kv.get(LATEST).await.map_err(|e| e.to_string())? {
+        None => Ok(None),
+        Some(json) => serde_json::from_slice(&json)
+            .map(Some)
+            .map_err(|e| format!("the snapshot pointer is not valid: {e}")),
+    }
+}
+
+/// Starts a new node from the fleet's newest snapshot (SPEC §8): when
+/// `journal_dir` holds no journal yet and the bucket `<FLEET>_SNAPSHOTS` has
+/// a snapshot, seeds the journal with it ([`journal::seed`]), so that the
+/// node reads only the stream after it. Returns the snapshot's seq if it
+/// did. NATS unreachable, or no snapshot: nothing is done (the node replays
+/// the stream, or catches up later).
+///
+/// # Errors
+///
+/// The snapshot read is damaged, or the journal directory cannot be written.
+pub fn seed_journal(
+    client: &async_nats::Client,
+    config: &FleetConfig,
+    journal_dir: &std::path::Path,
+    runtime: &tokio::runtime::Handle,
+) -> anyhow::Result<Option<u64>> {
+    use anyhow::Context;
+    let in_use = std::fs::read_dir(journal_dir)
+        .map(|entries| {
+            entries.filter_map(Result::ok).any(|entry| {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                name.ends_with(".seg") || name.ends_with(".snap")
+            })
+        })
+        .unwrap_or(false);
+    if in_use || client.connection_state() != async_nats::connection::State::Connected {
+        return Ok(None);
+    }
+    let fetched = runtime.block_on(async {
+        let entered = jetstream::new(client.clone());
+        let Ok(kv) = entered.get_key_value(config.snapshots_bucket()).await else {
+            return Ok(None);
+        };
+        let Some(pointer) = read_pointer(&kv).await.map_err(anyhow::Error::msg)? else {
+            return Ok(None);
+        };
+        let mut data = Vec::with_capacity(pointer.bytes);
+        for i in 0..pointer.chunks {
+            let key = format!("chunk.{}.{i}", pointer.seq);
+            let chunk = kv
+                .get(&key)
+                .await
+                .with_context(|| format!("reading {key} of the fleet's snapshot"))?
+                .with_context(|| format!("the fleet's snapshot lacks {key}"))?;
+            data.extend_from_slice(&chunk);
+        }
+        anyhow::ensure!(
+            data.len() == pointer.bytes && crate::digest::sha256_hex(&data) == pointer.sha256,
+            "the fleet's snapshot at seq {} is damaged (its length or SHA-256 is not the one its \
+             pointer names)",
+            pointer.seq
+        );
+        anyhow::Ok(Some((pointer.seq, data)))
+    })?;
+    let Some((seq, data)) = fetched else {
+        return Ok(None);
+    };
+    let seeded = journal::seed(journal_dir, journal::Seq(seq), &data).with_context(|| {
+        format!(
+            "writing the fleet's snapshot into {}",
+            journal_dir.display()
+        )
+    })?;
+    Ok(seeded.then_some(seq))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

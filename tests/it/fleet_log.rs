@@ -428,3 +428,62 @@ fn measure_fleet_create_latency_and_throughput() {
         );
     }
 }
+
+/// The fleet's stream, as NATS reports it: (first, last) message seqs.
+fn stream_bounds(url: &str) -> (u64, u64) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(url).await.expect("connect to NATS");
+        let jetstream = async_nats::jetstream::new(client);
+        let stream = jetstream
+            .get_stream("aliasd_LOG")
+            .await
+            .expect("the stream");
+        let info = stream.get_info().await.expect("stream info");
+        (info.state.first_sequence, info.state.last_sequence)
+    })
+}
+
+#[test]
+fn a_new_node_starts_from_the_snapshot_in_the_bucket_and_retain_purges_the_stream() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let a = Server::builder(TestStore::with_models(&["llama3"]))
+        .args(&[
+            "--nats",
+            &url,
+            "--node",
+            "a",
+            "--snapshot-every",
+            "10",
+            "--retain",
+            "5",
+        ])
+        .start();
+    for i in 0..40 {
+        a.put_alias(&format!("snap-{i:02}"), "llama3").expect(201);
+    }
+    let last = a.seq();
+    let (first, _) = wait_for("the stream purged below a snapshot", WAIT, || {
+        let bounds = stream_bounds(&url);
+        (bounds.0 > 1).then_some(bounds)
+    });
+    assert!(first > 1, "{}", a.stderr());
+
+    // A new node: no journal. It starts from the bucket's snapshot (the
+    // events before it are not in its history) and reads the stream after.
+    let c = node(&url, "c", &["llama3"]);
+    assert!(c.seq() >= last, "c at {} of {last}", c.seq());
+    assert_eq!(c.aliases_by_name().len(), 40);
+    let (page, _) = c.history("since=0&limit=10000");
+    let oldest = page[0]["seq"].as_u64().unwrap();
+    assert!(oldest > 1, "c replayed from seq 1: {}", c.stderr());
+    assert!(c.stderr().contains("started from the fleet's snapshot"));
+    // Both go on together.
+    c.put_alias("after", "llama3").expect(201);
+    a.wait_seq(c.seq());
+    assert_eq!(a.get(&alias_path("after")).expect(200)["target"], "llama3");
+}
