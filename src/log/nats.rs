@@ -58,6 +58,8 @@ const READ_AHEAD: usize = 64;
 /// Bytes of a snapshot per key of the bucket (NATS refuses messages over
 /// 1 MiB by default).
 const SNAPSHOT_CHUNK: usize = 256 << 10;
+/// Bytes of a message kept for its headers under NATS's size limit.
+const COMMIT_HEADROOM: usize = 4096;
 /// The bucket key naming the newest snapshot.
 const LATEST: &str = "latest";
 
@@ -519,6 +521,16 @@ impl Inner {
     ) -> Result<u64, Error> {
         self.check_connected()?;
         let body = join(payloads);
+        let max = self.client.max_payload().saturating_sub(COMMIT_HEADROOM);
+        if body.len() > max {
+            // Not NATS's trouble: this one commit is too big for a message.
+            return Err(Error::Unavailable(format!(
+                "the change takes {} bytes in the fleet log, over the {max} one message of NATS \
+                 at {} can hold (max_payload); make it smaller (fewer ops in a batch)",
+                body.len(),
+                self.config.urls_display()
+            )));
+        }
         let message = jetstream::message::PublishMessage::build()
             .payload(body.into())
             .header(FIRST_SEQ, first_seq.to_string())
@@ -735,6 +747,17 @@ impl EventLog for NatsLog {
             stream_seq,
             commit: commit.clone(),
         })
+    }
+
+    fn max_commit_bytes(&self) -> Option<usize> {
+        // Room for the headers under the server's message size limit.
+        Some(
+            self.inner
+                .client
+                .max_payload()
+                .saturating_sub(COMMIT_HEADROOM)
+                .max(1),
+        )
     }
 
     fn health(&self) -> Option<String> {

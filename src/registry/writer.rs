@@ -183,7 +183,7 @@ impl Writer {
         }
     }
 
-    fn process_group(&mut self, group: Vec<Request>) {
+    fn process_group(&mut self, mut group: Vec<Request>) {
         if group.is_empty() {
             return;
         }
@@ -191,6 +191,13 @@ impl Writer {
         let mut tries = 0;
         let (events, outcomes) = loop {
             let (events, outcomes) = self.plan_group(&group, &time);
+            if group.len() > 1 && self.fits(&events) < events.len() {
+                // Over what one commit of the log may hold: two groups.
+                let rest = group.split_off(group.len() / 2);
+                self.process_group(group);
+                self.process_group(rest);
+                return;
+            }
             match self.append(&events) {
                 Ok(()) => break (events, outcomes),
                 // Another node appended first: apply what it wrote, then
@@ -325,6 +332,20 @@ impl Writer {
         f(&guard)
     }
 
+    /// How many of `events`, from the first, fit in one commit of the log
+    /// (all of them if it has no limit; at least one).
+    fn fits(&self, events: &[Event]) -> usize {
+        let Some(limit) = self.log.max_commit_bytes() else {
+            return events.len();
+        };
+        let mut total = 0;
+        let over = events.iter().position(|event| {
+            total += event.encode().len() + 4;
+            total > limit
+        });
+        over.map_or(events.len(), |n| n.max(1))
+    }
+
     /// Makes events durable in the log (nothing is applied).
     fn append(&mut self, events: &[Event]) -> Result<(), crate::log::Error> {
         if events.is_empty() {
@@ -396,7 +417,7 @@ impl Writer {
     ) -> anyhow::Result<usize> {
         // Files of groups still in the finisher must be there before reading.
         self.drain();
-        let observation = {
+        let mut observation = {
             let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
             let store = self.materializer.store();
             match names {
@@ -430,16 +451,34 @@ impl Writer {
                 guard.index.clear_tombstone(&name.key());
             }
         }
+        // A reconcile of a big store may be more than one commit of the log
+        // holds: it is then appended in parts, each planned again from the
+        // index the parts before left (a reconcile only brings aliases in
+        // line with the store, so planning again is safe).
         let mut tries = 0;
-        let events = loop {
-            let events = {
+        let mut n_events = 0;
+        loop {
+            let mut events = {
                 let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
                 let mut draft = Draft::new(&guard.index, self.log.last_seq() + 1);
                 reconcile::plan(&mut draft, &observation, origin, &time);
                 draft.into_events()
             };
+            let fits = self.fits(&events);
+            let last_part = fits == events.len();
+            events.truncate(fits);
             match self.append(&events) {
-                Ok(()) => break events,
+                Ok(()) => {
+                    // The models change with the last part, so that readers
+                    // never see them ahead of the events.
+                    let models = last_part.then(|| std::mem::take(&mut observation.models));
+                    let prior = self.apply(&events, models);
+                    n_events += events.len();
+                    self.finish(events, prior, Vec::new());
+                    if last_part {
+                        break;
+                    }
+                }
                 Err(crate::log::Error::Conflict) if tries < MAX_CONFLICTS => {
                     tries += 1;
                     self.catch_up_remote()?;
@@ -452,16 +491,13 @@ impl Writer {
                         events = events.len(),
                         "observations wait for the event log: {why}"
                     );
-                    self.apply(&[], Some(observation.models));
+                    self.apply(&[], Some(std::mem::take(&mut observation.models)));
                     self.reconcile_owed = true;
-                    return Ok(0);
+                    return Ok(n_events);
                 }
                 Err(e) => return Err(e.into()),
             }
-        };
-        let prior = self.apply(&events, Some(observation.models));
-        let n_events = events.len();
-        self.finish(events, prior, Vec::new());
+        }
         if !observation.out_of_date.is_empty() {
             self.drain();
             self.sync_aliases(&observation.out_of_date);
