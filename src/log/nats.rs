@@ -470,9 +470,15 @@ impl Inner {
         }))
     }
 
-    /// Up to `max` messages after stream seq `after`, in order.
+    /// Up to `max` messages after stream seq `after`, in order (asks the
+    /// stream where it ends first, so that no request is made past it).
     async fn fetch_after(&self, after: u64, max: usize) -> Result<Vec<Fetched>, Error> {
-        let gets = (after + 1..=after + max as u64).map(|seq| self.get(seq));
+        let last = self.last_stream_seq().await?;
+        let upto = last.min(after + max as u64);
+        if upto <= after {
+            return Ok(Vec::new());
+        }
+        let gets = (after + 1..=upto).map(|seq| self.get(seq));
         let mut results = futures_util::stream::iter(gets).buffered(16);
         let mut out = Vec::new();
         while let Some(result) = results.next().await {
@@ -626,6 +632,11 @@ async fn follow(inner: Arc<Inner>, sender: std::sync::mpsc::Sender<RemoteCommit>
                 Ok(batch) => {
                     for fetched in batch {
                         sent = fetched.stream_seq;
+                        // This node's own commits, and what the writer read
+                        // itself after a conflict, are applied already.
+                        if lock(&inner.position).is_some_and(|p| fetched.stream_seq <= p) {
+                            continue;
+                        }
                         if sender.send(fetched.commit).is_err() {
                             return; // The registry stopped.
                         }

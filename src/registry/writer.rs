@@ -540,9 +540,12 @@ impl Writer {
     /// already applied (delivered twice) is skipped; one past a gap makes
     /// the writer read what is missing from the log first.
     fn apply_remote(&mut self, commit: crate::log::RemoteCommit) -> Result<Reply, RegistryError> {
+        let expected = self.read(|s| s.index.last_seq()) + 1;
+        if commit.first_seq + (commit.payloads.len() as u64) <= expected {
+            return Ok(Reply::Reconciled(0)); // Applied already: no wait.
+        }
         // Files of earlier groups first, as for a reconcile.
         self.drain();
-        let expected = self.read(|s| s.index.last_seq()) + 1;
         if commit.first_seq > expected {
             self.catch_up_remote()?;
         }
