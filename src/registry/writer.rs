@@ -70,7 +70,7 @@ pub(super) type ReplySender = oneshot::Sender<Result<Reply, RegistryError>>;
 
 /// Times a group is validated again after another node appended to the
 /// shared log first; then it fails with [`crate::log::Error::Conflict`] (503).
-const MAX_CONFLICTS: usize = 32;
+pub(super) const MAX_CONFLICTS: usize = 32;
 
 /// Pairs each request of a group with its planned outcome.
 fn awaiting(
