@@ -53,6 +53,13 @@ const FIRST_SEQ: &str = "Aliasd-First-Seq";
 const EVENTS: &str = "Aliasd-Events";
 /// How often the follower looks at the stream without being woken.
 const POLL: Duration = Duration::from_millis(500);
+/// How long NATS gets to answer a request or acknowledge a commit. Short:
+/// the writer is serial, so each write waiting on NATS delays the next ones.
+const NATS_TIMEOUT: Duration = Duration::from_secs(2);
+/// After the stream failed to answer, writes fail at once for this long
+/// (the follower keeps probing it meanwhile), so that a queue of writes
+/// does not each wait out [`NATS_TIMEOUT`].
+const FAIL_FAST: Duration = Duration::from_secs(1);
 /// Messages read ahead at once while catching up.
 const READ_AHEAD: usize = 64;
 /// Bytes of a snapshot per key of the bucket (NATS refuses messages over
@@ -115,9 +122,13 @@ struct Inner {
     reconnected: tokio::sync::Notify,
     /// Why the stream refuses or does not answer while the connection is up
     /// (JetStream without a quorum, say), since the last failure.
-    trouble: Mutex<Option<String>>,
+    /// With the time of the latest failure: for a while after one, writes
+    /// fail at once instead of each waiting out NATS's timeout in turn.
+    trouble: Mutex<Option<(String, std::time::Instant)>>,
     /// `--retain N`: the stream keeps at least the last N events.
     retain: Option<u64>,
+    /// Held while the position is searched for (or the log bootstrapped).
+    locating: tokio::sync::Mutex<()>,
 }
 
 /// A commit as read from the stream.
@@ -142,7 +153,7 @@ impl NatsLog {
         let entered = runtime.enter();
         let mut context = jetstream::new(client.clone());
         drop(entered);
-        context.set_timeout(Duration::from_secs(5));
+        context.set_timeout(NATS_TIMEOUT);
         let connected = client.connection_state() == async_nats::connection::State::Connected;
         let inner = Arc::new(Inner {
             local,
@@ -158,6 +169,7 @@ impl NatsLog {
             reconnected: tokio::sync::Notify::new(),
             trouble: Mutex::new(None),
             retain,
+            locating: tokio::sync::Mutex::new(()),
         });
         let (sender, receiver) = std::sync::mpsc::channel();
         runtime.spawn(follow(inner.clone(), sender));
@@ -236,7 +248,13 @@ impl Inner {
             (true, None) => tracing::info!("the fleet log answers again"),
             _ => {}
         }
-        *current = trouble.map(ToString::to_string);
+        *current = trouble.map(|e| {
+            let why = match e {
+                Error::Unavailable(why) => why.clone(),
+                e => e.to_string(),
+            };
+            (why, std::time::Instant::now())
+        });
     }
 
     fn check_connected(&self) -> Result<(), Error> {
@@ -290,12 +308,21 @@ impl Inner {
         if let Some(position) = *lock(&self.position) {
             return Ok(position);
         }
+        // One search at a time (the follower and the writer may both ask).
+        let _locating = self.locating.lock().await;
+        if let Some(position) = *lock(&self.position) {
+            return Ok(position);
+        }
         let stream = self.stream().await?;
         let info = stream
             .get_info()
             .await
             .map_err(|e| self.unavailable(format_args!("did not answer: {e}")))?;
         let local_last = self.local.last_seq();
+        if info.state.last_sequence == 0 && local_last > 0 {
+            let found = self.bootstrap(local_last).await?;
+            return Ok(*lock(&self.position).get_or_insert(found));
+        }
         let found = self
             .locate(
                 local_last,
@@ -306,6 +333,65 @@ impl Inner {
         let mut position = lock(&self.position);
         // The writer may have set it meanwhile; its value is the newer one.
         Ok(*position.get_or_insert(found))
+    }
+
+    /// Starts an empty fleet log from this node's journal (a host that ran
+    /// single-host before joins first): its records are published in order,
+    /// in messages as large as NATS takes, and the position is the last.
+    async fn bootstrap(&self, local_last: u64) -> Result<u64, Error> {
+        let local_first = self.local.first_seq();
+        if local_first != 1 {
+            return Err(Error::Unavailable(format!(
+                "the fleet log {} is empty and this node's journal starts at seq {local_first} \
+                 (--retain dropped the rest), so it cannot start the fleet's history; start \
+                 this node on an empty journal, or another node first",
+                self.config.log_stream()
+            )));
+        }
+        tracing::info!(
+            events = local_last,
+            "the fleet log {} is empty: publishing this node's journal as its start",
+            self.config.log_stream()
+        );
+        let max = self.client.max_payload().saturating_sub(COMMIT_HEADROOM);
+        let mut reader = self.local.read_from(1)?;
+        let (mut position, mut first_seq) = (0, 1);
+        let mut commit: Vec<Vec<u8>> = Vec::new();
+        let mut bytes = 0;
+        loop {
+            let record = reader
+                .next_owned()
+                .transpose()?
+                .filter(|(seq, _)| *seq <= local_last);
+            let full = record
+                .as_ref()
+                .is_some_and(|(_, payload)| bytes + payload.len() + 4 > max && !commit.is_empty());
+            if (record.is_none() || full) && !commit.is_empty() {
+                let n = commit.len() as u64;
+                position = match self.publish(position, first_seq, &commit).await {
+                    Err(Error::Conflict) => {
+                        return Err(Error::Unavailable(format!(
+                            "another node started the fleet log {} while this one published \
+                             its journal into it: move this node's journal aside and start it \
+                             again to replay the fleet",
+                            self.config.log_stream()
+                        )))
+                    }
+                    other => other?,
+                };
+                first_seq += n;
+                commit.clear();
+                bytes = 0;
+            }
+            let Some((_, payload)) = record else { break };
+            bytes += payload.len() + 4;
+            commit.push(payload);
+        }
+        tracing::info!(
+            messages = position,
+            "the fleet log starts with this node's journal"
+        );
+        Ok(position)
     }
 
     /// The stream seq of the message holding event `local_last` (0 for an
@@ -526,6 +612,11 @@ impl Inner {
         payloads: &[Vec<u8>],
     ) -> Result<u64, Error> {
         self.check_connected()?;
+        if let Some((why, at)) = &*lock(&self.trouble) {
+            if at.elapsed() < FAIL_FAST {
+                return Err(Error::Unavailable(why.clone()));
+            }
+        }
         let body = join(payloads);
         let max = self.client.max_payload().saturating_sub(COMMIT_HEADROOM);
         if body.len() > max {
@@ -630,6 +721,7 @@ async fn follow(inner: Arc<Inner>, sender: std::sync::mpsc::Sender<RemoteCommit>
                     }
                 }
                 Ok(batch) => {
+                    inner.note(None);
                     for fetched in batch {
                         sent = fetched.stream_seq;
                         // This node's own commits, and what the writer read
@@ -782,7 +874,7 @@ impl EventLog for NatsLog {
                 inner.config.urls_display()
             ));
         }
-        lock(&inner.trouble).as_ref().map(|why| {
+        lock(&inner.trouble).as_ref().map(|(why, _)| {
             format!(
                 "{why}: writes answer 503 until the fleet log answers; reads, resolve and the \
                  proxy go on from the local journal"

@@ -529,3 +529,30 @@ fn a_reconcile_larger_than_one_nats_message_is_appended_in_parts() {
     b.wait_seq(a.seq());
     assert_same_history(&a, &b);
 }
+
+#[test]
+fn a_single_host_journal_starts_an_empty_fleet_log() {
+    let journal = crate::support::tempdir("aliasd-it-journal");
+    let store = TestStore::with_models(&["llama3"]);
+    let mut single = Server::builder(store.clone())
+        .journal(journal.path())
+        .start();
+    for i in 0..5 {
+        single.put_alias(&format!("old-{i}"), "llama3").expect(201);
+    }
+    let before = single.all_events();
+    single.stop();
+    drop(single);
+
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let a = node_on(&url, "a", store, Some(journal.path()));
+    assert_eq!(a.all_events(), before, "its history is kept");
+    let b = node(&url, "b", &["llama3"]);
+    b.wait_seq(a.seq());
+    assert_same_history(&a, &b);
+    assert_eq!(b.aliases_by_name().len(), 5);
+    a.put_alias("new", "llama3").expect(201);
+    b.wait_seq(a.seq());
+    assert_same_history(&a, &b);
+}
