@@ -283,6 +283,15 @@ impl Writer {
                      from memory): {e}"
                 );
             }
+            // The shared log's loss and return are logged once where they
+            // are seen (the fleet log's follower), not once per write.
+            () if matches!(
+                e,
+                crate::log::Error::Unavailable(_) | crate::log::Error::Conflict
+            ) =>
+            {
+                tracing::debug!("write refused, {n_events} events not applied: {e}");
+            }
             () => tracing::error!("journal append failed, {n_events} events not applied: {e}"),
         }
         // Every request of the group gets the same error, its OS error code

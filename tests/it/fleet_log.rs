@@ -260,6 +260,16 @@ fn with_nats_down_reads_go_on_writes_answer_503_and_observations_wait() {
         "the loss is logged once: {log}"
     );
     assert_eq!(said(&format!("NATS at {url} is back")), 1, "{log}");
+    // The refused write is not logged above debug, once per request.
+    let loud = |l: &&str| l.contains(" WARN ") || l.contains(" ERROR ");
+    assert_eq!(
+        log.lines()
+            .filter(loud)
+            .filter(|l| l.contains("events not applied"))
+            .count(),
+        0,
+        "{log}"
+    );
 }
 
 #[test]
