@@ -462,8 +462,9 @@ impl Writer {
         }
         // A reconcile of a big store may be more than one commit of the log
         // holds: it is then appended in parts, each planned again from the
-        // index the parts before left (a reconcile only brings aliases in
-        // line with the store, so planning again is safe).
+        // index the parts before left, without the aliases they brought in
+        // line (one event per alias: a repair leaves the index as it was, so
+        // planning it again would repeat it).
         let mut tries = 0;
         let mut n_events = 0;
         loop {
@@ -478,9 +479,22 @@ impl Writer {
             events.truncate(fits);
             match self.append(&events) {
                 Ok(()) => {
-                    // The models change with the last part, so that readers
-                    // never see them ahead of the events.
-                    let models = last_part.then(|| std::mem::take(&mut observation.models));
+                    // The models change with the first part: the finisher
+                    // writes each part's files from them. (One part, the
+                    // usual case: models and events change in one step.)
+                    let models = match (n_events == 0, last_part) {
+                        (false, _) => None,
+                        (true, true) => Some(std::mem::take(&mut observation.models)),
+                        // The parts after are planned with them still.
+                        (true, false) => Some(observation.models.clone()),
+                    };
+                    if !last_part {
+                        for event in &events {
+                            if let Ok(alias) = AliasName::of_event(event) {
+                                observation.path_states.remove(&alias.key());
+                            }
+                        }
+                    }
                     let prior = self.apply(&events, models);
                     n_events += events.len();
                     self.finish(events, prior, Vec::new());
