@@ -606,3 +606,39 @@ fn a_single_host_journal_starts_an_empty_fleet_log() {
     b.wait_seq(a.seq());
     assert_same_history(&a, &b);
 }
+
+#[test]
+fn nats_without_jetstream_is_degraded_and_writes_answer_503() {
+    // A NATS server that answers but has no JetStream: connected, yet the
+    // fleet log cannot be used.
+    let dir = crate::support::tempdir("nats-nojs");
+    let port = crate::support::nats::free_port();
+    let mut server = std::process::Command::new(crate::support::nats::nats_server_bin())
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .arg("-l")
+        .arg(dir.path().join("nats.log"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting nats-server");
+    wait_for("nats-server listening", WAIT, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let url = format!("nats://127.0.0.1:{port}");
+    let a = node(&url, "a", &["llama3"]);
+    let refused = a.put_alias("coder", "llama3");
+    refused.expect_error(503, &url);
+    let health = wait_for("healthz degraded", WAIT, || {
+        let health = a.get("/healthz");
+        (health.json["status"] == "degraded").then_some(health)
+    });
+    assert_eq!(health.status, 200, "{health:?}");
+    assert!(
+        health.json["reason"].as_str().unwrap_or("").contains(&url),
+        "{health:?}"
+    );
+    assert_eq!(a.get("/api/aliases").status, 200);
+    let _ = server.kill();
+    let _ = server.wait();
+}
