@@ -19,7 +19,14 @@
 //! The node's position in the stream (the last message applied here) is not
 //! stored: it is found again from the local journal's last seq by a binary
 //! search over the messages' `Aliasd-First-Seq` headers the first time NATS
-//! answers (a few requests), so it cannot disagree with the journal.
+//! answers (a few requests), so it cannot disagree with the journal. An
+//! empty stream met by a node whose journal is not empty (a host that ran
+//! single-host) is started from that journal: its records are published
+//! first.
+//!
+//! A commit must fit in one NATS message (`max_payload`, 1 MiB by default):
+//! [`EventLog::max_commit_bytes`] tells the writer, which splits a larger
+//! group, or a larger reconcile, into several commits.
 //!
 //! Snapshots (SPEC §8): each snapshot the writer takes is also put in the
 //! key-value bucket `<FLEET>_SNAPSHOTS` (in chunks under NATS's message size
