@@ -58,9 +58,34 @@ pub(super) struct Writer {
     /// The journal was found changed under the server ([`journal::Error::Tampered`])
     /// and that was logged: later refusals are not logged again at error level.
     pub(super) tamper_reported: bool,
+    /// A reconcile's events could not be appended (the shared log was
+    /// unavailable): the store is reconciled again after the next commit
+    /// that succeeds, so that no observation is lost.
+    pub(super) reconcile_owed: bool,
+    /// The log took or delivered a commit while this group was processed.
+    pub(super) log_worked: bool,
 }
 
 pub(super) type ReplySender = oneshot::Sender<Result<Reply, RegistryError>>;
+
+/// Times a group is validated again after another node appended to the
+/// shared log first; then it fails with [`crate::log::Error::Conflict`] (503).
+pub(super) const MAX_CONFLICTS: usize = 32;
+
+/// Pairs each request of a group with its planned outcome.
+fn awaiting(
+    group: Vec<Request>,
+    outcomes: Vec<Result<Planned, RegistryError>>,
+) -> Vec<AwaitingCommit> {
+    group
+        .into_iter()
+        .zip(outcomes)
+        .map(|(request, outcome)| AwaitingCommit {
+            reply: request.reply,
+            outcome,
+        })
+        .collect()
+}
 
 /// A planned request waiting for the group's commit.
 pub(super) struct AwaitingCommit {
@@ -115,6 +140,7 @@ impl Writer {
     }
 
     fn process(&mut self, group: Vec<Request>) {
+        self.log_worked = false;
         // A reconcile reads the whole store; it runs alone, after the rest.
         let (others, reconciles): (Vec<Request>, Vec<Request>) = group.into_iter().partition(|r| {
             !matches!(
@@ -123,7 +149,9 @@ impl Writer {
             )
         });
         self.process_group(others);
+        let mut reconciled = false;
         for request in reconciles {
+            reconciled |= matches!(request.command, Command::Reconcile);
             if let Command::ApplyRemote(commit) = request.command {
                 let _ = request.reply.send(self.apply_remote(commit));
                 continue;
@@ -146,38 +174,49 @@ impl Writer {
                 });
             let _ = request.reply.send(res);
         }
+        if self.reconcile_owed && !reconciled && self.log_worked {
+            self.reconcile_owed = false;
+            tracing::info!("the event log is back: reconciling the store with it");
+            if let Err(e) = self.reconcile_scoped(&Origin::system("reconcile"), None) {
+                tracing::warn!("reconcile failed: {e:#}");
+            }
+        }
     }
 
-    fn process_group(&mut self, group: Vec<Request>) {
+    fn process_group(&mut self, mut group: Vec<Request>) {
         if group.is_empty() {
             return;
         }
         let time = now_rfc3339();
-        let mut pending = Vec::with_capacity(group.len());
-        let events = {
-            let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
-            let mut draft = Draft::new(&guard.index, self.log.last_seq() + 1);
-            for request in group {
-                let checkpoint = draft.checkpoint();
-                let outcome = plan(&mut draft, &guard.models, &request, &time);
-                if outcome.is_err() {
-                    draft.rollback(checkpoint);
-                }
-                pending.push(AwaitingCommit {
-                    reply: request.reply,
-                    outcome: outcome.map_err(RegistryError::from),
-                });
-            }
-            draft.into_events()
-        };
-        let prior = match self.commit(&events, None) {
-            Ok(prior) => prior,
-            Err(e) => {
-                self.fail_group(e, pending, events.len());
+        let mut tries = 0;
+        let (events, outcomes) = loop {
+            let (events, outcomes) = self.plan_group(&group, &time);
+            if group.len() > 1 && self.fits(&events) < events.len() {
+                // Over what one commit of the log may hold: two groups.
+                let rest = group.split_off(group.len() / 2);
+                self.process_group(group);
+                self.process_group(rest);
                 return;
             }
+            match self.append(&events) {
+                Ok(()) => break (events, outcomes),
+                // Another node appended first: apply what it wrote, then
+                // validate the group again against the new state.
+                Err(crate::log::Error::Conflict) if tries < MAX_CONFLICTS => {
+                    tries += 1;
+                    if let Err(e) = self.catch_up_remote() {
+                        self.fail_group(e, awaiting(group, outcomes), events.len());
+                        return;
+                    }
+                }
+                Err(e) => {
+                    self.fail_group(e, awaiting(group, outcomes), events.len());
+                    return;
+                }
+            }
         };
-        let replies = pending
+        let prior = self.apply(&events, None);
+        let replies = awaiting(group, outcomes)
             .into_iter()
             .map(|p| {
                 let reply = match p.outcome {
@@ -189,6 +228,27 @@ impl Writer {
             .collect();
         self.finish(events, prior, replies);
         self.maybe_snapshot();
+    }
+
+    /// Plans every request of a group against one draft of the index, a
+    /// failed one rolled back alone: the group's events and each outcome.
+    fn plan_group(
+        &self,
+        group: &[Request],
+        time: &str,
+    ) -> (Vec<Event>, Vec<Result<Planned, RegistryError>>) {
+        let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
+        let mut draft = Draft::new(&guard.index, self.log.last_seq() + 1);
+        let mut outcomes = Vec::with_capacity(group.len());
+        for request in group {
+            let checkpoint = draft.checkpoint();
+            let outcome = plan(&mut draft, &guard.models, request, time);
+            if outcome.is_err() {
+                draft.rollback(checkpoint);
+            }
+            outcomes.push(outcome.map_err(RegistryError::from));
+        }
+        (draft.into_events(), outcomes)
     }
 
     /// Hands an applied group to the finisher.
@@ -222,6 +282,15 @@ impl Writer {
                      events not applied, and every write is refused from now on (reads go on \
                      from memory): {e}"
                 );
+            }
+            // The shared log's loss and return are logged once where they
+            // are seen (the fleet log's follower), not once per write.
+            () if matches!(
+                e,
+                crate::log::Error::Unavailable(_) | crate::log::Error::Conflict
+            ) =>
+            {
+                tracing::debug!("write refused, {n_events} events not applied: {e}");
             }
             () => tracing::error!("journal append failed, {n_events} events not applied: {e}"),
         }
@@ -272,28 +341,42 @@ impl Writer {
         f(&guard)
     }
 
-    /// Makes events durable and applies them ([`Writer::apply`]).
-    fn commit(
-        &mut self,
-        events: &[Event],
-        models: Option<Models>,
-    ) -> Result<Vec<Option<Arc<str>>>, crate::log::Error> {
-        if !events.is_empty() {
-            let payloads = events.iter().map(Event::encode).collect();
-            let started = std::time::Instant::now();
-            let first = self.log.append(payloads).inspect_err(|_| {
-                self.metrics.observe_commit_failure();
-            })?;
-            self.metrics.observe_commit(started.elapsed());
-            if first != events[0].seq {
-                tracing::error!(
-                    expected = events[0].seq,
-                    got = first,
-                    "journal seq out of step with the index"
-                );
-            }
+    /// How many of `events`, from the first, fit in one commit of the log
+    /// (all of them if it has no limit; at least one).
+    fn fits(&self, events: &[Event]) -> usize {
+        let Some(limit) = self.log.max_commit_bytes() else {
+            return events.len();
+        };
+        let mut total = 0;
+        let over = events.iter().position(|event| {
+            total += event.encode().len() + 4;
+            total > limit
+        });
+        over.map_or(events.len(), |n| n.max(1))
+    }
+
+    /// Makes events durable in the log (nothing is applied).
+    fn append(&mut self, events: &[Event]) -> Result<(), crate::log::Error> {
+        if events.is_empty() {
+            return Ok(());
         }
-        Ok(self.apply(events, models))
+        let payloads = events.iter().map(Event::encode).collect();
+        let started = std::time::Instant::now();
+        let first = self.log.append(payloads).inspect_err(|e| {
+            if !matches!(e, crate::log::Error::Conflict) {
+                self.metrics.observe_commit_failure();
+            }
+        })?;
+        self.metrics.observe_commit(started.elapsed());
+        self.log_worked = true;
+        if first != events[0].seq {
+            tracing::error!(
+                expected = events[0].seq,
+                got = first,
+                "journal seq out of step with the index"
+            );
+        }
+        Ok(())
     }
 
     /// Applies durable events to the index (with `models`, if given,
@@ -343,7 +426,7 @@ impl Writer {
     ) -> anyhow::Result<usize> {
         // Files of groups still in the finisher must be there before reading.
         self.drain();
-        let observation = {
+        let mut observation = {
             let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
             let store = self.materializer.store();
             match names {
@@ -371,21 +454,73 @@ impl Writer {
             }
         }
         let time = now_rfc3339();
-        let events = {
-            let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
-            let mut draft = Draft::new(&guard.index, self.log.last_seq() + 1);
-            reconcile::plan(&mut draft, &observation, origin, &time);
-            draft.into_events()
-        };
         if !observation.stale.is_empty() {
             let mut guard = self.shared.write().unwrap_or_else(|e| e.into_inner());
             for (name, _) in &observation.stale {
                 guard.index.clear_tombstone(&name.key());
             }
         }
-        let prior = self.commit(&events, Some(observation.models))?;
-        let n_events = events.len();
-        self.finish(events, prior, Vec::new());
+        // A reconcile of a big store may be more than one commit of the log
+        // holds: it is then appended in parts, each planned again from the
+        // index the parts before left, without the aliases they brought in
+        // line (one event per alias: a repair leaves the index as it was, so
+        // planning it again would repeat it).
+        let mut tries = 0;
+        let mut n_events = 0;
+        loop {
+            let mut events = {
+                let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
+                let mut draft = Draft::new(&guard.index, self.log.last_seq() + 1);
+                reconcile::plan(&mut draft, &observation, origin, &time);
+                draft.into_events()
+            };
+            let fits = self.fits(&events);
+            let last_part = fits == events.len();
+            events.truncate(fits);
+            match self.append(&events) {
+                Ok(()) => {
+                    // The models change with the first part: the finisher
+                    // writes each part's files from them. (One part, the
+                    // usual case: models and events change in one step.)
+                    let models = match (n_events == 0, last_part) {
+                        (false, _) => None,
+                        (true, true) => Some(std::mem::take(&mut observation.models)),
+                        // The parts after are planned with them still.
+                        (true, false) => Some(observation.models.clone()),
+                    };
+                    if !last_part {
+                        for event in &events {
+                            if let Ok(alias) = AliasName::of_event(event) {
+                                observation.path_states.remove(&alias.key());
+                            }
+                        }
+                    }
+                    let prior = self.apply(&events, models);
+                    n_events += events.len();
+                    self.finish(events, prior, Vec::new());
+                    if last_part {
+                        break;
+                    }
+                }
+                Err(crate::log::Error::Conflict) if tries < MAX_CONFLICTS => {
+                    tries += 1;
+                    self.catch_up_remote()?;
+                }
+                Err(crate::log::Error::Unavailable(why)) => {
+                    // The shared log is down: the models are known now, the
+                    // events wait. The registry reconciles again when the log
+                    // is back (`NatsLog::reconnected`), so nothing is lost.
+                    tracing::debug!(
+                        events = events.len(),
+                        "observations wait for the event log: {why}"
+                    );
+                    self.apply(&[], Some(std::mem::take(&mut observation.models)));
+                    self.reconcile_owed = true;
+                    return Ok(n_events);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         if !observation.out_of_date.is_empty() {
             self.drain();
             self.sync_aliases(&observation.out_of_date);
@@ -424,19 +559,58 @@ impl Writer {
     }
 
     /// Applies a commit another writer made durable in the shared log, then
-    /// hands it to the finisher like one of this writer's own.
+    /// hands it to the finisher like one of this writer's own. A commit
+    /// already applied (delivered twice) is skipped; one past a gap makes
+    /// the writer read what is missing from the log first.
     fn apply_remote(&mut self, commit: crate::log::RemoteCommit) -> Result<Reply, RegistryError> {
+        let expected = self.read(|s| s.index.last_seq()) + 1;
+        if commit.first_seq + (commit.payloads.len() as u64) <= expected {
+            return Ok(Reply::Reconciled(0)); // Applied already: no wait.
+        }
         // Files of earlier groups first, as for a reconcile.
         self.drain();
+        if commit.first_seq > expected {
+            self.catch_up_remote()?;
+        }
+        let n_events = self.apply_remote_commit(commit)?;
+        Ok(Reply::Reconciled(n_events))
+    }
+
+    /// Applies every commit other writers appended that is not applied here
+    /// yet, read from the shared log now. Returns how many events.
+    fn catch_up_remote(&mut self) -> Result<usize, crate::log::Error> {
+        let mut n_events = 0;
+        for commit in self.log.fetch_remote()? {
+            n_events += self.apply_remote_commit(commit)?;
+        }
+        Ok(n_events)
+    }
+
+    /// Stores a remote commit in the local replica and applies it (see
+    /// [`Writer::apply_remote`]); 0 events if it was applied before.
+    fn apply_remote_commit(
+        &mut self,
+        commit: crate::log::RemoteCommit,
+    ) -> Result<usize, crate::log::Error> {
         let expected = self.read(|s| s.index.last_seq()) + 1;
+        let end = commit.first_seq + commit.payloads.len() as u64;
+        if end <= expected {
+            return Ok(0);
+        }
         if commit.first_seq != expected {
             tracing::error!(
                 expected,
                 got = commit.first_seq,
                 "a commit from the shared log is out of step with the index; not applied"
             );
-            return Err(RegistryError::Unavailable);
+            return Err(crate::log::Error::Unavailable(format!(
+                "a commit from the shared log starts at seq {}, while this node is at seq {}",
+                commit.first_seq,
+                expected - 1
+            )));
         }
+        self.log.accept_remote(&commit)?;
+        self.log_worked = true;
         let mut events = Vec::with_capacity(commit.payloads.len());
         for (i, payload) in commit.payloads.iter().enumerate() {
             match Event::decode(payload) {
@@ -451,7 +625,7 @@ impl Writer {
         let n_events = events.len();
         self.finish(events, prior, Vec::new());
         self.maybe_snapshot();
-        Ok(Reply::Reconciled(n_events))
+        Ok(n_events)
     }
 
     fn write_snapshot(&mut self) -> Result<u64, crate::log::Error> {
