@@ -137,12 +137,18 @@ impl Root {
 
     /// [`Root::dir`], making each missing directory (given to the owner of
     /// the directory it is made in, see [`give_to_owner_of`]). Returns the
-    /// directory and whether the last one was made.
+    /// directory and whether the last one was made. `made` is called with
+    /// the parts of each directory made, as soon as it is open (before
+    /// anything is made in it).
     ///
     /// # Errors
     ///
     /// I/O errors other than "foreign", e.g. a full disk.
-    pub fn make_dir(&self, parts: &[&str]) -> io::Result<Lookup<(OwnedFd, bool)>> {
+    pub fn make_dir(
+        &self,
+        parts: &[&str],
+        made_dir: &mut dyn FnMut(&[&str]),
+    ) -> io::Result<Lookup<(OwnedFd, bool)>> {
         let mut rel = PathBuf::from(MANIFESTS_DIR);
         let mut dir = match open_dir(self.fd.as_fd(), MANIFESTS_DIR, &rel)? {
             Lookup::Found(dir) => dir,
@@ -150,7 +156,7 @@ impl Root {
             Lookup::Absent => return Err(io::Error::from(io::ErrorKind::NotFound)),
         };
         let mut made = false;
-        for part in parts {
+        for (depth, part) in parts.iter().enumerate() {
             rel.push(part);
             made = false;
             let next = match open_dir(dir.as_fd(), part, &rel)? {
@@ -169,6 +175,7 @@ impl Root {
                         Lookup::Found(next) => {
                             if made {
                                 give_to_owner_of(next.as_fd(), dir.as_fd());
+                                made_dir(&parts[..=depth]);
                             }
                             next
                         }
@@ -199,27 +206,53 @@ impl Root {
 
     /// Writes `bytes` as `name`'s manifest through a temp file named
     /// `temp_name` in the same directory and a rename, so readers see the
-    /// old file or the new one, never a part. Returns whether it had to make
-    /// the file's directory. A foreign path is left alone.
+    /// old file or the new one, never a part. Into a directory made just
+    /// now (no file there to replace) the file is created in place instead:
+    /// a rename buys nothing there but its cost. Returns whether it had to
+    /// make the file's directory; `made_dir` is called as in
+    /// [`Root::make_dir`]. A foreign path is left alone.
     ///
     /// The file is not fsync'd: the journal is the durable record, and a
     /// torn alias file found at start-up is recognized and rewritten.
     ///
     /// # Errors
     ///
-    /// I/O errors (a full disk, permission denied); the temp file is
-    /// removed again.
+    /// I/O errors (a full disk, permission denied); the temp file (or the
+    /// file created in place) is removed again.
     pub fn write_manifest(
         &self,
         name: &ModelName,
         bytes: &[u8],
         temp_name: &str,
+        made_dir: &mut dyn FnMut(&[&str]),
     ) -> io::Result<Lookup<bool>> {
-        let (dir, made) = match self.make_dir(&dir_parts(name))? {
+        let (dir, made) = match self.make_dir(&dir_parts(name), made_dir)? {
             Lookup::Found(found) => found,
             Lookup::Absent => return Ok(Lookup::Absent),
             Lookup::Foreign(foreign) => return Ok(Lookup::Foreign(foreign)),
         };
+        if made {
+            let created = rustix::fs::openat(
+                dir.as_fd(),
+                name.tag(),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o644),
+            );
+            match created {
+                Ok(fd) => {
+                    give_to_owner_of(fd.as_fd(), dir.as_fd());
+                    if let Err(e) = std::fs::File::from(fd).write_all(bytes) {
+                        let _ = rustix::fs::unlinkat(dir.as_fd(), name.tag(), AtFlags::empty());
+                        return Err(e);
+                    }
+                    return Ok(Lookup::Found(true));
+                }
+                // Someone else's file appeared meanwhile: the usual way
+                // below, as if the directory had been there.
+                Err(Errno::EXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         let res = (|| -> io::Result<()> {
             let fd = rustix::fs::openat(
                 dir.as_fd(),
@@ -545,7 +578,9 @@ mod tests {
             root.read_manifest(&alias).unwrap(),
             Lookup::Absent
         ));
-        let made = root.write_manifest(&alias, b"{}", ".tmp-1").unwrap();
+        let made = root
+            .write_manifest(&alias, b"{}", ".tmp-1", &mut |_| {})
+            .unwrap();
         assert!(matches!(made, Lookup::Found(true)));
         let Lookup::Found(read) = root.read_manifest(&alias).unwrap() else {
             panic!("written file not found")
@@ -561,6 +596,41 @@ mod tests {
     }
 
     #[test]
+    fn a_file_in_a_directory_made_just_now_is_created_in_place() {
+        let (dir, root) = store();
+        // A temp name that cannot be made (its directory does not exist):
+        // only a write through a temp file fails on it.
+        let unusable = "missing/.tmp";
+        let alias = name("fresh");
+        let mut made = Vec::new();
+        let written = root
+            .write_manifest(&alias, b"{}", unusable, &mut |parts| {
+                made.push(parts.join("/"))
+            })
+            .unwrap();
+        assert!(matches!(written, Lookup::Found(true)));
+        assert_eq!(made, ["registry.ollama.ai/library/fresh"]);
+        let path = dir
+            .path()
+            .join("manifests/registry.ollama.ai/library/fresh/latest");
+        assert_eq!(std::fs::read(&path).unwrap(), b"{}");
+        // Over a file that is there: a temp file and a rename.
+        assert!(root
+            .write_manifest(&alias, b"{\"a\":1}", unusable, &mut |_| {})
+            .is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"{}");
+        let rewritten = root
+            .write_manifest(&alias, b"{\"a\":1}", ".tmp-2", &mut |_| {})
+            .unwrap();
+        assert!(matches!(rewritten, Lookup::Found(false)));
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\":1}");
+        assert_eq!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1
+        );
+    }
+
+    #[test]
     fn a_symlinked_directory_on_the_way_is_foreign_and_nothing_goes_through_it() {
         let (dir, root) = store();
         let outside = tempfile::tempdir().unwrap();
@@ -573,7 +643,9 @@ mod tests {
         let alias = name("evil:passwd");
         assert_eq!(why(root.read_manifest(&alias).unwrap()), Some(Why::Symlink));
         assert_eq!(
-            why(root.write_manifest(&alias, b"{}", ".tmp").unwrap()),
+            why(root
+                .write_manifest(&alias, b"{}", ".tmp", &mut |_| {})
+                .unwrap()),
             Some(Why::Symlink)
         );
         assert_eq!(
@@ -594,7 +666,7 @@ mod tests {
         std::fs::write(library.join("fileblock"), b"{}").unwrap();
         assert_eq!(
             why(root
-                .write_manifest(&name("fileblock:tag"), b"{}", ".t")
+                .write_manifest(&name("fileblock:tag"), b"{}", ".t", &mut |_| {})
                 .unwrap()),
             Some(Why::NotADirectory)
         );
