@@ -273,6 +273,11 @@ where
             return;
         }
         let mut reader = inotify::Reader::new(&shared.inotify, &mut buf[..]);
+        // The file the previous event of this wake-up was about, if it was a
+        // file in a model directory: a write is three events or more
+        // (create, modify, close) that all mean "look at this name", and
+        // the watcher would only merge them again.
+        let mut last_file: Option<PathBuf> = None;
         loop {
             let event = match reader.next() {
                 Ok(event) => event,
@@ -283,15 +288,30 @@ where
                 }
             };
             let name = event.file_name().map(|name| name.to_bytes());
-            on_event(shared, event.wd(), event.events(), name, &mut handler);
+            on_event(
+                shared,
+                event.wd(),
+                event.events(),
+                name,
+                &mut last_file,
+                &mut handler,
+            );
         }
     }
 }
 
 /// One inotify event: the watches it changes, then the `notify` events it
-/// is (as `notify`'s own backend would report them).
-fn on_event<F>(shared: &Shared, wd: i32, mask: ReadFlags, name: Option<&[u8]>, handler: &mut F)
-where
+/// is (as `notify`'s own backend would report them). An event about the
+/// same file in a model directory as the one before it (`last_file`) is
+/// left out: it names nothing new.
+fn on_event<F>(
+    shared: &Shared,
+    wd: i32,
+    mask: ReadFlags,
+    name: Option<&[u8]>,
+    last_file: &mut Option<PathBuf>,
+    handler: &mut F,
+) where
     F: FnMut(notify::Result<Event>),
 {
     if mask.contains(ReadFlags::QUEUE_OVERFLOW) {
@@ -320,6 +340,14 @@ where
     };
     let is_dir = mask.contains(ReadFlags::ISDIR);
     let depth = shared.depth(&path).unwrap_or(usize::MAX);
+    if !is_dir && depth == DEEPEST + 1 {
+        if last_file.as_ref() == Some(&path) {
+            return;
+        }
+        *last_file = Some(path.clone());
+    } else {
+        *last_file = None;
+    }
     let mut emit = |kind: EventKind| handler(Ok(Event::new(kind).add_path(path.clone())));
     if mask.contains(ReadFlags::MOVED_FROM) {
         if is_dir {
@@ -391,5 +419,130 @@ impl Shared {
     fn dirs_has(&self, path: &Path) -> bool {
         let dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
         dirs.by_path.contains_key(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// The paths and kinds `watch` reports until `until` is among them.
+    fn events_until(
+        events: &mpsc::Receiver<notify::Result<Event>>,
+        until: &Path,
+    ) -> Vec<(PathBuf, EventKind)> {
+        let mut seen = Vec::new();
+        loop {
+            let event = events
+                .recv_timeout(Duration::from_secs(10))
+                .expect("an event within 10 s")
+                .expect("no error");
+            let done = event.paths.iter().any(|p| p == until);
+            seen.extend(event.paths.into_iter().map(|p| (p, event.kind)));
+            if done {
+                return seen;
+            }
+        }
+    }
+
+    #[test]
+    fn new_directories_are_watched_and_those_aliasd_made_raise_no_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("manifests");
+        std::fs::create_dir_all(root.join("h/ns")).unwrap();
+        let (send, events) = mpsc::channel();
+        let watch = Watch::start(&root, move |event| {
+            let _ = send.send(event);
+        })
+        .unwrap();
+
+        // Made by someone else: its creation is reported, then what is
+        // written into it once it is watched.
+        let theirs = root.join("h/ns/theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        let seen = events_until(&events, &theirs);
+        assert!(seen.contains(&(theirs.clone(), EventKind::Create(CreateKind::Folder))));
+        // Its watch is added once the event is out: wait for it.
+        let wd_of = |path: &Path| {
+            let dirs = watch.shared.dirs.lock().unwrap();
+            dirs.by_path.get(path).copied()
+        };
+        for _ in 0..1000 {
+            if wd_of(&theirs).is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::fs::write(theirs.join("latest"), b"{}").unwrap();
+        let seen = events_until(&events, &theirs.join("latest"));
+        assert!(seen.iter().all(|(p, _)| p != &root.join("h/ns")));
+
+        // Made by aliasd, watched before anything is written into it: what
+        // is written is reported.
+        let ours = root.join("h/ns/ours");
+        std::fs::create_dir(&ours).unwrap();
+        assert!((watch.dir_hook())(&ours));
+        assert!(wd_of(&ours).is_some());
+        std::fs::write(ours.join("latest"), b"{}").unwrap();
+        events_until(&events, &ours.join("latest"));
+        // Its creation, once read, is not handed on (it would only have the
+        // watcher list it); someone else's is.
+        let ns_wd = wd_of(&root.join("h/ns")).unwrap();
+        let create_dir = ReadFlags::CREATE | ReadFlags::ISDIR;
+        let mut handed = Vec::new();
+        let mut last = None;
+        let mut collect = |event: notify::Result<Event>| handed.push(event.unwrap().paths);
+        on_event(
+            &watch.shared,
+            ns_wd,
+            create_dir,
+            Some(b"ours"),
+            &mut last,
+            &mut collect,
+        );
+        on_event(
+            &watch.shared,
+            ns_wd,
+            create_dir,
+            Some(b"new"),
+            &mut last,
+            &mut collect,
+        );
+        assert_eq!(handed, [vec![root.join("h/ns/new")]]);
+        // A file's events one after the other are handed on once.
+        let ours_wd = wd_of(&ours).unwrap();
+        let mut handed = Vec::new();
+        let mut collect = |event: notify::Result<Event>| handed.push(event.unwrap().paths);
+        for mask in [ReadFlags::CREATE, ReadFlags::MODIFY, ReadFlags::CLOSE_WRITE] {
+            on_event(
+                &watch.shared,
+                ours_wd,
+                mask,
+                Some(b"v2"),
+                &mut last,
+                &mut collect,
+            );
+        }
+        on_event(
+            &watch.shared,
+            ours_wd,
+            ReadFlags::CREATE,
+            Some(b"v3"),
+            &mut last,
+            &mut collect,
+        );
+        assert_eq!(handed, [vec![ours.join("v2")], vec![ours.join("v3")]]);
+        // Nothing is watched below the model directories.
+        std::fs::create_dir(ours.join("deeper")).unwrap();
+        let seen = events_until(&events, &ours.join("deeper"));
+        assert!(seen.contains(&(ours.join("deeper"), EventKind::Create(CreateKind::Folder))));
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(wd_of(&ours.join("deeper")), None);
+
+        // Outside the store, the hook watches nothing.
+        assert!(!(watch.dir_hook())(dir.path()));
+        drop(watch);
     }
 }
