@@ -36,6 +36,9 @@ use crate::store::beneath;
 /// namespace (2), model (3); a model directory's entries are manifests.
 const DEEPEST: usize = 3;
 
+/// How long a wake-up waits for more events before reading them.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// What every watched directory reports: `notify`'s mask without `IN_OPEN`
 /// (reads cannot change the store; a writer's close still comes).
 fn dir_mask() -> WatchFlags {
@@ -270,6 +273,18 @@ where
             }
         }
         if !fds[1].revents().is_empty() {
+            return;
+        }
+        // Let a burst gather before reading it: a create is a directory and
+        // a file, several events a moment apart, and a wake-up per event
+        // would cost more than the events; the watcher waits far longer
+        // than this for the store to be quiet anyway ([`super::QUIET`]).
+        let mut stop_only = [PollFd::new(stop, PollFlags::IN)];
+        let gather = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: GATHER.as_nanos() as _,
+        };
+        if matches!(rustix::event::poll(&mut stop_only, Some(&gather)), Ok(n) if n > 0) {
             return;
         }
         let mut reader = inotify::Reader::new(&shared.inotify, &mut buf[..]);
