@@ -1,9 +1,8 @@
 //! Make the store match the index: write and withdraw alias manifests.
 //!
 //! Invariants: an alias file is written only at a valid alias's own path, only
-//! after its event is durable, over an existing file atomically (temp file in
-//! the same directory, then rename; into a directory made just now, in place),
-//! and only over a file aliasd itself wrote. A model's file and a blob
+//! after its event is durable, atomically (temp file in the same directory, then
+//! rename), and only over a file aliasd itself wrote. A model's file and a blob
 //! are never written over or removed. Every operation is idempotent, so running
 //! it again after a crash heals whatever was half done.
 

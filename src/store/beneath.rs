@@ -206,19 +206,22 @@ impl Root {
 
     /// Writes `bytes` as `name`'s manifest through a temp file named
     /// `temp_name` in the same directory and a rename, so readers see the
-    /// old file or the new one, never a part. Into a directory made just
-    /// now (no file there to replace) the file is created in place instead:
-    /// a rename buys nothing there but its cost. Returns whether it had to
+    /// old file or the new one, never a part. Returns whether it had to
     /// make the file's directory; `made_dir` is called as in
     /// [`Root::make_dir`]. A foreign path is left alone.
+    ///
+    /// Even into a directory made just now the file goes through a temp
+    /// file: a write that fails there (a full disk) would otherwise show on
+    /// the alias's own name, created and removed, which the watcher takes
+    /// for someone else's deletion.
     ///
     /// The file is not fsync'd: the journal is the durable record, and a
     /// torn alias file found at start-up is recognized and rewritten.
     ///
     /// # Errors
     ///
-    /// I/O errors (a full disk, permission denied); the temp file (or the
-    /// file created in place) is removed again.
+    /// I/O errors (a full disk, permission denied); the temp file is
+    /// removed again.
     pub fn write_manifest(
         &self,
         name: &ModelName,
@@ -231,28 +234,6 @@ impl Root {
             Lookup::Absent => return Ok(Lookup::Absent),
             Lookup::Foreign(foreign) => return Ok(Lookup::Foreign(foreign)),
         };
-        if made {
-            let created = rustix::fs::openat(
-                dir.as_fd(),
-                name.tag(),
-                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o644),
-            );
-            match created {
-                Ok(fd) => {
-                    give_to_owner_of(fd.as_fd(), dir.as_fd());
-                    if let Err(e) = std::fs::File::from(fd).write_all(bytes) {
-                        let _ = rustix::fs::unlinkat(dir.as_fd(), name.tag(), AtFlags::empty());
-                        return Err(e);
-                    }
-                    return Ok(Lookup::Found(true));
-                }
-                // Someone else's file appeared meanwhile: the usual way
-                // below, as if the directory had been there.
-                Err(Errno::EXIST) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
         let res = (|| -> io::Result<()> {
             let fd = rustix::fs::openat(
                 dir.as_fd(),
@@ -596,38 +577,35 @@ mod tests {
     }
 
     #[test]
-    fn a_file_in_a_directory_made_just_now_is_created_in_place() {
+    fn each_directory_made_is_told_before_the_file_is_written() {
         let (dir, root) = store();
-        // A temp name that cannot be made (its directory does not exist):
-        // only a write through a temp file fails on it.
-        let unusable = "missing/.tmp";
-        let alias = name("fresh");
+        let alias = name("example.com/ns/fresh");
+        let manifests = dir.path().join("manifests");
         let mut made = Vec::new();
         let written = root
-            .write_manifest(&alias, b"{}", unusable, &mut |parts| {
-                made.push(parts.join("/"))
+            .write_manifest(&alias, b"{}", ".tmp-1", &mut |parts| {
+                let path = manifests.join(parts.join("/"));
+                // Told when the directory is there and still empty.
+                assert_eq!(std::fs::read_dir(&path).unwrap().count(), 0);
+                made.push(parts.join("/"));
             })
             .unwrap();
         assert!(matches!(written, Lookup::Found(true)));
-        assert_eq!(made, ["registry.ollama.ai/library/fresh"]);
-        let path = dir
-            .path()
-            .join("manifests/registry.ollama.ai/library/fresh/latest");
-        assert_eq!(std::fs::read(&path).unwrap(), b"{}");
-        // Over a file that is there: a temp file and a rename.
-        assert!(root
-            .write_manifest(&alias, b"{\"a\":1}", unusable, &mut |_| {})
-            .is_err());
-        assert_eq!(std::fs::read(&path).unwrap(), b"{}");
-        let rewritten = root
-            .write_manifest(&alias, b"{\"a\":1}", ".tmp-2", &mut |_| {})
-            .unwrap();
-        assert!(matches!(rewritten, Lookup::Found(false)));
-        assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\":1}");
         assert_eq!(
-            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
-            1
+            made,
+            ["example.com", "example.com/ns", "example.com/ns/fresh"]
         );
+        made.clear();
+        let again = root
+            .write_manifest(&alias, b"{\"a\":1}", ".tmp-2", &mut |parts| {
+                made.push(parts.join("/"))
+            })
+            .unwrap();
+        assert!(matches!(again, Lookup::Found(false)));
+        assert!(made.is_empty(), "{made:?}");
+        let path = manifests.join("example.com/ns/fresh");
+        assert_eq!(std::fs::read(path.join("latest")).unwrap(), b"{\"a\":1}");
+        assert_eq!(std::fs::read_dir(&path).unwrap().count(), 1);
     }
 
     #[test]
