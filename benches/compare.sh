@@ -22,6 +22,8 @@
 #   PARTS="resolve mixed" ALIASD_BIN=/tmp/old/aliasd benches/compare.sh   # another aliasd build
 #   HELLO_BIN=/tmp/old/hello benches/compare.sh            # another hello-world build (the anchor)
 #   PARTS=creates BEFORE_BIN=/tmp/old/aliasd benches/compare.sh   # creates, before vs after vs etcd
+#   CARGO_PROFILE=profiling ...    # the floor bench built with that cargo profile (not `bench`)
+#   AL_PORT=, HELLO_PORT=, BEFORE_PORT=, ETCD_PORT=, ETCD_PEER=    # other ports
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
