@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # Whole-system benchmarks of aliasd beside its anchors, in one run on this machine:
-#   - creates: durable creates over HTTP at 1, 16 and 64 clients (wrk), aliasd vs etcd 3.4
-#     (Debian's etcd-server, POST /v3/kv/put on its JSON gateway, data dir on the same disk);
+#   - creates: durable creates over HTTP (wrk), aliasd vs etcd 3.4 (Debian's etcd-server,
+#     POST /v3/kv/put on its JSON gateway, data dir on the same disk): 1 client once, then
+#     ROUNDS interleaved rounds at 16 and at 64 clients (aliasd, etcd, aliasd, etcd, ...; the
+#     ratio is the median of the rounds), each load with the server's CPU per request (user +
+#     system of the whole process, /proc/<pid>/stat), beside the floor of one alias file
+#     measured in the same run (`cargo bench --bench floor -- --files-only`, skipped with
+#     FLOOR=0). BEFORE_BIN=<an older aliasd> adds that build to every round, on a store of its
+#     own, for a before/after in one run;
 #   - resolve: GET /api/resolve vs an axum hello-world route (examples/hello.rs), same machine, same
 #     load, in ROUNDS rounds of hello, resolve, resolve, hello (the machine drifts within a run, and
 #     one pair of runs can differ by half); the ratio is the median of the rounds;
@@ -15,6 +21,9 @@
 #   PARTS=resolve benches/compare.sh                       # only the resolve vs hello-world part
 #   PARTS="resolve mixed" ALIASD_BIN=/tmp/old/aliasd benches/compare.sh   # another aliasd build
 #   HELLO_BIN=/tmp/old/hello benches/compare.sh            # another hello-world build (the anchor)
+#   PARTS=creates BEFORE_BIN=/tmp/old/aliasd benches/compare.sh   # creates, before vs after vs etcd
+#   CARGO_PROFILE=profiling ...    # the floor bench built with that cargo profile (not `bench`)
+#   AL_PORT=, HELLO_PORT=, BEFORE_PORT=, ETCD_PORT=, ETCD_PEER=    # other ports
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -23,8 +32,11 @@ ROUNDS=${ROUNDS:-3}
 PARTS=${PARTS:-creates resolve mixed}
 ALIASD_BIN=${ALIASD_BIN:-}
 HELLO_BIN=${HELLO_BIN:-}
+BEFORE_BIN=${BEFORE_BIN:-}
+FLOOR=${FLOOR:-1}
 WORK=$ROOT/target/compare
-AL_PORT=19600 HELLO_PORT=19601 ETCD_PORT=23790 ETCD_PEER=23800
+AL_PORT=${AL_PORT:-19600} HELLO_PORT=${HELLO_PORT:-19601} BEFORE_PORT=${BEFORE_PORT:-19602}
+ETCD_PORT=${ETCD_PORT:-23790} ETCD_PEER=${ETCD_PEER:-23800}
 
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 need() { command -v "$1" >/dev/null 2>&1; }
@@ -66,18 +78,28 @@ printf '%s' '{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution
 
 "$ALIASD_BIN" serve --models "$WORK/models" --journal "$WORK/journal" \
   --listen 127.0.0.1:$AL_PORT 2> "$WORK/aliasd.log" & PIDS+=($!)
+AL_PID=$!
+if part creates && [ -n "$BEFORE_BIN" ]; then
+  mkdir -p "$WORK/before/models/manifests/registry.ollama.ai/library/m" "$WORK/before/models/blobs"
+  cp "$MODEL_DIR/latest" "$WORK/before/models/manifests/registry.ollama.ai/library/m/latest"
+  "$BEFORE_BIN" serve --models "$WORK/before/models" --journal "$WORK/before/journal" \
+    --listen 127.0.0.1:$BEFORE_PORT 2> "$WORK/aliasd-before.log" & PIDS+=($!)
+  BEFORE_PID=$!
+fi
 "$HELLO_BIN" 127.0.0.1:$HELLO_PORT & PIDS+=($!)
 if part creates; then
 etcd --name bench --data-dir "$WORK/etcd" \
   --listen-client-urls http://127.0.0.1:$ETCD_PORT --advertise-client-urls http://127.0.0.1:$ETCD_PORT \
   --listen-peer-urls http://127.0.0.1:$ETCD_PEER --initial-advertise-peer-urls http://127.0.0.1:$ETCD_PEER \
   --initial-cluster bench=http://127.0.0.1:$ETCD_PEER > "$WORK/etcd.log" 2>&1 & PIDS+=($!)
+ETCD_PID=$!
 fi
 
 wait_for() { for _ in $(seq 100); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "not ready: $1" >&2; exit 1; }
 wait_for http://127.0.0.1:$AL_PORT/healthz
 wait_for http://127.0.0.1:$HELLO_PORT/
 if part creates; then wait_for http://127.0.0.1:$ETCD_PORT/health; fi
+if [ -n "${BEFORE_PID:-}" ]; then wait_for http://127.0.0.1:$BEFORE_PORT/healthz; fi
 curl -sf -X PUT http://127.0.0.1:$AL_PORT/api/aliases/coder -d '{"target":"m"}' >/dev/null
 
 # parse_wrk WRK_OUTPUT -> "req/s p50_ms p99_ms errors"
@@ -108,17 +130,75 @@ run_wrk() {
   parse_wrk "$out"
 }
 
+# cpu_ticks PID -> user + system clock ticks of the whole process so far
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# run_wrk_cpu PID CONNECTIONS URL LUA -> "req/s p50_ms p99_ms errors cpu_us_per_request"
+# The server's CPU over the load (every thread, exited ones included), per request.
+run_wrk_cpu() {
+  local pid=$1 c0 c1 rps p50 p99 err
+  c0=$(cpu_ticks "$pid")
+  read -r rps p50 p99 err < <(run_wrk "$2" "$3" "$4")
+  c1=$(cpu_ticks "$pid")
+  echo "$rps $p50 $p99 $err $(python3 -c "print(f'{($c1 - $c0) * 1e6 / $(getconf CLK_TCK) / ($rps * $DURATION):.0f}')")"
+}
+
+median() { python3 -c "import statistics, sys; print(f'{statistics.median(map(float, sys.argv[1:])):.2f}')" "$@"; }
+
 if part creates; then
 echo
 echo "## Durable creates over HTTP (${DURATION}s each; every response after fsync)"
 echo
-echo "| clients | aliasd req/s | p50 ms | p99 ms | etcd req/s | p50 ms | p99 ms | aliasd/etcd | errors (aliasd, etcd) |"
-echo "|---:|---:|---:|---:|---:|---:|---:|---:|---|"
-for c in 1 16 64; do
-  read -r a_rps a_p50 a_p99 a_err < <(run_wrk "$c" http://127.0.0.1:$AL_PORT benches/wrk/aliasd_put.lua)
-  read -r e_rps e_p50 e_p99 e_err < <(run_wrk "$c" http://127.0.0.1:$ETCD_PORT benches/wrk/etcd_put.lua)
-  ratio=$(python3 -c "print(f'{$a_rps/$e_rps:.2f}x')")
-  echo "| $c | $a_rps | $a_p50 | $a_p99 | $e_rps | $e_p50 | $e_p99 | $ratio | $a_err, $e_err |"
+if [ "$FLOOR" = 1 ]; then
+  # The floor of one alias file (mkdir, temp file, write, rename; one thread, no aliasd), in
+  # this run, beside the servers' CPU per create below.
+  FLOOR_US=$(cargo bench --quiet --bench floor ${CARGO_PROFILE:+--profile "$CARGO_PROFILE"} -- --files-only 2>/dev/null \
+    | tee -a "$WORK/floor.log" | sed -n 's/^  median \([0-9.]*\) us CPU.*/\1/p')
+  echo "floor of one alias file (cargo bench --bench floor -- --files-only, median of 3 rounds): ${FLOOR_US:-?} µs CPU"
+  echo
+fi
+echo "CPU = the server's CPU (user + system, every thread) per request, in µs."
+echo
+echo "| round | clients | aliasd req/s | p50 ms | p99 ms | CPU | etcd req/s | p50 ms | p99 ms | CPU | aliasd/etcd | errors (aliasd, etcd) |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+declare -A RATIOS_AT CPU_AT P99_AT BRATIOS_AT BCPU_AT BP99_AT
+BEFORE_ROWS=""
+create_round() { # ROUND CLIENTS
+  local round=$1 c=$2 b_rps b_p50 b_p99 b_err b_cpu
+  if [ -n "${BEFORE_PID:-}" ]; then
+    read -r b_rps b_p50 b_p99 b_err b_cpu < <(run_wrk_cpu "$BEFORE_PID" "$c" http://127.0.0.1:$BEFORE_PORT benches/wrk/aliasd_put.lua)
+  fi
+  read -r a_rps a_p50 a_p99 a_err a_cpu < <(run_wrk_cpu "$AL_PID" "$c" http://127.0.0.1:$AL_PORT benches/wrk/aliasd_put.lua)
+  read -r e_rps e_p50 e_p99 e_err e_cpu < <(run_wrk_cpu "$ETCD_PID" "$c" http://127.0.0.1:$ETCD_PORT benches/wrk/etcd_put.lua)
+  ratio=$(python3 -c "print(f'{$a_rps/$e_rps:.2f}')")
+  echo "| $round | $c | $a_rps | $a_p50 | $a_p99 | $a_cpu | $e_rps | $e_p50 | $e_p99 | $e_cpu | ${ratio}x | $a_err, $e_err |"
+  RATIOS_AT[$c]+="$ratio "; CPU_AT[$c]+="$a_cpu "; P99_AT[$c]+="$a_p99 "
+  if [ -n "${BEFORE_PID:-}" ]; then
+    bratio=$(python3 -c "print(f'{$b_rps/$e_rps:.2f}')")
+    BRATIOS_AT[$c]+="$bratio "; BCPU_AT[$c]+="$b_cpu "; BP99_AT[$c]+="$b_p99 "
+    BEFORE_ROWS+="| $round | $c | $b_rps | $b_p50 | $b_p99 | $b_cpu | $e_rps | ${bratio}x | $b_err |"$'\n'
+  fi
+}
+create_round 1 1
+for round in $(seq "$ROUNDS"); do
+  for c in 16 64; do create_round "$round" "$c"; done
+done
+if [ -n "$BEFORE_ROWS" ]; then
+  echo
+  echo "Before ($BEFORE_BIN), run just before aliasd in each round above, against the same etcd load:"
+  echo
+  echo "| round | clients | before req/s | p50 ms | p99 ms | CPU | etcd req/s | before/etcd | errors |"
+  echo "|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+  printf '%s' "$BEFORE_ROWS"
+fi
+echo
+for c in 16 64; do
+  # shellcheck disable=SC2086
+  echo "$c clients, median of $ROUNDS rounds: aliasd/etcd $(median ${RATIOS_AT[$c]})x, aliasd p99 $(median ${P99_AT[$c]}) ms, CPU per create $(median ${CPU_AT[$c]}) µs${FLOOR_US:+ ($(python3 -c "print(f'{$(median ${CPU_AT[$c]})/$FLOOR_US:.2f}')")x the floor)}"
+  if [ -n "${BEFORE_PID:-}" ]; then
+    # shellcheck disable=SC2086
+    echo "$c clients, before: before/etcd $(median ${BRATIOS_AT[$c]})x, p99 $(median ${BP99_AT[$c]}) ms, CPU per create $(median ${BCPU_AT[$c]}) µs"
+  fi
 done
 fi
 

@@ -1,7 +1,8 @@
 //! The physical floor under two of issue 7's targets: what the kernel alone
 //! charges for the work aliasd cannot skip, with no aliasd, HTTP or runtime.
 //!
-//! `cargo bench --bench floor` (the bench holds about 2,000 sockets: if
+//! `cargo bench --bench floor` (`-- --files-only` for part 1 alone; the
+//! bench holds about 2,000 sockets: if
 //! `ulimit -n` is 1024 or less, run it as
 //! `bash -c 'ulimit -n 4096; cargo bench --bench floor'`).
 //!
@@ -59,6 +60,10 @@ fn main() {
         CORES * 1e6 / cpu
     );
 
+    // `benches/compare.sh` runs part 1 alone, beside its creates.
+    if std::env::args().any(|arg| arg == "--files-only") {
+        return;
+    }
     println!("part 2: one batch to one subscriber over loopback TCP, {SUBSCRIBERS} subscribers, {BATCHES} batches {BATCH_GAP:?} apart");
     for (what, bytes) in [("1 event", 400), ("40 events", 16_000)] {
         let (write_us, read_us) = fan_out(bytes);

@@ -126,18 +126,32 @@ impl Materializer {
         }
     }
 
-    /// Writes `bytes` as `name`'s file, atomically (temp file + rename,
-    /// beneath the store's root).
+    /// Writes `bytes` as `name`'s file, beneath the store's root (see
+    /// [`beneath::Root::write_manifest`]). The directories it makes are
+    /// watched before the file is written into them, when the watcher can
+    /// (see [`FreshFiles::set_dir_watch`]).
     fn write(&self, name: &ModelName, bytes: &[u8]) -> std::io::Result<Outcome> {
         // Unique, not secret: a cheap id rather than a getrandom call per file.
         let temp_name = format!(".{}{TEMP_MARKER}{}", name.tag(), crate::event::new_id());
+        let watch = self.fresh.dir_watch.get();
+        let mut all_watched = true;
+        let mut made_dir = |parts: &[&str]| {
+            let watched = watch.is_some_and(|watch| {
+                let mut dir = self.store.manifests_dir();
+                dir.extend(parts);
+                watch(&dir)
+            });
+            all_watched &= watched;
+        };
         match self
             .store
             .beneath()?
-            .write_manifest(name, bytes, &temp_name)?
+            .write_manifest(name, bytes, &temp_name, &mut made_dir)?
         {
             Lookup::Found(made_dir) => {
-                if made_dir {
+                // A file in a directory the watcher did not watch from the
+                // start: it lists that directory, and looks at this name too.
+                if made_dir && !all_watched {
                     self.fresh.note(name.clone());
                 }
                 Ok(Outcome::Written)
@@ -199,19 +213,41 @@ impl Materializer {
 const MAX_FRESH_FILES: usize = 4096;
 
 /// Manifests this process wrote into directories it had just created, until
-/// the watcher has looked at those directories.
+/// the watcher has looked at those directories; and the watcher's way to
+/// watch such a directory before anything is written into it.
 ///
 /// A file deleted before the watch on its new directory exists raises no
 /// event, and a listing of the directory no longer shows it; the watcher
 /// therefore checks these names too when it lists a new directory. Only the
 /// last 4,096 are kept (a batch of more new aliases than that,
 /// deleted at once, would leave its first ones to the next start-up).
-#[derive(Debug, Default)]
+/// A directory watched from the moment it was made needs neither.
+#[derive(Default)]
 pub struct FreshFiles {
     names: Mutex<VecDeque<ModelName>>,
+    dir_watch: std::sync::OnceLock<DirWatch>,
+}
+
+/// Watches a directory aliasd has just made (its path), before anything is
+/// written into it; says whether the watch is on.
+pub type DirWatch = Arc<dyn Fn(&Path) -> bool + Send + Sync>;
+
+impl std::fmt::Debug for FreshFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FreshFiles")
+            .field("names", &self.names)
+            .field("dir_watch", &self.dir_watch.get().is_some())
+            .finish()
+    }
 }
 
 impl FreshFiles {
+    /// Has the directories the materializer makes from now on watched by
+    /// `watch` as they are made (the first call counts).
+    pub fn set_dir_watch(&self, watch: DirWatch) {
+        let _ = self.dir_watch.set(watch);
+    }
+
     /// Remembers that `name`'s manifest was written into a new directory.
     pub fn note(&self, name: ModelName) {
         let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());

@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+#[cfg(not(target_os = "linux"))]
 use notify::Watcher as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,6 +31,16 @@ use crate::command::Origin;
 use crate::name::{ModelName, MANIFESTS_DIR};
 use crate::registry::{Command, Registry};
 use crate::store::FileStamp;
+
+#[cfg(target_os = "linux")]
+mod inotify;
+
+/// The platform's watch on the store: inotify itself on Linux (see
+/// `watcher/inotify.rs`), `notify`'s watcher elsewhere.
+#[cfg(target_os = "linux")]
+type StoreWatch = inotify::Watch;
+#[cfg(not(target_os = "linux"))]
+type StoreWatch = notify::RecommendedWatcher;
 
 /// How long the store must be quiet before changes are reconciled.
 pub const QUIET: Duration = Duration::from_millis(40);
@@ -65,7 +76,7 @@ pub enum WatchMode {
 
 /// Keeps the watcher alive; dropping it stops watching.
 pub struct WatcherHandle {
-    _watcher: Option<notify::RecommendedWatcher>,
+    _watcher: Option<StoreWatch>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -81,7 +92,7 @@ impl Drop for WatcherHandle {
 /// is missed. Re-reconciling a name that start-up already settled journals
 /// nothing.
 pub struct Watching {
-    watcher: Option<notify::RecommendedWatcher>,
+    watcher: Option<StoreWatch>,
     inbox: Arc<Inbox>,
     poll: Option<Duration>,
     /// How often to poll if the watch stops covering the store.
@@ -144,6 +155,12 @@ impl Watching {
     /// Hands what the watch sees (queued changes first) to `registry`. Must be
     /// called inside the tokio runtime.
     pub fn run(self, registry: Registry) -> WatcherHandle {
+        // From now on the directories aliasd makes are watched as it makes
+        // them (before the start-up reconcile, their creation is an event).
+        #[cfg(target_os = "linux")]
+        if let Some(watch) = &self.watcher {
+            registry.fresh_files().set_dir_watch(watch.dir_hook());
+        }
         let task = tokio::spawn(run(
             registry,
             self.inbox,
@@ -162,19 +179,13 @@ fn start_notify(
     manifests_dir: &Path,
     inbox: Arc<Inbox>,
     fallback_poll: Duration,
-) -> notify::Result<notify::RecommendedWatcher> {
+) -> notify::Result<StoreWatch> {
     let root = manifests_dir.to_path_buf();
     let handler = move |res: notify::Result<notify::Event>| {
         if let Some(change) = on_notify(&root, &inbox, fallback_poll, res) {
             inbox.add(change);
         }
     };
-    // Not following symlinks spares the recursive watch of each new directory
-    // a `realpath` and an open of every ancestor (walkdir's loop check; see
-    // benches/README.md, "Figures moved out of comments"), and keeps the
-    // watch inside the store. Ollama makes no symlinks in its store.
-    let config = notify::Config::default().with_follow_symlinks(false);
-    let mut watcher = notify::RecommendedWatcher::new(handler, config)?;
     // One watch per directory: with many aliases on a cold disk this takes
     // seconds, which should not look like a hang.
     tracing::info!(
@@ -182,7 +193,20 @@ fn start_notify(
         manifests_dir.display()
     );
     let started = std::time::Instant::now();
-    watcher.watch(manifests_dir, notify::RecursiveMode::Recursive)?;
+    #[cfg(target_os = "linux")]
+    let watcher = inotify::Watch::start(manifests_dir, handler)?;
+    #[cfg(not(target_os = "linux"))]
+    let watcher = {
+        // Not following symlinks spares the recursive watch of each new
+        // directory a `realpath` and an open of every ancestor (walkdir's
+        // loop check; see benches/README.md, "Figures moved out of
+        // comments"), and keeps the watch inside the store. Ollama makes no
+        // symlinks in its store.
+        let config = notify::Config::default().with_follow_symlinks(false);
+        let mut watcher = notify::RecommendedWatcher::new(handler, config)?;
+        watcher.watch(manifests_dir, notify::RecursiveMode::Recursive)?;
+        watcher
+    };
     tracing::info!(
         seconds = %format!("{:.2}", started.elapsed().as_secs_f64()),
         "watching {} for external changes",

@@ -137,12 +137,18 @@ impl Root {
 
     /// [`Root::dir`], making each missing directory (given to the owner of
     /// the directory it is made in, see [`give_to_owner_of`]). Returns the
-    /// directory and whether the last one was made.
+    /// directory and whether the last one was made. `made` is called with
+    /// the parts of each directory made, as soon as it is open (before
+    /// anything is made in it).
     ///
     /// # Errors
     ///
     /// I/O errors other than "foreign", e.g. a full disk.
-    pub fn make_dir(&self, parts: &[&str]) -> io::Result<Lookup<(OwnedFd, bool)>> {
+    pub fn make_dir(
+        &self,
+        parts: &[&str],
+        made_dir: &mut dyn FnMut(&[&str]),
+    ) -> io::Result<Lookup<(OwnedFd, bool)>> {
         let mut rel = PathBuf::from(MANIFESTS_DIR);
         let mut dir = match open_dir(self.fd.as_fd(), MANIFESTS_DIR, &rel)? {
             Lookup::Found(dir) => dir,
@@ -150,7 +156,7 @@ impl Root {
             Lookup::Absent => return Err(io::Error::from(io::ErrorKind::NotFound)),
         };
         let mut made = false;
-        for part in parts {
+        for (depth, part) in parts.iter().enumerate() {
             rel.push(part);
             made = false;
             let next = match open_dir(dir.as_fd(), part, &rel)? {
@@ -169,6 +175,7 @@ impl Root {
                         Lookup::Found(next) => {
                             if made {
                                 give_to_owner_of(next.as_fd(), dir.as_fd());
+                                made_dir(&parts[..=depth]);
                             }
                             next
                         }
@@ -199,8 +206,14 @@ impl Root {
 
     /// Writes `bytes` as `name`'s manifest through a temp file named
     /// `temp_name` in the same directory and a rename, so readers see the
-    /// old file or the new one, never a part. Returns whether it had to make
-    /// the file's directory. A foreign path is left alone.
+    /// old file or the new one, never a part. Returns whether it had to
+    /// make the file's directory; `made_dir` is called as in
+    /// [`Root::make_dir`]. A foreign path is left alone.
+    ///
+    /// Even into a directory made just now the file goes through a temp
+    /// file: a write that fails there (a full disk) would otherwise show on
+    /// the alias's own name, created and removed, which the watcher takes
+    /// for someone else's deletion.
     ///
     /// The file is not fsync'd: the journal is the durable record, and a
     /// torn alias file found at start-up is recognized and rewritten.
@@ -214,8 +227,9 @@ impl Root {
         name: &ModelName,
         bytes: &[u8],
         temp_name: &str,
+        made_dir: &mut dyn FnMut(&[&str]),
     ) -> io::Result<Lookup<bool>> {
-        let (dir, made) = match self.make_dir(&dir_parts(name))? {
+        let (dir, made) = match self.make_dir(&dir_parts(name), made_dir)? {
             Lookup::Found(found) => found,
             Lookup::Absent => return Ok(Lookup::Absent),
             Lookup::Foreign(foreign) => return Ok(Lookup::Foreign(foreign)),
@@ -545,7 +559,9 @@ mod tests {
             root.read_manifest(&alias).unwrap(),
             Lookup::Absent
         ));
-        let made = root.write_manifest(&alias, b"{}", ".tmp-1").unwrap();
+        let made = root
+            .write_manifest(&alias, b"{}", ".tmp-1", &mut |_| {})
+            .unwrap();
         assert!(matches!(made, Lookup::Found(true)));
         let Lookup::Found(read) = root.read_manifest(&alias).unwrap() else {
             panic!("written file not found")
@@ -561,6 +577,38 @@ mod tests {
     }
 
     #[test]
+    fn each_directory_made_is_told_before_the_file_is_written() {
+        let (dir, root) = store();
+        let alias = name("example.com/ns/fresh");
+        let manifests = dir.path().join("manifests");
+        let mut made = Vec::new();
+        let written = root
+            .write_manifest(&alias, b"{}", ".tmp-1", &mut |parts| {
+                let path = manifests.join(parts.join("/"));
+                // Told when the directory is there and still empty.
+                assert_eq!(std::fs::read_dir(&path).unwrap().count(), 0);
+                made.push(parts.join("/"));
+            })
+            .unwrap();
+        assert!(matches!(written, Lookup::Found(true)));
+        assert_eq!(
+            made,
+            ["example.com", "example.com/ns", "example.com/ns/fresh"]
+        );
+        made.clear();
+        let again = root
+            .write_manifest(&alias, b"{\"a\":1}", ".tmp-2", &mut |parts| {
+                made.push(parts.join("/"))
+            })
+            .unwrap();
+        assert!(matches!(again, Lookup::Found(false)));
+        assert!(made.is_empty(), "{made:?}");
+        let path = manifests.join("example.com/ns/fresh");
+        assert_eq!(std::fs::read(path.join("latest")).unwrap(), b"{\"a\":1}");
+        assert_eq!(std::fs::read_dir(&path).unwrap().count(), 1);
+    }
+
+    #[test]
     fn a_symlinked_directory_on_the_way_is_foreign_and_nothing_goes_through_it() {
         let (dir, root) = store();
         let outside = tempfile::tempdir().unwrap();
@@ -573,7 +621,9 @@ mod tests {
         let alias = name("evil:passwd");
         assert_eq!(why(root.read_manifest(&alias).unwrap()), Some(Why::Symlink));
         assert_eq!(
-            why(root.write_manifest(&alias, b"{}", ".tmp").unwrap()),
+            why(root
+                .write_manifest(&alias, b"{}", ".tmp", &mut |_| {})
+                .unwrap()),
             Some(Why::Symlink)
         );
         assert_eq!(
@@ -594,7 +644,7 @@ mod tests {
         std::fs::write(library.join("fileblock"), b"{}").unwrap();
         assert_eq!(
             why(root
-                .write_manifest(&name("fileblock:tag"), b"{}", ".t")
+                .write_manifest(&name("fileblock:tag"), b"{}", ".t", &mut |_| {})
                 .unwrap()),
             Some(Why::NotADirectory)
         );

@@ -6,6 +6,7 @@ mod chains;
 mod cli;
 mod confinement;
 mod crash;
+mod creates;
 mod dashboard;
 mod disk_full;
 mod edge_security;

@@ -1,0 +1,563 @@
+//! The store's watch on Linux: inotify itself, one watch per directory down
+//! to the model directories, events handed on as `notify::Event`s (so the
+//! rest of the watcher is the same on every platform).
+//!
+//! Why not `notify`'s own inotify backend: it watches for `IN_OPEN`, so
+//! every directory aliasd walks beneath the store's root (each read and
+//! write of an alias file opens three or four) comes back as events to read
+//! and drop, and for every new directory it `stat`s it twice and lists it
+//! with a `stat` of each entry before adding the watch. Here the mask leaves
+//! `IN_OPEN` out, a model directory (depth 3, what a create makes) gets its
+//! watch with one `inotify_add_watch`, and a directory aliasd made itself is
+//! watched by aliasd before it writes into it ([`Watch::dir_hook`]), so its
+//! creation needs no event and no listing at all.
+//!
+//! Only directories down to depth 3 below `manifests/` are watched: deeper
+//! ones hold nothing that can be a manifest (the watcher ignores them).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+
+use notify::event::{
+    AccessKind, AccessMode, CreateKind, DataChange, Flag, MetadataKind, ModifyKind, RemoveKind,
+    RenameMode,
+};
+use notify::{Event, EventKind};
+use rustix::fs::inotify::{self, ReadFlags, WatchFlags};
+use rustix::io::Errno;
+
+use crate::store::beneath;
+
+/// How deep below `manifests/` directories are watched: host (1),
+/// namespace (2), model (3); a model directory's entries are manifests.
+const DEEPEST: usize = 3;
+
+/// How long a wake-up waits for more events before reading them.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// What every watched directory reports: `notify`'s mask without `IN_OPEN`
+/// (reads cannot change the store; a writer's close still comes).
+fn dir_mask() -> WatchFlags {
+    WatchFlags::ATTRIB
+        | WatchFlags::CREATE
+        | WatchFlags::DELETE
+        | WatchFlags::CLOSE_WRITE
+        | WatchFlags::MODIFY
+        | WatchFlags::MOVED_FROM
+        | WatchFlags::MOVED_TO
+        | WatchFlags::ONLYDIR
+        | WatchFlags::DONT_FOLLOW
+}
+
+/// A running watch; dropping it stops its thread.
+pub(super) struct Watch {
+    shared: Arc<Shared>,
+    /// Written to stop the thread (an eventfd it polls beside inotify).
+    stop: Arc<OwnedFd>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the thread and [`Watch::dir_hook`] share.
+struct Shared {
+    inotify: OwnedFd,
+    /// `manifests/`.
+    root: PathBuf,
+    dirs: Mutex<Dirs>,
+}
+
+/// The watched directories, by watch descriptor and by path.
+#[derive(Default)]
+struct Dirs {
+    by_wd: HashMap<i32, PathBuf>,
+    by_path: HashMap<PathBuf, i32>,
+}
+
+/// Adding a watch failed: the system's limit on watches, or another error.
+enum AddError {
+    Limit,
+    Other(std::io::Error),
+}
+
+impl Shared {
+    /// Watches `path` (a directory at `depth` below the root).
+    fn add(&self, path: &Path, depth: usize) -> Result<(), AddError> {
+        let mut mask = dir_mask();
+        if depth == 0 {
+            // The root's own removal or move is reported (polling takes over).
+            mask |= WatchFlags::DELETE_SELF | WatchFlags::MOVE_SELF;
+        }
+        let wd = match inotify::add_watch(&self.inotify, path, mask) {
+            Ok(wd) => wd,
+            Err(Errno::NOSPC) => return Err(AddError::Limit),
+            Err(e) => return Err(AddError::Other(e.into())),
+        };
+        let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        dirs.by_path.insert(path.to_path_buf(), wd);
+        if let Some(old) = dirs.by_wd.insert(wd, path.to_path_buf()) {
+            if old != path {
+                // The same directory under another name (moved): one watch,
+                // the new name.
+                dirs.by_path.remove(&old);
+            }
+        }
+        Ok(())
+    }
+
+    /// Watches `path` and, above the model level, the directories below it
+    /// that exist already (made before its watch was there, as by
+    /// `mkdir -p`).
+    fn add_tree(&self, path: &Path, depth: usize) -> Result<(), AddError> {
+        self.add(path, depth)?;
+        if depth >= DEEPEST {
+            return Ok(());
+        }
+        for sub in subdirectories(path) {
+            match self.add_tree(&sub, depth + 1) {
+                // Gone meanwhile: its removal was reported.
+                Err(AddError::Other(_)) | Ok(()) => {}
+                Err(AddError::Limit) => return Err(AddError::Limit),
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops watching `path` and every watched directory below it.
+    fn remove_tree(&self, path: &Path, depth: usize) {
+        let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut gone = Vec::new();
+        if let Some(wd) = dirs.by_path.remove(path) {
+            gone.push(wd);
+        }
+        if depth < DEEPEST {
+            let below: Vec<PathBuf> = dirs
+                .by_path
+                .keys()
+                .filter(|p| p.starts_with(path))
+                .cloned()
+                .collect();
+            for p in below {
+                gone.extend(dirs.by_path.remove(&p));
+            }
+        }
+        for wd in gone {
+            dirs.by_wd.remove(&wd);
+            // Already gone with its directory, usually.
+            let _ = inotify::remove_watch(&self.inotify, wd);
+        }
+    }
+
+    /// How deep `path` is below the root (the root: 0); `None` outside it.
+    fn depth(&self, path: &Path) -> Option<usize> {
+        path.strip_prefix(&self.root)
+            .ok()
+            .map(|rel| rel.components().count())
+    }
+}
+
+/// The directories in `path`, not following symlinks; none if it cannot be
+/// listed (gone, or not a directory any more).
+fn subdirectories(path: &Path) -> Vec<PathBuf> {
+    let flags = rustix::fs::OFlags::RDONLY
+        | rustix::fs::OFlags::DIRECTORY
+        | rustix::fs::OFlags::NOFOLLOW
+        | rustix::fs::OFlags::CLOEXEC;
+    let Ok(dir) = rustix::fs::open(path, flags, rustix::fs::Mode::empty()) else {
+        return Vec::new();
+    };
+    beneath::list(dir.as_fd())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|entry| entry.kind == rustix::fs::FileType::Directory)
+        .map(|entry| path.join(entry.name))
+        .collect()
+}
+
+impl Watch {
+    /// Watches `root` (`manifests/`) and its directories down to the model
+    /// level, and hands each event to `handler` on a thread of its own.
+    ///
+    /// # Errors
+    ///
+    /// inotify cannot be set up, the root cannot be watched, or the
+    /// system's limit on watches is reached (`MaxFilesWatch`).
+    pub(super) fn start<F>(root: &Path, handler: F) -> notify::Result<Watch>
+    where
+        F: FnMut(notify::Result<Event>) + Send + 'static,
+    {
+        let fd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
+            .map_err(|e| notify::Error::io(e.into()))?;
+        let shared = Arc::new(Shared {
+            inotify: fd,
+            root: root.to_path_buf(),
+            dirs: Mutex::default(),
+        });
+        match shared.add_tree(root, 0) {
+            Ok(()) => {}
+            Err(AddError::Limit) => {
+                return Err(notify::Error::new(notify::ErrorKind::MaxFilesWatch)
+                    .add_path(root.to_path_buf()))
+            }
+            Err(AddError::Other(e)) => {
+                return Err(notify::Error::io_watch(e).add_path(root.to_path_buf()))
+            }
+        }
+        let stop = Arc::new(
+            rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)
+                .map_err(|e| notify::Error::io(e.into()))?,
+        );
+        let thread = std::thread::Builder::new()
+            .name("aliasd-watch".into())
+            .spawn({
+                let shared = shared.clone();
+                let stop = stop.clone();
+                move || run(&shared, &stop, handler)
+            })
+            .map_err(notify::Error::io)?;
+        Ok(Watch {
+            shared,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// What the materializer calls with each directory it has just made,
+    /// before it writes anything into it: the directory is watched from
+    /// then on, so the watcher neither needs the event of its creation nor
+    /// a listing of it. Returns whether the watch is on. Holds the watch
+    /// weakly: once it stops, nothing is watched and `false` comes back.
+    pub(super) fn dir_hook(&self) -> crate::materializer::DirWatch {
+        let shared: Weak<Shared> = Arc::downgrade(&self.shared);
+        Arc::new(move |dir: &Path| {
+            let Some(shared) = shared.upgrade() else {
+                return false;
+            };
+            match shared.depth(dir) {
+                Some(depth @ 1..=DEEPEST) => shared.add(dir, depth).is_ok(),
+                _ => false,
+            }
+        })
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = rustix::io::write(&*self.stop, &1u64.to_ne_bytes());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The thread: waits for inotify (or the stop), reads every event ready,
+/// and hands each on.
+fn run<F>(shared: &Shared, stop: &OwnedFd, mut handler: F)
+where
+    F: FnMut(notify::Result<Event>),
+{
+    use rustix::event::{PollFd, PollFlags};
+    let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 64 * 1024];
+    loop {
+        let mut fds = [
+            PollFd::new(&shared.inotify, PollFlags::IN),
+            PollFd::new(stop, PollFlags::IN),
+        ];
+        match rustix::event::poll(&mut fds, None) {
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(e) => {
+                handler(Err(notify::Error::io(e.into())));
+                return;
+            }
+        }
+        if !fds[1].revents().is_empty() {
+            return;
+        }
+        // Let a burst gather before reading it: a create is a directory and
+        // a file, several events a moment apart, and a wake-up per event
+        // would cost more than the events; the watcher waits far longer
+        // than this for the store to be quiet anyway ([`super::QUIET`]).
+        let mut stop_only = [PollFd::new(stop, PollFlags::IN)];
+        let gather = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: GATHER.as_nanos() as _,
+        };
+        if matches!(rustix::event::poll(&mut stop_only, Some(&gather)), Ok(n) if n > 0) {
+            return;
+        }
+        let mut reader = inotify::Reader::new(&shared.inotify, &mut buf[..]);
+        // The file the previous event of this wake-up was about, if it was a
+        // file in a model directory: a write is three events or more
+        // (create, modify, close) that all mean "look at this name", and
+        // the watcher would only merge them again.
+        let mut last_file: Option<PathBuf> = None;
+        loop {
+            let event = match reader.next() {
+                Ok(event) => event,
+                Err(Errno::AGAIN | Errno::INTR) => break,
+                Err(e) => {
+                    handler(Err(notify::Error::io(e.into())));
+                    break;
+                }
+            };
+            let name = event.file_name().map(|name| name.to_bytes());
+            on_event(
+                shared,
+                event.wd(),
+                event.events(),
+                name,
+                &mut last_file,
+                &mut handler,
+            );
+        }
+    }
+}
+
+/// One inotify event: the watches it changes, then the `notify` events it
+/// is (as `notify`'s own backend would report them). An event about the
+/// same file in a model directory as the one before it (`last_file`) is
+/// left out: it names nothing new.
+fn on_event<F>(
+    shared: &Shared,
+    wd: i32,
+    mask: ReadFlags,
+    name: Option<&[u8]>,
+    last_file: &mut Option<PathBuf>,
+    handler: &mut F,
+) where
+    F: FnMut(notify::Result<Event>),
+{
+    if mask.contains(ReadFlags::QUEUE_OVERFLOW) {
+        handler(Ok(Event::new(EventKind::Other).set_flag(Flag::Rescan)));
+        return;
+    }
+    let dir = {
+        let mut dirs = shared.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        if mask.contains(ReadFlags::IGNORED) {
+            // The watch is gone (its directory removed, or unwatched).
+            if let Some(path) = dirs.by_wd.remove(&wd) {
+                if dirs.by_path.get(&path) == Some(&wd) {
+                    dirs.by_path.remove(&path);
+                }
+            }
+            return;
+        }
+        match dirs.by_wd.get(&wd) {
+            Some(dir) => dir.clone(),
+            None => return,
+        }
+    };
+    let path = match name {
+        Some(name) => dir.join(OsStr::from_bytes(name)),
+        None => dir,
+    };
+    let is_dir = mask.contains(ReadFlags::ISDIR);
+    let depth = shared.depth(&path).unwrap_or(usize::MAX);
+    if !is_dir && depth == DEEPEST + 1 {
+        if last_file.as_ref() == Some(&path) {
+            return;
+        }
+        *last_file = Some(path.clone());
+    } else {
+        *last_file = None;
+    }
+    let mut emit = |kind: EventKind| handler(Ok(Event::new(kind).add_path(path.clone())));
+    if mask.contains(ReadFlags::MOVED_FROM) {
+        if is_dir {
+            shared.remove_tree(&path, depth);
+        }
+        emit(EventKind::Modify(ModifyKind::Name(RenameMode::From)));
+    }
+    if mask.contains(ReadFlags::MOVED_TO) {
+        emit(EventKind::Modify(ModifyKind::Name(RenameMode::To)));
+    }
+    if mask.contains(ReadFlags::MOVE_SELF) {
+        emit(EventKind::Modify(ModifyKind::Name(RenameMode::From)));
+    }
+    if mask.contains(ReadFlags::CREATE) {
+        let kind = if is_dir {
+            CreateKind::Folder
+        } else {
+            CreateKind::File
+        };
+        // A directory aliasd made and watched before writing into it: its
+        // creation says nothing the watch does not already report.
+        let known = is_dir && shared.dirs_has(&path);
+        if !known {
+            emit(EventKind::Create(kind));
+        }
+    }
+    if mask.contains(ReadFlags::DELETE) {
+        if is_dir {
+            shared.remove_tree(&path, depth);
+        }
+        let kind = if is_dir {
+            RemoveKind::Folder
+        } else {
+            RemoveKind::File
+        };
+        emit(EventKind::Remove(kind));
+    }
+    if mask.contains(ReadFlags::DELETE_SELF) {
+        emit(EventKind::Remove(RemoveKind::Folder));
+    }
+    if mask.contains(ReadFlags::MODIFY) {
+        emit(EventKind::Modify(ModifyKind::Data(DataChange::Any)));
+    }
+    if mask.contains(ReadFlags::CLOSE_WRITE) {
+        emit(EventKind::Access(AccessKind::Close(AccessMode::Write)));
+    }
+    if mask.contains(ReadFlags::ATTRIB) {
+        emit(EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)));
+    }
+    // A new directory (made, or moved in) is watched once its event is out;
+    // the watcher lists it for what was written before the watch.
+    if is_dir
+        && depth <= DEEPEST
+        && mask.intersects(ReadFlags::CREATE | ReadFlags::MOVED_TO)
+        && !shared.dirs_has(&path)
+    {
+        match shared.add_tree(&path, depth) {
+            Ok(()) | Err(AddError::Other(_)) => {}
+            Err(AddError::Limit) => handler(Err(notify::Error::new(
+                notify::ErrorKind::MaxFilesWatch,
+            )
+            .add_path(path))),
+        }
+    }
+}
+
+impl Shared {
+    /// Whether `path` is watched.
+    fn dirs_has(&self, path: &Path) -> bool {
+        let dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        dirs.by_path.contains_key(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// The paths and kinds `watch` reports until `until` is among them.
+    fn events_until(
+        events: &mpsc::Receiver<notify::Result<Event>>,
+        until: &Path,
+    ) -> Vec<(PathBuf, EventKind)> {
+        let mut seen = Vec::new();
+        loop {
+            let event = events
+                .recv_timeout(Duration::from_secs(10))
+                .expect("an event within 10 s")
+                .expect("no error");
+            let done = event.paths.iter().any(|p| p == until);
+            seen.extend(event.paths.into_iter().map(|p| (p, event.kind)));
+            if done {
+                return seen;
+            }
+        }
+    }
+
+    #[test]
+    fn new_directories_are_watched_and_those_aliasd_made_raise_no_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("manifests");
+        std::fs::create_dir_all(root.join("h/ns")).unwrap();
+        let (send, events) = mpsc::channel();
+        let watch = Watch::start(&root, move |event| {
+            let _ = send.send(event);
+        })
+        .unwrap();
+
+        // Made by someone else: its creation is reported, then what is
+        // written into it once it is watched.
+        let theirs = root.join("h/ns/theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        let seen = events_until(&events, &theirs);
+        assert!(seen.contains(&(theirs.clone(), EventKind::Create(CreateKind::Folder))));
+        // Its watch is added once the event is out: wait for it.
+        let wd_of = |path: &Path| {
+            let dirs = watch.shared.dirs.lock().unwrap();
+            dirs.by_path.get(path).copied()
+        };
+        for _ in 0..1000 {
+            if wd_of(&theirs).is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::fs::write(theirs.join("latest"), b"{}").unwrap();
+        let seen = events_until(&events, &theirs.join("latest"));
+        assert!(seen.iter().all(|(p, _)| p != &root.join("h/ns")));
+
+        // Made by aliasd, watched before anything is written into it: what
+        // is written is reported.
+        let ours = root.join("h/ns/ours");
+        std::fs::create_dir(&ours).unwrap();
+        assert!((watch.dir_hook())(&ours));
+        assert!(wd_of(&ours).is_some());
+        std::fs::write(ours.join("latest"), b"{}").unwrap();
+        events_until(&events, &ours.join("latest"));
+        // Its creation, once read, is not handed on (it would only have the
+        // watcher list it); someone else's is.
+        let ns_wd = wd_of(&root.join("h/ns")).unwrap();
+        let create_dir = ReadFlags::CREATE | ReadFlags::ISDIR;
+        let mut handed = Vec::new();
+        let mut last = None;
+        let mut collect = |event: notify::Result<Event>| handed.push(event.unwrap().paths);
+        on_event(
+            &watch.shared,
+            ns_wd,
+            create_dir,
+            Some(b"ours"),
+            &mut last,
+            &mut collect,
+        );
+        on_event(
+            &watch.shared,
+            ns_wd,
+            create_dir,
+            Some(b"new"),
+            &mut last,
+            &mut collect,
+        );
+        assert_eq!(handed, [vec![root.join("h/ns/new")]]);
+        // A file's events one after the other are handed on once.
+        let ours_wd = wd_of(&ours).unwrap();
+        let mut handed = Vec::new();
+        let mut collect = |event: notify::Result<Event>| handed.push(event.unwrap().paths);
+        for mask in [ReadFlags::CREATE, ReadFlags::MODIFY, ReadFlags::CLOSE_WRITE] {
+            on_event(
+                &watch.shared,
+                ours_wd,
+                mask,
+                Some(b"v2"),
+                &mut last,
+                &mut collect,
+            );
+        }
+        on_event(
+            &watch.shared,
+            ours_wd,
+            ReadFlags::CREATE,
+            Some(b"v3"),
+            &mut last,
+            &mut collect,
+        );
+        assert_eq!(handed, [vec![ours.join("v2")], vec![ours.join("v3")]]);
+        // Nothing is watched below the model directories.
+        std::fs::create_dir(ours.join("deeper")).unwrap();
+        let seen = events_until(&events, &ours.join("deeper"));
+        assert!(seen.contains(&(ours.join("deeper"), EventKind::Create(CreateKind::Folder))));
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(wd_of(&ours.join("deeper")), None);
+
+        // Outside the store, the hook watches nothing.
+        assert!(!(watch.dir_hook())(dir.path()));
+        drop(watch);
+    }
+}
