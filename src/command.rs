@@ -193,6 +193,7 @@ pub(crate) fn new_event(
         prefix_matching: alias.is_prefix(),
         actor: origin.actor.clone(),
         request_id: origin.request_id.clone(),
+        node: None,
     }
 }
 

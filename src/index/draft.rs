@@ -128,6 +128,9 @@ impl<'a> Draft<'a> {
             alias,
             target: parse_target(&event)?,
             digest: event.digest.as_deref().map(Arc::from),
+            // A draft plans this node's own events, whose state is the
+            // entry's own: recorded untagged, tagged when committed.
+            node: None,
         };
         let previous = self.entry(&dep);
         let previous_target = previous.map(|e| e.target.key_arc());

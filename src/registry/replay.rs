@@ -247,6 +247,7 @@ mod tests {
                         prefix_matching,
                         actor: "test".into(),
                         request_id: None,
+                        node: None,
                     }
                 })
                 .collect()
