@@ -126,6 +126,14 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
     fn remote_commits(&self) -> Option<std::sync::mpsc::Receiver<RemoteCommit>> {
         None
     }
+
+    /// The name this process writes under in a shared log (its node in a
+    /// fleet, SPEC §8), or `None` for a log only this process writes. The
+    /// index keeps that node's state as its own, and the observations this
+    /// process appends carry the name.
+    fn node(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A shared handle on the log.

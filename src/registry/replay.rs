@@ -51,6 +51,9 @@ pub(super) fn load_index_in_chunks(
             }
         },
     };
+    // In a fleet, this node's own state is the entries' (a snapshot may come
+    // from another node, or from before the name was known).
+    index.set_node(journal.node().as_deref());
     let records = journal.read_from(index.last_seq() + 1)?;
     let pending =
         usize::try_from(journal.last_seq().saturating_sub(index.last_seq())).unwrap_or(usize::MAX);
@@ -86,6 +89,7 @@ pub(super) fn load_index_in_chunks(
 /// The log cannot be read, or holds a record that is not an event.
 pub fn index_at(log: &dyn EventLog, seq: u64) -> Result<Index, String> {
     let mut index = Index::default();
+    index.set_node(log.node().as_deref());
     let mut reader = log.read_from(1).map_err(|e| e.to_string())?;
     while let Some(record) = reader.next_borrowed() {
         let (record_seq, payload) = record.map_err(|e| e.to_string())?;

@@ -42,6 +42,8 @@ pub(super) fn forward_remote_commits(
 
 /// The state owned by the writer thread.
 pub(super) struct Writer {
+    /// In a fleet, the node records: validation consults their models.
+    pub(super) nodes: Arc<std::sync::OnceLock<Arc<crate::fleet::nodes::NodeTable>>>,
     pub(super) metrics: Arc<crate::metrics::Metrics>,
     pub(super) log: SharedLog,
     /// Written only by this thread, and only with durable events.
@@ -154,9 +156,13 @@ impl Writer {
         }
         let time = now_rfc3339();
         let mut pending = Vec::with_capacity(group.len());
+        let inventory = self.nodes.get().map(|nodes| nodes.inventory());
         let events = {
             let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
             let mut draft = Draft::new(&guard.index, self.log.last_seq() + 1);
+            if let Some(inventory) = &inventory {
+                draft.set_inventory(inventory);
+            }
             for request in group {
                 let checkpoint = draft.checkpoint();
                 let outcome = plan(&mut draft, &guard.models, &request, &time);
@@ -187,8 +193,39 @@ impl Writer {
                 (p.reply, reply)
             })
             .collect();
+        let touched = self.fleet_touched(&events);
         self.finish(events, prior, replies);
         self.maybe_snapshot();
+        self.observe_after(&touched);
+    }
+
+    /// In a fleet, after fleet-wide events (this node's or another's): reads
+    /// this node's store at the aliases they touched and appends, as this
+    /// node's observations, where it disagrees with the state they presume
+    /// (SPEC §8). Nothing when it agrees, and nothing on a single host.
+    fn observe_after(&mut self, touched: &[crate::name::ModelName]) {
+        if touched.is_empty() {
+            return;
+        }
+        if let Err(e) = self.reconcile_scoped(&Origin::system("watcher"), Some(touched)) {
+            tracing::warn!("checking the store after a fleet change failed: {e:#}");
+        }
+    }
+
+    /// The exact aliases fleet-wide events touched, for [`Writer::observe_after`]:
+    /// none on a single host.
+    fn fleet_touched(&self, events: &[Event]) -> Vec<crate::name::ModelName> {
+        if events.is_empty() || self.read(|s| s.index.node().is_none()) {
+            return Vec::new();
+        }
+        let mut names: Vec<crate::name::ModelName> = events
+            .iter()
+            .filter(|e| e.node.is_none() && !e.prefix_matching)
+            .filter_map(|e| crate::name::ModelName::parse(&e.alias).ok())
+            .collect();
+        names.sort_by(|a, b| a.key_str().cmp(b.key_str()));
+        names.dedup_by(|a, b| a.key_str() == b.key_str());
+        names
     }
 
     /// Hands an applied group to the finisher.
@@ -375,7 +412,14 @@ impl Writer {
             let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
             let mut draft = Draft::new(&guard.index, self.log.last_seq() + 1);
             reconcile::plan(&mut draft, &observation, origin, &time);
-            draft.into_events()
+            let mut events = draft.into_events();
+            // In a fleet, what this node found in its store is its own state.
+            if let Some(node) = guard.index.node() {
+                for event in &mut events {
+                    event.node = Some(node.to_string());
+                }
+            }
+            events
         };
         if !observation.stale.is_empty() {
             let mut guard = self.shared.write().unwrap_or_else(|e| e.into_inner());
@@ -449,8 +493,10 @@ impl Writer {
         }
         let prior = self.apply(&events, None);
         let n_events = events.len();
+        let touched = self.fleet_touched(&events);
         self.finish(events, prior, Vec::new());
         self.maybe_snapshot();
+        self.observe_after(&touched);
         Ok(Reply::Reconciled(n_events))
     }
 
