@@ -45,6 +45,11 @@ fn main() -> ExitCode {
 /// The variables that filter the logs, the first one set winning.
 const LOG_FILTER_VARS: [&str; 2] = ["ALIASD_LOG", "RUST_LOG"];
 
+/// The filter when no variable sets one: `info`, but the NATS client's own
+/// lines only from `warn` (it logs every reconnect attempt at `info`; aliasd
+/// says once that NATS is lost and once that it is back).
+const DEFAULT_LOG_FILTER: &str = "info,async_nats=warn";
+
 /// Logs to stderr, filtered by `ALIASD_LOG`, else `RUST_LOG`, else `info`
 /// (tracing's `EnvFilter` directives: `debug`, `aliasd=debug,info`, ...).
 ///
@@ -72,7 +77,7 @@ fn init_tracing(json: bool) -> anyhow::Result<()> {
         filter = Some(parsed);
         break;
     }
-    let filter = filter.unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    let filter = filter.unwrap_or_else(|| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     // Colours only for a person at a terminal, not in a log file or journald.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let logs = tracing_subscriber::fmt()
@@ -114,12 +119,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     args.check_defaults().map_err(anyhow::Error::msg)?;
     let config = args.registry_config();
     let fleet = args.fleet_config().map_err(anyhow::Error::msg)?;
-    if let Some(fleet) = &fleet {
-        anyhow::bail!(
-            "fleet mode (--nats {}) is not wired into the server yet",
-            fleet.urls_display()
-        );
-    }
     let mut http = args
         .http_config()
         .map_err(|e| anyhow::anyhow!("bad token: {e}"))?;
@@ -173,8 +172,22 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let watching = aliasd::watcher::Watching::start(manifests_dir, watch_mode);
     let journal_dir = config.journal_dir.clone();
     let webhook_retry = args.webhook_retry();
-    let (registry, writer) = aliasd::registry::Registry::start(config)?;
+    let (registry, writer, fleet_log) = match fleet {
+        None => {
+            let (registry, writer) = aliasd::registry::Registry::start(config)?;
+            (registry, writer, None)
+        }
+        Some(fleet) => {
+            let (registry, writer, log) = start_fleet(&runtime, config, fleet)?;
+            (registry, writer, Some(log))
+        }
+    };
     let res = runtime.block_on(async move {
+        if let Some(log) = fleet_log {
+            let listen = listener.local_addr()?.to_string();
+            aliasd::fleet::nodes::start(log.client(), log.fleet_config(), &registry, listen);
+            reconcile_when_nats_returns(log, registry.clone());
+        }
         let _watcher = watching.run(registry.clone());
         tracing::info!("listening on http://{}", listener.local_addr()?);
         if let Some(proxy) = &http.proxy {
@@ -197,6 +210,78 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     writer.join();
     res
+}
+
+/// Starts the registry on the fleet's log (SPEC §8): connects to NATS (in
+/// the background if it is down), catches the local journal up with the
+/// stream, and starts from it; with NATS down it starts from the journal as
+/// it is, and catches up once NATS is back.
+fn start_fleet(
+    runtime: &tokio::runtime::Runtime,
+    config: aliasd::registry::RegistryConfig,
+    fleet: aliasd::fleet::FleetConfig,
+) -> anyhow::Result<(
+    aliasd::registry::Registry,
+    aliasd::registry::WriterThread,
+    std::sync::Arc<aliasd::log::nats::NatsLog>,
+)> {
+    use aliasd::log::nats::NatsLog;
+    tracing::info!(
+        fleet = %fleet.fleet,
+        node = %fleet.node,
+        nats = %fleet.urls_display(),
+        "joining the fleet"
+    );
+    let client = runtime.block_on(aliasd::fleet::connect(&fleet))?;
+    // A first connection that is under way gets a moment to finish, so that
+    // a node started with NATS up catches up before it serves.
+    runtime.block_on(async {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        while client.connection_state() != async_nats::connection::State::Connected
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    });
+    let mut nats_log = None;
+    let (registry, writer) = aliasd::registry::Registry::start_with(config, |local| {
+        let log = std::sync::Arc::new(NatsLog::new(local, client, fleet, runtime.handle().clone()));
+        match log.catch_up() {
+            Ok(0) => {}
+            Ok(events) => tracing::info!(events, "caught up with the fleet log"),
+            Err(aliasd::log::Error::Unavailable(why)) => tracing::warn!(
+                "starting from the local journal without catching up: the event log is \
+                 unavailable: {why}"
+            ),
+            Err(e) => return Err(e).context("catching up with the fleet log"),
+        }
+        nats_log = Some(log.clone());
+        Ok(log)
+    })?;
+    let log = nats_log.context("the fleet log was not opened")?;
+    Ok((registry, writer, log))
+}
+
+/// Reconciles the store each time NATS comes back, so that what the watcher
+/// saw while it was down is appended to the fleet log.
+fn reconcile_when_nats_returns(
+    log: std::sync::Arc<aliasd::log::nats::NatsLog>,
+    registry: aliasd::registry::Registry,
+) {
+    tokio::spawn(async move {
+        loop {
+            log.reconnected().await;
+            let origin = aliasd::command::Origin::system("nats");
+            match registry
+                .execute(aliasd::registry::Command::Reconcile, origin)
+                .await
+            {
+                Ok(_) => {}
+                Err(aliasd::registry::RegistryError::Unavailable) => return,
+                Err(e) => tracing::warn!("reconcile after NATS came back failed: {e}"),
+            }
+        }
+    });
 }
 
 /// Sets the connection cap: `--max-connections`, or what the open-file limit

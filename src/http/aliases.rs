@@ -553,9 +553,18 @@ pub async fn models_list(State(state): State<AppState>) -> Json<serde_json::Valu
 /// reads go on), 503 `{"status":"degraded","seq":N,"reason":"..."}`: a load
 /// balancer or supervisor that acts on the status takes it out of service or
 /// restarts it, which is the remedy.
+///
+/// In a fleet (SPEC §8), NATS unreachable answers 200
+/// `{"status":"degraded","seq":N,"reason":"..."}`: the node still serves
+/// reads, resolve and the proxy from its replica, and NATS is shared, so a
+/// load balancer that took nodes out on it would take out every node at once.
 pub async fn healthz(State(state): State<AppState>) -> Response {
     let log = state.registry.log();
     let seq = log.last_seq();
+    if let Some(reason) = log.failed().is_none().then(|| log.health()).flatten() {
+        let body = serde_json::json!({ "status": "degraded", "seq": seq, "reason": reason });
+        return Json(body).into_response();
+    }
     if log.failed().is_some() {
         let body = serde_json::json!({
             "status": "degraded",

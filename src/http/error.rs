@@ -93,10 +93,19 @@ pub fn storage_error(error: &crate::log::Error) -> ApiError {
     let error = match error {
         crate::log::Error::Journal(error) => error,
         crate::log::Error::Unavailable(why) => {
-            tracing::warn!("write refused: {why}");
+            // The log's loss and return are logged once where they are seen,
+            // not once per refused request.
+            tracing::debug!("write refused: {why}");
             return ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("{error}: nothing was changed; retry once it is back"),
+            );
+        }
+        crate::log::Error::Conflict => {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "other nodes kept appending to the fleet log before this write could: nothing \
+                 was changed; retry",
             );
         }
     };

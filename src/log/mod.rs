@@ -15,6 +15,7 @@
 pub mod file;
 #[cfg(test)]
 pub mod memory;
+pub mod nats;
 
 use std::sync::Arc;
 
@@ -28,6 +29,11 @@ pub enum Error {
     /// The log's service cannot be reached now; nothing was appended.
     #[error("the event log is unavailable: {0}")]
     Unavailable(String),
+    /// Another writer appended to the shared log first; nothing was
+    /// appended. The writer applies what it appended
+    /// ([`EventLog::fetch_remote`]), validates again and retries.
+    #[error("another node appended to the fleet log first")]
+    Conflict,
 }
 
 impl Error {
@@ -35,7 +41,7 @@ impl Error {
     pub fn as_journal(&self) -> Option<&journal::Error> {
         match self {
             Error::Journal(e) => Some(e),
-            Error::Unavailable(_) => None,
+            Error::Unavailable(_) | Error::Conflict => None,
         }
     }
 
@@ -46,6 +52,7 @@ impl Error {
         match self {
             Error::Journal(e) => Error::Journal(e.duplicate()),
             Error::Unavailable(why) => Error::Unavailable(why.clone()),
+            Error::Conflict => Error::Conflict,
         }
     }
 }
@@ -132,6 +139,35 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
     /// index keeps that node's state as its own, and the observations this
     /// process appends carry the name.
     fn node(&self) -> Option<String> {
+        None
+    }
+
+    /// The commits other writers appended that are not applied here yet,
+    /// read from the shared log now: after an [`Error::Conflict`], the
+    /// writer applies them before it validates again. Empty for a log only
+    /// this process writes.
+    ///
+    /// # Errors
+    ///
+    /// The shared log cannot be read now.
+    fn fetch_remote(&self) -> Result<Vec<RemoteCommit>, Error> {
+        Ok(Vec::new())
+    }
+
+    /// Called by the writer for each remote commit before it applies it: a
+    /// log that keeps a local replica writes the commit there (so the
+    /// journal keeps one writer). Nothing to do for others.
+    ///
+    /// # Errors
+    ///
+    /// The replica could not store it; it is not applied.
+    fn accept_remote(&self, _commit: &RemoteCommit) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// Why the log is degraded now (its service unreachable: writes are
+    /// refused, reads go on), for `/healthz`; `None` when it is not.
+    fn health(&self) -> Option<String> {
         None
     }
 }

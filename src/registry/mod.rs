@@ -183,6 +183,19 @@ impl Registry {
     /// The journal cannot be opened (mid-log damage included) or the store
     /// cannot be read or created.
     pub fn start(config: RegistryConfig) -> anyhow::Result<(Registry, WriterThread)> {
+        Registry::start_with(config, |log| Ok(Arc::new(log)))
+    }
+
+    /// [`Registry::start`] with the log made from the opened journal by
+    /// `make_log` (a fleet's log wraps it as its replica and catches it up).
+    ///
+    /// # Errors
+    ///
+    /// As [`Registry::start`], or `make_log`'s.
+    pub fn start_with(
+        config: RegistryConfig,
+        make_log: impl FnOnce(crate::log::file::FileLog) -> anyhow::Result<SharedLog>,
+    ) -> anyhow::Result<(Registry, WriterThread)> {
         use anyhow::Context;
         let store = Store::new(&config.models_dir);
         store
@@ -219,7 +232,8 @@ impl Registry {
                 opened.recovery.truncated_bytes
             );
         }
-        Registry::start_on(store, &config, Arc::new(opened.log), opened.snapshot)
+        let log = make_log(opened.log)?;
+        Registry::start_on(store, &config, log, opened.snapshot)
     }
 
     /// [`Registry::start`] on a log already open (the journal, or a shared
@@ -267,6 +281,7 @@ impl Registry {
         let nodes: Arc<std::sync::OnceLock<_>> = Arc::default();
         let mut writer = Writer {
             nodes: nodes.clone(),
+            touched: Vec::new(),
             metrics: metrics.clone(),
             log: log.clone(),
             shared: shared.clone(),

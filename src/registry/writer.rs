@@ -44,6 +44,10 @@ pub(super) fn forward_remote_commits(
 pub(super) struct Writer {
     /// In a fleet, the node records: validation consults their models.
     pub(super) nodes: Arc<std::sync::OnceLock<Arc<crate::fleet::nodes::NodeTable>>>,
+    /// In a fleet, the exact aliases that fleet-wide events applied since
+    /// the last look touched: this node reads its store there next
+    /// ([`Writer::observe_touched`]).
+    pub(super) touched: Vec<crate::name::ModelName>,
     pub(super) metrics: Arc<crate::metrics::Metrics>,
     pub(super) log: SharedLog,
     /// Written only by this thread, and only with durable events.
@@ -63,6 +67,25 @@ pub(super) struct Writer {
 }
 
 pub(super) type ReplySender = oneshot::Sender<Result<Reply, RegistryError>>;
+
+/// Times a group is validated again after another node appended to the
+/// shared log first; then it fails with [`crate::log::Error::Conflict`] (503).
+const MAX_CONFLICTS: usize = 32;
+
+/// Pairs each request of a group with its planned outcome.
+fn awaiting(
+    group: Vec<Request>,
+    outcomes: Vec<Result<Planned, RegistryError>>,
+) -> Vec<AwaitingCommit> {
+    group
+        .into_iter()
+        .zip(outcomes)
+        .map(|(request, outcome)| AwaitingCommit {
+            reply: request.reply,
+            outcome,
+        })
+        .collect()
+}
 
 /// A planned request waiting for the group's commit.
 pub(super) struct AwaitingCommit {
@@ -148,6 +171,40 @@ impl Writer {
                 });
             let _ = request.reply.send(res);
         }
+        self.observe_touched();
+    }
+
+    /// In a fleet, after fleet-wide events (this node's or another's): reads
+    /// this node's store at the aliases they touched and appends, as this
+    /// node's observations, where it disagrees with the state they presume
+    /// (SPEC §8). Nothing when it agrees, and nothing on a single host.
+    fn observe_touched(&mut self) {
+        // A look can catch up other nodes' commits, which touch more: a few
+        // rounds, and the rest waits for the next group.
+        for _ in 0..4 {
+            if self.touched.is_empty() {
+                return;
+            }
+            let mut names = std::mem::take(&mut self.touched);
+            names.sort_by(|a, b| a.key_str().cmp(b.key_str()));
+            names.dedup_by(|a, b| a.key_str() == b.key_str());
+            if let Err(e) = self.reconcile_scoped(&Origin::system("watcher"), Some(&names)) {
+                tracing::warn!("checking the store after a fleet change failed: {e:#}");
+            }
+        }
+    }
+
+    /// Notes the exact aliases fleet-wide events touched, for
+    /// [`Writer::observe_touched`]: none on a single host.
+    fn note_touched(&mut self, events: &[Event]) {
+        if events.is_empty() || self.read(|s| s.index.node().is_none()) {
+            return;
+        }
+        let names = events
+            .iter()
+            .filter(|e| e.node.is_none() && !e.prefix_matching)
+            .filter_map(|e| crate::name::ModelName::parse(&e.alias).ok());
+        self.touched.extend(names);
     }
 
     fn process_group(&mut self, group: Vec<Request>) {
@@ -155,35 +212,28 @@ impl Writer {
             return;
         }
         let time = now_rfc3339();
-        let mut pending = Vec::with_capacity(group.len());
-        let inventory = self.nodes.get().map(|nodes| nodes.inventory());
-        let events = {
-            let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
-            let mut draft = Draft::new(&guard.index, self.log.last_seq() + 1);
-            if let Some(inventory) = &inventory {
-                draft.set_inventory(inventory);
-            }
-            for request in group {
-                let checkpoint = draft.checkpoint();
-                let outcome = plan(&mut draft, &guard.models, &request, &time);
-                if outcome.is_err() {
-                    draft.rollback(checkpoint);
+        let mut tries = 0;
+        let (events, outcomes) = loop {
+            let (events, outcomes) = self.plan_group(&group, &time);
+            match self.append(&events) {
+                Ok(()) => break (events, outcomes),
+                // Another node appended first: apply what it wrote, then
+                // validate the group again against the new state.
+                Err(crate::log::Error::Conflict) if tries < MAX_CONFLICTS => {
+                    tries += 1;
+                    if let Err(e) = self.catch_up_remote() {
+                        self.fail_group(e, awaiting(group, outcomes), events.len());
+                        return;
+                    }
                 }
-                pending.push(AwaitingCommit {
-                    reply: request.reply,
-                    outcome: outcome.map_err(RegistryError::from),
-                });
-            }
-            draft.into_events()
-        };
-        let prior = match self.commit(&events, None) {
-            Ok(prior) => prior,
-            Err(e) => {
-                self.fail_group(e, pending, events.len());
-                return;
+                Err(e) => {
+                    self.fail_group(e, awaiting(group, outcomes), events.len());
+                    return;
+                }
             }
         };
-        let replies = pending
+        let prior = self.apply(&events, None);
+        let replies = awaiting(group, outcomes)
             .into_iter()
             .map(|p| {
                 let reply = match p.outcome {
@@ -193,39 +243,34 @@ impl Writer {
                 (p.reply, reply)
             })
             .collect();
-        let touched = self.fleet_touched(&events);
+        self.note_touched(&events);
         self.finish(events, prior, replies);
         self.maybe_snapshot();
-        self.observe_after(&touched);
     }
 
-    /// In a fleet, after fleet-wide events (this node's or another's): reads
-    /// this node's store at the aliases they touched and appends, as this
-    /// node's observations, where it disagrees with the state they presume
-    /// (SPEC §8). Nothing when it agrees, and nothing on a single host.
-    fn observe_after(&mut self, touched: &[crate::name::ModelName]) {
-        if touched.is_empty() {
-            return;
+    /// Plans every request of a group against one draft of the index, a
+    /// failed one rolled back alone: the group's events and each outcome.
+    fn plan_group(
+        &self,
+        group: &[Request],
+        time: &str,
+    ) -> (Vec<Event>, Vec<Result<Planned, RegistryError>>) {
+        let inventory = self.nodes.get().map(|nodes| nodes.inventory());
+        let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
+        let mut draft = Draft::new(&guard.index, self.log.last_seq() + 1);
+        if let Some(inventory) = &inventory {
+            draft.set_inventory(inventory);
         }
-        if let Err(e) = self.reconcile_scoped(&Origin::system("watcher"), Some(touched)) {
-            tracing::warn!("checking the store after a fleet change failed: {e:#}");
+        let mut outcomes = Vec::with_capacity(group.len());
+        for request in group {
+            let checkpoint = draft.checkpoint();
+            let outcome = plan(&mut draft, &guard.models, request, time);
+            if outcome.is_err() {
+                draft.rollback(checkpoint);
+            }
+            outcomes.push(outcome.map_err(RegistryError::from));
         }
-    }
-
-    /// The exact aliases fleet-wide events touched, for [`Writer::observe_after`]:
-    /// none on a single host.
-    fn fleet_touched(&self, events: &[Event]) -> Vec<crate::name::ModelName> {
-        if events.is_empty() || self.read(|s| s.index.node().is_none()) {
-            return Vec::new();
-        }
-        let mut names: Vec<crate::name::ModelName> = events
-            .iter()
-            .filter(|e| e.node.is_none() && !e.prefix_matching)
-            .filter_map(|e| crate::name::ModelName::parse(&e.alias).ok())
-            .collect();
-        names.sort_by(|a, b| a.key_str().cmp(b.key_str()));
-        names.dedup_by(|a, b| a.key_str() == b.key_str());
-        names
+        (draft.into_events(), outcomes)
     }
 
     /// Hands an applied group to the finisher.
@@ -309,28 +354,27 @@ impl Writer {
         f(&guard)
     }
 
-    /// Makes events durable and applies them ([`Writer::apply`]).
-    fn commit(
-        &mut self,
-        events: &[Event],
-        models: Option<Models>,
-    ) -> Result<Vec<Option<Arc<str>>>, crate::log::Error> {
-        if !events.is_empty() {
-            let payloads = events.iter().map(Event::encode).collect();
-            let started = std::time::Instant::now();
-            let first = self.log.append(payloads).inspect_err(|_| {
-                self.metrics.observe_commit_failure();
-            })?;
-            self.metrics.observe_commit(started.elapsed());
-            if first != events[0].seq {
-                tracing::error!(
-                    expected = events[0].seq,
-                    got = first,
-                    "journal seq out of step with the index"
-                );
-            }
+    /// Makes events durable in the log (nothing is applied).
+    fn append(&mut self, events: &[Event]) -> Result<(), crate::log::Error> {
+        if events.is_empty() {
+            return Ok(());
         }
-        Ok(self.apply(events, models))
+        let payloads = events.iter().map(Event::encode).collect();
+        let started = std::time::Instant::now();
+        let first = self.log.append(payloads).inspect_err(|e| {
+            if !matches!(e, crate::log::Error::Conflict) {
+                self.metrics.observe_commit_failure();
+            }
+        })?;
+        self.metrics.observe_commit(started.elapsed());
+        if first != events[0].seq {
+            tracing::error!(
+                expected = events[0].seq,
+                got = first,
+                "journal seq out of step with the index"
+            );
+        }
+        Ok(())
     }
 
     /// Applies durable events to the index (with `models`, if given,
@@ -408,26 +452,48 @@ impl Writer {
             }
         }
         let time = now_rfc3339();
-        let events = {
-            let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
-            let mut draft = Draft::new(&guard.index, self.log.last_seq() + 1);
-            reconcile::plan(&mut draft, &observation, origin, &time);
-            let mut events = draft.into_events();
-            // In a fleet, what this node found in its store is its own state.
-            if let Some(node) = guard.index.node() {
-                for event in &mut events {
-                    event.node = Some(node.to_string());
-                }
-            }
-            events
-        };
         if !observation.stale.is_empty() {
             let mut guard = self.shared.write().unwrap_or_else(|e| e.into_inner());
             for (name, _) in &observation.stale {
                 guard.index.clear_tombstone(&name.key());
             }
         }
-        let prior = self.commit(&events, Some(observation.models))?;
+        let mut tries = 0;
+        let events = loop {
+            let events = {
+                let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
+                let mut draft = Draft::new(&guard.index, self.log.last_seq() + 1);
+                reconcile::plan(&mut draft, &observation, origin, &time);
+                let mut events = draft.into_events();
+                // In a fleet, what this node found in its store is its own state.
+                if let Some(node) = guard.index.node() {
+                    for event in &mut events {
+                        event.node = Some(node.to_string());
+                    }
+                }
+                events
+            };
+            match self.append(&events) {
+                Ok(()) => break events,
+                Err(crate::log::Error::Conflict) if tries < MAX_CONFLICTS => {
+                    tries += 1;
+                    self.catch_up_remote()?;
+                }
+                Err(crate::log::Error::Unavailable(why)) => {
+                    // The shared log is down: the models are known now, the
+                    // events wait. The registry reconciles again when the log
+                    // is back (`NatsLog::reconnected`), so nothing is lost.
+                    tracing::debug!(
+                        events = events.len(),
+                        "observations wait for the event log: {why}"
+                    );
+                    self.apply(&[], Some(observation.models));
+                    return Ok(0);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let prior = self.apply(&events, Some(observation.models));
         let n_events = events.len();
         self.finish(events, prior, Vec::new());
         if !observation.out_of_date.is_empty() {
@@ -468,19 +534,54 @@ impl Writer {
     }
 
     /// Applies a commit another writer made durable in the shared log, then
-    /// hands it to the finisher like one of this writer's own.
+    /// hands it to the finisher like one of this writer's own. A commit
+    /// already applied (delivered twice) is skipped; one past a gap makes
+    /// the writer read what is missing from the log first.
     fn apply_remote(&mut self, commit: crate::log::RemoteCommit) -> Result<Reply, RegistryError> {
         // Files of earlier groups first, as for a reconcile.
         self.drain();
         let expected = self.read(|s| s.index.last_seq()) + 1;
+        if commit.first_seq > expected {
+            self.catch_up_remote()?;
+        }
+        let n_events = self.apply_remote_commit(commit)?;
+        Ok(Reply::Reconciled(n_events))
+    }
+
+    /// Applies every commit other writers appended that is not applied here
+    /// yet, read from the shared log now. Returns how many events.
+    fn catch_up_remote(&mut self) -> Result<usize, crate::log::Error> {
+        let mut n_events = 0;
+        for commit in self.log.fetch_remote()? {
+            n_events += self.apply_remote_commit(commit)?;
+        }
+        Ok(n_events)
+    }
+
+    /// Stores a remote commit in the local replica and applies it (see
+    /// [`Writer::apply_remote`]); 0 events if it was applied before.
+    fn apply_remote_commit(
+        &mut self,
+        commit: crate::log::RemoteCommit,
+    ) -> Result<usize, crate::log::Error> {
+        let expected = self.read(|s| s.index.last_seq()) + 1;
+        let end = commit.first_seq + commit.payloads.len() as u64;
+        if end <= expected {
+            return Ok(0);
+        }
         if commit.first_seq != expected {
             tracing::error!(
                 expected,
                 got = commit.first_seq,
                 "a commit from the shared log is out of step with the index; not applied"
             );
-            return Err(RegistryError::Unavailable);
+            return Err(crate::log::Error::Unavailable(format!(
+                "a commit from the shared log starts at seq {}, while this node is at seq {}",
+                commit.first_seq,
+                expected - 1
+            )));
         }
+        self.log.accept_remote(&commit)?;
         let mut events = Vec::with_capacity(commit.payloads.len());
         for (i, payload) in commit.payloads.iter().enumerate() {
             match Event::decode(payload) {
@@ -493,11 +594,10 @@ impl Writer {
         }
         let prior = self.apply(&events, None);
         let n_events = events.len();
-        let touched = self.fleet_touched(&events);
+        self.note_touched(&events);
         self.finish(events, prior, Vec::new());
         self.maybe_snapshot();
-        self.observe_after(&touched);
-        Ok(Reply::Reconciled(n_events))
+        Ok(n_events)
     }
 
     fn write_snapshot(&mut self) -> Result<u64, crate::log::Error> {

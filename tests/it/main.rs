@@ -7,6 +7,7 @@ mod crash;
 mod dashboard;
 mod disk_full;
 mod edge_security;
+mod fleet_log;
 mod history;
 mod journal_commands;
 mod journal_tamper;
