@@ -102,6 +102,7 @@ fn run_client(client: &Client, json: bool, command: Commands) -> anyhow::Result<
             client::ls(client, json, target.as_deref(), state.as_deref())
         }
         Commands::Rm { alias } => client::rm(client, json, &alias),
+        Commands::Nodes => client::nodes(client, json),
         Commands::Resolve { name } => client::resolve(client, json, &name),
         Commands::History { alias, limit } => {
             client::history(client, json, alias.as_deref(), limit)

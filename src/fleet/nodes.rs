@@ -262,22 +262,28 @@ async fn open_bucket(
     if let Ok(store) = js.get_key_value(bucket).await {
         return Ok(store);
     }
-    let config = async_nats::jetstream::kv::Config {
-        bucket: bucket.to_string(),
-        description: "aliasd node records (SPEC §8)".to_string(),
-        history: 1,
+    // The bucket's stream as `create_key_value` would make it. Not that call
+    // itself: it first reads the account's info, whose shape from the
+    // nats-server 2.9 that Debian ships this client does not parse.
+    let config = async_nats::jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some("aliasd node records (SPEC §8)".to_string()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
         max_age: EXPIRY,
         num_replicas: replicas.max(1),
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: async_nats::jetstream::stream::DiscardPolicy::New,
         ..Default::default()
     };
-    match js.create_key_value(config).await {
-        Ok(store) => Ok(store),
-        // Another node created it meanwhile.
-        Err(e) => js
-            .get_key_value(bucket)
-            .await
-            .map_err(|_| anyhow::anyhow!("creating bucket {bucket}: {e}")),
-    }
+    // Created by another node meanwhile, or now.
+    let created = js.create_stream(config).await;
+    js.get_key_value(bucket).await.map_err(|e| match created {
+        Err(created) => anyhow::anyhow!("creating bucket {bucket}: {created}"),
+        Ok(_) => anyhow::anyhow!("opening bucket {bucket}: {e}"),
+    })
 }
 
 /// Follows the bucket (every current record first) into `table`, until the

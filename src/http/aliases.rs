@@ -37,6 +37,11 @@ pub struct AliasBody {
     pub updated_at: String,
     /// The last event that touched it.
     pub seq: u64,
+    /// In a fleet (`GET /api/aliases/{name}`), its state on each node;
+    /// `state` and `digest` above are the answering node's. Absent on a
+    /// single host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<std::collections::BTreeMap<String, crate::http::nodes::NodeAliasState>>,
 }
 
 impl AliasBody {
@@ -62,6 +67,7 @@ impl AliasBody {
             created_at: format_time(entry.created_at),
             updated_at: format_time(entry.updated_at),
             seq: entry.seq,
+            nodes: None,
         }
     }
 }
@@ -223,9 +229,11 @@ pub async fn alias_get(
     PathName(name): PathName,
 ) -> Result<Response, ApiError> {
     let found = state.registry.read(|s: &View| {
-        s.index
-            .lookup(&name)
-            .map(|e| AliasBody::from_entry(&s.index, &s.models, e))
+        s.index.lookup(&name).map(|e| {
+            let mut body = AliasBody::from_entry(&s.index, &s.models, e);
+            body.nodes = crate::http::nodes::nodes_map(&state, &s.index, e);
+            body
+        })
     });
     match found {
         Some(body) => Ok(with_etag(StatusCode::OK, body)),
