@@ -44,8 +44,8 @@ pub(super) fn forward_remote_commits(
 pub(super) struct Writer {
     /// In a fleet, the node records: validation consults their models.
     pub(super) nodes: Arc<std::sync::OnceLock<Arc<crate::fleet::nodes::NodeTable>>>,
-    /// In a fleet, the exact aliases that fleet-wide events applied since
-    /// the last look touched: this node reads its store there next
+    /// In a fleet, the exact aliases that other nodes' fleet-wide events
+    /// applied since the last look touched: this node reads its store there next
     /// ([`Writer::observe_touched`]).
     pub(super) touched: Vec<crate::name::ModelName>,
     pub(super) metrics: Arc<crate::metrics::Metrics>,
@@ -174,10 +174,12 @@ impl Writer {
         self.observe_touched();
     }
 
-    /// In a fleet, after fleet-wide events (this node's or another's): reads
-    /// this node's store at the aliases they touched and appends, as this
-    /// node's observations, where it disagrees with the state they presume
-    /// (SPEC §8). Nothing when it agrees, and nothing on a single host.
+    /// In a fleet, after other nodes' fleet-wide events: reads this node's
+    /// store at the aliases they touched and appends, as this node's
+    /// observations, where it disagrees with the state they presume (SPEC
+    /// §8). Nothing when it agrees, and nothing on a single host. This node's
+    /// own changes need no look: they were planned against its own models,
+    /// and a file in the way is found by the finisher.
     fn observe_touched(&mut self) {
         // A look can catch up other nodes' commits, which touch more: a few
         // rounds, and the rest waits for the next group.
@@ -243,7 +245,6 @@ impl Writer {
                 (p.reply, reply)
             })
             .collect();
-        self.note_touched(&events);
         self.finish(events, prior, replies);
         self.maybe_snapshot();
     }
