@@ -126,7 +126,7 @@ pub async fn aliases_list(
         }
     })?;
     let aliases: Vec<AliasBody> = match live {
-        Some(copied) => render_list(copied),
+        Some(copied) => with_nodes(&state, render_list(copied)),
         None => {
             // Only reached with `at_seq` (without it the live index answers).
             let seq = query.at_seq.unwrap_or_default();
@@ -135,6 +135,22 @@ pub async fn aliases_list(
         }
     };
     Ok(Json(serde_json::json!({ "aliases": aliases })))
+}
+
+/// In a fleet, each alias's `nodes` map (the dashboard shows the state per
+/// node); on a single host the bodies as they are.
+fn with_nodes(state: &AppState, mut bodies: Vec<AliasBody>) -> Vec<AliasBody> {
+    if state.registry.nodes().is_none() {
+        return bodies;
+    }
+    state.registry.read(|s| {
+        for body in &mut bodies {
+            if let Some(entry) = s.index.lookup(&body.alias) {
+                body.nodes = crate::http::nodes::nodes_map(state, &s.index, entry);
+            }
+        }
+    });
+    bodies
 }
 
 /// The Alias bodies of the entries `keep` keeps, sorted by alias: what
@@ -571,7 +587,7 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
     let seq = log.last_seq();
     if let Some(reason) = log.failed().is_none().then(|| log.health()).flatten() {
         let body = serde_json::json!({ "status": "degraded", "seq": seq, "reason": reason });
-        return Json(body).into_response();
+        return Json(with_node(body, &**log)).into_response();
     }
     if log.failed().is_some() {
         let body = serde_json::json!({
@@ -582,7 +598,17 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
         });
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
-    Json(serde_json::json!({ "status": "ok", "seq": seq })).into_response()
+    let body = serde_json::json!({ "status": "ok", "seq": seq });
+    Json(with_node(body, &**log)).into_response()
+}
+
+/// In a fleet, `/healthz` names the answering node (the dashboard shows the
+/// fleet's nodes then); a single host's answer is unchanged.
+fn with_node(mut body: serde_json::Value, log: &dyn crate::log::EventLog) -> serde_json::Value {
+    if let Some(node) = log.node() {
+        body["node"] = serde_json::Value::from(node);
+    }
+    body
 }
 
 #[cfg(test)]
