@@ -904,7 +904,7 @@ fn dashboard_shows_the_fleets_nodes_and_each_alias_state_per_node() {
             .start()
     };
     let a = fleet_node("a", &["llama3"]);
-    let b = fleet_node("b", &["qwen"]);
+    let _b = fleet_node("b", &["qwen"]);
     wait_for("both nodes live on a", WAIT, || {
         let resp = a.get("/api/nodes");
         let nodes = resp.expect(200)["nodes"].as_array()?.clone();
