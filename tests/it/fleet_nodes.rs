@@ -106,8 +106,12 @@ fn each_node_keeps_a_record_listed_by_api_nodes_and_the_cli() {
     // A single host is not in a fleet.
     let single = Server::with_models(&["llama3"]);
     single.get("/api/nodes").expect_error(404, "not in a fleet");
-    let alias = single.create("coder", "llama3");
-    assert!(alias.get("nodes").is_none(), "{alias}");
+    single.create("coder", "llama3");
+    let alias = single.get(&alias_path("coder"));
+    assert!(alias.expect(200).get("nodes").is_none(), "{alias:?}");
+    assert!(single.get("/healthz").expect(200).get("node").is_none());
+    // In the fleet, /healthz names the answering node.
+    assert_eq!(a.get("/healthz").expect(200)["node"], "a");
 }
 
 #[test]
