@@ -244,9 +244,22 @@ fn start_fleet(
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     });
+    // A new node starts from the fleet's newest snapshot, not from seq 1.
+    if let Some(seq) =
+        aliasd::log::nats::seed_journal(&client, &fleet, &config.journal_dir, runtime.handle())?
+    {
+        tracing::info!(seq, "new journal started from the fleet's snapshot");
+    }
     let mut nats_log = None;
+    let retain = config.retain;
     let (registry, writer) = aliasd::registry::Registry::start_with(config, |local| {
-        let log = std::sync::Arc::new(NatsLog::new(local, client, fleet, runtime.handle().clone()));
+        let log = std::sync::Arc::new(NatsLog::new(
+            local,
+            client,
+            fleet,
+            runtime.handle().clone(),
+            retain,
+        ));
         match log.catch_up() {
             Ok(0) => {}
             Ok(events) => tracing::info!(events, "caught up with the fleet log"),

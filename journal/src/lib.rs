@@ -353,6 +353,32 @@ impl Shared {
     }
 }
 
+/// Seeds a new journal in `dir` with a snapshot at `seq`: opened next, the
+/// journal holds that snapshot and numbers its first record `seq + 1`. A
+/// replica that starts from another copy's snapshot (a new node of a fleet)
+/// uses it instead of replaying every record before `seq`.
+///
+/// Returns `false`, and writes nothing, when `dir` holds a segment or a
+/// snapshot already (a journal that is not new).
+///
+/// # Errors
+///
+/// [`Error::Io`] when the directory cannot be made, listed or written.
+pub fn seed(dir: &Path, seq: Seq, data: &[u8]) -> Result<bool> {
+    let io = RealIo;
+    io.create_dir_all(dir)
+        .map_err(|e| Error::io("create", dir, e))?;
+    let names = io.list_dir(dir).map_err(|e| Error::io("list", dir, e))?;
+    let in_use = names
+        .iter()
+        .any(|name| segment::parse_name(name).is_some() || snapshot::parse_name(name).is_some());
+    if in_use {
+        return Ok(false);
+    }
+    snapshot::write(&io, dir, seq.0, data)?;
+    Ok(true)
+}
+
 impl Journal {
     /// Opens (creating if missing) and recovers the journal in `dir`.
     ///
@@ -812,6 +838,30 @@ mod tests {
             .unwrap()
             .journal;
         assert_eq!(reopened.last_seq(), Seq(2));
+    }
+
+    #[test]
+    fn a_seeded_journal_starts_after_its_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new");
+        assert!(seed(&path, Seq(41), b"state at 41").unwrap());
+        let opened = Journal::open(&path, Options::default()).unwrap();
+        let snapshot = opened.snapshot.expect("the seeded snapshot");
+        assert_eq!(
+            (snapshot.seq, snapshot.data.as_slice()),
+            (Seq(41), &b"state at 41"[..])
+        );
+        let journal = opened.journal;
+        assert_eq!(
+            (journal.first_seq(), journal.last_seq()),
+            (Seq(42), Seq(41))
+        );
+        assert_eq!(journal.append(vec![b"next".to_vec()]).unwrap(), Seq(42));
+        drop(journal);
+        // A journal in use is not seeded again.
+        assert!(!seed(&path, Seq(99), b"other").unwrap());
+        let journal = Journal::open(&path, Options::default()).unwrap().journal;
+        assert_eq!(journal.last_seq(), Seq(42));
     }
 
     #[test]

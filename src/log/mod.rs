@@ -165,6 +165,13 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
+    /// The most bytes one commit may take (its payloads, 4 more bytes each
+    /// for framing), if the log limits it: the writer splits a group or a
+    /// reconcile that would be larger. `None`: no limit.
+    fn max_commit_bytes(&self) -> Option<usize> {
+        None
+    }
+
     /// Why the log is degraded now (its service unreachable: writes are
     /// refused, reads go on), for `/healthz`; `None` when it is not.
     fn health(&self) -> Option<String> {

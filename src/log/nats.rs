@@ -19,7 +19,22 @@
 //! The node's position in the stream (the last message applied here) is not
 //! stored: it is found again from the local journal's last seq by a binary
 //! search over the messages' `Aliasd-First-Seq` headers the first time NATS
-//! answers (a few requests), so it cannot disagree with the journal.
+//! answers (a few requests), so it cannot disagree with the journal. An
+//! empty stream met by a node whose journal is not empty (a host that ran
+//! single-host) is started from that journal: its records are published
+//! first.
+//!
+//! A commit must fit in one NATS message (`max_payload`, 1 MiB by default):
+//! [`EventLog::max_commit_bytes`] tells the writer, which splits a larger
+//! group, or a larger reconcile, into several commits.
+//!
+//! Snapshots (SPEC §8): each snapshot the writer takes is also put in the
+//! key-value bucket `<FLEET>_SNAPSHOTS` (in chunks under NATS's message size
+//! limit, then the key `latest` naming them), unless a newer one is there. A
+//! new node (no journal yet) starts from it ([`seed_journal`]) and reads the
+//! stream after it. With `--retain N`, once a snapshot is in the bucket the
+//! stream is purged below the commit holding the N-th last event (never past
+//! the snapshot).
 //!
 //! A task follows the stream: woken by each message published on the log's
 //! subject (and by a timer, for what was missed while disconnected), it reads
@@ -45,8 +60,38 @@ const FIRST_SEQ: &str = "Aliasd-First-Seq";
 const EVENTS: &str = "Aliasd-Events";
 /// How often the follower looks at the stream without being woken.
 const POLL: Duration = Duration::from_millis(500);
+/// How long NATS gets to answer a request or acknowledge a commit. Short:
+/// the writer is serial, so each write waiting on NATS delays the next ones.
+const NATS_TIMEOUT: Duration = Duration::from_secs(2);
+/// After the stream failed to answer, writes fail at once for this long
+/// (the follower keeps probing it meanwhile), so that a queue of writes
+/// does not each wait out [`NATS_TIMEOUT`].
+const FAIL_FAST: Duration = Duration::from_secs(1);
 /// Messages read ahead at once while catching up.
 const READ_AHEAD: usize = 64;
+/// Bytes of a snapshot per key of the bucket (NATS refuses messages over
+/// 1 MiB by default).
+const SNAPSHOT_CHUNK: usize = 256 << 10;
+/// Bytes of a message kept for its headers under NATS's size limit.
+const COMMIT_HEADROOM: usize = 4096;
+/// The bucket key naming the newest snapshot.
+const LATEST: &str = "latest";
+
+/// What the bucket's `latest` key holds: where the newest snapshot is.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SnapshotPointer {
+    /// The last event the snapshot reflects.
+    seq: u64,
+    /// The stream message holding that event.
+    position: u64,
+    /// Its keys are `chunk.<seq>.<i>` for `i` in `0..chunks`.
+    chunks: usize,
+    /// Its length and SHA-256 (hex), checked when it is read.
+    bytes: usize,
+    sha256: String,
+    /// The node that put it.
+    node: String,
+}
 
 /// [`EventLog`] on a JetStream stream, with the local journal as replica
 /// (see the module docs).
@@ -82,6 +127,15 @@ struct Inner {
     connected: AtomicBool,
     /// Woken each time the connection comes back.
     reconnected: tokio::sync::Notify,
+    /// Why the stream refuses or does not answer while the connection is up
+    /// (JetStream without a quorum, say), since the last failure.
+    /// With the time of the latest failure: for a while after one, writes
+    /// fail at once instead of each waiting out NATS's timeout in turn.
+    trouble: Mutex<Option<(String, std::time::Instant)>>,
+    /// `--retain N`: the stream keeps at least the last N events.
+    retain: Option<u64>,
+    /// Held while the position is searched for (or the log bootstrapped).
+    locating: tokio::sync::Mutex<()>,
 }
 
 /// A commit as read from the stream.
@@ -103,18 +157,20 @@ impl NatsLog {
 
     /// Wraps the local journal `local` as the replica of the fleet's stream,
     /// and starts the task that follows the stream (on `runtime`). Nothing
-    /// is asked of NATS yet: the node starts while NATS is down.
+    /// is asked of NATS yet: the node starts while NATS is down. `retain`
+    /// is `--retain`: how many events the stream keeps below a snapshot.
     pub fn new(
         local: FileLog,
         client: async_nats::Client,
         config: FleetConfig,
         runtime: tokio::runtime::Handle,
+        retain: Option<u64>,
     ) -> NatsLog {
         // The context spawns its acker task on the runtime.
         let entered = runtime.enter();
         let mut context = jetstream::new(client.clone());
         drop(entered);
-        context.set_timeout(Duration::from_secs(5));
+        context.set_timeout(NATS_TIMEOUT);
         let connected = client.connection_state() == async_nats::connection::State::Connected;
         let inner = Arc::new(Inner {
             local,
@@ -128,6 +184,9 @@ impl NatsLog {
             fetched: Mutex::new(BTreeMap::new()),
             connected: AtomicBool::new(connected),
             reconnected: tokio::sync::Notify::new(),
+            trouble: Mutex::new(None),
+            retain,
+            locating: tokio::sync::Mutex::new(()),
         });
         let (sender, receiver) = std::sync::mpsc::channel();
         runtime.spawn(follow(inner.clone(), sender));
@@ -195,6 +254,26 @@ impl Inner {
         Error::Unavailable(format!("NATS at {} {why}", self.config.urls_display()))
     }
 
+    /// Records whether the stream answered (`None`) or why not, and says
+    /// so in the log when that changes, not at each request.
+    fn note(&self, trouble: Option<&Error>) {
+        let mut current = lock(&self.trouble);
+        match (current.is_some(), trouble) {
+            (false, Some(e)) => tracing::warn!(
+                "the fleet log does not answer: {e}; writes answer 503 until it does"
+            ),
+            (true, None) => tracing::info!("the fleet log answers again"),
+            _ => {}
+        }
+        *current = trouble.map(|e| {
+            let why = match e {
+                Error::Unavailable(why) => why.clone(),
+                e => e.to_string(),
+            };
+            (why, std::time::Instant::now())
+        });
+    }
+
     fn check_connected(&self) -> Result<(), Error> {
         match self.client.connection_state() {
             async_nats::connection::State::Connected => Ok(()),
@@ -246,12 +325,21 @@ impl Inner {
         if let Some(position) = *lock(&self.position) {
             return Ok(position);
         }
+        // One search at a time (the follower and the writer may both ask).
+        let _locating = self.locating.lock().await;
+        if let Some(position) = *lock(&self.position) {
+            return Ok(position);
+        }
         let stream = self.stream().await?;
         let info = stream
             .get_info()
             .await
             .map_err(|e| self.unavailable(format_args!("did not answer: {e}")))?;
         let local_last = self.local.last_seq();
+        if info.state.last_sequence == 0 && local_last > 0 {
+            let found = self.bootstrap(local_last).await?;
+            return Ok(*lock(&self.position).get_or_insert(found));
+        }
         let found = self
             .locate(
                 local_last,
@@ -264,19 +352,102 @@ impl Inner {
         Ok(*position.get_or_insert(found))
     }
 
-    /// The stream seq of the message holding event `local_last`, by binary
-    /// search over `first..=last`.
-    async fn locate(&self, local_last: u64, first: u64, last: u64) -> Result<u64, Error> {
-        if local_last == 0 {
-            if first > 1 {
-                return Err(Error::Unavailable(format!(
-                    "the fleet log {} was purged below message {first} and this node's journal is \
-                     empty: start it from a copy of another node's journal",
-                    self.config.log_stream()
-                )));
+    /// Starts an empty fleet log from this node's journal (a host that ran
+    /// single-host before joins first): its records are published in order,
+    /// in messages as large as NATS takes, and the position is the last.
+    async fn bootstrap(&self, local_last: u64) -> Result<u64, Error> {
+        let local_first = self.local.first_seq();
+        if local_first != 1 {
+            return Err(Error::Unavailable(format!(
+                "the fleet log {} is empty and this node's journal starts at seq {local_first} \
+                 (--retain dropped the rest), so it cannot start the fleet's history; start \
+                 this node on an empty journal, or another node first",
+                self.config.log_stream()
+            )));
+        }
+        tracing::info!(
+            events = local_last,
+            "the fleet log {} is empty: publishing this node's journal as its start",
+            self.config.log_stream()
+        );
+        let max = self.client.max_payload().saturating_sub(COMMIT_HEADROOM);
+        let mut reader = self.local.read_from(1)?;
+        let (mut position, mut first_seq) = (0, 1);
+        let mut commit: Vec<Vec<u8>> = Vec::new();
+        let mut bytes = 0;
+        loop {
+            let record = reader
+                .next_owned()
+                .transpose()?
+                .filter(|(seq, _)| *seq <= local_last);
+            let full = record
+                .as_ref()
+                .is_some_and(|(_, payload)| bytes + payload.len() + 4 > max && !commit.is_empty());
+            if (record.is_none() || full) && !commit.is_empty() {
+                let n = commit.len() as u64;
+                position = match self.publish(position, first_seq, &commit).await {
+                    Err(Error::Conflict) => {
+                        return Err(Error::Unavailable(format!(
+                            "another node started the fleet log {} while this one published \
+                             its journal into it: move this node's journal aside and start it \
+                             again to replay the fleet",
+                            self.config.log_stream()
+                        )))
+                    }
+                    other => other?,
+                };
+                first_seq += n;
+                commit.clear();
+                bytes = 0;
             }
+            let Some((_, payload)) = record else { break };
+            bytes += payload.len() + 4;
+            commit.push(payload);
+        }
+        tracing::info!(
+            messages = position,
+            "the fleet log starts with this node's journal"
+        );
+        Ok(position)
+    }
+
+    /// The stream seq of the message holding event `local_last` (0 for an
+    /// empty journal), or of the message before the first when the
+    /// journal ends just before it (a journal seeded from a snapshot).
+    async fn locate(&self, local_last: u64, first: u64, last: u64) -> Result<u64, Error> {
+        if local_last == 0 && first <= 1 {
             return Ok(0);
         }
+        let first = first.max(1);
+        if let Some(oldest) = self.get(first).await? {
+            if oldest.commit.first_seq == local_last + 1 {
+                return Ok(first - 1);
+            }
+            if oldest.commit.first_seq > local_last + 1 {
+                return Err(Error::Unavailable(format!(
+                    "the fleet log {} was purged past this node's journal (it ends at seq \
+                     {local_last}, the log starts at {}): move the journal aside and start again \
+                     to begin from the newest snapshot",
+                    self.config.log_stream(),
+                    oldest.commit.first_seq
+                )));
+            }
+        }
+        match self.find(local_last, first, last).await? {
+            Some((seq, commit_last)) if commit_last == local_last => Ok(seq),
+            _ => Err(Error::Unavailable(format!(
+                "this node's journal (last seq {local_last}) does not match the fleet log {} \
+                 at {}: it ends inside a commit, or past the log's end; move the journal aside \
+                 and start again to replay the fleet",
+                self.config.log_stream(),
+                self.config.urls_display()
+            ))),
+        }
+    }
+
+    /// The stream seq of the message holding event `event` and that
+    /// message's last event, by binary search over `first..=last`.
+    async fn find(&self, event: u64, first: u64, last: u64) -> Result<Option<(u64, u64)>, Error> {
         let (mut lo, mut hi) = (first.max(1), last);
         while lo <= hi {
             let mid = lo + (hi - lo) / 2;
@@ -285,23 +456,89 @@ impl Inner {
             };
             let commit_first = fetched.commit.first_seq;
             let commit_last = commit_first + fetched.commit.payloads.len() as u64 - 1;
-            if local_last < commit_first {
+            if event < commit_first {
                 hi = mid - 1;
-            } else if local_last > commit_last {
+            } else if event > commit_last {
                 lo = mid + 1;
-            } else if local_last == commit_last {
-                return Ok(mid);
             } else {
-                break;
+                return Ok(Some((mid, commit_last)));
             }
         }
-        Err(Error::Unavailable(format!(
-            "this node's journal (last seq {local_last}) does not match the fleet log {} at {}: \
-             it ends inside a commit, or past the log's end; move the journal aside and start \
-             again to replay the fleet",
-            self.config.log_stream(),
-            self.config.urls_display()
-        )))
+        Ok(None)
+    }
+
+    /// The snapshots bucket, found or created.
+    async fn snapshots(&self) -> Result<jetstream::kv::Store, Error> {
+        let description = format!("aliasd fleet {}: snapshots", self.config.fleet);
+        open_bucket(
+            &self.jetstream,
+            &self.config.snapshots_bucket(),
+            &description,
+            self.config.replicas,
+            Duration::ZERO,
+        )
+        .await
+        .map_err(|e| self.unavailable(format_args!("refused the snapshots bucket: {e}")))
+    }
+
+    /// Puts the snapshot at `seq` (stream message `position`) in the bucket,
+    /// unless one as new is there; then drops the older one's chunks.
+    async fn upload_snapshot(&self, seq: u64, position: u64, data: &[u8]) -> Result<bool, Error> {
+        let kv = self.snapshots().await?;
+        let failed =
+            |e: &dyn std::fmt::Display| self.unavailable(format_args!("refused a snapshot: {e}"));
+        let old = read_pointer(&kv).await.map_err(|e| failed(&e))?;
+        if old.as_ref().is_some_and(|old| old.seq >= seq) {
+            return Ok(false);
+        }
+        let chunks: Vec<&[u8]> = data.chunks(SNAPSHOT_CHUNK).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            kv.put(
+                format!("chunk.{seq}.{i}"),
+                bytes::Bytes::copy_from_slice(chunk),
+            )
+            .await
+            .map_err(|e| failed(&e))?;
+        }
+        let pointer = SnapshotPointer {
+            seq,
+            position,
+            chunks: chunks.len(),
+            bytes: data.len(),
+            sha256: crate::digest::sha256_hex(data),
+            node: self.config.node.clone(),
+        };
+        let json = serde_json::to_vec(&pointer).map_err(|e| failed(&e))?;
+        kv.put(LATEST, json.into()).await.map_err(|e| failed(&e))?;
+        if let Some(old) = old {
+            for i in 0..old.chunks {
+                let _ = kv.purge(format!("chunk.{}.{i}", old.seq)).await;
+            }
+        }
+        Ok(true)
+    }
+
+    /// `--retain N` after a snapshot at `seq` is in the bucket: purges the
+    /// stream below the message holding event `min(seq, last - N) + 1`.
+    async fn purge_below_snapshot(&self, seq: u64, retain: u64) -> Result<u64, Error> {
+        let keep_from = seq.min(self.local.last_seq().saturating_sub(retain)) + 1;
+        let stream = self.stream().await?;
+        let info = stream
+            .get_info()
+            .await
+            .map_err(|e| self.unavailable(format_args!("did not answer: {e}")))?;
+        let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+        let Some((message, _)) = self.find(keep_from, first, last).await? else {
+            return Ok(0);
+        };
+        if message <= first {
+            return Ok(0);
+        }
+        let purged =
+            stream.purge().sequence(message).await.map_err(|e| {
+                self.unavailable(format_args!("refused to purge the fleet log: {e}"))
+            })?;
+        Ok(purged.purged)
     }
 
     /// The message at `seq`, or `None` past the end.
@@ -336,9 +573,15 @@ impl Inner {
         }))
     }
 
-    /// Up to `max` messages after stream seq `after`, in order.
+    /// Up to `max` messages after stream seq `after`, in order (asks the
+    /// stream where it ends first, so that no request is made past it).
     async fn fetch_after(&self, after: u64, max: usize) -> Result<Vec<Fetched>, Error> {
-        let gets = (after + 1..=after + max as u64).map(|seq| self.get(seq));
+        let last = self.last_stream_seq().await?;
+        let upto = last.min(after + max as u64);
+        if upto <= after {
+            return Ok(Vec::new());
+        }
+        let gets = (after + 1..=upto).map(|seq| self.get(seq));
         let mut results = futures_util::stream::iter(gets).buffered(16);
         let mut out = Vec::new();
         while let Some(result) = results.next().await {
@@ -365,9 +608,18 @@ impl Inner {
             )));
         }
         self.local.append(fetched.commit.payloads.clone())?;
-        *lock(&self.position) = Some(fetched.stream_seq);
-        lock(&self.fetched).remove(&fetched.commit.first_seq);
+        self.applied(fetched.stream_seq);
         Ok(())
+    }
+
+    /// Moves the position to `stream_seq`, just written to the local
+    /// journal, and forgets the commits read before that are now applied
+    /// (this node's own among them, which the writer skips).
+    fn applied(&self, stream_seq: u64) {
+        *lock(&self.position) = Some(stream_seq);
+        let next = self.local.last_seq() + 1;
+        let mut fetched = lock(&self.fetched);
+        *fetched = fetched.split_off(&next);
     }
 
     async fn publish(
@@ -377,7 +629,22 @@ impl Inner {
         payloads: &[Vec<u8>],
     ) -> Result<u64, Error> {
         self.check_connected()?;
+        if let Some((why, at)) = &*lock(&self.trouble) {
+            if at.elapsed() < FAIL_FAST {
+                return Err(Error::Unavailable(why.clone()));
+            }
+        }
         let body = join(payloads);
+        let max = self.client.max_payload().saturating_sub(COMMIT_HEADROOM);
+        if body.len() > max {
+            // Not NATS's trouble: this one commit is too big for a message.
+            return Err(Error::Unavailable(format!(
+                "the change takes {} bytes in the fleet log, over the {max} one message of NATS \
+                 at {} can hold (max_payload); make it smaller (fewer ops in a batch)",
+                body.len(),
+                self.config.urls_display()
+            )));
+        }
         let message = jetstream::message::PublishMessage::build()
             .payload(body.into())
             .header(FIRST_SEQ, first_seq.to_string())
@@ -392,11 +659,21 @@ impl Inner {
             Err(e) => Err(e),
         };
         match ack {
-            Ok(ack) => Ok(ack.sequence),
+            Ok(ack) => {
+                self.note(None);
+                Ok(ack.sequence)
+            }
             Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                self.note(None);
                 Err(Error::Conflict)
             }
-            Err(e) => Err(self.unavailable(format_args!("did not store the commit: {e}"))),
+            Err(e) => {
+                let e = self.unavailable(format_args!("did not store the commit: {e}"));
+                if self.client.connection_state() == async_nats::connection::State::Connected {
+                    self.note(Some(&e));
+                }
+                Err(e)
+            }
         }
     }
 }
@@ -443,7 +720,7 @@ async fn follow(inner: Arc<Inner>, sender: std::sync::mpsc::Sender<RemoteCommit>
         let position = match inner.position().await {
             Ok(position) => position,
             Err(e) => {
-                tracing::debug!("the fleet log cannot be followed now: {e}");
+                inner.note(Some(&e));
                 continue;
             }
         };
@@ -454,14 +731,21 @@ async fn follow(inner: Arc<Inner>, sender: std::sync::mpsc::Sender<RemoteCommit>
         while tries > 0 {
             match inner.fetch_after(sent, READ_AHEAD).await {
                 Ok(batch) if batch.is_empty() => {
+                    inner.note(None);
                     tries -= 1;
                     if tries > 0 {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 }
                 Ok(batch) => {
+                    inner.note(None);
                     for fetched in batch {
                         sent = fetched.stream_seq;
+                        // This node's own commits, and what the writer read
+                        // itself after a conflict, are applied already.
+                        if lock(&inner.position).is_some_and(|p| fetched.stream_seq <= p) {
+                            continue;
+                        }
                         if sender.send(fetched.commit).is_err() {
                             return; // The registry stopped.
                         }
@@ -469,7 +753,7 @@ async fn follow(inner: Arc<Inner>, sender: std::sync::mpsc::Sender<RemoteCommit>
                     tries = 1;
                 }
                 Err(e) => {
-                    tracing::debug!("reading the fleet log failed: {e}");
+                    inner.note(Some(&e));
                     break;
                 }
             }
@@ -486,7 +770,7 @@ impl EventLog for NatsLog {
         // Stored in the stream: now the replica. Another node's commit
         // cannot come between (the stream refused any other position).
         let local_first = inner.local.append(payloads)?;
-        *lock(&inner.position) = Some(stream_seq);
+        inner.applied(stream_seq);
         Ok(local_first)
     }
 
@@ -503,7 +787,42 @@ impl EventLog for NatsLog {
     }
 
     fn write_snapshot(&self, seq: u64, data: &[u8]) -> Result<(), Error> {
-        self.inner.local.write_snapshot(seq, data)
+        self.inner.local.write_snapshot(seq, data)?;
+        // The bucket's copy is for new nodes: put it in the background, so
+        // that the writer does not wait on NATS for it.
+        let Some(position) = *lock(&self.inner.position) else {
+            return Ok(());
+        };
+        if self.inner.client.connection_state() != async_nats::connection::State::Connected {
+            return Ok(());
+        }
+        let inner = self.inner.clone();
+        let data = data.to_vec();
+        self.inner.runtime.spawn(async move {
+            match inner.upload_snapshot(seq, position, &data).await {
+                Ok(false) => return,
+                Ok(true) => tracing::info!(
+                    seq,
+                    bucket = %inner.config.snapshots_bucket(),
+                    "snapshot put in the fleet's bucket"
+                ),
+                Err(e) => {
+                    tracing::warn!("the snapshot at seq {seq} is not in the fleet's bucket: {e}");
+                    return;
+                }
+            }
+            if let Some(retain) = inner.retain {
+                match inner.purge_below_snapshot(seq, retain).await {
+                    Ok(0) => {}
+                    Ok(purged) => tracing::info!(
+                        purged,
+                        "purged the fleet log below the snapshot at seq {seq} (--retain {retain})"
+                    ),
+                    Err(e) => tracing::warn!("purging the fleet log failed: {e}"),
+                }
+            }
+        });
+        Ok(())
     }
 
     fn size_bytes(&self) -> u64 {
@@ -554,18 +873,157 @@ impl EventLog for NatsLog {
         Some(self.inner.config.node.clone())
     }
 
+    fn max_commit_bytes(&self) -> Option<usize> {
+        // Room for the headers under the server's message size limit.
+        Some(
+            self.inner
+                .client
+                .max_payload()
+                .saturating_sub(COMMIT_HEADROOM)
+                .max(1),
+        )
+    }
+
     fn health(&self) -> Option<String> {
-        match self.inner.connected.load(Ordering::Relaxed)
-            && self.inner.client.connection_state() == async_nats::connection::State::Connected
-        {
-            true => None,
-            false => Some(format!(
+        let inner = &self.inner;
+        let connected = inner.connected.load(Ordering::Relaxed)
+            && inner.client.connection_state() == async_nats::connection::State::Connected;
+        if !connected {
+            return Some(format!(
                 "NATS at {} is unreachable: writes answer 503 until it is back; reads, resolve \
                  and the proxy go on from the local journal",
-                self.inner.config.urls_display()
-            )),
+                inner.config.urls_display()
+            ));
         }
+        lock(&inner.trouble).as_ref().map(|(why, _)| {
+            format!(
+                "{why}: writes answer 503 until the fleet log answers; reads, resolve and the \
+                 proxy go on from the local journal"
+            )
+        })
     }
+}
+
+/// Opens the key-value bucket `bucket`, creating it (one value per key,
+/// `max_age` for each, `Duration::ZERO` for none) if missing.
+///
+/// Not `create_key_value`: async-nats 0.52 first reads the account's info,
+/// and fails to parse what nats-server 2.9 answers (it lacks the reserved
+/// memory and storage fields), so the bucket's stream is created here with
+/// the settings `create_key_value` gives it.
+///
+/// # Errors
+///
+/// NATS refused or did not answer.
+pub async fn open_bucket(
+    jetstream: &jetstream::Context,
+    bucket: &str,
+    description: &str,
+    replicas: usize,
+    max_age: Duration,
+) -> Result<jetstream::kv::Store, String> {
+    if let Ok(store) = jetstream.get_key_value(bucket).await {
+        return Ok(store);
+    }
+    let config = jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some(description.to_string()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        storage: jetstream::stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        num_replicas: replicas.max(1),
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    jetstream
+        .get_or_create_stream(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    jetstream
+        .get_key_value(bucket)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The bucket's `latest` pointer, if there is one.
+async fn read_pointer(kv: &jetstream::kv::Store) -> Result<Option<SnapshotPointer>, String> {
+    match kv.get(LATEST).await.map_err(|e| e.to_string())? {
+        None => Ok(None),
+        Some(json) => serde_json::from_slice(&json)
+            .map(Some)
+            .map_err(|e| format!("the snapshot pointer is not valid: {e}")),
+    }
+}
+
+/// Starts a new node from the fleet's newest snapshot (SPEC §8): when
+/// `journal_dir` holds no journal yet and the bucket `<FLEET>_SNAPSHOTS` has
+/// a snapshot, seeds the journal with it ([`journal::seed`]), so that the
+/// node reads only the stream after it. Returns the snapshot's seq if it
+/// did. NATS unreachable, or no snapshot: nothing is done (the node replays
+/// the stream, or catches up later).
+///
+/// # Errors
+///
+/// The snapshot read is damaged, or the journal directory cannot be written.
+pub fn seed_journal(
+    client: &async_nats::Client,
+    config: &FleetConfig,
+    journal_dir: &std::path::Path,
+    runtime: &tokio::runtime::Handle,
+) -> anyhow::Result<Option<u64>> {
+    use anyhow::Context;
+    let in_use = std::fs::read_dir(journal_dir)
+        .map(|entries| {
+            entries.filter_map(Result::ok).any(|entry| {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                name.ends_with(".seg") || name.ends_with(".snap")
+            })
+        })
+        .unwrap_or(false);
+    if in_use || client.connection_state() != async_nats::connection::State::Connected {
+        return Ok(None);
+    }
+    let fetched = runtime.block_on(async {
+        let entered = jetstream::new(client.clone());
+        let Ok(kv) = entered.get_key_value(config.snapshots_bucket()).await else {
+            return Ok(None);
+        };
+        let Some(pointer) = read_pointer(&kv).await.map_err(anyhow::Error::msg)? else {
+            return Ok(None);
+        };
+        let mut data = Vec::with_capacity(pointer.bytes);
+        for i in 0..pointer.chunks {
+            let key = format!("chunk.{}.{i}", pointer.seq);
+            let chunk = kv
+                .get(&key)
+                .await
+                .with_context(|| format!("reading {key} of the fleet's snapshot"))?
+                .with_context(|| format!("the fleet's snapshot lacks {key}"))?;
+            data.extend_from_slice(&chunk);
+        }
+        anyhow::ensure!(
+            data.len() == pointer.bytes && crate::digest::sha256_hex(&data) == pointer.sha256,
+            "the fleet's snapshot at seq {} is damaged (its length or SHA-256 is not the one its \
+             pointer names)",
+            pointer.seq
+        );
+        anyhow::Ok(Some((pointer.seq, data)))
+    })?;
+    let Some((seq, data)) = fetched else {
+        return Ok(None);
+    };
+    let seeded = journal::seed(journal_dir, journal::Seq(seq), &data).with_context(|| {
+        format!(
+            "writing the fleet's snapshot into {}",
+            journal_dir.display()
+        )
+    })?;
+    Ok(seeded.then_some(seq))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -291,6 +291,8 @@ impl Registry {
             snapshot_every: config.snapshot_every.max(1),
             since_snapshot: 0,
             tamper_reported: false,
+            reconcile_owed: false,
+            log_worked: false,
         };
         let started = std::time::Instant::now();
         let n_events = writer
@@ -497,6 +499,95 @@ mod tests {
         let res = runtime.block_on(registry.execute(out_of_step, super::Origin::system("test")));
         assert!(res.is_err(), "{res:?}");
         registry.read(|s| assert_eq!(s.index.last_seq(), 2));
+        drop(registry);
+        writer.join();
+    }
+
+    /// A shared log that always answers that another writer appended first.
+    #[derive(Debug, Default)]
+    struct AlwaysConflict {
+        fetches: std::sync::atomic::AtomicUsize,
+    }
+
+    impl crate::log::EventLog for AlwaysConflict {
+        fn append(&self, _payloads: Vec<Vec<u8>>) -> Result<u64, crate::log::Error> {
+            Err(crate::log::Error::Conflict)
+        }
+        fn last_seq(&self) -> u64 {
+            0
+        }
+        fn first_seq(&self) -> u64 {
+            1
+        }
+        fn read_from(&self, seq: u64) -> Result<Box<dyn crate::log::LogReader>, crate::log::Error> {
+            crate::log::memory::MemoryLog::default().read_from(seq)
+        }
+        fn write_snapshot(&self, _seq: u64, _data: &[u8]) -> Result<(), crate::log::Error> {
+            Ok(())
+        }
+        fn size_bytes(&self) -> u64 {
+            0
+        }
+        fn failed(&self) -> Option<crate::log::Error> {
+            None
+        }
+        fn fetch_remote(&self) -> Result<Vec<crate::log::RemoteCommit>, crate::log::Error> {
+            self.fetches
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(Vec::new())
+        }
+    }
+
+    /// A write that keeps losing the race for the shared log is validated
+    /// again after each loss, a bounded number of times, then refused.
+    #[test]
+    fn a_write_that_keeps_conflicting_is_refused_after_bounded_retries() {
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let model_dir = dir.path().join("manifests/registry.ollama.ai/library/m1");
+        std::fs::create_dir_all(&model_dir).unwrap();
+        std::fs::write(
+            model_dir.join("latest"),
+            br#"{"schemaVersion":2,"layers":[]}"#,
+        )
+        .unwrap();
+        let store = crate::store::Store::new(dir.path());
+        store.ensure_layout().unwrap();
+        let config = super::RegistryConfig {
+            models_dir: dir.path().to_path_buf(),
+            journal_dir: dir.path().join("unused"),
+            retain: None,
+            segment_bytes: 1 << 20,
+            snapshot_every: 1_000,
+            io: None,
+        };
+        let log = Arc::new(AlwaysConflict::default());
+        let (registry, writer) =
+            super::Registry::start_on(store, &config, log.clone(), None).unwrap();
+        let put = super::Command::Put(crate::command::PutAlias {
+            alias: "a1".into(),
+            target: "m1".into(),
+            prefix_matching: false,
+            if_match: None,
+            if_none_match: false,
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let res = runtime.block_on(registry.execute(put, super::Origin::system("test")));
+        assert!(
+            matches!(
+                res,
+                Err(super::RegistryError::Storage(crate::log::Error::Conflict))
+            ),
+            "{res:?}"
+        );
+        assert_eq!(
+            log.fetches.load(std::sync::atomic::Ordering::Relaxed),
+            super::writer::MAX_CONFLICTS
+        );
+        registry.read(|s| assert_eq!(s.index.len(), 0));
         drop(registry);
         writer.join();
     }

@@ -64,13 +64,19 @@ pub(super) struct Writer {
     /// The journal was found changed under the server ([`journal::Error::Tampered`])
     /// and that was logged: later refusals are not logged again at error level.
     pub(super) tamper_reported: bool,
+    /// A reconcile's events could not be appended (the shared log was
+    /// unavailable): the store is reconciled again after the next commit
+    /// that succeeds, so that no observation is lost.
+    pub(super) reconcile_owed: bool,
+    /// The log took or delivered a commit while this group was processed.
+    pub(super) log_worked: bool,
 }
 
 pub(super) type ReplySender = oneshot::Sender<Result<Reply, RegistryError>>;
 
 /// Times a group is validated again after another node appended to the
 /// shared log first; then it fails with [`crate::log::Error::Conflict`] (503).
-const MAX_CONFLICTS: usize = 32;
+pub(super) const MAX_CONFLICTS: usize = 32;
 
 /// Pairs each request of a group with its planned outcome.
 fn awaiting(
@@ -140,6 +146,7 @@ impl Writer {
     }
 
     fn process(&mut self, group: Vec<Request>) {
+        self.log_worked = false;
         // A reconcile reads the whole store; it runs alone, after the rest.
         let (others, reconciles): (Vec<Request>, Vec<Request>) = group.into_iter().partition(|r| {
             !matches!(
@@ -148,7 +155,9 @@ impl Writer {
             )
         });
         self.process_group(others);
+        let mut reconciled = false;
         for request in reconciles {
+            reconciled |= matches!(request.command, Command::Reconcile);
             if let Command::ApplyRemote(commit) = request.command {
                 let _ = request.reply.send(self.apply_remote(commit));
                 continue;
@@ -170,6 +179,13 @@ impl Writer {
                     }
                 });
             let _ = request.reply.send(res);
+        }
+        if self.reconcile_owed && !reconciled && self.log_worked {
+            self.reconcile_owed = false;
+            tracing::info!("the event log is back: reconciling the store with it");
+            if let Err(e) = self.reconcile_scoped(&Origin::system("reconcile"), None) {
+                tracing::warn!("reconcile failed: {e:#}");
+            }
         }
         self.observe_touched();
     }
@@ -209,7 +225,7 @@ impl Writer {
         self.touched.extend(names);
     }
 
-    fn process_group(&mut self, group: Vec<Request>) {
+    fn process_group(&mut self, mut group: Vec<Request>) {
         if group.is_empty() {
             return;
         }
@@ -217,6 +233,13 @@ impl Writer {
         let mut tries = 0;
         let (events, outcomes) = loop {
             let (events, outcomes) = self.plan_group(&group, &time);
+            if group.len() > 1 && self.fits(&events) < events.len() {
+                // Over what one commit of the log may hold: two groups.
+                let rest = group.split_off(group.len() / 2);
+                self.process_group(group);
+                self.process_group(rest);
+                return;
+            }
             match self.append(&events) {
                 Ok(()) => break (events, outcomes),
                 // Another node appended first: apply what it wrote, then
@@ -306,6 +329,15 @@ impl Writer {
                      from memory): {e}"
                 );
             }
+            // The shared log's loss and return are logged once where they
+            // are seen (the fleet log's follower), not once per write.
+            () if matches!(
+                e,
+                crate::log::Error::Unavailable(_) | crate::log::Error::Conflict
+            ) =>
+            {
+                tracing::debug!("write refused, {n_events} events not applied: {e}");
+            }
             () => tracing::error!("journal append failed, {n_events} events not applied: {e}"),
         }
         // Every request of the group gets the same error, its OS error code
@@ -355,6 +387,20 @@ impl Writer {
         f(&guard)
     }
 
+    /// How many of `events`, from the first, fit in one commit of the log
+    /// (all of them if it has no limit; at least one).
+    fn fits(&self, events: &[Event]) -> usize {
+        let Some(limit) = self.log.max_commit_bytes() else {
+            return events.len();
+        };
+        let mut total = 0;
+        let over = events.iter().position(|event| {
+            total += event.encode().len() + 4;
+            total > limit
+        });
+        over.map_or(events.len(), |n| n.max(1))
+    }
+
     /// Makes events durable in the log (nothing is applied).
     fn append(&mut self, events: &[Event]) -> Result<(), crate::log::Error> {
         if events.is_empty() {
@@ -368,6 +414,7 @@ impl Writer {
             }
         })?;
         self.metrics.observe_commit(started.elapsed());
+        self.log_worked = true;
         if first != events[0].seq {
             tracing::error!(
                 expected = events[0].seq,
@@ -425,7 +472,7 @@ impl Writer {
     ) -> anyhow::Result<usize> {
         // Files of groups still in the finisher must be there before reading.
         self.drain();
-        let observation = {
+        let mut observation = {
             let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
             let store = self.materializer.store();
             match names {
@@ -459,9 +506,15 @@ impl Writer {
                 guard.index.clear_tombstone(&name.key());
             }
         }
+        // A reconcile of a big store may be more than one commit of the log
+        // holds: it is then appended in parts, each planned again from the
+        // index the parts before left, without the aliases they brought in
+        // line (one event per alias: a repair leaves the index as it was, so
+        // planning it again would repeat it).
         let mut tries = 0;
-        let events = loop {
-            let events = {
+        let mut n_events = 0;
+        loop {
+            let mut events = {
                 let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
                 let mut draft = Draft::new(&guard.index, self.log.last_seq() + 1);
                 reconcile::plan(&mut draft, &observation, origin, &time);
@@ -474,8 +527,34 @@ impl Writer {
                 }
                 events
             };
+            let fits = self.fits(&events);
+            let last_part = fits == events.len();
+            events.truncate(fits);
             match self.append(&events) {
-                Ok(()) => break events,
+                Ok(()) => {
+                    // The models change with the first part: the finisher
+                    // writes each part's files from them. (One part, the
+                    // usual case: models and events change in one step.)
+                    let models = match (n_events == 0, last_part) {
+                        (false, _) => None,
+                        (true, true) => Some(std::mem::take(&mut observation.models)),
+                        // The parts after are planned with them still.
+                        (true, false) => Some(observation.models.clone()),
+                    };
+                    if !last_part {
+                        for event in &events {
+                            if let Ok(alias) = AliasName::of_event(event) {
+                                observation.path_states.remove(&alias.key());
+                            }
+                        }
+                    }
+                    let prior = self.apply(&events, models);
+                    n_events += events.len();
+                    self.finish(events, prior, Vec::new());
+                    if last_part {
+                        break;
+                    }
+                }
                 Err(crate::log::Error::Conflict) if tries < MAX_CONFLICTS => {
                     tries += 1;
                     self.catch_up_remote()?;
@@ -488,15 +567,13 @@ impl Writer {
                         events = events.len(),
                         "observations wait for the event log: {why}"
                     );
-                    self.apply(&[], Some(observation.models));
-                    return Ok(0);
+                    self.apply(&[], Some(std::mem::take(&mut observation.models)));
+                    self.reconcile_owed = true;
+                    return Ok(n_events);
                 }
                 Err(e) => return Err(e.into()),
             }
-        };
-        let prior = self.apply(&events, Some(observation.models));
-        let n_events = events.len();
-        self.finish(events, prior, Vec::new());
+        }
         if !observation.out_of_date.is_empty() {
             self.drain();
             self.sync_aliases(&observation.out_of_date);
@@ -539,9 +616,12 @@ impl Writer {
     /// already applied (delivered twice) is skipped; one past a gap makes
     /// the writer read what is missing from the log first.
     fn apply_remote(&mut self, commit: crate::log::RemoteCommit) -> Result<Reply, RegistryError> {
+        let expected = self.read(|s| s.index.last_seq()) + 1;
+        if commit.first_seq + (commit.payloads.len() as u64) <= expected {
+            return Ok(Reply::Reconciled(0)); // Applied already: no wait.
+        }
         // Files of earlier groups first, as for a reconcile.
         self.drain();
-        let expected = self.read(|s| s.index.last_seq()) + 1;
         if commit.first_seq > expected {
             self.catch_up_remote()?;
         }
@@ -583,6 +663,7 @@ impl Writer {
             )));
         }
         self.log.accept_remote(&commit)?;
+        self.log_worked = true;
         let mut events = Vec::with_capacity(commit.payloads.len());
         for (i, payload) in commit.payloads.iter().enumerate() {
             match Event::decode(payload) {
