@@ -48,6 +48,7 @@ fn event(seq: u64) -> Event {
         prefix_matching: false,
         actor: "bench".into(),
         request_id: None,
+        node: None,
     }
 }
 

@@ -518,6 +518,49 @@ pub fn ls(
     Ok(())
 }
 
+/// `aliasd nodes`: the fleet's nodes (`GET /api/nodes`).
+///
+/// # Errors
+///
+/// The server refuses (404 when it is not in a fleet) or cannot be reached.
+pub fn nodes(client: &Client, json: bool) -> anyhow::Result<()> {
+    let value = client.request("GET", "/api/nodes", None)?.ok_json()?;
+    if json {
+        print_json(&value);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = value["nodes"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|n| {
+            let live = match n["live"].as_bool() {
+                Some(true) => "yes",
+                _ => "no",
+            };
+            let models = n["models"].as_array().map_or(0, Vec::len);
+            vec![
+                text(&n["node"]),
+                live.to_string(),
+                text(&n["applied_seq"]),
+                text(&n["lag"]),
+                models.to_string(),
+                text(&n["listen"]),
+                text(&n["version"]),
+                text(&n["started_at"]),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "NODE", "LIVE", "APPLIED", "LAG", "MODELS", "LISTEN", "VERSION", "STARTED",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
 /// `aliasd rm`.
 ///
 /// # Errors

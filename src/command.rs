@@ -30,6 +30,31 @@ impl Origin {
     }
 }
 
+/// The models on the fleet's other live nodes (SPEC §8), which create and
+/// update validation consults beside this node's own store: a target must be
+/// a model on at least one live node (or an alias), and an alias must not be
+/// named like a model on any. A single host has none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inventory {
+    /// Model key -> the live nodes that have it, sorted.
+    models: std::collections::HashMap<String, Vec<String>>,
+}
+
+impl Inventory {
+    /// Notes that live node `node` has the model `name`.
+    pub fn add(&mut self, node: &str, name: &ModelName) {
+        let nodes = self.models.entry(name.key()).or_default();
+        if let Err(at) = nodes.binary_search_by(|n| n.as_str().cmp(node)) {
+            nodes.insert(at, node.to_string());
+        }
+    }
+
+    /// The live nodes that have the model with this key (none: empty).
+    pub fn nodes_with(&self, key: &str) -> &[String] {
+        self.models.get(key).map_or(&[], Vec::as_slice)
+    }
+}
+
 /// Create or retarget one alias.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PutAlias {
@@ -193,6 +218,7 @@ pub(crate) fn new_event(
         prefix_matching: alias.is_prefix(),
         actor: origin.actor.clone(),
         request_id: origin.request_id.clone(),
+        node: None,
     }
 }
 
@@ -243,11 +269,24 @@ pub fn plan_put<'a>(
                 "a model named {shown:?} exists; an alias never shadows a model"
             )));
         }
+        if let Some(node) = draft.inventory().and_then(|i| i.nodes_with(&key).first()) {
+            return Err(CommandError::ShadowsModel(format!(
+                "a model named {shown:?} exists on node {node}; an alias never shadows a \
+                 model: choose another alias name"
+            )));
+        }
     }
     let target_key = target.key();
-    if !models.contains(&target_key) && draft.exact(&target_key).is_none() {
+    let elsewhere = draft
+        .inventory()
+        .is_some_and(|i| !i.nodes_with(&target_key).is_empty());
+    if !models.contains(&target_key) && draft.exact(&target_key).is_none() && !elsewhere {
+        let fleet = match draft.inventory() {
+            Some(_) => " on any live node of the fleet",
+            None => "",
+        };
         return Err(CommandError::NotFound(format!(
-            "target {:?} is neither a model nor an alias",
+            "target {:?} is neither a model{fleet} nor an alias",
             target.display()
         )));
     }

@@ -66,6 +66,9 @@ pub enum Commands {
         #[arg(long)]
         state: Option<String>,
     },
+    /// List the fleet's nodes: live or not, how far each has applied the log,
+    /// how many models it has (a server started with --nats).
+    Nodes,
     /// Delete an alias (never a model).
     Rm {
         /// The alias.

@@ -107,6 +107,12 @@ pub struct Event {
     pub actor: String,
     /// The request that caused it; null for watcher and start-up events.
     pub request_id: Option<String>,
+    /// In a fleet (SPEC §8), the node whose store this event observed (a
+    /// watcher or start-up observation: it changes only that node's state);
+    /// null for API changes, which are fleet-wide, and always null on a
+    /// single host. Journals written before the field existed read as null.
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 /// The fields of an event that the index's state depends on, borrowed from
@@ -133,6 +139,9 @@ pub struct StateChange<'a> {
     pub digest: Option<Cow<'a, str>>,
     /// Whether the alias is a prefix alias.
     pub prefix_matching: bool,
+    /// The node whose state it changes; `None` for fleet-wide changes.
+    #[serde(borrow, default)]
+    pub node: Option<Cow<'a, str>>,
 }
 
 impl<'a> StateChange<'a> {
@@ -197,6 +206,7 @@ impl Event {
             target: self.target.as_deref().map(Cow::Borrowed),
             digest: self.digest.as_deref().map(Cow::Borrowed),
             prefix_matching: self.prefix_matching,
+            node: self.node.as_deref().map(Cow::Borrowed),
         }
     }
 
@@ -236,6 +246,7 @@ pub(crate) fn created_for_test(seq: u64, target: &str) -> Event {
         prefix_matching: false,
         actor: "test".into(),
         request_id: None,
+        node: None,
     }
 }
 
@@ -256,6 +267,7 @@ mod tests {
             prefix_matching: false,
             actor: "anonymous@127.0.0.1:5000".into(),
             request_id: None,
+            node: None,
         }
     }
 
@@ -279,11 +291,34 @@ mod tests {
             "digest",
             "actor",
             "request_id",
+            "node",
         ] {
             assert!(json.get(field).is_some(), "{field} missing");
         }
         assert_eq!(json["type"], "alias.updated");
         assert!(json["request_id"].is_null());
+        assert!(json["node"].is_null());
+    }
+
+    #[test]
+    fn journals_without_node_read_it_as_null() {
+        let mut event = sample();
+        event.node = Some("gpu-1".into());
+        let mut json: serde_json::Value = serde_json::from_str(&event.to_json()).unwrap();
+        assert_eq!(json["node"], "gpu-1");
+        assert_eq!(Event::decode(&event.encode()).unwrap(), event);
+        assert_eq!(
+            StateChange::decode(&event.encode())
+                .unwrap()
+                .node
+                .as_deref(),
+            Some("gpu-1")
+        );
+        json.as_object_mut().unwrap().remove("node");
+        let mut old = vec![PAYLOAD_VERSION];
+        old.extend_from_slice(json.to_string().as_bytes());
+        assert_eq!(Event::decode(&old).unwrap().node, None);
+        assert_eq!(StateChange::decode(&old).unwrap().node, None);
     }
 
     #[test]

@@ -136,6 +136,7 @@ fn run_client(client: &Client, json: bool, command: Commands) -> anyhow::Result<
             client::ls(client, json, target.as_deref(), state.as_deref())
         }
         Commands::Rm { alias } => client::rm(client, json, &alias),
+        Commands::Nodes => client::nodes(client, json),
         Commands::Resolve { name } => client::resolve(client, json, &name),
         Commands::History { alias, limit } => {
             client::history(client, json, alias.as_deref(), limit)
@@ -218,6 +219,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let res = runtime.block_on(async move {
         if let Some(log) = fleet_log {
+            let listen = listener.local_addr()?.to_string();
+            aliasd::fleet::nodes::start(log.client(), log.fleet_config(), &registry, listen);
             reconcile_when_nats_returns(log, registry.clone());
         }
         let _watcher = watching.run(registry.clone());

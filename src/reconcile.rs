@@ -221,11 +221,21 @@ pub fn observe_names(
         }
         let mut is_model = file.is_some();
         if let Some(entry) = index.exact(&key) {
+            // In a fleet, the alias's digest may be another node's model's:
+            // a copy of the model its chain ends at here is aliasd's own too.
+            let here = match index.node() {
+                Some(_) => match index.chain_end(current, &entry.target) {
+                    ChainEnd::Model(model) => Some(model.digest.clone()),
+                    _ => None,
+                },
+                None => None,
+            };
+            let also_ours: Vec<&str> = here.as_deref().into_iter().collect();
             let state = match &file {
                 None if foreign => PathState::Foreign,
                 None => PathState::Absent,
                 Some(_) if entry.state == AliasState::Shadowed => PathState::Foreign,
-                Some(file) => crate::materializer::classify(&file.bytes, entry, &[]),
+                Some(file) => crate::materializer::classify(&file.bytes, entry, &also_ours),
             };
             is_model = state == PathState::Foreign;
             observation.path_states.insert(key.clone(), state);

@@ -4,7 +4,7 @@
 //! integers little-endian:
 //!
 //! ```text
-//! magic "ALIASIDX"  version u32 = 2  last_seq u64
+//! magic "ALIASIDX"  version u32 = 3  last_seq u64
 //! strings: count u32, then (len u32, UTF-8 bytes)*     targets and digests, interned
 //! aliases: count u64, then per alias:
 //!   flags u8 (bit 0: prefix)  state u8 (0 active, 1 dangling, 2 shadowed)
@@ -12,7 +12,13 @@
 //!   target u32, digest u32, previous_digest u32 (string indexes; u32::MAX = none)
 //!   created_at u64  updated_at u64  seq u64
 //! tombstones: count u32, then (name len u16, bytes, digest u32)*
+//! per-node states (fleet mode; version 3 on): count u32, then per alias:
+//!   key: len u16, bytes (the exact alias's lookup key)
+//!   presumed: state u8, digest u32
+//!   reports: count u16, then (node u32, state u8, digest u32)*
 //! ```
+//!
+//! Version 2 (no per-node section) is still read.
 //!
 //! The journal checksums the blob as a whole; an unreadable snapshot is
 //! ignored and the journal replayed from the start instead.
@@ -20,11 +26,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::index::{AliasEntry, AliasName, AliasState, Index, Tombstone};
+use crate::index::{AliasEntry, AliasName, AliasState, Index, NodeState, NodeStates, Tombstone};
 use crate::name::ModelName;
 
 const MAGIC: &[u8; 8] = b"ALIASIDX";
-const SNAPSHOT_VERSION: u32 = 2;
+const SNAPSHOT_VERSION: u32 = 3;
+/// The version before per-node states, still read.
+const SNAPSHOT_VERSION_2: u32 = 2;
 const NONE: u32 = u32::MAX;
 
 /// Encodes the whole index.
@@ -66,6 +74,24 @@ pub fn encode(index: &Index) -> Vec<u8> {
     for tombstone in tombstones {
         put_short_str(&mut body, tombstone.name.spelled());
         body.extend_from_slice(&intern(&tombstone.digest).to_le_bytes());
+    }
+    let per_node: Vec<_> = index.all_node_states().collect();
+    body.extend_from_slice(&(per_node.len() as u32).to_le_bytes());
+    for (key, states) in per_node {
+        put_short_str(&mut body, key);
+        let put_state =
+            |body: &mut Vec<u8>, state: &NodeState, intern: &mut dyn FnMut(&str) -> u32| {
+                body.push(state.state as u8);
+                let digest = state.digest.as_deref().map_or(NONE, &mut *intern);
+                body.extend_from_slice(&digest.to_le_bytes());
+            };
+        put_state(&mut body, &states.presumed, &mut intern);
+        let n = states.reported.len().min(u16::MAX as usize);
+        body.extend_from_slice(&(n as u16).to_le_bytes());
+        for (node, state) in states.reported.iter().take(n) {
+            body.extend_from_slice(&intern(node).to_le_bytes());
+            put_state(&mut body, state, &mut intern);
+        }
     }
     let mut out = Vec::with_capacity(body.len() + 1024);
     out.extend_from_slice(MAGIC);
@@ -153,7 +179,7 @@ pub fn decode(bytes: &[u8]) -> Result<Index, String> {
         return Err("not an aliasd index snapshot".into());
     }
     let version = cursor.u32()?;
-    if version != SNAPSHOT_VERSION {
+    if version != SNAPSHOT_VERSION && version != SNAPSHOT_VERSION_2 {
         return Err(format!("snapshot version {version} is unknown"));
     }
     let last_seq = cursor.u64()?;
@@ -172,7 +198,7 @@ pub fn decode(bytes: &[u8]) -> Result<Index, String> {
         let parser = std::thread::Builder::new()
             .name("aliasd-snapshot".into())
             .spawn_scoped(scope, move || {
-                parse_rest(cursor, &strings, n_aliases, &sender)
+                parse_rest(cursor, &strings, n_aliases, version, &sender)
             })
             .map_err(|e| format!("snapshot: cannot start the parsing thread: {e}"))?;
         for chunk in receiver {
@@ -180,24 +206,32 @@ pub fn decode(bytes: &[u8]) -> Result<Index, String> {
                 index.insert_entry(entry);
             }
         }
-        let tombstones = parser
+        let (tombstones, per_node) = parser
             .join()
             .map_err(|_| "snapshot: the parsing thread panicked".to_string())??;
         for tombstone in tombstones {
             index.insert_tombstone(tombstone);
         }
+        for (key, states) in per_node {
+            index.insert_node_states(key, states);
+        }
         Ok(index)
     })
 }
 
-/// Parses the aliases (sent to `sender` in chunks) and the tombstones (returned)
-/// that follow the string table, and checks that nothing follows them.
+/// Per-node states read from a snapshot, by exact alias key.
+type PerNode = Vec<(Arc<str>, NodeStates)>;
+
+/// Parses the aliases (sent to `sender` in chunks), the tombstones and the
+/// per-node states (returned) that follow the string table, and checks that
+/// nothing follows them.
 fn parse_rest(
     mut cursor: Cursor<'_>,
     strings: &[Arc<str>],
     n_aliases: usize,
+    version: u32,
     sender: &std::sync::mpsc::SyncSender<Vec<AliasEntry>>,
-) -> Result<Vec<Tombstone>, String> {
+) -> Result<(Vec<Tombstone>, PerNode), String> {
     let string = |id: u32| -> Result<Option<Arc<str>>, String> {
         if id == NONE {
             return Ok(None);
@@ -213,12 +247,7 @@ fn parse_rest(
     let mut entries = Vec::with_capacity(n_aliases.min(DECODE_CHUNK));
     for _ in 0..n_aliases {
         let flags = cursor.u8()?;
-        let state = match cursor.u8()? {
-            0 => AliasState::Active,
-            1 => AliasState::Dangling,
-            2 => AliasState::Shadowed,
-            other => return Err(format!("snapshot: bad state {other}")),
-        };
+        let state = state_of(cursor.u8()?)?;
         let len = cursor.u16()? as usize;
         let name = cursor.str(len)?;
         let alias = if flags & 1 == 1 {
@@ -268,13 +297,43 @@ fn parse_rest(
         let digest = string(cursor.u32()?)?.ok_or("snapshot: tombstone without digest")?;
         tombstones.push(Tombstone { name, digest });
     }
+    let mut per_node = Vec::new();
+    if version >= SNAPSHOT_VERSION {
+        let read_state = |cursor: &mut Cursor<'_>| -> Result<NodeState, String> {
+            let state = state_of(cursor.u8()?)?;
+            let digest = string(cursor.u32()?)?;
+            Ok(NodeState { state, digest })
+        };
+        let n = cursor.u32()? as usize;
+        per_node.reserve(n.min(1 << 16));
+        for _ in 0..n {
+            let len = cursor.u16()? as usize;
+            let key: Arc<str> = Arc::from(cursor.str(len)?);
+            let presumed = read_state(&mut cursor)?;
+            let mut states = NodeStates::presumed(presumed);
+            for _ in 0..cursor.u16()? {
+                let node = string(cursor.u32()?)?.ok_or("snapshot: report without node")?;
+                states.reported.push((node, read_state(&mut cursor)?));
+            }
+            per_node.push((key, states));
+        }
+    }
     if cursor.pos != cursor.bytes.len() {
         return Err(format!(
             "snapshot: {} trailing bytes",
             cursor.bytes.len() - cursor.pos
         ));
     }
-    Ok(tombstones)
+    Ok((tombstones, per_node))
+}
+
+fn state_of(byte: u8) -> Result<AliasState, String> {
+    match byte {
+        0 => Ok(AliasState::Active),
+        1 => Ok(AliasState::Dangling),
+        2 => Ok(AliasState::Shadowed),
+        other => Err(format!("snapshot: bad state {other}")),
+    }
 }
 
 #[cfg(test)]
@@ -297,6 +356,7 @@ mod tests {
             prefix_matching: prefix,
             actor: "t".into(),
             request_id: None,
+            node: None,
         };
         index
             .apply(&mk(1, EventType::AliasCreated, "a", Some("m"), false))
@@ -346,6 +406,48 @@ mod tests {
         assert_eq!(back.dependents(&a).len(), 2);
     }
 
+    /// Per-node states survive a snapshot, and a node loading another
+    /// node's snapshot sees its own state.
+    #[test]
+    fn round_trips_per_node_states() {
+        let mut index = sample();
+        index.set_node(Some("n1"));
+        let observe = |seq, kind, node: &str, digest: Option<&str>| Event {
+            seq,
+            id: String::new(),
+            time: "2026-01-01T00:00:00Z".into(),
+            kind,
+            alias: "Example.com/NS/Big:Q4".into(),
+            target: Some("a".into()),
+            previous_target: None,
+            digest: digest.map(String::from),
+            prefix_matching: false,
+            actor: "watcher".into(),
+            request_id: None,
+            node: Some(node.into()),
+        };
+        index
+            .apply(&observe(7, EventType::TargetRemoved, "n2", None))
+            .unwrap();
+        index
+            .apply(&observe(8, EventType::AliasShadowed, "n1", None))
+            .unwrap();
+        let key = ModelName::parse("Example.com/NS/Big:Q4").unwrap().key();
+        let blob = encode(&index);
+        let mut back = decode(&blob).unwrap();
+        assert_eq!(back.node_states(&key), index.node_states(&key));
+        back.set_node(Some("n1"));
+        assert_eq!(back.exact(&key), index.exact(&key));
+        assert_eq!(back.exact(&key).unwrap().state, AliasState::Shadowed);
+        let mut on_n2 = decode(&blob).unwrap();
+        on_n2.set_node(Some("n2"));
+        assert_eq!(on_n2.exact(&key).unwrap().state, AliasState::Dangling);
+        let mut on_n3 = decode(&blob).unwrap();
+        on_n3.set_node(Some("n3"));
+        assert_eq!(on_n3.exact(&key).unwrap().state, AliasState::Active);
+        assert_eq!(on_n3.state_counts(), [2, 1, 0]);
+    }
+
     #[test]
     fn rejects_damaged_blobs() {
         let blob = encode(&sample());
@@ -375,6 +477,7 @@ mod tests {
                 prefix_matching: false,
                 actor: "test".into(),
                 request_id: None,
+                node: None,
             };
             index.apply(&event).unwrap();
         }

@@ -30,7 +30,7 @@ pub(super) fn change(json: &[u8]) -> Option<StateChange<'_>> {
     let mut scan = Scan { text, at: 0 };
     scan.expect(b'{')?;
     let (mut seq, mut time, mut kind, mut alias) = (None, None, None, None);
-    let (mut target, mut digest, mut prefix) = (None, None, None);
+    let (mut target, mut digest, mut prefix, mut node) = (None, None, None, None);
     if scan.peek()? == b'}' {
         return None;
     }
@@ -45,6 +45,7 @@ pub(super) fn change(json: &[u8]) -> Option<StateChange<'_>> {
             "target" => once(&mut target, scan.nullable_string()?)?,
             "digest" => once(&mut digest, scan.nullable_string()?)?,
             "prefix_matching" => once(&mut prefix, scan.boolean()?)?,
+            "node" => once(&mut node, scan.nullable_string()?)?,
             _ => scan.skip_scalar()?,
         }
         match scan.next()? {
@@ -64,6 +65,7 @@ pub(super) fn change(json: &[u8]) -> Option<StateChange<'_>> {
         target: target.flatten().map(Cow::Borrowed),
         digest: digest.flatten().map(Cow::Borrowed),
         prefix_matching: prefix?,
+        node: node.flatten().map(Cow::Borrowed),
     })
 }
 
@@ -188,6 +190,7 @@ mod tests {
             prefix_matching: true,
             actor,
             request_id,
+            node: None,
         }
     }
 
@@ -246,8 +249,10 @@ mod tests {
             target in proptest::option::of(text()),
             actor in text(),
             request_id in proptest::option::of(text()),
+            node in proptest::option::of(text()),
         ) {
-            let e = event(alias, target, actor, request_id);
+            let mut e = event(alias, target, actor, request_id);
+            e.node = node;
             let payload = e.encode();
             let json = &payload[1..];
             let expected = serde_change(json).expect("serde reads what it wrote");
@@ -258,8 +263,13 @@ mod tests {
 
         /// An event without escapes is always read by the fast path.
         #[test]
-        fn reads_every_plain_event(alias in "[a-z0-9.:/_-]{1,24}", actor in "[ -!#-\\[\\]-~]{0,30}") {
-            let e = event(alias, Some("m:q4".into()), actor, Some("req-1".into()));
+        fn reads_every_plain_event(
+            alias in "[a-z0-9.:/_-]{1,24}",
+            actor in "[ -!#-\\[\\]-~]{0,30}",
+            node in proptest::option::of("[a-zA-Z0-9_-]{1,16}"),
+        ) {
+            let mut e = event(alias, Some("m:q4".into()), actor, Some("req-1".into()));
+            e.node = node;
             let payload = e.encode();
             prop_assert_eq!(change(&payload[1..]), Some(e.change()));
         }

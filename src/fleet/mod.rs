@@ -17,6 +17,8 @@
 
 use std::time::Duration;
 
+pub mod nodes;
+
 /// How this node joins a fleet (`aliasd serve --nats ...`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FleetConfig {

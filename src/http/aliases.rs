@@ -37,6 +37,11 @@ pub struct AliasBody {
     pub updated_at: String,
     /// The last event that touched it.
     pub seq: u64,
+    /// In a fleet (`GET /api/aliases/{name}`), its state on each node;
+    /// `state` and `digest` above are the answering node's. Absent on a
+    /// single host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<std::collections::BTreeMap<String, crate::http::nodes::NodeAliasState>>,
 }
 
 impl AliasBody {
@@ -62,6 +67,7 @@ impl AliasBody {
             created_at: format_time(entry.created_at),
             updated_at: format_time(entry.updated_at),
             seq: entry.seq,
+            nodes: None,
         }
     }
 }
@@ -120,7 +126,7 @@ pub async fn aliases_list(
         }
     })?;
     let aliases: Vec<AliasBody> = match live {
-        Some(copied) => render_list(copied),
+        Some(copied) => with_nodes(&state, render_list(copied)),
         None => {
             // Only reached with `at_seq` (without it the live index answers).
             let seq = query.at_seq.unwrap_or_default();
@@ -129,6 +135,22 @@ pub async fn aliases_list(
         }
     };
     Ok(Json(serde_json::json!({ "aliases": aliases })))
+}
+
+/// In a fleet, each alias's `nodes` map (the dashboard shows the state per
+/// node); on a single host the bodies as they are.
+fn with_nodes(state: &AppState, mut bodies: Vec<AliasBody>) -> Vec<AliasBody> {
+    if state.registry.nodes().is_none() {
+        return bodies;
+    }
+    state.registry.read(|s| {
+        for body in &mut bodies {
+            if let Some(entry) = s.index.lookup(&body.alias) {
+                body.nodes = crate::http::nodes::nodes_map(state, &s.index, entry);
+            }
+        }
+    });
+    bodies
 }
 
 /// The Alias bodies of the entries `keep` keeps, sorted by alias: what
@@ -223,9 +245,11 @@ pub async fn alias_get(
     PathName(name): PathName,
 ) -> Result<Response, ApiError> {
     let found = state.registry.read(|s: &View| {
-        s.index
-            .lookup(&name)
-            .map(|e| AliasBody::from_entry(&s.index, &s.models, e))
+        s.index.lookup(&name).map(|e| {
+            let mut body = AliasBody::from_entry(&s.index, &s.models, e);
+            body.nodes = crate::http::nodes::nodes_map(&state, &s.index, e);
+            body
+        })
     });
     match found {
         Some(body) => Ok(with_etag(StatusCode::OK, body)),
@@ -563,7 +587,7 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
     let seq = log.last_seq();
     if let Some(reason) = log.failed().is_none().then(|| log.health()).flatten() {
         let body = serde_json::json!({ "status": "degraded", "seq": seq, "reason": reason });
-        return Json(body).into_response();
+        return Json(with_node(body, &**log)).into_response();
     }
     if log.failed().is_some() {
         let body = serde_json::json!({
@@ -574,7 +598,17 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
         });
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
-    Json(serde_json::json!({ "status": "ok", "seq": seq })).into_response()
+    let body = serde_json::json!({ "status": "ok", "seq": seq });
+    Json(with_node(body, &**log)).into_response()
+}
+
+/// In a fleet, `/healthz` names the answering node (the dashboard shows the
+/// fleet's nodes then); a single host's answer is unchanged.
+fn with_node(mut body: serde_json::Value, log: &dyn crate::log::EventLog) -> serde_json::Value {
+    if let Some(node) = log.node() {
+        body["node"] = serde_json::Value::from(node);
+    }
+    body
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod experimental;
 pub mod middleware;
+pub mod nodes;
 pub mod proxy;
 pub mod server;
 pub mod ui;
@@ -203,6 +204,7 @@ pub fn app(
         .route("/api/resolve/{*name}", get(aliases::resolve_get))
         .route("/api/models", get(aliases::models_list))
         .route("/api/history", get(events::history_list))
+        .route("/api/nodes", get(nodes::nodes_list))
         .route("/api/events", get(events::events_stream))
         .route(
             "/api/webhooks",
@@ -244,6 +246,7 @@ const ROUTE_TEMPLATES: &[&str] = &[
     "/api/resolve/{*name}",
     "/api/models",
     "/api/history",
+    "/api/nodes",
     "/api/events",
     "/api/webhooks",
     "/api/webhooks/{id}",

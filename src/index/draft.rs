@@ -30,6 +30,8 @@ pub struct Draft<'a> {
     undo: Vec<(DepKey, Option<Option<AliasEntry>>)>,
     events: Vec<Event>,
     next_seq: u64,
+    /// In a fleet, the other live nodes' models, for validation.
+    inventory: Option<&'a crate::command::Inventory>,
 }
 
 /// A point a [`Draft`] can roll back to.
@@ -52,7 +54,18 @@ impl<'a> Draft<'a> {
             undo: Vec::new(),
             events: Vec::new(),
             next_seq,
+            inventory: None,
         }
+    }
+
+    /// Plans against the fleet's other live nodes' models as well (SPEC §8).
+    pub fn set_inventory(&mut self, inventory: &'a crate::command::Inventory) {
+        self.inventory = Some(inventory);
+    }
+
+    /// The fleet's other live nodes' models, in a fleet.
+    pub fn inventory(&self) -> Option<&'a crate::command::Inventory> {
+        self.inventory
     }
 
     /// The seq the next event will get.
@@ -128,6 +141,9 @@ impl<'a> Draft<'a> {
             alias,
             target: parse_target(&event)?,
             digest: event.digest.as_deref().map(Arc::from),
+            // A draft plans this node's own events, whose state is the
+            // entry's own: recorded untagged, tagged when committed.
+            node: None,
         };
         let previous = self.entry(&dep);
         let previous_target = previous.map(|e| e.target.key_arc());

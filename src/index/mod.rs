@@ -71,6 +71,14 @@ pub struct Index {
     /// The seqs of the events up to `history_from`, gathered from the log
     /// after start-up ([`Index::install_history_base`]).
     history_base: Option<Arc<AliasSeqs>>,
+    /// This node's name in a fleet: its own observations change the
+    /// entries' state (what it materializes); others' change only
+    /// [`Index::node_states`]. `None` on a single host.
+    node: Option<Arc<str>>,
+    /// Exact alias key -> per-node states, for the aliases some node has
+    /// reported on since their last fleet-wide change (SPEC §8). Always
+    /// empty on a single host, so it costs nothing per alias there.
+    per_node: HashMap<Arc<str>, Box<NodeStates>>,
 }
 
 impl Default for Index {
@@ -88,6 +96,8 @@ impl Default for Index {
             history: Some(AliasSeqs::default()),
             history_from: 0,
             history_base: None,
+            node: None,
+            per_node: HashMap::default(),
         }
     }
 }
@@ -344,6 +354,12 @@ impl Index {
     }
 
     /// [`Index::apply`] on a change already parsed (by any [`Preparer`]).
+    ///
+    /// In a fleet, an event observed by another node changes only that
+    /// node's state (and the alias's `seq` and `updated_at`, which every
+    /// node shares); one observed by this node changes the entry as on a
+    /// single host; a fleet-wide event (`node` null) resets every node to
+    /// the state it implies.
     pub fn apply_prepared(&mut self, change: PreparedChange) {
         let key = change.alias.key_arc();
         let prefix = change.alias.is_prefix();
@@ -351,6 +367,31 @@ impl Index {
         self.last_seq = self.last_seq.max(seq);
         if let Some(history) = &mut self.history {
             history.record_kind(change.kind, seq);
+        }
+        match &change.node {
+            Some(node) if self.node.as_ref() != Some(node) => {
+                self.apply_other_node(key, change);
+                return;
+            }
+            Some(node) => {
+                if let Some(entry) = self.exact.get(&key).filter(|_| !prefix) {
+                    let presumed = NodeState {
+                        state: entry.state,
+                        digest: entry.digest.clone(),
+                    };
+                    let observed = observed_state(&change);
+                    self.per_node
+                        .entry(key.clone())
+                        .or_insert_with(|| Box::new(NodeStates::presumed(presumed)))
+                        .report(node.clone(), observed);
+                }
+            }
+            // Looking in an empty map still hashes the key: a single host's
+            // map is always empty.
+            None if !self.per_node.is_empty() => {
+                self.per_node.remove(&key);
+            }
+            None => {}
         }
         // One lookup for an alias seen for the first time (most of a replay):
         // its slot is filled in place, without hashing its key again.
@@ -422,6 +463,122 @@ impl Index {
             self.tombstones.remove(&dep.key);
         }
         self.table_mut(dep.prefix).insert(dep.key, Box::new(entry));
+    }
+
+    /// An observation by another node: its state, and the alias's seq and
+    /// time; this node's own state stays.
+    fn apply_other_node(&mut self, key: Arc<str>, change: PreparedChange) {
+        // The fields apart (not `table_mut`), so that `history` can be
+        // written while the entry is held.
+        let table = match change.alias.is_prefix() {
+            true => &mut self.prefixes,
+            false => &mut self.exact,
+        };
+        let Some(entry) = table.get_mut(&key) else {
+            // No entry holds this event's seq: the list does.
+            if let Some(history) = &mut self.history {
+                history.record_alias(change.alias.is_prefix(), &key, change.seq);
+            }
+            return;
+        };
+        // The entry's latest event becomes a past one, as in `apply_prepared`.
+        let past = entry.seq;
+        entry.seq = change.seq;
+        if let Some(history) = &mut self.history {
+            history.record_alias(change.alias.is_prefix(), &key, past);
+        }
+        entry.updated_at = change.time;
+        if change.alias.is_prefix() {
+            return;
+        }
+        let presumed = NodeState {
+            state: entry.state,
+            digest: entry.digest.clone(),
+        };
+        let mut observed = observed_state(&change);
+        if let Some(digest) = observed.digest.take() {
+            observed.digest = Some(intern_digest(&mut self.digests, digest));
+        }
+        let node = change.node.expect("an observation names its node");
+        let states = match self.per_node.entry(key) {
+            std::collections::hash_map::Entry::Occupied(occupied) => occupied.into_mut(),
+            // This node has not reported: its own state is the presumed one.
+            std::collections::hash_map::Entry::Vacant(vacant) => {
+                vacant.insert(Box::new(NodeStates::presumed(presumed)))
+            }
+        };
+        states.report(node, observed);
+    }
+
+    /// This node's name in a fleet, if it is in one.
+    pub fn node(&self) -> Option<&Arc<str>> {
+        self.node.as_ref()
+    }
+
+    /// Makes `node` this node (fleet mode; `None` on a single host), and
+    /// re-derives each alias's own state from what that node reported: an
+    /// index loaded from a snapshot another node wrote, or built before the
+    /// name was known, then holds this node's view.
+    pub fn set_node(&mut self, node: Option<&str>) {
+        self.node = node.map(Arc::from);
+        let Some(node) = self.node.clone() else {
+            return;
+        };
+        for (key, states) in &self.per_node {
+            let Some(entry) = self.exact.get_mut(key) else {
+                continue;
+            };
+            let own = states.on(&node);
+            if entry.state != own.state || entry.digest != own.digest {
+                self.state_counts[entry.state as usize] -= 1;
+                self.state_counts[own.state as usize] += 1;
+                entry.state = own.state;
+                entry.digest = own.digest.clone();
+            }
+        }
+    }
+
+    /// The per-node states of an exact alias, when some node has reported
+    /// on it since its last fleet-wide change (else every node is in the
+    /// state of the entry... or the entry's own, for this node).
+    pub fn node_states(&self, key: &str) -> Option<&NodeStates> {
+        self.per_node.get(key).map(|s| &**s)
+    }
+
+    /// Every alias's per-node states (for snapshots).
+    pub fn all_node_states(&self) -> impl Iterator<Item = (&Arc<str>, &NodeStates)> {
+        self.per_node.iter().map(|(key, states)| (key, &**states))
+    }
+
+    /// Adds per-node states read from a snapshot.
+    pub fn insert_node_states(&mut self, key: Arc<str>, states: NodeStates) {
+        self.per_node.insert(key, Box::new(states));
+    }
+
+    /// The state of `entry` on `node`: its own for this node, else what
+    /// that node reported since the last fleet-wide change, else the
+    /// presumed one.
+    pub fn state_on(&self, entry: &AliasEntry, node: &str) -> NodeState {
+        let own = NodeState {
+            state: entry.state,
+            digest: entry.digest.clone(),
+        };
+        if self.node.as_deref() == Some(node) {
+            return own;
+        }
+        match self.per_node.get(entry.alias.key_arc().as_ref()) {
+            Some(states) => states.on(node).clone(),
+            None => own,
+        }
+    }
+
+    /// The nodes that have reported on some alias since its last
+    /// fleet-wide change.
+    pub fn reporting_nodes(&self) -> std::collections::BTreeSet<Arc<str>> {
+        self.per_node
+            .values()
+            .flat_map(|s| s.reported.iter().map(|(node, _)| node.clone()))
+            .collect()
     }
 
     /// Forgets a tombstone once its file is known to be gone.
@@ -515,6 +672,35 @@ fn parse_target(event: &Event) -> Result<Option<ModelName>, String> {
     }
 }
 
+/// The state an observation reports (its node's state after it).
+fn observed_state(change: &PreparedChange) -> NodeState {
+    match change.kind {
+        EventType::TargetRemoved => NodeState {
+            state: AliasState::Dangling,
+            digest: None,
+        },
+        EventType::AliasShadowed => NodeState {
+            state: AliasState::Shadowed,
+            digest: None,
+        },
+        _ => NodeState {
+            state: AliasState::Active,
+            digest: change.digest.clone(),
+        },
+    }
+}
+
+/// The shared copy of `digest` (added to the set when new).
+fn intern_digest(digests: &mut HashSet<Arc<str>>, digest: Arc<str>) -> Arc<str> {
+    match digests.get(&digest) {
+        Some(interned) => interned.clone(),
+        None => {
+            digests.insert(digest.clone());
+            digest
+        }
+    }
+}
+
 /// `entry` with its target name and digests replaced by the shared copies
 /// (added to the sets when new).
 fn intern_entry(
@@ -550,6 +736,7 @@ fn next_entry(previous: Option<&AliasEntry>, change: PreparedChange) -> Option<A
         alias,
         target,
         digest,
+        node: _,
     } = change;
     let previous_digest = previous.and_then(|p| p.digest.clone());
     match kind {
@@ -681,6 +868,7 @@ mod tests {
             prefix_matching: alias.ends_with('-'),
             actor: "test".into(),
             request_id: None,
+            node: None,
         }
     }
 
@@ -709,6 +897,117 @@ mod tests {
                 assert!(err.contains(fragment), "{name}: {err}");
             }
         }
+    }
+
+    /// An event of `kind` about `alias`, observed by `node` (`None`: fleet-wide).
+    fn fleet_event(
+        seq: u64,
+        kind: EventType,
+        alias: &str,
+        digest: u8,
+        node: Option<&str>,
+    ) -> Event {
+        let digest = (digest > 0).then(|| format!("sha256:{digest}"));
+        let target = match kind {
+            EventType::AliasDeleted => None,
+            _ => Some("m"),
+        };
+        let mut event = event(seq, kind, alias, target, digest.as_deref());
+        event.node = node.map(String::from);
+        event
+    }
+
+    const NODES: [&str; 3] = ["a", "b", "c"];
+
+    fn fleet_events() -> impl proptest::strategy::Strategy<Value = Vec<(u8, u8, u8, u8)>> {
+        // (kind, alias, digest, node): node 0 is a fleet-wide event.
+        proptest::collection::vec((0u8..8, 0u8..3, 0u8..3, 0u8..4), 0..40)
+    }
+
+    fn to_events(raw: &[(u8, u8, u8, u8)]) -> Vec<Event> {
+        raw.iter()
+            .enumerate()
+            .map(|(i, &(kind, alias, digest, node))| {
+                let kind = EventType::ALL[kind as usize];
+                let node = match is_observation(kind) {
+                    true => node.checked_sub(1).map(|n| NODES[n as usize]),
+                    false => None,
+                };
+                fleet_event(i as u64 + 1, kind, &format!("x{alias}"), digest, node)
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        /// Whatever the order of fleet-wide events and observations, each
+        /// node's state is what a fold over the fleet-wide events and that
+        /// node's own observations alone gives; this node's is the entry's.
+        #[test]
+        fn each_nodes_state_is_the_fold_of_its_own_events(raw in fleet_events()) {
+            let events = to_events(&raw);
+            for own in NODES {
+                let mut index = Index::default();
+                index.set_node(Some(own));
+                for e in &events {
+                    index.apply(e).unwrap();
+                }
+                // Built without knowing which node it is, then told.
+                let mut late = Index::default();
+                for e in &events {
+                    late.apply(e).unwrap();
+                }
+                late.set_node(Some(own));
+                for node in NODES {
+                    let mut fold = Index::default();
+                    for e in events.iter().filter(|e| e.node.as_deref().is_none_or(|n| n == node)) {
+                        let mut e = e.clone();
+                        e.node = None;
+                        fold.apply(&e).unwrap();
+                    }
+                    for alias in ["x0", "x1", "x2"] {
+                        let key = ModelName::parse(alias).unwrap().key();
+                        let expected = fold.exact(&key).map(|e| (e.state, e.digest.clone()));
+                        let got = index.exact(&key).map(|e| {
+                            let s = index.state_on(e, node);
+                            (s.state, s.digest)
+                        });
+                        proptest::prop_assert_eq!(&got, &expected, "{} seen from {}", node, own);
+                        if node == own {
+                            let entry = index.exact(&key).map(|e| (e.state, e.digest.clone()));
+                            proptest::prop_assert_eq!(&entry, &expected);
+                            let late = late.exact(&key).map(|e| (e.state, e.digest.clone()));
+                            proptest::prop_assert_eq!(&late, &expected);
+                        }
+                        // Every node shares the alias's seq and existence.
+                        proptest::prop_assert_eq!(
+                            index.exact(&key).map(|e| e.seq),
+                            late.exact(&key).map(|e| e.seq)
+                        );
+                    }
+                }
+                let mut counts = [0u64; 3];
+                for entry in index.entries() {
+                    counts[entry.state as usize] += 1;
+                }
+                proptest::prop_assert_eq!(counts, index.state_counts());
+                let mut counts = [0u64; 3];
+                for entry in late.entries() {
+                    counts[entry.state as usize] += 1;
+                }
+                proptest::prop_assert_eq!(counts, late.state_counts());
+            }
+        }
+    }
+
+    /// A single host keeps no per-node state, whatever it applies.
+    #[test]
+    fn a_single_host_keeps_no_per_node_state() {
+        let mut index = Index::default();
+        for e in to_events(&[(0, 0, 1, 0), (4, 0, 0, 0), (6, 0, 0, 0), (5, 0, 2, 0)]) {
+            index.apply(&e).unwrap();
+        }
+        assert_eq!(index.all_node_states().count(), 0);
+        assert_eq!(index.node(), None);
     }
 
     #[test]

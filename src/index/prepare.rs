@@ -19,6 +19,9 @@ pub struct PreparedChange {
     pub(super) alias: AliasName,
     pub(super) target: Option<ModelName>,
     pub(super) digest: Option<Arc<str>>,
+    /// The node whose observation this is (fleet mode); `None` for a
+    /// fleet-wide change, and for an API type whatever the event says.
+    pub(super) node: Option<Arc<str>>,
 }
 
 /// Parses changes into [`PreparedChange`]s, each target and digest spelling once.
@@ -43,6 +46,10 @@ impl Preparer {
             Some(text) => Some(self.target(text)?),
         };
         let digest = change.digest.as_deref().map(|d| self.digest(d));
+        let node = match change.node.as_deref() {
+            Some(node) if is_observation(change.kind) => Some(self.digest(node)),
+            _ => None,
+        };
         Ok(PreparedChange {
             seq: change.seq,
             time: parse_time(&change.time),
@@ -50,6 +57,7 @@ impl Preparer {
             alias,
             target,
             digest,
+            node,
         })
     }
 
@@ -62,6 +70,7 @@ impl Preparer {
         Ok(name)
     }
 
+    /// Interns a digest (or a node name: both are few and repeated).
     fn digest(&mut self, digest: &str) -> Arc<str> {
         match self.digests.get(digest) {
             Some(interned) => interned.clone(),
@@ -72,4 +81,14 @@ impl Preparer {
             }
         }
     }
+}
+
+/// Whether events of `kind` report what one node found in its store (the
+/// types a node's observation can have), rather than change the alias
+/// itself (create, update, delete: fleet-wide).
+pub fn is_observation(kind: EventType) -> bool {
+    !matches!(
+        kind,
+        EventType::AliasCreated | EventType::AliasUpdated | EventType::AliasDeleted
+    )
 }

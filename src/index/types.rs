@@ -186,3 +186,52 @@ pub struct Tombstone {
     /// The digest of the file aliasd had written for it.
     pub digest: Arc<str>,
 }
+
+/// One node's view of an exact alias in a fleet: its state and the digest
+/// materialized there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeState {
+    /// Active, dangling or shadowed on that node.
+    pub state: AliasState,
+    /// The digest of the manifest that node materialized, if any.
+    pub digest: Option<Arc<str>>,
+}
+
+/// The per-node states of one exact alias in a fleet (SPEC §8), kept only
+/// for an alias some node has reported on since its last fleet-wide change:
+/// a single host, or a fleet whose nodes all agree, keeps none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStates {
+    /// The state the last fleet-wide event left: presumed on every node that
+    /// has not reported since.
+    pub presumed: NodeState,
+    /// The nodes that reported since (an observation event with their name),
+    /// with what they reported last, in order of first report.
+    pub reported: Vec<(Arc<str>, NodeState)>,
+}
+
+impl NodeStates {
+    /// No report yet: every node in the `presumed` state.
+    pub fn presumed(presumed: NodeState) -> NodeStates {
+        NodeStates {
+            presumed,
+            reported: Vec::new(),
+        }
+    }
+
+    /// The state on `node`: what it reported, else the presumed one.
+    pub fn on(&self, node: &str) -> &NodeState {
+        self.reported
+            .iter()
+            .find(|(name, _)| &**name == node)
+            .map_or(&self.presumed, |(_, state)| state)
+    }
+
+    /// Records what `node` reported last.
+    pub(super) fn report(&mut self, node: Arc<str>, state: NodeState) {
+        match self.reported.iter_mut().find(|(name, _)| *name == node) {
+            Some((_, slot)) => *slot = state,
+            None => self.reported.push((node, state)),
+        }
+    }
+}

@@ -12,6 +12,7 @@ pub struct MemoryLog {
     records: Arc<Mutex<Vec<Vec<u8>>>>,
     remote: Mutex<Option<std::sync::mpsc::Sender<RemoteCommit>>>,
     receiver: Mutex<Option<std::sync::mpsc::Receiver<RemoteCommit>>>,
+    node: Option<String>,
 }
 
 impl MemoryLog {
@@ -22,6 +23,15 @@ impl MemoryLog {
             records: Arc::default(),
             remote: Mutex::new(Some(sender)),
             receiver: Mutex::new(Some(receiver)),
+            node: None,
+        }
+    }
+
+    /// The same, written by the fleet node `node`.
+    pub fn shared_as(node: &str) -> MemoryLog {
+        MemoryLog {
+            node: Some(node.to_string()),
+            ..MemoryLog::shared()
         }
     }
 
@@ -92,6 +102,10 @@ impl EventLog for MemoryLog {
 
     fn remote_commits(&self) -> Option<std::sync::mpsc::Receiver<RemoteCommit>> {
         self.receiver.lock().unwrap().take()
+    }
+
+    fn node(&self) -> Option<String> {
+        self.node.clone()
     }
 }
 

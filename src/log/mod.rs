@@ -146,6 +146,14 @@ pub trait EventLog: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// The name this process writes under in a shared log (its node in a
+    /// fleet, SPEC §8), or `None` for a log only this process writes. The
+    /// index keeps that node's state as its own, and the observations this
+    /// process appends carry the name.
+    fn node(&self) -> Option<String> {
+        None
+    }
+
     /// The commits other writers appended that are not applied here yet,
     /// read from the shared log now: after an [`Error::Conflict`], the
     /// writer applies them before it validates again. Empty for a log only

@@ -145,6 +145,16 @@ struct Fetched {
 }
 
 impl NatsLog {
+    /// The NATS connection (shared with the node records' tasks).
+    pub fn client(&self) -> async_nats::Client {
+        self.inner.client.clone()
+    }
+
+    /// How this node joined the fleet.
+    pub fn fleet_config(&self) -> &FleetConfig {
+        &self.inner.config
+    }
+
     /// Wraps the local journal `local` as the replica of the fleet's stream,
     /// and starts the task that follows the stream (on `runtime`). Nothing
     /// is asked of NATS yet: the node starts while NATS is down. `retain`
@@ -857,6 +867,10 @@ impl EventLog for NatsLog {
             stream_seq,
             commit: commit.clone(),
         })
+    }
+
+    fn node(&self) -> Option<String> {
+        Some(self.inner.config.node.clone())
     }
 
     fn max_commit_bytes(&self) -> Option<usize> {

@@ -15,6 +15,8 @@
 //! journal fsync: the write lock is taken only to apply already durable events.
 
 mod finisher;
+#[cfg(test)]
+mod fleet_tests;
 mod replay;
 mod writer;
 
@@ -150,6 +152,9 @@ pub struct Registry {
     store: Store,
     /// The webhook manager, installed once the server knows its address.
     webhooks: Arc<std::sync::OnceLock<crate::webhooks::Webhooks>>,
+    /// In a fleet, the node records (installed by `fleet::nodes::start`);
+    /// shared with the writer, whose validation consults them.
+    nodes: Arc<std::sync::OnceLock<Arc<crate::fleet::nodes::NodeTable>>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -315,7 +320,10 @@ impl Registry {
             .name("aliasd-finisher".into())
             .spawn(move || finisher.run(job_receiver))
             .context("starting the finisher thread")?;
+        let nodes: Arc<std::sync::OnceLock<_>> = Arc::default();
         let mut writer = Writer {
+            nodes: nodes.clone(),
+            touched: Vec::new(),
             metrics: metrics.clone(),
             log: log.clone(),
             shared: shared.clone(),
@@ -369,6 +377,7 @@ impl Registry {
             metrics,
             store,
             webhooks: Arc::default(),
+            nodes,
         };
         Ok((registry, WriterThread(thread)))
     }
@@ -426,6 +435,17 @@ impl Registry {
     /// Installs the webhook manager (once; a second one is ignored).
     pub fn install_webhooks(&self, webhooks: crate::webhooks::Webhooks) {
         let _ = self.webhooks.set(webhooks);
+    }
+
+    /// The fleet's node records, in a fleet.
+    pub fn nodes(&self) -> Option<&Arc<crate::fleet::nodes::NodeTable>> {
+        self.nodes.get()
+    }
+
+    /// Installs the fleet's node records (once; a second table is ignored):
+    /// from then on validation consults the other live nodes' models.
+    pub fn install_nodes(&self, nodes: Arc<crate::fleet::nodes::NodeTable>) {
+        let _ = self.nodes.set(nodes);
     }
 
     /// The counters shared with the writer.

@@ -52,6 +52,9 @@ pub(super) fn load_index_in_chunks(
             }
         },
     };
+    // In a fleet, this node's own state is the entries' (a snapshot may come
+    // from another node, or from before the name was known).
+    index.set_node(journal.node().as_deref());
     let records = journal.read_from(index.last_seq() + 1)?;
     let pending =
         usize::try_from(journal.last_seq().saturating_sub(index.last_seq())).unwrap_or(usize::MAX);
@@ -119,6 +122,7 @@ pub fn index_at(log: &dyn EventLog, seq: u64) -> Result<Index, TimeTravelError> 
         None => Index::default(),
     }
     .without_history();
+    index.set_node(log.node().as_deref());
     let from = index.last_seq() + 1;
     let first = log.first_seq();
     if from < first && from <= seq {
@@ -373,6 +377,7 @@ mod tests {
                         prefix_matching,
                         actor: "test".into(),
                         request_id: None,
+                        node: None,
                     }
                 })
                 .collect()

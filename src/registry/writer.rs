@@ -42,6 +42,12 @@ pub(super) fn forward_remote_commits(
 
 /// The state owned by the writer thread.
 pub(super) struct Writer {
+    /// In a fleet, the node records: validation consults their models.
+    pub(super) nodes: Arc<std::sync::OnceLock<Arc<crate::fleet::nodes::NodeTable>>>,
+    /// In a fleet, the exact aliases that other nodes' fleet-wide events
+    /// applied since the last look touched: this node reads its store there next
+    /// ([`Writer::observe_touched`]).
+    pub(super) touched: Vec<crate::name::ModelName>,
     pub(super) metrics: Arc<crate::metrics::Metrics>,
     pub(super) log: SharedLog,
     /// Written only by this thread, and only with durable events.
@@ -181,6 +187,42 @@ impl Writer {
                 tracing::warn!("reconcile failed: {e:#}");
             }
         }
+        self.observe_touched();
+    }
+
+    /// In a fleet, after other nodes' fleet-wide events: reads this node's
+    /// store at the aliases they touched and appends, as this node's
+    /// observations, where it disagrees with the state they presume (SPEC
+    /// §8). Nothing when it agrees, and nothing on a single host. This node's
+    /// own changes need no look: they were planned against its own models,
+    /// and a file in the way is found by the finisher.
+    fn observe_touched(&mut self) {
+        // A look can catch up other nodes' commits, which touch more: a few
+        // rounds, and the rest waits for the next group.
+        for _ in 0..4 {
+            if self.touched.is_empty() {
+                return;
+            }
+            let mut names = std::mem::take(&mut self.touched);
+            names.sort_by(|a, b| a.key_str().cmp(b.key_str()));
+            names.dedup_by(|a, b| a.key_str() == b.key_str());
+            if let Err(e) = self.reconcile_scoped(&Origin::system("watcher"), Some(&names)) {
+                tracing::warn!("checking the store after a fleet change failed: {e:#}");
+            }
+        }
+    }
+
+    /// Notes the exact aliases fleet-wide events touched, for
+    /// [`Writer::observe_touched`]: none on a single host.
+    fn note_touched(&mut self, events: &[Event]) {
+        if events.is_empty() || self.read(|s| s.index.node().is_none()) {
+            return;
+        }
+        let names = events
+            .iter()
+            .filter(|e| e.node.is_none() && !e.prefix_matching)
+            .filter_map(|e| crate::name::ModelName::parse(&e.alias).ok());
+        self.touched.extend(names);
     }
 
     fn process_group(&mut self, mut group: Vec<Request>) {
@@ -237,8 +279,12 @@ impl Writer {
         group: &[Request],
         time: &str,
     ) -> (Vec<Event>, Vec<Result<Planned, RegistryError>>) {
+        let inventory = self.nodes.get().map(|nodes| nodes.inventory());
         let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
         let mut draft = Draft::new(&guard.index, self.log.last_seq() + 1);
+        if let Some(inventory) = &inventory {
+            draft.set_inventory(inventory);
+        }
         let mut outcomes = Vec::with_capacity(group.len());
         for request in group {
             let checkpoint = draft.checkpoint();
@@ -472,7 +518,14 @@ impl Writer {
                 let guard = self.shared.read().unwrap_or_else(|e| e.into_inner());
                 let mut draft = Draft::new(&guard.index, self.log.last_seq() + 1);
                 reconcile::plan(&mut draft, &observation, origin, &time);
-                draft.into_events()
+                let mut events = draft.into_events();
+                // In a fleet, what this node found in its store is its own state.
+                if let Some(node) = guard.index.node() {
+                    for event in &mut events {
+                        event.node = Some(node.to_string());
+                    }
+                }
+                events
             };
             let fits = self.fits(&events);
             let last_part = fits == events.len();
@@ -623,6 +676,7 @@ impl Writer {
         }
         let prior = self.apply(&events, None);
         let n_events = events.len();
+        self.note_touched(&events);
         self.finish(events, prior, Vec::new());
         self.maybe_snapshot();
         Ok(n_events)

@@ -890,3 +890,57 @@ fn root_goes_to_the_upstream_unless_a_browser_asks() {
         "{resp:?}"
     );
 }
+
+/// In a fleet (SPEC §10), the dashboard shows the nodes and each alias's
+/// state on each node, live; on a single host it shows neither.
+#[test]
+fn dashboard_shows_the_fleets_nodes_and_each_alias_state_per_node() {
+    use crate::support::nats::NatsServer;
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let fleet_node = |name: &str, models: &[&str]| {
+        Server::builder(TestStore::with_models(models))
+            .args(&["--nats", &url, "--node", name])
+            .start()
+    };
+    let a = fleet_node("a", &["llama3"]);
+    let _b = fleet_node("b", &["qwen"]);
+    wait_for("both nodes live on a", WAIT, || {
+        let resp = a.get("/api/nodes");
+        let nodes = resp.expect(200)["nodes"].as_array()?.clone();
+        (nodes.iter().filter(|n| n["live"] == true).count() == 2).then_some(())
+    });
+    a.put_alias("coder", "llama3").expect(201);
+    // b has no llama3: it says so in the log.
+    wait_for("b's report on a", WAIT, || {
+        let resp = a.get(&alias_path("coder"));
+        (resp.expect(200)["nodes"]["b"]["state"] == "dangling").then_some(())
+    });
+
+    let browser = Browser::start();
+    browser.goto(&page(&a));
+    let live = |node: &str| format!("#node-rows tr[data-node=\"{node}\"] td[data-col=\"live\"]");
+    browser.wait_text(&live("a"), WAIT, |t| t == "live");
+    browser.wait_text(&live("b"), WAIT, |t| t == "live");
+    let on =
+        |node: &str| format!("#node-matrix-rows tr[data-alias=\"coder\"] td[data-node=\"{node}\"]");
+    browser.wait_text(&on("a"), WAIT, |t| t == "active");
+    browser.wait_text(&on("b"), WAIT, |t| t == "dangling");
+    assert_eq!(
+        browser.text("#node-rows tr[data-node=\"b\"] td[data-col=\"models\"]"),
+        Some("qwen".to_string())
+    );
+    // Live: the model goes on a; a's own state follows in the page.
+    a.store.remove_model("llama3");
+    browser.wait_text(&on("a"), Duration::from_secs(5), |t| t == "dangling");
+    browser.assert_no_console_errors(&[]);
+
+    // A single host: no nodes section, and no request for one.
+    let single = Server::with_models(&["llama3"]);
+    single.create("coder", "llama3");
+    browser.goto(&page(&single));
+    browser.wait_present(&cell("coder", "state"), WAIT);
+    let hidden = browser.eval("return document.getElementById('nodes').hidden;");
+    assert_eq!(hidden, Value::Bool(true));
+    browser.assert_no_console_errors(&[]);
+}

@@ -11,6 +11,7 @@ mod dashboard;
 mod disk_full;
 mod edge_security;
 mod fleet_log;
+mod fleet_nodes;
 mod history;
 mod journal_commands;
 mod journal_tamper;

@@ -31,8 +31,9 @@ const DEADLINE: Duration = Duration::from_secs(10);
 /// start): a generous bound that only guards against a hang.
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// The fields every event carries (SPEC §4); `prefix_matching` is an extra.
-pub const EVENT_FIELDS: [&str; 10] = [
+/// The fields every event carries (SPEC §4, and `node` from §8: null on a
+/// single host); `prefix_matching` is an extra.
+pub const EVENT_FIELDS: [&str; 11] = [
     "seq",
     "id",
     "time",
@@ -43,6 +44,7 @@ pub const EVENT_FIELDS: [&str; 10] = [
     "digest",
     "actor",
     "request_id",
+    "node",
 ];
 
 /// Environment variables that would change what the binary does.

@@ -1,4 +1,5 @@
-// The dashboard: aliases, chains, models and events of one aliasd, live.
+// The dashboard: aliases, chains, models and events of one aliasd, live;
+// in a fleet, also the nodes and each alias's state on each node.
 //
 // Data flow: the page reads /api/aliases and /api/models, then follows
 // /api/events from the journal's seq at load time. Each event goes into the
@@ -28,6 +29,10 @@ const $ = (id) => document.getElementById(id);
 const state = {
   aliases: [],
   models: [],
+  /** The fleet's nodes (GET /api/nodes), or null on a single host. */
+  nodes: null,
+  /** This node's name in a fleet (from /healthz), or null on a single host. */
+  node: null,
   /** Events by seq, for the actor of each row. */
   bySeq: new Map(),
   sort: { key: 'alias', dir: 1 },
@@ -389,8 +394,86 @@ function renderNames() {
   $('alias-names').replaceChildren(...aliasOptions);
 }
 
+// ---------------------------------------------------------------------------
+// Fleet mode: the nodes, and each alias's state on each node.
+
+function renderNodes(shown) {
+  const fleet = state.nodes !== null;
+  $('nodes').hidden = !fleet;
+  $('nodes-link').hidden = !fleet;
+  if (!fleet) {
+    return;
+  }
+  const labels = { node: 'Node', live: 'Live', applied: 'Applied seq', lag: 'Lag', models: 'Models', listen: 'Listen' };
+  const rows = state.nodes.map((node) => {
+    const row = document.createElement('tr');
+    row.dataset.node = node.node;
+    const cells = [
+      ['node', text('span', node.node, 'name')],
+      ['live', badge(node.live ? 'live' : 'expired', 'node')],
+      ['applied', text('span', node.applied_seq)],
+      ['lag', text('span', node.lag)],
+      ['models', text('span', node.models.map((m) => m.name).join(', ') || '\u2014')],
+      ['listen', text('code', node.listen)],
+    ];
+    for (const [column, content] of cells) {
+      const cell = document.createElement('td');
+      cell.dataset.col = column;
+      cell.dataset.label = labels[column];
+      cell.appendChild(content);
+      row.appendChild(cell);
+    }
+    return row;
+  });
+  $('node-rows').replaceChildren(...rows);
+  $('node-count').textContent = `${state.nodes.length}`;
+  // Columns: every node named by a record or by an alias's map.
+  const names = new Set(state.nodes.map((node) => node.node));
+  for (const alias of shown) {
+    for (const name of Object.keys(alias.nodes || {})) {
+      names.add(name);
+    }
+  }
+  const columns = [...names].sort();
+  const head = [text('th', 'Alias')];
+  for (const name of columns) {
+    head.push(text('th', name));
+  }
+  head.forEach((cell) => cell.setAttribute('scope', 'col'));
+  $('node-matrix-head').replaceChildren(...head);
+  const matrix = shown
+    .filter((alias) => alias.nodes)
+    .map((alias) => {
+      const row = document.createElement('tr');
+      row.dataset.alias = alias.alias;
+      const name = text('th', alias.alias, 'name');
+      name.setAttribute('scope', 'row');
+      row.appendChild(name);
+      for (const node of columns) {
+        const cell = document.createElement('td');
+        cell.dataset.node = node;
+        const on = alias.nodes[node];
+        cell.appendChild(on ? badge(on.state, 'state') : text('span', '\u2014'));
+        if (on && on.digest) {
+          cell.title = on.digest;
+        }
+        row.appendChild(cell);
+      }
+      return row;
+    });
+  $('node-matrix-rows').replaceChildren(...matrix);
+}
+
+/** In a fleet (/healthz named this node), reads the fleet's nodes. */
+async function loadNodes() {
+  if (state.node !== null) {
+    state.nodes = (await api('GET', '/api/nodes')).data.nodes;
+  }
+}
+
 function render() {
   const shown = renderAliases();
+  renderNodes(shown);
   renderModels();
   renderGraph(shown);
   renderNames();
@@ -433,7 +516,11 @@ async function runRefresh() {
 
 async function refresh() {
   try {
-    const [aliases, models] = await Promise.all([api('GET', '/api/aliases'), api('GET', '/api/models')]);
+    const [aliases, models] = await Promise.all([
+      api('GET', '/api/aliases'),
+      api('GET', '/api/models'),
+      loadNodes(),
+    ]);
     state.aliases = aliases.data.aliases;
     state.models = models.data.models;
     render();
@@ -543,8 +630,9 @@ async function start() {
   try {
     // /healthz needs no token; its seq is where the live stream starts, so
     // nothing committed after the lists below are read is missed.
-    const health = await fetch('/healthz', { cache: 'no-store' });
-    seq = (await health.json()).seq || 0;
+    const health = await (await fetch('/healthz', { cache: 'no-store' })).json();
+    seq = health.seq || 0;
+    state.node = typeof health.node === 'string' ? health.node : null;
   } catch (error) {
     $('load-error').textContent = errorText(error);
     $('load-error').hidden = false;
@@ -556,6 +644,12 @@ async function start() {
     state: setLive,
   });
   await Promise.all([refresh(), loadRecent(seq)]);
+  // Node records come and go without events (heartbeats, expiry).
+  setInterval(() => {
+    if (state.nodes !== null) {
+      scheduleRefresh();
+    }
+  }, 5000);
   // Relative times move on.
   setInterval(() => {
     for (const node of document.querySelectorAll('time[datetime]')) {
