@@ -512,6 +512,7 @@ mod tests {
             prefix_matching: false,
             actor: "test".into(),
             request_id: None,
+            node: None,
         }
     }
 
