@@ -470,29 +470,36 @@ mod tests {
         crate::event::created_for_test(seq, "m1")
     }
 
-    /// A commit another writer appended to a shared log reaches the index,
-    /// the store and subscribers through the writer, as its own would.
-    #[test]
-    fn a_remote_commit_is_applied_materialized_and_published() {
-        use std::sync::Arc;
-        let dir = tempfile::tempdir().unwrap();
-        let model_dir = dir.path().join("manifests/registry.ollama.ai/library/m1");
+    /// A store holding one model, `m1`, and the registry settings for it
+    /// (with a log of the test's own, the journal directory is unused).
+    fn store_with_model_m1(dir: &std::path::Path) -> (crate::store::Store, super::RegistryConfig) {
+        let model_dir = dir.join("manifests/registry.ollama.ai/library/m1");
         std::fs::create_dir_all(&model_dir).unwrap();
         std::fs::write(
             model_dir.join("latest"),
             br#"{"schemaVersion":2,"layers":[]}"#,
         )
         .unwrap();
-        let store = crate::store::Store::new(dir.path());
+        let store = crate::store::Store::new(dir);
         store.ensure_layout().unwrap();
         let config = super::RegistryConfig {
-            models_dir: dir.path().to_path_buf(),
-            journal_dir: dir.path().join("unused"),
+            models_dir: dir.to_path_buf(),
+            journal_dir: dir.join("unused"),
             retain: None,
             segment_bytes: 1 << 20,
             snapshot_every: 1_000,
             io: None,
         };
+        (store, config)
+    }
+
+    /// A commit another writer appended to a shared log reaches the index,
+    /// the store and subscribers through the writer, as its own would.
+    #[test]
+    fn a_remote_commit_is_applied_materialized_and_published() {
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, config) = store_with_model_m1(dir.path());
         let log = Arc::new(crate::log::memory::MemoryLog::shared());
         let (registry, writer) =
             super::Registry::start_on(store, &config, log.clone(), None).unwrap();
@@ -586,23 +593,7 @@ mod tests {
     fn a_write_that_keeps_conflicting_is_refused_after_bounded_retries() {
         use std::sync::Arc;
         let dir = tempfile::tempdir().unwrap();
-        let model_dir = dir.path().join("manifests/registry.ollama.ai/library/m1");
-        std::fs::create_dir_all(&model_dir).unwrap();
-        std::fs::write(
-            model_dir.join("latest"),
-            br#"{"schemaVersion":2,"layers":[]}"#,
-        )
-        .unwrap();
-        let store = crate::store::Store::new(dir.path());
-        store.ensure_layout().unwrap();
-        let config = super::RegistryConfig {
-            models_dir: dir.path().to_path_buf(),
-            journal_dir: dir.path().join("unused"),
-            retain: None,
-            segment_bytes: 1 << 20,
-            snapshot_every: 1_000,
-            io: None,
-        };
+        let (store, config) = store_with_model_m1(dir.path());
         let log = Arc::new(AlwaysConflict::default());
         let (registry, writer) =
             super::Registry::start_on(store, &config, log.clone(), None).unwrap();

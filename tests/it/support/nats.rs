@@ -34,6 +34,21 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A JetStream server's flags on loopback `port`, storing in and logging to `dir`.
+fn base_args(dir: &TempDir, port: u16) -> Vec<String> {
+    vec![
+        "-js".to_string(),
+        "-sd".into(),
+        dir.path().join("js").display().to_string(),
+        "-a".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        port.to_string(),
+        "-l".into(),
+        dir.path().join("nats.log").display().to_string(),
+    ]
+}
+
 /// One `nats-server` process with JetStream on, on loopback.
 pub struct NatsServer {
     child: Option<Child>,
@@ -49,17 +64,7 @@ impl NatsServer {
     pub fn start() -> NatsServer {
         let dir = crate::support::tempdir("nats");
         let port = free_port();
-        let args = vec![
-            "-js".to_string(),
-            "-sd".into(),
-            dir.path().join("js").display().to_string(),
-            "-a".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string(),
-            "-l".into(),
-            dir.path().join("nats.log").display().to_string(),
-        ];
+        let args = base_args(&dir, port);
         let mut server = NatsServer {
             child: None,
             port,
@@ -84,14 +89,8 @@ impl NatsServer {
             .map(|(i, cluster_port)| {
                 let dir = crate::support::tempdir("nats");
                 let port = free_port();
-                let args = vec![
-                    "-js".to_string(),
-                    "-sd".into(),
-                    dir.path().join("js").display().to_string(),
-                    "-a".into(),
-                    "127.0.0.1".into(),
-                    "-p".into(),
-                    port.to_string(),
+                let mut args = base_args(&dir, port);
+                args.extend([
                     "--server_name".into(),
                     format!("n{i}"),
                     "--cluster_name".into(),
@@ -100,9 +99,7 @@ impl NatsServer {
                     format!("nats://127.0.0.1:{cluster_port}"),
                     "--routes".into(),
                     routes.clone(),
-                    "-l".into(),
-                    dir.path().join("nats.log").display().to_string(),
-                ];
+                ]);
                 NatsServer {
                     child: None,
                     port,
