@@ -215,14 +215,21 @@ pub fn start(
         let mut ticks = tokio::time::interval(HEARTBEAT);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
+        // Opened once, and again only after a failed put (the bucket may
+        // have been removed meanwhile).
+        let mut opened = None;
         loop {
             ticks.tick().await;
             let record = own_record(&beat_registry, &node, &listen, &started_at);
             beat_table.put(record.clone());
             let res = async {
-                let store = open_bucket(&beat_js, &beat_bucket, replicas).await?;
+                let store = match opened.take() {
+                    Some(store) => store,
+                    None => open_bucket(&beat_js, &beat_bucket, replicas).await?,
+                };
                 let value = serde_json::to_vec(&record)?;
                 store.put(&node, value.into()).await?;
+                opened = Some(store);
                 anyhow::Ok(())
             }
             .await;
@@ -253,37 +260,22 @@ pub fn start(
     table
 }
 
-/// The bucket, created if missing.
+/// The bucket, created if missing (as its stream: see
+/// [`crate::log::nats::open_bucket`]).
 async fn open_bucket(
     js: &async_nats::jetstream::Context,
     bucket: &str,
     replicas: usize,
 ) -> anyhow::Result<async_nats::jetstream::kv::Store> {
-    if let Ok(store) = js.get_key_value(bucket).await {
-        return Ok(store);
-    }
-    // The bucket's stream as `create_key_value` would make it. Not that call
-    // itself: it first reads the account's info, whose shape from the
-    // nats-server 2.9 that Debian ships this client does not parse.
-    let config = async_nats::jetstream::stream::Config {
-        name: format!("KV_{bucket}"),
-        description: Some("aliasd node records (SPEC §8)".to_string()),
-        subjects: vec![format!("$KV.{bucket}.>")],
-        max_messages_per_subject: 1,
-        max_age: EXPIRY,
-        num_replicas: replicas.max(1),
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        discard: async_nats::jetstream::stream::DiscardPolicy::New,
-        ..Default::default()
-    };
-    // Created by another node meanwhile, or now.
-    let created = js.create_stream(config).await;
-    js.get_key_value(bucket).await.map_err(|e| match created {
-        Err(created) => anyhow::anyhow!("creating bucket {bucket}: {created}"),
-        Ok(_) => anyhow::anyhow!("opening bucket {bucket}: {e}"),
-    })
+    crate::log::nats::open_bucket(
+        js,
+        bucket,
+        "aliasd node records (SPEC §8)",
+        replicas,
+        EXPIRY,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("opening bucket {bucket}: {e}"))
 }
 
 /// Follows the bucket (every current record first) into `table`, until the
