@@ -224,6 +224,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             reconcile_when_nats_returns(log, registry.clone());
         }
         let _watcher = watching.run(registry.clone());
+        let shutdown = shutdown_signal()?;
         tracing::info!("listening on http://{}", listener.local_addr()?);
         if let Some(proxy) = &http.proxy {
             tracing::info!("forwarding other routes to Ollama at {}", proxy.base());
@@ -238,7 +239,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )?;
         registry.install_webhooks(webhooks.clone());
         let state = aliasd::http::AppState::new(registry, http);
-        aliasd::http::serve(listener, state, shutdown_signal()).await?;
+        aliasd::http::serve(listener, state, shutdown).await?;
         webhooks.shutdown().await;
         anyhow::Ok(())
     });
@@ -382,24 +383,31 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
     socket.listen(LISTEN_BACKLOG)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Registers the handlers for SIGINT and SIGTERM now, and returns a future
+/// that completes when either arrives.
+///
+/// Registering before the server says it is listening matters: tokio installs
+/// a signal handler only when the stream is created, and a SIGTERM that came
+/// before that would meet the default action and kill the process uncleanly.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {},
+                _ = terminate.recv() => {},
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+            tracing::info!("shutting down");
+        })
     }
-    tracing::info!("shutting down");
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutting down");
+        })
+    }
 }

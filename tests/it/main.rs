@@ -22,6 +22,7 @@ mod ops;
 mod proxy;
 mod proxy_clients;
 mod router;
+mod shutdown;
 mod sse;
 mod store_access;
 mod support;
