@@ -41,6 +41,13 @@ fn filter(alias: Option<&str>, kind: Option<&str>) -> Result<EventFilter, ApiErr
     Ok(EventFilter::new(alias, kind))
 }
 
+/// What `/api/history` answers when the journal cannot be read (the server's
+/// log has the details, the path included).
+const HISTORY_UNREADABLE: &str = "the journal could not be read, so history cannot be served: \
+     aliases and resolve still answer from memory; see the server log, and if \
+     the journal was removed or damaged under the running server, restart aliasd (if it then \
+     refuses to start, run `aliasd journal repair`)";
+
 /// Query of `/api/history`.
 #[derive(Debug, Deserialize)]
 pub struct HistoryQuery {
@@ -93,10 +100,7 @@ pub async fn history_list(
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
     .map_err(|e| {
         tracing::error!("reading history failed: {e}");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "reading the journal failed",
-        )
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, HISTORY_UNREADABLE)
     })?;
     let next = if more {
         events.last().map(|e| e.seq)

@@ -113,6 +113,23 @@ fn issue17_a_journal_directory_removed_under_the_server_gets_writes_refused_with
 }
 
 #[test]
+fn history_from_a_journal_removed_under_the_server_is_a_503_that_says_what_to_do() {
+    let (server, aliases) = server_with_aliases(5);
+    server.get("/api/history").expect(200);
+    std::fs::remove_dir_all(server.journal_dir()).expect("rm -rf the journal");
+    for query in [
+        "/api/history",
+        "/api/history?since=2",
+        "/api/history?alias=a1",
+    ] {
+        let message = server.get(query).expect_error(503, "could not be read");
+        assert!(message.contains("restart aliasd"), "{query}: {message}");
+    }
+    // What is in memory still answers.
+    assert_eq!(alias_names(&server), aliases);
+}
+
+#[test]
 fn issue17_a_journal_directory_moved_away_under_the_server_gets_writes_refused_with_503() {
     let (server, aliases) = server_with_aliases(5);
     let dir = server.journal_dir();
