@@ -80,13 +80,23 @@ pub struct DeleteAlias {
 }
 
 /// An `If-Match` precondition (RFC 9110 §13.1.1): the alias must exist, and
-/// for a tag its current seq must be the tag's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// for tags its current seq must be one of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IfMatch {
     /// `If-Match: *`: any current version will do.
     Any,
-    /// `If-Match: "<seq>"`: only this version.
-    Seq(u64),
+    /// `If-Match: "<seq>"` or a list `"<seq>", "<seq>"`: only these versions.
+    Seqs(Vec<u64>),
+}
+
+impl IfMatch {
+    /// The tags as the header gives them: `"3"` or `"3", "5"`.
+    fn tags(seqs: &[u64]) -> String {
+        seqs.iter()
+            .map(|seq| format!("\"{seq}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// One operation of a batch.
@@ -164,7 +174,7 @@ fn parse_target(target: &str) -> Result<ModelName, CommandError> {
 
 fn check_precondition(
     existing: Option<&AliasEntry>,
-    if_match: Option<IfMatch>,
+    if_match: Option<&IfMatch>,
     if_none_match: bool,
     shown: &str,
 ) -> Result<(), CommandError> {
@@ -180,15 +190,17 @@ fn check_precondition(
                     "alias {shown:?} does not exist (If-Match: *)"
                 )))
             }
-            (None, IfMatch::Seq(expected)) => {
+            (None, IfMatch::Seqs(expected)) => {
                 return Err(CommandError::PreconditionFailed(format!(
-                    "alias {shown:?} does not exist (If-Match: \"{expected}\")"
+                    "alias {shown:?} does not exist (If-Match: {})",
+                    IfMatch::tags(expected)
                 )))
             }
-            (Some(entry), IfMatch::Seq(expected)) if entry.seq != expected => {
+            (Some(entry), IfMatch::Seqs(expected)) if !expected.contains(&entry.seq) => {
                 return Err(CommandError::PreconditionFailed(format!(
-                    "alias {shown:?} is at seq {}, not {expected} (If-Match)",
-                    entry.seq
+                    "alias {shown:?} is at seq {}, not {} (If-Match)",
+                    entry.seq,
+                    IfMatch::tags(expected).replace('"', "")
                 )))
             }
             (Some(_), _) => {}
@@ -241,7 +253,12 @@ pub fn plan_put<'a>(
     // spelling retargets it: its file path must not change.
     let alias = existing.as_ref().map_or(alias, |e| e.alias.clone());
     let shown = alias.display();
-    check_precondition(existing.as_ref(), put.if_match, put.if_none_match, &shown)?;
+    check_precondition(
+        existing.as_ref(),
+        put.if_match.as_ref(),
+        put.if_none_match,
+        &shown,
+    )?;
     let other_kind_exists = match &alias {
         AliasName::Exact(_) => draft.prefix(&put.alias.to_lowercase()).is_some(),
         AliasName::Prefix(prefix) => {
@@ -400,7 +417,7 @@ pub fn plan_delete(
         )));
     };
     let shown = entry.alias.display();
-    check_precondition(Some(&entry), delete.if_match, false, &shown)?;
+    check_precondition(Some(&entry), delete.if_match.as_ref(), false, &shown)?;
     if let AliasName::Exact(name) = &entry.alias {
         let dependents = draft.dependents(&name.key());
         if !dependents.is_empty() {

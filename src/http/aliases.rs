@@ -288,8 +288,9 @@ pub struct PutBody {
     prefix_matching: bool,
 }
 
-/// `If-Match`: `*` (the alias must exist) or one tag `"<seq>"` as the ETag
-/// gives it; anything else is a 400 naming the header, rather than a
+/// `If-Match`: `*` (the alias must exist), or one tag `"<seq>"` as the ETag
+/// gives it, or a comma-separated list of them (any may match, RFC 9110
+/// §13.1.1); anything else is a 400 naming the header, rather than a
 /// precondition that silently matches nothing.
 fn if_match(headers: &HeaderMap) -> Result<Option<IfMatch>, ApiError> {
     let Some(value) = headers.get(axum::http::header::IF_MATCH) else {
@@ -297,24 +298,29 @@ fn if_match(headers: &HeaderMap) -> Result<Option<IfMatch>, ApiError> {
     };
     let bad = || {
         ApiError::bad_request(format!(
-            "the If-Match header {value:?} is not * or one ETag of an alias; send the \"<seq>\" its ETag gave, or *"
+            "the If-Match header {value:?} is not * or ETags of an alias; send the \"<seq>\" its ETag gave (several separated by commas), or *"
         ))
     };
     let value = value.to_str().map_err(|_| bad())?.trim();
     if value == "*" {
         return Ok(Some(IfMatch::Any));
     }
-    let tag = value.strip_prefix("W/").unwrap_or(value);
-    let tag = tag
-        .strip_prefix('"')
-        .and_then(|t| t.strip_suffix('"'))
-        .unwrap_or(tag);
-    if tag.is_empty() || !tag.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
-    }
-    tag.parse()
-        .map(|seq| Some(IfMatch::Seq(seq)))
-        .map_err(|_| bad())
+    let seqs = value
+        .split(',')
+        .map(|tag| {
+            let tag = tag.trim();
+            let tag = tag.strip_prefix("W/").unwrap_or(tag);
+            let tag = tag
+                .strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                .unwrap_or(tag);
+            if tag.is_empty() || !tag.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            tag.parse::<u64>().map_err(|_| bad())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(IfMatch::Seqs(seqs)))
 }
 
 fn if_none_match_any(headers: &HeaderMap) -> bool {

@@ -555,7 +555,8 @@ fn issue17_if_match_star_passes_and_a_malformed_if_match_is_a_400() {
         "banana",
         "\"12abc\"",
         "\"\"",
-        "\"1\", \"2\"",
+        "\"1\",",
+        "\"1\", banana",
         "18446744073709551616",
     ] {
         put("coder", bad, "llama3").expect_error(400, "If-Match");
@@ -564,6 +565,19 @@ fn issue17_if_match_star_passes_and_a_malformed_if_match_is_a_400() {
             .expect_error(400, "If-Match");
     }
     assert_eq!(server.seq(), seq, "a malformed If-Match changed something");
+    // A list of tags (RFC 9110 §13.1.1) matches when any of them does.
+    put("coder", "\"1\", \"999\"", "llama3").expect_error(412, "not 1, 999");
+    assert_eq!(
+        server.seq(),
+        seq,
+        "a list that matched nothing changed something"
+    );
+    let listed = format!("\"1\", \"{seq}\"");
+    assert_eq!(
+        put("coder", &listed, "llama3").expect(200)["target"],
+        "llama3"
+    );
+    put("coder", &listed, "qwen").expect_error(412, "If-Match");
     let etag = server
         .get(&alias_path("coder"))
         .header("etag")
