@@ -932,7 +932,7 @@ fn dashboard_shows_the_fleets_nodes_and_each_alias_state_per_node() {
     );
     // Live: the model goes on a; a's own state follows in the page.
     a.store.remove_model("llama3");
-    browser.wait_text(&on("a"), Duration::from_secs(5), |t| t == "dangling");
+    browser.wait_text(&on("a"), WAIT, |t| t == "dangling");
     browser.assert_no_console_errors(&[]);
 
     // A single host: no nodes section, and no request for one.
