@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::support::{alias_path, http, Server, TestStore, WAIT};
+use crate::support::nats::NatsServer;
+use crate::support::{alias_path, http, wait_for, Server, TestStore, WAIT};
 
 /// Commits large batches while `shows` polls a read as fast as it can;
 /// at the first answer that shows the batches' last seq, reads each batch's
@@ -79,4 +80,56 @@ fn history_is_never_ahead_of_what_reads_show() {
             .is_empty()
     });
     assert!(behind.is_empty(), "{behind:#?}");
+}
+
+/// A change to the store seen while the fleet log does not answer (NATS up,
+/// its JetStream without a quorum) is appended once it answers again, with
+/// no other write to set it off. Before, only a reconnection set off the
+/// owed reconcile: a log that came back on the same connection, or whose
+/// last failure was less than a second old when the connection came back
+/// (seen under load: fleet_log::with_nats_down_reads_go_on_writes_answer_503_and_observations_wait
+/// timed out waiting for the removal), left the observation waiting for the
+/// next write.
+#[test]
+fn an_observation_made_while_the_fleet_log_does_not_answer_is_appended_once_it_does() {
+    let mut cluster = NatsServer::start_cluster();
+    let url = cluster[0].url();
+    let a = Server::builder(TestStore::with_models(&["llama3", "mistral"]))
+        .args(&["--nats", &url, "--node", "a", "--nats-replicas", "3"])
+        .start();
+    // The cluster may still be electing its leaders.
+    wait_for(
+        "a write through the cluster",
+        Duration::from_secs(60),
+        || {
+            let status = a.put_alias("chat", "mistral").status;
+            (status == 201 || status == 200).then_some(())
+        },
+    );
+    let before = a.seq();
+
+    // Two of three servers down: a is still connected, to the third, but
+    // the stream has no quorum.
+    cluster[1].stop();
+    cluster[2].stop();
+    wait_for("a write refused", Duration::from_secs(60), || {
+        (a.put_alias("other", "llama3").status == 503).then_some(())
+    });
+    a.store.remove_model("mistral");
+    wait_for("the observation waiting", WAIT, || {
+        a.stderr()
+            .contains("observations wait for the event log")
+            .then_some(())
+    });
+    assert_eq!(a.seq(), before, "nothing appended without a quorum");
+
+    cluster[1].start_again();
+    cluster[2].start_again();
+    let removed = wait_for("the removal appended", Duration::from_secs(60), || {
+        a.all_events()
+            .into_iter()
+            .find(|e| e["type"] == "target.removed" && e["alias"] == "chat")
+    });
+    assert!(removed["seq"].as_u64() > Some(before), "{removed}");
+    assert_eq!(removed["node"], "a", "{removed}");
 }
