@@ -32,10 +32,10 @@ const LIVE: Duration = Duration::from_secs(1);
 const ADMIN_SECRET: &str = "s3cret-admin-4711";
 const VIEWER_SECRET: &str = "s3cret-viewer-4712";
 
-/// The port in chromedriver's "started successfully on port N." line; what
-/// it writes after that is read and dropped, so that it never blocks on a
-/// full pipe.
-fn chromedriver_port(stdout: std::process::ChildStdout) -> u16 {
+/// The port in chromedriver's "started successfully on port N." line, if
+/// it says so in time; what it writes after that is read and dropped, so
+/// that it never blocks on a full pipe.
+fn chromedriver_port(stdout: std::process::ChildStdout) -> Option<u16> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut tx = Some(tx);
@@ -51,8 +51,7 @@ fn chromedriver_port(stdout: std::process::ChildStdout) -> u16 {
             }
         }
     });
-    rx.recv_timeout(WAIT)
-        .expect("chromedriver did not say which port it listens on")
+    rx.recv_timeout(WAIT).ok()
 }
 
 /// A headless Chromium, driven through its own chromedriver on a free port;
@@ -82,7 +81,11 @@ impl Browser {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn chromedriver");
-        let port = chromedriver_port(driver.stdout.take().expect("piped stdout"));
+        let Some(port) = chromedriver_port(driver.stdout.take().expect("piped stdout")) else {
+            let _ = driver.kill();
+            let _ = driver.wait();
+            panic!("chromedriver did not say which port it listens on");
+        };
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let profile = tempdir("aliasd-it-chromium");
         let mut browser = Browser {
