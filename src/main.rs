@@ -311,8 +311,9 @@ fn start_fleet(
     Ok((registry, writer, log))
 }
 
-/// Reconciles the store each time NATS comes back, so that what the watcher
-/// saw while it was down is appended to the fleet log.
+/// Reconciles the store each time NATS comes back (the connection, or the
+/// stream answering again), so that what the watcher saw while it was down
+/// is appended to the fleet log.
 fn reconcile_when_nats_returns(
     log: std::sync::Arc<aliasd::log::nats::NatsLog>,
     registry: aliasd::registry::Registry,

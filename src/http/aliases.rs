@@ -588,9 +588,14 @@ pub async fn models_list(State(state): State<AppState>) -> Json<serde_json::Valu
 /// `{"status":"degraded","seq":N,"reason":"..."}`: the node still serves
 /// reads, resolve and the proxy from its replica, and NATS is shared, so a
 /// load balancer that took nodes out on it would take out every node at once.
+///
+/// `seq` is the last event the index has applied, so every read after this
+/// answer shows it: the journal's last seq moves first, before the writer
+/// applies the commit, and a client that waited for it could read the state
+/// before the change.
 pub async fn healthz(State(state): State<AppState>) -> Response {
     let log = state.registry.log();
-    let seq = log.last_seq();
+    let seq = state.registry.read(|view| view.index.last_seq());
     if let Some(reason) = log.failed().is_none().then(|| log.health()).flatten() {
         let body = serde_json::json!({ "status": "degraded", "seq": seq, "reason": reason });
         return Json(with_node(body, &**log)).into_response();

@@ -73,7 +73,10 @@ pub async fn history_list(
         )));
     }
     let since = query.since.unwrap_or(0);
-    let until = query.until.unwrap_or(u64::MAX);
+    // Only what the index has applied: the journal's end moves first, and a
+    // client that saw an event here must find it in every read after.
+    let applied = state.registry.read(|s| s.index.last_seq());
+    let until = query.until.unwrap_or(u64::MAX).min(applied);
     let log = state.registry.log().clone();
     let registry = state.registry.clone();
     let (events, more) = tokio::task::spawn_blocking(move || {

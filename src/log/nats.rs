@@ -125,7 +125,8 @@ struct Inner {
     fetched: Mutex<BTreeMap<u64, u64>>,
     /// Whether the client is connected now (as the follower last saw it).
     connected: AtomicBool,
-    /// Woken each time the connection comes back.
+    /// Woken each time the connection comes back, and each time the stream
+    /// answers again after failing.
     reconnected: tokio::sync::Notify,
     /// Why the stream refuses or does not answer while the connection is up
     /// (JetStream without a quorum, say), since the last failure.
@@ -238,8 +239,9 @@ impl NatsLog {
     }
 
     /// Waits until the connection to NATS comes back after a loss (or is
-    /// made for the first time): the registry then reconciles the store, so
-    /// that what the watcher saw meanwhile is appended.
+    /// made for the first time), or the stream answers again after failing:
+    /// the registry then reconciles the store, so that what the watcher saw
+    /// meanwhile is appended.
     pub async fn reconnected(&self) {
         self.inner.reconnected.notified().await;
     }
@@ -262,7 +264,14 @@ impl Inner {
             (false, Some(e)) => tracing::warn!(
                 "the fleet log does not answer: {e}; writes answer 503 until it does"
             ),
-            (true, None) => tracing::info!("the fleet log answers again"),
+            (true, None) => {
+                tracing::info!("the fleet log answers again");
+                // Observations refused meanwhile wait for a reconcile; a log
+                // that comes back on the same connection (a quorum regained),
+                // or whose last failure was too recent for the reconnection's
+                // reconcile to get through (`FAIL_FAST`), needs one now.
+                self.reconnected.notify_one();
+            }
             _ => {}
         }
         *current = trouble.map(|e| {

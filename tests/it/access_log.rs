@@ -4,8 +4,8 @@
 //! written every line, and a killed one every line of the requests it
 //! answered a moment before.
 
-use std::io::Read;
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -51,12 +51,6 @@ fn ids(prefix: &str, n: usize) -> Vec<String> {
 fn requests_are_answered_while_nobody_reads_stderr() {
     let store = TestStore::with_models(&["llama3"]);
     let journal = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut serve = aliasd();
     serve
         .arg("serve")
@@ -64,17 +58,31 @@ fn requests_are_answered_while_nobody_reads_stderr() {
         .arg(store.root())
         .arg("--journal")
         .arg(journal.path())
-        .args(["--listen", &addr.to_string()])
+        .args(["--listen", "127.0.0.1:0"])
         .env("ALIASD_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut server = Killed(serve.spawn().expect("start aliasd"));
-    let started = Instant::now();
-    while TcpStream::connect(addr).is_err() {
-        assert!(started.elapsed() < DEADLINE, "aliasd did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // Its address from its own "listening" line (a port chosen here and
+    // bound later by aliasd could be taken meanwhile); then stderr is left
+    // unread.
+    let (stderr_tx, stderr_rx) = std::sync::mpsc::channel();
+    let mut stderr = BufReader::new(server.0.stderr.take().expect("piped stderr"));
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while stderr.read_line(&mut line).is_ok_and(|n| n > 0) {
+            if let Some((_, rest)) = line.split_once("listening on http://") {
+                let addr: SocketAddr = rest.trim().parse().expect("the listening address");
+                let _ = stderr_tx.send((addr, stderr));
+                return;
+            }
+            line.clear();
+        }
+    });
+    let (addr, mut stderr) = stderr_rx
+        .recv_timeout(DEADLINE)
+        .expect("aliasd did not say it was listening");
     // Each access line is over 100 bytes: 3,000 of them are several times
     // what the pipe holds.
     let wanted = ids("stalled-stderr", 3000);
@@ -85,7 +93,6 @@ fn requests_are_answered_while_nobody_reads_stderr() {
         assert!(started.elapsed() < DEADLINE, "answered up to {id} only");
     }
     // Read stderr again: every line is there, in order, none dropped.
-    let mut stderr = server.0.stderr.take().expect("piped stderr");
     let reader = std::thread::spawn(move || {
         let mut log = String::new();
         let _ = stderr.read_to_string(&mut log);

@@ -1151,7 +1151,7 @@ fn out_of_date_alias_files_are_fixed_at_start_up() {
     server.create("d", "gone");
     // The target of `d` goes while the server runs: `d` is withdrawn.
     server.store.remove_model("gone");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + crate::support::WAIT;
     while server.store.read("d").is_some() {
         assert!(std::time::Instant::now() < deadline, "d was not withdrawn");
         std::thread::sleep(std::time::Duration::from_millis(20));

@@ -32,6 +32,28 @@ const LIVE: Duration = Duration::from_secs(1);
 const ADMIN_SECRET: &str = "s3cret-admin-4711";
 const VIEWER_SECRET: &str = "s3cret-viewer-4712";
 
+/// The port in chromedriver's "started successfully on port N." line, if
+/// it says so in time; what it writes after that is read and dropped, so
+/// that it never blocks on a full pipe.
+fn chromedriver_port(stdout: std::process::ChildStdout) -> Option<u16> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let Ok(line) = line else { return };
+            let port = line
+                .split_once("started successfully on port ")
+                .and_then(|(_, rest)| rest.trim_end_matches('.').trim().parse::<u16>().ok());
+            if let Some(port) = port {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(port);
+                }
+            }
+        }
+    });
+    rx.recv_timeout(WAIT).ok()
+}
+
 /// A headless Chromium, driven through its own chromedriver on a free port;
 /// the session is closed and the driver killed on drop.
 struct Browser {
@@ -49,17 +71,21 @@ impl Browser {
             "the dashboard tests need Chromium and its driver: install them with \
              `apt-get install -y chromium chromium-driver` (.ci/run does)"
         );
-        let port = {
-            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-            listener.local_addr().expect("addr").port()
-        };
-        let driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
+        // It picks its own port and says which once it is ready for
+        // sessions (a port chosen here and bound later by chromedriver
+        // could be taken meanwhile).
+        let mut driver = Command::new(CHROMEDRIVER)
+            .arg("--port=0")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn chromedriver");
+        let Some(port) = chromedriver_port(driver.stdout.take().expect("piped stdout")) else {
+            let _ = driver.kill();
+            let _ = driver.wait();
+            panic!("chromedriver did not say which port it listens on");
+        };
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let profile = tempdir("aliasd-it-chromium");
         let mut browser = Browser {
@@ -71,7 +97,6 @@ impl Browser {
             driver,
             _profile: profile,
         };
-        // It listens once it is ready for sessions.
         wait_for("chromedriver to listen", WAIT, || {
             TcpStream::connect(addr).ok()
         });
@@ -932,7 +957,7 @@ fn dashboard_shows_the_fleets_nodes_and_each_alias_state_per_node() {
     );
     // Live: the model goes on a; a's own state follows in the page.
     a.store.remove_model("llama3");
-    browser.wait_text(&on("a"), Duration::from_secs(5), |t| t == "dangling");
+    browser.wait_text(&on("a"), WAIT, |t| t == "dangling");
     browser.assert_no_console_errors(&[]);
 
     // A single host: no nodes section, and no request for one.

@@ -398,8 +398,10 @@ fn a_node_started_while_nats_is_down_serves_its_replica_and_catches_up_later() {
 
     nats.start_again();
     let created = wait_for("a write through A once NATS is back", WAIT, || {
+        // 200: an earlier try that answered 503 (NATS slower than its
+        // timeout while it came back) was stored after all.
         let resp = a.put_alias("chat", "llama3");
-        (resp.status == 201).then_some(resp)
+        (resp.status == 201 || resp.status == 200).then_some(resp)
     });
     let seq = created.json["seq"].as_u64().unwrap();
     b.wait_seq(seq);

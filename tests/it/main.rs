@@ -21,6 +21,7 @@ mod metrics;
 mod ops;
 mod proxy;
 mod proxy_clients;
+mod robust;
 mod router;
 mod shutdown;
 mod sse;

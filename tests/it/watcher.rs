@@ -16,10 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{alias_path, digest, http, wait_for, Server, TestStore, EVENT_FIELDS};
-
-/// How long an external change may take to show.
-const WAIT: Duration = Duration::from_secs(2);
+use crate::support::{alias_path, digest, http, wait_for, Server, TestStore, EVENT_FIELDS, WAIT};
 /// The model behind the barrier alias.
 const PROBE_MODEL: &str = "probe-model";
 /// The barrier alias.

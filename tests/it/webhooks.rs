@@ -56,15 +56,15 @@ pub(crate) struct Receiver {
 
 impl Receiver {
     pub(crate) fn start() -> Receiver {
-        Receiver::start_on(0, Arc::new(Inbox::default()))
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind receiver");
+        Receiver::start_with(listener, Arc::new(Inbox::default()))
     }
 
-    pub(crate) fn start_on(port: u16, inbox: Arc<Inbox>) -> Receiver {
+    fn start_with(listener: std::net::TcpListener, inbox: Arc<Inbox>) -> Receiver {
         inbox
             .status
             .compare_exchange(0, 200, Ordering::SeqCst, Ordering::SeqCst)
             .ok();
-        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind receiver");
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -287,6 +287,38 @@ pub(crate) fn assert_in_order(got: &[Got], first: u64) -> usize {
     duplicates
 }
 
+/// A loopback port held for a receiver that is not up yet: bound but not
+/// listening, so a connection to it is refused, as to a receiver that is
+/// down, and no other process can bind it meanwhile (a port that was merely
+/// free when chosen could be taken by another test's server or receiver
+/// while this one is down, which then got this test's deliveries or made
+/// its receiver fail to bind).
+pub(crate) struct HeldPort(socket2::Socket);
+
+impl HeldPort {
+    pub(crate) fn new() -> HeldPort {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        socket.bind(&any.into()).expect("bind a loopback port");
+        HeldPort(socket)
+    }
+
+    pub(crate) fn port(&self) -> u16 {
+        let addr = self.0.local_addr().expect("local addr");
+        addr.as_socket().expect("an IP address").port()
+    }
+
+    /// The receiver, up on this port at last (the same socket: no moment
+    /// in which another process could take the port).
+    pub(crate) fn start(self, inbox: Arc<Inbox>) -> Receiver {
+        self.0.listen(128).expect("listen");
+        Receiver::start_with(self.0.into(), inbox)
+    }
+}
+
+/// A loopback port nobody listens on now (another process may bind it
+/// later: where that matters, [`HeldPort`]).
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -376,7 +408,8 @@ fn a_receiver_down_and_a_restart_lose_nothing() {
         .env("ALIASD_WEBHOOK_FAILING_AFTER_MS", "5000")
         .env("ALIASD_WEBHOOK_FAILING_RETRY_MS", "1000")
         .start();
-    let port = free_port();
+    let held = HeldPort::new();
+    let port = held.port();
     let inbox = Arc::new(Inbox::default());
     let url = format!("http://127.0.0.1:{port}/down");
     let (id, secret) = add_webhook(&server, json!({ "url": url }));
@@ -408,7 +441,7 @@ fn a_receiver_down_and_a_restart_lose_nothing() {
     );
     let last = write_events(&server, "b", 100);
     std::thread::sleep(DOWN_FOR.saturating_sub(down_since.elapsed()));
-    let receiver = Receiver::start_on(port, inbox);
+    let receiver = held.start(inbox);
     receiver.expect_secret("down", &secret);
     let got = wait_all(&receiver, "down", first..=last);
     assert_eq!(receiver.inbox.bad_signatures.load(Ordering::SeqCst), 0);
@@ -587,10 +620,13 @@ fn filters_by_type_and_alias() {
     receiver.expect_secret("all", &all_secret);
     server.create("marker", "m1");
     wait_all(&receiver, "all", last + 1..=last + 1);
-    let kinds = |path: &str| -> Vec<(String, String)> {
-        wait_for(&format!("deliveries to {path}"), WAIT, || {
-            let got = receiver.got(path);
-            (!got.is_empty()).then_some(())
+    // Each webhook has its own worker: the marker's delivery to `all` says
+    // nothing of how far the others are. Wait for the `n` deliveries each
+    // should get (in seq order, so a wrong one before them is in by then),
+    // then a moment for any wrong one after them.
+    let kinds = |path: &str, n: usize| -> Vec<(String, String)> {
+        wait_for(&format!("{n} deliveries to {path}"), WAIT, || {
+            (receiver.got(path).len() >= n).then_some(())
         });
         std::thread::sleep(Duration::from_millis(300));
         receiver
@@ -600,20 +636,20 @@ fn filters_by_type_and_alias() {
             .collect()
     };
     assert_eq!(
-        kinds("deleted"),
+        kinds("deleted", 2),
         [
             ("alias.deleted".into(), "other".into()),
             ("alias.deleted".into(), "coder".into())
         ]
     );
-    let coder = kinds("coder");
+    let coder = kinds("coder", 3);
     assert!(coder.iter().all(|(_, alias)| alias == "coder"), "{coder:?}");
     assert_eq!(
         coder.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
         ["alias.created", "alias.updated", "alias.deleted"]
     );
     assert_eq!(
-        kinds("both"),
+        kinds("both", 2),
         [
             ("alias.created".into(), "coder".into()),
             ("alias.updated".into(), "coder".into())

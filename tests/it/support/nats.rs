@@ -26,6 +26,9 @@ pub fn nats_server_bin() -> PathBuf {
         .expect("nats-server is not installed: apt-get install -y nats-server (.ci/run does)")
 }
 
+/// What `nats-server` logs once it accepts clients.
+const READY: &str = "Server is ready";
+
 /// A free loopback port (free when asked; the server binds it next).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -60,19 +63,32 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
-    /// A single server.
+    /// A single server; on another free port if the one chosen was taken
+    /// before it could bind it.
     pub fn start() -> NatsServer {
-        let dir = crate::support::tempdir("nats");
-        let port = free_port();
-        let args = base_args(&dir, port);
-        let mut server = NatsServer {
-            child: None,
-            port,
-            args,
-            dir,
-        };
-        server.start_again();
-        server
+        for _attempt in 0..5 {
+            let dir = crate::support::tempdir("nats");
+            let port = free_port();
+            let args = base_args(&dir, port);
+            let mut server = NatsServer {
+                child: None,
+                port,
+                args,
+                dir,
+            };
+            server.spawn();
+            match server.wait_ready(0) {
+                Ok(()) => return server,
+                Err(status) if server.log().contains("address already in use") => {
+                    eprintln!("nats-server exited with {status}: port {port} taken; another");
+                }
+                Err(status) => panic!(
+                    "nats-server exited with {status} before it was ready; its log:\n{}",
+                    server.log()
+                ),
+            }
+        }
+        panic!("could not find a free port for nats-server");
     }
 
     /// Three servers in one JetStream cluster, routed to each other on loopback.
@@ -111,8 +127,8 @@ impl NatsServer {
         for server in &mut servers {
             server.spawn();
         }
-        for server in &servers {
-            server.wait_listening();
+        for server in &mut servers {
+            server.wait_listening(0);
         }
         servers
     }
@@ -137,8 +153,15 @@ impl NatsServer {
 
     /// Starts it again on the same port and storage.
     pub fn start_again(&mut self) {
+        let readies = self.readies();
         self.spawn();
-        self.wait_listening();
+        self.wait_listening(readies);
+    }
+
+    /// How many times its log says it was ready (the log is appended to at
+    /// each start).
+    fn readies(&self) -> usize {
+        self.log().matches(READY).count()
     }
 
     fn spawn(&mut self) {
@@ -153,13 +176,37 @@ impl NatsServer {
         self.child = Some(child);
     }
 
-    fn wait_listening(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+    /// Waits until this process says it is ready (more often than the
+    /// `readies` of its earlier starts) and its port answers; panics with its
+    /// log if it exits first or takes too long.
+    fn wait_listening(&mut self, readies: usize) {
+        if let Err(status) = self.wait_ready(readies) {
+            panic!(
+                "nats-server exited with {status} before it was ready; its log:\n{}",
+                self.log()
+            );
+        }
+    }
+
+    /// [`NatsServer::wait_listening`], returning how it exited if it did.
+    /// A port that answers is not enough: another process may hold it (one
+    /// that took the port after it was chosen, this server then exiting).
+    fn wait_ready(&mut self, readies: usize) -> Result<(), std::process::ExitStatus> {
+        let deadline = Instant::now() + crate::support::WAIT;
+        loop {
+            let child = self.child.as_mut().expect("nats-server is running");
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return Err(status);
+            }
+            if self.readies() > readies && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
             assert!(
                 Instant::now() < deadline,
-                "nats-server did not listen on {} within 10 s; its log:\n{}",
+                "nats-server was not ready on {} within {:?}; its log:\n{}",
                 self.port,
+                crate::support::WAIT,
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
