@@ -302,6 +302,9 @@ fn a_restarted_node_catches_up_and_a_new_node_replays_the_fleet() {
     let last = a.seq();
     // Caught up before it answered: the start-up reads the stream first.
     assert!(b.seq() >= last, "b at {} of {last}", b.seq());
+    // Its start-up then repaired the files of `two` and `three`: events a
+    // hears of a moment later.
+    settle(&[&a, &b]);
     assert_same_history(&a, &b);
     wait_for("b's alias files", WAIT, || {
         b.store.manifest_path("three").is_file().then_some(())
