@@ -28,12 +28,43 @@ pub(super) enum Job {
         /// Each event's alias digest before the group (still aliasd's own).
         prior: Vec<Option<Arc<str>>>,
         replies: Vec<(ReplySender, Result<Reply, RegistryError>)>,
+        /// When the writer reached each step of the group, for its timeline.
+        times: GroupTimes,
     },
     /// Try these alias files again until they match the index.
     Retry(Vec<AliasFile>),
     /// Answer once every job before this one is done.
     Barrier(std::sync::mpsc::Sender<()>),
 }
+
+/// When the writer took a group, had it planned, had it durable in the log,
+/// and had handed it to the finisher. With the finisher's own steps they make
+/// the group's timeline, logged at debug with target [`TIMELINE`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct GroupTimes {
+    pub(super) taken: Instant,
+    pub(super) planned: Instant,
+    pub(super) durable: Instant,
+    pub(super) handed: Instant,
+}
+
+impl GroupTimes {
+    /// Every step at once: a group with no timeline of its own (a
+    /// reconcile's, another node's).
+    pub(super) fn now() -> GroupTimes {
+        let now = Instant::now();
+        GroupTimes {
+            taken: now,
+            planned: now,
+            durable: now,
+            handed: now,
+        }
+    }
+}
+
+/// The log target of each group's timeline (`ALIASD_LOG=aliasd::timeline=debug,info`):
+/// where a slow reply waited, in the writer or in the finisher.
+pub const TIMELINE: &str = "aliasd::timeline";
 
 /// The second pipeline stage: files, broadcast, replies.
 pub(super) struct Finisher {
@@ -77,7 +108,9 @@ impl Finisher {
                     events,
                     prior,
                     replies,
+                    times,
                 } => {
+                    let started = Instant::now();
                     let synced = materialize(&self.materializer, &self.shared, &events, &prior);
                     if !synced.failed.is_empty() {
                         retries.add(report_failures(synced.failed), Instant::now());
@@ -89,8 +122,24 @@ impl Finisher {
                     }
                     self.publisher
                         .publish(events.into_iter().map(Published::new).collect());
+                    let n_replies = replies.len();
+                    let files_done_at = Instant::now();
                     for (sender, reply) in replies {
                         let _ = sender.send(reply);
+                    }
+                    if tracing::enabled!(target: TIMELINE, tracing::Level::DEBUG) {
+                        let us = |at: Instant| at.duration_since(times.taken).as_micros();
+                        tracing::debug!(
+                            target: TIMELINE,
+                            replies = n_replies,
+                            planned_us = us(times.planned),
+                            durable_us = us(times.durable),
+                            handed_us = us(times.handed),
+                            finisher_took_us = us(started),
+                            files_and_broadcast_us = us(files_done_at),
+                            replied_us = us(Instant::now()),
+                            "group"
+                        );
                     }
                 }
                 Job::Retry(files) => {
@@ -283,7 +332,7 @@ pub(super) fn file_jobs(shared: &RwLock<View>, work: &[AliasFile]) -> Vec<FileJo
         .map(|file| {
             let entry = guard.index.exact(file.name.key_str());
             let resolved = entry.and_then(|entry| match ends.end_of(&guard.index, &entry.target) {
-                ChainEnd::Model(model) => Some(model.bytes.clone()),
+                ChainEnd::Model(model) => Some((model.bytes.clone(), model.digest.clone())),
                 _ => None,
             });
             FileJob {
