@@ -4,10 +4,14 @@
 #     POST /v3/kv/put on its JSON gateway, data dir on the same disk): 1 client once, then
 #     ROUNDS interleaved rounds at 16 and at 64 clients (aliasd, etcd, aliasd, etcd, ...; the
 #     ratio is the median of the rounds), each load with the server's CPU per request (user +
-#     system of the whole process, /proc/<pid>/stat), beside the floor of one alias file
-#     measured in the same run (`cargo bench --bench floor -- --files-only`, skipped with
-#     FLOOR=0). BEFORE_BIN=<an older aliasd> adds that build to every round, on a store of its
-#     own, for a before/after in one run;
+#     system of the whole process, /proc/<pid>/stat), beside a create's floor measured in the
+#     same run (skipped with FLOOR=0): one alias file (`cargo bench --bench floor --
+#     --files-only`), one journal record in groups of the size aliasd committed at that many
+#     clients (`-- --journal-only <group>`, the group size from aliasd's /metrics: events /
+#     commits over its loads) and one HTTP request of a create's shape to a trivial axum
+#     handler at the same concurrency (`-- --http-only <clients>`), and their sum.
+#     BEFORE_BIN=<an older aliasd> adds that build to every round, on a store of its own, for a
+#     before/after in one run;
 #   - resolve: GET /api/resolve vs an axum hello-world route (examples/hello.rs), same machine, same
 #     load, in ROUNDS rounds of hello, resolve, resolve, hello (the machine drifts within a run, and
 #     one pair of runs can differ by half); the ratio is the median of the rounds;
@@ -149,26 +153,38 @@ if part creates; then
 echo
 echo "## Durable creates over HTTP (${DURATION}s each; every response after fsync)"
 echo
+# floor ARGS... -> the floor bench's output (also kept in floor.log)
+floor() { cargo bench --quiet --bench floor ${CARGO_PROFILE:+--profile "$CARGO_PROFILE"} -- "$@" 2>/dev/null | tee -a "$WORK/floor.log"; }
 if [ "$FLOOR" = 1 ]; then
   # The floor of one alias file (mkdir, temp file, write, rename; one thread, no aliasd), in
-  # this run, beside the servers' CPU per create below.
-  FLOOR_US=$(cargo bench --quiet --bench floor ${CARGO_PROFILE:+--profile "$CARGO_PROFILE"} -- --files-only 2>/dev/null \
-    | tee -a "$WORK/floor.log" | sed -n 's/^  median \([0-9.]*\) us CPU.*/\1/p')
-  echo "floor of one alias file (cargo bench --bench floor -- --files-only, median of 3 rounds): ${FLOOR_US:-?} µs CPU"
+  # this run, beside the servers' CPU per create below; the journal's and HTTP's parts follow
+  # the rounds (the journal's needs the group size aliasd committed).
+  FILE_US=$(floor --files-only | sed -n 's/^  median \([0-9.]*\) us CPU.*/\1/p')
+  echo "floor of one alias file (cargo bench --bench floor -- --files-only, median of 3 rounds): ${FILE_US:-?} µs CPU"
   echo
 fi
+# commit_counts PORT -> "events commits" so far (aliasd's /metrics)
+commit_counts() {
+  curl -sf "http://127.0.0.1:$1/metrics" | awk '
+    /^aliasd_events_total/ { events += $NF }
+    /^aliasd_journal_commit_seconds_count/ { commits += $NF }
+    END { print events + 0, commits + 0 }'
+}
 echo "CPU = the server's CPU (user + system, every thread) per request, in µs."
 echo
 echo "| round | clients | aliasd req/s | p50 ms | p99 ms | CPU | etcd req/s | p50 ms | p99 ms | CPU | aliasd/etcd | errors (aliasd, etcd) |"
 echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
-declare -A RATIOS_AT CPU_AT P99_AT BRATIOS_AT BCPU_AT BP99_AT
+declare -A RATIOS_AT CPU_AT P99_AT BRATIOS_AT BCPU_AT BP99_AT GROUP_AT
 BEFORE_ROWS=""
 create_round() { # ROUND CLIENTS
   local round=$1 c=$2 b_rps b_p50 b_p99 b_err b_cpu
   if [ -n "${BEFORE_PID:-}" ]; then
     read -r b_rps b_p50 b_p99 b_err b_cpu < <(run_wrk_cpu "$BEFORE_PID" "$c" http://127.0.0.1:$BEFORE_PORT benches/wrk/aliasd_put.lua)
   fi
+  read -r ev0 co0 < <(commit_counts "$AL_PORT")
   read -r a_rps a_p50 a_p99 a_err a_cpu < <(run_wrk_cpu "$AL_PID" "$c" http://127.0.0.1:$AL_PORT benches/wrk/aliasd_put.lua)
+  read -r ev1 co1 < <(commit_counts "$AL_PORT")
+  GROUP_AT[$c]+="$(python3 -c "print(f'{($ev1 - $ev0) / max(1, $co1 - $co0):.1f}')") "
   read -r e_rps e_p50 e_p99 e_err e_cpu < <(run_wrk_cpu "$ETCD_PID" "$c" http://127.0.0.1:$ETCD_PORT benches/wrk/etcd_put.lua)
   ratio=$(python3 -c "print(f'{$a_rps/$e_rps:.2f}')")
   echo "| $round | $c | $a_rps | $a_p50 | $a_p99 | $a_cpu | $e_rps | $e_p50 | $e_p99 | $e_cpu | ${ratio}x | $a_err, $e_err |"
@@ -192,9 +208,26 @@ if [ -n "$BEFORE_ROWS" ]; then
   printf '%s' "$BEFORE_ROWS"
 fi
 echo
+if [ "$FLOOR" = 1 ]; then
+  echo "A create's floor at each concurrency (same run; µs of CPU): the alias file, one journal record in groups of aliasd's median group size there (\`--journal-only\`), one HTTP request to a trivial axum handler (\`--http-only\`):"
+  echo
+  echo "| clients | aliasd's group size, per round | file | journal record | HTTP request | floor (sum) |"
+  echo "|---:|---|---:|---:|---:|---:|"
+  declare -A FLOOR_AT
+  for c in 16 64; do
+    # shellcheck disable=SC2086
+    group=$(python3 -c "import statistics, sys; print(max(1, round(statistics.median(map(float, sys.argv[1:])))))" ${GROUP_AT[$c]})
+    journal_us=$(floor --journal-only "$group" | sed -n 's/.*: \([0-9.]*\) us CPU per record.*/\1/p')
+    http_us=$(floor --http-only "$c" | sed -n 's/.*: \([0-9.]*\) us CPU per request.*/\1/p')
+    FLOOR_AT[$c]=$(python3 -c "print(f'{${FILE_US:-nan} + ${journal_us:-nan} + ${http_us:-nan}:.1f}')")
+    echo "| $c | ${GROUP_AT[$c]}(used: $group) | ${FILE_US:-?} | ${journal_us:-?} | ${http_us:-?} | ${FLOOR_AT[$c]} |"
+  done
+  echo
+fi
 for c in 16 64; do
+  FLOOR_US=${FLOOR_AT[$c]:-}
   # shellcheck disable=SC2086
-  echo "$c clients, median of $ROUNDS rounds: aliasd/etcd $(median ${RATIOS_AT[$c]})x, aliasd p99 $(median ${P99_AT[$c]}) ms, CPU per create $(median ${CPU_AT[$c]}) µs${FLOOR_US:+ ($(python3 -c "print(f'{$(median ${CPU_AT[$c]})/$FLOOR_US:.2f}')")x the floor)}"
+  echo "$c clients, median of $ROUNDS rounds: aliasd/etcd $(median ${RATIOS_AT[$c]})x, aliasd p99 $(median ${P99_AT[$c]}) ms, CPU per create $(median ${CPU_AT[$c]}) µs${FLOOR_US:+ ($(python3 -c "print(f'{$(median ${CPU_AT[$c]})/$FLOOR_US:.2f}')")x the floor of $FLOOR_US µs)}"
   if [ -n "${BEFORE_PID:-}" ]; then
     # shellcheck disable=SC2086
     echo "$c clients, before: before/etcd $(median ${BRATIOS_AT[$c]})x, p99 $(median ${BP99_AT[$c]}) ms, CPU per create $(median ${BCPU_AT[$c]}) µs"

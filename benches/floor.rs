@@ -5,6 +5,9 @@
 //! bench holds about 2,000 sockets: if
 //! `ulimit -n` is 1024 or less, run it as
 //! `bash -c 'ulimit -n 4096; cargo bench --bench floor'`).
+//! `-- --journal-only <GROUP>` and `-- --http-only <CONNECTIONS>` run the
+//! other two parts of a create's floor alone (3 and 4 below), as
+//! `benches/compare.sh` does beside its creates.
 //!
 //! 1. **One alias file.** A create materializes the alias in Ollama's layout:
 //!    a new directory, a temp file, a write of the manifest, a rename (what
@@ -20,6 +23,19 @@
 //!    them with `epoll`. Prints CPU per (subscriber, batch) on each side, for
 //!    one event (400 bytes) and 40 events (16,000 bytes), and the share of
 //!    the machine 1,000 subscribers cost at a batch every 10, 20 or 40 ms.
+//! 3. **One create's journal record.** aliasd's registry writer appends a
+//!    group of events with one `Journal::append` (one write and one
+//!    `fdatasync` per group). Here one thread appends groups of `GROUP`
+//!    records of a create event's size with the `journal` crate, for
+//!    [`JOURNAL_SECONDS`]; prints the process's CPU (this thread and the
+//!    journal's writer thread) per record, and the wall time per commit.
+//! 4. **One create's HTTP request.** A trivial axum handler on a tokio
+//!    runtime (as aliasd's, one worker per core): `PUT /api/aliases/{name}`
+//!    with a create's body (`{"target":"m"}`, read whole and not parsed),
+//!    answered 201 with a JSON body of a create's answer's size. `wrk` (a
+//!    child process, not counted) sends `benches/wrk/aliasd_put.lua` over
+//!    `CONNECTIONS` connections for [`HTTP_SECONDS`]; prints this process's
+//!    CPU (user + system, from `getrusage`) per request.
 //!
 //! The trees of part 1 are left under `target/tmp/aliasd-floor*`: deleting
 //! tens of thousands of inodes slows this machine's ext4 for minutes, which
@@ -42,6 +58,24 @@ const CORES: f64 = 2.0;
 
 fn main() {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let args: Vec<String> = std::env::args().collect();
+    let value_of = |flag: &str| {
+        let at = args.iter().position(|arg| arg == flag)?;
+        let value = args.get(at + 1).and_then(|v| v.parse::<usize>().ok());
+        Some(
+            value
+                .unwrap_or_else(|| panic!("{flag} needs a number"))
+                .max(1),
+        )
+    };
+    if let Some(group) = value_of("--journal-only") {
+        journal_records(tmp, group);
+        return;
+    }
+    if let Some(connections) = value_of("--http-only") {
+        http_requests(connections);
+        return;
+    }
     let dir = tempfile::Builder::new()
         .prefix("aliasd-floor")
         .tempdir_in(tmp)
@@ -61,7 +95,7 @@ fn main() {
     );
 
     // `benches/compare.sh` runs part 1 alone, beside its creates.
-    if std::env::args().any(|arg| arg == "--files-only") {
+    if args.iter().any(|arg| arg == "--files-only") {
         return;
     }
     println!("part 2: one batch to one subscriber over loopback TCP, {SUBSCRIBERS} subscribers, {BATCHES} batches {BATCH_GAP:?} apart");
@@ -80,6 +114,112 @@ fn main() {
             shares.join(", ")
         );
     }
+}
+
+/// How long part 3 appends.
+const JOURNAL_SECONDS: f64 = 5.0;
+/// The size of one create's event as aliasd journals it (an `alias.created`
+/// with a wrk-made name, its digest, actor and request id).
+const EVENT_BYTES: usize = 390;
+/// How long part 4's `wrk` runs.
+const HTTP_SECONDS: u32 = 8;
+/// The size of aliasd's answer to a create (the alias as JSON).
+const ANSWER_BYTES: usize = 273;
+
+/// Part 3: appends groups of `group` create-sized records for
+/// [`JOURNAL_SECONDS`] and prints the process's CPU per record.
+fn journal_records(tmp: &Path, group: usize) {
+    let dir = tempfile::Builder::new()
+        .prefix("aliasd-floor-journal")
+        .tempdir_in(tmp)
+        .expect("temp dir");
+    let opened = journal::Journal::open(dir.path(), journal::Options::default()).expect("journal");
+    let journal = opened.journal;
+    let payload = vec![b'e'; EVENT_BYTES];
+    // One commit first, so that the segment and its zeros ahead exist.
+    journal.append(vec![payload.clone()]).expect("append");
+    let (cpu0, wall0) = (process_cpu_us(), Instant::now());
+    let mut commits = 0usize;
+    while wall0.elapsed().as_secs_f64() < JOURNAL_SECONDS {
+        journal
+            .append(vec![payload.clone(); group])
+            .expect("append");
+        commits += 1;
+    }
+    let (cpu, wall) = (process_cpu_us() - cpu0, wall0.elapsed().as_secs_f64() * 1e6);
+    journal.close();
+    println!(
+        "journal: groups of {group} records of {EVENT_BYTES} B, {commits} commits: {:.1} us CPU per record, {:.1} us wall per commit",
+        cpu / (commits * group) as f64,
+        wall / commits as f64
+    );
+}
+
+/// Part 4: a trivial axum server for a create's request, loaded by `wrk`
+/// over `connections` connections; prints this process's CPU per request.
+fn http_requests(connections: usize) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let answer: &'static str =
+        Box::leak(format!("{{\"alias\":\"{}\"}}", "a".repeat(ANSWER_BYTES - 12)).into_boxed_str());
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = axum::Router::new().route(
+        "/api/aliases/{name}",
+        axum::routing::put(move |body: axum::body::Bytes| async move {
+            std::hint::black_box(body);
+            (
+                axum::http::StatusCode::CREATED,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                answer,
+            )
+        }),
+    );
+    runtime.spawn(async move { axum::serve(listener, app).await });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/wrk/aliasd_put.lua");
+    let threads = connections.clamp(1, 2);
+    let cpu0 = process_cpu_us();
+    let out = std::process::Command::new("wrk")
+        .args([
+            format!("-t{threads}"),
+            format!("-c{connections}"),
+            format!("-d{HTTP_SECONDS}s"),
+            "-s".into(),
+            script.into(),
+            format!("http://{addr}"),
+        ])
+        .output()
+        .expect("running wrk (install it: apt-get install wrk)");
+    let cpu = process_cpu_us() - cpu0;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let requests: f64 = text
+        .split_whitespace()
+        .zip(text.split_whitespace().skip(1))
+        .find(|(_, next)| *next == "requests")
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no request count in wrk's output: {text}"));
+    let errors = text.contains("Non-2xx");
+    println!(
+        "http: {connections} connections, {requests} requests in {HTTP_SECONDS} s{}: {:.1} us CPU per request",
+        if errors { " (some not 2xx!)" } else { "" },
+        cpu / requests
+    );
+    runtime.shutdown_background();
+}
+
+/// CPU time (user + system) of the whole process so far, every thread
+/// (exited ones included), children not, in microseconds.
+fn process_cpu_us() -> f64 {
+    // SAFETY: `usage` is a valid rusage for the call to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    assert_eq!(rc, 0, "getrusage");
+    let us = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
+    us(usage.ru_utime) + us(usage.ru_stime)
 }
 
 /// Writes `FILES_PER_ROUND` alias files under `root` as the materializer does;

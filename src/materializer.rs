@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::index::{AliasEntry, AliasName, AliasState};
 use crate::name::{ModelName, MANIFESTS_DIR};
 use crate::reconcile::PathState;
-use crate::store::beneath::{self, Lookup};
+use crate::store::beneath::{self, FileId, Lookup, Written};
 use crate::store::Store;
 
 /// What syncing one alias did to the store.
@@ -71,21 +71,33 @@ impl Materializer {
     /// Reads what is at `name`'s path: `Found(bytes)`, absent, or foreign
     /// (logged, with what makes it so).
     fn look(&self, name: &ModelName) -> std::io::Result<Lookup<Vec<u8>>> {
-        Ok(match self.store.beneath()?.read_manifest(name)? {
+        Ok(self.look_reaching(name)?.0)
+    }
+
+    /// [`Materializer::look`], and where its walk stopped when nothing is
+    /// there (see [`beneath::Root::read_manifest_reaching`]).
+    fn look_reaching(
+        &self,
+        name: &ModelName,
+    ) -> std::io::Result<(Lookup<Vec<u8>>, Option<beneath::Reached>)> {
+        let (found, reached) = self.store.beneath()?.read_manifest_reaching(name)?;
+        let found = match found {
             Lookup::Found(file) => Lookup::Found(file.bytes),
             Lookup::Absent => Lookup::Absent,
             Lookup::Foreign(foreign) => {
                 tracing::warn!(alias = %name, "{foreign}: the alias's path is not aliasd's to write or remove; left alone");
                 Lookup::Foreign(foreign)
             }
-        })
+        };
+        Ok((found, reached))
     }
 
     /// Makes the file of one alias what the index says: the resolved model's
     /// manifest bytes when active, no file when dangling; shadowed aliases and
     /// foreign files are left alone. `resolved` is the model at the end of the
-    /// alias's chain, if it ends at one: the caller finds it, for many aliases
-    /// at once with [`crate::index::ChainEnds`] (each chain walked once).
+    /// alias's chain, if it ends at one (its manifest bytes and their
+    /// digest): the caller finds it, for many aliases at once with
+    /// [`crate::index::ChainEnds`] (each chain walked once).
     ///
     /// # Errors
     ///
@@ -93,7 +105,7 @@ impl Materializer {
     pub fn sync_alias(
         &self,
         entry: &AliasEntry,
-        resolved: Option<&[u8]>,
+        resolved: Option<(&[u8], &Arc<str>)>,
         also_ours: &[&str],
     ) -> std::io::Result<Outcome> {
         let AliasName::Exact(name) = &entry.alias else {
@@ -102,11 +114,12 @@ impl Materializer {
         if entry.state == AliasState::Shadowed {
             return Ok(Outcome::Unchanged);
         }
-        let desired: Option<&[u8]> = match (entry.state, resolved) {
-            (AliasState::Active, Some(bytes)) => Some(bytes),
-            _ => None,
+        let (desired, digest): (Option<&[u8]>, _) = match (entry.state, resolved) {
+            (AliasState::Active, Some((bytes, digest))) => (Some(bytes), Some(digest)),
+            _ => (None, None),
         };
-        let current = match self.look(name)? {
+        let (found, reached) = self.look_reaching(name)?;
+        let current = match found {
             Lookup::Foreign(_) => return Ok(Outcome::Foreign),
             Lookup::Absent => None,
             Lookup::Found(bytes) => Some(bytes),
@@ -119,18 +132,27 @@ impl Materializer {
                 return Ok(Outcome::Foreign);
             }
         }
-        match desired {
-            Some(bytes) => self.write(name, bytes),
-            None if current.is_some() => self.remove(name),
-            None => Ok(Outcome::Unchanged),
+        match (desired, digest) {
+            (Some(bytes), Some(digest)) => self.write(name, bytes, digest, reached),
+            _ if current.is_some() => self.remove(name),
+            _ => Ok(Outcome::Unchanged),
         }
     }
 
     /// Writes `bytes` as `name`'s file, beneath the store's root (see
     /// [`beneath::Root::write_manifest`]). The directories it makes are
     /// watched before the file is written into them, when the watcher can
-    /// (see [`FreshFiles::set_dir_watch`]).
-    fn write(&self, name: &ModelName, bytes: &[u8]) -> std::io::Result<Outcome> {
+    /// (see [`FreshFiles::set_dir_watch`]). The file written is noted with
+    /// `digest` (that of `bytes`) for the watcher (see [`FreshFiles::ours`]).
+    /// The walk goes on from `reached`, where the look just before it
+    /// stopped, if given.
+    fn write(
+        &self,
+        name: &ModelName,
+        bytes: &[u8],
+        digest: &Arc<str>,
+        reached: Option<beneath::Reached>,
+    ) -> std::io::Result<Outcome> {
         // Unique, not secret: a cheap id rather than a getrandom call per file.
         let temp_name = format!(".{}{TEMP_MARKER}{}", name.tag(), crate::event::new_id());
         let watch = self.fresh.dir_watch.get();
@@ -143,17 +165,20 @@ impl Materializer {
             });
             all_watched &= watched;
         };
-        match self
-            .store
-            .beneath()?
-            .write_manifest(name, bytes, &temp_name, &mut made_dir)?
-        {
-            Lookup::Found(made_dir) => {
+        match self.store.beneath()?.write_manifest_from(
+            name,
+            bytes,
+            &temp_name,
+            reached,
+            &mut made_dir,
+        )? {
+            Lookup::Found(Written { made, id }) => {
                 // A file in a directory the watcher did not watch from the
                 // start: it lists that directory, and looks at this name too.
-                if made_dir && !all_watched {
+                if made && !all_watched {
                     self.fresh.note(name.clone());
                 }
+                self.fresh.note_written(name, id, digest.clone());
                 Ok(Outcome::Written)
             }
             Lookup::Absent => Ok(Outcome::Unchanged),
@@ -203,7 +228,13 @@ impl Materializer {
     pub fn sync_job(&self, job: &FileJob) -> std::io::Result<Outcome> {
         let ours: Vec<&str> = job.file.ours.iter().map(|digest| &**digest).collect();
         match &job.entry {
-            Some(entry) => self.sync_alias(entry, job.resolved.as_deref(), &ours),
+            Some(entry) => {
+                let resolved = job
+                    .resolved
+                    .as_ref()
+                    .map(|(bytes, digest)| (&**bytes, digest));
+                self.sync_alias(entry, resolved, &ours)
+            }
             None => self.withdraw(&job.file.name, &ours),
         }
     }
@@ -211,6 +242,10 @@ impl Materializer {
 
 /// The most [`FreshFiles`] remembered; the oldest go first.
 const MAX_FRESH_FILES: usize = 4096;
+/// The most files written remembered for the watcher (see
+/// [`FreshFiles::ours`]); past it they are forgotten all at once, and the
+/// watcher reads those files instead.
+const MAX_WRITTEN_FILES: usize = 16_384;
 
 /// Manifests this process wrote into directories it had just created, until
 /// the watcher has looked at those directories; and the watcher's way to
@@ -222,10 +257,16 @@ const MAX_FRESH_FILES: usize = 4096;
 /// last 4,096 are kept (a batch of more new aliases than that,
 /// deleted at once, would leave its first ones to the next start-up).
 /// A directory watched from the moment it was made needs neither.
+///
+/// It also keeps, for each alias file written since the watcher last looked
+/// at it, which file that was ([`FileId`]) and the digest of what was
+/// written, so the watcher can recognize aliasd's own writes coming back
+/// without reading them ([`FreshFiles::ours`]).
 #[derive(Default)]
 pub struct FreshFiles {
     names: Mutex<VecDeque<ModelName>>,
     dir_watch: std::sync::OnceLock<DirWatch>,
+    written: Mutex<std::collections::HashMap<String, (FileId, Arc<str>)>>,
 }
 
 /// Watches a directory aliasd has just made (its path), before anything is
@@ -257,6 +298,31 @@ impl FreshFiles {
         }
     }
 
+    /// Remembers that aliasd wrote the file `id` at `name`'s path, with
+    /// manifest digest `digest`.
+    pub fn note_written(&self, name: &ModelName, id: FileId, digest: Arc<str>) {
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        if written.len() >= MAX_WRITTEN_FILES {
+            written.clear();
+        }
+        written.insert(name.spelled().to_owned(), (id, digest));
+    }
+
+    /// Whether the file at `name`'s path is the one aliasd last wrote there
+    /// with manifest digest `digest`, unchanged since: the same file by
+    /// [`FileId`], found without a symlink on the way (one `openat2` and an
+    /// `fstat`, see [`beneath::Root::file_id`]). Forgets what it knew of
+    /// `name` either way; `false` when it knew nothing (the caller then
+    /// reads the file).
+    pub fn ours(&self, root: &beneath::Root, name: &ModelName, digest: &str) -> bool {
+        let noted = self
+            .written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name.spelled());
+        noted.is_some_and(|(id, noted)| &*noted == digest && root.file_id(name) == Some(id))
+    }
+
     /// Takes the names whose manifests lie under one of `dirs`, each a
     /// directory relative to `manifests/` (`host`, `host/namespace`, ...).
     pub fn take_under(&self, dirs: &[PathBuf]) -> Vec<ModelName> {
@@ -285,8 +351,9 @@ pub struct FileJob {
     pub file: AliasFile,
     /// The alias as the index had it; `None` once it was deleted.
     pub entry: Option<AliasEntry>,
-    /// The manifest bytes of the model its chain ends at, if any.
-    pub resolved: Option<Arc<[u8]>>,
+    /// The manifest bytes of the model its chain ends at, if any, and
+    /// their digest.
+    pub resolved: Option<(Arc<[u8]>, Arc<str>)>,
 }
 
 /// An alias whose file is to be made to match the index, with the digests

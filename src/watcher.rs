@@ -621,14 +621,24 @@ impl ChangedNames {
             for name in registry.fresh_files().take_under(&dirs) {
                 names.insert(name.key(), name);
             }
+            let root = registry.store().beneath().ok();
             names
                 .into_values()
                 .filter(|name| {
                     let expected = registry
                         .read(|shared| crate::reconcile::expected_file(&shared.index, name));
-                    !expected.is_some_and(|expected| {
-                        crate::reconcile::matches_expected(registry.store(), name, &expected)
-                    })
+                    // A file aliasd wrote, still as it was written, is known
+                    // by its identity alone; any other is read.
+                    let recognized = match (&expected, root) {
+                        (Some(Some(digest)), Some(root)) => {
+                            registry.fresh_files().ours(root, name, digest)
+                        }
+                        _ => false,
+                    };
+                    !recognized
+                        && !expected.is_some_and(|expected| {
+                            crate::reconcile::matches_expected(registry.store(), name, &expected)
+                        })
                 })
                 .collect::<Vec<_>>()
         })

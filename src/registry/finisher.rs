@@ -2,7 +2,6 @@
 //! alias files (without holding the index's lock), broadcasts its events and
 //! replies, in group order; retries the files the store refused.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -28,12 +27,43 @@ pub(super) enum Job {
         /// Each event's alias digest before the group (still aliasd's own).
         prior: Vec<Option<Arc<str>>>,
         replies: Vec<(ReplySender, Result<Reply, RegistryError>)>,
+        /// When the writer reached each step of the group, for its timeline.
+        times: GroupTimes,
     },
     /// Try these alias files again until they match the index.
     Retry(Vec<AliasFile>),
     /// Answer once every job before this one is done.
     Barrier(std::sync::mpsc::Sender<()>),
 }
+
+/// When the writer took a group, had it planned, had it durable in the log,
+/// and had handed it to the finisher. With the finisher's own steps they make
+/// the group's timeline, logged at debug with target [`TIMELINE`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct GroupTimes {
+    pub(super) taken: Instant,
+    pub(super) planned: Instant,
+    pub(super) durable: Instant,
+    pub(super) handed: Instant,
+}
+
+impl GroupTimes {
+    /// Every step at once: a group with no timeline of its own (a
+    /// reconcile's, another node's).
+    pub(super) fn now() -> GroupTimes {
+        let now = Instant::now();
+        GroupTimes {
+            taken: now,
+            planned: now,
+            durable: now,
+            handed: now,
+        }
+    }
+}
+
+/// The log target of each group's timeline (`ALIASD_LOG=aliasd::timeline=debug,info`):
+/// where a slow reply waited, in the writer or in the finisher.
+pub const TIMELINE: &str = "aliasd::timeline";
 
 /// The second pipeline stage: files, broadcast, replies.
 pub(super) struct Finisher {
@@ -51,33 +81,60 @@ impl Finisher {
     pub(super) fn run(self, jobs: std::sync::mpsc::Receiver<Job>) {
         use std::sync::mpsc::RecvTimeoutError;
         let mut retries = Retries::default();
+        // A job taken from the queue while gathering groups, to do next.
+        let mut held: Option<Job> = None;
         loop {
-            let job = match retries.due_in(Instant::now()) {
-                None => match jobs.recv() {
-                    Ok(job) => job,
-                    Err(_) => break,
+            let job = match held.take() {
+                Some(job) => Ok(job),
+                None => match retries.due_in(Instant::now()) {
+                    None => jobs.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                    // Due: before the next job, so a steady stream of jobs
+                    // cannot put retries off.
+                    Some(wait) if wait.is_zero() => Err(RecvTimeoutError::Timeout),
+                    Some(wait) => jobs.recv_timeout(wait),
                 },
-                // Due: before the next job, so a steady stream of jobs
-                // cannot put retries off.
-                Some(wait) if wait.is_zero() => {
+            };
+            let job = match job {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => {
                     self.retry(&mut retries);
                     continue;
                 }
-                Some(wait) => match jobs.recv_timeout(wait) {
-                    Ok(job) => job,
-                    Err(RecvTimeoutError::Timeout) => {
-                        self.retry(&mut retries);
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => break,
-                },
+                Err(RecvTimeoutError::Disconnected) => break,
             };
             match job {
                 Job::Finish {
-                    events,
-                    prior,
-                    replies,
+                    mut events,
+                    mut prior,
+                    mut replies,
+                    times,
                 } => {
+                    let started = Instant::now();
+                    // The groups that queued while the last was finished are
+                    // finished with this one, in order: one set of files
+                    // (spread over threads when many), one broadcast, then
+                    // every reply. Under load the writer commits faster than
+                    // files are written, so this is where a group waited.
+                    let mut groups = vec![(times, replies.len())];
+                    while let Ok(next) = jobs.try_recv() {
+                        match next {
+                            Job::Finish {
+                                events: more,
+                                prior: more_prior,
+                                replies: more_replies,
+                                times,
+                            } => {
+                                events.extend(more);
+                                prior.extend(more_prior);
+                                groups.push((times, more_replies.len()));
+                                replies.extend(more_replies);
+                            }
+                            other => {
+                                held = Some(other);
+                                break;
+                            }
+                        }
+                    }
                     let synced = materialize(&self.materializer, &self.shared, &events, &prior);
                     if !synced.failed.is_empty() {
                         retries.add(report_failures(synced.failed), Instant::now());
@@ -89,8 +146,27 @@ impl Finisher {
                     }
                     self.publisher
                         .publish(events.into_iter().map(Published::new).collect());
+                    let files_done_at = Instant::now();
                     for (sender, reply) in replies {
                         let _ = sender.send(reply);
+                    }
+                    if tracing::enabled!(target: TIMELINE, tracing::Level::DEBUG) {
+                        let replied_at = Instant::now();
+                        for (times, n_replies) in &groups {
+                            let us = |at: Instant| at.duration_since(times.taken).as_micros();
+                            tracing::debug!(
+                                target: TIMELINE,
+                                replies = n_replies,
+                                finished_with = groups.len(),
+                                planned_us = us(times.planned),
+                                durable_us = us(times.durable),
+                                handed_us = us(times.handed),
+                                finisher_took_us = us(started),
+                                files_and_broadcast_us = us(files_done_at),
+                                replied_us = us(replied_at),
+                                "group"
+                            );
+                        }
                     }
                 }
                 Job::Retry(files) => {
@@ -191,18 +267,32 @@ pub(super) fn materialize(
     events: &[Event],
     prior: &[Option<Arc<str>>],
 ) -> Synced {
-    // The last event of each alias in the group (the index holds its final state).
-    let mut done = HashSet::new();
+    // One file per alias (the index holds its final state), with every
+    // digest these events say was aliasd's at its path: when several groups
+    // are finished at once, the file may still be the one from before the
+    // first of them.
+    let mut at: std::collections::HashMap<String, usize> = Default::default();
     let mut work: Vec<AliasFile> = Vec::new();
-    for (event, prior) in events.iter().zip(prior).rev() {
+    for (event, prior) in events.iter().zip(prior) {
         let Ok(AliasName::Exact(name)) = AliasName::of_event(event) else {
             continue;
         };
-        if done.insert(name.key()) {
-            let recorded = event.digest.as_deref().map(Arc::<str>::from);
-            let ours = prior.iter().cloned().chain(recorded).collect();
-            work.push(AliasFile { name, ours });
+        let recorded = event.digest.as_deref().map(Arc::<str>::from);
+        let i = *at.entry(name.key()).or_insert_with(|| {
+            work.push(AliasFile {
+                name: name.clone(),
+                ours: Vec::new(),
+            });
+            work.len() - 1
+        });
+        let file = &mut work[i];
+        for digest in prior.iter().cloned().chain(recorded) {
+            if !file.ours.contains(&digest) {
+                file.ours.push(digest);
+            }
         }
+        // The path of the alias's last event, in its spelling.
+        file.name = name;
     }
     sync_files(materializer, shared, &work)
 }
@@ -283,7 +373,7 @@ pub(super) fn file_jobs(shared: &RwLock<View>, work: &[AliasFile]) -> Vec<FileJo
         .map(|file| {
             let entry = guard.index.exact(file.name.key_str());
             let resolved = entry.and_then(|entry| match ends.end_of(&guard.index, &entry.target) {
-                ChainEnd::Model(model) => Some(model.bytes.clone()),
+                ChainEnd::Model(model) => Some((model.bytes.clone(), model.digest.clone())),
                 _ => None,
             });
             FileJob {

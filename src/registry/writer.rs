@@ -15,7 +15,7 @@ use crate::materializer::{AliasFile, Materializer};
 use crate::progress::Progress;
 use crate::reconcile;
 
-use super::finisher::{file_jobs, report_failures, Job};
+use super::finisher::{file_jobs, report_failures, GroupTimes, Job};
 use super::{Command, RegistryError, Reply, Request, View, MAX_GROUP};
 
 /// Hands each commit another writer appended to the shared log to the
@@ -229,10 +229,13 @@ impl Writer {
         if group.is_empty() {
             return;
         }
+        let taken = std::time::Instant::now();
         let time = now_rfc3339();
         let mut tries = 0;
+        let mut planned;
         let (events, outcomes) = loop {
             let (events, outcomes) = self.plan_group(&group, &time);
+            planned = std::time::Instant::now();
             if group.len() > 1 && self.fits(&events) < events.len() {
                 // Over what one commit of the log may hold: two groups.
                 let rest = group.split_off(group.len() / 2);
@@ -257,6 +260,7 @@ impl Writer {
                 }
             }
         };
+        let durable = std::time::Instant::now();
         let prior = self.apply(&events, None);
         let replies = awaiting(group, outcomes)
             .into_iter()
@@ -268,7 +272,13 @@ impl Writer {
                 (p.reply, reply)
             })
             .collect();
-        self.finish(events, prior, replies);
+        let times = GroupTimes {
+            taken,
+            planned,
+            durable,
+            handed: durable,
+        };
+        self.finish(events, prior, replies, times);
         self.maybe_snapshot();
     }
 
@@ -303,15 +313,34 @@ impl Writer {
         events: Vec<Event>,
         prior: Vec<Option<Arc<str>>>,
         replies: Vec<(ReplySender, Result<Reply, RegistryError>)>,
+        mut times: GroupTimes,
     ) {
+        times.handed = std::time::Instant::now();
         let job = Job::Finish {
             events,
             prior,
             replies,
+            times,
         };
+        // A full queue makes the writer wait for the finisher: the timeline
+        // says how long.
+        let job = match self.finisher.try_send(job) {
+            Err(std::sync::mpsc::TrySendError::Full(job)) => job,
+            Ok(()) => return,
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                tracing::error!("the finisher thread is gone; replies are lost");
+                return;
+            }
+        };
+        let waited = std::time::Instant::now();
         if self.finisher.send(job).is_err() {
             tracing::error!("the finisher thread is gone; replies are lost");
         }
+        tracing::debug!(
+            target: super::finisher::TIMELINE,
+            waited_us = waited.elapsed().as_micros(),
+            "the writer waited for the finisher's queue"
+        );
     }
 
     /// Answers every request of a group whose append failed.
@@ -550,7 +579,7 @@ impl Writer {
                     }
                     let prior = self.apply(&events, models);
                     n_events += events.len();
-                    self.finish(events, prior, Vec::new());
+                    self.finish(events, prior, Vec::new(), GroupTimes::now());
                     if last_part {
                         break;
                     }
@@ -677,7 +706,7 @@ impl Writer {
         let prior = self.apply(&events, None);
         let n_events = events.len();
         self.note_touched(&events);
-        self.finish(events, prior, Vec::new());
+        self.finish(events, prior, Vec::new(), GroupTimes::now());
         self.maybe_snapshot();
         Ok(n_events)
     }

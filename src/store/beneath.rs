@@ -91,6 +91,64 @@ pub struct ReadFile {
     pub metadata: std::fs::Metadata,
 }
 
+/// Which file, in which version: device, inode, size, and the modification
+/// and change times, as an `fstat` gives them. aliasd keeps it for each alias
+/// file it writes (taken from the handle it wrote through, after the rename),
+/// so that the watcher can tell that file coming back from anyone else's
+/// with one look at its path ([`Root::file_id`]) instead of a read and a
+/// digest: a write, a rename over it, a `chmod` or a new file at the path
+/// each changes one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+}
+
+impl FileId {
+    #[allow(clippy::unnecessary_cast)] // The field types differ by platform.
+    fn of(stat: &rustix::fs::Stat) -> FileId {
+        FileId {
+            dev: stat.st_dev as u64,
+            ino: stat.st_ino as u64,
+            size: stat.st_size as u64,
+            modified: (stat.st_mtime as i64, stat.st_mtime_nsec as i64),
+            changed: (stat.st_ctime as i64, stat.st_ctime_nsec as i64),
+        }
+    }
+}
+
+/// What [`Root::write_manifest`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// Whether it had to make the file's directory.
+    pub made: bool,
+    /// The file it wrote, as it was once renamed into place.
+    pub id: FileId,
+}
+
+/// Where a walk toward an alias file's directory stopped because the rest is
+/// missing: the deepest directory it opened, and how many of the alias's
+/// directory parts (host, namespace, model) lie above it, 0 for
+/// `manifests/` itself.
+#[derive(Debug)]
+pub struct Reached {
+    dir: OwnedFd,
+    depth: usize,
+}
+
+impl<T> Lookup<T> {
+    /// The same lookup with nothing found in it: `Found` is not expected.
+    fn map_found<U>(self) -> Lookup<U> {
+        match self {
+            Lookup::Foreign(foreign) => Lookup::Foreign(foreign),
+            Lookup::Absent | Lookup::Found(_) => Lookup::Absent,
+        }
+    }
+}
+
 /// The store's root directory, opened once; every operation starts here.
 #[derive(Debug)]
 pub struct Root {
@@ -149,14 +207,31 @@ impl Root {
         parts: &[&str],
         made_dir: &mut dyn FnMut(&[&str]),
     ) -> io::Result<Lookup<(OwnedFd, bool)>> {
+        self.make_dir_from(parts, None, made_dir)
+    }
+
+    /// [`Root::make_dir`], starting from where an earlier walk toward the
+    /// same directory stopped (`from`), if given, instead of from the root.
+    fn make_dir_from(
+        &self,
+        parts: &[&str],
+        from: Option<Reached>,
+        made_dir: &mut dyn FnMut(&[&str]),
+    ) -> io::Result<Lookup<(OwnedFd, bool)>> {
         let mut rel = PathBuf::from(MANIFESTS_DIR);
-        let mut dir = match open_dir(self.fd.as_fd(), MANIFESTS_DIR, &rel)? {
-            Lookup::Found(dir) => dir,
-            Lookup::Foreign(foreign) => return Ok(Lookup::Foreign(foreign)),
-            Lookup::Absent => return Err(io::Error::from(io::ErrorKind::NotFound)),
+        let (mut dir, start) = match from {
+            Some(reached) if reached.depth <= parts.len() => {
+                rel.extend(&parts[..reached.depth]);
+                (reached.dir, reached.depth)
+            }
+            _ => match open_dir(self.fd.as_fd(), MANIFESTS_DIR, &rel)? {
+                Lookup::Found(dir) => (dir, 0),
+                Lookup::Foreign(foreign) => return Ok(Lookup::Foreign(foreign)),
+                Lookup::Absent => return Err(io::Error::from(io::ErrorKind::NotFound)),
+            },
         };
         let mut made = false;
-        for (depth, part) in parts.iter().enumerate() {
+        for (depth, part) in parts.iter().enumerate().skip(start) {
             rel.push(part);
             made = false;
             let next = match open_dir(dir.as_fd(), part, &rel)? {
@@ -196,19 +271,81 @@ impl Root {
     ///
     /// I/O errors other than "missing" and "foreign".
     pub fn read_manifest(&self, name: &ModelName) -> io::Result<Lookup<ReadFile>> {
-        let dir = match self.dir(&dir_parts(name))? {
+        Ok(self.read_manifest_reaching(name)?.0)
+    }
+
+    /// [`Root::read_manifest`]; when the file or a directory on its way is
+    /// missing, also where the walk stopped, for a
+    /// [`Root::write_manifest`] right after to go on from there rather than
+    /// walk from the root again (a create reads, finds nothing, writes).
+    ///
+    /// # Errors
+    ///
+    /// As [`Root::read_manifest`].
+    pub fn read_manifest_reaching(
+        &self,
+        name: &ModelName,
+    ) -> io::Result<(Lookup<ReadFile>, Option<Reached>)> {
+        let parts = dir_parts(name);
+        let mut rel = PathBuf::from(MANIFESTS_DIR);
+        let mut dir = match open_dir(self.fd.as_fd(), MANIFESTS_DIR, &rel)? {
             Lookup::Found(dir) => dir,
-            Lookup::Absent => return Ok(Lookup::Absent),
-            Lookup::Foreign(foreign) => return Ok(Lookup::Foreign(foreign)),
+            other => return Ok((other.map_found(), None)),
         };
-        read_file(dir.as_fd(), name.tag(), &rel_path(name))
+        for (depth, part) in parts.iter().enumerate() {
+            rel.push(part);
+            dir = match open_dir(dir.as_fd(), part, &rel)? {
+                Lookup::Found(next) => next,
+                Lookup::Absent => return Ok((Lookup::Absent, Some(Reached { dir, depth }))),
+                Lookup::Foreign(foreign) => return Ok((Lookup::Foreign(foreign), None)),
+            };
+        }
+        match read_file(dir.as_fd(), name.tag(), &rel_path(name))? {
+            Lookup::Absent => Ok((
+                Lookup::Absent,
+                Some(Reached {
+                    dir,
+                    depth: parts.len(),
+                }),
+            )),
+            other => Ok((other, None)),
+        }
+    }
+
+    /// The [`FileId`] of `name`'s manifest, if it is a regular file reached
+    /// without a symlink anywhere on its path (`openat2` with
+    /// `RESOLVE_NO_SYMLINKS`, an `O_PATH` handle that reads nothing, then
+    /// `fstat`); `None` otherwise, for any error, and where `openat2` is
+    /// missing (then the caller reads the file as before).
+    pub fn file_id(&self, name: &ModelName) -> Option<FileId> {
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::fs::ResolveFlags;
+            let fd = rustix::fs::openat2(
+                self.fd.as_fd(),
+                rel_path(name),
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+            )
+            .ok()?;
+            let stat = rustix::fs::fstat(&fd).ok()?;
+            (FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile)
+                .then(|| FileId::of(&stat))
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = name;
+            None
+        }
     }
 
     /// Writes `bytes` as `name`'s manifest through a temp file named
     /// `temp_name` in the same directory and a rename, so readers see the
     /// old file or the new one, never a part. Returns whether it had to
-    /// make the file's directory; `made_dir` is called as in
-    /// [`Root::make_dir`]. A foreign path is left alone.
+    /// make the file's directory and the written file's [`FileId`];
+    /// `made_dir` is called as in [`Root::make_dir`]. A foreign path is
+    /// left alone.
     ///
     /// Even into a directory made just now the file goes through a temp
     /// file: a write that fails there (a full disk) would otherwise show on
@@ -228,13 +365,32 @@ impl Root {
         bytes: &[u8],
         temp_name: &str,
         made_dir: &mut dyn FnMut(&[&str]),
-    ) -> io::Result<Lookup<bool>> {
-        let (dir, made) = match self.make_dir(&dir_parts(name), made_dir)? {
+    ) -> io::Result<Lookup<Written>> {
+        self.write_manifest_from(name, bytes, temp_name, None, made_dir)
+    }
+
+    /// [`Root::write_manifest`], going on from where a
+    /// [`Root::read_manifest_reaching`] of the same name stopped, if given.
+    /// Every directory still missing is made and opened as there; a
+    /// directory already open is used as it is (as within one walk).
+    ///
+    /// # Errors
+    ///
+    /// As [`Root::write_manifest`].
+    pub fn write_manifest_from(
+        &self,
+        name: &ModelName,
+        bytes: &[u8],
+        temp_name: &str,
+        from: Option<Reached>,
+        made_dir: &mut dyn FnMut(&[&str]),
+    ) -> io::Result<Lookup<Written>> {
+        let (dir, made) = match self.make_dir_from(&dir_parts(name), from, made_dir)? {
             Lookup::Found(found) => found,
             Lookup::Absent => return Ok(Lookup::Absent),
             Lookup::Foreign(foreign) => return Ok(Lookup::Foreign(foreign)),
         };
-        let res = (|| -> io::Result<()> {
+        let res = (|| -> io::Result<FileId> {
             let fd = rustix::fs::openat(
                 dir.as_fd(),
                 temp_name,
@@ -242,15 +398,19 @@ impl Root {
                 Mode::from_raw_mode(0o644),
             )?;
             give_to_owner_of(fd.as_fd(), dir.as_fd());
-            std::fs::File::from(fd).write_all(bytes)?;
+            let mut file = std::fs::File::from(fd);
+            file.write_all(bytes)?;
             rustix::fs::renameat(dir.as_fd(), temp_name, dir.as_fd(), name.tag())?;
-            Ok(())
+            // After the rename, which sets the change time.
+            Ok(FileId::of(&rustix::fs::fstat(&file)?))
         })();
-        if let Err(e) = res {
-            let _ = rustix::fs::unlinkat(dir.as_fd(), temp_name, AtFlags::empty());
-            return Err(e);
+        match res {
+            Ok(id) => Ok(Lookup::Found(Written { made, id })),
+            Err(e) => {
+                let _ = rustix::fs::unlinkat(dir.as_fd(), temp_name, AtFlags::empty());
+                Err(e)
+            }
         }
-        Ok(Lookup::Found(made))
     }
 
     /// Removes the directory entry at `name`'s path (the caller has read it
@@ -562,11 +722,20 @@ mod tests {
         let made = root
             .write_manifest(&alias, b"{}", ".tmp-1", &mut |_| {})
             .unwrap();
-        assert!(matches!(made, Lookup::Found(true)));
+        let Lookup::Found(Written { made: true, id }) = made else {
+            panic!("not written into a new directory: {made:?}")
+        };
         let Lookup::Found(read) = root.read_manifest(&alias).unwrap() else {
             panic!("written file not found")
         };
         assert_eq!(read.bytes, b"{}");
+        // The file as written is recognized at its path; once touched, no longer.
+        assert_eq!(root.file_id(&alias), Some(id));
+        let path = dir
+            .path()
+            .join("manifests/registry.ollama.ai/library/coder/latest");
+        std::fs::write(&path, b"{}").unwrap();
+        assert_ne!(root.file_id(&alias), Some(id));
         assert!(matches!(
             root.remove_manifest(&alias).unwrap(),
             Lookup::Found(())
@@ -590,7 +759,7 @@ mod tests {
                 made.push(parts.join("/"));
             })
             .unwrap();
-        assert!(matches!(written, Lookup::Found(true)));
+        assert!(matches!(written, Lookup::Found(Written { made: true, .. })));
         assert_eq!(
             made,
             ["example.com", "example.com/ns", "example.com/ns/fresh"]
@@ -601,11 +770,49 @@ mod tests {
                 made.push(parts.join("/"))
             })
             .unwrap();
-        assert!(matches!(again, Lookup::Found(false)));
+        assert!(matches!(again, Lookup::Found(Written { made: false, .. })));
         assert!(made.is_empty(), "{made:?}");
         let path = manifests.join("example.com/ns/fresh");
         assert_eq!(std::fs::read(path.join("latest")).unwrap(), b"{\"a\":1}");
         assert_eq!(std::fs::read_dir(&path).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_write_goes_on_from_where_the_read_before_it_stopped() {
+        let (dir, root) = store();
+        let manifests = dir.path().join("manifests");
+        for (alias, made_expected, depth) in [
+            (
+                "example.com/ns/m:a",
+                vec!["example.com", "example.com/ns", "example.com/ns/m"],
+                0,
+            ),
+            ("example.com/ns/n:a", vec!["example.com/ns/n"], 2),
+            ("example.com/ns/n:b", vec![], 3),
+        ] {
+            let alias = name(alias);
+            let (found, reached) = root.read_manifest_reaching(&alias).unwrap();
+            assert!(matches!(found, Lookup::Absent), "{found:?}");
+            let reached = reached.expect("where the walk stopped");
+            assert_eq!(reached.depth, depth, "{alias}");
+            let mut made = Vec::new();
+            let written = root
+                .write_manifest_from(&alias, b"{}", ".tmp", Some(reached), &mut |parts| {
+                    made.push(parts.join("/"))
+                })
+                .unwrap();
+            assert!(matches!(written, Lookup::Found(_)), "{written:?}");
+            assert_eq!(made, made_expected, "{alias}");
+            let path = manifests.join(
+                alias
+                    .manifest_rel_path()
+                    .strip_prefix(MANIFESTS_DIR)
+                    .unwrap(),
+            );
+            assert_eq!(std::fs::read(path).unwrap(), b"{}");
+            // Found: nothing to go on from.
+            assert!(root.read_manifest_reaching(&alias).unwrap().1.is_none());
+        }
     }
 
     #[test]
@@ -620,6 +827,7 @@ mod tests {
         .unwrap();
         let alias = name("evil:passwd");
         assert_eq!(why(root.read_manifest(&alias).unwrap()), Some(Why::Symlink));
+        assert_eq!(root.file_id(&alias), None, "looked at through a symlink");
         assert_eq!(
             why(root
                 .write_manifest(&alias, b"{}", ".tmp", &mut |_| {})

@@ -7,6 +7,7 @@ mod cli;
 mod confinement;
 mod crash;
 mod creates;
+mod creates_fast;
 mod dashboard;
 mod disk_full;
 mod edge_security;
