@@ -1,3 +1,4 @@
+mod access_line;
 mod access_log;
 mod aliases;
 mod auth;
