@@ -22,6 +22,7 @@ mod metrics;
 mod ops;
 mod proxy;
 mod proxy_clients;
+mod resolve_fast;
 mod router;
 mod shutdown;
 mod sse;
