@@ -535,19 +535,19 @@ pub async fn resolve_get(
     PathName(name): PathName,
 ) -> Result<Response, ApiError> {
     let name = name.as_str();
-    let fresh = state.registry.read(|s| {
+    let answer = state.registry.read(|s| {
         let stamps = (s.index.stamp(), s.models.stamp());
         if let Some(body) = ResolveCache::get(name, stamps) {
-            return Ok(Err(body));
+            return Ok(Answer::Kept(body));
         }
         // A bad name is a 400 here as on every route (SPEC §5), not a 404.
         crate::name::ModelName::parse(name).map_err(|e| ApiError::bad_request(e.to_string()))?;
         let resolution = s.index.resolve(&s.models, name)?;
-        Ok::<_, ApiError>(Ok((resolution, stamps)))
+        Ok::<_, ApiError>(Answer::Fresh(resolution, stamps))
     })?;
-    let body = match fresh {
-        Err(cached) => cached,
-        Ok((resolution, stamps)) => {
+    let body = match answer {
+        Answer::Kept(body) => body,
+        Answer::Fresh(resolution, stamps) => {
             let resolved = resolution.resolved.display();
             let body = ResolveBody {
                 name: resolution.chain.first().map_or(name, |first| first),
@@ -569,6 +569,17 @@ pub async fn resolve_get(
     Ok(response)
 }
 
+/// What `resolve_get` finds under the registry's read lock.
+enum Answer {
+    /// A kept answer, still current.
+    Kept(axum::body::Bytes),
+    /// A resolution to render, with the stamps it was computed under.
+    Fresh(crate::index::Resolution, Stamps),
+}
+
+/// The stamps of the index and of the models ([`crate::index::Stamp`]).
+type Stamps = (crate::index::Stamp, crate::index::Stamp);
+
 /// The most answers [`ResolveCache`] keeps on one thread; past it, it
 /// starts again empty.
 const RESOLVE_CACHE_ENTRIES: usize = 1024;
@@ -587,7 +598,7 @@ struct ResolveCache {
 
 /// One answer kept by [`ResolveCache`].
 struct CachedAnswer {
-    stamps: (crate::index::Stamp, crate::index::Stamp),
+    stamps: Stamps,
     body: axum::body::Bytes,
 }
 
@@ -600,10 +611,7 @@ thread_local! {
 impl ResolveCache {
     /// The answer kept for `name`, if it was computed from an index and
     /// models with these stamps.
-    fn get(
-        name: &str,
-        stamps: (crate::index::Stamp, crate::index::Stamp),
-    ) -> Option<axum::body::Bytes> {
+    fn get(name: &str, stamps: Stamps) -> Option<axum::body::Bytes> {
         RESOLVE_CACHE.with(|cache| {
             let cache = cache.borrow();
             let answer = cache.answers.get(name)?;
@@ -612,11 +620,7 @@ impl ResolveCache {
     }
 
     /// Keeps `body` as the answer for `name` under these stamps.
-    fn put(
-        name: &str,
-        stamps: (crate::index::Stamp, crate::index::Stamp),
-        body: &axum::body::Bytes,
-    ) {
+    fn put(name: &str, stamps: Stamps, body: &axum::body::Bytes) {
         RESOLVE_CACHE.with(|cache| {
             let mut cache = cache.borrow_mut();
             if let Some(answer) = cache.answers.get_mut(name) {
