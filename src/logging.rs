@@ -8,7 +8,11 @@
 //! is written to stderr at once by the thread that logs it, as before. And
 //! the access line is put together by a short path of its own
 //! ([`TextFormat`]), in the shape of tracing-subscriber's default format,
-//! which every other line keeps.
+//! which every other line keeps. In the server, the access line does not
+//! go through tracing's subscriber at all once tracing says it is enabled
+//! ([`log_access`]): it is put together the same way and handed to the
+//! same queue directly (text format only; `--log-format json` keeps
+//! tracing's JSON).
 //!
 //! Why: the access line through the default formatter (its `write!` of each
 //! part) and an unbuffered `write(2)` to stderr under its lock, on the
@@ -18,6 +22,7 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::io::Write;
+use std::sync::OnceLock;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Metadata, Subscriber};
@@ -78,6 +83,106 @@ impl LogWriter {
             });
         (LogWriter { access }, guard)
     }
+
+    /// From now on [`log_access`] puts the access line together itself, in
+    /// the text format (with colours when `ansi`, as the subscriber's), and
+    /// queues it on this writer directly, instead of through tracing's
+    /// subscriber. Only for the text format: the server with
+    /// `--log-format json` does not call it. The first call wins.
+    pub fn write_access_lines_directly(&self, ansi: bool) {
+        let _ = DIRECT.set(Direct {
+            access: self.access.clone(),
+            ansi,
+        });
+    }
+}
+
+/// Where [`log_access`] queues the access line itself, when it does.
+struct Direct {
+    access: NonBlocking,
+    ansi: bool,
+}
+
+/// Set by [`LogWriter::write_access_lines_directly`].
+static DIRECT: OnceLock<Direct> = OnceLock::new();
+
+/// One request's access line (SPEC §11): the values [`log_access`] logs,
+/// each plain visible ASCII as a rule (checked where they are made).
+#[derive(Debug, Clone, Copy)]
+pub struct Access<'a> {
+    /// The request's method.
+    pub method: &'a str,
+    /// The route template, `proxy` or `unmatched`.
+    pub route: &'a str,
+    /// The answer's status.
+    pub status: u16,
+    /// From the request's arrival to the answer's head, in microseconds.
+    pub duration_us: u64,
+    /// The token's name, or `anonymous`.
+    pub actor: &'a str,
+    /// The request's id.
+    pub request_id: &'a str,
+}
+
+/// Logs the access line of a request (target [`ACCESS_TARGET`], at info)
+/// when tracing says that target is enabled (so `ALIASD_LOG` filters it as
+/// any other). With [`LogWriter::write_access_lines_directly`] in effect,
+/// the line is put together here and queued on the log's worker directly:
+/// the same line as [`TextFormat`] writes, without tracing's event,
+/// dispatch and field visitor on every request. Otherwise, or for a value
+/// that is not plain visible ASCII or a line too long for the buffer, it
+/// goes through tracing as any event.
+pub fn log_access(access: &Access<'_>) {
+    if !tracing::enabled!(target: "aliasd::access", Level::INFO) {
+        return;
+    }
+    if let Some(direct) = DIRECT.get() {
+        if let Some(line) = access_line(access, direct.ansi) {
+            thread_local! {
+                // This thread's handle on the queue: no clone per line.
+                static QUEUE: RefCell<Option<NonBlocking>> = const { RefCell::new(None) };
+            }
+            QUEUE.with(|queue| {
+                let mut queue = queue.borrow_mut();
+                let queue = queue.get_or_insert_with(|| direct.access.clone());
+                // Not lossy: an error only when the worker is gone (the
+                // server is stopping), and then there is nowhere to say so.
+                let _ = queue.write_all(line.bytes());
+            });
+            return;
+        }
+    }
+    tracing::info!(
+        target: "aliasd::access",
+        method = access.method,
+        route = access.route,
+        status = access.status,
+        duration_us = access.duration_us,
+        actor = access.actor,
+        request_id = access.request_id,
+    );
+}
+
+/// The access line as [`TextFormat`] writes it (at info), unless a value is
+/// not plain visible ASCII or the line does not fit in a [`Line`].
+fn access_line(access: &Access<'_>, ansi: bool) -> Option<Line> {
+    let mut line = Line::default();
+    line.start(Level::INFO, ansi);
+    let mut fields = AccessFields {
+        line: &mut line,
+        ansi,
+        first: true,
+    };
+    let plain = fields.plain("method", access.method)
+        && fields.plain("route", access.route)
+        && {
+            fields.number("status", access.status.into());
+            fields.number("duration_us", access.duration_us);
+            fields.plain("actor", access.actor)
+        }
+        && fields.plain("request_id", access.request_id);
+    line.push("\n");
+    (plain && !line.overflow).then_some(line)
 }
 
 impl<'a> MakeWriter<'a> for LogWriter {
@@ -171,17 +276,7 @@ where
         }
         let ansi = writer.has_ansi_escapes();
         let mut line = Line::default();
-        if ansi {
-            line.push(DIMMED);
-        }
-        line.timestamp();
-        line.push(if ansi { RESET_SPACE } else { " " });
-        line.push(level(*meta.level(), ansi));
-        line.push(if ansi {
-            "\x1b[2maliasd::access\x1b[0m\x1b[2m:\x1b[0m "
-        } else {
-            "aliasd::access: "
-        });
+        line.start(*meta.level(), ansi);
         let mut fields = AccessFields {
             line: &mut line,
             ansi,
@@ -239,6 +334,27 @@ impl Default for Line {
 }
 
 impl Line {
+    /// The access line's timestamp, level and target, as the default
+    /// format writes them.
+    fn start(&mut self, at: Level, ansi: bool) {
+        if ansi {
+            self.push(DIMMED);
+        }
+        self.timestamp();
+        self.push(if ansi { RESET_SPACE } else { " " });
+        self.push(level(at, ansi));
+        self.push(if ansi {
+            "\x1b[2maliasd::access\x1b[0m\x1b[2m:\x1b[0m "
+        } else {
+            "aliasd::access: "
+        });
+    }
+
+    /// The bytes put together so far.
+    fn bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
     fn push(&mut self, text: &str) {
         self.push_bytes(text.as_bytes());
     }
@@ -346,45 +462,63 @@ struct AccessFields<'l> {
 
 impl AccessFields<'_> {
     /// The separator and `name=`.
-    fn name(&mut self, field: &Field) {
+    fn name(&mut self, name: &str) {
         if !self.first {
             self.line.push(" ");
         }
         self.first = false;
         if self.ansi {
             self.line.push("\x1b[3m");
-            self.line.push(field.name());
+            self.line.push(name);
             self.line.push("\x1b[0m\x1b[2m=\x1b[0m");
         } else {
-            self.line.push(field.name());
+            self.line.push(name);
             self.line.push("=");
         }
     }
+
+    /// `name=value` when `value` is plain visible ASCII (written as it
+    /// is); false, and nothing written, when it is not.
+    fn plain(&mut self, name: &str, value: &str) -> bool {
+        if !is_plain(value) {
+            return false;
+        }
+        self.name(name);
+        self.line.push(value);
+        true
+    }
+
+    /// `name=value` in decimal.
+    fn number(&mut self, name: &str, value: u64) {
+        self.name(name);
+        self.line.push_u64(value);
+    }
+}
+
+/// Only visible ASCII: written as it is, it cannot break the line.
+fn is_plain(value: &str) -> bool {
+    // A fold, not `all`: no early exit, so the compiler checks many bytes
+    // at a time.
+    value
+        .bytes()
+        .fold(true, |plain, b| plain & b.is_ascii_graphic())
 }
 
 impl Visit for AccessFields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        // A fold, not `all`: no early exit, so the compiler checks many
-        // bytes at a time.
-        let plain = value
-            .bytes()
-            .fold(true, |plain, b| plain & b.is_ascii_graphic());
-        if !plain {
+        if !self.plain(field.name(), value) {
             // Not what the access line is made of: written as the default
             // would, quoted and escaped, so that it cannot break the line.
-            return self.record_debug(field, &value);
+            self.record_debug(field, &value);
         }
-        self.name(field);
-        self.line.push(value);
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.name(field);
-        self.line.push_u64(value);
+        self.number(field.name(), value);
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.name(field);
+        self.name(field.name());
         let mut text = String::new();
         let _ = fmt::Write::write_fmt(&mut text, format_args!("{value:?}"));
         self.line.push(&text);
@@ -454,6 +588,53 @@ mod tests {
         tracing::subscriber::with_default(subscriber, log);
         let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
         text.lines().map(String::from).collect()
+    }
+
+    /// [`log_access`]'s own line is [`TextFormat`]'s for the same values,
+    /// but for the time, with colours or not; a value that is not plain
+    /// visible ASCII, or a line too long, is left to tracing.
+    #[test]
+    fn the_direct_access_line_is_text_formats_line() {
+        let access = Access {
+            method: "GET",
+            route: "/api/resolve/{*name}",
+            status: 200,
+            duration_us: 1234,
+            actor: "anonymous",
+            request_id: "1f0c9a1e-5b7d-4468-8000-00000000002a",
+        };
+        for ansi in [false, true] {
+            let through_tracing = lines_of(ansi, TextFormat::default(), &|| {
+                tracing::info!(
+                    target: "aliasd::access",
+                    method = access.method,
+                    route = access.route,
+                    status = access.status,
+                    duration_us = access.duration_us,
+                    actor = access.actor,
+                    request_id = access.request_id,
+                );
+            });
+            let line = access_line(&access, ansi).expect("a usual line is written directly");
+            let direct = std::str::from_utf8(line.bytes()).unwrap();
+            let direct = direct.strip_suffix('\n').expect("one whole line");
+            assert!(!direct.contains('\n'), "{direct:?}");
+            let (time, rest) = direct.split_once(' ').unwrap();
+            let (tracing_time, tracing_rest) = through_tracing[0].split_once(' ').unwrap();
+            assert_eq!(time.len(), tracing_time.len(), "{direct}");
+            assert_eq!(rest, tracing_rest);
+        }
+        let spaced = Access {
+            request_id: "id with space",
+            ..access
+        };
+        assert!(access_line(&spaced, false).is_none());
+        let long = "a".repeat(600);
+        let long = Access {
+            actor: &long,
+            ..access
+        };
+        assert!(access_line(&long, false).is_none());
     }
 
     /// The access line through [`TextFormat`] is what the default format

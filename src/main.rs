@@ -64,7 +64,8 @@ const DEFAULT_LOG_FILTER: &str = "info,async_nats=warn";
 /// The server (`serving`) writes its access lines, one per request,
 /// through a worker thread (`aliasd::logging::LogWriter`: in batches, off
 /// the runtime's threads) and returns its guard, which must live until the
-/// server has stopped; every other line, and every line of the other
+/// server has stopped; in the text format it puts the access line together
+/// itself (`aliasd::logging::log_access`); every other line, and every line of the other
 /// commands, is written to stderr directly.
 ///
 /// # Errors
@@ -99,6 +100,9 @@ fn init_tracing(
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     if serving {
         let (writer, guard) = aliasd::logging::LogWriter::stderr();
+        if !json {
+            writer.write_access_lines_directly(colour);
+        }
         install_logs(filter, json, colour, writer);
         Ok(Some(guard))
     } else {

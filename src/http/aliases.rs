@@ -8,8 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::{BatchOp, DeleteAlias, IfMatch, PutAlias};
 use crate::http::{
-    json_body, json_bytes_response, read_body, ApiError, AppJson, AppState, JsonObject, PathName,
-    RequestOrigin,
+    json_body, read_body, ApiError, AppJson, AppState, JsonObject, PathName, RequestOrigin,
 };
 use crate::index::{
     format_time, AliasEntry, AliasState, AliasView, ChainEnd, ChainEnds, Index, Models,
@@ -531,23 +530,124 @@ fn push_json_str(out: &mut Vec<u8>, value: &str) {
 }
 
 /// `GET /api/resolve/{name}`.
+///
+/// A resolution's answer is kept, rendered, for the next request that asks
+/// the same name ([`ResolveCache`]): the answer depends only on the name,
+/// the index and the models, and it is served again only while the index
+/// and the models are the ones it was computed from (their stamps, read
+/// under the same read lock as the answer). Errors are computed every time.
 pub async fn resolve_get(
     State(state): State<AppState>,
     PathName(name): PathName,
 ) -> Result<Response, ApiError> {
     let name = name.as_str();
-    // A bad name is a 400 here as on every route (SPEC §5), not a 404.
-    crate::name::ModelName::parse(name).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let resolution = state.registry.read(|s| s.index.resolve(&s.models, name))?;
-    let resolved = resolution.resolved.display();
-    let body = ResolveBody {
-        name: resolution.chain.first().map_or(name, |first| first),
-        resolved: &resolved,
-        chain: &resolution.chain,
-        via: resolution.via.as_str(),
-        digest: &resolution.digest,
+    let answer = state.registry.read(|s| {
+        let stamps = (s.index.stamp(), s.models.stamp());
+        if let Some(body) = ResolveCache::get(name, stamps) {
+            return Ok(Answer::Kept(body));
+        }
+        // A bad name is a 400 here as on every route (SPEC §5), not a 404.
+        crate::name::ModelName::parse(name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let resolution = s.index.resolve(&s.models, name)?;
+        Ok::<_, ApiError>(Answer::Fresh(resolution, stamps))
+    })?;
+    let body = match answer {
+        Answer::Kept(body) => body,
+        Answer::Fresh(resolution, stamps) => {
+            let resolved = resolution.resolved.display();
+            let body = ResolveBody {
+                name: resolution.chain.first().map_or(name, |first| first),
+                resolved: &resolved,
+                chain: &resolution.chain,
+                via: resolution.via.as_str(),
+                digest: &resolution.digest,
+            };
+            let body = axum::body::Bytes::from(body.to_json());
+            ResolveCache::put(name, stamps, &body);
+            body
+        }
     };
-    Ok(json_bytes_response(StatusCode::OK, body.to_json()))
+    let mut response = Response::new(axum::body::Body::from(body));
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+/// What `resolve_get` finds under the registry's read lock.
+enum Answer {
+    /// A kept answer, still current.
+    Kept(axum::body::Bytes),
+    /// A resolution to render, with the stamps it was computed under.
+    Fresh(crate::index::Resolution, Stamps),
+}
+
+/// The stamps of the index and of the models ([`crate::index::Stamp`]).
+type Stamps = (crate::index::Stamp, crate::index::Stamp);
+
+/// The most answers [`ResolveCache`] keeps on one thread; past it, it
+/// starts again empty.
+const RESOLVE_CACHE_ENTRIES: usize = 1024;
+
+/// Rendered answers of `GET /api/resolve/{name}`, by the name as asked,
+/// each with the stamps of the index and models it was computed from
+/// ([`crate::index::Stamp`]). One per thread (the runtime's workers), so
+/// that a lookup takes no lock and shares no cache line with the other
+/// workers; each thread's copy is checked against the stamps all the same.
+///
+/// What it saves a request: parsing the name, walking the chain, the
+/// display forms of its names, and writing the JSON.
+struct ResolveCache {
+    answers: std::collections::HashMap<Box<str>, CachedAnswer, foldhash::fast::RandomState>,
+}
+
+/// One answer kept by [`ResolveCache`].
+struct CachedAnswer {
+    stamps: Stamps,
+    body: axum::body::Bytes,
+}
+
+thread_local! {
+    static RESOLVE_CACHE: std::cell::RefCell<ResolveCache> = std::cell::RefCell::new(ResolveCache {
+        answers: Default::default(),
+    });
+}
+
+impl ResolveCache {
+    /// The answer kept for `name`, if it was computed from an index and
+    /// models with these stamps.
+    fn get(name: &str, stamps: Stamps) -> Option<axum::body::Bytes> {
+        RESOLVE_CACHE.with(|cache| {
+            let cache = cache.borrow();
+            let answer = cache.answers.get(name)?;
+            (answer.stamps == stamps).then(|| answer.body.clone())
+        })
+    }
+
+    /// Keeps `body` as the answer for `name` under these stamps.
+    fn put(name: &str, stamps: Stamps, body: &axum::body::Bytes) {
+        RESOLVE_CACHE.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if let Some(answer) = cache.answers.get_mut(name) {
+                *answer = CachedAnswer {
+                    stamps,
+                    body: body.clone(),
+                };
+                return;
+            }
+            if cache.answers.len() >= RESOLVE_CACHE_ENTRIES {
+                cache.answers.clear();
+            }
+            cache.answers.insert(
+                name.into(),
+                CachedAnswer {
+                    stamps,
+                    body: body.clone(),
+                },
+            );
+        });
+    }
 }
 
 /// `GET /api/models`: the models in the store and the aliases ending at each.

@@ -410,7 +410,11 @@ fn require_token(
 ///    browser belongs to the route, or to the upstream), and build its
 ///    headers for every request;
 /// 4. tokens (SPEC §5): 401/403, or the token's name for the event actor
-///    ([`check_token`]).
+///    ([`check_token`]);
+/// 5. on the routes aliasd serves (not the fallback), the request body's
+///    deadline ([`crate::http::middleware::body_deadline`]): here rather
+///    than as a `route_layer`, which would wrap every route in one more
+///    boxed service, cloned for every request.
 ///
 /// One pass over the headers finds `Host` and `Origin`; the layer keeps
 /// one `Arc` (axum clones a route's layers for every request), and its
@@ -472,7 +476,7 @@ where
     }
 
     fn call(&mut self, mut request: Request) -> Self::Future {
-        crate::http::middleware::note_route(&request);
+        let matched = crate::http::middleware::note_route(&request);
         let http = &self.shared.state.http;
         let (mut host, mut origin) = (None, None);
         for (name, value) in request.headers() {
@@ -489,7 +493,13 @@ where
                 response: Some(*refusal),
             };
         }
-        if origin.is_some() {
+        let has_origin = origin.is_some();
+        if matched {
+            // A route aliasd serves, not the upstream's fallback (where a
+            // model can take minutes to load).
+            request = crate::http::middleware::body_deadline(request, http.request_timeout);
+        }
+        if has_origin {
             let route = tower::ServiceBuilder::new()
                 .map_response(preflight_no_content)
                 .layer(self.shared.cors.clone())

@@ -78,7 +78,10 @@ pub fn new_request_id() -> HeaderValue {
     id[14..18].copy_from_slice(&high[12..]);
     id[19..23].copy_from_slice(&low[..4]);
     id[24..].copy_from_slice(&low[4..]);
-    HeaderValue::from_bytes(&id).expect("hex digits and hyphens are a valid header value")
+    // Shared, not copied: the request and its answer each hold the id, and
+    // a clone is a count, not an allocation.
+    HeaderValue::from_maybe_shared(axum::body::Bytes::from_owner(id))
+        .expect("hex digits and hyphens are a valid header value")
 }
 
 /// `n` as 16 lowercase hex digits.
@@ -91,20 +94,39 @@ fn hex16(n: u64) -> [u8; 16] {
     out
 }
 
-/// What the layers inside [`Observe`] learn of a request, for its log line:
-/// the route template (noted by [`note_route`] once the router matched it)
-/// and the token's name (noted by `auth::RouteChecks`). One per request,
-/// in its extensions, shared with `Observe`.
+/// What is known of a request besides its head, one per request in its
+/// extensions: the peer's address (put there by the connection, `server`),
+/// and what the layers inside [`Observe`] learn of it for its log line: the
+/// route template (noted by [`note_route`] once the router matched it) and
+/// the token's name (noted by `auth::RouteChecks`). Shared with `Observe`.
+///
+/// The peer rides here rather than as axum's `ConnectInfo`, an extension of
+/// its own: one entry fewer in every request's extension map.
 #[derive(Debug, Clone, Default)]
 pub struct RequestNotes(Arc<Notes>);
 
 #[derive(Debug, Default)]
 struct Notes {
+    peer: Option<std::net::SocketAddr>,
     route: OnceLock<MatchedPath>,
     actor: OnceLock<TokenName>,
 }
 
 impl RequestNotes {
+    /// The notes of a request that came from `peer`.
+    pub fn from_peer(peer: std::net::SocketAddr) -> RequestNotes {
+        RequestNotes(Arc::new(Notes {
+            peer: Some(peer),
+            ..Notes::default()
+        }))
+    }
+
+    /// The address of the client the request came from, when it came over
+    /// a connection (not, say, from a test calling the app directly).
+    pub fn peer(&self) -> Option<std::net::SocketAddr> {
+        self.0.peer
+    }
+
     /// Notes the token the request was authorized with.
     pub fn set_actor(&self, token: &TokenName) {
         let _ = self.0.actor.set(token.clone());
@@ -113,14 +135,15 @@ impl RequestNotes {
 
 /// Inside the router (`auth::RouteChecks`): notes the route the request
 /// matched (axum's `MatchedPath`) in its [`RequestNotes`]. A request for the
-/// fallback matched none.
-pub fn note_route(request: &Request) {
-    if let (Some(notes), Some(route)) = (
-        request.extensions().get::<RequestNotes>(),
-        request.extensions().get::<MatchedPath>(),
-    ) {
+/// fallback matched none: then `false`.
+pub fn note_route(request: &Request) -> bool {
+    let Some(route) = request.extensions().get::<MatchedPath>() else {
+        return false;
+    };
+    if let Some(notes) = request.extensions().get::<RequestNotes>() {
         let _ = notes.0.route.set(route.clone());
     }
+    true
 }
 
 /// The outermost layer of [`crate::http::app`]: gives every request its id
@@ -190,8 +213,15 @@ where
         let started = Instant::now();
         let request_id = request_id(&mut request);
         let openai = error::is_openai_route(request.uri().path());
-        let notes = RequestNotes::default();
-        request.extensions_mut().insert(notes.clone());
+        // The connection put them there, with the peer's address.
+        let notes = match request.extensions().get::<RequestNotes>() {
+            Some(notes) => notes.clone(),
+            None => {
+                let notes = RequestNotes::default();
+                request.extensions_mut().insert(notes.clone());
+                notes
+            }
+        };
         let seen = Seen {
             started,
             method: request.method().clone(),
@@ -283,27 +313,21 @@ impl Seen {
         };
         let status = response.status().as_u16();
         self.state.registry.metrics().observe_request(route, status);
-        if tracing::enabled!(target: "aliasd::access", tracing::Level::INFO) {
-            let actor = self
-                .notes
-                .0
-                .actor
-                .get()
-                .map_or("anonymous", |t| t.0.as_str());
-            // Every value is plain visible ASCII already (a method, a
-            // template, a token name, a checked request id), which the
-            // access line's formatter writes as it is (`crate::logging`).
-            let request_id = self.request_id.to_str().unwrap_or("");
-            tracing::info!(
-                target: "aliasd::access",
-                method = self.method.as_str(),
-                route,
-                status,
-                duration_us = self.started.elapsed().as_micros() as u64,
-                actor,
-                request_id,
-            );
-        }
+        let actor = self
+            .notes
+            .0
+            .actor
+            .get()
+            .map_or("anonymous", |t| t.0.as_str());
+        crate::logging::log_access(&crate::logging::Access {
+            method: self.method.as_str(),
+            route,
+            status,
+            duration_us: self.started.elapsed().as_micros() as u64,
+            actor,
+            // A checked request id is visible ASCII (`usable_request_id`).
+            request_id: self.request_id.to_str().unwrap_or(""),
+        });
         response
             .headers_mut()
             .insert(REQUEST_ID.clone(), self.request_id);
@@ -324,8 +348,8 @@ pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Respons
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
 }
 
-/// For `tower::util::MapRequestLayer` on the routes: a request with a body
-/// gets it wrapped in a [`TimedBody`], which fails once `timeout` has passed
+/// For the routes aliasd serves (`auth::RouteChecks` calls it once the path
+/// matched one): a request with a body gets it wrapped in a [`TimedBody`], which fails once `timeout` has passed
 /// since the request arrived, so that reading it answers 408 (see
 /// `read_body`).
 ///
@@ -335,19 +359,17 @@ pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Respons
 /// streams, which have no body, are never timed. tower-http's
 /// `RequestBodyTimeoutLayer` is not used: its deadline starts again at each
 /// chunk, so a body sent a byte at a time would hold its connection forever.
-pub fn body_deadline(timeout: Duration) -> impl FnMut(Request) -> Request + Clone + Send + Sync {
-    move |request: Request| {
-        let has_body = request
+pub fn body_deadline(request: Request, timeout: Duration) -> Request {
+    let has_body = request
+        .headers()
+        .contains_key(axum::http::header::CONTENT_LENGTH)
+        || request
             .headers()
-            .contains_key(axum::http::header::CONTENT_LENGTH)
-            || request
-                .headers()
-                .contains_key(axum::http::header::TRANSFER_ENCODING);
-        if has_body {
-            request.map(|body| axum::body::Body::new(TimedBody::new(body, timeout)))
-        } else {
-            request
-        }
+            .contains_key(axum::http::header::TRANSFER_ENCODING);
+    if has_body {
+        request.map(|body| axum::body::Body::new(TimedBody::new(body, timeout)))
+    } else {
+        request
     }
 }
 

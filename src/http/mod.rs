@@ -163,7 +163,7 @@ impl Shutdown {
 ///    name for the event actor;
 /// 8. on the routes aliasd serves (not the upstream's fallback, where a
 ///    model can take minutes to load), the request body's deadline
-///    ([`middleware::body_deadline`]).
+///    ([`middleware::body_deadline`], `RouteChecksLayer` still).
 ///
 /// Steps 5-7 run after the path is matched, so that every answer, their
 /// refusals included, is counted under its route template. Nothing is boxed
@@ -222,9 +222,6 @@ pub fn app(
         .route("/metrics", get(metrics_get))
         .route("/", get(ui::dashboard_get))
         .route("/ui/{*name}", get(ui::asset_get))
-        .route_layer(tower::util::MapRequestLayer::new(
-            middleware::body_deadline(state.http.request_timeout),
-        ))
         .fallback(proxy::forward)
         .layer(on_every_route)
         .with_state(state.clone());
@@ -316,11 +313,19 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestOrigin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        // The connection notes its peer (`server`); axum's `ConnectInfo`
+        // is read too, for an app served some other way.
         let addr = parts
             .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.to_string())
-            .unwrap_or_else(|| "local".to_string());
+            .get::<middleware::RequestNotes>()
+            .and_then(middleware::RequestNotes::peer)
+            .or_else(|| {
+                parts
+                    .extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|c| c.0)
+            })
+            .map_or_else(|| "local".to_string(), |addr| addr.to_string());
         let who = parts
             .extensions
             .get::<TokenName>()

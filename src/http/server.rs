@@ -25,15 +25,15 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::extract::ConnectInfo;
 use axum::response::Response;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::http::middleware::RequestNotes;
 use crate::http::{AppState, Shutdown};
 
 /// The most a request's head (request line and headers) may take in hyper's
@@ -222,15 +222,12 @@ async fn serve_connection<A: App>(
     limits: Limits,
     _permit: OwnedSemaphorePermit,
 ) {
-    let reads = Arc::new(AtomicU64::new(0));
+    let clock = Arc::new(ConnClock::new(limits));
     let body_open = Arc::new(AtomicBool::new(false));
     builder.timer(HeadTimer {
-        reads: reads.clone(),
-        heads: AtomicU64::new(0),
-        header_timeout: limits.header_timeout,
-        idle_timeout: limits.idle_timeout,
+        clock: clock.clone(),
     });
-    let io = hyper_util::rt::TokioIo::new(ConnIo::new(stream, reads, body_open.clone()));
+    let io = hyper_util::rt::TokioIo::new(ConnIo::new(stream, clock, body_open.clone()));
     let service = ConnService {
         app,
         remote,
@@ -240,7 +237,7 @@ async fn serve_connection<A: App>(
     let mut connection = std::pin::pin!(connection);
     let res = tokio::select! {
         res = connection.as_mut() => res,
-        () = shutdown.fired() => {
+        () = WakeGated::new(shutdown.fired()) => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }
@@ -248,6 +245,60 @@ async fn serve_connection<A: App>(
     if let Err(e) = res {
         // Timeouts, resets and malformed requests: the client's business.
         tracing::debug!(%remote, "connection ended: {e}");
+    }
+}
+
+/// A future polled only when it asked to be: on its first poll, and after
+/// it woke its task. Beside a connection in a `select!`, the shutdown signal
+/// (a `watch` receiver, whose every poll takes a lock shared with the other
+/// connections) would otherwise be polled at each of the connection's
+/// wake-ups, a few a request.
+struct WakeGated<F> {
+    inner: Pin<Box<F>>,
+    gate: Arc<Gate>,
+}
+
+/// The waker [`WakeGated`] polls its future with: it notes the wake-up and
+/// wakes the task that polled last.
+#[derive(Default)]
+struct Gate {
+    woken: AtomicBool,
+    task: futures_util::task::AtomicWaker,
+}
+
+impl std::task::Wake for Gate {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<F: Future> WakeGated<F> {
+    fn new(inner: F) -> WakeGated<F> {
+        let gate = Gate::default();
+        gate.woken.store(true, Ordering::Relaxed);
+        WakeGated {
+            inner: Box::pin(inner),
+            gate: Arc::new(gate),
+        }
+    }
+}
+
+impl<F: Future> Future for WakeGated<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        this.gate.task.register(cx.waker());
+        if !this.gate.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let waker = std::task::Waker::from(this.gate.clone());
+        this.inner.as_mut().poll(&mut Context::from_waker(&waker))
     }
 }
 
@@ -278,10 +329,11 @@ impl<A> App for A where
 {
 }
 
-/// One connection's service: the app, with the peer's address as axum's
-/// `ConnectInfo` (event actors name it), as
-/// `Router::into_make_service_with_connect_info` would give it; and it marks
-/// whether the request's body is still unread, for [`ConnIo`]'s lingering close.
+/// One connection's service: the app, with the peer's address in each
+/// request's [`RequestNotes`] (event actors name it; one extension that
+/// `middleware::ObserveLayer` uses anyway, rather than axum's `ConnectInfo`
+/// beside it); and it marks whether the request's body is still unread, for
+/// [`ConnIo`]'s lingering close.
 #[derive(Clone)]
 struct ConnService<A> {
     app: A,
@@ -309,7 +361,9 @@ impl<A: App> hyper::service::Service<hyper::Request<hyper::body::Incoming>> for 
             }),
             false => request.map(axum::body::Body::new),
         };
-        request.extensions_mut().insert(ConnectInfo(self.remote));
+        request
+            .extensions_mut()
+            .insert(RequestNotes::from_peer(self.remote));
         // The app is always ready (no layer applies backpressure), so it is
         // called without `poll_ready`, on a clone as tower asks.
         tower::Service::call(&mut self.app.clone(), request)
@@ -363,70 +417,124 @@ impl hyper::body::Body for TrackedBody {
 /// new connection gets the header timeout, and an idle one the idle timeout
 /// until the first byte of its next request arrives, then the header timeout
 /// from that byte.
+///
+/// hyper asks for a new sleep for every request head; each is a deadline
+/// over the connection's one tokio timer ([`ConnClock::alarm`]), so that a
+/// request does not register a timer in tokio's wheel and take it out again.
 struct HeadTimer {
+    clock: Arc<ConnClock>,
+}
+
+/// What a connection's [`HeadTimer`], its sleeps and [`ConnIo`] share.
+struct ConnClock {
     /// Reads that returned bytes, counted by [`ConnIo`].
-    reads: Arc<AtomicU64>,
-    /// Timers started so far: the first is the new connection's.
-    heads: AtomicU64,
+    reads: AtomicU64,
+    /// Set once the first head (the new connection's) has been waited for.
+    started: AtomicBool,
     header_timeout: Duration,
     idle_timeout: Duration,
+    /// The connection's timer. It is set no later than the deadline of the
+    /// head being waited for: when a later head's deadline comes it is left
+    /// as it is, and set again only when it goes off before that deadline
+    /// (about once per idle timeout), or when a deadline comes earlier (the
+    /// first byte of a head after an idle spell).
+    alarm: Mutex<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl ConnClock {
+    fn new(limits: Limits) -> ConnClock {
+        ConnClock {
+            reads: AtomicU64::new(0),
+            started: AtomicBool::new(false),
+            header_timeout: limits.header_timeout,
+            idle_timeout: limits.idle_timeout,
+            alarm: Mutex::new(Box::pin(tokio::time::sleep(limits.header_timeout))),
+        }
+    }
 }
 
 impl hyper::rt::Timer for HeadTimer {
     /// A plain sleep (hyper's HTTP/1 server only asks for [`Self::sleep_until`]).
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        self.head_sleep(Instant::now() + duration, false)
+        Box::pin(PlainSleep {
+            sleep: tokio::time::sleep(duration),
+        })
     }
 
+    /// The wait for a request head: `deadline` is hyper's header timeout
+    /// from now.
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        let fresh = self.heads.fetch_add(1, Ordering::Relaxed) == 0;
-        if fresh {
-            self.head_sleep(deadline, false)
-        } else {
-            self.head_sleep(Instant::now() + self.idle_timeout, true)
-        }
-    }
-}
-
-impl HeadTimer {
-    fn head_sleep(&self, deadline: Instant, idle: bool) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        let clock = &self.clock;
+        let fresh = !clock.started.swap(true, Ordering::Relaxed);
+        let (deadline, idle) = match fresh {
+            true => (deadline, false),
+            // Now plus the idle timeout, without asking the clock again.
+            false => (deadline - clock.header_timeout + clock.idle_timeout, true),
+        };
         // One allocation per request head, as hyper's own timer makes.
         Box::pin(HeadSleep {
-            reads: self.reads.clone(),
-            reads_at_start: self.reads.load(Ordering::Relaxed),
+            clock: self.clock.clone(),
+            reads_at_start: clock.reads.load(Ordering::Relaxed),
             idle,
-            header_timeout: self.header_timeout,
-            sleep: tokio::time::sleep_until(deadline.into()),
+            deadline: deadline.into(),
         })
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A [`HeadTimer`]'s wait for one request head.
-    struct HeadSleep {
-        reads: Arc<AtomicU64>,
-        reads_at_start: u64,
-        // Still waiting for the first byte after the connection went idle.
-        idle: bool,
-        header_timeout: Duration,
+    /// [`HeadTimer::sleep`]: a tokio sleep.
+    struct PlainSleep {
         #[pin]
         sleep: tokio::time::Sleep,
     }
+}
+
+impl Future for PlainSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.project().sleep.poll(cx)
+    }
+}
+
+impl hyper::rt::Sleep for PlainSleep {}
+
+/// A [`HeadTimer`]'s wait for one request head.
+struct HeadSleep {
+    clock: Arc<ConnClock>,
+    reads_at_start: u64,
+    // Still waiting for the first byte after the connection went idle.
+    idle: bool,
+    deadline: tokio::time::Instant,
 }
 
 impl Future for HeadSleep {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut this = self.project();
+        let this = self.get_mut();
         // hyper polls this each time a read leaves the head incomplete, so
         // the first byte of the next request is seen as it arrives.
-        if *this.idle && this.reads.load(Ordering::Relaxed) != *this.reads_at_start {
-            *this.idle = false;
-            let deadline = tokio::time::Instant::now() + *this.header_timeout;
-            this.sleep.as_mut().reset(deadline);
+        if this.idle && this.clock.reads.load(Ordering::Relaxed) != this.reads_at_start {
+            this.idle = false;
+            this.deadline = tokio::time::Instant::now() + this.clock.header_timeout;
         }
-        this.sleep.poll(cx)
+        let mut alarm = this
+            .clock
+            .alarm
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        loop {
+            if alarm.deadline() > this.deadline {
+                alarm.as_mut().reset(this.deadline);
+            }
+            std::task::ready!(alarm.as_mut().poll(cx));
+            if alarm.deadline() >= this.deadline {
+                return Poll::Ready(());
+            }
+            // It went off at an earlier head's deadline: set it for this one.
+            alarm.as_mut().reset(this.deadline);
+        }
     }
 }
 
@@ -444,7 +552,7 @@ impl hyper::rt::Sleep for HeadSleep {}
 /// ever write it differently, it goes out unchanged, as before.
 struct ConnIo {
     stream: tokio::net::TcpStream,
-    reads: Arc<AtomicU64>,
+    clock: Arc<ConnClock>,
     /// The JSON answer that replaces hyper's, and how much of it is written.
     replacement: Option<(Vec<u8>, usize)>,
     /// Set by [`ConnService`] while a request body is unread: closing then lingers.
@@ -489,12 +597,12 @@ impl Linger {
 impl ConnIo {
     fn new(
         stream: tokio::net::TcpStream,
-        reads: Arc<AtomicU64>,
+        clock: Arc<ConnClock>,
         body_open: Arc<AtomicBool>,
     ) -> ConnIo {
         ConnIo {
             stream,
-            reads,
+            clock,
             replacement: None,
             body_open,
             linger: None,
@@ -545,7 +653,7 @@ impl AsyncRead for ConnIo {
         let before = buf.filled().len();
         let res = Pin::new(&mut this.stream).poll_read(cx, buf);
         if buf.filled().len() > before {
-            this.reads.fetch_add(1, Ordering::Relaxed);
+            this.clock.reads.fetch_add(1, Ordering::Relaxed);
         }
         res
     }

@@ -79,6 +79,8 @@ pub struct Index {
     /// reported on since their last fleet-wide change (SPEC §8). Always
     /// empty on a single host, so it costs nothing per alias there.
     per_node: HashMap<Arc<str>, Box<NodeStates>>,
+    /// Changes with every change made through `&mut self` ([`Stamp`]).
+    stamp: Stamp,
 }
 
 impl Default for Index {
@@ -98,11 +100,17 @@ impl Default for Index {
             history_base: None,
             node: None,
             per_node: HashMap::default(),
+            stamp: Stamp::fresh(),
         }
     }
 }
 
 impl Index {
+    /// The version of this index: another after any change.
+    pub fn stamp(&self) -> Stamp {
+        self.stamp
+    }
+
     /// The seq of the last applied event.
     pub fn last_seq(&self) -> u64 {
         self.last_seq
@@ -181,6 +189,7 @@ impl Index {
     /// Installs the seqs per alias of the events up to `upto`, gathered
     /// from the log, if they are the ones missing ([`Index::history_gap`]).
     pub fn install_history_base(&mut self, base: Arc<AliasSeqs>, upto: u64) {
+        self.stamp = Stamp::fresh();
         if self.history_gap() == Some(upto) {
             self.history_base = Some(base);
         }
@@ -189,6 +198,7 @@ impl Index {
     /// Stops keeping the seqs of each alias's events (an index that
     /// answers one time-travel request needs none).
     pub fn without_history(mut self) -> Index {
+        self.stamp = Stamp::fresh();
         self.history = None;
         self
     }
@@ -339,6 +349,7 @@ impl Index {
     /// An event whose alias name does not parse (a journal written by a
     /// different build); the index is left unchanged.
     pub fn apply(&mut self, event: &Event) -> Result<(), String> {
+        self.stamp = Stamp::fresh();
         self.apply_change(&event.change())
     }
 
@@ -348,6 +359,7 @@ impl Index {
     ///
     /// As [`Index::apply`].
     pub fn apply_change(&mut self, change: &StateChange<'_>) -> Result<(), String> {
+        self.stamp = Stamp::fresh();
         let prepared = self.preparer.prepare(change)?;
         self.apply_prepared(prepared);
         Ok(())
@@ -361,6 +373,7 @@ impl Index {
     /// single host; a fleet-wide event (`node` null) resets every node to
     /// the state it implies.
     pub fn apply_prepared(&mut self, change: PreparedChange) {
+        self.stamp = Stamp::fresh();
         let key = change.alias.key_arc();
         let prefix = change.alias.is_prefix();
         let seq = change.seq;
@@ -520,6 +533,7 @@ impl Index {
     /// index loaded from a snapshot another node wrote, or built before the
     /// name was known, then holds this node's view.
     pub fn set_node(&mut self, node: Option<&str>) {
+        self.stamp = Stamp::fresh();
         self.node = node.map(Arc::from);
         let Some(node) = self.node.clone() else {
             return;
@@ -552,6 +566,7 @@ impl Index {
 
     /// Adds per-node states read from a snapshot.
     pub fn insert_node_states(&mut self, key: Arc<str>, states: NodeStates) {
+        self.stamp = Stamp::fresh();
         self.per_node.insert(key, Box::new(states));
     }
 
@@ -583,6 +598,7 @@ impl Index {
 
     /// Forgets a tombstone once its file is known to be gone.
     pub fn clear_tombstone(&mut self, key: &str) {
+        self.stamp = Stamp::fresh();
         self.tombstones.remove(key);
     }
 
@@ -620,12 +636,14 @@ impl Index {
     /// times on the way to a million. [`Index::release_spare`] gives back what
     /// the replay did not use.
     pub fn reserve_for_replay(&mut self, events: usize) {
+        self.stamp = Stamp::fresh();
         self.exact.reserve(events);
     }
 
     /// Gives back the spare room of a replay that updated more aliases than it
     /// created (when over half the map would stay empty).
     pub fn release_spare(&mut self) {
+        self.stamp = Stamp::fresh();
         if self.exact.capacity() / 2 > self.exact.len() {
             self.exact.shrink_to_fit();
         }
@@ -633,12 +651,14 @@ impl Index {
 
     /// Adds an alias read from a snapshot.
     pub fn insert_entry(&mut self, entry: AliasEntry) {
+        self.stamp = Stamp::fresh();
         let dep = DepKey::new(entry.alias.is_prefix(), entry.alias.key_arc());
         self.insert(dep, entry);
     }
 
     /// Adds a tombstone read from a snapshot.
     pub fn insert_tombstone(&mut self, tombstone: Tombstone) {
+        self.stamp = Stamp::fresh();
         self.tombstones.insert(tombstone.name.key_arc(), tombstone);
     }
 }
@@ -1296,5 +1316,44 @@ mod tests {
         }
         let a = ModelName::parse("a").unwrap();
         assert_eq!(ChainEnds::new(&ms).end_of(&index, &a), ChainEnd::Cycle);
+    }
+
+    /// What keeps a rendered resolution (`http::aliases`) relies on: any
+    /// change takes a new stamp, a copy keeps its original's.
+    #[test]
+    fn every_change_takes_a_new_stamp() {
+        let mut index = Index::default();
+        assert_ne!(index.stamp(), Index::default().stamp());
+        let copy = index.clone();
+        assert_eq!(copy.stamp(), index.stamp());
+        let mut seen = vec![index.stamp()];
+        let mut changed = |index: &Index| {
+            assert!(!seen.contains(&index.stamp()), "a stamp used again");
+            seen.push(index.stamp());
+        };
+        let created = event(1, EventType::AliasCreated, "coder", Some("llama3"), None);
+        index.apply(&created).unwrap();
+        changed(&index);
+        index
+            .apply_change(&event(2, EventType::AliasUpdated, "coder", Some("qwen"), None).change())
+            .unwrap();
+        changed(&index);
+        index.set_node(Some("n1"));
+        changed(&index);
+        index.clear_tombstone("coder");
+        changed(&index);
+        let index = index.without_history();
+        changed(&index);
+        assert_ne!(Index::for_snapshot(2, 1).stamp(), index.stamp());
+
+        let mut models = models(&["llama3"]);
+        let before = models.stamp();
+        assert_eq!(models.clone().stamp(), before);
+        models.insert(model("qwen"));
+        let inserted = models.stamp();
+        assert_ne!(inserted, before);
+        models.remove("qwen");
+        assert_ne!(models.stamp(), inserted);
+        assert_ne!(models.stamp(), before);
     }
 }

@@ -133,21 +133,53 @@ pub struct ModelInfo {
     pub modified_at: String,
 }
 
+/// A version of what an [`super::Index`] or a [`Models`] holds, for a
+/// reader that keeps something it computed from them (the HTTP layer keeps
+/// rendered resolutions): each change takes a new stamp, never used before
+/// in this process, and a new or copied value carries one too, so two equal
+/// stamps mean the same contents (a copy keeps its original's stamp, and
+/// its contents, until either changes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Stamp(u64);
+
+impl Stamp {
+    /// A stamp never handed out before in this process.
+    pub fn fresh() -> Stamp {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Stamp(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl Default for Stamp {
+    fn default() -> Stamp {
+        Stamp::fresh()
+    }
+}
+
 /// The models in the store, by name key.
 #[derive(Debug, Clone, Default)]
 pub struct Models {
     by_key: HashMap<String, ModelInfo>,
+    /// Changes with every insert and removal ([`Stamp`]).
+    stamp: Stamp,
 }
 
 impl Models {
     /// Adds or replaces a model.
     pub fn insert(&mut self, model: ModelInfo) {
+        self.stamp = Stamp::fresh();
         self.by_key.insert(model.name.key(), model);
     }
 
     /// Removes a model by key.
     pub fn remove(&mut self, key: &str) -> Option<ModelInfo> {
+        self.stamp = Stamp::fresh();
         self.by_key.remove(key)
+    }
+
+    /// The version of these models: another after any change.
+    pub fn stamp(&self) -> Stamp {
+        self.stamp
     }
 
     /// Looks a model up by key.

@@ -1,3 +1,4 @@
+mod access_line;
 mod access_log;
 mod aliases;
 mod auth;
@@ -22,6 +23,7 @@ mod metrics;
 mod ops;
 mod proxy;
 mod proxy_clients;
+mod resolve_fast;
 mod robust;
 mod router;
 mod shutdown;
