@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::HeaderName;
 use axum::response::{IntoResponse, Response};
 
 use crate::command::Origin;
@@ -492,16 +492,4 @@ fn cause<'e, T: std::error::Error + 'static>(
         next = error.source();
     }
     None
-}
-
-/// A response of JSON already written, built directly (axum's tuple
-/// responses would set `application/octet-stream` first, then replace it).
-pub fn json_bytes_response(status: axum::http::StatusCode, json: Vec<u8>) -> Response {
-    let mut response = Response::new(axum::body::Body::from(json));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        axum::http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
 }
