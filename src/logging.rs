@@ -133,7 +133,7 @@ pub struct Access<'a> {
 /// that is not plain visible ASCII or a line too long for the buffer, it
 /// goes through tracing as any event.
 pub fn log_access(access: &Access<'_>) {
-    if !tracing::enabled!(target: "aliasd::access", Level::INFO) {
+    if !tracing::enabled!(target: ACCESS_TARGET, Level::INFO) {
         return;
     }
     if let Some(direct) = DIRECT.get() {
@@ -153,7 +153,7 @@ pub fn log_access(access: &Access<'_>) {
         }
     }
     tracing::info!(
-        target: "aliasd::access",
+        target: ACCESS_TARGET,
         method = access.method,
         route = access.route,
         status = access.status,

@@ -16,10 +16,9 @@ pub mod server;
 pub mod ui;
 pub mod webhooks;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::HeaderName;
 use axum::response::{IntoResponse, Response};
@@ -313,18 +312,11 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestOrigin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        // The connection notes its peer (`server`); axum's `ConnectInfo`
-        // is read too, for an app served some other way.
+        // The connection notes its peer (`server`).
         let addr = parts
             .extensions
             .get::<middleware::RequestNotes>()
             .and_then(middleware::RequestNotes::peer)
-            .or_else(|| {
-                parts
-                    .extensions
-                    .get::<ConnectInfo<SocketAddr>>()
-                    .map(|c| c.0)
-            })
             .map_or_else(|| "local".to_string(), |addr| addr.to_string());
         let who = parts
             .extensions

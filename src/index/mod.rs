@@ -349,7 +349,6 @@ impl Index {
     /// An event whose alias name does not parse (a journal written by a
     /// different build); the index is left unchanged.
     pub fn apply(&mut self, event: &Event) -> Result<(), String> {
-        self.stamp = Stamp::fresh();
         self.apply_change(&event.change())
     }
 
@@ -359,7 +358,7 @@ impl Index {
     ///
     /// As [`Index::apply`].
     pub fn apply_change(&mut self, change: &StateChange<'_>) -> Result<(), String> {
-        self.stamp = Stamp::fresh();
+        // The stamp changes in `apply_prepared`, the one way in.
         let prepared = self.preparer.prepare(change)?;
         self.apply_prepared(prepared);
         Ok(())

@@ -324,23 +324,23 @@ impl Writer {
         };
         // A full queue makes the writer wait for the finisher: the timeline
         // says how long.
-        let job = match self.finisher.try_send(job) {
-            Err(std::sync::mpsc::TrySendError::Full(job)) => job,
-            Ok(()) => return,
-            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
-                tracing::error!("the finisher thread is gone; replies are lost");
-                return;
+        let sent = match self.finisher.try_send(job) {
+            Ok(()) => true,
+            Err(std::sync::mpsc::TrySendError::Full(job)) => {
+                let waited = std::time::Instant::now();
+                let sent = self.finisher.send(job).is_ok();
+                tracing::debug!(
+                    target: super::finisher::TIMELINE,
+                    waited_us = waited.elapsed().as_micros(),
+                    "the writer waited for the finisher's queue"
+                );
+                sent
             }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => false,
         };
-        let waited = std::time::Instant::now();
-        if self.finisher.send(job).is_err() {
+        if !sent {
             tracing::error!("the finisher thread is gone; replies are lost");
         }
-        tracing::debug!(
-            target: super::finisher::TIMELINE,
-            waited_us = waited.elapsed().as_micros(),
-            "the writer waited for the finisher's queue"
-        );
     }
 
     /// Answers every request of a group whose append failed.
