@@ -80,6 +80,9 @@ impl LiveBatch {
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
     alias_key: Option<String>,
+    /// A name that parses as a model name may also be a prefix alias's
+    /// spelling (`qw-`): that alias's key, so its events match too.
+    prefix_key: Option<String>,
     kind: Option<EventType>,
 }
 
@@ -87,11 +90,19 @@ impl EventFilter {
     /// Events about `alias` (a name or a prefix as typed), of `kind`; `None`
     /// means any.
     pub fn new(alias: Option<&str>, kind: Option<EventType>) -> EventFilter {
+        let parsed = alias.map(|typed| (typed, ModelName::parse(typed)));
+        let prefix_key = match &parsed {
+            Some((typed, Ok(_))) if crate::name::is_valid_prefix(typed).is_ok() => {
+                Some(typed.to_lowercase())
+            }
+            _ => None,
+        };
         EventFilter {
-            alias_key: alias.map(|typed| match ModelName::parse(typed) {
+            alias_key: parsed.map(|(typed, parsed)| match parsed {
                 Ok(name) => name.key(),
                 Err(_) => typed.to_lowercase(),
             }),
+            prefix_key,
             kind,
         }
     }
@@ -99,6 +110,19 @@ impl EventFilter {
     /// The key of the alias asked for, if any (as [`AliasName::key`] gives it).
     pub fn alias_key(&self) -> Option<&str> {
         self.alias_key.as_deref()
+    }
+
+    /// The key of the prefix alias spelt as the name asked for, when that
+    /// name is also a model name (then [`EventFilter::alias_key`] is the
+    /// exact alias's key): events of both match.
+    pub fn prefix_key(&self) -> Option<&str> {
+        self.prefix_key.as_deref()
+    }
+
+    /// Whether `key` (an [`AliasName::key`]) is the alias asked for.
+    fn wants_key(&self, key: &str) -> bool {
+        self.alias_key.as_deref().is_none_or(|k| k == key)
+            || self.prefix_key.as_deref() == Some(key)
     }
 
     /// The type asked for, if any.
@@ -109,19 +133,13 @@ impl EventFilter {
     /// Whether the reader wants `event`.
     pub fn matches(&self, event: &Event) -> bool {
         self.kind.is_none_or(|k| event.kind == k)
-            && self
-                .alias_key
-                .as_ref()
-                .is_none_or(|key| AliasName::of_event(event).is_ok_and(|a| a.key() == *key))
+            && (self.alias_key.is_none()
+                || AliasName::of_event(event).is_ok_and(|a| self.wants_key(&a.key())))
     }
 
     /// [`EventFilter::matches`] for a published event (its key is ready).
     pub fn matches_published(&self, published: &Published) -> bool {
-        self.kind.is_none_or(|k| published.event.kind == k)
-            && self
-                .alias_key
-                .as_ref()
-                .is_none_or(|key| published.alias_key == *key)
+        self.kind.is_none_or(|k| published.event.kind == k) && self.wants_key(&published.alias_key)
     }
 }
 

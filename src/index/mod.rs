@@ -253,6 +253,11 @@ impl Index {
         self.exact.values().map(|e| &**e)
     }
 
+    /// The prefix aliases, in no particular order.
+    pub fn prefix_entries(&self) -> impl Iterator<Item = &AliasEntry> {
+        self.prefixes.values().map(|e| &**e)
+    }
+
     /// Deleted aliases whose file may linger.
     pub fn tombstones(&self) -> impl Iterator<Item = &Tombstone> {
         self.tombstones.values()

@@ -21,6 +21,7 @@ mod limits;
 mod malformed;
 mod metrics;
 mod ops;
+mod prefix_state;
 mod proxy;
 mod proxy_clients;
 mod resolve_fast;
