@@ -164,7 +164,13 @@ pub async fn events_stream(
     }
     // Subscribe before reading anything, so no event falls between the two.
     let live = state.registry.subscribe();
-    let subscription = Subscription::new(state.registry.log().clone(), live, filter, cursor);
+    let subscription = Subscription::new(
+        state.registry.log().clone(),
+        live,
+        filter,
+        cursor,
+        state.registry.applied_seq(),
+    );
     let shutdown = state.shutdown.clone();
     let stream = SseStream {
         subscription,

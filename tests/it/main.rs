@@ -12,6 +12,7 @@ mod creates_fast;
 mod dashboard;
 mod disk_full;
 mod edge_security;
+mod feed_order;
 mod fleet_log;
 mod fleet_nodes;
 mod history;
