@@ -482,3 +482,121 @@ fn an_old_journal_of_prefix_creates_without_digest_replays_active() {
     check_resolves_to(&server, "cod-x", "qwen");
     assert_eq!(server.store.read("qw-"), None);
 }
+
+/// Starts node `name` of a fleet on NATS `url`, on a store with `models`.
+fn fleet_node(url: &str, name: &str, models: &[&str]) -> Server {
+    Server::builder(TestStore::with_models(models))
+        .args(&["--nats", url, "--node", name])
+        .start()
+}
+
+/// Waits until every node has applied what any of them has.
+fn settle(nodes: &[&Server]) {
+    let seq = nodes.iter().map(|n| n.seq()).max().unwrap_or(0);
+    for node in nodes {
+        node.wait_seq(seq);
+    }
+}
+
+/// The `nodes` map of alias `name` as `on` answers it: node -> state.
+fn node_states(on: &Server, name: &str) -> Vec<(String, String)> {
+    let resp = on.get(&alias_path(name));
+    let body = resp.expect(200);
+    let nodes = body["nodes"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no nodes map: {resp:?}"));
+    nodes
+        .iter()
+        .map(|(node, s)| (node.clone(), s["state"].as_str().unwrap_or("?").to_string()))
+        .collect()
+}
+
+/// `(type, node)` of the events about `alias` in `on`'s history.
+fn fleet_kinds(on: &Server, alias: &str) -> Vec<(String, Value)> {
+    let (events, _) = on.history(&format!("alias={alias}"));
+    events
+        .iter()
+        .map(|e| (e["type"].as_str().unwrap().to_string(), e["node"].clone()))
+        .collect()
+}
+
+/// In a fleet a prefix alias's state is per node, as an exact alias's: each
+/// node records its own observation once, and no node repeats another's.
+#[test]
+fn in_a_fleet_a_prefix_alias_dangles_only_where_its_model_is_missing() {
+    let nats = crate::support::nats::NatsServer::start();
+    let url = nats.url();
+    let a = fleet_node(&url, "a", &["llama3"]);
+    let b = fleet_node(&url, "b", &["llama3"]);
+    // qwen is on c only.
+    let c = fleet_node(&url, "c", &["llama3", "qwen"]);
+    wait_for("every node live", WAIT, || {
+        let resp = a.get("/api/nodes");
+        let nodes = resp.expect(200)["nodes"].as_array()?.clone();
+        ["a", "b", "c"]
+            .iter()
+            .all(|name| {
+                nodes
+                    .iter()
+                    .any(|n| n["node"] == *name && n["live"] == true)
+            })
+            .then_some(())
+    });
+    settle(&[&a, &b, &c]);
+    put_prefix(&a, "ll-", "llama3");
+    put_prefix(&a, "qw-", "qwen");
+    let expected = |states: &[(&str, &str)]| -> Vec<(String, String)> {
+        states
+            .iter()
+            .map(|(n, s)| (n.to_string(), s.to_string()))
+            .collect()
+    };
+    let qw = expected(&[("a", "dangling"), ("b", "dangling"), ("c", "active")]);
+    wait_for("c's observation of qw- on every node", WAIT, || {
+        [&a, &b, &c]
+            .iter()
+            .all(|n| node_states(n, "qw-") == qw)
+            .then_some(())
+    });
+    assert_eq!(alias(&c, "qw-")["state"], "active");
+    assert_eq!(alias(&a, "qw-")["state"], "dangling");
+    check_resolves_to(&c, "qw-7b", "qwen");
+    check_resolve_dangling(&a, "qw-7b");
+
+    b.store.remove_model("llama3");
+    let ll = expected(&[("a", "active"), ("b", "dangling"), ("c", "active")]);
+    wait_for("b's observation of ll- on every node", WAIT, || {
+        [&a, &b, &c]
+            .iter()
+            .all(|n| node_states(n, "ll-") == ll)
+            .then_some(())
+    });
+    for (n, own) in [(&a, "active"), (&b, "dangling"), (&c, "active")] {
+        assert_eq!(alias(n, "ll-")["state"], own, "the answering node's own");
+    }
+    settle(&[&a, &b, &c]);
+    let null = Value::Null;
+    assert_eq!(
+        fleet_kinds(&a, "ll-"),
+        [
+            ("alias.created".to_string(), null.clone()),
+            ("target.removed".to_string(), Value::from("b")),
+        ]
+    );
+    // Planned on a, where qwen is missing: dangling fleet-wide in the same
+    // commit; c, which has it, reports it active once.
+    assert_eq!(
+        fleet_kinds(&a, "qw-"),
+        [
+            ("alias.created".to_string(), null.clone()),
+            ("target.removed".to_string(), null),
+            ("target.restored".to_string(), Value::from("c")),
+        ]
+    );
+    assert_eq!(a.all_events(), b.all_events(), "one history");
+    assert_eq!(a.all_events(), c.all_events(), "one history");
+    for n in [&a, &b, &c] {
+        assert_eq!(n.store.read("ll-"), None);
+        assert_eq!(n.store.read("qw-"), None);
+    }
+}
