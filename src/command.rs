@@ -9,7 +9,7 @@ use std::collections::{HashSet, VecDeque};
 use crate::event::{new_id, Event, EventType};
 use crate::index::{AliasEntry, AliasName, AliasState, AliasView, ChainEnd, DepKey, Draft, Models};
 use crate::name::ModelName;
-use crate::reconcile::{reconcile_alias, PathState};
+use crate::reconcile::{reconcile_alias, reconcile_prefix, PathState};
 
 /// Who asked for a change: goes into every event it causes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -327,13 +327,16 @@ pub fn plan_put<'a>(
     };
     let mut event = new_event(kind, &alias, Some(&target), origin, time);
     event.previous_target = existing.as_ref().map(|e| e.target.display());
-    if !dep.is_prefix() {
-        if let ChainEnd::Model(model) = draft.chain_end_cached(models, &target) {
-            event.digest = Some(model.digest.to_string());
-        }
+    if let ChainEnd::Model(model) = draft.chain_end_cached(models, &target) {
+        event.digest = Some(model.digest.to_string());
     }
     draft.record(event).map_err(CommandError::Invalid)?;
-    if !dep.is_prefix() {
+    if dep.is_prefix() {
+        // A prefix create or update replays `active` whatever its digest
+        // (journals of earlier versions hold them without one): to a chain
+        // that ends at no model, `target.removed` follows in the same commit.
+        reconcile_prefix(draft, models, origin, time, dep.key());
+    } else {
         propagate(draft, models, origin, time, &key);
     }
     Ok(PutOutcome {
@@ -521,6 +524,7 @@ pub fn propagate<'a>(
 ) {
     for dep in draft.transitive_dependents(key) {
         if dep.is_prefix() {
+            reconcile_prefix(draft, models, origin, time, dep.key());
             continue;
         }
         let shadowed = draft

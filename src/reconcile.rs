@@ -30,6 +30,9 @@ pub struct Observation {
     /// Exact aliases whose file is aliasd's own but out of date (a crash fell
     /// between a journal commit and the file write): sync them after planning.
     pub out_of_date: Vec<String>,
+    /// The keys of the prefix aliases to re-derive: their state follows the
+    /// end of their chain as an exact alias's does, with no file to look at.
+    pub prefixes: Vec<Arc<str>>,
 }
 
 /// Reads the whole store and sorts its files into models and alias files.
@@ -100,6 +103,10 @@ pub fn observe(store: &Store, index: &Index, current: &Models) -> std::io::Resul
         };
         observation.path_states.insert(key, state);
     }
+    observation.prefixes = index
+        .prefix_entries()
+        .map(|entry| entry.alias.key_arc())
+        .collect();
     Ok(observation)
 }
 
@@ -170,6 +177,48 @@ pub fn reconcile_alias<'a>(
     let _ = draft.record(event);
 }
 
+/// Records the event that brings one prefix alias in line with the models,
+/// if any: the states and events of an exact alias (`target.removed`,
+/// `target.restored`, `target.changed`, SPEC §3), but no file is ever
+/// written, withdrawn or looked at (a prefix is never materialized), so it
+/// is never `shadowed` and never `alias.repaired`.
+pub fn reconcile_prefix<'a>(
+    draft: &mut Draft<'a>,
+    models: &'a Models,
+    origin: &Origin,
+    time: &str,
+    key: &str,
+) {
+    let Some(entry) = draft.prefix(key).cloned() else {
+        return;
+    };
+    let resolved_digest = match draft.chain_end_cached(models, &entry.target) {
+        ChainEnd::Model(model) => Some(model.digest.clone()),
+        _ => None,
+    };
+    let kind = match (entry.state, &resolved_digest) {
+        (AliasState::Active, None) => Some(EventType::TargetRemoved),
+        // A prefix alias created by a version that kept no digest for it
+        // (its create replays `active` with none): nothing to compare the
+        // model's digest with, so no change is claimed; its next removal
+        // and restore record one.
+        (AliasState::Active, Some(digest)) => entry
+            .digest
+            .as_ref()
+            .is_some_and(|known| known != digest)
+            .then_some(EventType::TargetChanged),
+        (AliasState::Dangling | AliasState::Shadowed, Some(_)) => Some(EventType::TargetRestored),
+        (AliasState::Dangling | AliasState::Shadowed, None) => None,
+    };
+    let Some(kind) = kind else { return };
+    let mut event = new_event(kind, &entry.alias, Some(&entry.target), origin, time);
+    if kind != EventType::TargetRemoved {
+        event.digest = resolved_digest.map(|d| d.to_string());
+    }
+    // The names came from the index, so they parse.
+    let _ = draft.record(event);
+}
+
 /// Records one event per alias that the observation shows out of line.
 ///
 /// Every alias's chain end comes from the draft's memo, so a store of n
@@ -180,6 +229,12 @@ pub fn plan<'a>(draft: &mut Draft<'a>, observation: &'a Observation, origin: &Or
     for key in keys {
         let state = &observation.path_states[key];
         reconcile_alias(draft, &observation.models, origin, time, key, state);
+    }
+    let mut prefixes: Vec<&Arc<str>> = observation.prefixes.iter().collect();
+    prefixes.sort();
+    prefixes.dedup();
+    for key in prefixes {
+        reconcile_prefix(draft, &observation.models, origin, time, key);
     }
 }
 
@@ -258,6 +313,8 @@ pub fn observe_names(
                 continue;
             };
             if dep.is_prefix() {
+                // No file of its own: only the end of its chain counts.
+                observation.prefixes.push(dep.key().clone());
                 continue;
             }
             let state = if entry.state == AliasState::Shadowed {

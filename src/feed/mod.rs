@@ -11,6 +11,11 @@
 //! is older than the log still holds, it first delivers [`Delivery::Reset`].
 //! Memory per subscriber is bounded by one log chunk or one live batch.
 //!
+//! The log's end moves before the index applies a commit, so a catch-up
+//! reads no further than the index has applied ([`AppliedSeq`]): what a
+//! reader is sent, every read after shows. The rest comes live: the
+//! finisher publishes a commit only after the index applied it.
+//!
 //! Layout: `publisher.rs` paces the broadcast; this file holds what is
 //! broadcast ([`Published`], [`LiveBatch`]) and how it is read.
 
@@ -25,6 +30,10 @@ use crate::event::{Event, EventType};
 use crate::index::AliasName;
 use crate::log::{EventLog, LogReader, SharedLog};
 use crate::name::ModelName;
+
+/// The seq up to which the index has applied the log (`Index::last_seq`):
+/// the end of what a catch-up may send.
+pub type AppliedSeq = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// Records read from the log per blocking step of a catch-up.
 const CATCH_UP_CHUNK: usize = 128;
@@ -80,6 +89,9 @@ impl LiveBatch {
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
     alias_key: Option<String>,
+    /// A name that parses as a model name may also be a prefix alias's
+    /// spelling (`qw-`): that alias's key, so its events match too.
+    prefix_key: Option<String>,
     kind: Option<EventType>,
 }
 
@@ -87,11 +99,19 @@ impl EventFilter {
     /// Events about `alias` (a name or a prefix as typed), of `kind`; `None`
     /// means any.
     pub fn new(alias: Option<&str>, kind: Option<EventType>) -> EventFilter {
+        let parsed = alias.map(|typed| (typed, ModelName::parse(typed)));
+        let prefix_key = match &parsed {
+            Some((typed, Ok(_))) if crate::name::is_valid_prefix(typed).is_ok() => {
+                Some(typed.to_lowercase())
+            }
+            _ => None,
+        };
         EventFilter {
-            alias_key: alias.map(|typed| match ModelName::parse(typed) {
+            alias_key: parsed.map(|(typed, parsed)| match parsed {
                 Ok(name) => name.key(),
                 Err(_) => typed.to_lowercase(),
             }),
+            prefix_key,
             kind,
         }
     }
@@ -99,6 +119,19 @@ impl EventFilter {
     /// The key of the alias asked for, if any (as [`AliasName::key`] gives it).
     pub fn alias_key(&self) -> Option<&str> {
         self.alias_key.as_deref()
+    }
+
+    /// The key of the prefix alias spelt as the name asked for, when that
+    /// name is also a model name (then [`EventFilter::alias_key`] is the
+    /// exact alias's key): events of both match.
+    pub fn prefix_key(&self) -> Option<&str> {
+        self.prefix_key.as_deref()
+    }
+
+    /// Whether `key` (an [`AliasName::key`]) is the alias asked for.
+    fn wants_key(&self, key: &str) -> bool {
+        self.alias_key.as_deref().is_none_or(|k| k == key)
+            || self.prefix_key.as_deref() == Some(key)
     }
 
     /// The type asked for, if any.
@@ -109,19 +142,13 @@ impl EventFilter {
     /// Whether the reader wants `event`.
     pub fn matches(&self, event: &Event) -> bool {
         self.kind.is_none_or(|k| event.kind == k)
-            && self
-                .alias_key
-                .as_ref()
-                .is_none_or(|key| AliasName::of_event(event).is_ok_and(|a| a.key() == *key))
+            && (self.alias_key.is_none()
+                || AliasName::of_event(event).is_ok_and(|a| self.wants_key(&a.key())))
     }
 
     /// [`EventFilter::matches`] for a published event (its key is ready).
     pub fn matches_published(&self, published: &Published) -> bool {
-        self.kind.is_none_or(|k| published.event.kind == k)
-            && self
-                .alias_key
-                .as_ref()
-                .is_none_or(|key| published.alias_key == *key)
+        self.kind.is_none_or(|k| published.event.kind == k) && self.wants_key(&published.alias_key)
     }
 }
 
@@ -158,6 +185,8 @@ pub struct Subscription {
     filter: EventFilter,
     /// Every event up to this seq has been delivered (or filtered out).
     last_sent: u64,
+    /// How far the index has applied: a catch-up stops there.
+    applied: AppliedSeq,
     phase: Phase,
 }
 
@@ -176,13 +205,18 @@ impl Subscription {
     /// it, from the log, then live), or only what is committed from now on
     /// when there is no cursor. `live` must be subscribed before this is
     /// called, so that nothing falls between the log and the broadcast.
+    /// `applied` says how far the index has applied the log: nothing past
+    /// it is read from the log (it comes live once applied).
     pub fn new(
         log: SharedLog,
         live: broadcast::Receiver<Arc<LiveBatch>>,
         filter: EventFilter,
         cursor: Option<u64>,
+        applied: AppliedSeq,
     ) -> Subscription {
-        let last_sent = cursor.unwrap_or_else(|| log.last_seq());
+        // "From now on" is from what reads show now: a commit already in the
+        // log but not yet applied is published after this, so it comes live.
+        let last_sent = cursor.unwrap_or_else(|| applied());
         let earliest = log.first_seq();
         let reset =
             (cursor.is_some() && last_sent.saturating_add(1) < earliest).then_some(earliest);
@@ -191,6 +225,7 @@ impl Subscription {
             live,
             filter,
             last_sent,
+            applied,
             phase: Phase::Reset(reset),
         }
     }
@@ -267,29 +302,51 @@ impl Subscription {
         (!indexes.is_empty()).then(|| Delivery::Part(batch, indexes))
     }
 
-    /// Reads the next records after `last_sent` (opening a reader if there
-    /// is none) on a blocking thread, keeping those the filter wants.
-    /// Returns the reader to go on with (`None` once the log's end is
-    /// reached) and the events.
+    /// Reads the next records after `last_sent` up to what the index has
+    /// applied (opening a reader if there is none) on a blocking thread,
+    /// keeping those the filter wants. Returns the reader to go on with
+    /// (`None` once that end is reached) and the events.
     async fn read_log(
         &mut self,
         reader: Option<Box<dyn LogReader>>,
     ) -> Result<(Option<Box<dyn LogReader>>, Vec<Event>), Ended> {
         let log = self.log.clone();
         let from = self.last_sent.saturating_add(1);
+        // Read after subscribing to the broadcast: an event past it is
+        // applied, then published, after this, so the live stream has it.
+        let until = (self.applied)();
+        if from > until {
+            return Ok((None, Vec::new()));
+        }
         let read = tokio::task::spawn_blocking(move || {
             let mut reader = match reader {
                 Some(reader) => reader,
                 None => log.read_from(from)?,
             };
             let mut records = Vec::new();
+            let mut at_end = false;
             while records.len() < CATCH_UP_CHUNK {
                 match reader.next_owned() {
-                    Some(record) => records.push(record?),
-                    None => break,
+                    Some(record) => {
+                        let record = record?;
+                        if record.0 > until {
+                            // Not applied yet: it comes live.
+                            at_end = true;
+                            break;
+                        }
+                        at_end = record.0 == until;
+                        records.push(record);
+                        if at_end {
+                            break;
+                        }
+                    }
+                    None => {
+                        at_end = true;
+                        break;
+                    }
                 }
             }
-            Ok::<_, crate::log::Error>((reader, records))
+            Ok::<_, crate::log::Error>(((!at_end).then_some(reader), records))
         })
         .await;
         let (reader, records) = match read {
@@ -313,7 +370,7 @@ impl Subscription {
                 events.push(event);
             }
         }
-        Ok((Some(reader), events))
+        Ok((reader, events))
     }
 }
 
@@ -442,6 +499,7 @@ fn read_seq(
 mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
+    use std::time::Duration;
 
     use super::*;
     use crate::event::{Event, EventType};
@@ -514,6 +572,75 @@ mod tests {
             request_id: None,
             node: None,
         }
+    }
+
+    /// A catch-up sends nothing past what the index has applied; the rest
+    /// comes from the live batches, once each, with no gap.
+    #[tokio::test]
+    async fn a_catch_up_stops_at_the_applied_seq_and_the_rest_comes_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = journal::Journal::open(dir.path(), journal::Options::default())
+            .unwrap()
+            .journal;
+        let events: Vec<Event> = (1..=5)
+            .map(|seq| event(seq, &format!("a{seq}"), EventType::AliasCreated, "m"))
+            .collect();
+        journal
+            .append(events.iter().map(Event::encode).collect())
+            .unwrap();
+        let log: SharedLog = Arc::new(crate::log::file::FileLog::from(journal));
+        let applied = Arc::new(AtomicU64::new(2));
+        let (sender, live) = broadcast::channel(16);
+        let seen = applied.clone();
+        let mut subscription = Subscription::new(
+            log.clone(),
+            live,
+            EventFilter::default(),
+            Some(0),
+            Arc::new(move || seen.load(Ordering::SeqCst)),
+        );
+        let seqs = |delivery: Delivery| -> Vec<u64> {
+            match delivery {
+                Delivery::Logged(events) => events.iter().map(|e| e.seq).collect(),
+                Delivery::Whole(batch) => batch.events.iter().map(|p| p.event.seq).collect(),
+                Delivery::Part(batch, indexes) => {
+                    indexes.iter().map(|&i| batch.events[i].event.seq).collect()
+                }
+                Delivery::Reset { .. } => panic!("no reset expected"),
+            }
+        };
+        assert_eq!(seqs(subscription.next().await.unwrap()), [1, 2]);
+        // Events 3 to 5 are in the log but not applied: the subscription
+        // waits for them live (the finisher publishes after applying).
+        let waited = tokio::time::timeout(Duration::from_millis(50), subscription.next()).await;
+        assert!(waited.is_err(), "sent past the applied seq");
+        applied.store(5, Ordering::SeqCst);
+        let batch = |range: std::ops::RangeInclusive<usize>| {
+            let published = events[range].iter().cloned().map(Published::new).collect();
+            Arc::new(LiveBatch::new(published))
+        };
+        // A batch the subscriber had from the log (2) and new ones.
+        sender.send(batch(1..=2)).unwrap();
+        sender.send(batch(3..=4)).unwrap();
+        assert_eq!(seqs(subscription.next().await.unwrap()), [3]);
+        assert_eq!(seqs(subscription.next().await.unwrap()), [4, 5]);
+        assert_eq!(subscription.last_sent(), 5);
+    }
+
+    /// `?alias=qw-` is both a model name and a prefix: events of the
+    /// exact alias and of the prefix alias spelt so both match.
+    #[test]
+    fn a_filter_by_a_name_spelt_as_a_prefix_matches_the_prefix_alias() {
+        let mut prefix = event(1, "qw-", EventType::TargetRemoved, "qwen");
+        prefix.prefix_matching = true;
+        let exact = event(2, "qw-", EventType::AliasCreated, "qwen");
+        let other = event(3, "qw-x", EventType::AliasCreated, "qwen");
+        let filter = EventFilter::new(Some("QW-"), None);
+        assert!(filter.matches(&prefix));
+        assert!(filter.matches(&exact));
+        assert!(!filter.matches(&other));
+        assert!(filter.matches_published(&Published::new(prefix)));
+        assert!(!filter.matches_published(&Published::new(other)));
     }
 
     /// `history?alias=x` among 20,000 events of other aliases reads only

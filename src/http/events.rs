@@ -84,11 +84,23 @@ pub async fn history_list(
         // (each page copied out under the lock); else, or while that index
         // is still being built after start-up, the log from `since` on.
         let key = filter.alias_key().map(str::to_string);
+        let prefix_key = filter.prefix_key().map(str::to_string);
         let kind = filter.kind();
         if key.is_some() || kind.is_some() {
             let seqs = |after: u64, max: usize| {
                 registry.read(|s| match (&key, kind) {
-                    (Some(key), _) => s.index.alias_seqs(key, after, until, max),
+                    (Some(key), _) => {
+                        let mut seqs = s.index.alias_seqs(key, after, until, max)?;
+                        // A name that is also a prefix alias's spelling: its
+                        // events too, merged in seq order.
+                        if let Some(prefix_key) = &prefix_key {
+                            seqs.extend(s.index.alias_seqs(prefix_key, after, until, max)?);
+                            seqs.sort_unstable();
+                            seqs.dedup();
+                            seqs.truncate(max);
+                        }
+                        Some(seqs)
+                    }
                     (None, Some(kind)) => s.index.kind_seqs(kind, after, until, max),
                     (None, None) => None,
                 })
@@ -152,7 +164,13 @@ pub async fn events_stream(
     }
     // Subscribe before reading anything, so no event falls between the two.
     let live = state.registry.subscribe();
-    let subscription = Subscription::new(state.registry.log().clone(), live, filter, cursor);
+    let subscription = Subscription::new(
+        state.registry.log().clone(),
+        live,
+        filter,
+        cursor,
+        state.registry.applied_seq(),
+    );
     let shutdown = state.shutdown.clone();
     let stream = SseStream {
         subscription,

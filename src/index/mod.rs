@@ -75,7 +75,7 @@ pub struct Index {
     /// entries' state (what it materializes); others' change only
     /// [`Index::node_states`]. `None` on a single host.
     node: Option<Arc<str>>,
-    /// Exact alias key -> per-node states, for the aliases some node has
+    /// Alias key (exact or prefix) -> per-node states, for the aliases some node has
     /// reported on since their last fleet-wide change (SPEC §8). Always
     /// empty on a single host, so it costs nothing per alias there.
     per_node: HashMap<Arc<str>, Box<NodeStates>>,
@@ -253,6 +253,11 @@ impl Index {
         self.exact.values().map(|e| &**e)
     }
 
+    /// The prefix aliases, in no particular order.
+    pub fn prefix_entries(&self) -> impl Iterator<Item = &AliasEntry> {
+        self.prefixes.values().map(|e| &**e)
+    }
+
     /// Deleted aliases whose file may linger.
     pub fn tombstones(&self) -> impl Iterator<Item = &Tombstone> {
         self.tombstones.values()
@@ -386,7 +391,10 @@ impl Index {
                 return;
             }
             Some(node) => {
-                if let Some(entry) = self.exact.get(&key).filter(|_| !prefix) {
+                // Prefix aliases too: their state follows their chain's model
+                // on each node (no file, but dangling where it is missing).
+                let table = if prefix { &self.prefixes } else { &self.exact };
+                if let Some(entry) = table.get(&key) {
                     let presumed = NodeState {
                         state: entry.state,
                         digest: entry.digest.clone(),
@@ -500,9 +508,6 @@ impl Index {
             history.record_alias(change.alias.is_prefix(), &key, past);
         }
         entry.updated_at = change.time;
-        if change.alias.is_prefix() {
-            return;
-        }
         let presumed = NodeState {
             state: entry.state,
             digest: entry.digest.clone(),
@@ -538,8 +543,14 @@ impl Index {
             return;
         };
         for (key, states) in &self.per_node {
-            let Some(entry) = self.exact.get_mut(key) else {
-                continue;
+            // An exact and a prefix alias never share a key at once (their
+            // spellings cannot be alike, SPEC §2 / `plan_put`).
+            let entry = match self.exact.get_mut(key) {
+                Some(entry) => entry,
+                None => match self.prefixes.get_mut(key) {
+                    Some(entry) => entry,
+                    None => continue,
+                },
             };
             let own = states.on(&node);
             if entry.state != own.state || entry.digest != own.digest {
@@ -551,7 +562,7 @@ impl Index {
         }
     }
 
-    /// The per-node states of an exact alias, when some node has reported
+    /// The per-node states of an alias (exact or prefix, by key), when some node has reported
     /// on it since its last fleet-wide change (else every node is in the
     /// state of the entry... or the entry's own, for this node).
     pub fn node_states(&self, key: &str) -> Option<&NodeStates> {
@@ -939,8 +950,9 @@ mod tests {
     const NODES: [&str; 3] = ["a", "b", "c"];
 
     fn fleet_events() -> impl proptest::strategy::Strategy<Value = Vec<(u8, u8, u8, u8)>> {
-        // (kind, alias, digest, node): node 0 is a fleet-wide event.
-        proptest::collection::vec((0u8..8, 0u8..3, 0u8..3, 0u8..4), 0..40)
+        // (kind, alias, digest, node): node 0 is a fleet-wide event; alias 3
+        // is the prefix alias `x-`.
+        proptest::collection::vec((0u8..8, 0u8..4, 0u8..3, 0u8..4), 0..40)
     }
 
     fn to_events(raw: &[(u8, u8, u8, u8)]) -> Vec<Event> {
@@ -952,7 +964,11 @@ mod tests {
                     true => node.checked_sub(1).map(|n| NODES[n as usize]),
                     false => None,
                 };
-                fleet_event(i as u64 + 1, kind, &format!("x{alias}"), digest, node)
+                let alias = match alias {
+                    3 => "x-".to_string(),
+                    n => format!("x{n}"),
+                };
+                fleet_event(i as u64 + 1, kind, &alias, digest, node)
             })
             .collect()
     }
@@ -983,24 +999,24 @@ mod tests {
                         e.node = None;
                         fold.apply(&e).unwrap();
                     }
-                    for alias in ["x0", "x1", "x2"] {
-                        let key = ModelName::parse(alias).unwrap().key();
-                        let expected = fold.exact(&key).map(|e| (e.state, e.digest.clone()));
-                        let got = index.exact(&key).map(|e| {
+                    // The exact aliases and the prefix alias `x-` alike.
+                    for alias in ["x0", "x1", "x2", "x-"] {
+                        let expected = fold.lookup(alias).map(|e| (e.state, e.digest.clone()));
+                        let got = index.lookup(alias).map(|e| {
                             let s = index.state_on(e, node);
                             (s.state, s.digest)
                         });
                         proptest::prop_assert_eq!(&got, &expected, "{} seen from {}", node, own);
                         if node == own {
-                            let entry = index.exact(&key).map(|e| (e.state, e.digest.clone()));
+                            let entry = index.lookup(alias).map(|e| (e.state, e.digest.clone()));
                             proptest::prop_assert_eq!(&entry, &expected);
-                            let late = late.exact(&key).map(|e| (e.state, e.digest.clone()));
+                            let late = late.lookup(alias).map(|e| (e.state, e.digest.clone()));
                             proptest::prop_assert_eq!(&late, &expected);
                         }
                         // Every node shares the alias's seq and existence.
                         proptest::prop_assert_eq!(
-                            index.exact(&key).map(|e| e.seq),
-                            late.exact(&key).map(|e| e.seq)
+                            index.lookup(alias).map(|e| e.seq),
+                            late.lookup(alias).map(|e| e.seq)
                         );
                     }
                 }

@@ -407,6 +407,19 @@ impl Registry {
         f(&guard)
     }
 
+    /// How far the index has applied the log, for a feed's catch-up
+    /// (`crate::feed::AppliedSeq`).
+    pub fn applied_seq(&self) -> crate::feed::AppliedSeq {
+        let shared = self.shared.clone();
+        Arc::new(move || {
+            shared
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .index
+                .last_seq()
+        })
+    }
+
     /// Subscribes to committed events.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveBatch>> {
         self.events.subscribe()

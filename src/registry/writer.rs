@@ -218,10 +218,15 @@ impl Writer {
         if events.is_empty() || self.read(|s| s.index.node().is_none()) {
             return;
         }
+        // A prefix alias has no path: a look at its target re-derives it.
         let names = events
             .iter()
-            .filter(|e| e.node.is_none() && !e.prefix_matching)
-            .filter_map(|e| crate::name::ModelName::parse(&e.alias).ok());
+            .filter(|e| e.node.is_none())
+            .filter_map(|e| match e.prefix_matching {
+                false => Some(&e.alias),
+                true => e.target.as_ref(),
+            })
+            .filter_map(|name| crate::name::ModelName::parse(name).ok());
         self.touched.extend(names);
     }
 

@@ -201,6 +201,8 @@ pub(crate) struct Shared {
     listen: SocketAddr,
     pub(crate) retry: RetryPolicy,
     pub(crate) log: SharedLog,
+    /// How far the index has applied the log: deliveries stop there.
+    applied: crate::feed::AppliedSeq,
     /// A receiver of the live broadcast that is never read: workers
     /// `resubscribe` from it (it does not keep the channel open, and an
     /// unread receiver never slows the sender).
@@ -313,6 +315,7 @@ impl Webhooks {
             listen: config.listen,
             retry: config.retry,
             log: registry.log().clone(),
+            applied: registry.applied_seq(),
             live: Mutex::new(registry.subscribe()),
             metrics: registry.metrics().clone(),
             client,
@@ -485,7 +488,13 @@ impl Webhooks {
         let live = self.0.live.lock().unwrap().resubscribe();
         let cursor = hook.cursor();
         let filter = EventFilter::new(hook.alias.as_deref(), None);
-        let subscription = Subscription::new(self.0.log.clone(), live, filter, Some(cursor));
+        let subscription = Subscription::new(
+            self.0.log.clone(),
+            live,
+            filter,
+            Some(cursor),
+            self.0.applied.clone(),
+        );
         self.0
             .metrics
             .set_webhook_lag(&hook.id, self.0.log.last_seq().saturating_sub(cursor));
