@@ -540,7 +540,17 @@ pub async fn resolve_get(
     State(state): State<AppState>,
     PathName(name): PathName,
 ) -> Result<Response, ApiError> {
-    let name = name.as_str();
+    resolve_answer(&state, &name)
+}
+
+/// The answer to `GET /api/resolve/{name}` for the decoded `name`: what
+/// [`resolve_get`] answers, and resolve's fast path
+/// ([`crate::http::fast_path`]) too, once the request passed the same checks.
+///
+/// # Errors
+///
+/// A bad name (400), or a name that does not resolve (404, 409...).
+pub fn resolve_answer(state: &AppState, name: &str) -> Result<Response, ApiError> {
     let answer = state.registry.read(|s| {
         let stamps = (s.index.stamp(), s.models.stamp());
         if let Some(body) = ResolveCache::get(name, stamps) {

@@ -475,50 +475,83 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request) -> Self::Future {
+    fn call(&mut self, request: Request) -> Self::Future {
         let matched = crate::http::middleware::note_route(&request);
-        let http = &self.shared.state.http;
-        let (mut host, mut origin) = (None, None);
-        for (name, value) in request.headers() {
-            if *name == header::HOST {
-                host = host.or(Some(value));
-            } else if *name == header::ORIGIN {
-                origin = origin.or(Some(value));
-            }
-        }
-        let checked = check_host_header(http, host, request.uri())
-            .and_then(|()| origin.map_or(Ok(()), |origin| check_origin(http, origin)));
-        if let Err(refusal) = checked {
-            return RouteChecksFuture::Refused {
-                response: Some(*refusal),
-            };
-        }
-        let has_origin = origin.is_some();
-        if matched {
-            // A route aliasd serves, not the upstream's fallback (where a
-            // model can take minutes to load).
-            request = crate::http::middleware::body_deadline(request, http.request_timeout);
-        }
-        if has_origin {
-            let route = tower::ServiceBuilder::new()
-                .map_response(preflight_no_content)
-                .layer(self.shared.cors.clone())
-                .layer(ValidateRequestHeaderLayer::custom(require_token(
-                    self.shared.state.clone(),
-                )))
-                .service(self.inner.clone());
-            return RouteChecksFuture::Browser {
-                future: Box::pin(tower::ServiceExt::oneshot(route, request)),
-            };
-        }
-        match check_token(http, &mut request) {
-            Ok(()) => RouteChecksFuture::Route {
+        match check(&self.shared.state.http, request, matched) {
+            Checked::Route(request) => RouteChecksFuture::Route {
                 future: self.inner.call(request),
             },
-            Err(refusal) => RouteChecksFuture::Refused {
-                response: Some(*refusal),
+            Checked::Refused(response) => RouteChecksFuture::Refused {
+                response: Some(response),
             },
+            Checked::Browser(request) => {
+                let request = if matched {
+                    crate::http::middleware::body_deadline(
+                        request,
+                        self.shared.state.http.request_timeout,
+                    )
+                } else {
+                    request
+                };
+                let route = tower::ServiceBuilder::new()
+                    .map_response(preflight_no_content)
+                    .layer(self.shared.cors.clone())
+                    .layer(ValidateRequestHeaderLayer::custom(require_token(
+                        self.shared.state.clone(),
+                    )))
+                    .service(self.inner.clone());
+                RouteChecksFuture::Browser {
+                    future: Box::pin(tower::ServiceExt::oneshot(route, request)),
+                }
+            }
         }
+    }
+}
+
+/// What [`check`] makes of a request.
+pub(crate) enum Checked {
+    /// Passed every check: the route answers it (its body timed, its token
+    /// noted).
+    Route(Request),
+    /// Refused: the answer to send instead.
+    Refused(Response),
+    /// A browser's request (an allowed `Origin`), as it came: the body's
+    /// deadline, CORS and the token check are still to come
+    /// ([`RouteChecks`]).
+    Browser(Request),
+}
+
+/// Steps 2, 4 and 5 of [`RouteChecks`] (the route already noted): `Host`
+/// and `Origin` found in one pass over the headers and checked; then, on a
+/// request without `Origin`, the body's deadline when `served` (a route
+/// aliasd serves, not the upstream's fallback, where a model can take
+/// minutes to load) and the token. A request with an allowed `Origin` comes
+/// back as [`Checked::Browser`] untouched. Every way to a route aliasd
+/// serves checks through here: the router's routes ([`RouteChecks`]) and
+/// resolve's fast path ([`crate::http::fast_path`]).
+pub(crate) fn check(http: &HttpConfig, mut request: Request, served: bool) -> Checked {
+    let (mut host, mut origin) = (None, None);
+    for (name, value) in request.headers() {
+        if *name == header::HOST {
+            host = host.or(Some(value));
+        } else if *name == header::ORIGIN {
+            origin = origin.or(Some(value));
+        }
+    }
+    let checked = check_host_header(http, host, request.uri())
+        .and_then(|()| origin.map_or(Ok(()), |origin| check_origin(http, origin)));
+    if let Err(refusal) = checked {
+        return Checked::Refused(*refusal);
+    }
+    if origin.is_some() {
+        return Checked::Browser(request);
+    }
+    if served {
+        request = crate::http::middleware::body_deadline(request, http.request_timeout);
+    }
+    match check_token(http, &mut request) {
+        Ok(()) => Checked::Route(request),
+        Err(refusal) => Checked::Refused(*refusal),
     }
 }
 

@@ -108,7 +108,8 @@ pub struct RequestNotes(Arc<Notes>);
 #[derive(Debug, Default)]
 struct Notes {
     peer: Option<std::net::SocketAddr>,
-    route: OnceLock<MatchedPath>,
+    /// The route's `/metrics` label ([`crate::http::route_label`]).
+    route: OnceLock<&'static str>,
     actor: OnceLock<TokenName>,
 }
 
@@ -127,6 +128,12 @@ impl RequestNotes {
         self.0.peer
     }
 
+    /// Notes the route the request matched, by its `/metrics` label (the
+    /// route's template); the first note stands.
+    pub fn set_route(&self, label: &'static str) {
+        let _ = self.0.route.set(label);
+    }
+
     /// Notes the token the request was authorized with.
     pub fn set_actor(&self, token: &TokenName) {
         let _ = self.0.actor.set(token.clone());
@@ -141,7 +148,7 @@ pub fn note_route(request: &Request) -> bool {
         return false;
     };
     if let Some(notes) = request.extensions().get::<RequestNotes>() {
-        let _ = notes.0.route.set(route.clone());
+        notes.set_route(crate::http::route_label(route.as_str()));
     }
     true
 }
@@ -307,7 +314,7 @@ impl Seen {
             response = error::openai_shape(response);
         }
         let route = match self.notes.0.route.get() {
-            Some(matched) => crate::http::route_label(matched.as_str()),
+            Some(label) => *label,
             None if self.state.http.proxy.is_some() => "proxy",
             None => "unmatched",
         };

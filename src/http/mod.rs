@@ -9,6 +9,7 @@ pub mod auth;
 pub mod error;
 pub mod events;
 pub mod experimental;
+pub mod fast_path;
 pub mod middleware;
 pub mod nodes;
 pub mod proxy;
@@ -150,25 +151,29 @@ impl Shutdown {
 ///    the answer, the `{"error"}` shape for the framework's own errors, the
 ///    count for `/metrics` by route template, the access log;
 /// 3. a panic turned into a logged 500 (tower-http's `CatchPanicLayer`);
-/// 4. the router; then, on every route, its 405s and the fallback alike:
-/// 5. [`auth::RouteChecksLayer`], in one layer: the route's template noted
+/// 4. resolve's fast path ([`fast_path`]): a plain `GET`/`HEAD
+///    /api/resolve/{name}` (no `Origin`) answered through the same checks
+///    (steps 5 and 7) and handler core as the router's route, without the
+///    router; every other request goes on to
+/// 5. the router; then, on every route, its 405s and the fallback alike:
+/// 6. [`auth::RouteChecksLayer`], in one layer: the route's template noted
 ///    for step 2; on a loopback listener, a `Host` that is not this machine
 ///    is a 403 (DNS rebinding); an `Origin` that is not allowed is a 403 on
 ///    every route, before tokens and before any body is read;
-/// 6. for a request with an `Origin` (`RouteChecksLayer` still), CORS for
+/// 7. for a request with an `Origin` (`RouteChecksLayer` still), CORS for
 ///    the allowed origins (tower-http's `CorsLayer`): preflights answered
 ///    (204), allow headers added to other responses;
-/// 7. tokens (SPEC §5, `RouteChecksLayer` still): 401/403, or the token's
+/// 8. tokens (SPEC §5, `RouteChecksLayer` still): 401/403, or the token's
 ///    name for the event actor;
-/// 8. on the routes aliasd serves (not the upstream's fallback, where a
+/// 9. on the routes aliasd serves (not the upstream's fallback, where a
 ///    model can take minutes to load), the request body's deadline
 ///    ([`middleware::body_deadline`], `RouteChecksLayer` still).
 ///
-/// Steps 5-7 run after the path is matched, so that every answer, their
+/// Steps 6-8 run after the path is matched, so that every answer, their
 /// refusals included, is counted under its route template. Nothing is boxed
 /// on a request without `Origin` (not `from_fn`, which boxes a future and the
 /// rest of the stack on every request), and the layers are few: each one
-/// moves the request and adds a future. Steps 1-3 wrap the router once.
+/// moves the request and adds a future. Steps 1-4 wrap the router once.
 /// (benches/README.md has what each piece costs.)
 pub fn app(
     state: AppState,
@@ -181,9 +186,62 @@ pub fn app(
        + Send
        + Sync
        + 'static {
+    let router = router(state.clone());
+    around_router(state.clone(), fast_path::FastResolve::new(state, router))
+}
+
+/// [`app`] without resolve's fast path: every request through the router.
+/// For the tests that hold the fast path to the router's answers.
+#[cfg(test)]
+pub(crate) fn app_without_fast_path(
+    state: AppState,
+) -> impl tower::Service<
+    Request,
+    Response = Response,
+    Error = std::convert::Infallible,
+    Future: Send + 'static,
+> + Clone
+       + Send
+       + Sync
+       + 'static {
+    around_router(state.clone(), router(state))
+}
+
+/// Steps 1-3 of [`app`] around `inner` (the router, or the fast path in
+/// front of it).
+fn around_router<S>(
+    state: AppState,
+    inner: S,
+) -> impl tower::Service<
+    Request,
+    Response = Response,
+    Error = std::convert::Infallible,
+    Future: Send + 'static,
+> + Clone
+       + Send
+       + Sync
+       + 'static
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    tower::ServiceBuilder::new()
+        .layer(middleware::ObserveLayer::new(state))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            middleware::panic_response,
+        ))
+        .service(inner)
+}
+
+/// Steps 5-9 of [`app`]: every route, behind [`auth::RouteChecksLayer`].
+fn router(state: AppState) -> axum::Router {
     use axum::routing::get;
     let on_every_route = auth::RouteChecksLayer::new(state.clone());
-    let router = axum::Router::new()
+    axum::Router::new()
         .route(
             "/api/experimental/aliases",
             get(experimental::aliases_list)
@@ -200,7 +258,7 @@ pub fn app(
                 .put(aliases::alias_put)
                 .delete(aliases::alias_delete),
         )
-        .route("/api/resolve/{*name}", get(aliases::resolve_get))
+        .route(RESOLVE_ROUTE, get(aliases::resolve_get))
         .route("/api/models", get(aliases::models_list))
         .route("/api/history", get(events::history_list))
         .route("/api/nodes", get(nodes::nodes_list))
@@ -223,14 +281,12 @@ pub fn app(
         .route("/ui/{*name}", get(ui::asset_get))
         .fallback(proxy::forward)
         .layer(on_every_route)
-        .with_state(state.clone());
-    tower::ServiceBuilder::new()
-        .layer(middleware::ObserveLayer::new(state))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            middleware::panic_response,
-        ))
-        .service(router)
+        .with_state(state)
 }
+
+/// The route of `GET /api/resolve/{name}`: its template in the router, and
+/// its `/metrics` label whichever way it is answered ([`fast_path`]).
+pub const RESOLVE_ROUTE: &str = "/api/resolve/{*name}";
 
 /// Every route template `app` serves, as the `/metrics` label: a label is
 /// `'static` (no allocation per request), and the set stays small. Keep it
@@ -239,7 +295,7 @@ const ROUTE_TEMPLATES: &[&str] = &[
     "/api/experimental/aliases",
     "/api/aliases",
     "/api/aliases/{*name}",
-    "/api/resolve/{*name}",
+    RESOLVE_ROUTE,
     "/api/models",
     "/api/history",
     "/api/nodes",
@@ -341,6 +397,28 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestOrigin {
 #[derive(Debug, Clone)]
 pub struct PathName(pub String);
 
+impl PathName {
+    /// The name in `raw`, a `{*name}` as it stands in the path, decoded as
+    /// axum's `Path` decodes it (percent-decoding, then UTF-8), for a path
+    /// read without the router ([`fast_path`]).
+    ///
+    /// # Errors
+    ///
+    /// The same 400 as a `{*name}` read through the router: not UTF-8 once
+    /// percent-decoded.
+    pub fn from_raw(raw: &str) -> Result<PathName, ApiError> {
+        percent_encoding::percent_decode_str(raw)
+            .decode_utf8()
+            .map(|name| PathName(name.into_owned()))
+            .map_err(|_| PathName::not_utf8())
+    }
+
+    /// A `{*name}` that is not UTF-8 once percent-decoded: a 400.
+    fn not_utf8() -> ApiError {
+        ApiError::bad_request("the name in the path is not UTF-8 once percent-decoded")
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for PathName {
     type Rejection = ApiError;
 
@@ -352,9 +430,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PathName {
             Err(PathRejection::FailedToDeserializePathParams(e))
                 if matches!(e.kind(), ErrorKind::InvalidUtf8InPathParam { .. }) =>
             {
-                Err(ApiError::bad_request(
-                    "the name in the path is not UTF-8 once percent-decoded",
-                ))
+                Err(PathName::not_utf8())
             }
             Err(rejection) => Err(rejection.into()),
         }

@@ -24,6 +24,7 @@ mod ops;
 mod proxy;
 mod proxy_clients;
 mod resolve_fast;
+mod resolve_fast_path;
 mod robust;
 mod router;
 mod shutdown;
