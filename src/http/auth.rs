@@ -258,7 +258,7 @@ fn check_host_header(
             None => return Ok(()),
         },
     };
-    if std::str::from_utf8(host).is_ok_and(host_is_local) {
+    if plainly_local(host) || std::str::from_utf8(host).is_ok_and(host_is_local) {
         return Ok(());
     }
     Err(Box::new(
@@ -314,6 +314,23 @@ pub fn host_is_local(host: &str) -> bool {
         }
         Err(_) => false,
     }
+}
+
+/// Whether a `Host` value is `127.0.0.1` or `localhost`, with or without a
+/// port: what nearly every local client sends, told from the bytes before
+/// [`host_is_local`] parses anything (which says the same of these).
+fn plainly_local(host: &[u8]) -> bool {
+    let name = match host.iter().rposition(|b| *b == b':') {
+        Some(colon) => {
+            let port = &host[colon + 1..];
+            if port.is_empty() || !port.iter().all(u8::is_ascii_digit) {
+                return false;
+            }
+            &host[..colon]
+        }
+        None => host,
+    };
+    name == b"127.0.0.1" || name == b"localhost"
 }
 
 /// `""` or `:<digits>`, after a host.
@@ -530,12 +547,14 @@ pub(crate) enum Checked {
 /// serves checks through here: the router's routes ([`RouteChecks`]) and
 /// resolve's fast path ([`crate::http::fast_path`]).
 pub(crate) fn check(http: &HttpConfig, mut request: Request, served: bool) -> Checked {
-    let (mut host, mut origin) = (None, None);
+    let (mut host, mut origin, mut has_body) = (None, None, false);
     for (name, value) in request.headers() {
         if *name == header::HOST {
             host = host.or(Some(value));
         } else if *name == header::ORIGIN {
             origin = origin.or(Some(value));
+        } else if *name == header::CONTENT_LENGTH || *name == header::TRANSFER_ENCODING {
+            has_body = true;
         }
     }
     let checked = check_host_header(http, host, request.uri())
@@ -546,8 +565,8 @@ pub(crate) fn check(http: &HttpConfig, mut request: Request, served: bool) -> Ch
     if origin.is_some() {
         return Checked::Browser(request);
     }
-    if served {
-        request = crate::http::middleware::body_deadline(request, http.request_timeout);
+    if served && has_body {
+        request = crate::http::middleware::time_body(request, http.request_timeout);
     }
     match check_token(http, &mut request) {
         Ok(()) => Checked::Route(request),
@@ -643,6 +662,13 @@ mod tests {
         ] {
             assert!(host_is_local(local), "{local}");
         }
+        for plain in ["127.0.0.1", "127.0.0.1:11434", "localhost", "localhost:1"] {
+            assert!(plainly_local(plain.as_bytes()), "{plain}");
+            assert!(host_is_local(plain), "{plain}");
+        }
+        for not_plain in ["LOCALHOST", "localhost.", "127.0.0.1:", "127.0.0.1:x", ":1"] {
+            assert!(!plainly_local(not_plain.as_bytes()), "{not_plain}");
+        }
         for foreign in [
             "attacker.example",
             "attacker.example:11435",
@@ -658,6 +684,7 @@ mod tests {
             "",
         ] {
             assert!(!host_is_local(foreign), "{foreign}");
+            assert!(!plainly_local(foreign.as_bytes()), "{foreign}");
         }
     }
 }

@@ -6,7 +6,7 @@
 //!
 //! Nothing is decided here that the routed request decides elsewhere: the
 //! checks are `auth::RouteChecks`'s own ([`auth::check`]), the name is
-//! decoded as axum's `Path` decodes it ([`PathName::from_raw`]), the answer
+//! decoded as axum's `Path` decodes it ([`PathName::decode`]), the answer
 //! is the handler's ([`aliases::resolve_answer`]), the `/metrics` label is
 //! the route's ([`RESOLVE_ROUTE`]), and the request id, the access line and
 //! panics are the layers' around both ways (`http::app`). What a request
@@ -72,8 +72,8 @@ impl<S> FastResolve<S> {
         let response = match auth::check(&self.state.http, request, true) {
             Checked::Route(request) => {
                 let raw = &request.uri().path()[RESOLVE_PREFIX.len()..];
-                PathName::from_raw(raw)
-                    .and_then(|PathName(name)| aliases::resolve_answer(&self.state, &name))
+                PathName::decode(raw)
+                    .and_then(|name| aliases::resolve_answer(&self.state, &name))
                     .into_response()
             }
             Checked::Refused(response) => response,

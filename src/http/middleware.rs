@@ -374,10 +374,16 @@ pub fn body_deadline(request: Request, timeout: Duration) -> Request {
             .headers()
             .contains_key(axum::http::header::TRANSFER_ENCODING);
     if has_body {
-        request.map(|body| axum::body::Body::new(TimedBody::new(body, timeout)))
+        time_body(request, timeout)
     } else {
         request
     }
+}
+
+/// [`body_deadline`] of a request known to have a body (its headers
+/// already read by the caller).
+pub fn time_body(request: Request, timeout: Duration) -> Request {
+    request.map(|body| axum::body::Body::new(TimedBody::new(body, timeout)))
 }
 
 /// A request body that fails with [`BodyTimeout`] once its time is up.

@@ -400,16 +400,16 @@ pub struct PathName(pub String);
 impl PathName {
     /// The name in `raw`, a `{*name}` as it stands in the path, decoded as
     /// axum's `Path` decodes it (percent-decoding, then UTF-8), for a path
-    /// read without the router ([`fast_path`]).
+    /// read without the router ([`fast_path`]); borrowed from `raw` when it
+    /// has no escapes, as most names have none.
     ///
     /// # Errors
     ///
     /// The same 400 as a `{*name}` read through the router: not UTF-8 once
     /// percent-decoded.
-    pub fn from_raw(raw: &str) -> Result<PathName, ApiError> {
+    pub fn decode(raw: &str) -> Result<std::borrow::Cow<'_, str>, ApiError> {
         percent_encoding::percent_decode_str(raw)
             .decode_utf8()
-            .map(|name| PathName(name.into_owned()))
             .map_err(|_| PathName::not_utf8())
     }
 
