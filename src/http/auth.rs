@@ -411,8 +411,9 @@ fn require_token(
 
 /// The checks on every route, in one layer, after the route is matched (so
 /// that every answer, refusals included, is counted under its template):
-/// 1. the route's template noted for the access log and `/metrics`
-///    ([`crate::http::middleware::note_route`]);
+/// 1. the route's template, given to its layer where the route is made
+///    ([`RouteChecksLayer::for_route`]), noted for the access log and
+///    `/metrics` ([`RequestNotes::set_route`]);
 /// 2. on a loopback listener, a `Host` that is not this machine is a 403
 ///    (DNS rebinding, [`check_host`]); an `Origin` that is not allowed is a
 ///    403 on every route ([`check_origin`]), before tokens and before any
@@ -439,6 +440,8 @@ fn require_token(
 #[derive(Clone, Debug)]
 pub struct RouteChecksLayer {
     shared: Arc<Shared>,
+    /// The template of the route it guards; `None` for the fallback.
+    route: Option<&'static str>,
 }
 
 #[derive(Debug)]
@@ -448,11 +451,22 @@ struct Shared {
 }
 
 impl RouteChecksLayer {
-    /// The checks of the app serving `state`.
+    /// The checks of the app serving `state`, for its fallback (what no
+    /// route matches: the upstream's, or a 404).
     pub fn new(state: AppState) -> RouteChecksLayer {
         let cors = cors(&state.http);
         RouteChecksLayer {
             shared: Arc::new(Shared { state, cors }),
+            route: None,
+        }
+    }
+
+    /// The same checks for the route of `template`, under which its answers
+    /// are counted and logged.
+    pub fn for_route(&self, template: &'static str) -> RouteChecksLayer {
+        RouteChecksLayer {
+            shared: self.shared.clone(),
+            route: Some(template),
         }
     }
 }
@@ -464,6 +478,7 @@ impl<S> tower::Layer<S> for RouteChecksLayer {
         RouteChecks {
             inner,
             shared: self.shared.clone(),
+            route: self.route,
         }
     }
 }
@@ -473,6 +488,7 @@ impl<S> tower::Layer<S> for RouteChecksLayer {
 pub struct RouteChecks<S> {
     inner: S,
     shared: Arc<Shared>,
+    route: Option<&'static str>,
 }
 
 /// The future of a browser's request: CORS around the token check and the
@@ -493,7 +509,11 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let matched = crate::http::middleware::note_route(&request);
+        let matched = self.route.is_some();
+        if let (Some(route), Some(notes)) = (self.route, request.extensions().get::<RequestNotes>())
+        {
+            notes.set_route(route);
+        }
         match check(&self.shared.state.http, request, matched) {
             Checked::Route(request) => RouteChecksFuture::Route {
                 future: self.inner.call(request),

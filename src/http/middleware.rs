@@ -4,7 +4,7 @@
 //! - [`ObserveLayer`]: the request id (the client's `X-Request-Id` when it
 //!   is sane, else a new one), then, once a request's answer is known, JSON
 //!   errors, the `/metrics` count and the access log, with what
-//!   [`note_route`] and the token check noted of it ([`RequestNotes`]);
+//!   the route's checks noted of it ([`RequestNotes`]);
 //! - [`panic_response`]: what tower-http's `CatchPanicLayer` answers;
 //! - [`body_deadline`]: a request body must arrive within the request
 //!   timeout, counted where the body is read, not around the handler.
@@ -17,7 +17,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 
@@ -97,7 +97,8 @@ fn hex16(n: u64) -> [u8; 16] {
 /// What is known of a request besides its head, one per request in its
 /// extensions: the peer's address (put there by the connection, `server`),
 /// and what the layers inside [`Observe`] learn of it for its log line: the
-/// route template (noted by [`note_route`] once the router matched it) and
+/// route template (noted by `auth::RouteChecks` once the router matched it,
+/// or by the resolve fast path) and
 /// the token's name (noted by `auth::RouteChecks`). Shared with `Observe`.
 ///
 /// The peer rides here rather than as axum's `ConnectInfo`, an extension of
@@ -108,7 +109,7 @@ pub struct RequestNotes(Arc<Notes>);
 #[derive(Debug, Default)]
 struct Notes {
     peer: Option<std::net::SocketAddr>,
-    /// The route's `/metrics` label ([`crate::http::route_label`]).
+    /// The route's template, its `/metrics` label.
     route: OnceLock<&'static str>,
     actor: OnceLock<TokenName>,
 }
@@ -138,19 +139,6 @@ impl RequestNotes {
     pub fn set_actor(&self, token: &TokenName) {
         let _ = self.0.actor.set(token.clone());
     }
-}
-
-/// Inside the router (`auth::RouteChecks`): notes the route the request
-/// matched (axum's `MatchedPath`) in its [`RequestNotes`]. A request for the
-/// fallback matched none: then `false`.
-pub fn note_route(request: &Request) -> bool {
-    let Some(route) = request.extensions().get::<MatchedPath>() else {
-        return false;
-    };
-    if let Some(notes) = request.extensions().get::<RequestNotes>() {
-        notes.set_route(crate::http::route_label(route.as_str()));
-    }
-    true
 }
 
 /// The outermost layer of [`crate::http::app`]: gives every request its id

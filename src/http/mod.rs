@@ -237,86 +237,66 @@ where
         .service(inner)
 }
 
-/// Steps 5-9 of [`app`]: every route, behind [`auth::RouteChecksLayer`].
+/// Steps 5-9 of [`app`]: every route, behind [`auth::RouteChecksLayer`]
+/// given the route's template (its `/metrics` label and the access log's
+/// route: `'static`, so no allocation per request, and a set that stays
+/// small), and the fallback behind the same checks, without a template.
 fn router(state: AppState) -> axum::Router {
-    use axum::routing::get;
-    let on_every_route = auth::RouteChecksLayer::new(state.clone());
-    axum::Router::new()
-        .route(
+    use axum::handler::Handler;
+    use axum::routing::{get, MethodRouter};
+    let checks = auth::RouteChecksLayer::new(state.clone());
+    let routes: [(&'static str, MethodRouter<AppState>); 15] = [
+        (
             "/api/experimental/aliases",
             get(experimental::aliases_list)
                 .post(experimental::alias_create)
                 .delete(experimental::alias_delete),
-        )
-        .route(
+        ),
+        (
             "/api/aliases",
             get(aliases::aliases_list).post(aliases::aliases_batch),
-        )
-        .route(
+        ),
+        (
             "/api/aliases/{*name}",
             get(aliases::alias_get)
                 .put(aliases::alias_put)
                 .delete(aliases::alias_delete),
-        )
-        .route(RESOLVE_ROUTE, get(aliases::resolve_get))
-        .route("/api/models", get(aliases::models_list))
-        .route("/api/history", get(events::history_list))
-        .route("/api/nodes", get(nodes::nodes_list))
-        .route("/api/events", get(events::events_stream))
-        .route(
+        ),
+        (RESOLVE_ROUTE, get(aliases::resolve_get)),
+        ("/api/models", get(aliases::models_list)),
+        ("/api/history", get(events::history_list)),
+        ("/api/nodes", get(nodes::nodes_list)),
+        ("/api/events", get(events::events_stream)),
+        (
             "/api/webhooks",
             get(webhooks::webhooks_list).post(webhooks::webhooks_create),
-        )
-        .route(
+        ),
+        (
             "/api/webhooks/{id}",
             get(webhooks::webhook_get).delete(webhooks::webhook_delete),
-        )
-        .route(
+        ),
+        (
             "/api/webhooks/{id}/deliveries",
             get(webhooks::webhook_deliveries),
-        )
-        .route("/healthz", get(aliases::healthz))
-        .route("/metrics", get(metrics_get))
-        .route("/", get(ui::dashboard_get))
-        .route("/ui/{*name}", get(ui::asset_get))
-        .fallback(proxy::forward)
-        .layer(on_every_route)
+        ),
+        ("/healthz", get(aliases::healthz)),
+        ("/metrics", get(metrics_get)),
+        ("/", get(ui::dashboard_get)),
+        ("/ui/{*name}", get(ui::asset_get)),
+    ];
+    routes
+        .into_iter()
+        .fold(axum::Router::new(), |router, (template, route)| {
+            // `MethodRouter::layer`, not `route_layer`: the route's 405s too.
+            router.route(template, route.layer(checks.for_route(template)))
+        })
+        .fallback(proxy::forward.layer(checks))
         .with_state(state)
 }
 
 /// The route of `GET /api/resolve/{name}`: its template in the router, and
 /// its `/metrics` label whichever way it is answered ([`fast_path`]).
 pub const RESOLVE_ROUTE: &str = "/api/resolve/{*name}";
-
-/// Every route template `app` serves, as the `/metrics` label: a label is
-/// `'static` (no allocation per request), and the set stays small. Keep it
-/// in step with [`app`]; a template missing here is counted as `other`.
-const ROUTE_TEMPLATES: &[&str] = &[
-    "/api/experimental/aliases",
-    "/api/aliases",
-    "/api/aliases/{*name}",
-    RESOLVE_ROUTE,
-    "/api/models",
-    "/api/history",
-    "/api/nodes",
-    "/api/events",
-    "/api/webhooks",
-    "/api/webhooks/{id}",
-    "/api/webhooks/{id}/deliveries",
-    "/healthz",
-    "/metrics",
-    "/",
-    "/ui/{*name}",
-];
-
-/// The `/metrics` label of a matched route template.
-pub fn route_label(matched: &str) -> &'static str {
-    ROUTE_TEMPLATES
-        .iter()
-        .find(|template| **template == matched)
-        .copied()
-        .unwrap_or("other")
-}
 
 /// `GET /metrics`: Prometheus text.
 async fn metrics_get(axum::extract::State(state): axum::extract::State<AppState>) -> Response {

@@ -172,3 +172,69 @@ fn resolves_check_tokens() {
     );
     assert_eq!(read.expect(200)["resolved"], "llama3");
 }
+
+/// Each route's answers are counted under its own template, given to the
+/// route's checks where the route is made (no second list of templates to
+/// keep in step with the router): one request on every route, the
+/// methods a route does not serve (405) included, and what no route
+/// matches under `unmatched`; no answer is counted as `other`.
+#[test]
+fn every_route_is_counted_under_its_template() {
+    let server = Server::with_models(&["llama3"]);
+    let asked = [
+        (
+            "GET",
+            "/api/experimental/aliases",
+            "/api/experimental/aliases",
+        ),
+        ("GET", "/api/aliases", "/api/aliases"),
+        ("GET", "/api/aliases/nobody", "/api/aliases/{*name}"),
+        ("GET", "/api/resolve/nobody", "/api/resolve/{*name}"),
+        ("GET", "/api/models", "/api/models"),
+        ("GET", "/api/history", "/api/history"),
+        ("GET", "/api/nodes", "/api/nodes"),
+        // Not a GET: the stream would not end.
+        ("POST", "/api/events", "/api/events"),
+        ("GET", "/api/webhooks", "/api/webhooks"),
+        ("GET", "/api/webhooks/nothing", "/api/webhooks/{id}"),
+        (
+            "GET",
+            "/api/webhooks/nothing/deliveries",
+            "/api/webhooks/{id}/deliveries",
+        ),
+        ("DELETE", "/healthz", "/healthz"),
+        ("PUT", "/metrics", "/metrics"),
+        ("GET", "/", "/"),
+        ("GET", "/ui/nothing.js", "/ui/{*name}"),
+        ("GET", "/nothing/here", "unmatched"),
+    ];
+    for (method, path, _) in asked {
+        let resp = server.request(method, path, &[], None);
+        assert!(resp.status > 0, "{method} {path}: {resp:?}");
+    }
+    let metrics = server.get("/metrics");
+    assert_eq!(metrics.status, 200, "{metrics:?}");
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    let requests: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("aliasd_http_requests_total{"))
+        .collect();
+    for (method, path, template) in asked {
+        let count: f64 = requests
+            .iter()
+            .filter(|l| l.contains(&format!("route=\"{template}\"")))
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
+            .sum();
+        // `/healthz` is also asked while the server starts.
+        let expected = if template == "/healthz" {
+            count.max(1.0)
+        } else {
+            1.0
+        };
+        assert_eq!(count, expected, "{method} {path}: {requests:#?}");
+    }
+    assert!(
+        !requests.iter().any(|l| l.contains("route=\"other\"")),
+        "{requests:#?}"
+    );
+}
