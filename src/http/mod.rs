@@ -388,6 +388,10 @@ impl PathName {
     /// The same 400 as a `{*name}` read through the router: not UTF-8 once
     /// percent-decoded.
     pub fn decode(raw: &str) -> Result<std::borrow::Cow<'_, str>, ApiError> {
+        // Without a `%` there is nothing to decode, and `raw` is UTF-8.
+        if !raw.contains('%') {
+            return Ok(std::borrow::Cow::Borrowed(raw));
+        }
         percent_encoding::percent_decode_str(raw)
             .decode_utf8()
             .map_err(|_| PathName::not_utf8())
