@@ -153,7 +153,7 @@ impl Shutdown {
 /// 3. a panic turned into a logged 500 (tower-http's `CatchPanicLayer`);
 /// 4. resolve's fast path ([`fast_path`]): a plain `GET`/`HEAD
 ///    /api/resolve/{name}` (no `Origin`) answered through the same checks
-///    (steps 5 and 7) and handler core as the router's route, without the
+///    (steps 6, 8 and 9) and handler core as the router's route, without the
 ///    router; every other request goes on to
 /// 5. the router; then, on every route, its 405s and the fallback alike:
 /// 6. [`auth::RouteChecksLayer`], in one layer: the route's template noted
