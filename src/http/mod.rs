@@ -150,7 +150,7 @@ impl Shutdown {
 /// 2. once answered ([`middleware::ObserveLayer`] still): the request id on
 ///    the answer, the `{"error"}` shape for the framework's own errors, the
 ///    count for `/metrics` by route template, the access log;
-/// 3. a panic turned into a logged 500 (tower-http's `CatchPanicLayer`);
+/// 3. a panic turned into a logged 500 ([`middleware::PanicGuardLayer`]);
 /// 4. resolve's fast path ([`fast_path`]): a plain `GET`/`HEAD
 ///    /api/resolve/{name}` (no `Origin`) answered through the same checks
 ///    (steps 6, 8 and 9) and handler core as the router's route, without the
@@ -231,9 +231,7 @@ where
 {
     tower::ServiceBuilder::new()
         .layer(middleware::ObserveLayer::new(state))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            middleware::panic_response,
-        ))
+        .layer(middleware::PanicGuardLayer)
         .service(inner)
 }
 
