@@ -540,19 +540,29 @@ pub async fn resolve_get(
     State(state): State<AppState>,
     PathName(name): PathName,
 ) -> Result<Response, ApiError> {
-    let name = name.as_str();
+    resolve_answer(&state, &name)
+}
+
+/// The answer to `GET /api/resolve/{name}` for the decoded `name`: what
+/// [`resolve_get`] answers, and resolve's fast path
+/// ([`crate::http::fast_path`]) too, once the request passed the same checks.
+///
+/// # Errors
+///
+/// A bad name (400), or a name that does not resolve (404, 409...).
+pub fn resolve_answer(state: &AppState, name: &str) -> Result<Response, ApiError> {
     let answer = state.registry.read(|s| {
         let stamps = (s.index.stamp(), s.models.stamp());
-        if let Some(body) = ResolveCache::get(name, stamps) {
-            return Ok(Answer::Kept(body));
+        if let Some((body, length)) = ResolveCache::get(name, stamps) {
+            return Ok(Answer::Kept(body, length));
         }
         // A bad name is a 400 here as on every route (SPEC §5), not a 404.
         crate::name::ModelName::parse(name).map_err(|e| ApiError::bad_request(e.to_string()))?;
         let resolution = s.index.resolve(&s.models, name)?;
         Ok::<_, ApiError>(Answer::Fresh(resolution, stamps))
     })?;
-    let body = match answer {
-        Answer::Kept(body) => body,
+    let (body, length) = match answer {
+        Answer::Kept(body, length) => (body, length),
         Answer::Fresh(resolution, stamps) => {
             let resolved = resolution.resolved.display();
             let body = ResolveBody {
@@ -563,22 +573,27 @@ pub async fn resolve_get(
                 digest: &resolution.digest,
             };
             let body = axum::body::Bytes::from(body.to_json());
-            ResolveCache::put(name, stamps, &body);
-            body
+            let length = HeaderValue::from(body.len());
+            ResolveCache::put(name, stamps, &body, &length);
+            (body, length)
         }
     };
     let mut response = Response::new(axum::body::Body::from(body));
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         axum::http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    // What axum's route would write from the body's size, kept with the
+    // body: a new header value is an allocation.
+    headers.insert(axum::http::header::CONTENT_LENGTH, length);
     Ok(response)
 }
 
 /// What `resolve_get` finds under the registry's read lock.
 enum Answer {
-    /// A kept answer, still current.
-    Kept(axum::body::Bytes),
+    /// A kept answer, still current, and its `Content-Length`.
+    Kept(axum::body::Bytes, HeaderValue),
     /// A resolution to render, with the stamps it was computed under.
     Fresh(crate::index::Resolution, Stamps),
 }
@@ -606,6 +621,8 @@ struct ResolveCache {
 struct CachedAnswer {
     stamps: Stamps,
     body: axum::body::Bytes,
+    /// The body's length, as its `Content-Length`.
+    length: HeaderValue,
 }
 
 thread_local! {
@@ -617,22 +634,23 @@ thread_local! {
 impl ResolveCache {
     /// The answer kept for `name`, if it was computed from an index and
     /// models with these stamps.
-    fn get(name: &str, stamps: Stamps) -> Option<axum::body::Bytes> {
+    fn get(name: &str, stamps: Stamps) -> Option<(axum::body::Bytes, HeaderValue)> {
         RESOLVE_CACHE.with(|cache| {
             let cache = cache.borrow();
             let answer = cache.answers.get(name)?;
-            (answer.stamps == stamps).then(|| answer.body.clone())
+            (answer.stamps == stamps).then(|| (answer.body.clone(), answer.length.clone()))
         })
     }
 
-    /// Keeps `body` as the answer for `name` under these stamps.
-    fn put(name: &str, stamps: Stamps, body: &axum::body::Bytes) {
+    /// Keeps `body` (of `length`) as the answer for `name` under these stamps.
+    fn put(name: &str, stamps: Stamps, body: &axum::body::Bytes, length: &HeaderValue) {
         RESOLVE_CACHE.with(|cache| {
             let mut cache = cache.borrow_mut();
             if let Some(answer) = cache.answers.get_mut(name) {
                 *answer = CachedAnswer {
                     stamps,
                     body: body.clone(),
+                    length: length.clone(),
                 };
                 return;
             }
@@ -644,6 +662,7 @@ impl ResolveCache {
                 CachedAnswer {
                     stamps,
                     body: body.clone(),
+                    length: length.clone(),
                 },
             );
         });

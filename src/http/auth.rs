@@ -258,7 +258,7 @@ fn check_host_header(
             None => return Ok(()),
         },
     };
-    if std::str::from_utf8(host).is_ok_and(host_is_local) {
+    if plainly_local(host) || std::str::from_utf8(host).is_ok_and(host_is_local) {
         return Ok(());
     }
     Err(Box::new(
@@ -314,6 +314,23 @@ pub fn host_is_local(host: &str) -> bool {
         }
         Err(_) => false,
     }
+}
+
+/// Whether a `Host` value is `127.0.0.1` or `localhost`, with or without a
+/// port: what nearly every local client sends, told from the bytes before
+/// [`host_is_local`] parses anything (which says the same of these).
+fn plainly_local(host: &[u8]) -> bool {
+    let name = match host.iter().rposition(|b| *b == b':') {
+        Some(colon) => {
+            let port = &host[colon + 1..];
+            if port.is_empty() || !port.iter().all(u8::is_ascii_digit) {
+                return false;
+            }
+            &host[..colon]
+        }
+        None => host,
+    };
+    name == b"127.0.0.1" || name == b"localhost"
 }
 
 /// `""` or `:<digits>`, after a host.
@@ -394,8 +411,9 @@ fn require_token(
 
 /// The checks on every route, in one layer, after the route is matched (so
 /// that every answer, refusals included, is counted under its template):
-/// 1. the route's template noted for the access log and `/metrics`
-///    ([`crate::http::middleware::note_route`]);
+/// 1. the route's template, given to its layer where the route is made
+///    ([`RouteChecksLayer::for_route`]), noted for the access log and
+///    `/metrics` ([`RequestNotes::set_route`]);
 /// 2. on a loopback listener, a `Host` that is not this machine is a 403
 ///    (DNS rebinding, [`check_host`]); an `Origin` that is not allowed is a
 ///    403 on every route ([`check_origin`]), before tokens and before any
@@ -422,6 +440,8 @@ fn require_token(
 #[derive(Clone, Debug)]
 pub struct RouteChecksLayer {
     shared: Arc<Shared>,
+    /// The template of the route it guards; `None` for the fallback.
+    route: Option<&'static str>,
 }
 
 #[derive(Debug)]
@@ -431,11 +451,22 @@ struct Shared {
 }
 
 impl RouteChecksLayer {
-    /// The checks of the app serving `state`.
+    /// The checks of the app serving `state`, for its fallback (what no
+    /// route matches: the upstream's, or a 404).
     pub fn new(state: AppState) -> RouteChecksLayer {
         let cors = cors(&state.http);
         RouteChecksLayer {
             shared: Arc::new(Shared { state, cors }),
+            route: None,
+        }
+    }
+
+    /// The same checks for the route of `template`, under which its answers
+    /// are counted and logged.
+    pub fn for_route(&self, template: &'static str) -> RouteChecksLayer {
+        RouteChecksLayer {
+            shared: self.shared.clone(),
+            route: Some(template),
         }
     }
 }
@@ -447,6 +478,7 @@ impl<S> tower::Layer<S> for RouteChecksLayer {
         RouteChecks {
             inner,
             shared: self.shared.clone(),
+            route: self.route,
         }
     }
 }
@@ -456,6 +488,7 @@ impl<S> tower::Layer<S> for RouteChecksLayer {
 pub struct RouteChecks<S> {
     inner: S,
     shared: Arc<Shared>,
+    route: Option<&'static str>,
 }
 
 /// The future of a browser's request: CORS around the token check and the
@@ -475,50 +508,89 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request) -> Self::Future {
-        let matched = crate::http::middleware::note_route(&request);
-        let http = &self.shared.state.http;
-        let (mut host, mut origin) = (None, None);
-        for (name, value) in request.headers() {
-            if *name == header::HOST {
-                host = host.or(Some(value));
-            } else if *name == header::ORIGIN {
-                origin = origin.or(Some(value));
-            }
+    fn call(&mut self, request: Request) -> Self::Future {
+        let matched = self.route.is_some();
+        if let (Some(route), Some(notes)) = (self.route, request.extensions().get::<RequestNotes>())
+        {
+            notes.set_route(route);
         }
-        let checked = check_host_header(http, host, request.uri())
-            .and_then(|()| origin.map_or(Ok(()), |origin| check_origin(http, origin)));
-        if let Err(refusal) = checked {
-            return RouteChecksFuture::Refused {
-                response: Some(*refusal),
-            };
-        }
-        let has_origin = origin.is_some();
-        if matched {
-            // A route aliasd serves, not the upstream's fallback (where a
-            // model can take minutes to load).
-            request = crate::http::middleware::body_deadline(request, http.request_timeout);
-        }
-        if has_origin {
-            let route = tower::ServiceBuilder::new()
-                .map_response(preflight_no_content)
-                .layer(self.shared.cors.clone())
-                .layer(ValidateRequestHeaderLayer::custom(require_token(
-                    self.shared.state.clone(),
-                )))
-                .service(self.inner.clone());
-            return RouteChecksFuture::Browser {
-                future: Box::pin(tower::ServiceExt::oneshot(route, request)),
-            };
-        }
-        match check_token(http, &mut request) {
-            Ok(()) => RouteChecksFuture::Route {
+        match check(&self.shared.state.http, request, matched) {
+            Checked::Route(request) => RouteChecksFuture::Route {
                 future: self.inner.call(request),
             },
-            Err(refusal) => RouteChecksFuture::Refused {
-                response: Some(*refusal),
+            Checked::Refused(response) => RouteChecksFuture::Refused {
+                response: Some(response),
             },
+            Checked::Browser(request) => {
+                let request = if matched {
+                    crate::http::middleware::body_deadline(
+                        request,
+                        self.shared.state.http.request_timeout,
+                    )
+                } else {
+                    request
+                };
+                let route = tower::ServiceBuilder::new()
+                    .map_response(preflight_no_content)
+                    .layer(self.shared.cors.clone())
+                    .layer(ValidateRequestHeaderLayer::custom(require_token(
+                        self.shared.state.clone(),
+                    )))
+                    .service(self.inner.clone());
+                RouteChecksFuture::Browser {
+                    future: Box::pin(tower::ServiceExt::oneshot(route, request)),
+                }
+            }
         }
+    }
+}
+
+/// What [`check`] makes of a request.
+pub(crate) enum Checked {
+    /// Passed every check: the route answers it (its body timed, its token
+    /// noted).
+    Route(Request),
+    /// Refused: the answer to send instead.
+    Refused(Response),
+    /// A browser's request (an allowed `Origin`), as it came: the body's
+    /// deadline, CORS and the token check are still to come
+    /// ([`RouteChecks`]).
+    Browser(Request),
+}
+
+/// Steps 2, 4 and 5 of [`RouteChecks`] (the route already noted): `Host`
+/// and `Origin` found in one pass over the headers and checked; then, on a
+/// request without `Origin`, the body's deadline when `served` (a route
+/// aliasd serves, not the upstream's fallback, where a model can take
+/// minutes to load) and the token. A request with an allowed `Origin` comes
+/// back as [`Checked::Browser`] untouched. Every way to a route aliasd
+/// serves checks through here: the router's routes ([`RouteChecks`]) and
+/// resolve's fast path ([`crate::http::fast_path`]).
+pub(crate) fn check(http: &HttpConfig, mut request: Request, served: bool) -> Checked {
+    let (mut host, mut origin, mut has_body) = (None, None, false);
+    for (name, value) in request.headers() {
+        if *name == header::HOST {
+            host = host.or(Some(value));
+        } else if *name == header::ORIGIN {
+            origin = origin.or(Some(value));
+        } else if *name == header::CONTENT_LENGTH || *name == header::TRANSFER_ENCODING {
+            has_body = true;
+        }
+    }
+    let checked = check_host_header(http, host, request.uri())
+        .and_then(|()| origin.map_or(Ok(()), |origin| check_origin(http, origin)));
+    if let Err(refusal) = checked {
+        return Checked::Refused(*refusal);
+    }
+    if origin.is_some() {
+        return Checked::Browser(request);
+    }
+    if served && has_body {
+        request = crate::http::middleware::time_body(request, http.request_timeout);
+    }
+    match check_token(http, &mut request) {
+        Ok(()) => Checked::Route(request),
+        Err(refusal) => Checked::Refused(*refusal),
     }
 }
 
@@ -610,6 +682,13 @@ mod tests {
         ] {
             assert!(host_is_local(local), "{local}");
         }
+        for plain in ["127.0.0.1", "127.0.0.1:11434", "localhost", "localhost:1"] {
+            assert!(plainly_local(plain.as_bytes()), "{plain}");
+            assert!(host_is_local(plain), "{plain}");
+        }
+        for not_plain in ["LOCALHOST", "localhost.", "127.0.0.1:", "127.0.0.1:x", ":1"] {
+            assert!(!plainly_local(not_plain.as_bytes()), "{not_plain}");
+        }
         for foreign in [
             "attacker.example",
             "attacker.example:11435",
@@ -625,6 +704,7 @@ mod tests {
             "",
         ] {
             assert!(!host_is_local(foreign), "{foreign}");
+            assert!(!plainly_local(foreign.as_bytes()), "{foreign}");
         }
     }
 }

@@ -4,8 +4,9 @@
 //! - [`ObserveLayer`]: the request id (the client's `X-Request-Id` when it
 //!   is sane, else a new one), then, once a request's answer is known, JSON
 //!   errors, the `/metrics` count and the access log, with what
-//!   [`note_route`] and the token check noted of it ([`RequestNotes`]);
-//! - [`panic_response`]: what tower-http's `CatchPanicLayer` answers;
+//!   the route's checks noted of it ([`RequestNotes`]);
+//! - [`PanicGuardLayer`]: a route's panic answered as a 500
+//!   ([`panic_response`]);
 //! - [`body_deadline`]: a request body must arrive within the request
 //!   timeout, counted where the body is read, not around the handler.
 
@@ -17,7 +18,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 
@@ -97,7 +98,8 @@ fn hex16(n: u64) -> [u8; 16] {
 /// What is known of a request besides its head, one per request in its
 /// extensions: the peer's address (put there by the connection, `server`),
 /// and what the layers inside [`Observe`] learn of it for its log line: the
-/// route template (noted by [`note_route`] once the router matched it) and
+/// route template (noted by `auth::RouteChecks` once the router matched it,
+/// or by the resolve fast path) and
 /// the token's name (noted by `auth::RouteChecks`). Shared with `Observe`.
 ///
 /// The peer rides here rather than as axum's `ConnectInfo`, an extension of
@@ -108,7 +110,8 @@ pub struct RequestNotes(Arc<Notes>);
 #[derive(Debug, Default)]
 struct Notes {
     peer: Option<std::net::SocketAddr>,
-    route: OnceLock<MatchedPath>,
+    /// The route's template, its `/metrics` label.
+    route: OnceLock<&'static str>,
     actor: OnceLock<TokenName>,
 }
 
@@ -127,23 +130,16 @@ impl RequestNotes {
         self.0.peer
     }
 
+    /// Notes the route the request matched, by its `/metrics` label (the
+    /// route's template); the first note stands.
+    pub fn set_route(&self, label: &'static str) {
+        let _ = self.0.route.set(label);
+    }
+
     /// Notes the token the request was authorized with.
     pub fn set_actor(&self, token: &TokenName) {
         let _ = self.0.actor.set(token.clone());
     }
-}
-
-/// Inside the router (`auth::RouteChecks`): notes the route the request
-/// matched (axum's `MatchedPath`) in its [`RequestNotes`]. A request for the
-/// fallback matched none: then `false`.
-pub fn note_route(request: &Request) -> bool {
-    let Some(route) = request.extensions().get::<MatchedPath>() else {
-        return false;
-    };
-    if let Some(notes) = request.extensions().get::<RequestNotes>() {
-        let _ = notes.0.route.set(route.clone());
-    }
-    true
 }
 
 /// The outermost layer of [`crate::http::app`]: gives every request its id
@@ -307,7 +303,7 @@ impl Seen {
             response = error::openai_shape(response);
         }
         let route = match self.notes.0.route.get() {
-            Some(matched) => crate::http::route_label(matched.as_str()),
+            Some(label) => *label,
             None if self.state.http.proxy.is_some() => "proxy",
             None => "unmatched",
         };
@@ -335,9 +331,90 @@ impl Seen {
     }
 }
 
-/// The answer to a route that panicked (tower-http's `CatchPanicLayer` calls
-/// it): the panic is logged, the client gets a 500 and the server stays up.
-/// The access log line names the route and request id.
+/// Turns a panic in what it wraps (in its `call`, or while its answer is
+/// awaited) into [`panic_response`]'s 500, as tower-http's
+/// `CatchPanicLayer` does, but for the body: tower-http's boxes every
+/// answer's body into a body of its own, which [`Observe`] then boxes again
+/// as axum's `Body` (two allocations and two dynamic calls a request, on
+/// every route); here the answer goes on as the route gave it.
+#[derive(Debug, Clone, Default)]
+pub struct PanicGuardLayer;
+
+impl<S> tower::Layer<S> for PanicGuardLayer {
+    type Service = PanicGuard<S>;
+
+    fn layer(&self, inner: S) -> PanicGuard<S> {
+        PanicGuard { inner }
+    }
+}
+
+/// The service of [`PanicGuardLayer`].
+#[derive(Debug, Clone)]
+pub struct PanicGuard<S> {
+    inner: S,
+}
+
+impl<S> tower::Service<Request> for PanicGuard<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = PanicGuardFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let inner = &mut self.inner;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.call(request))) {
+            Ok(future) => PanicGuardFuture::Route { future },
+            Err(panic) => PanicGuardFuture::Panicked {
+                response: Some(panic_response(panic)),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`PanicGuard`]: the route's answer, or the 500 of a
+    /// route that panicked.
+    #[project = PanicGuardProjection]
+    pub enum PanicGuardFuture<F> {
+        /// The route's answer, awaited.
+        Route { #[pin] future: F },
+        /// The route panicked in its `call`.
+        Panicked { response: Option<Response> },
+    }
+}
+
+impl<F> Future for PanicGuardFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            PanicGuardProjection::Route { future } => {
+                // Once it panicked the route's future is not polled again:
+                // its answer is the 500.
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.poll(cx))) {
+                    Ok(poll) => poll,
+                    Err(panic) => Poll::Ready(Ok(panic_response(panic))),
+                }
+            }
+            PanicGuardProjection::Panicked { response } => {
+                Poll::Ready(Ok(response.take().expect("polled after it was ready")))
+            }
+        }
+    }
+}
+
+/// The answer to a route that panicked ([`PanicGuard`] calls it): the panic
+/// is logged, the client gets a 500 and the server stays up. The access log
+/// line names the route and request id.
 pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
     let message = panic
         .downcast_ref::<&str>()
@@ -367,10 +444,16 @@ pub fn body_deadline(request: Request, timeout: Duration) -> Request {
             .headers()
             .contains_key(axum::http::header::TRANSFER_ENCODING);
     if has_body {
-        request.map(|body| axum::body::Body::new(TimedBody::new(body, timeout)))
+        time_body(request, timeout)
     } else {
         request
     }
+}
+
+/// [`body_deadline`] of a request known to have a body (its headers
+/// already read by the caller).
+pub fn time_body(request: Request, timeout: Duration) -> Request {
+    request.map(|body| axum::body::Body::new(TimedBody::new(body, timeout)))
 }
 
 /// A request body that fails with [`BodyTimeout`] once its time is up.
@@ -432,6 +515,54 @@ impl BodyTimeout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The answer of `service` to a `GET /`, and its body.
+    fn answer<S>(service: S) -> (StatusCode, String)
+    where
+        S: tower::Service<Request, Response = Response, Error = Infallible>,
+    {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let request = Request::new(axum::body::Body::empty());
+            let Ok(response) = tower::ServiceExt::oneshot(service, request).await;
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        })
+    }
+
+    /// A panic in a route's `call` or in its future is a JSON 500; an answer
+    /// goes through as it was given.
+    #[test]
+    fn a_panicking_route_answers_500() {
+        let in_call = tower::service_fn(
+            |_: Request| -> std::future::Ready<Result<Response, Infallible>> { panic!("in call") },
+        );
+        let in_future = tower::service_fn(|_: Request| async {
+            if std::hint::black_box(true) {
+                panic!("in the future");
+            }
+            Ok::<Response, Infallible>(Response::default())
+        });
+        for (status, body) in [
+            answer(PanicGuard { inner: in_call }),
+            answer(PanicGuard { inner: in_future }),
+        ] {
+            assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+            assert_eq!(body, r#"{"error":"internal error"}"#);
+        }
+        let fine = tower::service_fn(|_: Request| async {
+            Ok::<Response, Infallible>((StatusCode::IM_A_TEAPOT, "tea").into_response())
+        });
+        assert_eq!(
+            answer(PanicGuard { inner: fine }),
+            (StatusCode::IM_A_TEAPOT, "tea".to_string())
+        );
+    }
 
     #[test]
     fn new_request_ids_are_distinct_uuids_of_version_4() {

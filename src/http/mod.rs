@@ -9,6 +9,7 @@ pub mod auth;
 pub mod error;
 pub mod events;
 pub mod experimental;
+pub mod fast_path;
 pub mod middleware;
 pub mod nodes;
 pub mod proxy;
@@ -149,26 +150,30 @@ impl Shutdown {
 /// 2. once answered ([`middleware::ObserveLayer`] still): the request id on
 ///    the answer, the `{"error"}` shape for the framework's own errors, the
 ///    count for `/metrics` by route template, the access log;
-/// 3. a panic turned into a logged 500 (tower-http's `CatchPanicLayer`);
-/// 4. the router; then, on every route, its 405s and the fallback alike:
-/// 5. [`auth::RouteChecksLayer`], in one layer: the route's template noted
+/// 3. a panic turned into a logged 500 ([`middleware::PanicGuardLayer`]);
+/// 4. resolve's fast path ([`fast_path`]): a plain `GET`/`HEAD
+///    /api/resolve/{name}` (no `Origin`) answered through the same checks
+///    (steps 6, 8 and 9) and handler core as the router's route, without the
+///    router; every other request goes on to
+/// 5. the router; then, on every route, its 405s and the fallback alike:
+/// 6. [`auth::RouteChecksLayer`], in one layer: the route's template noted
 ///    for step 2; on a loopback listener, a `Host` that is not this machine
 ///    is a 403 (DNS rebinding); an `Origin` that is not allowed is a 403 on
 ///    every route, before tokens and before any body is read;
-/// 6. for a request with an `Origin` (`RouteChecksLayer` still), CORS for
+/// 7. for a request with an `Origin` (`RouteChecksLayer` still), CORS for
 ///    the allowed origins (tower-http's `CorsLayer`): preflights answered
 ///    (204), allow headers added to other responses;
-/// 7. tokens (SPEC §5, `RouteChecksLayer` still): 401/403, or the token's
+/// 8. tokens (SPEC §5, `RouteChecksLayer` still): 401/403, or the token's
 ///    name for the event actor;
-/// 8. on the routes aliasd serves (not the upstream's fallback, where a
+/// 9. on the routes aliasd serves (not the upstream's fallback, where a
 ///    model can take minutes to load), the request body's deadline
 ///    ([`middleware::body_deadline`], `RouteChecksLayer` still).
 ///
-/// Steps 5-7 run after the path is matched, so that every answer, their
+/// Steps 6-8 run after the path is matched, so that every answer, their
 /// refusals included, is counted under its route template. Nothing is boxed
 /// on a request without `Origin` (not `from_fn`, which boxes a future and the
 /// rest of the stack on every request), and the layers are few: each one
-/// moves the request and adds a future. Steps 1-3 wrap the router once.
+/// moves the request and adds a future. Steps 1-4 wrap the router once.
 /// (benches/README.md has what each piece costs.)
 pub fn app(
     state: AppState,
@@ -181,86 +186,115 @@ pub fn app(
        + Send
        + Sync
        + 'static {
-    use axum::routing::get;
-    let on_every_route = auth::RouteChecksLayer::new(state.clone());
-    let router = axum::Router::new()
-        .route(
+    let router = router(state.clone());
+    around_router(state.clone(), fast_path::FastResolve::new(state, router))
+}
+
+/// [`app`] without resolve's fast path: every request through the router.
+/// For the tests that hold the fast path to the router's answers.
+#[cfg(test)]
+pub(crate) fn app_without_fast_path(
+    state: AppState,
+) -> impl tower::Service<
+    Request,
+    Response = Response,
+    Error = std::convert::Infallible,
+    Future: Send + 'static,
+> + Clone
+       + Send
+       + Sync
+       + 'static {
+    around_router(state.clone(), router(state))
+}
+
+/// Steps 1-3 of [`app`] around `inner` (the router, or the fast path in
+/// front of it).
+fn around_router<S>(
+    state: AppState,
+    inner: S,
+) -> impl tower::Service<
+    Request,
+    Response = Response,
+    Error = std::convert::Infallible,
+    Future: Send + 'static,
+> + Clone
+       + Send
+       + Sync
+       + 'static
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    tower::ServiceBuilder::new()
+        .layer(middleware::ObserveLayer::new(state))
+        .layer(middleware::PanicGuardLayer)
+        .service(inner)
+}
+
+/// Steps 5-9 of [`app`]: every route, behind [`auth::RouteChecksLayer`]
+/// given the route's template (its `/metrics` label and the access log's
+/// route: `'static`, so no allocation per request, and a set that stays
+/// small), and the fallback behind the same checks, without a template.
+fn router(state: AppState) -> axum::Router {
+    use axum::handler::Handler;
+    use axum::routing::{get, MethodRouter};
+    let checks = auth::RouteChecksLayer::new(state.clone());
+    let routes: [(&'static str, MethodRouter<AppState>); 15] = [
+        (
             "/api/experimental/aliases",
             get(experimental::aliases_list)
                 .post(experimental::alias_create)
                 .delete(experimental::alias_delete),
-        )
-        .route(
+        ),
+        (
             "/api/aliases",
             get(aliases::aliases_list).post(aliases::aliases_batch),
-        )
-        .route(
+        ),
+        (
             "/api/aliases/{*name}",
             get(aliases::alias_get)
                 .put(aliases::alias_put)
                 .delete(aliases::alias_delete),
-        )
-        .route("/api/resolve/{*name}", get(aliases::resolve_get))
-        .route("/api/models", get(aliases::models_list))
-        .route("/api/history", get(events::history_list))
-        .route("/api/nodes", get(nodes::nodes_list))
-        .route("/api/events", get(events::events_stream))
-        .route(
+        ),
+        (RESOLVE_ROUTE, get(aliases::resolve_get)),
+        ("/api/models", get(aliases::models_list)),
+        ("/api/history", get(events::history_list)),
+        ("/api/nodes", get(nodes::nodes_list)),
+        ("/api/events", get(events::events_stream)),
+        (
             "/api/webhooks",
             get(webhooks::webhooks_list).post(webhooks::webhooks_create),
-        )
-        .route(
+        ),
+        (
             "/api/webhooks/{id}",
             get(webhooks::webhook_get).delete(webhooks::webhook_delete),
-        )
-        .route(
+        ),
+        (
             "/api/webhooks/{id}/deliveries",
             get(webhooks::webhook_deliveries),
-        )
-        .route("/healthz", get(aliases::healthz))
-        .route("/metrics", get(metrics_get))
-        .route("/", get(ui::dashboard_get))
-        .route("/ui/{*name}", get(ui::asset_get))
-        .fallback(proxy::forward)
-        .layer(on_every_route)
-        .with_state(state.clone());
-    tower::ServiceBuilder::new()
-        .layer(middleware::ObserveLayer::new(state))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            middleware::panic_response,
-        ))
-        .service(router)
+        ),
+        ("/healthz", get(aliases::healthz)),
+        ("/metrics", get(metrics_get)),
+        ("/", get(ui::dashboard_get)),
+        ("/ui/{*name}", get(ui::asset_get)),
+    ];
+    routes
+        .into_iter()
+        .fold(axum::Router::new(), |router, (template, route)| {
+            // `MethodRouter::layer`, not `route_layer`: the route's 405s too.
+            router.route(template, route.layer(checks.for_route(template)))
+        })
+        .fallback(proxy::forward.layer(checks))
+        .with_state(state)
 }
 
-/// Every route template `app` serves, as the `/metrics` label: a label is
-/// `'static` (no allocation per request), and the set stays small. Keep it
-/// in step with [`app`]; a template missing here is counted as `other`.
-const ROUTE_TEMPLATES: &[&str] = &[
-    "/api/experimental/aliases",
-    "/api/aliases",
-    "/api/aliases/{*name}",
-    "/api/resolve/{*name}",
-    "/api/models",
-    "/api/history",
-    "/api/nodes",
-    "/api/events",
-    "/api/webhooks",
-    "/api/webhooks/{id}",
-    "/api/webhooks/{id}/deliveries",
-    "/healthz",
-    "/metrics",
-    "/",
-    "/ui/{*name}",
-];
-
-/// The `/metrics` label of a matched route template.
-pub fn route_label(matched: &str) -> &'static str {
-    ROUTE_TEMPLATES
-        .iter()
-        .find(|template| **template == matched)
-        .copied()
-        .unwrap_or("other")
-}
+/// The route of `GET /api/resolve/{name}`: its template in the router, and
+/// its `/metrics` label whichever way it is answered ([`fast_path`]).
+pub const RESOLVE_ROUTE: &str = "/api/resolve/{*name}";
 
 /// `GET /metrics`: Prometheus text.
 async fn metrics_get(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
@@ -341,6 +375,32 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestOrigin {
 #[derive(Debug, Clone)]
 pub struct PathName(pub String);
 
+impl PathName {
+    /// The name in `raw`, a `{*name}` as it stands in the path, decoded as
+    /// axum's `Path` decodes it (percent-decoding, then UTF-8), for a path
+    /// read without the router ([`fast_path`]); borrowed from `raw` when it
+    /// has no escapes, as most names have none.
+    ///
+    /// # Errors
+    ///
+    /// The same 400 as a `{*name}` read through the router: not UTF-8 once
+    /// percent-decoded.
+    pub fn decode(raw: &str) -> Result<std::borrow::Cow<'_, str>, ApiError> {
+        // Without a `%` there is nothing to decode, and `raw` is UTF-8.
+        if !raw.contains('%') {
+            return Ok(std::borrow::Cow::Borrowed(raw));
+        }
+        percent_encoding::percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|_| PathName::not_utf8())
+    }
+
+    /// A `{*name}` that is not UTF-8 once percent-decoded: a 400.
+    fn not_utf8() -> ApiError {
+        ApiError::bad_request("the name in the path is not UTF-8 once percent-decoded")
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for PathName {
     type Rejection = ApiError;
 
@@ -352,9 +412,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PathName {
             Err(PathRejection::FailedToDeserializePathParams(e))
                 if matches!(e.kind(), ErrorKind::InvalidUtf8InPathParam { .. }) =>
             {
-                Err(ApiError::bad_request(
-                    "the name in the path is not UTF-8 once percent-decoded",
-                ))
+                Err(PathName::not_utf8())
             }
             Err(rejection) => Err(rejection.into()),
         }

@@ -26,6 +26,7 @@ mod prefix_state;
 mod proxy;
 mod proxy_clients;
 mod resolve_fast;
+mod resolve_fast_path;
 mod robust;
 mod router;
 mod shutdown;
