@@ -484,3 +484,46 @@ pub(super) fn materialize_threads(files: usize) -> usize {
         .get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
     (files / FILES_PER_THREAD).clamp(1, cores.min(4))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(events: usize) -> Finishing {
+        Finishing {
+            times: GroupTimes::now(),
+            replies: 1,
+            events,
+            replied_at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn each_group_waits_for_the_files_of_its_events_and_of_the_groups_before() {
+        let event = |seq: u64, alias: &str| {
+            let mut event = crate::event::created_for_test(seq, "llama3");
+            event.alias = alias.into();
+            event
+        };
+        // Group 0: a, b; group 1: nothing (an unchanged put); group 2: b
+        // again (its file is b's, already among the first two), then c.
+        let events = vec![event(1, "a"), event(2, "b"), event(3, "b"), event(4, "c")];
+        let prior = vec![None; events.len()];
+        let groups = [group(2), group(0), group(2)];
+        let (work, ready) = alias_files(&events, &prior, &groups);
+        let names: Vec<String> = work.iter().map(|f| f.name.key()).collect();
+        assert_eq!(
+            names,
+            [
+                "registry.ollama.ai/library/a:latest",
+                "registry.ollama.ai/library/b:latest",
+                "registry.ollama.ai/library/c:latest"
+            ]
+        );
+        assert_eq!(ready, vec![2, 2, 3]);
+        // No events at all: every group is ready at once.
+        let (work, ready) = alias_files(&[], &[], &[group(0), group(0)]);
+        assert!(work.is_empty());
+        assert_eq!(ready, vec![0, 0]);
+    }
+}
