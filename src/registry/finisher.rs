@@ -160,8 +160,12 @@ impl Finisher {
                         for event in &group_events {
                             self.metrics.observe_event(event.kind);
                         }
-                        self.publisher
-                            .publish(group_events.into_iter().map(Published::new).collect());
+                        // A group of unchanged puts has nothing to broadcast:
+                        // the publisher is not woken for it.
+                        if !group_events.is_empty() {
+                            self.publisher
+                                .publish(group_events.into_iter().map(Published::new).collect());
+                        }
                         for (sender, reply) in replies.by_ref().take(groups[g].replies) {
                             let _ = sender.send(reply);
                         }
