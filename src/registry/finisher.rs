@@ -155,27 +155,39 @@ impl Finisher {
                         events_by_group.push(events.split_off(events.len() - group.events));
                     }
                     let mut replies = replies.into_iter();
-                    let synced = sync_jobs(&self.materializer, &file_jobs, &files_by_group, |g| {
-                        let group_events = events_by_group.pop().unwrap_or_default();
-                        for event in &group_events {
-                            self.metrics.observe_event(event.kind);
+                    let mut failed_or_foreign = |synced: Synced| {
+                        if !synced.failed.is_empty() {
+                            retries.add(report_failures(synced.failed), Instant::now());
+                            self.metrics.set_alias_files_pending(retries.len());
                         }
-                        // A group of unchanged puts has nothing to broadcast:
-                        // the publisher is not woken for it.
-                        if !group_events.is_empty() {
-                            self.publisher
-                                .publish(group_events.into_iter().map(Published::new).collect());
-                        }
-                        for (sender, reply) in replies.by_ref().take(groups[g].replies) {
-                            let _ = sender.send(reply);
-                        }
-                        groups[g].replied_at = Instant::now();
-                    });
-                    if !synced.failed.is_empty() {
-                        retries.add(report_failures(synced.failed), Instant::now());
-                        self.metrics.set_alias_files_pending(retries.len());
-                    }
-                    self.look_again(synced.foreign);
+                        self.look_again(synced.foreign);
+                    };
+                    let synced = sync_jobs(
+                        &self.materializer,
+                        &file_jobs,
+                        &files_by_group,
+                        |g, synced| {
+                            // What went wrong with this group's files is logged,
+                            // counted and queued for a retry before its replies.
+                            failed_or_foreign(synced);
+                            let group_events = events_by_group.pop().unwrap_or_default();
+                            for event in &group_events {
+                                self.metrics.observe_event(event.kind);
+                            }
+                            // A group of unchanged puts has nothing to broadcast:
+                            // the publisher is not woken for it.
+                            if !group_events.is_empty() {
+                                self.publisher.publish(
+                                    group_events.into_iter().map(Published::new).collect(),
+                                );
+                            }
+                            for (sender, reply) in replies.by_ref().take(groups[g].replies) {
+                                let _ = sender.send(reply);
+                            }
+                            groups[g].replied_at = Instant::now();
+                        },
+                    );
+                    failed_or_foreign(synced);
                     if tracing::enabled!(target: TIMELINE, tracing::Level::DEBUG) {
                         for group in &groups {
                             let times = group.times;
@@ -351,19 +363,21 @@ pub(super) fn sync_files(
     shared: &RwLock<View>,
     work: &[AliasFile],
 ) -> Synced {
-    sync_jobs(materializer, &file_jobs(shared, work), &[], |_| {})
+    sync_jobs(materializer, &file_jobs(shared, work), &[], |_, _| {})
 }
 
 /// Makes these alias files what their jobs say, spread over threads when
-/// there are many, taken in order. `done(g)` is called on this thread, for
-/// each `g` in order, as soon as the first `ready[g]` files are written (or
-/// failed, or found foreign): a group's replies go once its own files are
-/// there, not after every file of a large merged group.
+/// there are many, taken in order. `done(g, synced)` is called on this
+/// thread, for each `g` in order, as soon as the first `ready[g]` files are
+/// written (or failed, or found foreign), with the files that failed or were
+/// found foreign since the last call: a group's replies go once its own files
+/// are there, not after every file of a large merged group. Returns what
+/// failed or was found foreign after the last call.
 fn sync_jobs(
     materializer: &Materializer,
     work: &[FileJob],
     ready: &[usize],
-    mut done: impl FnMut(usize),
+    mut done: impl FnMut(usize, Synced),
 ) -> Synced {
     let synced = AtomicUsize::new(0);
     let outcome = std::sync::Mutex::new(Synced::default());
@@ -388,7 +402,8 @@ fn sync_jobs(
     let mut told = 0;
     let mut tell = |files_done: usize| {
         while told < ready.len() && ready[told] <= files_done {
-            done(told);
+            let so_far = std::mem::take(&mut *outcome.lock().unwrap_or_else(|e| e.into_inner()));
+            done(told, so_far);
             told += 1;
         }
     };
