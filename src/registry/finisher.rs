@@ -111,11 +111,18 @@ impl Finisher {
                 } => {
                     let started = Instant::now();
                     // The groups that queued while the last was finished are
-                    // finished with this one, in order: one set of files
-                    // (spread over threads when many), one broadcast, then
-                    // every reply. Under load the writer commits faster than
+                    // finished with this one: one set of files (spread over
+                    // threads when many) in group order, and each group's
+                    // broadcast and replies as soon as its own files (and
+                    // those of the groups before it) are written, not after
+                    // every group's. Under load the writer commits faster than
                     // files are written, so this is where a group waited.
-                    let mut groups = vec![(times, replies.len())];
+                    let mut groups = vec![Finishing {
+                        times,
+                        replies: replies.len(),
+                        events: events.len(),
+                        replied_at: started,
+                    }];
                     while let Ok(next) = jobs.try_recv() {
                         match next {
                             Job::Finish {
@@ -124,9 +131,14 @@ impl Finisher {
                                 replies: more_replies,
                                 times,
                             } => {
+                                groups.push(Finishing {
+                                    times,
+                                    replies: more_replies.len(),
+                                    events: more.len(),
+                                    replied_at: started,
+                                });
                                 events.extend(more);
                                 prior.extend(more_prior);
-                                groups.push((times, more_replies.len()));
                                 replies.extend(more_replies);
                             }
                             other => {
@@ -135,35 +147,60 @@ impl Finisher {
                             }
                         }
                     }
-                    let synced = materialize(&self.materializer, &self.shared, &events, &prior);
-                    if !synced.failed.is_empty() {
-                        retries.add(report_failures(synced.failed), Instant::now());
-                        self.metrics.set_alias_files_pending(retries.len());
+                    let (work, files_by_group) = alias_files(&events, &prior, &groups);
+                    let file_jobs = file_jobs(&self.shared, &work);
+                    // Each group's events, to broadcast once its files are there.
+                    let mut events_by_group = Vec::with_capacity(groups.len());
+                    for group in groups.iter().rev() {
+                        events_by_group.push(events.split_off(events.len() - group.events));
                     }
-                    self.look_again(synced.foreign);
-                    for event in &events {
-                        self.metrics.observe_event(event.kind);
-                    }
-                    self.publisher
-                        .publish(events.into_iter().map(Published::new).collect());
-                    let files_done_at = Instant::now();
-                    for (sender, reply) in replies {
-                        let _ = sender.send(reply);
-                    }
+                    let mut replies = replies.into_iter();
+                    let mut failed_or_foreign = |synced: Synced| {
+                        if !synced.failed.is_empty() {
+                            retries.add(report_failures(synced.failed), Instant::now());
+                            self.metrics.set_alias_files_pending(retries.len());
+                        }
+                        self.look_again(synced.foreign);
+                    };
+                    let synced = sync_jobs(
+                        &self.materializer,
+                        &file_jobs,
+                        &files_by_group,
+                        |g, synced| {
+                            // What went wrong with this group's files is logged,
+                            // counted and queued for a retry before its replies.
+                            failed_or_foreign(synced);
+                            let group_events = events_by_group.pop().unwrap_or_default();
+                            for event in &group_events {
+                                self.metrics.observe_event(event.kind);
+                            }
+                            // A group of unchanged puts has nothing to broadcast:
+                            // the publisher is not woken for it.
+                            if !group_events.is_empty() {
+                                self.publisher.publish(
+                                    group_events.into_iter().map(Published::new).collect(),
+                                );
+                            }
+                            for (sender, reply) in replies.by_ref().take(groups[g].replies) {
+                                let _ = sender.send(reply);
+                            }
+                            groups[g].replied_at = Instant::now();
+                        },
+                    );
+                    failed_or_foreign(synced);
                     if tracing::enabled!(target: TIMELINE, tracing::Level::DEBUG) {
-                        let replied_at = Instant::now();
-                        for (times, n_replies) in &groups {
+                        for group in &groups {
+                            let times = group.times;
                             let us = |at: Instant| at.duration_since(times.taken).as_micros();
                             tracing::debug!(
                                 target: TIMELINE,
-                                replies = n_replies,
+                                replies = group.replies,
                                 finished_with = groups.len(),
                                 planned_us = us(times.planned),
                                 durable_us = us(times.durable),
                                 handed_us = us(times.handed),
                                 finisher_took_us = us(started),
-                                files_and_broadcast_us = us(files_done_at),
-                                replied_us = us(replied_at),
+                                replied_us = us(group.replied_at),
                                 "group"
                             );
                         }
@@ -260,20 +297,41 @@ pub(super) struct Synced {
     foreign: Vec<crate::name::ModelName>,
 }
 
-/// Makes the files of the aliases these events touched match the index.
-pub(super) fn materialize(
-    materializer: &Materializer,
-    shared: &RwLock<View>,
+/// A group being finished: its timeline, how many replies and events it
+/// has, and when its replies went.
+struct Finishing {
+    times: GroupTimes,
+    replies: usize,
+    events: usize,
+    replied_at: Instant,
+}
+
+/// The alias files these events touched, in the order of their first event,
+/// and how many of them the groups up to each one need (the files of group
+/// `g` are among the first `files_by_group[g]`).
+fn alias_files(
     events: &[Event],
     prior: &[Option<Arc<str>>],
-) -> Synced {
+    groups: &[Finishing],
+) -> (Vec<AliasFile>, Vec<usize>) {
     // One file per alias (the index holds its final state), with every
     // digest these events say was aliasd's at its path: when several groups
     // are finished at once, the file may still be the one from before the
     // first of them.
     let mut at: std::collections::HashMap<String, usize> = Default::default();
     let mut work: Vec<AliasFile> = Vec::new();
-    for (event, prior) in events.iter().zip(prior) {
+    let mut files_by_group = Vec::with_capacity(groups.len());
+    let mut group_ends = groups
+        .iter()
+        .scan(0, |end, group| {
+            *end += group.events;
+            Some(*end)
+        })
+        .peekable();
+    for (i, (event, prior)) in events.iter().zip(prior).enumerate() {
+        while group_ends.next_if(|end| *end <= i).is_some() {
+            files_by_group.push(work.len());
+        }
         let Ok(AliasName::Exact(name)) = AliasName::of_event(event) else {
             continue;
         };
@@ -294,7 +352,8 @@ pub(super) fn materialize(
         // The path of the alias's last event, in its spelling.
         file.name = name;
     }
-    sync_files(materializer, shared, &work)
+    files_by_group.resize(groups.len(), work.len());
+    (work, files_by_group)
 }
 
 /// Makes these alias files match the index, spread over threads when there
@@ -304,7 +363,22 @@ pub(super) fn sync_files(
     shared: &RwLock<View>,
     work: &[AliasFile],
 ) -> Synced {
-    let work = file_jobs(shared, work);
+    sync_jobs(materializer, &file_jobs(shared, work), &[], |_, _| {})
+}
+
+/// Makes these alias files what their jobs say, spread over threads when
+/// there are many, taken in order. `done(g, synced)` is called on this
+/// thread, for each `g` in order, as soon as the first `ready[g]` files are
+/// written (or failed, or found foreign), with the files that failed or were
+/// found foreign since the last call: a group's replies go once its own files
+/// are there, not after every file of a large merged group. Returns what
+/// failed or was found foreign after the last call.
+fn sync_jobs(
+    materializer: &Materializer,
+    work: &[FileJob],
+    ready: &[usize],
+    mut done: impl FnMut(usize, Synced),
+) -> Synced {
     let synced = AtomicUsize::new(0);
     let outcome = std::sync::Mutex::new(Synced::default());
     let sync_one = |job: &FileJob| {
@@ -324,36 +398,64 @@ pub(super) fn sync_files(
                 .push((file.clone(), e)),
         }
     };
+    // The groups whose files are all done, told in order.
+    let mut told = 0;
+    let mut tell = |files_done: usize| {
+        while told < ready.len() && ready[told] <= files_done {
+            let so_far = std::mem::take(&mut *outcome.lock().unwrap_or_else(|e| e.into_inner()));
+            done(told, so_far);
+            told += 1;
+        }
+    };
     // Each alias has its own file, so a large group is spread over the cores:
     // most of a file's cost is the kernel creating its directory and inode.
     let threads = materialize_threads(work.len());
     if threads <= 1 {
-        work.iter().for_each(sync_one);
+        tell(0);
+        for (i, job) in work.iter().enumerate() {
+            sync_one(job);
+            tell(i + 1);
+        }
         return outcome.into_inner().unwrap_or_else(|e| e.into_inner());
     }
     // A group this large is a start-up restoring many files: say how far it is.
     let mut progress = (work.len() >= PROGRESS_FROM_FILES)
         .then(|| Progress::new("writing alias files", work.len()));
-    let share = work.len().div_ceil(threads);
+    // Every thread takes the next file not yet taken, so files are written
+    // about in order and the first groups' are done first.
+    let next = AtomicUsize::new(0);
+    let finished: Vec<std::sync::atomic::AtomicBool> =
+        work.iter().map(|_| Default::default()).collect();
+    let take_and_sync = || {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let job = work.get(i)?;
+        sync_one(job);
+        finished[i].store(true, Ordering::Release);
+        Some(i)
+    };
     std::thread::scope(|scope| {
-        let mut shares = work.chunks(share);
-        let own = shares.next().unwrap_or_default();
-        for other in shares {
+        for _ in 1..threads {
             let spawned = std::thread::Builder::new()
                 .name("aliasd-files".into())
-                .spawn_scoped(scope, move || other.iter().for_each(sync_one));
+                .spawn_scoped(scope, || while take_and_sync().is_some() {});
             if spawned.is_err() {
-                // No thread to spare (a process limit): this one does it.
-                other.iter().for_each(sync_one);
+                break; // No thread to spare (a process limit): fewer do it.
             }
         }
-        for one in own {
-            sync_one(one);
+        tell(0);
+        let mut files_done = 0;
+        while take_and_sync().is_some() {
+            while files_done < work.len() && finished[files_done].load(Ordering::Acquire) {
+                files_done += 1;
+            }
+            tell(files_done);
             if let Some(progress) = &mut progress {
                 progress.reached(synced.load(Ordering::Relaxed));
             }
         }
     });
+    // Every thread is done: the groups still waiting on other threads' files.
+    tell(work.len());
     if let Some(mut progress) = progress {
         progress.reached(synced.load(Ordering::Relaxed));
         progress.finish();
@@ -400,4 +502,47 @@ pub(super) fn materialize_threads(files: usize) -> usize {
     let cores = *CORES
         .get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
     (files / FILES_PER_THREAD).clamp(1, cores.min(4))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(events: usize) -> Finishing {
+        Finishing {
+            times: GroupTimes::now(),
+            replies: 1,
+            events,
+            replied_at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn each_group_waits_for_the_files_of_its_events_and_of_the_groups_before() {
+        let event = |seq: u64, alias: &str| {
+            let mut event = crate::event::created_for_test(seq, "llama3");
+            event.alias = alias.into();
+            event
+        };
+        // Group 0: a, b; group 1: nothing (an unchanged put); group 2: b
+        // again (its file is b's, already among the first two), then c.
+        let events = vec![event(1, "a"), event(2, "b"), event(3, "b"), event(4, "c")];
+        let prior = vec![None; events.len()];
+        let groups = [group(2), group(0), group(2)];
+        let (work, ready) = alias_files(&events, &prior, &groups);
+        let names: Vec<String> = work.iter().map(|f| f.name.key()).collect();
+        assert_eq!(
+            names,
+            [
+                "registry.ollama.ai/library/a:latest",
+                "registry.ollama.ai/library/b:latest",
+                "registry.ollama.ai/library/c:latest"
+            ]
+        );
+        assert_eq!(ready, vec![2, 2, 3]);
+        // No events at all: every group is ready at once.
+        let (work, ready) = alias_files(&[], &[], &[group(0), group(0)]);
+        assert!(work.is_empty());
+        assert_eq!(ready, vec![0, 0]);
+    }
 }

@@ -288,11 +288,20 @@ impl Root {
     ) -> io::Result<(Lookup<ReadFile>, Option<Reached>)> {
         let parts = dir_parts(name);
         let mut rel = PathBuf::from(MANIFESTS_DIR);
-        let mut dir = match open_dir(self.fd.as_fd(), MANIFESTS_DIR, &rel)? {
-            Lookup::Found(dir) => dir,
-            other => return Ok((other.map_found(), None)),
+        // The alias's namespace directory in one `openat2`, when it is
+        // there with no symlink on the way; otherwise (or where `openat2`
+        // is missing) the walk one component at a time tells what is there.
+        let (mut dir, start) = match self.namespace_dir(&parts) {
+            Some(dir) => {
+                rel.extend(&parts[..NAMESPACE_DEPTH]);
+                (dir, NAMESPACE_DEPTH)
+            }
+            None => match open_dir(self.fd.as_fd(), MANIFESTS_DIR, &rel)? {
+                Lookup::Found(dir) => (dir, 0),
+                other => return Ok((other.map_found(), None)),
+            },
         };
-        for (depth, part) in parts.iter().enumerate() {
+        for (depth, part) in parts.iter().enumerate().skip(start) {
             rel.push(part);
             dir = match open_dir(dir.as_fd(), part, &rel)? {
                 Lookup::Found(next) => next,
@@ -309,6 +318,37 @@ impl Root {
                 }),
             )),
             other => Ok((other, None)),
+        }
+    }
+
+    /// Opens `manifests/<host>/<namespace>` of an alias's directory `parts`
+    /// with one `openat2` (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, the last
+    /// component `O_NOFOLLOW | O_DIRECTORY` as in [`open_dir`]) instead of
+    /// three `openat`s and two `close`s: the kernel refuses a symlink
+    /// anywhere on the way as the walk does. `None` for any error (missing,
+    /// a symlink or a file on the way, `openat2` unknown to the kernel): the
+    /// caller then walks one component at a time, which says what is there.
+    /// Nothing is kept: each call resolves the path again, so a directory
+    /// swapped for a symlink since the last call is never gone through.
+    fn namespace_dir(&self, parts: &[&str; 3]) -> Option<OwnedFd> {
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::fs::ResolveFlags;
+            let mut path = PathBuf::from(MANIFESTS_DIR);
+            path.extend(&parts[..NAMESPACE_DEPTH]);
+            rustix::fs::openat2(
+                self.fd.as_fd(),
+                path,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+            )
+            .ok()
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = parts;
+            None
         }
     }
 
@@ -626,6 +666,10 @@ pub fn read_file(dir: BorrowedFd<'_>, name: &str, rel: &Path) -> io::Result<Look
     Ok(Lookup::Found(ReadFile { bytes, metadata }))
 }
 
+/// How many of [`dir_parts`] lie above an alias's model directory: host
+/// and namespace.
+const NAMESPACE_DEPTH: usize = 2;
+
 /// The directories of `name`'s manifest below `manifests/`: host,
 /// namespace, model.
 pub fn dir_parts(name: &ModelName) -> [&str; 3] {
@@ -878,6 +922,57 @@ mod tests {
         assert_eq!(
             why(root.read_manifest(&name("m:big")).unwrap()),
             Some(Why::TooLarge(MAX_MANIFEST_BYTES + 1))
+        );
+    }
+
+    #[test]
+    fn a_symlinked_host_or_namespace_is_foreign_whatever_the_walk_before() {
+        let (dir, root) = store();
+        let manifests = dir.path().join("manifests");
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(outside.path().join("library/m")).unwrap();
+        std::fs::write(outside.path().join("library/m/t"), b"secret").unwrap();
+        // Read once through the real directories, then swapped: nothing
+        // found before is kept for the next walk.
+        let alias = name("example.com/library/m:t");
+        std::fs::create_dir_all(manifests.join("example.com/library/m")).unwrap();
+        assert!(matches!(
+            root.read_manifest(&alias).unwrap(),
+            Lookup::Absent
+        ));
+        std::fs::rename(manifests.join("example.com"), dir.path().join("old")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), manifests.join("example.com")).unwrap();
+        assert_eq!(why(root.read_manifest(&alias).unwrap()), Some(Why::Symlink));
+        let (found, reached) = root
+            .read_manifest_reaching(&name("example.com/library/n:t"))
+            .unwrap();
+        assert_eq!(why(found), Some(Why::Symlink));
+        assert!(reached.is_none(), "nothing to go on from through a symlink");
+        assert_eq!(
+            why(root
+                .write_manifest(&alias, b"{}", ".t", &mut |_| {})
+                .unwrap()),
+            Some(Why::Symlink)
+        );
+        // The namespace itself a symlink.
+        std::os::unix::fs::symlink(
+            outside.path().join("library"),
+            manifests.join("registry.ollama.ai/evil"),
+        )
+        .unwrap();
+        assert_eq!(
+            why(root.read_manifest(&name("evil/m:t")).unwrap()),
+            Some(Why::Symlink)
+        );
+        assert_eq!(
+            std::fs::read(outside.path().join("library/m/t")).unwrap(),
+            b"secret"
+        );
+        assert_eq!(
+            std::fs::read_dir(outside.path().join("library/m"))
+                .unwrap()
+                .count(),
+            1
         );
     }
 

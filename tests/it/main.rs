@@ -9,6 +9,7 @@ mod confinement;
 mod crash;
 mod creates;
 mod creates_fast;
+mod creates_lean;
 mod dashboard;
 mod disk_full;
 mod edge_security;
