@@ -24,6 +24,7 @@ mod malformed;
 mod metrics;
 mod ops;
 mod prefix_state;
+mod probe;
 mod proxy;
 mod proxy_clients;
 mod resolve_fast;

@@ -8,105 +8,18 @@
 //! Journals written before prefix aliases had a state hold their creates
 //! without a digest; they must replay as they did (`active`).
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{alias_path, digest, http, tempdir, wait_for, Server, TestStore, WAIT};
-
-/// The model behind the barrier alias.
-const PROBE_MODEL: &str = "probe-model";
-/// The barrier alias (exact).
-const PROBE: &str = "probe";
-
-/// Every event of `/api/history` after `since`.
-fn events_after(addr: SocketAddr, since: u64) -> Vec<Value> {
-    let resp = http(
-        addr,
-        "GET",
-        &format!("/api/history?since={since}&limit=10000"),
-        &[],
-        None,
-    );
-    resp.expect(200)["events"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{resp:?}"))
-        .clone()
-}
-
-/// `(type, alias)` of each event, the probe's left out, sorted.
-fn kinds(events: &[Value]) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = events
-        .iter()
-        .filter(|e| e["alias"] != PROBE)
-        .map(|e| {
-            (
-                e["type"].as_str().expect("type").to_string(),
-                e["alias"].as_str().expect("alias").to_string(),
-            )
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-/// Sorted owned pairs.
-fn sorted(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = pairs
-        .iter()
-        .map(|(t, a)| (t.to_string(), a.to_string()))
-        .collect();
-    out.sort();
-    out
-}
-
-/// Waits until the events after `since` include every `(type, alias)` of
-/// `expected`; returns every event after `since`.
-#[track_caller]
-fn wait_events(addr: SocketAddr, since: u64, expected: &[(&str, &str)]) -> Vec<Value> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let events = events_after(addr, since);
-        let got = kinds(&events);
-        if expected
-            .iter()
-            .all(|(t, a)| got.iter().any(|(gt, ga)| gt == t && ga == a))
-        {
-            return events;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "expected events {expected:?} after seq {since}, got {got:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// The one event of this type for this alias among `events`.
-#[track_caller]
-fn the_event<'a>(events: &'a [Value], kind: &str, alias: &str) -> &'a Value {
-    let matching: Vec<&Value> = events
-        .iter()
-        .filter(|e| e["type"] == kind && e["alias"] == alias)
-        .collect();
-    assert_eq!(matching.len(), 1, "{kind} for {alias}: {events:#?}");
-    matching[0]
-}
-
-/// `GET /api/aliases/{name}`, asserting 200.
-#[track_caller]
-fn alias(server: &Server, name: &str) -> Value {
-    server.get(&alias_path(name)).expect(200).clone()
-}
+use crate::probe::{self, alias, events_after, kind_set, sorted, the_event, wait_events, Fixture};
+use crate::support::{alias_path, digest, tempdir, wait_for, Server, TestStore, WAIT};
 
 /// Asserts an alias's state, digest and resolved model.
 #[track_caller]
 fn check_state(server: &Server, name: &str, state: &str, digest: Option<&str>) {
+    probe::check_state(server, name, state, digest);
     let body = alias(server, name);
-    assert_eq!(body["state"], state, "{body}");
-    assert_eq!(body["digest"], json!(digest), "{body}");
     if state == "dangling" {
         assert_eq!(body["resolved"], Value::Null, "{body}");
     } else {
@@ -156,54 +69,6 @@ fn check_resolves_to(server: &Server, name: &str, model: &str) {
     assert_eq!(resp.expect(200)["resolved"], model, "{resp:?}");
 }
 
-/// A server with a probe alias for barriers.
-struct Fixture {
-    server: Server,
-    probe_version: u32,
-}
-
-impl Fixture {
-    fn new(models: &[&str]) -> Fixture {
-        let store = TestStore::with_models(models);
-        store.add_model(PROBE_MODEL);
-        let server = Server::start(store);
-        server.create(PROBE, PROBE_MODEL);
-        Fixture {
-            server,
-            probe_version: 1,
-        }
-    }
-
-    fn store(&self) -> &TestStore {
-        &self.server.store
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.server.addr()
-    }
-
-    /// Re-pulls the probe model and waits for its `target.changed`: every
-    /// change to the store made before has then been handled.
-    fn barrier(&mut self) {
-        self.probe_version += 1;
-        let since = self.server.seq();
-        let bytes = self
-            .server
-            .store
-            .add_model_version(PROBE_MODEL, self.probe_version);
-        let want = digest(&bytes);
-        let addr = self.addr();
-        wait_for("the probe's target.changed (barrier)", WAIT, || {
-            events_after(addr, since)
-                .iter()
-                .any(|e| {
-                    e["alias"] == PROBE && e["type"] == "target.changed" && e["digest"] == *want
-                })
-                .then_some(())
-        });
-    }
-}
-
 #[test]
 fn a_prefix_alias_dangles_when_its_model_goes_and_comes_back_with_it() {
     let mut fx = Fixture::new(&["qwen"]);
@@ -227,7 +92,7 @@ fn a_prefix_alias_dangles_when_its_model_goes_and_comes_back_with_it() {
     check_resolve_dangling(&fx.server, "qw-7b");
     fx.barrier();
     assert_eq!(
-        kinds(&events_after(fx.addr(), since)),
+        kind_set(&events_after(fx.addr(), since)),
         sorted(&[("target.removed", "qw-")])
     );
     let (history, _) = fx.server.history("alias=qw-");
@@ -252,7 +117,7 @@ fn a_prefix_alias_dangles_when_its_model_goes_and_comes_back_with_it() {
     check_state(&fx.server, "qw-", "active", Some(&digest(&v2)));
     fx.barrier();
     assert_eq!(
-        kinds(&events_after(fx.addr(), since)),
+        kind_set(&events_after(fx.addr(), since)),
         sorted(&[("target.changed", "qw-"), ("target.restored", "qw-")]),
         "one event per change, no repair or shadowing for a prefix"
     );
@@ -293,7 +158,7 @@ fn a_prefix_alias_through_a_chain_follows_the_model_at_its_end() {
     check_resolves_to(&fx.server, "dev-x", "qwen");
     fx.barrier();
     assert_eq!(
-        kinds(&events_after(fx.addr(), since)),
+        kind_set(&events_after(fx.addr(), since)),
         sorted(&[("target.restored", "coder"), ("target.restored", "dev-")])
     );
 
@@ -305,7 +170,7 @@ fn a_prefix_alias_through_a_chain_follows_the_model_at_its_end() {
     fx.server.create("coder", "llama3");
     let events = events_after(fx.addr(), since);
     assert_eq!(
-        kinds(&events),
+        kind_set(&events),
         sorted(&[("alias.updated", "coder"), ("target.changed", "dev-")])
     );
     check_state(&fx.server, "dev-", "active", Some(&digest(&llama3)));
@@ -325,7 +190,7 @@ fn a_prefix_alias_to_a_dangling_alias_is_created_dangling() {
     assert_eq!(created["state"], "dangling", "{created}");
     assert_eq!(created["resolved"], Value::Null, "{created}");
     assert_eq!(
-        kinds(&events_after(fx.addr(), since)),
+        kind_set(&events_after(fx.addr(), since)),
         sorted(&[("alias.created", "dev-"), ("target.removed", "dev-")]),
         "the create replays active (as journals before kept it), so target.removed follows"
     );
@@ -361,7 +226,7 @@ fn a_model_removed_while_stopped_dangles_prefix_aliases_once() {
     // Start-up reconciles before it listens.
     let events = events_after(fx.addr(), since);
     assert_eq!(
-        kinds(&events),
+        kind_set(&events),
         sorted(&[
             ("target.changed", "ll-"),
             ("target.removed", "coder"),
@@ -393,7 +258,7 @@ fn a_model_removed_while_stopped_dangles_prefix_aliases_once() {
     fx.server.restart();
     assert_eq!(fx.server.seq(), seq);
     fx.barrier();
-    assert_eq!(kinds(&events_after(fx.addr(), since)), kinds(&events));
+    assert_eq!(kind_set(&events_after(fx.addr(), since)), kind_set(&events));
     check_files(fx.store(), &["qw-", "dev-", "ll-"], 3);
 }
 
@@ -468,7 +333,7 @@ fn an_old_journal_of_prefix_creates_without_digest_replays_active() {
     // there, so nothing is claimed of them.
     let events = events_after(server.addr(), 5);
     assert_eq!(
-        kinds(&events),
+        kind_set(&events),
         sorted(&[("alias.repaired", "coder"), ("target.removed", "gh-")])
     );
     assert!(
