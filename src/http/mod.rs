@@ -141,6 +141,34 @@ impl Shutdown {
     }
 }
 
+/// What [`app`] builds: the service every request enters (a name for the
+/// bounds the server needs of it).
+pub trait App:
+    tower::Service<
+        Request,
+        Response = Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<A> App for A where
+    A: tower::Service<
+            Request,
+            Response = Response,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Builds the app: every route of SPEC §5 and what no route matches to the
 /// upstream (or 404) in axum's `Router`, which answers `HEAD` from `GET` and
 /// a missing method with 405 and `Allow`, behind these layers, outermost
@@ -175,17 +203,7 @@ impl Shutdown {
 /// rest of the stack on every request), and the layers are few: each one
 /// moves the request and adds a future. Steps 1-4 wrap the router once.
 /// (benches/README.md has what each piece costs.)
-pub fn app(
-    state: AppState,
-) -> impl tower::Service<
-    Request,
-    Response = Response,
-    Error = std::convert::Infallible,
-    Future: Send + 'static,
-> + Clone
-       + Send
-       + Sync
-       + 'static {
+pub fn app(state: AppState) -> impl App {
     let router = router(state.clone());
     around_router(state.clone(), fast_path::FastResolve::new(state, router))
 }
@@ -193,42 +211,13 @@ pub fn app(
 /// [`app`] without resolve's fast path: every request through the router.
 /// For the tests that hold the fast path to the router's answers.
 #[cfg(test)]
-pub(crate) fn app_without_fast_path(
-    state: AppState,
-) -> impl tower::Service<
-    Request,
-    Response = Response,
-    Error = std::convert::Infallible,
-    Future: Send + 'static,
-> + Clone
-       + Send
-       + Sync
-       + 'static {
+pub(crate) fn app_without_fast_path(state: AppState) -> impl App {
     around_router(state.clone(), router(state))
 }
 
 /// Steps 1-3 of [`app`] around `inner` (the router, or the fast path in
 /// front of it).
-fn around_router<S>(
-    state: AppState,
-    inner: S,
-) -> impl tower::Service<
-    Request,
-    Response = Response,
-    Error = std::convert::Infallible,
-    Future: Send + 'static,
-> + Clone
-       + Send
-       + Sync
-       + 'static
-where
-    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
+fn around_router<S: App>(state: AppState, inner: S) -> impl App {
     tower::ServiceBuilder::new()
         .layer(middleware::ObserveLayer::new(state))
         .layer(middleware::PanicGuardLayer)

@@ -34,7 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::http::middleware::RequestNotes;
-use crate::http::{AppState, Shutdown};
+use crate::http::{App, AppState, Shutdown};
 
 /// The most a request's head (request line and headers) may take in hyper's
 /// buffer; past it hyper answers 431. It also bounds what a connection that
@@ -300,33 +300,6 @@ impl<F: Future> Future for WakeGated<F> {
         let waker = std::task::Waker::from(this.gate.clone());
         this.inner.as_mut().poll(&mut Context::from_waker(&waker))
     }
-}
-
-/// What [`crate::http::app`] builds: the service every request enters.
-trait App:
-    tower::Service<
-        axum::extract::Request,
-        Response = Response,
-        Error = std::convert::Infallible,
-        Future: Send + 'static,
-    > + Clone
-    + Send
-    + Sync
-    + 'static
-{
-}
-
-impl<A> App for A where
-    A: tower::Service<
-            axum::extract::Request,
-            Response = Response,
-            Error = std::convert::Infallible,
-            Future: Send + 'static,
-        > + Clone
-        + Send
-        + Sync
-        + 'static
-{
 }
 
 /// One connection's service: the app, with the peer's address in each
