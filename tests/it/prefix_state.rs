@@ -363,17 +363,23 @@ fn settle(nodes: &[&Server]) {
     }
 }
 
-/// The `nodes` map of alias `name` as `on` answers it: node -> state.
-fn node_states(on: &Server, name: &str) -> Vec<(String, String)> {
+/// The `nodes` map of alias `name` as `on` answers it: node -> state; `None`
+/// while `on` has not yet heard of the alias (a fleet-wide create reaches the
+/// other nodes a moment after it is answered).
+fn node_states(on: &Server, name: &str) -> Option<Vec<(String, String)>> {
     let resp = on.get(&alias_path(name));
+    if resp.status == 404 {
+        return None;
+    }
     let body = resp.expect(200);
     let nodes = body["nodes"]
         .as_object()
         .unwrap_or_else(|| panic!("no nodes map: {resp:?}"));
-    nodes
+    let states = nodes
         .iter()
         .map(|(node, s)| (node.clone(), s["state"].as_str().unwrap_or("?").to_string()))
-        .collect()
+        .collect();
+    Some(states)
 }
 
 /// `(type, node)` of the events about `alias` in `on`'s history.
@@ -420,7 +426,7 @@ fn in_a_fleet_a_prefix_alias_dangles_only_where_its_model_is_missing() {
     wait_for("c's observation of qw- on every node", WAIT, || {
         [&a, &b, &c]
             .iter()
-            .all(|n| node_states(n, "qw-") == qw)
+            .all(|n| node_states(n, "qw-").as_ref() == Some(&qw))
             .then_some(())
     });
     assert_eq!(alias(&c, "qw-")["state"], "active");
@@ -433,7 +439,7 @@ fn in_a_fleet_a_prefix_alias_dangles_only_where_its_model_is_missing() {
     wait_for("b's observation of ll- on every node", WAIT, || {
         [&a, &b, &c]
             .iter()
-            .all(|n| node_states(n, "ll-") == ll)
+            .all(|n| node_states(n, "ll-").as_ref() == Some(&ll))
             .then_some(())
     });
     for (n, own) in [(&a, "active"), (&b, "dangling"), (&c, "active")] {
