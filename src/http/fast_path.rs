@@ -16,13 +16,13 @@
 //! browser's request (an `Origin`: CORS is the router's).
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
+use std::future::Ready;
 use std::task::{Context, Poll};
 
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
+use futures_util::future::Either;
 
 use crate::http::auth::{self, Checked};
 use crate::http::middleware::RequestNotes;
@@ -108,7 +108,8 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = FastResolveFuture<S::Future>;
+    /// Its own answer, ready, or the router's future.
+    type Future = Either<Ready<Result<Response, Infallible>>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -119,13 +120,9 @@ where
             Ok(response) => {
                 #[cfg(test)]
                 TAKEN.with(|taken| taken.set(taken.get() + 1));
-                FastResolveFuture::Answered {
-                    response: Some(response),
-                }
+                Either::Left(std::future::ready(Ok(response)))
             }
-            Err(request) => FastResolveFuture::Routed {
-                future: self.inner.call(request),
-            },
+            Err(request) => Either::Right(self.inner.call(request)),
         }
     }
 }
@@ -135,33 +132,6 @@ thread_local! {
     /// Requests the fast path answered on this thread (tests: a request
     /// meant for it did not quietly go through the router).
     static TAKEN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-
-pin_project_lite::pin_project! {
-    /// The future of [`FastResolve`]: its own answer, or the router's.
-    #[project = FastResolveProjection]
-    pub enum FastResolveFuture<F> {
-        /// Answered by the fast path.
-        Answered { response: Option<Response> },
-        /// Left to the router.
-        Routed { #[pin] future: F },
-    }
-}
-
-impl<F> Future for FastResolveFuture<F>
-where
-    F: Future<Output = Result<Response, Infallible>>,
-{
-    type Output = Result<Response, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            FastResolveProjection::Answered { response } => {
-                Poll::Ready(Ok(response.take().expect("polled after it was ready")))
-            }
-            FastResolveProjection::Routed { future } => future.poll(cx),
-        }
-    }
 }
 
 #[cfg(test)]
