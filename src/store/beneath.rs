@@ -331,15 +331,23 @@ impl Root {
     /// Nothing is kept: each call resolves the path again, so a directory
     /// swapped for a symlink since the last call is never gone through.
     fn namespace_dir(&self, parts: &[&str; 3]) -> Option<OwnedFd> {
+        let mut path = PathBuf::from(MANIFESTS_DIR);
+        path.extend(&parts[..NAMESPACE_DEPTH]);
+        self.open_beneath(&path, OFlags::RDONLY | OFlags::DIRECTORY)
+    }
+
+    /// `openat2` of `path` below the root with `flags` (and `O_NOFOLLOW |
+    /// O_CLOEXEC`), refusing a symlink anywhere on the way and any path out
+    /// of the root (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`); `None` for any
+    /// error, and where `openat2` is missing.
+    fn open_beneath(&self, path: &Path, flags: OFlags) -> Option<OwnedFd> {
         #[cfg(target_os = "linux")]
         {
             use rustix::fs::ResolveFlags;
-            let mut path = PathBuf::from(MANIFESTS_DIR);
-            path.extend(&parts[..NAMESPACE_DEPTH]);
             rustix::fs::openat2(
                 self.fd.as_fd(),
                 path,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
                 ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
             )
@@ -347,7 +355,7 @@ impl Root {
         }
         #[cfg(not(target_os = "linux"))]
         {
-            let _ = parts;
+            let _ = (path, flags);
             None
         }
     }
@@ -359,25 +367,13 @@ impl Root {
     /// missing (then the caller reads the file as before).
     pub fn file_id(&self, name: &ModelName) -> Option<FileId> {
         #[cfg(target_os = "linux")]
-        {
-            use rustix::fs::ResolveFlags;
-            let fd = rustix::fs::openat2(
-                self.fd.as_fd(),
-                rel_path(name),
-                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
-            )
-            .ok()?;
-            let stat = rustix::fs::fstat(&fd).ok()?;
-            (FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile)
-                .then(|| FileId::of(&stat))
-        }
+        let flags = OFlags::PATH;
+        // Never opened there (`open_beneath` is Linux's `openat2`).
         #[cfg(not(target_os = "linux"))]
-        {
-            let _ = name;
-            None
-        }
+        let flags = OFlags::RDONLY;
+        let fd = self.open_beneath(&rel_path(name), flags)?;
+        let stat = rustix::fs::fstat(&fd).ok()?;
+        (FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile).then(|| FileId::of(&stat))
     }
 
     /// Writes `bytes` as `name`'s manifest through a temp file named
