@@ -6,7 +6,7 @@
 #     ratio is the median of the rounds), each load with the server's CPU per request (user +
 #     system of the whole process, /proc/<pid>/stat), beside a create's floor measured in the
 #     same run (skipped with FLOOR=0): one alias file (`cargo bench --bench floor --
-#     --files-only`), one journal record in groups of the size aliasd committed at that many
+#     --files-only`, at the start of every round), one journal record in groups of the size aliasd committed at that many
 #     clients (`-- --journal-only <group>`, the group size from aliasd's /metrics: events /
 #     commits over its loads) and one HTTP request of a create's shape to a trivial axum
 #     handler at the same concurrency (`-- --http-only <clients>`), and their sum.
@@ -61,17 +61,14 @@ fi
 ALIASD_BIN=${ALIASD_BIN:-$ROOT/target/release/aliasd}
 HELLO_BIN=${HELLO_BIN:-$ROOT/target/release/examples/hello}
 
-# The previous run's store (100k+ alias directories) is deleted only after this run has
-# measured: right after deleting that many inodes, ext4 spends most of each mkdir/create
-# skipping the "recently deleted" ones (find_inode_bit -> recently_deleted, for minutes),
-# which would measure the last run's cleanup instead of this run.
-OLD=""
-if [ -e "$WORK" ]; then OLD="$WORK.old.$$"; mv "$WORK" "$OLD"; fi
+# The previous run's store (100k+ alias directories) is deleted before this run, and the
+# deletion settled (benches/settle.sh says why), so that no round measures the last run's cleanup.
+. benches/settle.sh
+remove_and_settle "$WORK" "$WORK".old.* "$ROOT"/target/tmp/aliasd-floor*
 PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  [ -z "$OLD" ] || rm -rf "$OLD"
 }
 trap cleanup EXIT
 
@@ -155,14 +152,17 @@ echo "## Durable creates over HTTP (${DURATION}s each; every response after fsyn
 echo
 # floor ARGS... -> the floor bench's output (also kept in floor.log)
 floor() { cargo bench --quiet --bench floor ${CARGO_PROFILE:+--profile "$CARGO_PROFILE"} -- "$@" 2>/dev/null | tee -a "$WORK/floor.log"; }
-if [ "$FLOOR" = 1 ]; then
-  # The floor of one alias file (mkdir, temp file, write, rename; one thread, no aliasd), in
-  # this run, beside the servers' CPU per create below; the journal's and HTTP's parts follow
-  # the rounds (the journal's needs the group size aliasd committed).
-  FILE_US=$(floor --files-only | sed -n 's/^  median \([0-9.]*\) us CPU.*/\1/p')
-  echo "floor of one alias file (cargo bench --bench floor -- --files-only, median of 3 rounds): ${FILE_US:-?} µs CPU"
-  echo
-fi
+# The floor of one alias file (mkdir, temp file, write, rename; one thread, no aliasd) is
+# measured at the start of every round, beside the servers' CPU per create in it: the kernel's
+# cost of a new inode and page grows as a run fills the disk and memory (on this VM, memory the
+# host took back costs more to touch), and the floor must pay what aliasd pays in the same
+# round. The journal's and HTTP's parts follow the rounds (the journal's needs the group size
+# aliasd committed). The floor's files are kept until the next run (see benches/settle.sh).
+declare -A FILE_AT_ROUND
+file_floor() { # ROUND
+  [ "$FLOOR" = 1 ] || return 0
+  FILE_AT_ROUND[$1]=$(floor --files-only | sed -n 's/^  median \([0-9.]*\) us CPU.*/\1/p')
+}
 # commit_counts PORT -> "events commits" so far (aliasd's /metrics)
 commit_counts() {
   curl -sf "http://127.0.0.1:$1/metrics" | awk '
@@ -174,16 +174,21 @@ echo "CPU = the server's CPU (user + system, every thread) per request, in µs."
 echo
 echo "| round | clients | aliasd req/s | p50 ms | p99 ms | CPU | etcd req/s | p50 ms | p99 ms | CPU | aliasd/etcd | errors (aliasd, etcd) |"
 echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
-declare -A RATIOS_AT CPU_AT P99_AT BRATIOS_AT BCPU_AT BP99_AT GROUP_AT
+declare -A RATIOS_AT CPU_AT P99_AT BRATIOS_AT BCPU_AT BP99_AT GROUP_AT FLOOR_RATIOS_AT
 BEFORE_ROWS=""
 create_round() { # ROUND CLIENTS
   local round=$1 c=$2 b_rps b_p50 b_p99 b_err b_cpu
-  if [ -n "${BEFORE_PID:-}" ]; then
+  # The before build goes first in odd rounds and after aliasd in even ones: the file system
+  # grows slower over a run, and neither build should always meet it first.
+  before_load() {
+    [ -n "${BEFORE_PID:-}" ] || return 0
     read -r b_rps b_p50 b_p99 b_err b_cpu < <(run_wrk_cpu "$BEFORE_PID" "$c" http://127.0.0.1:$BEFORE_PORT benches/wrk/aliasd_put.lua)
-  fi
+  }
+  [ $((round % 2)) = 0 ] || before_load
   read -r ev0 co0 < <(commit_counts "$AL_PORT")
   read -r a_rps a_p50 a_p99 a_err a_cpu < <(run_wrk_cpu "$AL_PID" "$c" http://127.0.0.1:$AL_PORT benches/wrk/aliasd_put.lua)
   read -r ev1 co1 < <(commit_counts "$AL_PORT")
+  [ $((round % 2)) = 1 ] || before_load
   GROUP_AT[$c]+="$(python3 -c "print(f'{($ev1 - $ev0) / max(1, $co1 - $co0):.1f}')") "
   read -r e_rps e_p50 e_p99 e_err e_cpu < <(run_wrk_cpu "$ETCD_PID" "$c" http://127.0.0.1:$ETCD_PORT benches/wrk/etcd_put.lua)
   ratio=$(python3 -c "print(f'{$a_rps/$e_rps:.2f}')")
@@ -195,13 +200,15 @@ create_round() { # ROUND CLIENTS
     BEFORE_ROWS+="| $round | $c | $b_rps | $b_p50 | $b_p99 | $b_cpu | $e_rps | ${bratio}x | $b_err |"$'\n'
   fi
 }
+file_floor 0
 create_round 1 1
 for round in $(seq "$ROUNDS"); do
+  file_floor "$round"
   for c in 16 64; do create_round "$round" "$c"; done
 done
 if [ -n "$BEFORE_ROWS" ]; then
   echo
-  echo "Before ($BEFORE_BIN), run just before aliasd in each round above, against the same etcd load:"
+  echo "Before ($BEFORE_BIN), run just before aliasd in odd rounds and just after it in even ones, against the same etcd load:"
   echo
   echo "| round | clients | before req/s | p50 ms | p99 ms | CPU | etcd req/s | before/etcd | errors |"
   echo "|---:|---:|---:|---:|---:|---:|---:|---:|---|"
@@ -209,25 +216,31 @@ if [ -n "$BEFORE_ROWS" ]; then
 fi
 echo
 if [ "$FLOOR" = 1 ]; then
-  echo "A create's floor at each concurrency (same run; µs of CPU): the alias file, one journal record in groups of aliasd's median group size there (\`--journal-only\`), one HTTP request to a trivial axum handler (\`--http-only\`):"
+  echo "A create's floor (same run; µs of CPU): the alias file at the start of each round (\`--files-only\`, median of its 3 rounds of 10,000), one journal record in groups of aliasd's median group size at that concurrency (\`--journal-only\`), one HTTP request to a trivial axum handler (\`--http-only\`):"
   echo
-  echo "| clients | aliasd's group size, per round | file | journal record | HTTP request | floor (sum) |"
-  echo "|---:|---|---:|---:|---:|---:|"
-  declare -A FLOOR_AT
+  echo "file, per round (0: before the 1-client load): $(for r in $(seq 0 "$ROUNDS"); do printf '%s ' "${FILE_AT_ROUND[$r]:-?}"; done)"
+  echo
+  echo "| clients | aliasd's group size, per round | journal record | HTTP request | floor per round (file + journal + HTTP) | aliasd's CPU / floor, per round |"
+  echo "|---:|---|---:|---:|---|---|"
   for c in 16 64; do
     # shellcheck disable=SC2086
     group=$(python3 -c "import statistics, sys; print(max(1, round(statistics.median(map(float, sys.argv[1:])))))" ${GROUP_AT[$c]})
     journal_us=$(floor --journal-only "$group" | sed -n 's/.*: \([0-9.]*\) us CPU per record.*/\1/p')
     http_us=$(floor --http-only "$c" | sed -n 's/.*: \([0-9.]*\) us CPU per request.*/\1/p')
-    FLOOR_AT[$c]=$(python3 -c "print(f'{${FILE_US:-nan} + ${journal_us:-nan} + ${http_us:-nan}:.1f}')")
-    echo "| $c | ${GROUP_AT[$c]}(used: $group) | ${FILE_US:-?} | ${journal_us:-?} | ${http_us:-?} | ${FLOOR_AT[$c]} |"
+    read -r -a cpus <<< "${CPU_AT[$c]}"
+    floors="" ratios=""
+    for r in $(seq "$ROUNDS"); do
+      f=$(python3 -c "print(f'{${FILE_AT_ROUND[$r]:-nan} + ${journal_us:-nan} + ${http_us:-nan}:.1f}')")
+      floors+="$f "; ratios+="$(python3 -c "print(f'{${cpus[$((r - 1))]} / $f:.2f}')") "
+    done
+    FLOOR_RATIOS_AT[$c]=$ratios
+    echo "| $c | ${GROUP_AT[$c]}(used: $group) | ${journal_us:-?} | ${http_us:-?} | $floors| $ratios|"
   done
   echo
 fi
 for c in 16 64; do
-  FLOOR_US=${FLOOR_AT[$c]:-}
   # shellcheck disable=SC2086
-  echo "$c clients, median of $ROUNDS rounds: aliasd/etcd $(median ${RATIOS_AT[$c]})x, aliasd p99 $(median ${P99_AT[$c]}) ms, CPU per create $(median ${CPU_AT[$c]}) µs${FLOOR_US:+ ($(python3 -c "print(f'{$(median ${CPU_AT[$c]})/$FLOOR_US:.2f}')")x the floor of $FLOOR_US µs)}"
+  echo "$c clients, median of $ROUNDS rounds: aliasd/etcd $(median ${RATIOS_AT[$c]})x, aliasd p99 $(median ${P99_AT[$c]}) ms, CPU per create $(median ${CPU_AT[$c]}) µs${FLOOR_RATIOS_AT[$c]:+, $(median ${FLOOR_RATIOS_AT[$c]})x the floor of its round}"
   if [ -n "${BEFORE_PID:-}" ]; then
     # shellcheck disable=SC2086
     echo "$c clients, before: before/etcd $(median ${BRATIOS_AT[$c]})x, p99 $(median ${BP99_AT[$c]}) ms, CPU per create $(median ${BCPU_AT[$c]}) µs"

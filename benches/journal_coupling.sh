@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/profiling/aliasd}
 W=$PWD/target/coupling; S=/dev/shm/aliasd-coupling
-rm -rf "$W" "$S"; mkdir -p "$W" "$S"
+. benches/settle.sh
+remove_and_settle "$W" "$S"; mkdir -p "$W" "$S"
 PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill $p 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$S"' EXIT
 start() { # NAME JOURNAL PORT

@@ -132,7 +132,7 @@ pub struct Written {
 /// Where a walk toward an alias file's directory stopped because the rest is
 /// missing: the deepest directory it opened, and how many of the alias's
 /// directory parts (host, namespace, model) lie above it, 0 for
-/// `manifests/` itself.
+/// `manifests/` itself. The part at `depth`, if any, was found missing.
 #[derive(Debug)]
 pub struct Reached {
     dir: OwnedFd,
@@ -219,9 +219,13 @@ impl Root {
         made_dir: &mut dyn FnMut(&[&str]),
     ) -> io::Result<Lookup<(OwnedFd, bool)>> {
         let mut rel = PathBuf::from(MANIFESTS_DIR);
+        // The part the earlier walk found missing is made without looking
+        // for it again (`mkdirat` says if someone made it since).
+        let mut known_missing = false;
         let (mut dir, start) = match from {
             Some(reached) if reached.depth <= parts.len() => {
                 rel.extend(&parts[..reached.depth]);
+                known_missing = true;
                 (reached.dir, reached.depth)
             }
             _ => match open_dir(self.fd.as_fd(), MANIFESTS_DIR, &rel)? {
@@ -234,7 +238,12 @@ impl Root {
         for (depth, part) in parts.iter().enumerate().skip(start) {
             rel.push(part);
             made = false;
-            let next = match open_dir(dir.as_fd(), part, &rel)? {
+            let looked = if std::mem::take(&mut known_missing) {
+                Lookup::Absent
+            } else {
+                open_dir(dir.as_fd(), part, &rel)?
+            };
+            let next = match looked {
                 Lookup::Found(next) => next,
                 Lookup::Foreign(foreign) => return Ok(Lookup::Foreign(foreign)),
                 Lookup::Absent => {
@@ -852,6 +861,52 @@ mod tests {
             assert_eq!(std::fs::read(path).unwrap(), b"{}");
             // Found: nothing to go on from.
             assert!(root.read_manifest_reaching(&alias).unwrap().1.is_none());
+        }
+    }
+
+    #[test]
+    fn what_appears_where_the_read_found_nothing_is_taken_as_it_is() {
+        // The write goes straight to `mkdirat` for the part the read found
+        // missing; whatever someone put there in between is what counts.
+        let (dir, root) = store();
+        let library = dir.path().join("manifests/registry.ollama.ai/library");
+        let outside = tempfile::tempdir().unwrap();
+        for (alias, put_there) in [("theirs", "dir"), ("link", "symlink"), ("file", "file")] {
+            let alias = name(alias);
+            let (found, reached) = root.read_manifest_reaching(&alias).unwrap();
+            assert!(matches!(found, Lookup::Absent), "{found:?}");
+            assert_eq!(reached.as_ref().map(|r| r.depth), Some(2));
+            let path = library.join(alias.to_string());
+            match put_there {
+                "dir" => std::fs::create_dir(&path).unwrap(),
+                "symlink" => std::os::unix::fs::symlink(outside.path(), &path).unwrap(),
+                _ => std::fs::write(&path, b"not a directory").unwrap(),
+            }
+            let mut made = Vec::new();
+            let written = root
+                .write_manifest_from(&alias, b"{}", ".tmp", reached, &mut |parts| {
+                    made.push(parts.join("/"))
+                })
+                .unwrap();
+            assert!(made.is_empty(), "{alias}: {made:?}");
+            match put_there {
+                "dir" => {
+                    // Someone else's directory: written into, not made.
+                    assert!(
+                        matches!(written, Lookup::Found(Written { made: false, .. })),
+                        "{written:?}"
+                    );
+                    assert_eq!(std::fs::read(path.join("latest")).unwrap(), b"{}");
+                }
+                "symlink" => {
+                    assert_eq!(why(written), Some(Why::Symlink));
+                    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+                }
+                _ => {
+                    assert_eq!(why(written), Some(Why::NotADirectory));
+                    assert_eq!(std::fs::read(&path).unwrap(), b"not a directory");
+                }
+            }
         }
     }
 
