@@ -200,12 +200,17 @@ create_round() { # ROUND CLIENTS
     BEFORE_ROWS+="| $round | $c | $b_rps | $b_p50 | $b_p99 | $b_cpu | $e_rps | ${bratio}x | $b_err |"$'\n'
   fi
 }
+# first_touch -> µs per page of the first touch of new memory (see the floor bench's part 5)
+first_touch() { floor --touch-only | sed -n 's/^part 5: .* \([0-9.]*\) us per page$/\1/p'; }
+TOUCH_BEFORE=""; TOUCH_AFTER=""
+[ "$FLOOR" = 1 ] && TOUCH_BEFORE=$(first_touch)
 file_floor 0
 create_round 1 1
 for round in $(seq "$ROUNDS"); do
   file_floor "$round"
   for c in 16 64; do create_round "$round" "$c"; done
 done
+[ "$FLOOR" = 1 ] && TOUCH_AFTER=$(first_touch)
 if [ -n "$BEFORE_ROWS" ]; then
   echo
   echo "Before ($BEFORE_BIN), run just before aliasd in odd rounds and just after it in even ones, against the same etcd load:"
@@ -219,6 +224,8 @@ if [ "$FLOOR" = 1 ]; then
   echo "A create's floor (same run; µs of CPU): the alias file at the start of each round (\`--files-only\`, median of its 3 rounds of 10,000), one journal record in groups of aliasd's median group size at that concurrency (\`--journal-only\`), one HTTP request to a trivial axum handler (\`--http-only\`):"
   echo
   echo "file, per round (0: before the 1-client load): $(for r in $(seq 0 "$ROUNDS"); do printf '%s ' "${FILE_AT_ROUND[$r]:-?}"; done)"
+  echo
+  echo "first touch of a new 4 KiB page (\`--touch-only\`; an alias file needs new kernel memory): ${TOUCH_BEFORE:-?} µs before the rounds, ${TOUCH_AFTER:-?} µs after them"
   echo
   echo "| clients | aliasd's group size, per round | journal record | HTTP request | floor per round (file + journal + HTTP) | aliasd's CPU / floor, per round |"
   echo "|---:|---|---:|---:|---|---|"
