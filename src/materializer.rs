@@ -153,6 +153,45 @@ impl Materializer {
         digest: &Arc<str>,
         reached: Option<beneath::Reached>,
     ) -> std::io::Result<Outcome> {
+        let written = self.write_with(name, digest, |root, temp_name, made_dir| {
+            root.write_manifest_from(name, bytes, temp_name, reached, made_dir)
+                .map(Some)
+        })?;
+        Ok(written.unwrap_or(Outcome::Unchanged))
+    }
+
+    /// The file of an alias just created, written into a directory made for
+    /// it without a look first ([`beneath::Root::write_new_manifest`]), if
+    /// it is active and that directory was not there; `None` otherwise, and
+    /// [`Materializer::sync_alias`] does the rest.
+    fn write_new(
+        &self,
+        entry: &AliasEntry,
+        resolved: Option<(&[u8], &Arc<str>)>,
+    ) -> std::io::Result<Option<Outcome>> {
+        let (AliasName::Exact(name), AliasState::Active, Some((bytes, digest))) =
+            (&entry.alias, entry.state, resolved)
+        else {
+            return Ok(None);
+        };
+        self.write_with(name, digest, |root, temp_name, made_dir| {
+            root.write_new_manifest(name, bytes, temp_name, made_dir)
+        })
+    }
+
+    /// Runs `write` (a write of `name`'s file by [`beneath::Root`], with a
+    /// temp name and the hook for each directory it makes), and notes what
+    /// it wrote for the watcher; `None` if `write` wrote nothing.
+    fn write_with(
+        &self,
+        name: &ModelName,
+        digest: &Arc<str>,
+        write: impl FnOnce(
+            &beneath::Root,
+            &str,
+            &mut dyn FnMut(&[&str]),
+        ) -> std::io::Result<Option<Lookup<Written>>>,
+    ) -> std::io::Result<Option<Outcome>> {
         // Unique, not secret: a cheap id rather than a getrandom call per file.
         let temp_name = format!(".{}{TEMP_MARKER}{}", name.tag(), crate::event::new_id());
         let watch = self.fresh.dir_watch.get();
@@ -165,13 +204,10 @@ impl Materializer {
             });
             all_watched &= watched;
         };
-        match self.store.beneath()?.write_manifest_from(
-            name,
-            bytes,
-            &temp_name,
-            reached,
-            &mut made_dir,
-        )? {
+        let Some(written) = write(self.store.beneath()?, &temp_name, &mut made_dir)? else {
+            return Ok(None);
+        };
+        Ok(Some(match written {
             Lookup::Found(Written { made, id }) => {
                 // A file in a directory the watcher did not watch from the
                 // start: it lists that directory, and looks at this name too.
@@ -179,14 +215,14 @@ impl Materializer {
                     self.fresh.note(name.clone());
                 }
                 self.fresh.note_written(name, id, digest.clone());
-                Ok(Outcome::Written)
+                Outcome::Written
             }
-            Lookup::Absent => Ok(Outcome::Unchanged),
+            Lookup::Absent => Outcome::Unchanged,
             Lookup::Foreign(foreign) => {
                 tracing::warn!(alias = %name, "{foreign}: the alias's path is not aliasd's to write; left alone");
-                Ok(Outcome::Foreign)
+                Outcome::Foreign
             }
-        }
+        }))
     }
 
     /// Removes `name`'s file (known to be aliasd's own) and the directories
@@ -233,6 +269,11 @@ impl Materializer {
                     .resolved
                     .as_ref()
                     .map(|(bytes, digest)| (&**bytes, digest));
+                if job.file.just_created {
+                    if let Some(done) = self.write_new(entry, resolved)? {
+                        return Ok(done);
+                    }
+                }
                 self.sync_alias(entry, resolved, &ours)
             }
             None => self.withdraw(&job.file.name, &ours),
@@ -365,6 +406,11 @@ pub struct AliasFile {
     pub name: ModelName,
     /// Digests of files at its path that are aliasd's own.
     pub ours: Vec<Arc<str>>,
+    /// Its first event here created it, with no file of aliasd's at its
+    /// path before: its directory is almost surely missing, so the write
+    /// makes it without looking first (a hint: a directory that is there
+    /// after all is read first, as for any other write).
+    pub just_created: bool,
 }
 
 /// Alias files that could not be made to match the index (a full disk, a
@@ -487,6 +533,7 @@ mod tests {
 
     fn file(name: &str, ours: &[&str]) -> AliasFile {
         AliasFile {
+            just_created: false,
             name: ModelName::parse(name).unwrap(),
             ours: ours.iter().map(|d| Arc::from(*d)).collect(),
         }

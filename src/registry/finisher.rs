@@ -9,7 +9,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::command::Origin;
-use crate::event::Event;
+use crate::event::{Event, EventType};
 use crate::feed::publisher::Publisher;
 use crate::feed::Published;
 use crate::index::{AliasName, AliasView, ChainEnd, ChainEnds};
@@ -340,6 +340,7 @@ fn alias_files(
             work.push(AliasFile {
                 name: name.clone(),
                 ours: Vec::new(),
+                just_created: event.kind == EventType::AliasCreated && prior.is_none(),
             });
             work.len() - 1
         });
@@ -540,6 +541,17 @@ mod tests {
             ]
         );
         assert_eq!(ready, vec![2, 2, 3]);
+        // Created here with nothing of aliasd's there before: made without a
+        // look first. An alias updated, or created over a file aliasd wrote
+        // (its digest before the group), is looked at first.
+        assert!(work.iter().all(|file| file.just_created));
+        let mut updated = event(5, "d");
+        updated.kind = EventType::AliasUpdated;
+        let events = vec![updated, event(6, "e"), event(7, "f")];
+        let prior = vec![None, Some(Arc::from("sha256:before")), None];
+        let (work, _) = alias_files(&events, &prior, &[group(3)]);
+        let just_created: Vec<bool> = work.iter().map(|f| f.just_created).collect();
+        assert_eq!(just_created, [false, false, true]);
         // No events at all: every group is ready at once.
         let (work, ready) = alias_files(&[], &[], &[group(0), group(0)]);
         assert!(work.is_empty());

@@ -625,6 +625,7 @@ impl Writer {
                     AliasName::Exact(name) => Some(AliasFile {
                         name: name.clone(),
                         ours: Vec::new(),
+                        just_created: false,
                     }),
                     AliasName::Prefix(_) => None,
                 })

@@ -435,27 +435,52 @@ impl Root {
             Lookup::Absent => return Ok(Lookup::Absent),
             Lookup::Foreign(foreign) => return Ok(Lookup::Foreign(foreign)),
         };
-        let res = (|| -> io::Result<FileId> {
-            let fd = rustix::fs::openat(
-                dir.as_fd(),
-                temp_name,
-                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o644),
-            )?;
-            give_to_owner_of(fd.as_fd(), dir.as_fd());
-            let mut file = std::fs::File::from(fd);
-            file.write_all(bytes)?;
-            rustix::fs::renameat(dir.as_fd(), temp_name, dir.as_fd(), name.tag())?;
-            // After the rename, which sets the change time.
-            Ok(FileId::of(&rustix::fs::fstat(&file)?))
-        })();
-        match res {
-            Ok(id) => Ok(Lookup::Found(Written { made, id })),
-            Err(e) => {
-                let _ = rustix::fs::unlinkat(dir.as_fd(), temp_name, AtFlags::empty());
-                Err(e)
-            }
+        let id = write_in(&dir, name, bytes, temp_name)?;
+        Ok(Lookup::Found(Written { made, id }))
+    }
+
+    /// Writes `name`'s file into its model directory made now, without a
+    /// look first: for an alias just created, whose directory is almost
+    /// always missing. The namespace directory is reached with one
+    /// `openat2` and the model directory made in it with `mkdirat`, which
+    /// fails if anything is there (a directory, a file, a symlink); then
+    /// `Ok(None)`, and the caller reads the path first as for any other
+    /// write ([`Root::read_manifest_reaching`], [`Root::write_manifest_from`]),
+    /// which tells what is there. Also `None` when the namespace cannot be
+    /// opened that way (missing, or a symlink on the way) or `mkdirat` fails
+    /// for another reason: the walk says why.
+    ///
+    /// # Errors
+    ///
+    /// As [`Root::write_manifest`], once the directory is made.
+    pub fn write_new_manifest(
+        &self,
+        name: &ModelName,
+        bytes: &[u8],
+        temp_name: &str,
+        made_dir: &mut dyn FnMut(&[&str]),
+    ) -> io::Result<Option<Lookup<Written>>> {
+        let parts = dir_parts(name);
+        let Some(namespace) = self.namespace_dir(&parts) else {
+            return Ok(None);
+        };
+        let model = parts[NAMESPACE_DEPTH];
+        if rustix::fs::mkdirat(namespace.as_fd(), model, Mode::from_raw_mode(0o755)).is_err() {
+            return Ok(None);
         }
+        // As in the walk: what is opened is checked again, as it may have
+        // been swapped for a symlink since the mkdir.
+        let mut rel = PathBuf::from(MANIFESTS_DIR);
+        rel.extend(parts);
+        let dir = match open_dir(namespace.as_fd(), model, &rel)? {
+            Lookup::Found(dir) => dir,
+            Lookup::Foreign(foreign) => return Ok(Some(Lookup::Foreign(foreign))),
+            Lookup::Absent => return Err(io::Error::from(io::ErrorKind::NotFound)),
+        };
+        give_to_owner_of(dir.as_fd(), namespace.as_fd());
+        made_dir(&parts);
+        let id = write_in(&dir, name, bytes, temp_name)?;
+        Ok(Some(Lookup::Found(Written { made: true, id })))
     }
 
     /// Removes the directory entry at `name`'s path (the caller has read it
@@ -679,6 +704,30 @@ const NAMESPACE_DEPTH: usize = 2;
 /// namespace, model.
 pub fn dir_parts(name: &ModelName) -> [&str; 3] {
     [name.host(), name.namespace(), name.model()]
+}
+
+/// Writes `bytes` as `name`'s file in its model directory `dir`: a temp file
+/// `temp_name` (made new, never opened through a symlink), renamed over the
+/// name; returns which file was written. On an error the temp file goes.
+fn write_in(dir: &OwnedFd, name: &ModelName, bytes: &[u8], temp_name: &str) -> io::Result<FileId> {
+    let res = (|| -> io::Result<FileId> {
+        let fd = rustix::fs::openat(
+            dir.as_fd(),
+            temp_name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )?;
+        give_to_owner_of(fd.as_fd(), dir.as_fd());
+        let mut file = std::fs::File::from(fd);
+        file.write_all(bytes)?;
+        rustix::fs::renameat(dir.as_fd(), temp_name, dir.as_fd(), name.tag())?;
+        // After the rename, which sets the change time.
+        Ok(FileId::of(&rustix::fs::fstat(&file)?))
+    })();
+    if res.is_err() {
+        let _ = rustix::fs::unlinkat(dir.as_fd(), temp_name, AtFlags::empty());
+    }
+    res
 }
 
 /// `name`'s manifest path relative to the store root, for messages.
@@ -908,6 +957,65 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_new_alias_is_written_into_a_directory_made_for_it_and_nothing_else_is_touched() {
+        let (dir, root) = store();
+        let library = dir.path().join("manifests/registry.ollama.ai/library");
+        let outside = tempfile::tempdir().unwrap();
+        // Missing: made, watched (the hook), written.
+        let mut made = Vec::new();
+        let written = root
+            .write_new_manifest(&name("fresh"), b"{}", ".tmp", &mut |parts| {
+                made.push(parts.join("/"))
+            })
+            .unwrap();
+        assert!(
+            matches!(written, Some(Lookup::Found(Written { made: true, .. }))),
+            "{written:?}"
+        );
+        assert_eq!(made, ["registry.ollama.ai/library/fresh"]);
+        assert_eq!(std::fs::read(library.join("fresh/latest")).unwrap(), b"{}");
+        // Anything already at the model's path: not written, left to the
+        // caller's look (a directory, a symlink, a file).
+        std::fs::create_dir(library.join("there")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), library.join("link")).unwrap();
+        std::fs::write(library.join("file"), b"not a directory").unwrap();
+        for alias in ["there", "link", "file", "fresh"] {
+            let mut made = Vec::new();
+            let written = root
+                .write_new_manifest(&name(alias), b"[]", ".tmp", &mut |parts| {
+                    made.push(parts.join("/"))
+                })
+                .unwrap();
+            assert!(written.is_none(), "{alias}: {written:?}");
+            assert!(made.is_empty(), "{alias}: {made:?}");
+        }
+        assert_eq!(std::fs::read_dir(library.join("there")).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read(library.join("file")).unwrap(),
+            b"not a directory"
+        );
+        assert_eq!(std::fs::read(library.join("fresh/latest")).unwrap(), b"{}");
+        // A namespace that is missing, or a symlink: left to the walk.
+        std::os::unix::fs::symlink(
+            outside.path(),
+            dir.path().join("manifests/registry.ollama.ai/evil"),
+        )
+        .unwrap();
+        for alias in ["other/m", "evil/m"] {
+            let written = root
+                .write_new_manifest(&name(alias), b"{}", ".tmp", &mut |_| {})
+                .unwrap();
+            assert!(written.is_none(), "{alias}: {written:?}");
+        }
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+        assert!(!dir
+            .path()
+            .join("manifests/registry.ollama.ai/other")
+            .exists());
     }
 
     #[test]
