@@ -398,16 +398,15 @@ impl Writer {
     }
 
     /// Writes `len` zeros at `at`, from one static block of zeros: no buffer
-    /// is allocated (a fresh 1 MiB one per call was a page fault and 2 MiB
-    /// of memory cleared each time, inside the commit).
+    /// is allocated inside the commit (a fresh one per call cost page faults
+    /// and cleared memory there; benches/README.md).
     fn write_zeros(&self, at: u64, len: u64) -> std::io::Result<()> {
         static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
         let mut written = 0;
         while written < len {
-            let n =
-                usize::try_from(len - written).map_or(ZEROS.len(), |left| left.min(ZEROS.len()));
-            self.file.write_all_at(&ZEROS[..n], at + written)?;
-            written += n as u64;
+            let n = (len - written).min(ZEROS.len() as u64);
+            self.file.write_all_at(&ZEROS[..n as usize], at + written)?;
+            written += n;
         }
         Ok(())
     }

@@ -441,18 +441,17 @@ impl Root {
 
     /// Writes `name`'s file into its model directory made now, without a
     /// look first: for an alias just created, whose directory is almost
-    /// always missing. The namespace directory is reached with one
-    /// `openat2` and the model directory made in it with `mkdirat`, which
-    /// fails if anything is there (a directory, a file, a symlink); then
-    /// `Ok(None)`, and the caller reads the path first as for any other
-    /// write ([`Root::read_manifest_reaching`], [`Root::write_manifest_from`]),
-    /// which tells what is there. Also `None` when the namespace cannot be
-    /// opened that way (missing, or a symlink on the way) or `mkdirat` fails
-    /// for another reason: the walk says why.
+    /// always missing. The walk ([`Root::make_dir_from`]) goes on from the
+    /// namespace directory, reached with one `openat2`, straight to the
+    /// `mkdirat` of the model directory. `Ok(None)` when that directory was
+    /// there already (or the namespace could not be reached that way:
+    /// missing, or a symlink on the way): nothing is written, and the
+    /// caller reads the path first as for any other write
+    /// ([`Root::read_manifest_reaching`]), which tells what is there.
     ///
     /// # Errors
     ///
-    /// As [`Root::write_manifest`], once the directory is made.
+    /// As [`Root::write_manifest`].
     pub fn write_new_manifest(
         &self,
         name: &ModelName,
@@ -464,21 +463,15 @@ impl Root {
         let Some(namespace) = self.namespace_dir(&parts) else {
             return Ok(None);
         };
-        let model = parts[NAMESPACE_DEPTH];
-        if rustix::fs::mkdirat(namespace.as_fd(), model, Mode::from_raw_mode(0o755)).is_err() {
-            return Ok(None);
-        }
-        // As in the walk: what is opened is checked again, as it may have
-        // been swapped for a symlink since the mkdir.
-        let mut rel = PathBuf::from(MANIFESTS_DIR);
-        rel.extend(parts);
-        let dir = match open_dir(namespace.as_fd(), model, &rel)? {
-            Lookup::Found(dir) => dir,
-            Lookup::Foreign(foreign) => return Ok(Some(Lookup::Foreign(foreign))),
-            Lookup::Absent => return Err(io::Error::from(io::ErrorKind::NotFound)),
+        let from = Reached {
+            dir: namespace,
+            depth: NAMESPACE_DEPTH,
         };
-        give_to_owner_of(dir.as_fd(), namespace.as_fd());
-        made_dir(&parts);
+        let dir = match self.make_dir_from(&parts, Some(from), made_dir)? {
+            Lookup::Found((dir, true)) => dir,
+            Lookup::Found((_, false)) | Lookup::Absent => return Ok(None),
+            Lookup::Foreign(foreign) => return Ok(Some(Lookup::Foreign(foreign))),
+        };
         let id = write_in(&dir, name, bytes, temp_name)?;
         Ok(Some(Lookup::Found(Written { made: true, id })))
     }
@@ -977,19 +970,27 @@ mod tests {
         );
         assert_eq!(made, ["registry.ollama.ai/library/fresh"]);
         assert_eq!(std::fs::read(library.join("fresh/latest")).unwrap(), b"{}");
-        // Anything already at the model's path: not written, left to the
-        // caller's look (a directory, a symlink, a file).
+        // A directory already at the model's path: nothing written, left to
+        // the caller's look; a symlink or a file there: foreign, untouched.
         std::fs::create_dir(library.join("there")).unwrap();
         std::os::unix::fs::symlink(outside.path(), library.join("link")).unwrap();
         std::fs::write(library.join("file"), b"not a directory").unwrap();
-        for alias in ["there", "link", "file", "fresh"] {
+        for (alias, foreign) in [
+            ("there", None),
+            ("fresh", None),
+            ("link", Some(Why::Symlink)),
+            ("file", Some(Why::NotADirectory)),
+        ] {
             let mut made = Vec::new();
             let written = root
                 .write_new_manifest(&name(alias), b"[]", ".tmp", &mut |parts| {
                     made.push(parts.join("/"))
                 })
                 .unwrap();
-            assert!(written.is_none(), "{alias}: {written:?}");
+            match foreign {
+                None => assert!(written.is_none(), "{alias}: {written:?}"),
+                Some(expected) => assert_eq!(why(written.unwrap()), Some(expected), "{alias}"),
+            }
             assert!(made.is_empty(), "{alias}: {made:?}");
         }
         assert_eq!(std::fs::read_dir(library.join("there")).unwrap().count(), 0);
