@@ -72,7 +72,8 @@ struct Shared {
 /// The watched directories, by watch descriptor and by path.
 #[derive(Default)]
 struct Dirs {
-    by_wd: HashMap<i32, PathBuf>,
+    /// Each watch's directory and its depth below the root.
+    by_wd: HashMap<i32, (PathBuf, usize)>,
     by_path: HashMap<PathBuf, i32>,
 }
 
@@ -97,7 +98,7 @@ impl Shared {
         };
         let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
         dirs.by_path.insert(path.to_path_buf(), wd);
-        if let Some(old) = dirs.by_wd.insert(wd, path.to_path_buf()) {
+        if let Some((old, _)) = dirs.by_wd.insert(wd, (path.to_path_buf(), depth)) {
             if old != path {
                 // The same directory under another name (moved): one watch,
                 // the new name.
@@ -260,39 +261,46 @@ where
 {
     use rustix::event::{PollFd, PollFlags};
     let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 64 * 1024];
+    let gather = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: GATHER.as_nanos() as _,
+    };
+    let mut pass = Pass::default();
     loop {
         let mut fds = [
             PollFd::new(&shared.inotify, PollFlags::IN),
             PollFd::new(stop, PollFlags::IN),
         ];
-        match rustix::event::poll(&mut fds, None) {
-            Ok(_) | Err(Errno::INTR) => {}
+        // New directories are waiting to be claimed: wake up after a gather
+        // at the latest, to settle them even if nothing else happens.
+        let wait = (!pass.unclaimed.is_empty()).then_some(&gather);
+        let ready = match rustix::event::poll(&mut fds, wait) {
+            Ok(ready) => ready,
+            Err(Errno::INTR) => 1,
             Err(e) => {
                 handler(Err(notify::Error::io(e.into())));
                 return;
             }
-        }
+        };
         if !fds[1].revents().is_empty() {
             return;
+        }
+        if ready == 0 {
+            settle_unclaimed(shared, &mut pass.unclaimed, &mut handler);
+            continue;
         }
         // Let a burst gather before reading it: a create is a directory and
         // a file, several events a moment apart, and a wake-up per event
         // would cost more than the events; the watcher waits far longer
         // than this for the store to be quiet anyway ([`super::QUIET`]).
         let mut stop_only = [PollFd::new(stop, PollFlags::IN)];
-        let gather = rustix::event::Timespec {
-            tv_sec: 0,
-            tv_nsec: GATHER.as_nanos() as _,
-        };
         if matches!(rustix::event::poll(&mut stop_only, Some(&gather)), Ok(n) if n > 0) {
             return;
         }
+        // A gather at least has passed since these were read.
+        settle_unclaimed(shared, &mut pass.unclaimed, &mut handler);
         let mut reader = inotify::Reader::new(&shared.inotify, &mut buf[..]);
-        // The file the previous event of this wake-up was about, if it was a
-        // file in a model directory: a write is three events or more
-        // (create, modify, close) that all mean "look at this name", and
-        // the watcher would only merge them again.
-        let mut last_file: Option<PathBuf> = None;
+        pass.last_file = None;
         loop {
             let event = match reader.next() {
                 Ok(event) => event,
@@ -308,23 +316,72 @@ where
                 event.wd(),
                 event.events(),
                 name,
-                &mut last_file,
+                &mut pass,
                 &mut handler,
             );
         }
     }
 }
 
+/// What the thread carries from one event to the next.
+#[derive(Default)]
+struct Pass {
+    /// The file the previous event of this wake-up was about, if it was a
+    /// file in a model directory: a write is three events or more (create,
+    /// modify, close) that all mean "look at this name", and the watcher
+    /// would only merge them again.
+    last_file: Option<PathBuf>,
+    /// New directories (and their depths) not watched yet when their
+    /// creation was read. The materializer watches a directory it makes
+    /// right after its `mkdirat` ([`Watch::dir_hook`]), and that event can
+    /// be read in between: such a creation is settled a gather later
+    /// ([`settle_unclaimed`]), so that aliasd's own directory is not listed.
+    unclaimed: Vec<(PathBuf, usize)>,
+}
+
+/// The directories whose creation was read while they were not watched:
+/// those watched since (aliasd made them) are left out; the others are
+/// someone else's, reported, and watched with what is below them.
+fn settle_unclaimed<F>(shared: &Shared, unclaimed: &mut Vec<(PathBuf, usize)>, handler: &mut F)
+where
+    F: FnMut(notify::Result<Event>),
+{
+    for (path, depth) in unclaimed.drain(..) {
+        if shared.dirs_has(&path) {
+            continue;
+        }
+        handler(Ok(
+            Event::new(EventKind::Create(CreateKind::Folder)).add_path(path.clone())
+        ));
+        watch_new_dir(shared, path, depth, handler);
+    }
+}
+
+/// Watches a directory that appeared (and what is below it); the system's
+/// limit on watches is reported to `handler`.
+fn watch_new_dir<F>(shared: &Shared, path: PathBuf, depth: usize, handler: &mut F)
+where
+    F: FnMut(notify::Result<Event>),
+{
+    match shared.add_tree(&path, depth) {
+        Ok(()) | Err(AddError::Other(_)) => {}
+        Err(AddError::Limit) => handler(Err(
+            notify::Error::new(notify::ErrorKind::MaxFilesWatch).add_path(path)
+        )),
+    }
+}
+
 /// One inotify event: the watches it changes, then the `notify` events it
 /// is (as `notify`'s own backend would report them). An event about the
-/// same file in a model directory as the one before it (`last_file`) is
-/// left out: it names nothing new.
+/// same file in a model directory as the one before it (`pass.last_file`)
+/// is left out: it names nothing new. A directory made where directories
+/// are watched, and not watched yet, waits in `pass.unclaimed`.
 fn on_event<F>(
     shared: &Shared,
     wd: i32,
     mask: ReadFlags,
     name: Option<&[u8]>,
-    last_file: &mut Option<PathBuf>,
+    pass: &mut Pass,
     handler: &mut F,
 ) where
     F: FnMut(notify::Result<Event>),
@@ -333,11 +390,12 @@ fn on_event<F>(
         handler(Ok(Event::new(EventKind::Other).set_flag(Flag::Rescan)));
         return;
     }
+    let is_dir = mask.contains(ReadFlags::ISDIR);
     let dir = {
         let mut dirs = shared.dirs.lock().unwrap_or_else(|e| e.into_inner());
         if mask.contains(ReadFlags::IGNORED) {
             // The watch is gone (its directory removed, or unwatched).
-            if let Some(path) = dirs.by_wd.remove(&wd) {
+            if let Some((path, _)) = dirs.by_wd.remove(&wd) {
                 if dirs.by_path.get(&path) == Some(&wd) {
                     dirs.by_path.remove(&path);
                 }
@@ -345,16 +403,21 @@ fn on_event<F>(
             return;
         }
         match dirs.by_wd.get(&wd) {
-            Some(dir) => dir.clone(),
+            // A hidden file in a model directory (aliasd's temp files) is
+            // no manifest: the watcher would drop it (`classify_path`).
+            Some((_, DEEPEST)) if !is_dir && name.is_some_and(|name| name.starts_with(b".")) => {
+                return
+            }
+            Some((dir, depth)) => (dir.clone(), *depth),
             None => return,
         }
     };
-    let path = match name {
-        Some(name) => dir.join(OsStr::from_bytes(name)),
+    // The depth comes with the watch: no event's path is parsed for it.
+    let (path, depth) = match name {
+        Some(name) => (dir.0.join(OsStr::from_bytes(name)), dir.1 + 1),
         None => dir,
     };
-    let is_dir = mask.contains(ReadFlags::ISDIR);
-    let depth = shared.depth(&path).unwrap_or(usize::MAX);
+    let last_file = &mut pass.last_file;
     if !is_dir && depth == DEEPEST + 1 {
         if last_file.as_ref() == Some(&path) {
             return;
@@ -362,6 +425,10 @@ fn on_event<F>(
         *last_file = Some(path.clone());
     } else {
         *last_file = None;
+    }
+    if is_dir && depth <= DEEPEST && mask.contains(ReadFlags::CREATE) && !shared.dirs_has(&path) {
+        pass.unclaimed.push((path, depth));
+        return;
     }
     let mut emit = |kind: EventKind| handler(Ok(Event::new(kind).add_path(path.clone())));
     if mask.contains(ReadFlags::MOVED_FROM) {
@@ -382,10 +449,10 @@ fn on_event<F>(
         } else {
             CreateKind::File
         };
-        // A directory aliasd made and watched before writing into it: its
-        // creation says nothing the watch does not already report.
-        let known = is_dir && shared.dirs_has(&path);
-        if !known {
+        // A directory made here is either aliasd's, watched before anything
+        // was written into it (its creation says nothing the watch does not
+        // report), or unclaimed (above); one deeper is reported.
+        if !(is_dir && depth <= DEEPEST) {
             emit(EventKind::Create(kind));
         }
     }
@@ -412,20 +479,10 @@ fn on_event<F>(
     if mask.contains(ReadFlags::ATTRIB) {
         emit(EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)));
     }
-    // A new directory (made, or moved in) is watched once its event is out;
-    // the watcher lists it for what was written before the watch.
-    if is_dir
-        && depth <= DEEPEST
-        && mask.intersects(ReadFlags::CREATE | ReadFlags::MOVED_TO)
-        && !shared.dirs_has(&path)
-    {
-        match shared.add_tree(&path, depth) {
-            Ok(()) | Err(AddError::Other(_)) => {}
-            Err(AddError::Limit) => handler(Err(notify::Error::new(
-                notify::ErrorKind::MaxFilesWatch,
-            )
-            .add_path(path))),
-        }
+    // A directory moved in is watched once its event is out; the watcher
+    // lists it for what was written before the watch.
+    if is_dir && depth <= DEEPEST && mask.contains(ReadFlags::MOVED_TO) && !shared.dirs_has(&path) {
+        watch_new_dir(shared, path, depth, handler);
     }
 }
 
@@ -507,25 +564,46 @@ mod tests {
         let ns_wd = wd_of(&root.join("h/ns")).unwrap();
         let create_dir = ReadFlags::CREATE | ReadFlags::ISDIR;
         let mut handed = Vec::new();
-        let mut last = None;
+        let mut pass = Pass::default();
         let mut collect = |event: notify::Result<Event>| handed.push(event.unwrap().paths);
         on_event(
             &watch.shared,
             ns_wd,
             create_dir,
             Some(b"ours"),
-            &mut last,
+            &mut pass,
             &mut collect,
         );
+        // One not watched yet waits to be claimed (the materializer may be
+        // about to watch it) and is reported only if nobody has.
         on_event(
             &watch.shared,
             ns_wd,
             create_dir,
             Some(b"new"),
-            &mut last,
+            &mut pass,
             &mut collect,
         );
+        assert_eq!(pass.unclaimed, [(root.join("h/ns/new"), 3)]);
+        settle_unclaimed(&watch.shared, &mut pass.unclaimed, &mut collect);
         assert_eq!(handed, [vec![root.join("h/ns/new")]]);
+        assert!(pass.unclaimed.is_empty());
+        // One the materializer watched in between is not reported.
+        let claimed = root.join("h/ns/claimed");
+        std::fs::create_dir(&claimed).unwrap();
+        let mut handed = Vec::new();
+        let mut collect = |event: notify::Result<Event>| handed.push(event.unwrap().paths);
+        on_event(
+            &watch.shared,
+            ns_wd,
+            create_dir,
+            Some(b"claimed"),
+            &mut pass,
+            &mut collect,
+        );
+        assert!((watch.dir_hook())(&claimed));
+        settle_unclaimed(&watch.shared, &mut pass.unclaimed, &mut collect);
+        assert!(handed.is_empty(), "{handed:?}");
         // A file's events one after the other are handed on once.
         let ours_wd = wd_of(&ours).unwrap();
         let mut handed = Vec::new();
@@ -536,7 +614,7 @@ mod tests {
                 ours_wd,
                 mask,
                 Some(b"v2"),
-                &mut last,
+                &mut pass,
                 &mut collect,
             );
         }
@@ -545,9 +623,21 @@ mod tests {
             ours_wd,
             ReadFlags::CREATE,
             Some(b"v3"),
-            &mut last,
+            &mut pass,
             &mut collect,
         );
+        // A hidden file there (aliasd's temp files) is none of the
+        // watcher's business: nothing is handed on for it.
+        for mask in [ReadFlags::CREATE, ReadFlags::MODIFY, ReadFlags::MOVED_FROM] {
+            on_event(
+                &watch.shared,
+                ours_wd,
+                mask,
+                Some(b".v3.aliasd-tmp"),
+                &mut pass,
+                &mut collect,
+            );
+        }
         assert_eq!(handed, [vec![ours.join("v2")], vec![ours.join("v3")]]);
         // Nothing is watched below the model directories.
         std::fs::create_dir(ours.join("deeper")).unwrap();
