@@ -193,18 +193,29 @@ impl Materializer {
         ) -> std::io::Result<Option<Lookup<Written>>>,
     ) -> std::io::Result<Option<Outcome>> {
         // Unique, not secret: a cheap id rather than a getrandom call per file.
+        // A v4 UUID: no one else can make a file of that name before it exists.
         let temp_name = format!(".{}{TEMP_MARKER}{}", name.tag(), crate::event::new_id());
         let watch = self.fresh.dir_watch.get();
+        if let Some(watch) = watch {
+            watch.will_rename(&temp_name, name.tag());
+        }
         let mut all_watched = true;
         let mut made_dir = |parts: &[&str]| {
             let watched = watch.is_some_and(|watch| {
                 let mut dir = self.store.manifests_dir();
                 dir.extend(parts);
-                watch(&dir)
+                watch.dir_made(&dir)
             });
             all_watched &= watched;
         };
-        let Some(written) = write(self.store.beneath()?, &temp_name, &mut made_dir)? else {
+        let written = self
+            .store
+            .beneath()
+            .and_then(|root| write(root, &temp_name, &mut made_dir));
+        if let (Some(watch), false) = (watch, matches!(written, Ok(Some(Lookup::Found(_))))) {
+            watch.forget_rename(&temp_name);
+        }
+        let Some(written) = written? else {
             return Ok(None);
         };
         Ok(Some(match written {
@@ -310,9 +321,22 @@ pub struct FreshFiles {
     written: Mutex<std::collections::HashMap<String, (FileId, Arc<str>)>>,
 }
 
-/// Watches a directory aliasd has just made (its path), before anything is
-/// written into it; says whether the watch is on.
-pub type DirWatch = Arc<dyn Fn(&Path) -> bool + Send + Sync>;
+/// What the materializer tells the store's watch of its own writes (on
+/// Linux, `watcher/inotify.rs`), so that they need no look when they come
+/// back as events.
+pub trait OwnWrites: Send + Sync {
+    /// Watches `dir`, a directory aliasd has just made, before anything is
+    /// written into it; says whether the watch is on.
+    fn dir_made(&self, dir: &Path) -> bool;
+    /// aliasd is about to create the temp file `temp` (a name no one can
+    /// guess) and to rename it to `to` in the same directory.
+    fn will_rename(&self, temp: &str, to: &str);
+    /// The write announced with `temp` did not reach its rename.
+    fn forget_rename(&self, temp: &str);
+}
+
+/// The store's watch, as the materializer sees it (see [`OwnWrites`]).
+pub type DirWatch = Arc<dyn OwnWrites>;
 
 impl std::fmt::Debug for FreshFiles {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -6,8 +6,11 @@
 //! once the store has been quiet for [`QUIET`] (at most [`MAX_DELAY`] after
 //! the first), so a pull that rewrites a file in several steps yields one
 //! reconcile, and sends the registry one `ReconcileNames`.
-//! aliasd's own writes come back here too; the registry recognizes its own
-//! files and journals nothing for them, so there are no loops.
+//! aliasd's own writes do not come back on Linux (the watch drops the
+//! events the materializer announced, see `watcher/inotify.rs`); where they
+//! do (another platform, a write whose announcement was cancelled), they
+//! are recognized here and the registry journals nothing for them, so
+//! there are no loops.
 //!
 //! Where the platform watcher cannot start (some network file systems, the
 //! system's limit on watches), or when asked to, the store is polled instead;

@@ -30,6 +30,7 @@ use notify::{Event, EventKind};
 use rustix::fs::inotify::{self, ReadFlags, WatchFlags};
 use rustix::io::Errno;
 
+use crate::materializer::OwnWrites;
 use crate::store::beneath;
 
 /// How deep below `manifests/` directories are watched: host (1),
@@ -67,6 +68,109 @@ struct Shared {
     /// `manifests/`.
     root: PathBuf,
     dirs: Mutex<Dirs>,
+    renames: Mutex<OwnRenames>,
+}
+
+/// aliasd's own alias-file writes (a temp file made, written, renamed to
+/// the alias's name, closed), announced by the materializer before the
+/// temp file exists ([`OwnWrites::will_rename`]) and followed through their
+/// events, so that the rename and the close that follow it are dropped here
+/// rather than looked at by the watcher (an `openat2` and an `fstat` each).
+/// Only the exact sequence counts: any other event on the temp name (made
+/// twice, removed, something moved onto it, a rename elsewhere) drops the
+/// announcement, and the rename is then handed on as anyone's would be. Any
+/// change to the alias's file after the rename has events of its own.
+#[derive(Default)]
+struct OwnRenames {
+    /// By temp name: the name it becomes, and how far its events got.
+    by_temp: HashMap<Box<[u8]>, OwnRename>,
+    /// The temp names whose move away was read, by the move's cookie.
+    moving: HashMap<u32, Box<[u8]>>,
+    /// The names of files whose rename was dropped and whose close is
+    /// still to come, by watch.
+    closes: HashMap<i32, Vec<Box<[u8]>>>,
+}
+
+/// One announced write (see [`OwnRenames`]).
+struct OwnRename {
+    to: Box<[u8]>,
+    /// The watch its temp file was made in, once that event was read.
+    made_in: Option<i32>,
+}
+
+/// Announced writes past which the announcements are dropped: their events
+/// never came (a directory not watched), and the watcher looks at those
+/// files as at anyone's.
+const MAX_OWN_RENAMES: usize = 16_384;
+
+impl OwnRenames {
+    fn announce(&mut self, temp: &str, to: &str) {
+        if self.by_temp.len() >= MAX_OWN_RENAMES || self.closes.len() >= MAX_OWN_RENAMES {
+            *self = OwnRenames::default();
+        }
+        self.by_temp.insert(
+            temp.as_bytes().into(),
+            OwnRename {
+                to: to.as_bytes().into(),
+                made_in: None,
+            },
+        );
+    }
+
+    fn forget(&mut self, temp: &str) {
+        self.by_temp.remove(temp.as_bytes());
+    }
+
+    /// Whether this event is the rename of an announced write, or the
+    /// close after it: aliasd's own, to be dropped. Follows the announced
+    /// temp files' other events.
+    fn is_own(&mut self, wd: i32, mask: ReadFlags, cookie: u32, name: &[u8]) -> bool {
+        if mask.contains(ReadFlags::ISDIR) {
+            return false;
+        }
+        if mask.contains(ReadFlags::MOVED_TO) {
+            if let Some(temp) = self.moving.remove(&cookie) {
+                let own = self
+                    .by_temp
+                    .remove(&temp)
+                    .is_some_and(|rename| rename.made_in == Some(wd) && *rename.to == *name);
+                if own {
+                    self.closes.entry(wd).or_default().push(name.into());
+                }
+                return own;
+            }
+        }
+        if mask.contains(ReadFlags::CLOSE_WRITE) {
+            if let Some(names) = self.closes.get_mut(&wd) {
+                if let Some(at) = names.iter().position(|closing| **closing == *name) {
+                    names.swap_remove(at);
+                    if names.is_empty() {
+                        self.closes.remove(&wd);
+                    }
+                    return true;
+                }
+            }
+        }
+        let Some(rename) = self.by_temp.get_mut(name) else {
+            return false;
+        };
+        let expected = match rename.made_in {
+            None => mask.contains(ReadFlags::CREATE),
+            Some(made_in) => {
+                made_in == wd
+                    && (mask.intersects(ReadFlags::MODIFY | ReadFlags::ATTRIB)
+                        || mask.contains(ReadFlags::MOVED_FROM))
+            }
+        };
+        if !expected {
+            self.by_temp.remove(name);
+        } else if mask.contains(ReadFlags::CREATE) {
+            rename.made_in = Some(wd);
+        } else if mask.contains(ReadFlags::MOVED_FROM) {
+            self.moving.insert(cookie, name.into());
+        }
+        false
+    }
 }
 
 /// The watched directories, by watch descriptor and by path.
@@ -195,6 +299,7 @@ impl Watch {
             inotify: fd,
             root: root.to_path_buf(),
             dirs: Mutex::default(),
+            renames: Mutex::default(),
         });
         match shared.add_tree(root, 0) {
             Ok(()) => {}
@@ -225,22 +330,43 @@ impl Watch {
         })
     }
 
-    /// What the materializer calls with each directory it has just made,
-    /// before it writes anything into it: the directory is watched from
-    /// then on, so the watcher neither needs the event of its creation nor
-    /// a listing of it. Returns whether the watch is on. Holds the watch
-    /// weakly: once it stops, nothing is watched and `false` comes back.
+    /// What the materializer tells the watch of its own writes: each
+    /// directory it has just made, before it writes anything into it, is
+    /// watched from then on, so the watcher neither needs the event of its
+    /// creation nor a listing of it; each alias file's temp name before it
+    /// is made (see [`OwnRenames`]). Holds the watch weakly: once it stops,
+    /// nothing is watched and `dir_made` says `false`.
     pub(super) fn dir_hook(&self) -> crate::materializer::DirWatch {
-        let shared: Weak<Shared> = Arc::downgrade(&self.shared);
-        Arc::new(move |dir: &Path| {
-            let Some(shared) = shared.upgrade() else {
-                return false;
-            };
-            match shared.depth(dir) {
-                Some(depth @ 1..=DEEPEST) => shared.add(dir, depth).is_ok(),
-                _ => false,
-            }
-        })
+        Arc::new(Hooks(Arc::downgrade(&self.shared)))
+    }
+}
+
+/// The materializer's side of the watch (see [`Watch::dir_hook`]).
+struct Hooks(Weak<Shared>);
+
+impl OwnWrites for Hooks {
+    fn dir_made(&self, dir: &Path) -> bool {
+        let Some(shared) = self.0.upgrade() else {
+            return false;
+        };
+        match shared.depth(dir) {
+            Some(depth @ 1..=DEEPEST) => shared.add(dir, depth).is_ok(),
+            _ => false,
+        }
+    }
+
+    fn will_rename(&self, temp: &str, to: &str) {
+        if let Some(shared) = self.0.upgrade() {
+            let mut renames = shared.renames.lock().unwrap_or_else(|e| e.into_inner());
+            renames.announce(temp, to);
+        }
+    }
+
+    fn forget_rename(&self, temp: &str) {
+        if let Some(shared) = self.0.upgrade() {
+            let mut renames = shared.renames.lock().unwrap_or_else(|e| e.into_inner());
+            renames.forget(temp);
+        }
     }
 }
 
@@ -313,8 +439,7 @@ where
             let name = event.file_name().map(|name| name.to_bytes());
             on_event(
                 shared,
-                event.wd(),
-                event.events(),
+                (event.wd(), event.events(), event.cookie()),
                 name,
                 &mut pass,
                 &mut handler,
@@ -378,8 +503,7 @@ where
 /// are watched, and not watched yet, waits in `pass.unclaimed`.
 fn on_event<F>(
     shared: &Shared,
-    wd: i32,
-    mask: ReadFlags,
+    (wd, mask, cookie): (i32, ReadFlags, u32),
     name: Option<&[u8]>,
     pass: &mut Pass,
     handler: &mut F,
@@ -387,8 +511,16 @@ fn on_event<F>(
     F: FnMut(notify::Result<Event>),
 {
     if mask.contains(ReadFlags::QUEUE_OVERFLOW) {
+        // Events were lost: so may be those of announced writes.
+        *shared.renames.lock().unwrap_or_else(|e| e.into_inner()) = OwnRenames::default();
         handler(Ok(Event::new(EventKind::Other).set_flag(Flag::Rescan)));
         return;
+    }
+    if let Some(name) = name {
+        let mut renames = shared.renames.lock().unwrap_or_else(|e| e.into_inner());
+        if renames.is_own(wd, mask, cookie, name) {
+            return;
+        }
     }
     let is_dir = mask.contains(ReadFlags::ISDIR);
     let dir = {
@@ -555,7 +687,7 @@ mod tests {
         // is written is reported.
         let ours = root.join("h/ns/ours");
         std::fs::create_dir(&ours).unwrap();
-        assert!((watch.dir_hook())(&ours));
+        assert!(watch.dir_hook().dir_made(&ours));
         assert!(wd_of(&ours).is_some());
         std::fs::write(ours.join("latest"), b"{}").unwrap();
         events_until(&events, &ours.join("latest"));
@@ -568,8 +700,7 @@ mod tests {
         let mut collect = |event: notify::Result<Event>| handed.push(event.unwrap().paths);
         on_event(
             &watch.shared,
-            ns_wd,
-            create_dir,
+            (ns_wd, create_dir, 0),
             Some(b"ours"),
             &mut pass,
             &mut collect,
@@ -578,8 +709,7 @@ mod tests {
         // about to watch it) and is reported only if nobody has.
         on_event(
             &watch.shared,
-            ns_wd,
-            create_dir,
+            (ns_wd, create_dir, 0),
             Some(b"new"),
             &mut pass,
             &mut collect,
@@ -595,13 +725,12 @@ mod tests {
         let mut collect = |event: notify::Result<Event>| handed.push(event.unwrap().paths);
         on_event(
             &watch.shared,
-            ns_wd,
-            create_dir,
+            (ns_wd, create_dir, 0),
             Some(b"claimed"),
             &mut pass,
             &mut collect,
         );
-        assert!((watch.dir_hook())(&claimed));
+        assert!(watch.dir_hook().dir_made(&claimed));
         settle_unclaimed(&watch.shared, &mut pass.unclaimed, &mut collect);
         assert!(handed.is_empty(), "{handed:?}");
         // A file's events one after the other are handed on once.
@@ -611,8 +740,7 @@ mod tests {
         for mask in [ReadFlags::CREATE, ReadFlags::MODIFY, ReadFlags::CLOSE_WRITE] {
             on_event(
                 &watch.shared,
-                ours_wd,
-                mask,
+                (ours_wd, mask, 0),
                 Some(b"v2"),
                 &mut pass,
                 &mut collect,
@@ -620,8 +748,7 @@ mod tests {
         }
         on_event(
             &watch.shared,
-            ours_wd,
-            ReadFlags::CREATE,
+            (ours_wd, ReadFlags::CREATE, 0),
             Some(b"v3"),
             &mut pass,
             &mut collect,
@@ -631,8 +758,7 @@ mod tests {
         for mask in [ReadFlags::CREATE, ReadFlags::MODIFY, ReadFlags::MOVED_FROM] {
             on_event(
                 &watch.shared,
-                ours_wd,
-                mask,
+                (ours_wd, mask, 0),
                 Some(b".v3.aliasd-tmp"),
                 &mut pass,
                 &mut collect,
@@ -647,7 +773,142 @@ mod tests {
         assert_eq!(wd_of(&ours.join("deeper")), None);
 
         // Outside the store, the hook watches nothing.
-        assert!(!(watch.dir_hook())(dir.path()));
+        assert!(!watch.dir_hook().dir_made(dir.path()));
         drop(watch);
+    }
+
+    /// `is_own` for each of these events on watch `wd` (the cookie, the
+    /// flags, the name), in order.
+    fn own(renames: &mut OwnRenames, wd: i32, events: &[(u32, ReadFlags, &str)]) -> Vec<bool> {
+        events
+            .iter()
+            .map(|&(cookie, mask, name)| renames.is_own(wd, mask, cookie, name.as_bytes()))
+            .collect()
+    }
+
+    const TEMP: &str = ".latest.aliasd-0b7e";
+
+    /// aliasd's own write, as its events come: made, (chowned,) written,
+    /// moved away, moved in as `to`, closed.
+    fn own_write(cookie: u32, to: &str) -> Vec<(u32, ReadFlags, &str)> {
+        vec![
+            (0, ReadFlags::CREATE, TEMP),
+            (0, ReadFlags::ATTRIB, TEMP),
+            (0, ReadFlags::MODIFY, TEMP),
+            (cookie, ReadFlags::MOVED_FROM, TEMP),
+            (cookie, ReadFlags::MOVED_TO, to),
+            (0, ReadFlags::CLOSE_WRITE, to),
+        ]
+    }
+
+    #[test]
+    fn an_announced_write_drops_its_rename_and_close_and_nothing_else() {
+        let mut renames = OwnRenames::default();
+        renames.announce(TEMP, "latest");
+        let seen = own(&mut renames, 7, &own_write(41, "latest"));
+        assert_eq!(seen, [false, false, false, false, true, true]);
+        // What anyone does to the file afterwards is theirs.
+        let after = [
+            (0, ReadFlags::MODIFY, "latest"),
+            (0, ReadFlags::CLOSE_WRITE, "latest"),
+        ];
+        assert_eq!(own(&mut renames, 7, &after), [false, false]);
+        // Nothing is left behind.
+        assert!(renames.by_temp.is_empty() && renames.moving.is_empty());
+        assert!(renames.closes.is_empty());
+
+        // Not announced, forgotten, or announced for another name: handed on.
+        let mut renames = OwnRenames::default();
+        assert_eq!(
+            own(&mut renames, 7, &own_write(42, "latest"))[4..],
+            [false, false]
+        );
+        renames.announce(TEMP, "latest");
+        renames.forget(TEMP);
+        assert_eq!(
+            own(&mut renames, 7, &own_write(43, "latest"))[4..],
+            [false, false]
+        );
+        renames.announce(TEMP, "v2");
+        assert_eq!(
+            own(&mut renames, 7, &own_write(44, "latest"))[4..],
+            [false, false]
+        );
+    }
+
+    #[test]
+    fn anything_else_done_to_the_temp_file_makes_its_rename_anyones() {
+        let moved_onto = (9, ReadFlags::MOVED_TO, TEMP);
+        let removed = (0, ReadFlags::DELETE, TEMP);
+        let made_again = (0, ReadFlags::CREATE, TEMP);
+        let closed = (0, ReadFlags::CLOSE_WRITE, TEMP);
+        for (step, meddling) in [(1, moved_onto), (3, removed), (3, made_again), (2, closed)] {
+            let mut renames = OwnRenames::default();
+            renames.announce(TEMP, "latest");
+            let mut events = own_write(50, "latest");
+            events.insert(step, meddling);
+            let seen = own(&mut renames, 7, &events);
+            assert!(
+                seen.iter().all(|own| !own),
+                "{meddling:?} at {step}: {seen:?}"
+            );
+        }
+        // Made in one directory, moved from another.
+        let mut renames = OwnRenames::default();
+        renames.announce(TEMP, "latest");
+        assert_eq!(own(&mut renames, 7, &own_write(51, "latest")[..1]), [false]);
+        assert_eq!(
+            own(&mut renames, 8, &own_write(51, "latest")[1..]),
+            [false; 5]
+        );
+        // Moved away and never in: the cookie of another move is not its.
+        let mut renames = OwnRenames::default();
+        renames.announce(TEMP, "latest");
+        let mut events = own_write(52, "latest");
+        events[4].0 = 53;
+        assert!(own(&mut renames, 7, &events).iter().all(|own| !own));
+    }
+
+    #[test]
+    fn announcements_whose_events_never_come_are_bounded() {
+        let mut renames = OwnRenames::default();
+        for i in 0..MAX_OWN_RENAMES + 10 {
+            renames.announce(&format!(".latest.aliasd-{i}"), "latest");
+        }
+        assert!(renames.by_temp.len() <= MAX_OWN_RENAMES);
+    }
+
+    #[test]
+    fn an_announced_write_raises_no_event_and_a_later_one_by_anyone_does() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("manifests");
+        let model = root.join("h/ns/m");
+        std::fs::create_dir_all(&model).unwrap();
+        let (send, events) = mpsc::channel();
+        let watch = Watch::start(&root, move |event| {
+            let _ = send.send(event);
+        })
+        .unwrap();
+        let hooks = watch.dir_hook();
+        // As the materializer writes (`beneath::write_in`).
+        let temp = ".latest.aliasd-5f0c";
+        hooks.will_rename(temp, "latest");
+        let mut file = std::fs::File::create_new(model.join(temp)).unwrap();
+        file.write_all(b"{}").unwrap();
+        std::fs::rename(model.join(temp), model.join("latest")).unwrap();
+        drop(file);
+        std::fs::write(model.join("marker"), b"{}").unwrap();
+        let seen = events_until(&events, &model.join("marker"));
+        assert!(
+            seen.iter().all(|(path, _)| path != &model.join("latest")),
+            "{seen:?}"
+        );
+        // The same again, unannounced (as anyone else's write): reported.
+        let mut file = std::fs::File::create_new(model.join(temp)).unwrap();
+        file.write_all(b"{}").unwrap();
+        std::fs::rename(model.join(temp), model.join("latest")).unwrap();
+        drop(file);
+        events_until(&events, &model.join("latest"));
     }
 }
