@@ -187,6 +187,12 @@ impl Event {
         out
     }
 
+    /// The JSON in a journal payload written by [`Event::encode`] (the
+    /// event as the feed sends it), without decoding it.
+    pub fn encoded_json(payload: &[u8]) -> &[u8] {
+        payload.get(1..).unwrap_or_default()
+    }
+
     /// Decodes a journal payload written by [`Event::encode`].
     pub fn decode(payload: &[u8]) -> Result<Event, DecodeError> {
         match payload.split_first() {
@@ -275,6 +281,14 @@ mod tests {
     fn payload_round_trips() {
         let event = sample();
         assert_eq!(Event::decode(&event.encode()).unwrap(), event);
+    }
+
+    #[test]
+    fn a_payloads_json_is_the_events_json() {
+        let event = sample();
+        let payload = event.encode();
+        assert_eq!(Event::encoded_json(&payload), event.to_json().as_bytes());
+        assert_eq!(Event::encoded_json(&[]), b"");
     }
 
     #[test]

@@ -64,6 +64,21 @@ impl Published {
     }
 }
 
+impl Published {
+    /// Prepares an event for broadcast with its JSON already made (as
+    /// [`Event::to_json`] makes it, e.g. for the log's payload).
+    pub fn with_json(event: Event, json: Bytes) -> Published {
+        let alias_key = AliasName::of_event(&event)
+            .map(|a| a.key())
+            .unwrap_or_else(|_| event.alias.to_lowercase());
+        Published {
+            json,
+            event,
+            alias_key,
+        }
+    }
+}
+
 /// Committed events broadcast together, in seq order.
 #[derive(Debug)]
 pub struct LiveBatch {

@@ -9,7 +9,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::command::Origin;
-use crate::event::{Event, EventType};
+use crate::event::EventType;
 use crate::feed::publisher::Publisher;
 use crate::feed::Published;
 use crate::index::{AliasName, AliasView, ChainEnd, ChainEnds};
@@ -23,7 +23,8 @@ use super::{Command, RegistryError, Reply, Request, View};
 pub(super) enum Job {
     /// Materialize these applied events, broadcast them, then send the replies.
     Finish {
-        events: Vec<Event>,
+        /// The events, serialized for the feed.
+        events: Vec<Published>,
         /// Each event's alias digest before the group (still aliasd's own).
         prior: Vec<Option<Arc<str>>>,
         replies: Vec<(ReplySender, Result<Reply, RegistryError>)>,
@@ -171,15 +172,13 @@ impl Finisher {
                             // counted and queued for a retry before its replies.
                             failed_or_foreign(synced);
                             let group_events = events_by_group.pop().unwrap_or_default();
-                            for event in &group_events {
-                                self.metrics.observe_event(event.kind);
+                            for published in &group_events {
+                                self.metrics.observe_event(published.event.kind);
                             }
                             // A group of unchanged puts has nothing to broadcast:
                             // the publisher is not woken for it.
                             if !group_events.is_empty() {
-                                self.publisher.publish(
-                                    group_events.into_iter().map(Published::new).collect(),
-                                );
+                                self.publisher.publish(group_events);
                             }
                             for (sender, reply) in replies.by_ref().take(groups[g].replies) {
                                 let _ = sender.send(reply);
@@ -310,7 +309,7 @@ struct Finishing {
 /// and how many of them the groups up to each one need (the files of group
 /// `g` are among the first `files_by_group[g]`).
 fn alias_files(
-    events: &[Event],
+    events: &[Published],
     prior: &[Option<Arc<str>>],
     groups: &[Finishing],
 ) -> (Vec<AliasFile>, Vec<usize>) {
@@ -328,7 +327,7 @@ fn alias_files(
             Some(*end)
         })
         .peekable();
-    for (i, (event, prior)) in events.iter().zip(prior).enumerate() {
+    for (i, (Published { event, .. }, prior)) in events.iter().zip(prior).enumerate() {
         while group_ends.next_if(|end| *end <= i).is_some() {
             files_by_group.push(work.len());
         }
@@ -523,7 +522,7 @@ mod tests {
         let event = |seq: u64, alias: &str| {
             let mut event = crate::event::created_for_test(seq, "llama3");
             event.alias = alias.into();
-            event
+            Published::new(event)
         };
         // Group 0: a, b; group 1: nothing (an unchanged put); group 2: b
         // again (its file is b's, already among the first two), then c.
@@ -546,7 +545,7 @@ mod tests {
         // (its digest before the group), is looked at first.
         assert!(work.iter().all(|file| file.just_created));
         let mut updated = event(5, "d");
-        updated.kind = EventType::AliasUpdated;
+        updated.event.kind = EventType::AliasUpdated;
         let events = vec![updated, event(6, "e"), event(7, "f")];
         let prior = vec![None, Some(Arc::from("sha256:before")), None];
         let (work, _) = alias_files(&events, &prior, &[group(3)]);

@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::command::{plan_batch, plan_delete, plan_put, CommandError, Origin, PutOutcome};
 use crate::event::{now_rfc3339, Event};
+use crate::feed::Published;
 use crate::index::{AliasName, AliasView, DepKey, Draft, Models};
 use crate::log::SharedLog;
 use crate::materializer::{AliasFile, Materializer};
@@ -238,7 +239,7 @@ impl Writer {
         let time = now_rfc3339();
         let mut tries = 0;
         let mut planned;
-        let (events, outcomes) = loop {
+        let (events, json, outcomes) = loop {
             let (events, outcomes) = self.plan_group(&group, &time);
             planned = std::time::Instant::now();
             if group.len() > 1 && self.fits(&events) < events.len() {
@@ -249,7 +250,7 @@ impl Writer {
                 return;
             }
             match self.append(&events) {
-                Ok(()) => break (events, outcomes),
+                Ok(json) => break (events, json, outcomes),
                 // Another node appended first: apply what it wrote, then
                 // validate the group again against the new state.
                 Err(crate::log::Error::Conflict) if tries < MAX_CONFLICTS => {
@@ -283,7 +284,7 @@ impl Writer {
             durable,
             handed: durable,
         };
-        self.finish(events, prior, replies, times);
+        self.finish(published(events, json), prior, replies, times);
         self.maybe_snapshot();
     }
 
@@ -315,7 +316,7 @@ impl Writer {
     /// Hands an applied group to the finisher.
     fn finish(
         &self,
-        events: Vec<Event>,
+        events: Vec<Published>,
         prior: Vec<Option<Arc<str>>>,
         replies: Vec<(ReplySender, Result<Reply, RegistryError>)>,
         mut times: GroupTimes,
@@ -435,12 +436,17 @@ impl Writer {
         over.map_or(events.len(), |n| n.max(1))
     }
 
-    /// Makes events durable in the log (nothing is applied).
-    fn append(&mut self, events: &[Event]) -> Result<(), crate::log::Error> {
+    /// Makes events durable in the log (nothing is applied). Returns each
+    /// event's JSON, as the feed sends it (serialized once, for both).
+    fn append(&mut self, events: &[Event]) -> Result<Vec<bytes::Bytes>, crate::log::Error> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let payloads = events.iter().map(Event::encode).collect();
+        let payloads: Vec<Vec<u8>> = events.iter().map(Event::encode).collect();
+        let json = payloads
+            .iter()
+            .map(|payload| bytes::Bytes::copy_from_slice(Event::encoded_json(payload)))
+            .collect();
         let started = std::time::Instant::now();
         let first = self.log.append(payloads).inspect_err(|e| {
             if !matches!(e, crate::log::Error::Conflict) {
@@ -456,7 +462,7 @@ impl Writer {
                 "journal seq out of step with the index"
             );
         }
-        Ok(())
+        Ok(json)
     }
 
     /// Applies durable events to the index (with `models`, if given,
@@ -565,7 +571,7 @@ impl Writer {
             let last_part = fits == events.len();
             events.truncate(fits);
             match self.append(&events) {
-                Ok(()) => {
+                Ok(json) => {
                     // The models change with the first part: the finisher
                     // writes each part's files from them. (One part, the
                     // usual case: models and events change in one step.)
@@ -584,7 +590,12 @@ impl Writer {
                     }
                     let prior = self.apply(&events, models);
                     n_events += events.len();
-                    self.finish(events, prior, Vec::new(), GroupTimes::now());
+                    self.finish(
+                        published(events, json),
+                        prior,
+                        Vec::new(),
+                        GroupTimes::now(),
+                    );
                     if last_part {
                         break;
                     }
@@ -712,6 +723,7 @@ impl Writer {
         let prior = self.apply(&events, None);
         let n_events = events.len();
         self.note_touched(&events);
+        let events = events.into_iter().map(Published::new).collect();
         self.finish(events, prior, Vec::new(), GroupTimes::now());
         self.maybe_snapshot();
         Ok(n_events)
@@ -748,4 +760,14 @@ pub(super) fn plan<'a>(
             Ok(Planned::Reconcile)
         }
     }
+}
+
+/// Events with the JSON their log payloads were made of (see
+/// `Writer::append`), for the feed.
+fn published(events: Vec<Event>, json: Vec<bytes::Bytes>) -> Vec<Published> {
+    events
+        .into_iter()
+        .zip(json)
+        .map(|(event, json)| Published::with_json(event, json))
+        .collect()
 }
