@@ -53,18 +53,10 @@ pub struct Published {
 impl Published {
     /// Prepares an event for broadcast.
     pub fn new(event: Event) -> Published {
-        let alias_key = AliasName::of_event(&event)
-            .map(|a| a.key())
-            .unwrap_or_else(|_| event.alias.to_lowercase());
-        Published {
-            json: Bytes::from(event.to_json()),
-            event,
-            alias_key,
-        }
+        let json = Bytes::from(event.to_json());
+        Published::with_json(event, json)
     }
-}
 
-impl Published {
     /// Prepares an event for broadcast with its JSON already made (as
     /// [`Event::to_json`] makes it, e.g. for the log's payload).
     pub fn with_json(event: Event, json: Bytes) -> Published {
