@@ -64,7 +64,7 @@ HELLO_BIN=${HELLO_BIN:-$ROOT/target/release/examples/hello}
 # The previous run's store (100k+ alias directories) is deleted before this run, and the
 # deletion settled (benches/settle.sh says why), so that no round measures the last run's cleanup.
 . benches/settle.sh
-remove_and_settle "$WORK" "$WORK".old.* "$ROOT"/target/tmp/aliasd-floor*
+remove_and_settle "$WORK" "$WORK".old.* "$ROOT"/target/tmp/aliasd-floor* "$ROOT"/target/tmp/create-cpu
 PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
