@@ -526,12 +526,16 @@ fn on_event<F>(
     let dir = {
         let mut dirs = shared.dirs.lock().unwrap_or_else(|e| e.into_inner());
         if mask.contains(ReadFlags::IGNORED) {
-            // The watch is gone (its directory removed, or unwatched).
+            // The watch is gone (its directory removed, or unwatched), and
+            // with it any close of aliasd's still expected there.
             if let Some((path, _)) = dirs.by_wd.remove(&wd) {
                 if dirs.by_path.get(&path) == Some(&wd) {
                     dirs.by_path.remove(&path);
                 }
             }
+            drop(dirs);
+            let mut renames = shared.renames.lock().unwrap_or_else(|e| e.into_inner());
+            renames.closes.remove(&wd);
             return;
         }
         match dirs.by_wd.get(&wd) {
