@@ -142,7 +142,7 @@ impl Materializer {
     /// Writes `bytes` as `name`'s file, beneath the store's root (see
     /// [`beneath::Root::write_manifest`]). The directories it makes are
     /// watched before the file is written into them, when the watcher can
-    /// (see [`FreshFiles::set_dir_watch`]). The file written is noted with
+    /// (see [`FreshFiles::set_own_writes`]). The file written is noted with
     /// `digest` (that of `bytes`) for the watcher (see [`FreshFiles::ours`]).
     /// The walk goes on from `reached`, where the look just before it
     /// stopped, if given.
@@ -192,10 +192,12 @@ impl Materializer {
             &mut dyn FnMut(&[&str]),
         ) -> std::io::Result<Option<Lookup<Written>>>,
     ) -> std::io::Result<Option<Outcome>> {
-        // Unique, not secret: a cheap id rather than a getrandom call per file.
-        // A v4 UUID: no one else can make a file of that name before it exists.
+        // A v4 UUID from a per-thread generator the OS seeds (no system call
+        // per file): no one can guess it, so no one can make a file of that
+        // name before aliasd does, which the watch counts on
+        // (`OwnWrites::will_rename`).
         let temp_name = format!(".{}{TEMP_MARKER}{}", name.tag(), crate::event::new_id());
-        let watch = self.fresh.dir_watch.get();
+        let watch = self.fresh.own_writes.get();
         if let Some(watch) = watch {
             watch.will_rename(&temp_name, name.tag());
         }
@@ -317,7 +319,7 @@ const MAX_WRITTEN_FILES: usize = 16_384;
 #[derive(Default)]
 pub struct FreshFiles {
     names: Mutex<VecDeque<ModelName>>,
-    dir_watch: std::sync::OnceLock<DirWatch>,
+    own_writes: std::sync::OnceLock<OwnWritesHook>,
     written: Mutex<std::collections::HashMap<String, (FileId, Arc<str>)>>,
 }
 
@@ -336,22 +338,23 @@ pub trait OwnWrites: Send + Sync {
 }
 
 /// The store's watch, as the materializer sees it (see [`OwnWrites`]).
-pub type DirWatch = Arc<dyn OwnWrites>;
+pub type OwnWritesHook = Arc<dyn OwnWrites>;
 
 impl std::fmt::Debug for FreshFiles {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FreshFiles")
             .field("names", &self.names)
-            .field("dir_watch", &self.dir_watch.get().is_some())
+            .field("own_writes", &self.own_writes.get().is_some())
             .finish()
     }
 }
 
 impl FreshFiles {
-    /// Has the directories the materializer makes from now on watched by
-    /// `watch` as they are made (the first call counts).
-    pub fn set_dir_watch(&self, watch: DirWatch) {
-        let _ = self.dir_watch.set(watch);
+    /// Tells `watch` of the materializer's own writes from now on (see
+    /// [`OwnWrites`]): the directories it makes, watched as they are made,
+    /// and each alias file's temp name (the first call counts).
+    pub fn set_own_writes(&self, watch: OwnWritesHook) {
+        let _ = self.own_writes.set(watch);
     }
 
     /// Remembers that `name`'s manifest was written into a new directory.

@@ -162,7 +162,7 @@ impl Watching {
         // them (before the start-up reconcile, their creation is an event).
         #[cfg(target_os = "linux")]
         if let Some(watch) = &self.watcher {
-            registry.fresh_files().set_dir_watch(watch.dir_hook());
+            registry.fresh_files().set_own_writes(watch.own_writes());
         }
         let task = tokio::spawn(run(
             registry,

@@ -9,7 +9,7 @@
 //! with a `stat` of each entry before adding the watch. Here the mask leaves
 //! `IN_OPEN` out, a model directory (depth 3, what a create makes) gets its
 //! watch with one `inotify_add_watch`, and a directory aliasd made itself is
-//! watched by aliasd before it writes into it ([`Watch::dir_hook`]), so its
+//! watched by aliasd before it writes into it ([`Watch::own_writes`]), so its
 //! creation needs no event and no listing at all.
 //!
 //! Only directories down to depth 3 below `manifests/` are watched: deeper
@@ -62,7 +62,7 @@ pub(super) struct Watch {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// What the thread and [`Watch::dir_hook`] share.
+/// What the thread and [`Watch::own_writes`] share.
 struct Shared {
     inotify: OwnedFd,
     /// `manifests/`.
@@ -336,12 +336,12 @@ impl Watch {
     /// creation nor a listing of it; each alias file's temp name before it
     /// is made (see [`OwnRenames`]). Holds the watch weakly: once it stops,
     /// nothing is watched and `dir_made` says `false`.
-    pub(super) fn dir_hook(&self) -> crate::materializer::DirWatch {
+    pub(super) fn own_writes(&self) -> crate::materializer::OwnWritesHook {
         Arc::new(Hooks(Arc::downgrade(&self.shared)))
     }
 }
 
-/// The materializer's side of the watch (see [`Watch::dir_hook`]).
+/// The materializer's side of the watch (see [`Watch::own_writes`]).
 struct Hooks(Weak<Shared>);
 
 impl OwnWrites for Hooks {
@@ -458,7 +458,7 @@ struct Pass {
     last_file: Option<PathBuf>,
     /// New directories (and their depths) not watched yet when their
     /// creation was read. The materializer watches a directory it makes
-    /// right after its `mkdirat` ([`Watch::dir_hook`]), and that event can
+    /// right after its `mkdirat` ([`Watch::own_writes`]), and that event can
     /// be read in between: such a creation is settled a gather later
     /// ([`settle_unclaimed`]), so that aliasd's own directory is not listed.
     unclaimed: Vec<(PathBuf, usize)>,
@@ -691,7 +691,7 @@ mod tests {
         // is written is reported.
         let ours = root.join("h/ns/ours");
         std::fs::create_dir(&ours).unwrap();
-        assert!(watch.dir_hook().dir_made(&ours));
+        assert!(watch.own_writes().dir_made(&ours));
         assert!(wd_of(&ours).is_some());
         std::fs::write(ours.join("latest"), b"{}").unwrap();
         events_until(&events, &ours.join("latest"));
@@ -734,7 +734,7 @@ mod tests {
             &mut pass,
             &mut collect,
         );
-        assert!(watch.dir_hook().dir_made(&claimed));
+        assert!(watch.own_writes().dir_made(&claimed));
         settle_unclaimed(&watch.shared, &mut pass.unclaimed, &mut collect);
         assert!(handed.is_empty(), "{handed:?}");
         // A file's events one after the other are handed on once.
@@ -777,7 +777,7 @@ mod tests {
         assert_eq!(wd_of(&ours.join("deeper")), None);
 
         // Outside the store, the hook watches nothing.
-        assert!(!watch.dir_hook().dir_made(dir.path()));
+        assert!(!watch.own_writes().dir_made(dir.path()));
         drop(watch);
     }
 
@@ -894,7 +894,7 @@ mod tests {
             let _ = send.send(event);
         })
         .unwrap();
-        let hooks = watch.dir_hook();
+        let hooks = watch.own_writes();
         // As the materializer writes (`beneath::write_in`).
         let temp = ".latest.aliasd-5f0c";
         hooks.will_rename(temp, "latest");
