@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Where a durable create's CPU goes, thread by thread, for two aliasd builds side by side:
 #   benches/create_cpu.sh BIN_A BIN_B      # e.g. an older build's aliasd, then target/profiling/aliasd
+#   benches/create_cpu.sh BIN etcd         # aliasd against etcd's durable puts (Debian's etcd-server),
+#                                          # each on a fresh data dir, in the same state
 # Each build serves a fresh store of its own (never deleted here: on ext4 without a journal a
 # deletion slows the next run's inode allocation, see benches/settle.sh) and takes CLIENTS=64
 # clients creating one alias per request (benches/wrk/aliasd_put.lua) for DURATION=8 seconds, in PAIRS=3
@@ -19,6 +21,9 @@ CLIENTS=${CLIENTS:-64} DURATION=${DURATION:-8} PAIRS=${PAIRS:-3} PORT=${PORT:-19
 STORES=${STORES:-$PWD/target/tmp/create-cpu}
 DROP_CACHES=${DROP_CACHES:-1}
 command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)" >&2; exit 1; }
+if [ "$A" = etcd ] || [ "$B" = etcd ]; then
+  command -v etcd >/dev/null || { echo "etcd is needed (apt-get install etcd-server)" >&2; exit 1; }
+fi
 HZ=$(getconf CLK_TCK)
 
 # snapshot PID -> "name total_ticks user_ticks" per thread, then TOTAL for the whole process
@@ -33,8 +38,8 @@ snapshot() {
   awk '{ sub(/^.*\) /, ""); print "TOTAL", $12 + $13, $12 }' "/proc/$1/stat"
 }
 
-one_load() { # BIN
-  local bin=$1 store pid out n
+one_load() { # BIN (or etcd)
+  local bin=$1 store pid out n script=benches/wrk/aliasd_put.lua
   store=$STORES/$(date +%s%N)
   mkdir -p "$store/models/manifests/registry.ollama.ai/library/m" "$store/models/blobs"
   printf '%s' '{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"sha256:aa","size":1},"layers":[]}' \
@@ -42,12 +47,24 @@ one_load() { # BIN
   if [ "$DROP_CACHES" = 1 ] && [ "$(id -u)" = 0 ]; then
     sync; echo 3 > /proc/sys/vm/drop_caches; sleep 3
   fi
-  "$bin" serve --models "$store/models" --journal "$store/journal" \
-    --listen 127.0.0.1:"$PORT" 2> "$store/aliasd.log" &
+  if [ "$bin" = etcd ]; then
+    script=benches/wrk/etcd_put.lua
+    etcd --name bench --data-dir "$store/etcd" \
+      --listen-client-urls http://127.0.0.1:"$PORT" --advertise-client-urls http://127.0.0.1:"$PORT" \
+      --listen-peer-urls http://127.0.0.1:"$((PORT + 1))" --initial-advertise-peer-urls http://127.0.0.1:"$((PORT + 1))" \
+      --initial-cluster bench=http://127.0.0.1:"$((PORT + 1))" > "$store/etcd.log" 2>&1 &
+  else
+    "$bin" serve --models "$store/models" --journal "$store/journal" \
+      --listen 127.0.0.1:"$PORT" 2> "$store/aliasd.log" &
+  fi
   pid=$!
-  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
+  for _ in $(seq 100); do
+    curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
+    curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
   snapshot "$pid" > "$store/before"
-  out=$(wrk -t2 -c"$CLIENTS" -d"${DURATION}s" --latency -s benches/wrk/aliasd_put.lua "http://127.0.0.1:$PORT")
+  out=$(wrk -t2 -c"$CLIENTS" -d"${DURATION}s" --latency -s "$script" "http://127.0.0.1:$PORT")
   snapshot "$pid" > "$store/after"
   kill "$pid"; wait "$pid" 2>/dev/null || true
   n=$(awk '/requests in/ { print $1 }' <<< "$out")
