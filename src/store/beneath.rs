@@ -548,12 +548,7 @@ impl Root {
                 )))
             }
         };
-        let fd = rustix::fs::openat(
-            manifests.as_fd(),
-            probe_name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o644),
-        )?;
+        let fd = create_new(&manifests, probe_name)?;
         let made = rustix::fs::fstat(&fd);
         drop(fd);
         rustix::fs::unlinkat(manifests.as_fd(), probe_name, AtFlags::empty())?;
@@ -704,12 +699,7 @@ pub fn dir_parts(name: &ModelName) -> [&str; 3] {
 /// name; returns which file was written. On an error the temp file goes.
 fn write_in(dir: &OwnedFd, name: &ModelName, bytes: &[u8], temp_name: &str) -> io::Result<FileId> {
     let res = (|| -> io::Result<FileId> {
-        let fd = rustix::fs::openat(
-            dir.as_fd(),
-            temp_name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o644),
-        )?;
+        let fd = create_new(dir, temp_name)?;
         give_to_owner_of(fd.as_fd(), dir.as_fd());
         let mut file = std::fs::File::from(fd);
         file.write_all(bytes)?;
@@ -721,6 +711,17 @@ fn write_in(dir: &OwnedFd, name: &ModelName, bytes: &[u8], temp_name: &str) -> i
         let _ = rustix::fs::unlinkat(dir.as_fd(), temp_name, AtFlags::empty());
     }
     res
+}
+
+/// Creates the file `name` in `dir` for writing: made new (never an
+/// existing file, never through a symlink), mode 0644.
+fn create_new(dir: &OwnedFd, name: &str) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(
+        dir.as_fd(),
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )?)
 }
 
 /// `name`'s manifest path relative to the store root, for messages.
