@@ -2,7 +2,6 @@
 //! alias files (without holding the index's lock), broadcasts its events and
 //! replies, in group order; retries the files the store refused.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -13,9 +12,9 @@ use crate::event::EventType;
 use crate::feed::publisher::Publisher;
 use crate::feed::Published;
 use crate::index::{AliasName, AliasView, ChainEnd, ChainEnds};
-use crate::materializer::{AliasFile, FileJob, Materializer, Outcome, Retries};
-use crate::progress::Progress;
+use crate::materializer::{AliasFile, FileJob, Materializer, Retries};
 
+use super::file_writers::{FileWriters, Synced};
 use super::writer::ReplySender;
 use super::{Command, RegistryError, Reply, Request, View};
 
@@ -82,6 +81,7 @@ impl Finisher {
     pub(super) fn run(self, jobs: std::sync::mpsc::Receiver<Job>) {
         use std::sync::mpsc::RecvTimeoutError;
         let mut retries = Retries::default();
+        let mut files = FileWriters::new(self.materializer.clone());
         // A job taken from the queue while gathering groups, to do next.
         let mut held: Option<Job> = None;
         loop {
@@ -98,7 +98,7 @@ impl Finisher {
             let job = match job {
                 Ok(job) => job,
                 Err(RecvTimeoutError::Timeout) => {
-                    self.retry(&mut retries);
+                    self.retry(&mut files, &mut retries);
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -163,29 +163,24 @@ impl Finisher {
                         }
                         self.look_again(synced.foreign);
                     };
-                    let synced = sync_jobs(
-                        &self.materializer,
-                        &file_jobs,
-                        &files_by_group,
-                        |g, synced| {
-                            // What went wrong with this group's files is logged,
-                            // counted and queued for a retry before its replies.
-                            failed_or_foreign(synced);
-                            let group_events = events_by_group.pop().unwrap_or_default();
-                            for published in &group_events {
-                                self.metrics.observe_event(published.event.kind);
-                            }
-                            // A group of unchanged puts has nothing to broadcast:
-                            // the publisher is not woken for it.
-                            if !group_events.is_empty() {
-                                self.publisher.publish(group_events);
-                            }
-                            for (sender, reply) in replies.by_ref().take(groups[g].replies) {
-                                let _ = sender.send(reply);
-                            }
-                            groups[g].replied_at = Instant::now();
-                        },
-                    );
+                    let synced = files.sync(file_jobs, &files_by_group, |g, synced| {
+                        // What went wrong with this group's files is logged,
+                        // counted and queued for a retry before its replies.
+                        failed_or_foreign(synced);
+                        let group_events = events_by_group.pop().unwrap_or_default();
+                        for published in &group_events {
+                            self.metrics.observe_event(published.event.kind);
+                        }
+                        // A group of unchanged puts has nothing to broadcast:
+                        // the publisher is not woken for it.
+                        if !group_events.is_empty() {
+                            self.publisher.publish(group_events);
+                        }
+                        for (sender, reply) in replies.by_ref().take(groups[g].replies) {
+                            let _ = sender.send(reply);
+                        }
+                        groups[g].replied_at = Instant::now();
+                    });
                     failed_or_foreign(synced);
                     if tracing::enabled!(target: TIMELINE, tracing::Level::DEBUG) {
                         for group in &groups {
@@ -247,10 +242,10 @@ impl Finisher {
     }
 
     /// Tries the waiting alias files again, and says how it went.
-    fn retry(&self, retries: &mut Retries) {
+    fn retry(&self, writers: &mut FileWriters, retries: &mut Retries) {
         let files = retries.take();
         let tried = files.len();
-        let synced = sync_files(&self.materializer, &self.shared, &files);
+        let synced = writers.sync(file_jobs(&self.shared, &files), &[], |_, _| {});
         self.look_again(synced.foreign);
         let failed = synced.failed;
         let left = failed.len();
@@ -285,15 +280,6 @@ pub(super) fn report_failures(failed: Vec<(AliasFile, std::io::Error)>) -> Vec<A
             file
         })
         .collect()
-}
-
-/// What making alias files match the index left to do.
-#[derive(Debug, Default)]
-pub(super) struct Synced {
-    /// The files that could not be written or removed, with why.
-    failed: Vec<(AliasFile, std::io::Error)>,
-    /// Aliases whose path turned out foreign (see `beneath::Foreign`).
-    foreign: Vec<crate::name::ModelName>,
 }
 
 /// A group being finished: its timeline, how many replies and events it
@@ -356,113 +342,6 @@ fn alias_files(
     (work, files_by_group)
 }
 
-/// Makes these alias files match the index, spread over threads when there
-/// are many.
-pub(super) fn sync_files(
-    materializer: &Materializer,
-    shared: &RwLock<View>,
-    work: &[AliasFile],
-) -> Synced {
-    sync_jobs(materializer, &file_jobs(shared, work), &[], |_, _| {})
-}
-
-/// Makes these alias files what their jobs say, spread over threads when
-/// there are many, taken in order. `done(g, synced)` is called on this
-/// thread, for each `g` in order, as soon as the first `ready[g]` files are
-/// written (or failed, or found foreign), with the files that failed or were
-/// found foreign since the last call: a group's replies go once its own files
-/// are there, not after every file of a large merged group. Returns what
-/// failed or was found foreign after the last call.
-fn sync_jobs(
-    materializer: &Materializer,
-    work: &[FileJob],
-    ready: &[usize],
-    mut done: impl FnMut(usize, Synced),
-) -> Synced {
-    let synced = AtomicUsize::new(0);
-    let outcome = std::sync::Mutex::new(Synced::default());
-    let sync_one = |job: &FileJob| {
-        let file = &job.file;
-        synced.fetch_add(1, Ordering::Relaxed);
-        match materializer.sync_job(job) {
-            Ok(Outcome::Foreign) => outcome
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .foreign
-                .push(file.name.clone()),
-            Ok(done) => tracing::debug!(alias = %file.name, ?done, "materialized"),
-            Err(e) => outcome
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .failed
-                .push((file.clone(), e)),
-        }
-    };
-    // The groups whose files are all done, told in order.
-    let mut told = 0;
-    let mut tell = |files_done: usize| {
-        while told < ready.len() && ready[told] <= files_done {
-            let so_far = std::mem::take(&mut *outcome.lock().unwrap_or_else(|e| e.into_inner()));
-            done(told, so_far);
-            told += 1;
-        }
-    };
-    // Each alias has its own file, so a large group is spread over the cores:
-    // most of a file's cost is the kernel creating its directory and inode.
-    let threads = materialize_threads(work.len());
-    if threads <= 1 {
-        tell(0);
-        for (i, job) in work.iter().enumerate() {
-            sync_one(job);
-            tell(i + 1);
-        }
-        return outcome.into_inner().unwrap_or_else(|e| e.into_inner());
-    }
-    // A group this large is a start-up restoring many files: say how far it is.
-    let mut progress = (work.len() >= PROGRESS_FROM_FILES)
-        .then(|| Progress::new("writing alias files", work.len()));
-    // Every thread takes the next file not yet taken, so files are written
-    // about in order and the first groups' are done first.
-    let next = AtomicUsize::new(0);
-    let finished: Vec<std::sync::atomic::AtomicBool> =
-        work.iter().map(|_| Default::default()).collect();
-    let take_and_sync = || {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        let job = work.get(i)?;
-        sync_one(job);
-        finished[i].store(true, Ordering::Release);
-        Some(i)
-    };
-    std::thread::scope(|scope| {
-        for _ in 1..threads {
-            let spawned = std::thread::Builder::new()
-                .name("aliasd-files".into())
-                .spawn_scoped(scope, || while take_and_sync().is_some() {});
-            if spawned.is_err() {
-                break; // No thread to spare (a process limit): fewer do it.
-            }
-        }
-        tell(0);
-        let mut files_done = 0;
-        while take_and_sync().is_some() {
-            while files_done < work.len() && finished[files_done].load(Ordering::Acquire) {
-                files_done += 1;
-            }
-            tell(files_done);
-            if let Some(progress) = &mut progress {
-                progress.reached(synced.load(Ordering::Relaxed));
-            }
-        }
-    });
-    // Every thread is done: the groups still waiting on other threads' files.
-    tell(work.len());
-    if let Some(mut progress) = progress {
-        progress.reached(synced.load(Ordering::Relaxed));
-        progress.finish();
-    }
-    outcome.into_inner().unwrap_or_else(|e| e.into_inner())
-}
-
 /// What each of these alias files must become, copied out of the index
 /// under its read lock, which is let go before any file is touched: a
 /// writer waiting for the lock would otherwise make every reader wait for
@@ -485,23 +364,6 @@ pub(super) fn file_jobs(shared: &RwLock<View>, work: &[AliasFile]) -> Vec<FileJo
             }
         })
         .collect()
-}
-
-/// Alias files in one group from which their writing reports progress.
-pub(super) const PROGRESS_FROM_FILES: usize = 10_000;
-
-/// Aliases per thread below which a group's files are written by the
-/// finisher alone (a thread costs more than a few files).
-pub(super) const FILES_PER_THREAD: usize = 8;
-
-/// How many threads write a group of `files` alias files.
-pub(super) fn materialize_threads(files: usize) -> usize {
-    // Asked once: on Linux `available_parallelism` opens and reads cgroup files
-    // on every call, a measurable share of the finisher's time per group.
-    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let cores = *CORES
-        .get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
-    (files / FILES_PER_THREAD).clamp(1, cores.min(4))
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //! Readers take the shared state's read lock for a moment and never wait for a
 //! journal fsync: the write lock is taken only to apply already durable events.
 
+mod file_writers;
 mod finisher;
 #[cfg(test)]
 mod fleet_tests;
