@@ -7,6 +7,7 @@
 //! it again after a crash heals whatever was half done.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -189,7 +190,7 @@ impl Materializer {
         write: impl FnOnce(
             &beneath::Root,
             &str,
-            &mut dyn FnMut(&[&str]),
+            &mut dyn FnMut(&[&str], BorrowedFd<'_>),
         ) -> std::io::Result<Option<Lookup<Written>>>,
     ) -> std::io::Result<Option<Outcome>> {
         // A v4 UUID from a per-thread generator the OS seeds (no system call
@@ -202,11 +203,11 @@ impl Materializer {
             watch.will_rename(&temp_name, name.tag());
         }
         let mut all_watched = true;
-        let mut made_dir = |parts: &[&str]| {
+        let mut made_dir = |parts: &[&str], handle: BorrowedFd<'_>| {
             let watched = watch.is_some_and(|watch| {
                 let mut dir = self.store.manifests_dir();
                 dir.extend(parts);
-                watch.dir_made(&dir)
+                watch.dir_made(&dir, handle)
             });
             all_watched &= watched;
         };
@@ -327,9 +328,11 @@ pub struct FreshFiles {
 /// Linux, `watcher/inotify.rs`), so that they need no look when they come
 /// back as events.
 pub trait OwnWrites: Send + Sync {
-    /// Watches `dir`, a directory aliasd has just made, before anything is
-    /// written into it; says whether the watch is on.
-    fn dir_made(&self, dir: &Path) -> bool;
+    /// Watches `dir`, a directory aliasd has just made and holds open as
+    /// `handle`, before anything is written into it; says whether the watch
+    /// is on. The watch goes on `handle`'s directory, never on whatever
+    /// `dir` names by the time it is added.
+    fn dir_made(&self, dir: &Path, handle: BorrowedFd<'_>) -> bool;
     /// aliasd is about to create the temp file `temp` (a name no one can
     /// guess) and to rename it to `to` in the same directory.
     fn will_rename(&self, temp: &str, to: &str);

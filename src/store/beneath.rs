@@ -171,6 +171,11 @@ impl Root {
         Ok(Root { fd })
     }
 
+    /// The root's handle, for walks of one's own beneath it.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
     /// Opens the directory `parts` below `manifests/` (none: `manifests/`
     /// itself) without following a symlink anywhere.
     ///
@@ -205,7 +210,7 @@ impl Root {
     pub fn make_dir(
         &self,
         parts: &[&str],
-        made_dir: &mut dyn FnMut(&[&str]),
+        made_dir: &mut dyn FnMut(&[&str], BorrowedFd<'_>),
     ) -> io::Result<Lookup<(OwnedFd, bool)>> {
         self.make_dir_from(parts, None, made_dir)
     }
@@ -216,7 +221,7 @@ impl Root {
         &self,
         parts: &[&str],
         from: Option<Reached>,
-        made_dir: &mut dyn FnMut(&[&str]),
+        made_dir: &mut dyn FnMut(&[&str], BorrowedFd<'_>),
     ) -> io::Result<Lookup<(OwnedFd, bool)>> {
         let mut rel = PathBuf::from(MANIFESTS_DIR);
         // The part the earlier walk found missing is made without looking
@@ -259,7 +264,7 @@ impl Root {
                         Lookup::Found(next) => {
                             if made {
                                 give_to_owner_of(next.as_fd(), dir.as_fd());
-                                made_dir(&parts[..=depth]);
+                                made_dir(&parts[..=depth], next.as_fd());
                             }
                             next
                         }
@@ -409,7 +414,7 @@ impl Root {
         name: &ModelName,
         bytes: &[u8],
         temp_name: &str,
-        made_dir: &mut dyn FnMut(&[&str]),
+        made_dir: &mut dyn FnMut(&[&str], BorrowedFd<'_>),
     ) -> io::Result<Lookup<Written>> {
         self.write_manifest_from(name, bytes, temp_name, None, made_dir)
     }
@@ -428,7 +433,7 @@ impl Root {
         bytes: &[u8],
         temp_name: &str,
         from: Option<Reached>,
-        made_dir: &mut dyn FnMut(&[&str]),
+        made_dir: &mut dyn FnMut(&[&str], BorrowedFd<'_>),
     ) -> io::Result<Lookup<Written>> {
         let (dir, made) = match self.make_dir_from(&dir_parts(name), from, made_dir)? {
             Lookup::Found(found) => found,
@@ -457,7 +462,7 @@ impl Root {
         name: &ModelName,
         bytes: &[u8],
         temp_name: &str,
-        made_dir: &mut dyn FnMut(&[&str]),
+        made_dir: &mut dyn FnMut(&[&str], BorrowedFd<'_>),
     ) -> io::Result<Option<Lookup<Written>>> {
         let parts = dir_parts(name);
         let Some(namespace) = self.namespace_dir(&parts) else {
@@ -812,7 +817,7 @@ mod tests {
             Lookup::Absent
         ));
         let made = root
-            .write_manifest(&alias, b"{}", ".tmp-1", &mut |_| {})
+            .write_manifest(&alias, b"{}", ".tmp-1", &mut |_, _| {})
             .unwrap();
         let Lookup::Found(Written { made: true, id }) = made else {
             panic!("not written into a new directory: {made:?}")
@@ -844,10 +849,14 @@ mod tests {
         let manifests = dir.path().join("manifests");
         let mut made = Vec::new();
         let written = root
-            .write_manifest(&alias, b"{}", ".tmp-1", &mut |parts| {
+            .write_manifest(&alias, b"{}", ".tmp-1", &mut |parts, handle| {
                 let path = manifests.join(parts.join("/"));
-                // Told when the directory is there and still empty.
+                // Told when the directory is there and still empty, with a
+                // handle on that very directory.
                 assert_eq!(std::fs::read_dir(&path).unwrap().count(), 0);
+                let opened = rustix::fs::fstat(handle).unwrap();
+                let there = rustix::fs::stat(&path).unwrap();
+                assert_eq!((opened.st_dev, opened.st_ino), (there.st_dev, there.st_ino));
                 made.push(parts.join("/"));
             })
             .unwrap();
@@ -858,7 +867,7 @@ mod tests {
         );
         made.clear();
         let again = root
-            .write_manifest(&alias, b"{\"a\":1}", ".tmp-2", &mut |parts| {
+            .write_manifest(&alias, b"{\"a\":1}", ".tmp-2", &mut |parts, _| {
                 made.push(parts.join("/"))
             })
             .unwrap();
@@ -889,7 +898,7 @@ mod tests {
             assert_eq!(reached.depth, depth, "{alias}");
             let mut made = Vec::new();
             let written = root
-                .write_manifest_from(&alias, b"{}", ".tmp", Some(reached), &mut |parts| {
+                .write_manifest_from(&alias, b"{}", ".tmp", Some(reached), &mut |parts, _| {
                     made.push(parts.join("/"))
                 })
                 .unwrap();
@@ -927,7 +936,7 @@ mod tests {
             }
             let mut made = Vec::new();
             let written = root
-                .write_manifest_from(&alias, b"{}", ".tmp", reached, &mut |parts| {
+                .write_manifest_from(&alias, b"{}", ".tmp", reached, &mut |parts, _| {
                     made.push(parts.join("/"))
                 })
                 .unwrap();
@@ -961,7 +970,7 @@ mod tests {
         // Missing: made, watched (the hook), written.
         let mut made = Vec::new();
         let written = root
-            .write_new_manifest(&name("fresh"), b"{}", ".tmp", &mut |parts| {
+            .write_new_manifest(&name("fresh"), b"{}", ".tmp", &mut |parts, _| {
                 made.push(parts.join("/"))
             })
             .unwrap();
@@ -984,7 +993,7 @@ mod tests {
         ] {
             let mut made = Vec::new();
             let written = root
-                .write_new_manifest(&name(alias), b"[]", ".tmp", &mut |parts| {
+                .write_new_manifest(&name(alias), b"[]", ".tmp", &mut |parts, _| {
                     made.push(parts.join("/"))
                 })
                 .unwrap();
@@ -1009,7 +1018,7 @@ mod tests {
         .unwrap();
         for alias in ["other/m", "evil/m"] {
             let written = root
-                .write_new_manifest(&name(alias), b"{}", ".tmp", &mut |_| {})
+                .write_new_manifest(&name(alias), b"{}", ".tmp", &mut |_, _| {})
                 .unwrap();
             assert!(written.is_none(), "{alias}: {written:?}");
         }
@@ -1035,7 +1044,7 @@ mod tests {
         assert_eq!(root.file_id(&alias), None, "looked at through a symlink");
         assert_eq!(
             why(root
-                .write_manifest(&alias, b"{}", ".tmp", &mut |_| {})
+                .write_manifest(&alias, b"{}", ".tmp", &mut |_, _| {})
                 .unwrap()),
             Some(Why::Symlink)
         );
@@ -1057,7 +1066,7 @@ mod tests {
         std::fs::write(library.join("fileblock"), b"{}").unwrap();
         assert_eq!(
             why(root
-                .write_manifest(&name("fileblock:tag"), b"{}", ".t", &mut |_| {})
+                .write_manifest(&name("fileblock:tag"), b"{}", ".t", &mut |_, _| {})
                 .unwrap()),
             Some(Why::NotADirectory)
         );
@@ -1111,7 +1120,7 @@ mod tests {
         assert!(reached.is_none(), "nothing to go on from through a symlink");
         assert_eq!(
             why(root
-                .write_manifest(&alias, b"{}", ".t", &mut |_| {})
+                .write_manifest(&alias, b"{}", ".t", &mut |_, _| {})
                 .unwrap()),
             Some(Why::Symlink)
         );

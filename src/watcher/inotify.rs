@@ -14,10 +14,18 @@
 //!
 //! Only directories down to depth 3 below `manifests/` are watched: deeper
 //! ones hold nothing that can be a manifest (the watcher ignores them).
+//!
+//! The store's owner may swap any directory for a symlink at any moment, so
+//! no path below `manifests/` is resolved by the kernel here either: each
+//! directory is opened beneath `manifests/`'s handle one component at a time
+//! without following a symlink (the materializer hands over the handle of a
+//! directory it made), listed through that handle, and watched through it
+//! (`/proc/self/fd/<n>`, which names that very directory): a watch or a
+//! listing never lands outside the store.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
@@ -28,6 +36,7 @@ use notify::event::{
 };
 use notify::{Event, EventKind};
 use rustix::fs::inotify::{self, ReadFlags, WatchFlags};
+use rustix::fs::FileType;
 use rustix::io::Errno;
 
 use crate::materializer::OwnWrites;
@@ -41,7 +50,10 @@ const DEEPEST: usize = 3;
 const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// What every watched directory reports: `notify`'s mask without `IN_OPEN`
-/// (reads cannot change the store; a writer's close still comes).
+/// (reads cannot change the store; a writer's close still comes). Watched
+/// through `/proc/self/fd/<n>`, a directory's path must be followed (that
+/// link is the open directory itself); without `/proc`, by its path, whose
+/// last component is not followed (see [`Shared::add`]).
 fn dir_mask() -> WatchFlags {
     WatchFlags::ATTRIB
         | WatchFlags::CREATE
@@ -51,7 +63,6 @@ fn dir_mask() -> WatchFlags {
         | WatchFlags::MOVED_FROM
         | WatchFlags::MOVED_TO
         | WatchFlags::ONLYDIR
-        | WatchFlags::DONT_FOLLOW
 }
 
 /// A running watch; dropping it stops its thread.
@@ -67,6 +78,14 @@ struct Shared {
     inotify: OwnedFd,
     /// `manifests/`.
     root: PathBuf,
+    /// `manifests/`'s parent (the store's root), opened once, and
+    /// `manifests/`'s name in it. `manifests/` itself is opened from there
+    /// each time a directory below it is, and never kept open: an open
+    /// handle would hold back the report of its removal (`IN_DELETE_SELF`
+    /// comes once the last reference to it is gone), which hands the store
+    /// over to polling.
+    root_parent: OwnedFd,
+    root_name: String,
     dirs: Mutex<Dirs>,
     renames: Mutex<OwnRenames>,
 }
@@ -188,14 +207,22 @@ enum AddError {
 }
 
 impl Shared {
-    /// Watches `path` (a directory at `depth` below the root).
-    fn add(&self, path: &Path, depth: usize) -> Result<(), AddError> {
+    /// Watches `dir`, open at `path` (`depth` below the root), through its
+    /// handle.
+    fn add(&self, path: &Path, depth: usize, dir: BorrowedFd<'_>) -> Result<(), AddError> {
         let mut mask = dir_mask();
         if depth == 0 {
             // The root's own removal or move is reported (polling takes over).
             mask |= WatchFlags::DELETE_SELF | WatchFlags::MOVE_SELF;
         }
-        let wd = match inotify::add_watch(&self.inotify, path, mask) {
+        let added = match proc_fd_path(dir) {
+            Some(by_handle) => inotify::add_watch(&self.inotify, by_handle, mask),
+            // No `/proc`: by its path, its last component not followed (a
+            // directory above it swapped for a symlink since it was opened
+            // would be followed: `/proc` is what closes that).
+            None => inotify::add_watch(&self.inotify, path, mask | WatchFlags::DONT_FOLLOW),
+        };
+        let wd = match added {
             Ok(wd) => wd,
             Err(Errno::NOSPC) => return Err(AddError::Limit),
             Err(e) => return Err(AddError::Other(e.into())),
@@ -212,22 +239,59 @@ impl Shared {
         Ok(())
     }
 
-    /// Watches `path` and, above the model level, the directories below it
-    /// that exist already (made before its watch was there, as by
-    /// `mkdir -p`).
-    fn add_tree(&self, path: &Path, depth: usize) -> Result<(), AddError> {
-        self.add(path, depth)?;
+    /// Watches `dir` (open at `path`) and, above the model level, the
+    /// directories below it that exist already (made before its watch was
+    /// there, as by `mkdir -p`), each opened through its parent's handle
+    /// without following a symlink.
+    fn add_tree(&self, path: &Path, depth: usize, dir: BorrowedFd<'_>) -> Result<(), AddError> {
+        self.add(path, depth, dir)?;
         if depth >= DEEPEST {
             return Ok(());
         }
-        for sub in subdirectories(path) {
-            match self.add_tree(&sub, depth + 1) {
-                // Gone meanwhile: its removal was reported.
+        let entries = beneath::list(dir).unwrap_or_default();
+        for entry in entries.iter().filter(|e| e.kind == FileType::Directory) {
+            let sub_path = path.join(&entry.name);
+            // Gone or swapped for a symlink meanwhile: not watched (its
+            // change was reported).
+            let Ok(beneath::Lookup::Found(sub)) = beneath::open_dir(dir, &entry.name, &sub_path)
+            else {
+                continue;
+            };
+            match self.add_tree(&sub_path, depth + 1, sub.as_fd()) {
                 Err(AddError::Other(_)) | Ok(()) => {}
                 Err(AddError::Limit) => return Err(AddError::Limit),
             }
         }
         Ok(())
+    }
+
+    /// Opens `path`, a directory below the root, from the root's handle one
+    /// component at a time without following a symlink; `None` if it is
+    /// not there, not a directory, reached through a symlink, or outside
+    /// the root.
+    fn open(&self, path: &Path) -> Option<OwnedFd> {
+        let rel = path.strip_prefix(&self.root).ok()?;
+        let mut dir = self.open_root().ok()?;
+        for part in rel.components() {
+            let std::path::Component::Normal(part) = part else {
+                return None;
+            };
+            match beneath::open_dir(dir.as_fd(), part.to_str()?, path) {
+                Ok(beneath::Lookup::Found(next)) => dir = next,
+                _ => return None,
+            }
+        }
+        Some(dir)
+    }
+
+    /// Opens `manifests/` in its parent, not following a symlink.
+    fn open_root(&self) -> std::io::Result<OwnedFd> {
+        let opened = beneath::open_dir(self.root_parent.as_fd(), &self.root_name, &self.root)?;
+        match opened {
+            beneath::Lookup::Found(dir) => Ok(dir),
+            beneath::Lookup::Absent => Err(std::io::ErrorKind::NotFound.into()),
+            beneath::Lookup::Foreign(foreign) => Err(std::io::Error::other(foreign.to_string())),
+        }
     }
 
     /// Stops watching `path` and every watched directory below it.
@@ -263,22 +327,14 @@ impl Shared {
     }
 }
 
-/// The directories in `path`, not following symlinks; none if it cannot be
-/// listed (gone, or not a directory any more).
-fn subdirectories(path: &Path) -> Vec<PathBuf> {
-    let flags = rustix::fs::OFlags::RDONLY
-        | rustix::fs::OFlags::DIRECTORY
-        | rustix::fs::OFlags::NOFOLLOW
-        | rustix::fs::OFlags::CLOEXEC;
-    let Ok(dir) = rustix::fs::open(path, flags, rustix::fs::Mode::empty()) else {
-        return Vec::new();
-    };
-    beneath::list(dir.as_fd())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|entry| entry.kind == rustix::fs::FileType::Directory)
-        .map(|entry| path.join(entry.name))
-        .collect()
+/// `/proc/self/fd/<n>` for `dir`: a path the kernel resolves to that very
+/// directory, whatever was renamed or swapped since it was opened; `None`
+/// where `/proc` is not mounted.
+fn proc_fd_path(dir: BorrowedFd<'_>) -> Option<String> {
+    static HAS_PROC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    HAS_PROC
+        .get_or_init(|| Path::new("/proc/self/fd").is_dir())
+        .then(|| format!("/proc/self/fd/{}", dir.as_raw_fd()))
 }
 
 impl Watch {
@@ -295,13 +351,31 @@ impl Watch {
     {
         let fd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
             .map_err(|e| notify::Error::io(e.into()))?;
+        let cannot_watch = |e| notify::Error::io_watch(e).add_path(root.to_path_buf());
+        let (Some(parent), Some(root_name)) = (root.parent(), root.file_name()) else {
+            return Err(cannot_watch(std::io::ErrorKind::InvalidInput.into()));
+        };
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        let root_name = root_name.to_str().map(str::to_string);
+        let root_name =
+            root_name.ok_or_else(|| cannot_watch(std::io::ErrorKind::InvalidInput.into()))?;
+        let root_parent = beneath::Root::open(parent)
+            .map(beneath::Root::into_fd)
+            .map_err(cannot_watch)?;
         let shared = Arc::new(Shared {
             inotify: fd,
             root: root.to_path_buf(),
+            root_parent,
+            root_name,
             dirs: Mutex::default(),
             renames: Mutex::default(),
         });
-        match shared.add_tree(root, 0) {
+        let root_dir = shared.open_root().map_err(cannot_watch)?;
+        match shared.add_tree(root, 0, root_dir.as_fd()) {
             Ok(()) => {}
             Err(AddError::Limit) => {
                 return Err(notify::Error::new(notify::ErrorKind::MaxFilesWatch)
@@ -345,12 +419,12 @@ impl Watch {
 struct Hooks(Weak<Shared>);
 
 impl OwnWrites for Hooks {
-    fn dir_made(&self, dir: &Path) -> bool {
+    fn dir_made(&self, dir: &Path, handle: BorrowedFd<'_>) -> bool {
         let Some(shared) = self.0.upgrade() else {
             return false;
         };
         match shared.depth(dir) {
-            Some(depth @ 1..=DEEPEST) => shared.add(dir, depth).is_ok(),
+            Some(depth @ 1..=DEEPEST) => shared.add(dir, depth, handle).is_ok(),
             _ => false,
         }
     }
@@ -488,7 +562,12 @@ fn watch_new_dir<F>(shared: &Shared, path: PathBuf, depth: usize, handler: &mut 
 where
     F: FnMut(notify::Result<Event>),
 {
-    match shared.add_tree(&path, depth) {
+    // Gone, or reached through a symlink (swapped in since its event): not
+    // watched, as a symlink made there is not.
+    let Some(dir) = shared.open(&path) else {
+        return;
+    };
+    match shared.add_tree(&path, depth, dir.as_fd()) {
         Ok(()) | Err(AddError::Other(_)) => {}
         Err(AddError::Limit) => handler(Err(
             notify::Error::new(notify::ErrorKind::MaxFilesWatch).add_path(path)
@@ -636,6 +715,12 @@ mod tests {
     use std::sync::mpsc;
     use std::time::Duration;
 
+    /// `path` opened as a directory, as the materializer holds the
+    /// directories it makes.
+    fn opened(path: &Path) -> std::fs::File {
+        std::fs::File::open(path).unwrap()
+    }
+
     /// The paths and kinds `watch` reports until `until` is among them.
     fn events_until(
         events: &mpsc::Receiver<notify::Result<Event>>,
@@ -691,7 +776,7 @@ mod tests {
         // is written is reported.
         let ours = root.join("h/ns/ours");
         std::fs::create_dir(&ours).unwrap();
-        assert!(watch.own_writes().dir_made(&ours));
+        assert!(watch.own_writes().dir_made(&ours, opened(&ours).as_fd()));
         assert!(wd_of(&ours).is_some());
         std::fs::write(ours.join("latest"), b"{}").unwrap();
         events_until(&events, &ours.join("latest"));
@@ -734,7 +819,9 @@ mod tests {
             &mut pass,
             &mut collect,
         );
-        assert!(watch.own_writes().dir_made(&claimed));
+        assert!(watch
+            .own_writes()
+            .dir_made(&claimed, opened(&claimed).as_fd()));
         settle_unclaimed(&watch.shared, &mut pass.unclaimed, &mut collect);
         assert!(handed.is_empty(), "{handed:?}");
         // A file's events one after the other are handed on once.
@@ -777,7 +864,9 @@ mod tests {
         assert_eq!(wd_of(&ours.join("deeper")), None);
 
         // Outside the store, the hook watches nothing.
-        assert!(!watch.own_writes().dir_made(dir.path()));
+        assert!(!watch
+            .own_writes()
+            .dir_made(dir.path(), opened(dir.path()).as_fd()));
         drop(watch);
     }
 
@@ -914,5 +1003,57 @@ mod tests {
         std::fs::rename(model.join(temp), model.join("latest")).unwrap();
         drop(file);
         events_until(&events, &model.join("latest"));
+    }
+
+    #[test]
+    fn no_watch_or_listing_goes_through_a_symlink_swapped_in_above() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("manifests");
+        std::fs::create_dir_all(root.join("h/ns")).unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(outside.path().join("ns/m")).unwrap();
+        let (send, events) = mpsc::channel();
+        let watch = Watch::start(&root, move |event| {
+            let _ = send.send(event);
+        })
+        .unwrap();
+        let watched = |path: &Path| watch.shared.dirs_has(path);
+        // A directory whose creation was read, swapped for a symlink to
+        // outside the store before its watch was added: neither it nor
+        // what is below it is watched (by its path, the kernel would have
+        // followed the symlink to `outside/ns` and listed it).
+        std::os::unix::fs::symlink(outside.path(), root.join("link")).unwrap();
+        let mut reported = Vec::new();
+        watch_new_dir(&watch.shared, root.join("link/ns"), 2, &mut |event| {
+            reported.push(event)
+        });
+        watch_new_dir(&watch.shared, root.join("link"), 1, &mut |event| {
+            reported.push(event)
+        });
+        assert!(reported.is_empty());
+        assert!(!watched(&root.join("link/ns")) && !watched(&root.join("link")));
+        assert!(!watched(&root.join("link/ns/m")));
+        // A directory aliasd made, renamed away and replaced by a symlink
+        // before the watch is added: the watch goes on the directory it made
+        // (through its handle), never on where the symlink points.
+        let made = root.join("h/ns/made");
+        std::fs::create_dir(&made).unwrap();
+        let handle = opened(&made);
+        std::fs::rename(&made, root.join("h/ns/moved")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("ns/m"), &made).unwrap();
+        // Once the watch thread has read those (it watches `moved` as
+        // someone else's directory), the hook's watch is the same one.
+        std::fs::write(root.join("h/ns/marker"), b"").unwrap();
+        events_until(&events, &root.join("h/ns/marker"));
+        assert!(watch.own_writes().dir_made(&made, handle.as_fd()));
+        std::fs::write(outside.path().join("ns/m/latest"), b"{}").unwrap();
+        std::fs::write(root.join("h/ns/moved/latest"), b"{}").unwrap();
+        // The write into the directory it made is reported (under the name
+        // it was made with, until the watcher sees the move's events); the
+        // write outside never is.
+        let seen = events_until(&events, &made.join("latest"));
+        let outside_reported = seen.iter().any(|(path, _)| !path.starts_with(&root));
+        assert!(!outside_reported, "{seen:?}");
+        drop(watch);
     }
 }
