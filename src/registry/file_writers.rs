@@ -78,10 +78,18 @@ impl FileWriters {
         // Each alias has its own file, so a large group is spread over the
         // cores: most of a file's cost is the kernel creating its directory
         // and inode.
-        for helper in self.helpers_for(total) {
-            // A helper that is gone (it panicked) is not asked again.
-            let _ = helper.send(batch.clone());
-        }
+        let mut asked = 0;
+        let wanted = self.start_helpers(total);
+        self.helpers.retain(|helper| {
+            if asked == wanted {
+                return true;
+            }
+            // A helper that is gone (a write panicked on it) is let go; the
+            // next group that needs one starts another.
+            let alive = helper.send(batch.clone()).is_ok();
+            asked += usize::from(alive);
+            alive
+        });
         // A group this large is a start-up restoring many files: say how far it is.
         let mut progress =
             (total >= PROGRESS_FROM_FILES).then(|| Progress::new("writing alias files", total));
@@ -105,9 +113,9 @@ impl FileWriters {
         batch.take_outcome()
     }
 
-    /// The helpers that write a group of `files` files beside the finisher,
-    /// started now if not yet.
-    fn helpers_for(&mut self, files: usize) -> &[Sender<Arc<Batch>>] {
+    /// Starts the helpers that write a group of `files` files beside the
+    /// finisher, if not yet; says how many of them to ask.
+    fn start_helpers(&mut self, files: usize) -> usize {
         let wanted = threads_for(files) - 1;
         while self.helpers.len() < wanted && !self.no_more {
             let (inbox, batches) = channel::<Arc<Batch>>();
@@ -127,7 +135,7 @@ impl FileWriters {
                 }
             }
         }
-        &self.helpers[..wanted.min(self.helpers.len())]
+        wanted.min(self.helpers.len())
     }
 }
 
@@ -323,6 +331,20 @@ mod tests {
         assert_eq!(writers.helpers.len(), helpers);
         for i in 40..80 {
             assert!(library.join(format!("a{i}/latest")).is_file(), "a{i}");
+        }
+        // A helper that is gone (as after a panic) is let go, and the next
+        // group that needs one starts another; its files are written anyway.
+        if helpers > 0 {
+            let (gone, _) = channel();
+            writers.helpers[0] = gone;
+            let work = (80..120).map(|i| job(&format!("a{i}"))).collect();
+            let left = writers.sync(work, &[], |_, _| {});
+            assert!(left.failed.is_empty(), "{left:?}");
+            assert_eq!(writers.helpers.len(), helpers - 1);
+            let work = (120..160).map(|i| job(&format!("a{i}"))).collect();
+            writers.sync(work, &[], |_, _| {});
+            assert_eq!(writers.helpers.len(), helpers);
+            assert!((80..160).all(|i| library.join(format!("a{i}/latest")).is_file()));
         }
         // Nothing to write: every group is told at once.
         let mut told = Vec::new();

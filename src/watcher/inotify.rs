@@ -215,12 +215,19 @@ impl Shared {
             // The root's own removal or move is reported (polling takes over).
             mask |= WatchFlags::DELETE_SELF | WatchFlags::MOVE_SELF;
         }
+        let by_path = || inotify::add_watch(&self.inotify, path, mask | WatchFlags::DONT_FOLLOW);
         let added = match proc_fd_path(dir) {
-            Some(by_handle) => inotify::add_watch(&self.inotify, by_handle, mask),
+            Some(by_handle) => match inotify::add_watch(&self.inotify, by_handle, mask) {
+                // `/proc` refused it (mounted without access to one's own
+                // handles): by its path, as where there is no `/proc`. No
+                // one but this process can make its handle's link fail.
+                Err(e) if e != Errno::NOSPC => by_path(),
+                added => added,
+            },
             // No `/proc`: by its path, its last component not followed (a
             // directory above it swapped for a symlink since it was opened
             // would be followed: `/proc` is what closes that).
-            None => inotify::add_watch(&self.inotify, path, mask | WatchFlags::DONT_FOLLOW),
+            None => by_path(),
         };
         let wd = match added {
             Ok(wd) => wd,
