@@ -200,9 +200,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     store
         .ensure_layout()
         .with_context(|| format!("creating model store {}", config.models_dir.display()))?;
-    // notify reports paths under the directory as it was given; make it absolute.
-    let manifests_dir = store.manifests_dir();
-    let manifests_dir = std::fs::canonicalize(&manifests_dir).unwrap_or(manifests_dir);
+    // notify reports paths under the directory as it was given; make it
+    // absolute. Only the operator's path to the store is resolved: a
+    // `manifests` that is a symlink is never followed (the watch refuses it,
+    // as every file operation does).
+    let manifests_dir = std::fs::canonicalize(&config.models_dir)
+        .map(|root| root.join(aliasd::name::MANIFESTS_DIR))
+        .unwrap_or_else(|_| store.manifests_dir());
     let watch_mode = args.watch_mode();
     if matches!(watch_mode, aliasd::watcher::WatchMode::Notify { .. }) {
         // The recursive watch visits every directory in turn: list them first, in parallel.

@@ -21,6 +21,33 @@ fn a_store_aliasd_cannot_write_stops_start_up_saying_what_to_do() {
 }
 
 #[test]
+#[cfg(target_os = "linux")]
+fn a_manifests_directory_that_is_a_symlink_is_neither_watched_nor_written_through() {
+    // The store's owner made `manifests` a symlink to elsewhere before start.
+    let outside = tempdir("aliasd-it-outside");
+    let elsewhere = outside
+        .path()
+        .join("manifests/registry.ollama.ai/library/m");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let store = TestStore::new();
+    std::fs::remove_dir(store.root().join("manifests")).unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("manifests"),
+        store.root().join("manifests"),
+    )
+    .unwrap();
+    let refused = Server::builder(store).start_refused();
+    let stderr = refused.stderr;
+    assert_ne!(refused.code, Some(0), "{stderr}");
+    // The watch refused it (it used to resolve the symlink and watch its
+    // target), then the write check stopped start-up.
+    assert!(stderr.contains("cannot watch"), "{stderr}");
+    assert!(stderr.contains("is a symbolic link"), "{stderr}");
+    assert!(stderr.contains("cannot write in"), "{stderr}");
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+}
+
+#[test]
 #[cfg(unix)]
 fn run_as_root_on_another_users_store_aliasd_gives_what_it_makes_to_that_user() {
     use std::os::unix::fs::MetadataExt;
