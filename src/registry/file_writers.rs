@@ -21,11 +21,11 @@ pub(super) struct Synced {
 }
 
 /// Alias files in one group from which their writing reports progress.
-pub(super) const PROGRESS_FROM_FILES: usize = 10_000;
+const PROGRESS_FROM_FILES: usize = 10_000;
 
 /// Aliases per thread below which a group's files are written by the
 /// finisher alone (handing files to a helper costs more than a few files).
-pub(super) const FILES_PER_THREAD: usize = 8;
+const FILES_PER_THREAD: usize = 8;
 
 /// The most threads, the finisher's included, that write one group's files.
 const MAX_THREADS: usize = 4;
@@ -140,7 +140,7 @@ impl FileWriters {
 }
 
 /// How many threads, the finisher's included, write a group of `files` alias files.
-pub(super) fn threads_for(files: usize) -> usize {
+fn threads_for(files: usize) -> usize {
     // Asked once: on Linux `available_parallelism` opens and reads cgroup files
     // on every call, a measurable share of the finisher's time per group.
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();

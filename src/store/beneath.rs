@@ -171,11 +171,6 @@ impl Root {
         Ok(Root { fd })
     }
 
-    /// The root's handle, for walks of one's own beneath it.
-    pub fn into_fd(self) -> OwnedFd {
-        self.fd
-    }
-
     /// Opens the directory `parts` below `manifests/` (none: `manifests/`
     /// itself) without following a symlink anywhere.
     ///

@@ -17,7 +17,7 @@
 //!
 //! The store's owner may swap any directory for a symlink at any moment, so
 //! no path below `manifests/` is resolved by the kernel here either: each
-//! directory is opened beneath `manifests/`'s handle one component at a time
+//! directory is opened from the store root's handle one component at a time
 //! without following a symlink (the materializer hands over the handle of a
 //! directory it made), listed through that handle, and watched through it
 //! (`/proc/self/fd/<n>`, which names that very directory): a watch or a
@@ -78,14 +78,12 @@ struct Shared {
     inotify: OwnedFd,
     /// `manifests/`.
     root: PathBuf,
-    /// `manifests/`'s parent (the store's root), opened once, and
-    /// `manifests/`'s name in it. `manifests/` itself is opened from there
-    /// each time a directory below it is, and never kept open: an open
-    /// handle would hold back the report of its removal (`IN_DELETE_SELF`
-    /// comes once the last reference to it is gone), which hands the store
-    /// over to polling.
-    root_parent: OwnedFd,
-    root_name: String,
+    /// The store's root (`manifests/`'s parent), opened once. `manifests/`
+    /// itself is opened from there each time a directory below it is
+    /// ([`beneath::Root::dir`]), and never kept open: an open handle would
+    /// hold back the report of its removal (`IN_DELETE_SELF` comes once the
+    /// last reference to it is gone), which hands the store over to polling.
+    store: beneath::Root,
     dirs: Mutex<Dirs>,
     renames: Mutex<OwnRenames>,
 }
@@ -272,32 +270,22 @@ impl Shared {
         Ok(())
     }
 
-    /// Opens `path`, a directory below the root, from the root's handle one
-    /// component at a time without following a symlink; `None` if it is
-    /// not there, not a directory, reached through a symlink, or outside
-    /// the root.
+    /// Opens `path`, a directory below the root (or the root), from the
+    /// store's handle one component at a time without following a symlink;
+    /// `None` if it is not there, not a directory, reached through a
+    /// symlink, or outside the root.
     fn open(&self, path: &Path) -> Option<OwnedFd> {
         let rel = path.strip_prefix(&self.root).ok()?;
-        let mut dir = self.open_root().ok()?;
-        for part in rel.components() {
-            let std::path::Component::Normal(part) = part else {
-                return None;
-            };
-            match beneath::open_dir(dir.as_fd(), part.to_str()?, path) {
-                Ok(beneath::Lookup::Found(next)) => dir = next,
-                _ => return None,
-            }
-        }
-        Some(dir)
-    }
-
-    /// Opens `manifests/` in its parent, not following a symlink.
-    fn open_root(&self) -> std::io::Result<OwnedFd> {
-        let opened = beneath::open_dir(self.root_parent.as_fd(), &self.root_name, &self.root)?;
-        match opened {
-            beneath::Lookup::Found(dir) => Ok(dir),
-            beneath::Lookup::Absent => Err(std::io::ErrorKind::NotFound.into()),
-            beneath::Lookup::Foreign(foreign) => Err(std::io::Error::other(foreign.to_string())),
+        let parts = rel
+            .components()
+            .map(|part| match part {
+                std::path::Component::Normal(part) => part.to_str(),
+                _ => None,
+            })
+            .collect::<Option<Vec<&str>>>()?;
+        match self.store.dir(&parts) {
+            Ok(beneath::Lookup::Found(dir)) => Some(dir),
+            _ => None,
         }
     }
 
@@ -359,29 +347,34 @@ impl Watch {
         let fd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
             .map_err(|e| notify::Error::io(e.into()))?;
         let cannot_watch = |e| notify::Error::io_watch(e).add_path(root.to_path_buf());
-        let (Some(parent), Some(root_name)) = (root.parent(), root.file_name()) else {
-            return Err(cannot_watch(std::io::ErrorKind::InvalidInput.into()));
+        // `root` is a store's `manifests/`, opened from the store's root.
+        let store = match root.parent() {
+            Some(store) if root.file_name() == Some(OsStr::new(crate::name::MANIFESTS_DIR)) => {
+                let store = if store.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    store
+                };
+                beneath::Root::open(store).map_err(cannot_watch)?
+            }
+            _ => return Err(cannot_watch(std::io::ErrorKind::InvalidInput.into())),
         };
-        let parent = if parent.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            parent
-        };
-        let root_name = root_name.to_str().map(str::to_string);
-        let root_name =
-            root_name.ok_or_else(|| cannot_watch(std::io::ErrorKind::InvalidInput.into()))?;
-        let root_parent = beneath::Root::open(parent)
-            .map(beneath::Root::into_fd)
-            .map_err(cannot_watch)?;
         let shared = Arc::new(Shared {
             inotify: fd,
             root: root.to_path_buf(),
-            root_parent,
-            root_name,
+            store,
             dirs: Mutex::default(),
             renames: Mutex::default(),
         });
-        let root_dir = shared.open_root().map_err(cannot_watch)?;
+        let root_dir = match shared.store.dir(&[]).map_err(cannot_watch)? {
+            beneath::Lookup::Found(dir) => dir,
+            beneath::Lookup::Absent => {
+                return Err(cannot_watch(std::io::ErrorKind::NotFound.into()))
+            }
+            beneath::Lookup::Foreign(foreign) => {
+                return Err(cannot_watch(std::io::Error::other(foreign.to_string())))
+            }
+        };
         match shared.add_tree(root, 0, root_dir.as_fd()) {
             Ok(()) => {}
             Err(AddError::Limit) => {
