@@ -53,3 +53,18 @@ pub use http::app;
 /// benchmarks measure the allocator the server ships with.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Asks the kernel not to back the server's memory with transparent huge
+/// pages (Linux; elsewhere nothing). mimalloc asks for them (`madvise`), and
+/// the first touch of each one zeroes 2 MiB at once: when the index's tables
+/// grow, the writer thread stops for as long, and every create queued behind
+/// it waits (benches/README.md, "Seventh pass"). Latency-bound servers such
+/// as Redis ask the same, for the same reason. The flag covers the whole
+/// process (already mapped memory too: it is checked at each page fault) and
+/// is kept across `fork` and `exec`.
+pub fn without_huge_pages() {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        tracing::debug!("transparent huge pages left as the system has them: {e}");
+    }
+}

@@ -155,6 +155,7 @@ fn run_client(client: &Client, json: bool, command: Commands) -> anyhow::Result<
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    aliasd::without_huge_pages();
     args.check_defaults().map_err(anyhow::Error::msg)?;
     let config = args.registry_config();
     let fleet = args.fleet_config().map_err(anyhow::Error::msg)?;

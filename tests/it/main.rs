@@ -17,6 +17,7 @@ mod feed_order;
 mod fleet_log;
 mod fleet_nodes;
 mod history;
+mod huge_pages;
 mod journal_commands;
 mod journal_tamper;
 mod limits;

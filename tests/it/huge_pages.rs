@@ -1,0 +1,24 @@
+//! The server runs without transparent huge pages (Linux): mimalloc asks
+//! for them, and the first touch of one zeroes 2 MiB at once, which stopped
+//! the writer thread for tens of ms when the index's tables grew
+//! (benches/README.md, "Seventh pass").
+
+use crate::support::Server;
+
+#[test]
+#[cfg(target_os = "linux")]
+fn the_server_asks_the_kernel_for_no_transparent_huge_pages() {
+    let server = Server::with_models(&["llama3:8b"]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid()))
+        .expect("the server's /proc status");
+    // `THP_enabled` is in every kernel since 5.0; an older one cannot say.
+    let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) else {
+        eprintln!("this kernel does not report THP_enabled; nothing to check");
+        return;
+    };
+    assert_eq!(
+        line.split_whitespace().nth(1),
+        Some("0"),
+        "the server should have disabled transparent huge pages: {line}"
+    );
+}
