@@ -27,6 +27,7 @@
 #   HELLO_BIN=/tmp/old/hello benches/compare.sh            # another hello-world build (the anchor)
 #   PARTS=creates BEFORE_BIN=/tmp/old/aliasd benches/compare.sh   # creates, before vs after vs etcd
 #   CARGO_PROFILE=profiling ...    # the floor bench built with that cargo profile (not `bench`)
+#   FRESH_ROUNDS=1 ...             # every round of creates on fresh data, caches dropped (below)
 #   AL_PORT=, HELLO_PORT=, BEFORE_PORT=, ETCD_PORT=, ETCD_PEER=    # other ports
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -92,35 +93,59 @@ if part creates && [ "$WATCHES_BEFORE" -lt "$WATCHES" ]; then
 fi
 
 mkdir -p "$WORK"
-MODEL_DIR=$WORK/models/manifests/registry.ollama.ai/library/m
-mkdir -p "$MODEL_DIR" "$WORK/models/blobs"
-printf '%s' '{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"sha256:aa","size":1},"layers":[]}' > "$MODEL_DIR/latest"
-
-"$ALIASD_BIN" serve --models "$WORK/models" --journal "$WORK/journal" \
-  --listen 127.0.0.1:$AL_PORT 2> "$WORK/aliasd.log" & PIDS+=($!)
-AL_PID=$!
-if part creates && [ -n "$BEFORE_BIN" ]; then
-  mkdir -p "$WORK/before/models/manifests/registry.ollama.ai/library/m" "$WORK/before/models/blobs"
-  cp "$MODEL_DIR/latest" "$WORK/before/models/manifests/registry.ollama.ai/library/m/latest"
-  "$BEFORE_BIN" serve --models "$WORK/before/models" --journal "$WORK/before/journal" \
-    --listen 127.0.0.1:$BEFORE_PORT 2> "$WORK/aliasd-before.log" & PIDS+=($!)
-  BEFORE_PID=$!
-fi
-"$HELLO_BIN" 127.0.0.1:$HELLO_PORT & PIDS+=($!)
-if part creates; then
-etcd --name bench --data-dir "$WORK/etcd" \
-  --listen-client-urls http://127.0.0.1:$ETCD_PORT --advertise-client-urls http://127.0.0.1:$ETCD_PORT \
-  --listen-peer-urls http://127.0.0.1:$ETCD_PEER --initial-advertise-peer-urls http://127.0.0.1:$ETCD_PEER \
-  --initial-cluster bench=http://127.0.0.1:$ETCD_PEER > "$WORK/etcd.log" 2>&1 & PIDS+=($!)
-ETCD_PID=$!
-fi
-
+MANIFEST='{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"sha256:aa","size":1},"layers":[]}'
+# new_store DIR -> a store at DIR/models holding the model `m`
+new_store() {
+  mkdir -p "$1/models/manifests/registry.ollama.ai/library/m" "$1/models/blobs"
+  printf '%s' "$MANIFEST" > "$1/models/manifests/registry.ollama.ai/library/m/latest"
+}
 wait_for() { for _ in $(seq 100); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "not ready: $1" >&2; exit 1; }
-wait_for http://127.0.0.1:$AL_PORT/healthz
+# start_servers DIR: aliasd (and the before build, and etcd, for creates) on fresh data under DIR
+start_servers() {
+  local dir=$1
+  new_store "$dir"
+  "$ALIASD_BIN" serve --models "$dir/models" --journal "$dir/journal" \
+    --listen 127.0.0.1:$AL_PORT 2>> "$WORK/aliasd.log" & PIDS+=($!)
+  AL_PID=$!
+  if part creates && [ -n "$BEFORE_BIN" ]; then
+    new_store "$dir/before"
+    "$BEFORE_BIN" serve --models "$dir/before/models" --journal "$dir/before/journal" \
+      --listen 127.0.0.1:$BEFORE_PORT 2>> "$WORK/aliasd-before.log" & PIDS+=($!)
+    BEFORE_PID=$!
+  fi
+  if part creates; then
+    etcd --name bench --data-dir "$dir/etcd" \
+      --listen-client-urls http://127.0.0.1:$ETCD_PORT --advertise-client-urls http://127.0.0.1:$ETCD_PORT \
+      --listen-peer-urls http://127.0.0.1:$ETCD_PEER --initial-advertise-peer-urls http://127.0.0.1:$ETCD_PEER \
+      --initial-cluster bench=http://127.0.0.1:$ETCD_PEER >> "$WORK/etcd.log" 2>&1 & PIDS+=($!)
+    ETCD_PID=$!
+  fi
+  wait_for http://127.0.0.1:$AL_PORT/healthz
+  if part creates; then wait_for http://127.0.0.1:$ETCD_PORT/health; fi
+  if [ -n "${BEFORE_PID:-}" ]; then wait_for http://127.0.0.1:$BEFORE_PORT/healthz; fi
+  curl -sf -X PUT http://127.0.0.1:$AL_PORT/api/aliases/coder -d '{"target":"m"}' >/dev/null
+}
+# With FRESH_ROUNDS=1, each round of creates starts every server again on fresh data, after
+# `sync` and dropping the kernel's caches (as root): every round then starts where the first
+# did, instead of on the hundreds of thousands of aliases of the rounds before it (whose kernel
+# memory, on this VM, makes each later file dearer: benches/README.md, "Fourth pass"). The
+# earlier rounds' data is left on disk (settle.sh says why).
+FRESH_ROUNDS=${FRESH_ROUNDS:-0}
+fresh_round() { # ROUND
+  [ "$FRESH_ROUNDS" = 1 ] || return 0
+  local pid
+  for pid in "$AL_PID" "${BEFORE_PID:-}" "${ETCD_PID:-}"; do
+    [ -n "$pid" ] || continue
+    kill "$pid" 2>/dev/null || true
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  done
+  if [ "$(id -u)" = 0 ]; then sync; echo 3 > /proc/sys/vm/drop_caches; sleep 3; fi
+  start_servers "$WORK/round-$1"
+}
+
+start_servers "$WORK"
+"$HELLO_BIN" 127.0.0.1:$HELLO_PORT & PIDS+=($!)
 wait_for http://127.0.0.1:$HELLO_PORT/
-if part creates; then wait_for http://127.0.0.1:$ETCD_PORT/health; fi
-if [ -n "${BEFORE_PID:-}" ]; then wait_for http://127.0.0.1:$BEFORE_PORT/healthz; fi
-curl -sf -X PUT http://127.0.0.1:$AL_PORT/api/aliases/coder -d '{"target":"m"}' >/dev/null
 
 # parse_wrk WRK_OUTPUT -> "req/s p50_ms p99_ms errors"
 parse_wrk() {
@@ -190,6 +215,11 @@ commit_counts() {
     END { print events + 0, commits + 0 }'
 }
 echo "CPU = the server's CPU (user + system, every thread) per request, in µs."
+if [ "$FRESH_ROUNDS" = 1 ]; then
+  echo "Each round of creates on fresh data for every server, the kernel's caches dropped before it (FRESH_ROUNDS=1)."
+else
+  echo "Every server keeps its data through all rounds."
+fi
 echo
 echo "| round | clients | aliasd req/s | p50 ms | p99 ms | CPU | etcd req/s | p50 ms | p99 ms | CPU | aliasd/etcd | errors (aliasd, etcd) |"
 echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
@@ -226,6 +256,8 @@ TOUCH_BEFORE=""; TOUCH_AFTER=""
 file_floor 0
 create_round 1 1
 for round in $(seq "$ROUNDS"); do
+  # Round 1 goes on from the 1-client load, whose few aliases change nothing.
+  [ "$round" = 1 ] || fresh_round "$round"
   file_floor "$round"
   for c in 16 64; do create_round "$round" "$c"; done
 done
@@ -321,7 +353,7 @@ echo "resolve p99 beside creates / alone (mean of the two) = $(python3 -c "print
 [ "$s1_err$m_err$s2_err$c_err" = 0000 ] || echo "errors: resolve $s1_err, $m_err, $s2_err; creates $c_err" >&2
 fi
 echo
-echo "aliases created in this run: $(curl -s http://127.0.0.1:$AL_PORT/healthz)"
+echo "aliasd at the end of the run (the last round's server with FRESH_ROUNDS=1): $(curl -s http://127.0.0.1:$AL_PORT/healthz)"
 for log in "$WORK/aliasd.log" "$WORK/aliasd-before.log"; do
   if [ -f "$log" ] && grep -q "limit on file watches is reached" "$log"; then
     echo "**warning**: $(basename "$log") says the limit on inotify watches was reached: from then on that server polled its store, and its later rounds measure that too"
