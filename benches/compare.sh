@@ -134,11 +134,14 @@ FRESH_ROUNDS=${FRESH_ROUNDS:-0}
 fresh_round() { # ROUND
   [ "$FRESH_ROUNDS" = 1 ] || return 0
   local pid
-  for pid in "$AL_PID" "${BEFORE_PID:-}" "${ETCD_PID:-}"; do
-    [ -n "$pid" ] || continue
+  local stopped=" $AL_PID ${BEFORE_PID:-} ${ETCD_PID:-} " kept=()
+  for pid in $stopped; do
     kill "$pid" 2>/dev/null || true
     while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
   done
+  # Only the servers still running stay in PIDS, so that cleanup never kills a reused pid.
+  for pid in "${PIDS[@]}"; do [[ "$stopped" == *" $pid "* ]] || kept+=("$pid"); done
+  PIDS=("${kept[@]}")
   if [ "$(id -u)" = 0 ]; then sync; echo 3 > /proc/sys/vm/drop_caches; sleep 3; fi
   start_servers "$WORK/round-$1"
 }

@@ -1,7 +1,7 @@
 //! The server runs without transparent huge pages (Linux): mimalloc asks
 //! for them, and the first touch of one zeroes 2 MiB at once, which stopped
-//! the writer thread for tens of ms when the index's tables grew
-//! (benches/README.md, "Seventh pass").
+//! the writer thread when the index's tables grew (benches/README.md,
+//! "Seventh pass").
 
 use crate::support::Server;
 
